@@ -1,0 +1,57 @@
+"""What the routes depend on, as `Annotated` aliases: settings, the store, the caller's tenant."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis
+from celery import Celery
+from fastapi import Depends, Header, Request
+
+from api.errors import ApiError
+from worker.keys import Keys
+from worker.runs import RunStore
+from worker.settings import Settings
+
+
+@dataclass
+class AppState:
+    """Built once at start (api.main.create_app) and shared by every request."""
+
+    settings: Settings
+    r: redis.Redis
+    keys: Keys
+    store: RunStore
+    celery: Celery
+    tenant_keys: dict[str, str]  # api key -> tenant
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.fleet
+    return state
+
+
+State = Annotated[AppState, Depends(_state)]
+
+
+def _tenant(state: State, authorization: Annotated[str | None, Header()] = None) -> str:
+    if not authorization:
+        raise ApiError(
+            401, "unauthorized", "missing Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
+        )
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthorized", "use Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"})
+    tenant = None
+    for key, owner in state.tenant_keys.items():  # compare every key, in constant time each
+        if hmac.compare_digest(key.encode(), token.encode()):
+            tenant = owner
+    if tenant is None:
+        raise ApiError(401, "unauthorized", "unknown API key", {"WWW-Authenticate": "Bearer"})
+    return tenant
+
+
+Tenant = Annotated[str, Depends(_tenant)]

@@ -1,0 +1,86 @@
+"""JSON errors: every error the API answers is `{"error": {"type", "message"}}`."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+_STATUS_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "queue_full",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, error type, message and optional headers."""
+
+    def __init__(self, status: int, type: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.message = message
+        self.headers = headers
+
+
+def error_response(
+    status: int, type: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": {"type": type, "message": message}}, status_code=status, headers=headers)
+
+
+def _field(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def validation_message(errors: list[dict[str, object]]) -> str:
+    """`field: problem` for the first few problems, naming each field."""
+    shown = []
+    for err in errors[:5]:
+        loc = err.get("loc") or ()
+        where = _field(list(loc) if isinstance(loc, list | tuple) else [str(loc)])
+        msg = str(err.get("msg", "invalid"))
+        if err.get("type") == "json_invalid":
+            shown.append(f"body: malformed JSON ({msg})")
+        else:
+            shown.append(f"{where}: {msg}")
+    if len(errors) > 5:
+        shown.append(f"and {len(errors) - 5} more")
+    return "; ".join(shown)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into the contract's JSON shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.type, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", validation_message(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = _STATUS_TYPES.get(exc.status_code, "error")
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, kind, str(exc.detail), headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The fleet's own fault (Redis down, a bug): never echo internals to the client.
+        import redis
+
+        if isinstance(exc, redis.RedisError):
+            return error_response(503, "unavailable", "the fleet's store is unreachable; try again")
+        return error_response(500, "internal", "internal error")

@@ -1,0 +1,115 @@
+"""Builds the FastAPI app; `fleet api` serves it with uvicorn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import errors
+from api.deps import AppState
+from api.routes import health, runs
+from worker.agents import load_plugins
+from worker.celery_app import make_app
+from worker.keys import Keys
+from worker.redis_conn import make_redis
+from worker.runs import RunStore
+from worker.settings import Settings, get_settings
+
+THREADPOOL_SIZE = 256  # sync routes run in threads; long-polls (?wait) hold one each
+
+
+class BodyLimit:
+    """Answers 413 to a request body over `max_bytes`, whether or not it declares its length."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._reject(send)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = errors.error_response(
+            413, "payload_too_large", f"request body is over {self.max_bytes} bytes"
+        ).body
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API app; reads settings and API keys now, so a bad setting stops the process at start."""
+    settings = settings or get_settings()
+    load_plugins(settings.plugins)
+    r = make_redis(settings.redis_url)
+    keys = Keys(settings.key_prefix)
+    state = AppState(
+        settings=settings,
+        r=r,
+        keys=keys,
+        store=RunStore(r, keys, settings.run_ttl_s),
+        celery=make_app(settings),
+        tenant_keys=settings.tenant_keys(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADPOOL_SIZE
+        yield
+
+    app = FastAPI(
+        title="agentfleet",
+        version="0.1.0",
+        description="Submit, read and cancel agent runs; they execute on Celery workers under budgets.",
+        lifespan=lifespan,
+    )
+    app.state.fleet = state
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(runs.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

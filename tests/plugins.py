@@ -1,0 +1,54 @@
+"""Agents and tools that only tests use, registered through the `plugins` setting, as a user's are."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.agents import Action, Agent, RunState, register_agent
+from worker.tools import tool
+from worker.tools.base import ToolContext
+
+
+@register_agent("stubborn")
+class StubbornAgent(Agent):
+    """Blocks forever and swallows every exception, the deadline alarm included."""
+
+    def next_action(self, state: RunState) -> Action:
+        while True:
+            with contextlib.suppress(BaseException):  # ignoring the deadline is the point
+                time.sleep(60)
+
+
+@register_agent("suicidal")
+class SuicidalAgent(Agent):
+    """Kills its own worker process at every step, like a poison run would."""
+
+    def next_action(self, state: RunState) -> Action:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
+
+
+class SleepArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = Field(ge=0, le=600)
+
+
+@tool("test.sleep", args=SleepArgs, description="Sleeps, then answers; a tool that hangs.")
+def sleep_tool(args: SleepArgs, ctx: ToolContext) -> dict[str, Any]:
+    time.sleep(args.seconds)
+    return {"slept": args.seconds}
+
+
+class WriteArgs(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+@tool("test.write", args=WriteArgs, writes=True, description="A tool that writes (returns its args).")
+def write_tool(args: WriteArgs, ctx: ToolContext) -> dict[str, Any]:
+    return {"written": args.model_dump(), "call_id": ctx.call_id}

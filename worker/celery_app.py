@@ -1,0 +1,76 @@
+"""The Celery app, `worker.celery_app:app`, with the reliability settings of the fleet.
+
+Importing it loads settings and configures Celery but imports no task code, so the API can
+send runs by name. Workers load `worker.tasks` through `include`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from worker.keys import AGENT_QUEUE, TOOL_QUEUE
+from worker.settings import Settings, get_settings
+
+RUN_TASK = "fleet.run_agent"
+TOOL_TASK = "fleet.tool_call"
+SOFT_LIMIT_GRACE_S = 0.5  # Celery's soft limit, past the run's own deadline
+HARD_LIMIT_GRACE_S = 2.0  # Celery's hard limit, past the run's own deadline
+
+
+def visibility_timeout_s(settings: Settings) -> int:
+    """Above the longest run, so Redis never redelivers a message whose run is still going."""
+    return max(3600, int(settings.max_seconds * 2) + 600)
+
+
+def make_app(settings: Settings) -> Celery:
+    celery = Celery(
+        "agentfleet", broker=settings.redis_url, backend=settings.redis_url, include=["worker.tasks"]
+    )
+    vt = visibility_timeout_s(settings)
+    transport: dict[str, Any] = {
+        "visibility_timeout": vt,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 25,
+    }
+    celery.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        result_backend_transport_options={"visibility_timeout": vt},
+        broker_connection_retry_on_startup=True,
+        result_expires=86400,
+        task_ignore_result=True,
+        task_default_queue=AGENT_QUEUE,
+        task_queues=[Queue(AGENT_QUEUE), Queue(TOOL_QUEUE)],
+        task_routes={RUN_TASK: {"queue": AGENT_QUEUE}, TOOL_TASK: {"queue": TOOL_QUEUE}},
+        worker_max_memory_per_child=512_000,  # KiB; checked after each task (prefork)
+        worker_max_tasks_per_child=1000,
+        worker_soft_shutdown_timeout=15.0,
+        worker_enable_soft_shutdown_on_idle=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+    )
+    return celery
+
+
+def send_run(celery: Celery, run_id: str, max_seconds: float) -> None:
+    """Enqueue a run on the agents queue with time limits derived from its own budget."""
+    celery.send_task(
+        RUN_TASK,
+        args=[run_id],
+        queue=AGENT_QUEUE,
+        soft_time_limit=max_seconds + SOFT_LIMIT_GRACE_S,  # type: ignore[arg-type]  # floats work
+        time_limit=max_seconds + HARD_LIMIT_GRACE_S,  # type: ignore[arg-type]
+    )
+
+
+app = make_app(get_settings())

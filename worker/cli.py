@@ -1,0 +1,340 @@
+"""The `fleet` command: run the stack's processes, flip kill switches, submit runs, show config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from worker.settings import ConfigError, Settings, load_settings
+
+USAGE_ERROR = 2
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+        settings.tenant_keys()  # a bad key list stops every process, not only the API
+        return settings
+    except ConfigError as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR) from None
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+def _has_option(args: Sequence[str], *names: str) -> bool:
+    return any(arg == name or arg.startswith(name + "=") for arg in args for name in names)
+
+
+def celery_worker_argv(kind: str, passthrough: Sequence[str], log_level: str) -> list[str]:
+    """The `celery worker` command line of an agent worker or a tool worker, defaults first."""
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
+    defaults: list[tuple[tuple[str, ...], list[str]]]
+    if kind == "agent":
+        defaults = [
+            (("-Q", "--queues"), ["-Q", "agents"]),
+            (("-n", "--hostname"), ["-n", "agent@%h"]),
+            (("-P", "--pool"), ["--pool", "prefork"]),
+        ]
+    else:
+        defaults = [
+            (("-Q", "--queues"), ["-Q", "tools"]),
+            (("-n", "--hostname"), ["-n", "tool@%h"]),
+            (("-P", "--pool"), ["--pool", "threads"]),
+            (("-c", "--concurrency"), ["--concurrency", "16"]),
+        ]
+    defaults.append((("-l", "--loglevel"), ["--loglevel", log_level]))
+    for names, value in defaults:
+        if not _has_option(passthrough, *names):
+            argv += value
+    return argv + list(passthrough)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.main import create_app
+
+    settings = _settings()
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    if not app.state.fleet.tenant_keys:
+        print(
+            "fleet api: no API keys configured (FLEET_API_KEYS); every /v1 call will get 401", file=sys.stderr
+        )
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, passthrough: list[str]) -> int:
+    settings = _settings()
+    kind = "agent" if args.command == "worker" else "tool"
+    argv = celery_worker_argv(kind, passthrough, settings.log_level)
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def flower_password(settings: Settings) -> str | None:
+    if settings.flower_password is not None:
+        return settings.flower_password.get_secret_value()
+    return settings.secret("FLEET_FLOWER_PASSWORD")
+
+
+def cmd_flower(args: argparse.Namespace, passthrough: list[str]) -> int:
+    settings = _settings()
+    password = flower_password(settings)
+    if not password:
+        print(
+            "fleet flower: set FLEET_FLOWER_PASSWORD (or /run/secrets/fleet_flower_password); "
+            "Flower is never served without authentication",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower"]
+    if not _has_option(passthrough, "--address"):
+        argv.append("--address=127.0.0.1")
+    if not _has_option(passthrough, "--port"):
+        argv.append(f"--port={settings.flower_port}")
+    if not _has_option(passthrough, "--purge_offline_workers"):
+        argv.append("--purge_offline_workers=60")
+    env = dict(os.environ, FLOWER_BASIC_AUTH=f"{settings.flower_user}:{password}")
+    os.execve(sys.executable, argv + passthrough, env)
+    return 0  # not reached
+
+
+# -- operating ------------------------------------------------------------------------------------
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from worker import killswitch
+    from worker.keys import Keys
+    from worker.redis_conn import make_redis
+
+    settings = _settings()
+    r = make_redis(settings.redis_url)
+    keys = Keys(settings.key_prefix)
+    if args.scope is None:
+        switches = killswitch.active(r, keys)
+        if not switches:
+            print("no kill switch is on")
+        for key, (reason, ttl) in sorted(switches.items()):
+            expiry = f" (expires in {ttl} s)" if ttl >= 0 else ""
+            print(f"{key}: {reason}{expiry}")
+        return 0
+    try:
+        if args.command == "kill":
+            key = killswitch.kill(r, keys, args.scope, args.name, args.reason, args.ttl)
+            print(f"on: {key} = {args.reason!r}" + (f" for {args.ttl} s" if args.ttl else ""))
+        else:
+            was_on = killswitch.revive(r, keys, args.scope, args.name)
+            print(
+                ("off: " if was_on else "was not on: ") + killswitch.switch_key(keys, args.scope, args.name)
+            )
+    except ValueError as exc:
+        print(f"fleet {args.command}: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings()
+    data = settings.model_dump(mode="json")
+    data["effective_caps"] = {
+        "max_steps": settings.max_steps,
+        "max_tool_calls": settings.max_tool_calls,
+        "max_seconds": settings.max_seconds,
+    }
+    data["redis_url"] = mask_url(settings.redis_url)
+    print(yaml.safe_dump(data, sort_keys=False), end="")
+    return 0
+
+
+def mask_url(url: str) -> str:
+    """A URL with any password replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+
+
+# -- submitting -----------------------------------------------------------------------------------
+
+
+def _json_arg(text: str | None, name: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(_usage(f"--{name} is not valid JSON: {exc.msg} at position {exc.pos}")) from None
+
+
+def _usage(message: str) -> int:
+    print(f"fleet submit: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import httpx
+
+    settings = _settings()
+    body: dict[str, Any] = {"agent": args.agent, "input": _json_arg(args.input, "input")}
+    if args.budgets:
+        body["budgets"] = _json_arg(args.budgets, "budgets")
+    if args.metadata:
+        body["metadata"] = _json_arg(args.metadata, "metadata")
+    key = settings.api_key.get_secret_value() if settings.api_key else settings.secret("FLEET_API_KEY")
+    if not key:
+        return _usage("set FLEET_API_KEY to an API key of your tenant")
+    headers = {"Authorization": f"Bearer {key}"}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    base = settings.api_url.rstrip("/")
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=40.0) as client:
+            response = client.post("/v1/runs", json=body)
+            if response.status_code not in (200, 202):
+                return _usage(f"{response.status_code} {_error_text(response)}")
+            run = response.json()
+            if not args.wait:
+                print(json.dumps(run, indent=2))
+                return 0
+            return _follow(client, run, args.timeout)
+    except httpx.HTTPError as exc:
+        return _usage(f"cannot reach the API at {base}: {type(exc).__name__}")
+
+
+def _error_text(response: Any) -> str:
+    try:
+        error = response.json()["error"]
+        return f"{error['type']}: {error['message']}"
+    except Exception:
+        return str(response.text[:200])
+
+
+def _progress_line(run: dict[str, Any]) -> str:
+    usage, budgets = run["usage"], run["budgets"]
+    return (
+        f"run {run['id']} {run['status']}: step {usage['steps']}/{budgets['max_steps']}, "
+        f"tool calls {usage['tool_calls']}/{budgets['max_tool_calls']}, "
+        f"{usage['seconds']:.1f}/{budgets['max_seconds']:g} s"
+    )
+
+
+def _follow(client: Any, run: dict[str, Any], timeout_s: float | None) -> int:
+    """Show progress on stderr until the run ends; print its output on stdout."""
+    tty = sys.stderr.isatty()
+    last = ""
+    give_up = time.monotonic() + timeout_s if timeout_s else None
+    while True:
+        line = _progress_line(run)
+        if line != last:
+            print(("\r\033[K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+            last = line
+        if run["status"] not in ("queued", "running"):
+            break
+        if give_up is not None and time.monotonic() > give_up:
+            print("\nfleet submit: gave up waiting; the run goes on", file=sys.stderr)
+            return 1
+        response = client.get(f"/v1/runs/{run['id']}", params={"wait": 1})
+        if response.status_code != 200:
+            return _usage(f"{response.status_code} {_error_text(response)}")
+        run = response.json()
+    if tty:
+        print(file=sys.stderr)
+    print(f"ended: {run['status']} ({run['stop_reason']})", file=sys.stderr)
+    if run.get("error"):
+        print(f"error: {run['error']['type']}: {run['error']['message']}", file=sys.stderr)
+    output = run.get("output")
+    print(output if isinstance(output, str) else json.dumps(output))
+    return 0 if run["status"] == "succeeded" else 1
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleet", description="agentfleet: AI agents as a production service"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="the whole stack on this machine, in the foreground")
+    up.add_argument("--no-flower", action="store_true", help="do not start Flower")
+    up.add_argument("--concurrency", type=int, default=4, help="agent worker processes (default 4)")
+
+    api = sub.add_parser("api", help="the HTTP API (uvicorn)")
+    api.add_argument("--host", default=None)
+    api.add_argument("--port", type=int, default=None)
+
+    sub.add_parser("worker", help="a Celery worker for agent runs (queue agents); Celery options pass on")
+    sub.add_parser("tool-worker", help="a Celery worker for tool calls (queue tools); Celery options pass on")
+    sub.add_parser("flower", help="Flower for the fleet's Celery app, with basic auth")
+
+    for name, verb in (("kill", "set"), ("revive", "clear")):
+        p = sub.add_parser(name, help=f"{verb} a kill switch (no scope: list the switches that are on)")
+        p.add_argument("scope", nargs="?", choices=["all", "tenant", "agent", "tool", "writes"])
+        p.add_argument("name", nargs="?", help="tenant, agent or tool name")
+        if name == "kill":
+            p.add_argument("--reason", default="killed by operator", help="shown to users and in runs")
+            p.add_argument("--ttl", type=int, default=None, help="seconds until the switch turns itself off")
+
+    submit = sub.add_parser("submit", help="submit a run through the API")
+    submit.add_argument("agent")
+    submit.add_argument("--input", required=True, help="the run's input, as JSON")
+    submit.add_argument("--budgets", help='e.g. {"max_steps": 5}')
+    submit.add_argument("--metadata", help="JSON object stored with the run")
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--wait", action="store_true", help="show progress until the run ends")
+    submit.add_argument("--timeout", type=float, default=None, help="give up waiting after S seconds")
+
+    sub.add_parser("config", help="print the effective configuration, secrets masked")
+    return parser
+
+
+PASSTHROUGH = {"worker", "tool-worker", "flower"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in PASSTHROUGH:
+        args = parser.parse_args(argv[:1])
+        rest = argv[1:]
+        if args.command == "flower":
+            return cmd_flower(args, rest)
+        return cmd_worker(args, rest)
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        from worker.up import run_up
+
+        return run_up(_settings(), concurrency=args.concurrency, flower=not args.no_flower)
+    handlers = {
+        "api": cmd_api,
+        "kill": cmd_kill,
+        "revive": cmd_kill,
+        "config": cmd_config,
+        "submit": cmd_submit,
+    }
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""What stops a run between steps: kill switches, a cancel request and the run's deadline.
+
+`RunGuard.check()` is one MGET; the loop calls it before every step and tool call, and every
+`SLICE_S` while it waits (on a tool, or in think time), so a switch flipped with redis-cli
+stops a waiting run within a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from worker import killswitch
+from worker.keys import Keys
+from worker.runs import CANCELLED, STOPPED
+
+SLICE_S = 0.2  # longest wait between two checks
+
+
+class RunStopped(Exception):
+    """The run must end now with `status` and `stop_reason`; `message` says why."""
+
+    def __init__(self, status: str, stop_reason: str, message: str | None = None) -> None:
+        super().__init__(message or stop_reason)
+        self.status = status
+        self.stop_reason = stop_reason
+        self.message = message
+
+
+class BudgetExceeded(RunStopped):
+    """A budget ran out: stop_reason is max_steps, max_tool_calls or max_seconds."""
+
+    def __init__(self, stop_reason: str, message: str | None = None) -> None:
+        super().__init__(STOPPED, stop_reason, message)
+
+
+class DeadlineExceeded(BaseException):
+    """Raised into agent code at the run's deadline; a BaseException so `except Exception` can't eat it."""
+
+
+class RunGuard:
+    """Checks one run's kill switches, cancel flag and deadline."""
+
+    def __init__(
+        self, r: redis.Redis, keys: Keys, *, run_id: str, tenant: str, agent: str, deadline_ts: float
+    ):
+        self.r = r
+        self.deadline_ts = deadline_ts
+        self._keys = [*killswitch.run_switch_keys(keys, tenant, agent), keys.run_cancel(run_id)]
+
+    def remaining_s(self) -> float:
+        return self.deadline_ts - time.time()
+
+    def check(self) -> None:
+        """Raise RunStopped when a switch, a cancel or the deadline says the run must end."""
+        *switches, cancel = self.r.mget(self._keys)
+        reason = killswitch.first_reason(switches)
+        if reason is not None:
+            raise RunStopped(STOPPED, "killed", reason)
+        if cancel is not None:
+            raise RunStopped(CANCELLED, "cancelled", str(cancel))
+        if self.remaining_s() <= 0:
+            raise BudgetExceeded("max_seconds")
+
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds`, checking every SLICE_S; raises RunStopped like check()."""
+        end = time.monotonic() + seconds
+        while True:
+            self.check()
+            left = min(end - time.monotonic(), self.remaining_s())
+            if left <= 0:
+                if self.remaining_s() <= 0:
+                    raise BudgetExceeded("max_seconds")
+                return
+            time.sleep(min(SLICE_S, left))

@@ -1,0 +1,57 @@
+"""Every Redis key the fleet writes, built in one place with the prefix from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AGENT_QUEUE = "agents"
+TOOL_QUEUE = "tools"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one prefix (``FLEET_KEY_PREFIX``, default ``fleet``)."""
+
+    prefix: str = "fleet"
+
+    # kill switches -------------------------------------------------------------------------------
+    def kill_all(self) -> str:
+        return f"{self.prefix}:kill:all"
+
+    def kill_tenant(self, tenant: str) -> str:
+        return f"{self.prefix}:kill:tenant:{tenant}"
+
+    def kill_agent(self, agent: str) -> str:
+        return f"{self.prefix}:kill:agent:{agent}"
+
+    def kill_tool(self, tool: str) -> str:
+        return f"{self.prefix}:kill:tool:{tool}"
+
+    def kill_writes(self) -> str:
+        return f"{self.prefix}:kill:writes"
+
+    def kill_pattern(self) -> str:
+        return f"{self.prefix}:kill:*"
+
+    # runs ----------------------------------------------------------------------------------------
+    def run(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}"
+
+    def run_steps(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:steps"
+
+    def run_cancel(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:cancel"
+
+    def run_ended_channel(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:ended"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        return f"{self.prefix}:idem:{tenant}:{key}"
+
+    # tool calls ----------------------------------------------------------------------------------
+    def call(self, call_id: str) -> str:
+        return f"{self.prefix}:call:{call_id}"
+
+    def call_reply(self, call_id: str, attempt: int) -> str:
+        return f"{self.prefix}:call:{call_id}:reply:{attempt}"

@@ -1,0 +1,237 @@
+"""The budgeted agent loop: one run, from its checkpoint to its end. No Celery in here.
+
+Per step: check kill switches, cancel and deadline -> ask the agent whether it is done ->
+check the step budget -> ask the agent for its next action (under a deadline alarm) -> act ->
+checkpoint. Budget counters, the start time and the checkpoint live in the run's Redis hash, so
+an attempt that resumes after a dead worker continues with what the run had already spent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import redis
+
+from worker.agents import CallTool, Fail, Finish, RunState, Sleep, get_agent_class
+from worker.budget import ToolCallBudget
+from worker.gateway import Dispatcher, ToolGateway
+from worker.guard import BudgetExceeded, DeadlineExceeded, RunGuard, RunStopped
+from worker.keys import Keys
+from worker.runs import FAILED, STOPPED, SUCCEEDED, TERMINAL, Budgets, RunStore
+from worker.settings import Settings
+
+WATCHDOG_GRACE_S = 0.5  # past the deadline, the watchdog ends a run whose agent ignores the alarm
+ERROR_MESSAGE_MAX = 500
+_ACTION_NAMES: dict[type, str] = {CallTool: "tool", Sleep: "sleep", Finish: "final", Fail: "fail"}
+
+
+@dataclass(frozen=True)
+class LoopDeps:
+    """What the loop talks to; tests pass their own dispatcher and hard stop."""
+
+    r: redis.Redis
+    keys: Keys
+    settings: Settings
+    store: RunStore
+    dispatcher: Dispatcher
+    # Called by the watchdog after it has recorded max_seconds: ends the process (os._exit) in a
+    # worker child, so the pool replaces it; None disables the watchdog.
+    hard_stop: Callable[[], None] | None = None
+
+
+def execute_run(run_id: str, deps: LoopDeps) -> str | None:
+    """Run (or resume) `run_id` until it ends; returns the final status, or None if unknown."""
+    store = deps.store
+    raw = store.start(run_id)
+    if raw is None:
+        return None
+    if raw["status"] in TERMINAL:
+        return raw["status"]
+    attempts = int(raw.get("attempts", 1))
+    if attempts > deps.settings.max_attempts:
+        store.finish(
+            run_id,
+            FAILED,
+            "error",
+            error={
+                "type": "worker_lost",
+                "message": f"the run's worker died {attempts - 1} times; the run is not tried again",
+            },
+        )
+        return FAILED
+
+    agent_name, tenant = raw["agent"], raw["tenant"]
+    budgets = Budgets.from_dict(json.loads(raw["budgets"]))
+    deadline_ts = float(raw["started_ts"]) + budgets.max_seconds
+    guard = RunGuard(
+        deps.r, deps.keys, run_id=run_id, tenant=tenant, agent=agent_name, deadline_ts=deadline_ts
+    )
+
+    def record_deadline() -> None:
+        store.finish(run_id, STOPPED, "max_seconds")
+
+    with _watchdog(deadline_ts + WATCHDOG_GRACE_S, record_deadline, deps.hard_stop):
+        try:
+            return _steps(run_id, raw, budgets, guard, deps)
+        except RunStopped as stop:
+            error = {"type": "killed", "message": stop.message} if stop.stop_reason == "killed" else None
+            store.finish(run_id, stop.status, stop.stop_reason, error=error)
+            return stop.status
+        except DeadlineExceeded:
+            record_deadline()
+            return STOPPED
+        except Exception as exc:
+            if _is_soft_time_limit(exc):
+                record_deadline()
+                return STOPPED
+            if isinstance(exc, redis.RedisError):
+                raise  # the fleet's own state is unreachable: let the worker retry the message
+            message = f"{type(exc).__name__}: {exc}"[:ERROR_MESSAGE_MAX]
+            store.finish(run_id, FAILED, "error", error={"type": "agent_error", "message": message})
+            return FAILED
+
+
+def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, deps: LoopDeps) -> str:
+    store = deps.store
+    agent_cls = get_agent_class(raw["agent"])
+    if agent_cls is None:
+        store.finish(
+            run_id, FAILED, "error", error={"type": "unknown_agent", "message": f"no agent {raw['agent']!r}"}
+        )
+        return FAILED
+    agent = agent_cls(deps.settings.agents.get(raw["agent"], {}))
+    budget = ToolCallBudget(
+        deps.r,
+        deps.keys,
+        run_id,
+        budgets.max_tool_calls,
+        deps.settings.run_ttl_s,
+        used=int(raw.get("tool_calls", 0)),
+    )
+    gateway = ToolGateway(
+        deps.r, deps.keys, deps.settings, guard=guard, budget=budget, dispatcher=deps.dispatcher
+    )
+    cursor = int(raw.get("cursor", 0))
+    memory: dict[str, Any] = json.loads(raw.get("memory") or "{}")
+    last_result: Any = json.loads(raw.get("last_result") or "null")
+    input_data: Any = json.loads(raw["input"])
+
+    while True:
+        guard.check()
+        step = cursor + 1
+        state = RunState(
+            run_id=run_id,
+            tenant=raw["tenant"],
+            agent=raw["agent"],
+            input=input_data,
+            step=step,
+            tool_calls=budget.used,
+            last_result=last_result,
+            memory=memory,
+            remaining_s=guard.remaining_s(),
+        )
+        done = agent.finished(state)
+        if done is not None:
+            store.finish(run_id, SUCCEEDED, "finish", output=done.output)
+            return SUCCEEDED
+        if cursor >= budgets.max_steps:
+            raise BudgetExceeded("max_steps")
+        store.begin_step(run_id, step)
+        started = time.monotonic()
+        with deadline_alarm(guard.deadline_ts):
+            action = agent.next_action(state)
+
+        entry: dict[str, Any] = {"step": step, "action": _ACTION_NAMES.get(type(action), "unknown")}
+        if isinstance(action, Finish):
+            store.finish(run_id, SUCCEEDED, "finish", output=action.output)
+            return SUCCEEDED
+        if isinstance(action, Fail):
+            message = str(action.message)[:ERROR_MESSAGE_MAX]
+            store.finish(run_id, FAILED, "error", error={"type": "agent_error", "message": message})
+            return FAILED
+        if isinstance(action, Sleep):
+            guard.sleep(max(0.0, float(action.seconds)))
+            last_result = None
+        elif isinstance(action, CallTool):
+            last_result = gateway.call(f"{run_id}:{step}:0", action.tool, dict(action.args))
+            entry["tool"] = action.tool
+            entry["ok"] = bool(last_result.get("ok"))
+            if not entry["ok"]:
+                entry["error_type"] = (last_result.get("error") or {}).get("type")
+        else:
+            raise TypeError(f"agent returned {type(action).__name__}, not an action")
+        entry["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        cursor = step
+        store.checkpoint(run_id, cursor=cursor, memory=memory, last_result=last_result, step_entry=entry)
+
+
+def _is_soft_time_limit(exc: BaseException) -> bool:
+    # Celery's SoftTimeLimitExceeded, matched by name so this module imports no Celery.
+    return type(exc).__name__ == "SoftTimeLimitExceeded"
+
+
+@contextmanager
+def deadline_alarm(deadline_ts: float) -> Iterator[None]:
+    """Raise DeadlineExceeded into the code in this block at `deadline_ts` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    remaining = deadline_ts - time.time()
+    if remaining <= 0:
+        raise DeadlineExceeded()
+
+    def _raise(signum: int, frame: FrameType | None) -> None:
+        raise DeadlineExceeded()
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, remaining)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def _watchdog(
+    fire_at_ts: float, record: Callable[[], None], hard_stop: Callable[[], None] | None
+) -> Iterator[None]:
+    """Backs the alarm: if the block is still running at `fire_at_ts`, record and end the process.
+
+    Agent code that swallows DeadlineExceeded, or blocks in a call that releases the GIL, is
+    ended here within WATCHDOG_GRACE_S of the deadline; Celery's hard time limit backs this up
+    for code that holds the GIL.
+    """
+    if hard_stop is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        if done.wait(max(0.0, fire_at_ts - time.time())) or done.is_set():
+            return
+        try:
+            record()
+        finally:
+            hard_stop()
+
+    thread = threading.Thread(target=watch, name="run-watchdog", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def exit_process() -> None:
+    """The hard stop of a worker child: the pool sees it die, requeues the message, forks anew."""
+    os._exit(75)

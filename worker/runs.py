@@ -1,0 +1,232 @@
+"""The run record: one Redis hash per run, written by the API and the agent worker.
+
+Status changes that race (a worker finishing while a client cancels, two attempts of one run)
+go through small Lua scripts, so a terminal run never changes again. JSON fields hold JSON text;
+usage counters are integers in the same hash, so one HGETALL reads the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from worker.keys import Keys
+
+QUEUED, RUNNING = "queued", "running"
+SUCCEEDED, STOPPED, FAILED, CANCELLED = "succeeded", "stopped", "failed", "cancelled"
+TERMINAL = frozenset({SUCCEEDED, STOPPED, FAILED, CANCELLED})
+STEP_LOG_MAX = 200  # steps kept in a run's step log; older ones are trimmed
+_JSON_FIELDS = ("input", "output", "error", "budgets", "metadata", "memory", "last_result")
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """A run's limits; each at most the fleet's cap."""
+
+    max_steps: int
+    max_tool_calls: int
+    max_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Budgets:
+        return cls(int(data["max_steps"]), int(data["max_tool_calls"]), float(data["max_seconds"]))
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC with microseconds and a Z, or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _finite(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+_START = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return nil end
+if s == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_ts', ARGV[1])
+end
+if s == 'queued' or s == 'running' then
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+_FINISH = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return 0 end
+if s == 'succeeded' or s == 'stopped' or s == 'failed' or s == 'cancelled' then return 0 end
+if not redis.call('HGET', KEYS[1], 'started_ts') and ARGV[1] ~= 'cancelled' then
+  redis.call('HSET', KEYS[1], 'started_ts', ARGV[5])
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'stop_reason', ARGV[2], 'output', ARGV[3],
+           'error', ARGV[4], 'finished_ts', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"""
+
+_CANCEL = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return nil end
+if s == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'stop_reason', 'cancelled', 'finished_ts', ARGV[1])
+  redis.call('PUBLISH', KEYS[3], 'cancelled')
+elseif s == 'running' then
+  redis.call('SET', KEYS[2], 'cancelled by request', 'EX', ARGV[2])
+end
+return s
+"""
+
+
+class RunStore:
+    """Reads and writes run records for one key prefix."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, ttl_s: int = 7 * 86400) -> None:
+        self.r = r
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self._start = r.register_script(_START)
+        self._finish = r.register_script(_FINISH)
+        self._cancel = r.register_script(_CANCEL)
+
+    def create(
+        self,
+        run_id: str,
+        *,
+        tenant: str,
+        agent: str,
+        input: Any,
+        budgets: Budgets,
+        metadata: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Write a new queued run and return its record (as stored)."""
+        fields = {
+            "id": run_id,
+            "tenant": tenant,
+            "agent": agent,
+            "status": QUEUED,
+            "input": json.dumps(input),
+            "budgets": json.dumps(budgets.to_dict()),
+            "metadata": json.dumps(metadata),
+            "created_ts": repr(time.time()),
+            "steps": 0,
+            "tool_calls": 0,
+            "cursor": 0,
+            "attempts": 0,
+        }
+        key = self.keys.run(run_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(key, self.ttl_s)
+        pipe.execute()
+        return {k: str(v) for k, v in fields.items()}
+
+    def load(self, run_id: str) -> dict[str, str] | None:
+        """The raw hash of a run, or None."""
+        raw = self.r.hgetall(self.keys.run(run_id))
+        return {str(k): str(v) for k, v in raw.items()} or None
+
+    def start(self, run_id: str) -> dict[str, str] | None:
+        """Mark a queued run running (once), count an attempt, and return its raw hash."""
+        flat = self._start(keys=[self.keys.run(run_id)], args=[repr(time.time())])
+        if not flat:
+            return None
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
+    def begin_step(self, run_id: str, step: int) -> None:
+        """Record that step `step` (1-based) has begun; idempotent, so a resumed step counts once."""
+        self.r.hset(self.keys.run(run_id), "steps", step)
+
+    def checkpoint(
+        self,
+        run_id: str,
+        *,
+        cursor: int,
+        memory: dict[str, Any],
+        last_result: Any,
+        step_entry: dict[str, Any],
+    ) -> None:
+        """Persist the loop's position after a step, with the step's entry in the step log."""
+        key, log = self.keys.run(run_id), self.keys.run_steps(run_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(
+            key,
+            mapping={"cursor": cursor, "memory": json.dumps(memory), "last_result": json.dumps(last_result)},
+        )
+        pipe.rpush(log, json.dumps(step_entry))
+        pipe.ltrim(log, -STEP_LOG_MAX, -1)
+        pipe.expire(log, self.ttl_s)
+        pipe.execute()
+
+    def finish(
+        self,
+        run_id: str,
+        status: str,
+        stop_reason: str,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        """End a run unless it has already ended; True when this call ended it."""
+        done = self._finish(
+            keys=[self.keys.run(run_id), self.keys.run_ended_channel(run_id), self.keys.run_steps(run_id)],
+            args=[status, stop_reason, json.dumps(output), json.dumps(error), repr(time.time()), self.ttl_s],
+        )
+        return bool(done)
+
+    def cancel(self, run_id: str) -> str | None:
+        """Cancel a run: a queued one ends now, a running one at its next check. Returns the old status."""
+        status: str | None = self._cancel(
+            keys=[self.keys.run(run_id), self.keys.run_cancel(run_id), self.keys.run_ended_channel(run_id)],
+            args=[repr(time.time()), 3600],
+        )
+        return status
+
+    def steps(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's step log, oldest first (at most STEP_LOG_MAX entries)."""
+        return [json.loads(item) for item in self.r.lrange(self.keys.run_steps(run_id), 0, -1)]
+
+
+def public_view(raw: dict[str, str], *, now: float | None = None) -> dict[str, Any]:
+    """The run as the API shows it (CONTRACT.md: the run)."""
+    data: dict[str, Any] = {}
+    for name in _JSON_FIELDS:
+        value = raw.get(name)
+        data[name] = json.loads(value) if value else None
+    started, finished = _finite(raw.get("started_ts")), _finite(raw.get("finished_ts"))
+    if started is None:
+        seconds = 0.0
+    else:
+        seconds = max(0.0, (finished if finished is not None else (now or time.time())) - started)
+    return {
+        "id": raw["id"],
+        "agent": raw["agent"],
+        "tenant": raw["tenant"],
+        "status": raw["status"],
+        "stop_reason": raw.get("stop_reason") or None,
+        "output": data["output"],
+        "error": data["error"],
+        "usage": {
+            "steps": int(raw.get("steps", 0)),
+            "tool_calls": int(raw.get("tool_calls", 0)),
+            "seconds": round(seconds, 3),
+        },
+        "budgets": data["budgets"],
+        "metadata": data["metadata"] or {},
+        "created_at": iso(_finite(raw.get("created_ts"))),
+        "started_at": iso(started),
+        "finished_at": iso(finished),
+    }

@@ -1,0 +1,259 @@
+"""The fleet's configuration: one Settings class for the API, the workers and the CLI.
+
+Precedence: environment > YAML file named by ``FLEET_CONFIG`` > the built-in safe defaults.
+Nested YAML keys are set from the environment as ``FLEET_<SECTION>__<KEY>``. Secrets come from
+the environment or from files (``FLEET_API_KEYS_FILE``, ``/run/secrets/<name>``), never from the
+YAML file's defaults, and are masked wherever settings are shown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+SECRETS_DIR = Path("/run/secrets")
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+
+
+class ConfigError(Exception):
+    """A setting that does not parse; the message names the setting."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RuntimeEnv(_Section):
+    AGENT_MAX_STEPS: int = Field(25, gt=0)
+    AGENT_MAX_TOOL_CALLS: int = Field(12, ge=0)
+    AGENT_MAX_SECONDS: float = Field(60, gt=0)
+
+
+class RuntimeSection(_Section):
+    env: RuntimeEnv = RuntimeEnv()
+
+
+class RetriesSection(_Section):
+    max: int = Field(2, ge=0, le=10)
+    backoff_ms: list[int] = Field(default_factory=lambda: [200, 800])
+
+    @field_validator("backoff_ms")
+    @classmethod
+    def _non_negative(cls, value: list[int]) -> list[int]:
+        if not value or any(v < 0 for v in value):
+            raise ValueError("backoff_ms needs at least one value, each >= 0")
+        return value
+
+
+class HttpSection(_Section):
+    allow_hosts: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(1_048_576, gt=0)
+
+
+class SearchSection(_Section):
+    url: str | None = None
+
+
+class ToolsSection(_Section):
+    allowlist: list[str] = Field(default_factory=lambda: ["search.read", "http.get"])
+    timeouts_ms: dict[str, int] = Field(default_factory=lambda: {"default": 8000})
+    retries: RetriesSection = RetriesSection()
+    rate_limits: dict[str, str] = Field(default_factory=dict)
+    http: HttpSection = HttpSection()
+    search: SearchSection = SearchSection()
+
+    @field_validator("timeouts_ms")
+    @classmethod
+    def _positive_timeouts(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, ms in value.items():
+            if ms <= 0:
+                raise ValueError(f"timeouts_ms.{name} must be > 0")
+        return {"default": 8000, **value}
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rates_parse(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, rate in value.items():
+            if not _RATE_RE.match(rate):
+                raise ValueError(f"rate_limits.{name}: {rate!r} is not like '20/s', '600/m' or '5000/h'")
+        return value
+
+    def timeout_s(self, tool: str) -> float:
+        """The timeout of one attempt of `tool`, in seconds."""
+        return self.timeouts_ms.get(tool, self.timeouts_ms["default"]) / 1000.0
+
+
+class ObservabilitySection(_Section):
+    sampled_tool_results: bool = True
+    result_sample_rate: float = Field(0.01, ge=0, le=1)
+
+
+class RolloutSection(_Section):
+    canary_percent: float = Field(10, ge=0, le=100)
+    rollback_on_error_rate: float = Field(0.05, ge=0, le=1)
+
+
+class Settings(BaseSettings):
+    """Everything a fleet process reads at start. Invalid values stop the process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLEET_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    runtime: RuntimeSection = RuntimeSection()
+    tools: ToolsSection = ToolsSection()
+    observability: ObservabilitySection = ObservabilitySection()
+    rollout: RolloutSection = RolloutSection()
+    # Per-agent settings, keyed by agent name (the `llm` agent's model and prices live here).
+    agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Modules imported by every process at start; they register user agents and tools.
+    plugins: list[str] = Field(default_factory=list)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL"))
+    key_prefix: str = Field("fleet", pattern=r"^[A-Za-z0-9_.-]+$")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    # The fleet's budget caps; the env names of the seed config override `runtime.env`.
+    agent_max_steps: int | None = Field(None, gt=0, validation_alias=AliasChoices("AGENT_MAX_STEPS"))
+    agent_max_tool_calls: int | None = Field(
+        None, ge=0, validation_alias=AliasChoices("AGENT_MAX_TOOL_CALLS")
+    )
+    agent_max_seconds: float | None = Field(None, gt=0, validation_alias=AliasChoices("AGENT_MAX_SECONDS"))
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, gt=0, lt=65536)
+    api_keys: SecretStr | None = None
+    api_keys_file: Path | None = None
+    max_body_bytes: int = Field(262_144, gt=0)
+    max_queued: int = Field(10_000, gt=0)
+    run_ttl_s: int = Field(7 * 86400, gt=0)
+    max_attempts: int = Field(3, gt=0, le=20)
+
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: SecretStr | None = None
+
+    sentry_dsn: SecretStr | None = Field(None, validation_alias=AliasChoices("SENTRY_DSN"))
+    flower_user: str = "fleet"
+    flower_password: SecretStr | None = None
+    flower_port: int = Field(5555, gt=0, lt=65536)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_path = os.environ.get("FLEET_CONFIG")
+        if config_path:
+            path = Path(config_path)
+            if not path.is_file():
+                raise ConfigError(f"FLEET_CONFIG: no such file: {config_path}")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    @field_validator("api_keys", "api_key", "sentry_dsn", "flower_password")
+    @classmethod
+    def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("is a placeholder, not a secret")
+        return value
+
+    # -- derived values -------------------------------------------------------------------------
+
+    @property
+    def max_steps(self) -> int:
+        return self.agent_max_steps or self.runtime.env.AGENT_MAX_STEPS
+
+    @property
+    def max_tool_calls(self) -> int:
+        if self.agent_max_tool_calls is not None:
+            return self.agent_max_tool_calls
+        return self.runtime.env.AGENT_MAX_TOOL_CALLS
+
+    @property
+    def max_seconds(self) -> float:
+        return self.agent_max_seconds or self.runtime.env.AGENT_MAX_SECONDS
+
+    def tenant_keys(self) -> dict[str, str]:
+        """API key -> tenant, from FLEET_API_KEYS, FLEET_API_KEYS_FILE or /run/secrets/fleet_api_keys."""
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        source = "FLEET_API_KEYS"
+        if not raw:
+            path = self.api_keys_file or SECRETS_DIR / "fleet_api_keys"
+            source = "FLEET_API_KEYS_FILE"
+            if self.api_keys_file is not None or path.is_file():
+                try:
+                    raw = path.read_text()
+                except OSError as exc:
+                    raise ConfigError(f"FLEET_API_KEYS_FILE: cannot read {path}: {exc.strerror}") from None
+        return parse_tenant_keys(raw, source)
+
+    def secret(self, name: str) -> str | None:
+        """A secret that lives in the environment or in /run/secrets/<lowercase name>."""
+        value = os.environ.get(name)
+        if value:
+            return value
+        path = SECRETS_DIR / name.lower()
+        if path.is_file():
+            return path.read_text().strip() or None
+        return None
+
+
+def parse_tenant_keys(raw: str, source: str = "FLEET_API_KEYS") -> dict[str, str]:
+    """Parse ``tenant:key,tenant:key`` (commas or newlines) into key -> tenant."""
+    keys: dict[str, str] = {}
+    for position, item in enumerate(re.split(r"[,\n]", raw), start=1):
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        tenant, sep, key = item.partition(":")
+        tenant, key = tenant.strip(), key.strip()
+        if not sep or not tenant or not key:
+            raise ConfigError(f"{source}: entry {position} is not 'tenant:key'")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", tenant):
+            raise ConfigError(f"{source}: entry {position}: tenant may hold only letters, digits, '_.-'")
+        if len(key) < 8 or key.lower() in PLACEHOLDER_SECRETS:
+            raise ConfigError(f"{source}: entry {position}: key is too short or a placeholder")
+        keys[key] = tenant
+    return keys
+
+
+def load_settings() -> Settings:
+    """Build Settings, turning any validation error into a ConfigError that names the setting."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(part) for part in err["loc"]) or "settings"
+            problems.append(f"{loc}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # YAML syntax errors and the like: name the file, not the content.
+        raise ConfigError(f"FLEET_CONFIG: cannot load {os.environ.get('FLEET_CONFIG')}: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, loaded once."""
+    return load_settings()

@@ -1,0 +1,86 @@
+"""The fleet's two Celery tasks, kept thin: the logic lives in plain modules."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from billiard.einfo import ExceptionInfo
+from celery import Task
+from celery.exceptions import TimeLimitExceeded
+
+from worker import agents, tools
+from worker.celery_app import RUN_TASK, TOOL_TASK, app
+from worker.gateway import REPLY_TTL_S
+from worker.keys import TOOL_QUEUE, Keys
+from worker.loop import LoopDeps, execute_run, exit_process
+from worker.redis_conn import get_redis
+from worker.runs import STOPPED, RunStore
+from worker.settings import get_settings
+from worker.tools.base import ToolContext
+
+agents.load_plugins(get_settings().plugins)
+tools.load_builtins()
+
+
+class CeleryDispatcher:
+    """Sends tool-call attempts to the tool queue."""
+
+    def send(self, *, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
+        app.send_task(
+            TOOL_TASK,
+            args=[call_id, attempt, tool, args, timeout_s],
+            queue=TOOL_QUEUE,
+            expires=timeout_s + 60,
+        )
+
+
+@lru_cache(maxsize=1)
+def _deps() -> LoopDeps:
+    settings = get_settings()
+    r = get_redis()
+    keys = Keys(settings.key_prefix)
+    return LoopDeps(
+        r=r,
+        keys=keys,
+        settings=settings,
+        store=RunStore(r, keys, settings.run_ttl_s),
+        dispatcher=CeleryDispatcher(),
+        hard_stop=exit_process,
+    )
+
+
+class RunTask(Task):  # type: ignore[type-arg]
+    def on_failure(
+        self,
+        exc: Exception,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: ExceptionInfo,
+    ) -> None:
+        # Celery's hard time limit killed the child (runs in the worker's main process): the run
+        # ran out of time. A lost worker (WorkerLostError) is requeued instead, and resumes.
+        if isinstance(exc, TimeLimitExceeded) and args:
+            _deps().store.finish(str(args[0]), STOPPED, "max_seconds")
+
+
+@app.task(name=RUN_TASK, base=RunTask, bind=True)
+def run_agent(self: RunTask, run_id: str) -> str | None:
+    """Execute (or resume) one run under its budgets."""
+    return execute_run(run_id, _deps())
+
+
+@app.task(name=TOOL_TASK)
+def tool_call(call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
+    """Execute one attempt of a tool call and hand its envelope to the waiting run."""
+    deps = _deps()
+    result = tools.execute(
+        tool, args, ToolContext(call_id=call_id, timeout_s=timeout_s, settings=deps.settings)
+    )
+    reply_key = deps.keys.call_reply(call_id, attempt)
+    pipe = deps.r.pipeline(transaction=True)
+    pipe.rpush(reply_key, json.dumps(result))
+    pipe.expire(reply_key, REPLY_TTL_S)
+    pipe.execute()

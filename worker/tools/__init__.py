@@ -1,0 +1,70 @@
+"""The tool registry: declare a tool with `@tool(...)`; built-ins register on import."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from worker.tools.base import Tool, ToolContext, ToolFailure, ToolFn, error_result, ok_result
+
+_REGISTRY: dict[str, Tool] = {}
+_BUILTINS = ("worker.tools.echo", "worker.tools.http_get")
+
+
+def tool(
+    name: str, *, args: type[BaseModel], writes: bool = False, description: str = ""
+) -> Callable[[ToolFn], ToolFn]:
+    """Register `fn(args, ctx)` as the tool `name`; `args` is the pydantic model of its arguments."""
+
+    def register(fn: ToolFn) -> ToolFn:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"tool {name!r} is registered twice")
+        _REGISTRY[name] = Tool(name=name, fn=fn, args_model=args, writes=writes, description=description)
+        return fn
+
+    return register
+
+
+def load_builtins() -> None:
+    for module in _BUILTINS:
+        importlib.import_module(module)
+
+
+def get_tool(name: str) -> Tool | None:
+    load_builtins()
+    return _REGISTRY.get(name)
+
+
+def tool_names() -> list[str]:
+    load_builtins()
+    return sorted(_REGISTRY)
+
+
+def validate_args(spec: Tool, args: Any) -> BaseModel:
+    """Parse a call's arguments, or raise ToolFailure('invalid_args') naming the field."""
+    try:
+        return spec.args_model.model_validate(args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "args"
+        raise ToolFailure("invalid_args", f"{where}: {first['msg']}") from None
+
+
+def execute(name: str, args: Any, ctx: ToolContext) -> dict[str, Any]:
+    """Run a tool on the tool worker and return its envelope; never raises for a tool's failure."""
+    spec = get_tool(name)
+    if spec is None:
+        return error_result("denied", f"unknown tool {name!r}")
+    try:
+        parsed = validate_args(spec, args)
+        return ok_result(spec.fn(parsed, ctx))
+    except ToolFailure as failure:
+        return failure.envelope()
+    except Exception as exc:
+        return error_result("tool_error", f"{type(exc).__name__}: {exc}")
+
+
+__all__ = ["Tool", "ToolContext", "ToolFailure", "execute", "get_tool", "tool", "tool_names", "validate_args"]

@@ -1,0 +1,76 @@
+"""What every tool shares: its declaration, its context, its failures and the result envelope."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from worker.settings import Settings
+
+ErrorType = Literal[
+    "denied", "killed", "rate_limited", "circuit_open", "timeout", "http_error", "invalid_args", "tool_error"
+]
+ERROR_MESSAGE_MAX = 500  # characters of an error message kept in a result
+
+
+class ToolFailure(Exception):
+    """A tool call that failed in a way the agent should see; `type` is one of ErrorType."""
+
+    def __init__(
+        self,
+        type: ErrorType,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.type: ErrorType = type
+        self.message = message
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+    def envelope(self) -> dict[str, Any]:
+        return error_result(self.type, self.message, status=self.status, retry_after_s=self.retry_after_s)
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What a tool knows about its call: its deterministic id, its time and the fleet's settings."""
+
+    call_id: str
+    timeout_s: float
+    settings: Settings
+
+
+ToolFn = Callable[[Any, ToolContext], Any]
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A declared tool: its name, whether it writes, its argument model and its function."""
+
+    name: str
+    fn: ToolFn
+    args_model: type[BaseModel]
+    writes: bool = False
+    description: str = ""
+
+
+def ok_result(result: Any) -> dict[str, Any]:
+    return {"ok": True, "result": result}
+
+
+def error_result(
+    type: ErrorType, message: str, *, status: int | None = None, retry_after_s: float | None = None
+) -> dict[str, Any]:
+    """The envelope of a failed call; `status` and `retry_after_s` only when known."""
+    error: dict[str, Any] = {"type": type, "message": message[:ERROR_MESSAGE_MAX]}
+    if status is not None:
+        error["status"] = status
+    if retry_after_s is not None:
+        error["retry_after_s"] = retry_after_s
+    return {"ok": False, "error": error}
