@@ -179,8 +179,8 @@ class Fleet:
 
     def start_worker(self, concurrency: int = 3, *extra: str) -> Proc:
         name = f"agent-{uuid.uuid4().hex[:6]}@%h"
-        proc = self.spawn("worker", "worker", "--concurrency", str(concurrency), "-n", name, "--without-mingle",
-                          *extra)  # fmt: skip
+        argv = ["worker", "--concurrency", str(concurrency), "-n", name, "--without-mingle", *extra]
+        proc = self.spawn("worker", *argv)
         wait_for(lambda: " ready." in proc.text(), 40, f"worker did not start:\n{proc.text()}")
         return proc
 
