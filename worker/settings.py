@@ -244,13 +244,23 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = ".".join(str(part) for part in err["loc"]) or "settings"
-            problems.append(f"{loc}: {err['msg']}")
+            problems.append(f"{setting_name(err['loc'])}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     except ConfigError:
         raise
     except Exception as exc:  # YAML syntax errors and the like: name the file, not the content.
         raise ConfigError(f"FLEET_CONFIG: cannot load {os.environ.get('FLEET_CONFIG')}: {exc}") from None
+
+
+def setting_name(loc: tuple[int | str, ...]) -> str:
+    """`tools.retries.max (FLEET_TOOLS__RETRIES__MAX)` for a nested key; env aliases as they are."""
+    parts = [str(part) for part in loc]
+    if not parts:
+        return "settings"
+    if parts[0].isupper():  # an alias such as AGENT_MAX_STEPS or SENTRY_DSN
+        return ".".join(parts)
+    env = "FLEET_" + "__".join(part.upper() for part in parts)
+    return f"{'.'.join(parts)} ({env})"
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,134 @@
+"""Settings: precedence, the seed's env names, secrets and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.settings import ConfigError, load_settings, parse_tenant_keys
+
+SAFE_DEFAULT = """\
+runtime:
+  env:
+    AGENT_MAX_STEPS: 25
+    AGENT_MAX_TOOL_CALLS: 12
+    AGENT_MAX_SECONDS: 60
+tools:
+  allowlist: ["search.read", "http.get"]
+  timeouts_ms: { default: 8000 }
+  retries: { max: 2, backoff_ms: [200, 800] }
+observability:
+  sampled_tool_results: true
+  result_sample_rate: 0.01
+rollout:
+  canary_percent: 10
+  rollback_on_error_rate: 0.05
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("FLEET_", "AGENT_MAX_")) or name in ("REDIS_URL", "SENTRY_DSN"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_built_in_defaults_are_the_safe_default_config() -> None:
+    s = load_settings()
+    assert (s.max_steps, s.max_tool_calls, s.max_seconds) == (25, 12, 60)
+    assert s.tools.allowlist == ["search.read", "http.get"]
+    assert s.tools.timeout_s("anything") == 8.0
+    assert s.tools.retries.backoff_ms == [200, 800]
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+
+
+def test_safe_default_yaml_is_accepted_verbatim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_CONFIG", write(tmp_path, SAFE_DEFAULT))
+    s = load_settings()
+    assert s.rollout.canary_percent == 10 and s.observability.result_sample_rate == 0.01
+
+
+def test_environment_beats_yaml_beats_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "FLEET_CONFIG",
+        write(
+            tmp_path,
+            "runtime: {env: {AGENT_MAX_STEPS: 9, AGENT_MAX_SECONDS: 30}}\ntools: {allowlist: [echo]}\n",
+        ),
+    )
+    monkeypatch.setenv("AGENT_MAX_STEPS", "7")
+    monkeypatch.setenv("FLEET_TOOLS__TIMEOUTS_MS", '{"echo": 100}')
+    s = load_settings()
+    assert s.max_steps == 7  # env
+    assert s.max_seconds == 30  # yaml
+    assert s.max_tool_calls == 12  # default
+    assert s.tools.allowlist == ["echo"]  # yaml, untouched by another env key of the same section
+    assert s.tools.timeout_s("echo") == 0.1 and s.tools.timeout_s("other") == 8.0
+
+
+@pytest.mark.parametrize(
+    ("env", "yaml_text", "named"),
+    [
+        ({"AGENT_MAX_STEPS": "abc"}, None, "AGENT_MAX_STEPS"),
+        ({"AGENT_MAX_SECONDS": "-1"}, None, "AGENT_MAX_SECONDS"),
+        ({"FLEET_TOOLS__RETRIES__MAX": "-1"}, None, "tools.retries.max"),
+        ({}, "tools: {allowlistt: []}\n", "tools.allowlistt"),
+        ({}, "tools: {rate_limits: {http.get: 'fast'}}\n", "rate_limits"),
+        ({}, "tools: [oops\n", "FLEET_CONFIG"),
+        ({"FLEET_API_PORT": "http"}, None, "api_port"),
+        ({"FLEET_LOG_LEVEL": "LOUD"}, None, "log_level"),
+    ],
+)
+def test_a_bad_setting_is_an_error_that_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], yaml_text: str | None, named: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if yaml_text is not None:
+        monkeypatch.setenv("FLEET_CONFIG", write(tmp_path, yaml_text))
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_settings()
+
+
+def test_missing_config_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_CONFIG", "/nonexistent/fleet.yaml")
+    with pytest.raises(ConfigError, match="FLEET_CONFIG"):
+        load_settings()
+
+
+def test_api_keys_parse_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_tenant_keys("a:key-aaaaaaaa, b:key-bbbbbbbb") == {"key-aaaaaaaa": "a", "key-bbbbbbbb": "b"}
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# tenants\nacme:key-from-file-1\n")
+    monkeypatch.setenv("FLEET_API_KEYS_FILE", str(keys_file))
+    assert load_settings().tenant_keys() == {"key-from-file-1": "acme"}
+
+
+@pytest.mark.parametrize("raw", ["nocolon", "a:", ":key-aaaaaaaa", "a:short", "bad tenant:key-aaaaaaaa"])
+def test_bad_api_keys_are_refused_without_echoing_the_key(raw: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_tenant_keys(raw)
+    assert "FLEET_API_KEYS" in str(err.value)
+    assert "key-aaaaaaaa" not in str(err.value)
+
+
+def test_placeholder_secrets_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTRY_DSN", "changeme")
+    with pytest.raises(ConfigError, match="SENTRY_DSN"):
+        load_settings()
+
+
+def test_secrets_are_masked_when_dumped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_API_KEYS", "t:very-secret-key-1")
+    monkeypatch.setenv("SENTRY_DSN", "https://secretpart@example.invalid/1")
+    dumped = str(load_settings().model_dump(mode="json"))
+    assert "very-secret-key-1" not in dumped and "secretpart" not in dumped

@@ -1,0 +1,217 @@
+"""Unit tests of the fleet's Redis logic (run store scripts, tool-call budget, gateway order)
+on fakeredis with Lua. Delivery, timing and crashes are tested against real processes elsewhere."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fakeredis
+import pytest
+
+from worker.budget import ToolCallBudget
+from worker.gateway import ToolGateway, is_retryable
+from worker.guard import BudgetExceeded, RunGuard, RunStopped
+from worker.keys import Keys
+from worker.runs import Budgets, RunStore, public_view
+from worker.settings import Settings
+from worker.tools import ToolContext, execute
+
+KEYS = Keys("fleet")
+BUDGETS = Budgets(max_steps=5, max_tool_calls=2, max_seconds=30)
+
+
+@pytest.fixture
+def r() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(decode_responses=True)
+
+
+@pytest.fixture
+def store(r: fakeredis.FakeRedis) -> RunStore:
+    return RunStore(r, KEYS)
+
+
+def new_run(store: RunStore, run_id: str = "r1") -> None:
+    store.create(run_id, tenant="t1", agent="scripted", input={"plan": []}, budgets=BUDGETS, metadata={})
+
+
+def test_a_terminal_run_never_changes_again(store: RunStore) -> None:
+    new_run(store)
+    store.start("r1")
+    assert store.finish("r1", "succeeded", "finish", output="first")
+    assert not store.finish("r1", "failed", "error", error={"type": "x", "message": "late"})
+    view = public_view(store.load("r1") or {})
+    assert (view["status"], view["stop_reason"], view["output"], view["error"]) == (
+        "succeeded",
+        "finish",
+        "first",
+        None,
+    )
+
+
+def test_start_counts_attempts_and_keeps_the_first_start_time(store: RunStore) -> None:
+    new_run(store)
+    first = store.start("r1")
+    second = store.start("r1")
+    assert first and second
+    assert first["status"] == "running" and second["attempts"] == "2"
+    assert first["started_ts"] == second["started_ts"]
+
+
+def test_cancel_ends_a_queued_run_at_once_and_flags_a_running_one(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    new_run(store, "queued")
+    assert store.cancel("queued") == "queued"
+    assert public_view(store.load("queued") or {})["status"] == "cancelled"
+    new_run(store, "running")
+    store.start("running")
+    assert store.cancel("running") == "running"
+    assert public_view(store.load("running") or {})["status"] == "running"
+    assert r.get(KEYS.run_cancel("running")) is not None
+    assert store.cancel("missing") is None
+
+
+def test_public_view_has_the_contract_fields_and_iso_times(store: RunStore) -> None:
+    new_run(store)
+    view = public_view(store.load("r1") or {})
+    assert view["status"] == "queued" and view["started_at"] is None and view["finished_at"] is None
+    assert view["created_at"].endswith("Z") and len(view["created_at"]) == len("2026-11-26T09:14:39.123456Z")
+    assert view["usage"] == {"steps": 0, "tool_calls": 0, "seconds": 0.0}
+    assert view["budgets"] == {"max_steps": 5, "max_tool_calls": 2, "max_seconds": 30.0}
+
+
+def test_tool_call_budget_counts_each_call_once_and_refuses_the_one_over(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    new_run(store)
+    budget = ToolCallBudget(r, KEYS, "r1", max_tool_calls=2, ttl_s=60)
+    assert budget.reserve("r1:1:0") is None
+    assert budget.reserve("r1:1:0") is None  # a retry or a resumed step: still one call
+    assert budget.used == 1
+    budget.record("r1:1:0", {"ok": True, "result": 1})
+    assert budget.reserve("r1:1:0") == {"ok": True, "result": 1}  # replayed, not called again
+    budget.reserve("r1:2:0")
+    with pytest.raises(BudgetExceeded) as stop:
+        budget.reserve("r1:3:0")
+    assert stop.value.stop_reason == "max_tool_calls"
+    assert r.hget(KEYS.run("r1"), "tool_calls") == "2"
+
+
+class InlineDispatcher:
+    """Runs the tool in-process and pushes its reply, as a tool worker would; records calls."""
+
+    def __init__(
+        self, r: fakeredis.FakeRedis, settings: Settings, replies: list[dict[str, Any]] | None = None
+    ):
+        self.r, self.settings, self.replies = r, settings, replies
+        self.sent: list[tuple[str, int, str]] = []
+
+    def send(self, *, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
+        self.sent.append((call_id, attempt, tool))
+        if self.replies is not None:
+            result = self.replies.pop(0)
+        else:
+            result = execute(
+                tool, args, ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
+            )
+        self.r.rpush(KEYS.call_reply(call_id, attempt), json.dumps(result))
+
+
+def gateway(
+    r: fakeredis.FakeRedis,
+    store: RunStore,
+    settings: Settings,
+    dispatcher: InlineDispatcher,
+    deadline_s: float = 30,
+) -> ToolGateway:
+    import time
+
+    new_run(store)
+    guard = RunGuard(
+        r, KEYS, run_id="r1", tenant="t1", agent="scripted", deadline_ts=time.time() + deadline_s
+    )
+    budget = ToolCallBudget(r, KEYS, "r1", max_tool_calls=5, ttl_s=60)
+    return ToolGateway(r, KEYS, settings, guard=guard, budget=budget, dispatcher=dispatcher)
+
+
+def test_gateway_checks_kill_switch_then_allowlist_then_args_before_any_call(
+    r: fakeredis.FakeRedis, store: RunStore
+) -> None:
+    settings = Settings(tools={"allowlist": ["echo", "http.get"]})
+    dispatcher = InlineDispatcher(r, settings)
+    gw = gateway(r, store, settings, dispatcher)
+    r.set(KEYS.kill_tool("echo"), "echo is broken")
+    assert gw.call("r1:1:0", "echo", {})["error"] == {"type": "killed", "message": "echo is broken"}
+    r.delete(KEYS.kill_tool("echo"))
+    assert gw.call("r1:2:0", "search.read", {})["error"]["type"] == "denied"
+    assert gw.call("r1:3:0", "http.get", {"url": 5})["error"]["type"] == "invalid_args"
+    assert dispatcher.sent == []
+    assert r.hget(KEYS.run("r1"), "tool_calls") == "0"  # refused calls are not started
+    assert gw.call("r1:4:0", "echo", {"a": 1}) == {"ok": True, "result": {"a": 1}}
+    assert len(dispatcher.sent) == 1
+
+
+def test_gateway_retries_retryable_failures_as_one_call(r: fakeredis.FakeRedis, store: RunStore) -> None:
+    settings = Settings(tools={"allowlist": ["echo"], "retries": {"max": 2, "backoff_ms": [1, 1]}})
+    failure = {"ok": False, "error": {"type": "http_error", "message": "HTTP 503", "status": 503}}
+    dispatcher = InlineDispatcher(r, settings, replies=[failure, failure, {"ok": True, "result": "third"}])
+    gw = gateway(r, store, settings, dispatcher)
+    assert gw.call("r1:1:0", "echo", {}) == {"ok": True, "result": "third"}
+    assert [attempt for _, attempt, _ in dispatcher.sent] == [0, 1, 2]
+    assert r.hget(KEYS.run("r1"), "tool_calls") == "1"
+
+
+def test_gateway_gives_up_when_retry_after_is_past_the_deadline(
+    r: fakeredis.FakeRedis, store: RunStore
+) -> None:
+    settings = Settings(tools={"allowlist": ["echo"], "retries": {"max": 2, "backoff_ms": [1]}})
+    limited = {
+        "ok": False,
+        "error": {"type": "http_error", "message": "HTTP 429", "status": 429, "retry_after_s": 60},
+    }
+    dispatcher = InlineDispatcher(r, settings, replies=[limited])
+    gw = gateway(r, store, settings, dispatcher, deadline_s=5)
+    assert gw.call("r1:1:0", "echo", {})["error"]["status"] == 429
+    assert len(dispatcher.sent) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        ({"type": "timeout"}, True),
+        ({"type": "http_error", "status": 500}, True),
+        ({"type": "http_error", "status": 429}, True),
+        ({"type": "http_error"}, True),
+        ({"type": "http_error", "status": 404}, False),
+        ({"type": "invalid_args"}, False),
+        ({"type": "denied"}, False),
+    ],
+)
+def test_only_timeouts_5xx_429_and_connection_failures_are_retried(
+    error: dict[str, Any], retry: bool
+) -> None:
+    assert is_retryable({"ok": False, "error": {"message": "", **error}}) is retry
+
+
+def test_guard_reports_kill_before_cancel_and_the_deadline(r: fakeredis.FakeRedis) -> None:
+    import time
+
+    guard = RunGuard(r, KEYS, run_id="r1", tenant="t1", agent="a", deadline_ts=time.time() - 1)
+    r.set(KEYS.run_cancel("r1"), "cancelled by request")
+    r.set(KEYS.kill_tenant("t1"), "tenant paused")
+    with pytest.raises(RunStopped) as stop:
+        guard.check()
+    assert (stop.value.status, stop.value.stop_reason, stop.value.message) == (
+        "stopped",
+        "killed",
+        "tenant paused",
+    )
+    r.delete(KEYS.kill_tenant("t1"))
+    with pytest.raises(RunStopped) as stop:
+        guard.check()
+    assert stop.value.stop_reason == "cancelled"
+    r.delete(KEYS.run_cancel("r1"))
+    with pytest.raises(BudgetExceeded) as stop:
+        guard.check()
+    assert stop.value.stop_reason == "max_seconds"
