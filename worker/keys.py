@@ -55,3 +55,15 @@ class Keys:
 
     def call_reply(self, call_id: str, attempt: int) -> str:
         return f"{self.prefix}:call:{call_id}:reply:{attempt}"
+
+    # gateway state, shared by the fleet -----------------------------------------------------------
+    def rate_limit(self, tool: str, tenant: str | None = None) -> str:
+        if tenant is None:
+            return f"{self.prefix}:ratelimit:{tool}"
+        return f"{self.prefix}:ratelimit:{tool}:tenant:{tenant}"
+
+    def breaker(self, tool: str) -> str:
+        return f"{self.prefix}:breaker:{tool}"
+
+    def retry_budget(self, tool: str) -> str:
+        return f"{self.prefix}:retrybudget:{tool}"

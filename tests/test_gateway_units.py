@@ -1,0 +1,99 @@
+"""Unit tests of the gateway's fleet-wide Redis logic: the GCRA rate limiter and the breaker."""
+
+from __future__ import annotations
+
+import time
+
+import fakeredis
+import pytest
+
+from worker.breaker import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, CircuitBreaker
+from worker.keys import Keys
+from worker.ratelimit import RateLimiter, parse_rate
+
+KEYS = Keys("fleet")
+
+
+@pytest.fixture
+def r() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(decode_responses=True)
+
+
+@pytest.mark.parametrize(("text", "interval_ms"), [("20/s", 50.0), ("600/m", 100.0), ("3600/h", 1000.0)])
+def test_rates_parse(text: str, interval_ms: float) -> None:
+    assert parse_rate(text).interval_ms == pytest.approx(interval_ms)
+
+
+@pytest.mark.parametrize("text", ["20", "0/s", "fast", "10/d", "-1/s"])
+def test_bad_rates_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a rate"):
+        parse_rate(text)
+
+
+def test_gcra_spaces_calls_and_reserves_future_slots(r: fakeredis.FakeRedis) -> None:
+    limiter = RateLimiter(r, KEYS)
+    rate = parse_rate("10/s")
+    waits = [limiter.acquire("t", rate, max_wait_s=10).wait_s for _ in range(5)]
+    # back to back: slot 0 now, then one every 100 ms (allow the clock a few ms)
+    for n, wait in enumerate(waits):
+        assert wait == pytest.approx(n * 0.1, abs=0.03)
+
+
+def test_gcra_refuses_without_reserving_when_the_slot_is_too_far(r: fakeredis.FakeRedis) -> None:
+    limiter = RateLimiter(r, KEYS)
+    rate = parse_rate("1/s")
+    assert limiter.acquire("t", rate, max_wait_s=0).allowed
+    refused = limiter.acquire("t", rate, max_wait_s=0.2)
+    assert not refused.allowed and refused.wait_s == pytest.approx(1.0, abs=0.05)
+    again = limiter.acquire("t", rate, max_wait_s=5)  # the refusal took no slot
+    assert again.allowed and again.wait_s == pytest.approx(1.0, abs=0.05)
+
+
+def test_burst_allows_that_many_back_to_back(r: fakeredis.FakeRedis) -> None:
+    limiter = RateLimiter(r, KEYS)
+    rate = parse_rate("1/s", burst=3)
+    assert [limiter.acquire("t", rate, 0).allowed for _ in range(4)] == [True, True, True, False]
+
+
+def test_tenant_limits_are_separate_schedules(r: fakeredis.FakeRedis) -> None:
+    limiter = RateLimiter(r, KEYS)
+    rate = parse_rate("1/s")
+    assert limiter.acquire("t", rate, 0, tenant="a").allowed
+    assert limiter.acquire("t", rate, 0, tenant="b").allowed
+    assert not limiter.acquire("t", rate, 0, tenant="a").allowed
+
+
+def test_breaker_opens_on_consecutive_failures_and_recovers_through_a_probe(r: fakeredis.FakeRedis) -> None:
+    breaker = CircuitBreaker(r, KEYS)
+    policy = BreakerPolicy(failure_threshold=3, min_calls=100, cooldown_s=0.2, probe_timeout_s=5)
+    for _ in range(2):
+        assert breaker.allow("t", policy).allowed
+        assert breaker.record("t", False, policy) == CLOSED
+    assert breaker.record("t", False, policy) == OPEN
+    refused = breaker.allow("t", policy)
+    assert not refused.allowed and refused.state == OPEN and 0 < refused.retry_in_s <= 0.2
+    time.sleep(0.25)
+    probe = breaker.allow("t", policy)
+    assert probe.allowed and probe.state == HALF_OPEN
+    assert not breaker.allow("t", policy).allowed  # one probe at a time
+    assert breaker.record("t", True, policy) == CLOSED
+    assert breaker.allow("t", policy).allowed
+
+
+def test_a_failed_probe_opens_the_breaker_again(r: fakeredis.FakeRedis) -> None:
+    breaker = CircuitBreaker(r, KEYS)
+    policy = BreakerPolicy(failure_threshold=1, cooldown_s=0.1)
+    breaker.record("t", False, policy)
+    time.sleep(0.15)
+    assert breaker.allow("t", policy).state == HALF_OPEN
+    assert breaker.record("t", False, policy) == OPEN
+    assert not breaker.allow("t", policy).allowed
+
+
+def test_breaker_opens_on_failure_rate_over_the_window(r: fakeredis.FakeRedis) -> None:
+    breaker = CircuitBreaker(r, KEYS)
+    policy = BreakerPolicy(failure_threshold=100, failure_rate=0.5, min_calls=10, window_s=60)
+    states = []
+    for n in range(10):  # alternate: never 2 consecutive failures, but a 50 % failure rate
+        states.append(breaker.record("t", n % 2 == 0, policy))
+    assert states[-1] == OPEN and OPEN not in states[:-1]

@@ -1,0 +1,125 @@
+"""Circuit breakers per tool, shared by the fleet (one Redis hash per tool, changed by Lua).
+
+closed -> open: after `failure_threshold` consecutive failures, or when the failure rate over
+the last `window_s` reaches `failure_rate` with at least `min_calls` calls.
+open -> half_open: after `cooldown_s`, one probe call at a time is let through.
+half_open -> closed on a probe's success; -> open again on its failure.
+While open, a call returns `circuit_open` at once and no request leaves the fleet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from worker.keys import Keys
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+_ALLOW = (
+    _NOW
+    + """
+local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+if state == 'closed' then return {1, state, 0} end
+local cooldown = tonumber(ARGV[1])
+if state == 'open' then
+  local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_ms') or '0')
+  if now - opened < cooldown then return {0, state, cooldown - (now - opened)} end
+  redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until_ms', now + tonumber(ARGV[2]))
+  return {1, 'half_open', 0}
+end
+local probe_until = tonumber(redis.call('HGET', KEYS[1], 'probe_until_ms') or '0')
+if now < probe_until then return {0, state, probe_until - now} end
+redis.call('HSET', KEYS[1], 'probe_until_ms', now + tonumber(ARGV[2]))
+return {1, state, 0}
+"""
+)
+
+_RECORD = (
+    _NOW
+    + """
+local ok = ARGV[1] == '1'
+local threshold, rate = tonumber(ARGV[2]), tonumber(ARGV[3])
+local min_calls, window = tonumber(ARGV[4]), tonumber(ARGV[5])
+local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local win_start = tonumber(redis.call('HGET', KEYS[1], 'win_start_ms') or '0')
+if now - win_start > window then
+  redis.call('HSET', KEYS[1], 'win_start_ms', now, 'win_calls', 0, 'win_failures', 0)
+end
+local calls = redis.call('HINCRBY', KEYS[1], 'win_calls', 1)
+local failures = tonumber(redis.call('HGET', KEYS[1], 'win_failures') or '0')
+if ok then
+  redis.call('HSET', KEYS[1], 'consecutive', 0)
+  if state == 'half_open' then
+    redis.call('HSET', KEYS[1], 'state', 'closed', 'win_start_ms', now, 'win_calls', 0, 'win_failures', 0)
+    return 'closed'
+  end
+  return state
+end
+failures = redis.call('HINCRBY', KEYS[1], 'win_failures', 1)
+local consecutive = redis.call('HINCRBY', KEYS[1], 'consecutive', 1)
+if state == 'half_open' or (state == 'closed' and (consecutive >= threshold or
+    (calls >= min_calls and failures / calls >= rate))) then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_ms', now)
+  return 'open'
+end
+return state
+"""
+)
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    failure_threshold: int = 5
+    failure_rate: float = 0.5
+    min_calls: int = 10
+    window_s: float = 30.0
+    cooldown_s: float = 10.0
+    probe_timeout_s: float = 30.0  # a probe that never reports back frees the half-open slot after this
+
+
+@dataclass(frozen=True)
+class Admission:
+    allowed: bool
+    state: str
+    retry_in_s: float
+
+
+class CircuitBreaker:
+    """The fleet's breakers: ask before a call, report its outcome after."""
+
+    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+        self.r = r
+        self.keys = keys
+        self._allow = r.register_script(_ALLOW)
+        self._record = r.register_script(_RECORD)
+
+    def allow(self, tool: str, policy: BreakerPolicy) -> Admission:
+        allowed, state, retry_ms = self._allow(
+            keys=[self.keys.breaker(tool)],
+            args=[int(policy.cooldown_s * 1000), int(policy.probe_timeout_s * 1000)],
+        )
+        return Admission(bool(allowed), str(state), int(retry_ms) / 1000.0)
+
+    def record(self, tool: str, ok: bool, policy: BreakerPolicy) -> str:
+        """Report a call's outcome; returns the state after it."""
+        state = self._record(
+            keys=[self.keys.breaker(tool)],
+            args=[
+                "1" if ok else "0",
+                policy.failure_threshold,
+                policy.failure_rate,
+                policy.min_calls,
+                int(policy.window_s * 1000),
+            ],
+        )
+        return str(state)
+
+    def state(self, tool: str) -> str:
+        return str(self.r.hget(self.keys.breaker(tool), "state") or CLOSED)

@@ -1,0 +1,80 @@
+"""Fleet-wide rate limits per tool (and optionally per tool and tenant): GCRA in one Lua script.
+
+The script reads the time with `redis.call('TIME')`, so every worker shares one clock and one
+schedule. A call either gets a slot now, or reserves the next free slot and is told how long to
+wait for it; a slot that would not come within `max_wait_s` is not reserved and the call is
+`rate_limited`. Nothing busy-spins and nothing parks ETA messages on the broker.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import redis
+
+from worker.keys import Keys
+
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+_PERIOD_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - (burst - 1) * interval - now
+if wait < 0 then wait = 0 end
+if wait > max_wait then return {0, tostring(wait)} end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return {1, tostring(wait)}
+"""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """`count` calls per `period_s`, with `burst` calls allowed back to back."""
+
+    count: float
+    period_s: float
+    burst: int = 1
+
+    @property
+    def interval_ms(self) -> float:
+        return self.period_s * 1000.0 / self.count
+
+
+def parse_rate(text: str, burst: int = 1) -> Rate:
+    """`"20/s"`, `"600/m"` or `"5000/h"` as a Rate; ValueError for anything else."""
+    match = _RATE_RE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a rate like '20/s', '600/m' or '5000/h'")
+    return Rate(float(match.group(1)), _PERIOD_S[match.group(2)], burst)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """`allowed`: a slot is reserved, to be used after `wait_s`; otherwise the next slot is that far."""
+
+    allowed: bool
+    wait_s: float
+
+
+class RateLimiter:
+    """Takes slots from the fleet-wide schedule of a tool (or of a tool and a tenant)."""
+
+    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._gcra = r.register_script(_GCRA)
+
+    def acquire(self, tool: str, rate: Rate, max_wait_s: float, tenant: str | None = None) -> Decision:
+        """Reserve the next slot if it comes within `max_wait_s`."""
+        key = self.keys.rate_limit(tool, tenant)
+        max_wait_ms = max(0.0, max_wait_s) * 1000.0
+        allowed, wait_ms = self._gcra(keys=[key], args=[rate.interval_ms, rate.burst, max_wait_ms])
+        return Decision(bool(allowed), math.ceil(float(wait_ms)) / 1000.0)
