@@ -97,3 +97,15 @@ def test_breaker_opens_on_failure_rate_over_the_window(r: fakeredis.FakeRedis) -
     for n in range(10):  # alternate: never 2 consecutive failures, but a 50 % failure rate
         states.append(breaker.record("t", n % 2 == 0, policy))
     assert states[-1] == OPEN and OPEN not in states[:-1]
+
+
+def test_retry_budget_caps_retries_at_a_share_of_calls(r: fakeredis.FakeRedis) -> None:
+    from worker.retrybudget import RetryBudget, RetryPolicy
+
+    budget = RetryBudget(r, KEYS)
+    policy = RetryPolicy(ratio=0.2, min_retries=2, window_s=60)
+    for _ in range(50):
+        budget.note_call("t", policy)
+    granted = sum(budget.try_retry("t", policy) for _ in range(100))
+    assert granted == 12  # 20 % of 50 calls + 2
+    assert budget.try_retry("other", policy)  # budgets are per tool

@@ -1,0 +1,69 @@
+"""Retry budgets per tool, shared by the fleet: retries may be at most `ratio` of the calls
+over a sliding window (plus `min_retries`), so a dependency that is down does not see the fleet
+multiply its load. Two fixed windows, the previous one weighted by how much of it still slides in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from worker.keys import Keys
+
+_SPEND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[4])
+local bucket = math.floor(now / window)
+local cur = tonumber(redis.call('HGET', KEYS[1], 'bucket') or '-1')
+if cur ~= bucket then
+  local calls, retries = 0, 0
+  if cur == bucket - 1 then
+    calls = tonumber(redis.call('HGET', KEYS[1], 'calls') or '0')
+    retries = tonumber(redis.call('HGET', KEYS[1], 'retries') or '0')
+  end
+  redis.call('HSET', KEYS[1], 'bucket', bucket, 'calls', 0, 'retries', 0,
+             'prev_calls', calls, 'prev_retries', retries)
+  redis.call('PEXPIRE', KEYS[1], window * 3)
+end
+if ARGV[1] == 'call' then
+  redis.call('HINCRBY', KEYS[1], 'calls', 1)
+  return 1
+end
+local weight = 1 - (now % window) / window
+local calls = tonumber(redis.call('HGET', KEYS[1], 'calls')) +
+              tonumber(redis.call('HGET', KEYS[1], 'prev_calls')) * weight
+local retries = tonumber(redis.call('HGET', KEYS[1], 'retries')) +
+                tonumber(redis.call('HGET', KEYS[1], 'prev_retries')) * weight
+if retries + 1 > tonumber(ARGV[2]) * calls + tonumber(ARGV[3]) then return 0 end
+redis.call('HINCRBY', KEYS[1], 'retries', 1)
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    ratio: float = 0.2
+    min_retries: int = 3
+    window_s: float = 60.0
+
+
+class RetryBudget:
+    """Counts first attempts and grants retries within the fleet-wide budget of each tool."""
+
+    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._spend = r.register_script(_SPEND)
+
+    def _run(self, op: str, tool: str, policy: RetryPolicy) -> bool:
+        args = [op, policy.ratio, policy.min_retries, int(policy.window_s * 1000)]
+        return bool(self._spend(keys=[self.keys.retry_budget(tool)], args=args))
+
+    def note_call(self, tool: str, policy: RetryPolicy) -> None:
+        """Count a first attempt."""
+        self._run("call", tool, policy)
+
+    def try_retry(self, tool: str, policy: RetryPolicy) -> bool:
+        """Take one retry from the budget; False when the fleet already retries too much."""
+        return self._run("retry", tool, policy)
