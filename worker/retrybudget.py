@@ -57,7 +57,7 @@ class RetryBudget:
         self._spend = r.register_script(_SPEND)
 
     def _run(self, op: str, tool: str, policy: RetryPolicy) -> bool:
-        args = [op, policy.ratio, policy.min_retries, int(policy.window_s * 1000)]
+        args: list[str | float] = [op, policy.ratio, policy.min_retries, int(policy.window_s * 1000)]
         return bool(self._spend(keys=[self.keys.retry_budget(tool)], args=args))
 
     def note_call(self, tool: str, policy: RetryPolicy) -> None:
