@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -21,6 +24,14 @@ _STATUS_TYPES = {
 }
 
 
+class FleetJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped, so any string a client or an agent produced can be sent back
+    (a lone UTF-16 surrogate cannot be encoded as UTF-8)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
 class ApiError(Exception):
     """An error answer: HTTP status, error type, message and optional headers."""
 
@@ -35,7 +46,8 @@ class ApiError(Exception):
 def error_response(
     status: int, type: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse({"error": {"type": type, "message": message}}, status_code=status, headers=headers)
+    body = {"error": {"type": type, "message": message}}
+    return FleetJSONResponse(body, status_code=status, headers=headers)
 
 
 def _field(loc: tuple[int | str, ...] | list[int | str]) -> str:
@@ -72,8 +84,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = _STATUS_TYPES.get(exc.status_code, "error")
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            # FastAPI's answer to a body it cannot decode (bad UTF-8, nesting too deep).
+            return error_response(422, "invalid_request", "body: not valid JSON")
+        kind = _STATUS_TYPES.get(exc.status_code, "error")
         return error_response(exc.status_code, kind, str(exc.detail), headers)
 
     @app.exception_handler(Exception)

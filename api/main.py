@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
@@ -46,7 +47,9 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge()
+                    # An HTTPException passes through FastAPI's body parsing (anything else
+                    # would become a 400); the error handlers render it as 413.
+                    raise HTTPException(413, f"request body is over {self.max_bytes} bytes")
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -56,9 +59,10 @@ class BodyLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
+        except HTTPException as exc:
+            if exc.status_code != 413 or started:
+                raise
+            await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
         body = errors.error_response(
@@ -75,10 +79,6 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Submit, read and cancel agent runs; they execute on Celery workers under budgets.",
         lifespan=lifespan,
+        default_response_class=errors.FleetJSONResponse,
     )
     app.state.fleet = state
     errors.install(app)

@@ -59,11 +59,12 @@ def celery_worker_argv(kind: str, passthrough: Sequence[str], log_level: str) ->
 
 
 def cmd_api(args: argparse.Namespace) -> int:
+    settings = _settings()  # before importing the app, which loads settings at import
+
     import uvicorn
 
     from api.main import create_app
 
-    settings = _settings()
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     try:

@@ -106,6 +106,22 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bo
     return False
 
 
+def _wait_workers(redis_url: str, timeout_s: float, stack: Stack) -> bool:
+    """True once an agent worker and a tool worker answer a Celery ping."""
+    from celery import Celery
+
+    probe = Celery("fleet-up-probe", broker=redis_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and not stack.dead():
+            names = {name for reply in probe.control.ping(timeout=1.0) or [] for name in reply}
+            if any(n.startswith("agent@") for n in names) and any(n.startswith("tool@") for n in names):
+                return True
+        return False
+    finally:
+        probe.close()
+
+
 def run_up(settings: Settings, *, concurrency: int = 4, flower: bool = True) -> int:
     """Start the stack and block until Ctrl-C or a child's death; returns the exit code."""
     stack = Stack()
@@ -176,6 +192,9 @@ def run_up(settings: Settings, *, concurrency: int = 4, flower: bool = True) -> 
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         if not _wait_ready(f"{api_url}/healthz", api, READY_TIMEOUT_S):
             print("fleet up: the API did not become ready", file=sys.stderr)
+            return 1
+        if not _wait_workers(redis_url, READY_TIMEOUT_S, stack):
+            print("fleet up: the workers did not answer a ping in time", file=sys.stderr)
             return 1
         _print_banner(settings, api_url, api_key, flower_password if flower else None)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import redis
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from api.deps import State
+from api.errors import FleetJSONResponse
 from worker.redis_conn import make_redis
 
 router = APIRouter(tags=["health"])
@@ -19,7 +19,7 @@ def healthz() -> dict[str, bool]:
 
 
 @router.get("/readyz")
-def readyz(state: State) -> JSONResponse:
+def readyz(state: State) -> FleetJSONResponse:
     """200 when Redis answers, else 503 with the reason."""
     probe = make_redis(state.settings.redis_url)
     probe.connection_pool.connection_kwargs.update(socket_timeout=1.0, socket_connect_timeout=1.0)
@@ -27,9 +27,9 @@ def readyz(state: State) -> JSONResponse:
         probe.ping()
     except redis.RedisError as exc:
         reason = f"redis unreachable: {type(exc).__name__}"
-        return JSONResponse(
+        return FleetJSONResponse(
             {"ok": False, "error": {"type": "unavailable", "message": reason}}, status_code=503
         )
     finally:
         probe.close()
-    return JSONResponse({"ok": True, "redis": "ok"})
+    return FleetJSONResponse({"ok": True, "redis": "ok"})

@@ -10,11 +10,10 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from api.deps import AppState, State, Tenant
-from api.errors import ApiError, validation_message
+from api.errors import ApiError, FleetJSONResponse, validation_message
 from api.schemas import ErrorBody, RunOut, RunRequest
 from worker import killswitch
 from worker.agents import get_agent_class
@@ -85,7 +84,7 @@ def _admission(state: AppState, tenant: str, agent: str) -> None:
         )
 
 
-def _run_response(state: AppState, run_id: str, status_code: int, steps: bool = False) -> JSONResponse:
+def _run_response(state: AppState, run_id: str, status_code: int, steps: bool = False) -> FleetJSONResponse:
     raw = state.store.load(run_id)
     if raw is None:
         raise ApiError(404, "not_found", f"no run {run_id}")
@@ -93,7 +92,7 @@ def _run_response(state: AppState, run_id: str, status_code: int, steps: bool = 
     if steps:
         body["steps"] = state.store.steps(run_id)
     headers = {"Location": f"/v1/runs/{run_id}"} if status_code in (200, 202) else None
-    return JSONResponse(body, status_code=status_code, headers=headers)
+    return FleetJSONResponse(body, status_code=status_code, headers=headers)
 
 
 @router.post("", status_code=202, responses={202: {"model": RunOut}, 200: {"model": RunOut}, **_ERRORS})
@@ -102,21 +101,24 @@ def submit_run(
     state: State,
     tenant: Tenant,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> JSONResponse:
+) -> FleetJSONResponse:
     """Submit a run. With `Idempotency-Key`, a repeat of the same body returns the same run."""
     _validate_input(request)
     budgets = _budgets(state, request)
     if idempotency_key is not None and not _IDEM_KEY_RE.match(idempotency_key):
         raise ApiError(422, "invalid_request", "Idempotency-Key: 1-200 characters of [A-Za-z0-9_.:-]")
-    _admission(state, tenant, request.agent)
-
     run_id = uuid.uuid4().hex
-    idem_key = None
+    idem_key = body_hash = None
     if idempotency_key is not None:
+        # A repeat of an accepted request gets its run back, even under a kill switch or a full queue.
         body_hash = hashlib.sha256(
             json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()
         idem_key = state.keys.idempotency(tenant, idempotency_key)
+        if state.r.exists(idem_key):
+            return _repeat(state, idem_key, body_hash)
+    _admission(state, tenant, request.agent)
+    if idem_key is not None and body_hash is not None:
         claim = json.dumps({"hash": body_hash, "run_id": run_id})
         if not state.r.set(idem_key, claim, nx=True, ex=IDEMPOTENCY_TTL_S):
             return _repeat(state, idem_key, body_hash)
@@ -141,7 +143,7 @@ def submit_run(
     return _run_response(state, run_id, 202)
 
 
-def _repeat(state: AppState, idem_key: str, body_hash: str) -> JSONResponse:
+def _repeat(state: AppState, idem_key: str, body_hash: str) -> FleetJSONResponse:
     """A repeated Idempotency-Key: the same body gets the same run, another body a 409."""
     deadline = time.monotonic() + 2.0
     while True:
@@ -174,7 +176,7 @@ def get_run(
         float, Query(ge=0, le=MAX_WAIT_S, description="hold up to S seconds until the run ends")
     ] = 0,
     steps: Annotated[bool, Query(description="include the step log")] = False,
-) -> JSONResponse:
+) -> FleetJSONResponse:
     """Read a run; with `?wait=S` the answer waits until the run ends or S seconds pass."""
     raw = _owned(state, run_id, tenant)
     if wait > 0 and raw["status"] not in TERMINAL:
@@ -202,7 +204,7 @@ def _wait_for_end(state: AppState, run_id: str, wait_s: float) -> None:
 
 
 @router.post("/{run_id}/cancel", status_code=202, responses={202: {"model": RunOut}, **_ERRORS})
-def cancel_run(run_id: str, state: State, tenant: Tenant) -> JSONResponse:
+def cancel_run(run_id: str, state: State, tenant: Tenant) -> FleetJSONResponse:
     """Cancel a run: a queued run ends now; a running one stops at its next check (within 200 ms)."""
     _owned(state, run_id, tenant)
     state.store.cancel(run_id)
