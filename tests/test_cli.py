@@ -412,7 +412,8 @@ def test_up_without_redis_starts_its_own_stack_serves_the_printed_curl_and_sigin
 
         run = post_with_printed_curl(banner)
         done = wait_with_printed_curl(banner, run["id"])
-        assert done["status"] == "succeeded", done
+        stderr_tail = up.stderr_path.read_text(errors="replace")[-6000:]
+        assert done["status"] == "succeeded", f"{done['error']}\n{done}\n{stderr_tail}"
         assert done["output"] == "hello from agentfleet"
         assert done["tenant"] == "dev"
 

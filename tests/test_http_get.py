@@ -19,7 +19,8 @@ import pytest
 from worker.settings import Settings
 from worker.tools import execute
 from worker.tools.base import ToolContext
-from worker.tools.http_get import address_denial, retry_after_s
+from worker.tools.http_client import retry_after_s
+from worker.tools.netguard import address_denial
 
 SECRET = "Bearer s3cret-token-never-shown"
 MAX_BODY_BYTES = 1000

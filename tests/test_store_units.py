@@ -10,7 +10,7 @@ import fakeredis
 import pytest
 
 from worker.budget import ToolCallBudget
-from worker.gateway import ToolGateway, is_retryable
+from worker.gateway import FleetControls, ToolGateway, is_retryable
 from worker.guard import BudgetExceeded, RunGuard, RunStopped
 from worker.keys import Keys
 from worker.runs import Budgets, RunStore, public_view
@@ -132,7 +132,17 @@ def gateway(
         r, KEYS, run_id="r1", tenant="t1", agent="scripted", deadline_ts=time.time() + deadline_s
     )
     budget = ToolCallBudget(r, KEYS, "r1", max_tool_calls=5, ttl_s=60)
-    return ToolGateway(r, KEYS, settings, guard=guard, budget=budget, dispatcher=dispatcher)
+    return ToolGateway(
+        r,
+        KEYS,
+        settings,
+        guard=guard,
+        budget=budget,
+        dispatcher=dispatcher,
+        controls=FleetControls.build(r, KEYS),
+        tenant="t1",
+        agent="scripted",
+    )
 
 
 def test_gateway_checks_kill_switch_then_allowlist_then_args_before_any_call(
@@ -142,13 +152,13 @@ def test_gateway_checks_kill_switch_then_allowlist_then_args_before_any_call(
     dispatcher = InlineDispatcher(r, settings)
     gw = gateway(r, store, settings, dispatcher)
     r.set(KEYS.kill_tool("echo"), "echo is broken")
-    assert gw.call("r1:1:0", "echo", {})["error"] == {"type": "killed", "message": "echo is broken"}
+    assert gw.call("r1:1:0", "echo", {}).result["error"] == {"type": "killed", "message": "echo is broken"}
     r.delete(KEYS.kill_tool("echo"))
-    assert gw.call("r1:2:0", "search.read", {})["error"]["type"] == "denied"
-    assert gw.call("r1:3:0", "http.get", {"url": 5})["error"]["type"] == "invalid_args"
+    assert gw.call("r1:2:0", "search.read", {}).result["error"]["type"] == "denied"
+    assert gw.call("r1:3:0", "http.get", {"url": 5}).result["error"]["type"] == "invalid_args"
     assert dispatcher.sent == []
     assert r.hget(KEYS.run("r1"), "tool_calls") == "0"  # refused calls are not started
-    assert gw.call("r1:4:0", "echo", {"a": 1}) == {"ok": True, "result": {"a": 1}}
+    assert gw.call("r1:4:0", "echo", {"a": 1}).result == {"ok": True, "result": {"a": 1}}
     assert len(dispatcher.sent) == 1
 
 
@@ -157,7 +167,7 @@ def test_gateway_retries_retryable_failures_as_one_call(r: fakeredis.FakeRedis, 
     failure = {"ok": False, "error": {"type": "http_error", "message": "HTTP 503", "status": 503}}
     dispatcher = InlineDispatcher(r, settings, replies=[failure, failure, {"ok": True, "result": "third"}])
     gw = gateway(r, store, settings, dispatcher)
-    assert gw.call("r1:1:0", "echo", {}) == {"ok": True, "result": "third"}
+    assert gw.call("r1:1:0", "echo", {}).result == {"ok": True, "result": "third"}
     assert [attempt for _, attempt, _ in dispatcher.sent] == [0, 1, 2]
     assert r.hget(KEYS.run("r1"), "tool_calls") == "1"
 
@@ -172,7 +182,7 @@ def test_gateway_gives_up_when_retry_after_is_past_the_deadline(
     }
     dispatcher = InlineDispatcher(r, settings, replies=[limited])
     gw = gateway(r, store, settings, dispatcher, deadline_s=5)
-    assert gw.call("r1:1:0", "echo", {})["error"]["status"] == 429
+    assert gw.call("r1:1:0", "echo", {}).result["error"]["status"] == 429
     assert len(dispatcher.sent) == 1
 
 

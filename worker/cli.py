@@ -34,7 +34,18 @@ def _has_option(args: Sequence[str], *names: str) -> bool:
     return any(arg == name or arg.startswith(name + "=") for arg in args for name in names)
 
 
-def celery_worker_argv(kind: str, passthrough: Sequence[str], log_level: str) -> list[str]:
+def tool_queues(settings: Settings) -> list[str]:
+    """`tools` and `tools.<name>` of every tool this process knows (built-ins and plugins)."""
+    from worker import agents, tools
+    from worker.keys import TOOL_QUEUE, tool_queue
+
+    agents.load_plugins(settings.plugins)  # plugin modules register tools as well as agents
+    return [TOOL_QUEUE, *(tool_queue(name) for name in tools.tool_names())]
+
+
+def celery_worker_argv(
+    kind: str, passthrough: Sequence[str], log_level: str, queues: Sequence[str] = ("tools",)
+) -> list[str]:
     """The `celery worker` command line of an agent worker or a tool worker, defaults first."""
     argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
     defaults: list[tuple[tuple[str, ...], list[str]]]
@@ -46,10 +57,10 @@ def celery_worker_argv(kind: str, passthrough: Sequence[str], log_level: str) ->
         ]
     else:
         defaults = [
-            (("-Q", "--queues"), ["-Q", "tools"]),
+            (("-Q", "--queues"), ["-Q", ",".join(queues)]),
             (("-n", "--hostname"), ["-n", "tool@%h"]),
             (("-P", "--pool"), ["--pool", "threads"]),
-            (("-c", "--concurrency"), ["--concurrency", "16"]),
+            (("-c", "--concurrency"), ["--concurrency", "32"]),
         ]
     defaults.append((("-l", "--loglevel"), ["--loglevel", log_level]))
     for names, value in defaults:
@@ -82,8 +93,10 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace, passthrough: list[str]) -> int:
     settings = _settings()
-    kind = "agent" if args.command == "worker" else "tool"
-    argv = celery_worker_argv(kind, passthrough, settings.log_level)
+    if args.command == "worker":
+        argv = celery_worker_argv("agent", passthrough, settings.log_level)
+    else:
+        argv = celery_worker_argv("tool", passthrough, settings.log_level, tool_queues(settings))
     os.execv(sys.executable, argv)
     return 0  # not reached
 
@@ -147,6 +160,38 @@ def cmd_kill(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fleet {args.command}: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from worker.keys import Keys
+    from worker.policy import Policy, PolicyStore
+    from worker.redis_conn import make_redis
+
+    settings = _settings()
+    store = PolicyStore(make_redis(settings.redis_url), Keys(settings.key_prefix))
+    if args.action == "set":
+        changes: dict[str, Any] = {}
+        if args.allowed_tools is not None:
+            changes["allowed_tools"] = [t.strip() for t in args.allowed_tools.split(",") if t.strip()]
+        if args.all_tools:
+            changes["allowed_tools"] = None
+        for name in ("max_actions_per_hour", "max_spend_usd_per_day"):
+            value = getattr(args, name)
+            if value is not None:
+                changes[name] = None if value in ("none", "") else value
+        try:
+            policy = Policy.model_validate({**store.get(args.agent).model_dump(), **changes})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            print(f"fleet policy: {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+            return USAGE_ERROR
+        store.set(args.agent, policy)
+    elif args.action == "delete":
+        store.set(args.agent, Policy())
+    print(json.dumps({"agent": args.agent, **store.get(args.agent).model_dump()}, indent=2))
     return 0
 
 
@@ -306,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="show progress until the run ends")
     submit.add_argument("--timeout", type=float, default=None, help="give up waiting after S seconds")
 
+    policy = sub.add_parser("policy", help="show or change an agent's governance policy")
+    policy.add_argument("action", choices=["get", "set", "delete"])
+    policy.add_argument("agent")
+    policy.add_argument("--allowed-tools", help="comma-separated tools the agent may call")
+    policy.add_argument("--all-tools", action="store_true", help="drop allowed_tools (the allowlist applies)")
+    policy.add_argument("--max-actions-per-hour", help="an integer, or 'none'")
+    policy.add_argument("--max-spend-usd-per-day", help="dollars, or 'none'")
+
     sub.add_parser("config", help="print the effective configuration, secrets masked")
     return parser
 
@@ -333,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "revive": cmd_kill,
         "config": cmd_config,
         "submit": cmd_submit,
+        "policy": cmd_policy,
     }
     return handlers[args.command](args)
 

@@ -1,14 +1,19 @@
 """The tool gateway, on the agent's side: every tool call of a run passes here, in this order:
 
 1. kill switches (`kill:tool:<tool>`, and `kill:writes` for a tool that writes) -> `killed`
-2. allowlist (deny by default) -> `denied`; unknown tool -> `denied`
+2. allowlist: the fleet's (deny by default), then the agent's policy `allowed_tools` -> `denied`
 3. argument schema -> `invalid_args`, before any I/O
-4. the run's tool-call budget (the call that would exceed is never made), or the recorded result
-   of a call that an earlier attempt of this run already finished
-5. the call as a Celery subtask on the tool queue, waited for in slices of `SLICE_S` with the
-   run's kill switches, cancel flag and deadline checked between slices; a timeout per attempt
-6. retries of timeouts, 5xx, 429 and connection failures with the configured backoff and full
-   jitter, honouring `Retry-After`, never past the run's deadline; retries count as one call.
+4. the agent's quotas (actions per hour, spend per day), reserved atomically -> `denied`
+5. the run's tool-call budget (the call that would exceed is never made), or the recorded
+   result of a call that an earlier attempt of this run already finished
+6. per attempt: the fleet-wide rate limit (wait for the slot if it fits in the run's time, else
+   `rate_limited`), the circuit breaker (`circuit_open` at once), then a Celery subtask on the
+   tool's queue, waited for in slices of `SLICE_S` with the run's switches and deadline checked
+7. retries of timeouts, connection failures, 5xx and 429 with the configured backoff and full
+   jitter, honouring `Retry-After`, within the fleet's retry budget, never past the deadline;
+   a write is retried only when it sends an idempotency key. Retries count as one call.
+
+Every call leaves a decision (allowed or denied, why, what is left of the quotas) for the step log.
 """
 
 from __future__ import annotations
@@ -16,17 +21,22 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis
 
 from worker import killswitch
+from worker.breaker import BreakerPolicy, CircuitBreaker
 from worker.budget import ToolCallBudget
-from worker.guard import SLICE_S, RunGuard
+from worker.guard import SLICE_S, BudgetExceeded, RunGuard
 from worker.keys import Keys
+from worker.policy import Decision, PolicyStore
+from worker.ratelimit import RateLimiter, parse_rate
+from worker.retrybudget import RetryBudget, RetryPolicy
 from worker.settings import Settings
-from worker.tools import ToolFailure, get_tool, validate_args
-from worker.tools.base import error_result
+from worker.tools import Tool, ToolFailure, get_tool, validate_args
+from worker.tools.base import ErrorType, error_result
 
 REPLY_GRACE_S = 1.0  # wait this long past a call's timeout for the tool worker's own answer
 REPLY_TTL_S = 300
@@ -38,6 +48,28 @@ class Dispatcher(Protocol):
     def send(
         self, *, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float
     ) -> None: ...
+
+
+@dataclass(frozen=True)
+class FleetControls:
+    """The fleet-wide state the gateway consults; built once per process."""
+
+    limiter: RateLimiter
+    breaker: CircuitBreaker
+    retry_budget: RetryBudget
+    policies: PolicyStore
+
+    @classmethod
+    def build(cls, r: redis.Redis, keys: Keys) -> FleetControls:
+        return cls(RateLimiter(r, keys), CircuitBreaker(r, keys), RetryBudget(r, keys), PolicyStore(r, keys))
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """The envelope the agent sees, and the decision the step log keeps."""
+
+    result: dict[str, Any]
+    decision: dict[str, Any] = field(default_factory=dict)
 
 
 def is_retryable(result: dict[str, Any]) -> bool:
@@ -53,6 +85,15 @@ def is_retryable(result: dict[str, Any]) -> bool:
     return False
 
 
+def is_failure(result: dict[str, Any]) -> bool:
+    """Outcomes that count against a tool's breaker: the dependency did not work."""
+    return is_retryable(result) or (result.get("error") or {}).get("type") == "tool_error"
+
+
+def _denied(type: ErrorType, message: str, reason: str | None = None) -> CallOutcome:
+    return CallOutcome(error_result(type, message), Decision("denied", reason or message).to_dict())
+
+
 class ToolGateway:
     """Makes the tool calls of one run."""
 
@@ -65,6 +106,9 @@ class ToolGateway:
         guard: RunGuard,
         budget: ToolCallBudget,
         dispatcher: Dispatcher,
+        controls: FleetControls,
+        tenant: str,
+        agent: str,
     ) -> None:
         self.r = r
         self.keys = keys
@@ -72,47 +116,109 @@ class ToolGateway:
         self.guard = guard
         self.budget = budget
         self.dispatcher = dispatcher
+        self.controls = controls
+        self.tenant = tenant
+        self.agent = agent
 
-    def call(self, call_id: str, tool: str, args: dict[str, Any]) -> dict[str, Any]:
-        """One tool call; returns the envelope the agent sees. Raises RunStopped to end the run."""
+    def call(self, call_id: str, tool: str, args: dict[str, Any]) -> CallOutcome:
+        """One tool call. Raises RunStopped (kill, cancel, deadline, budget) to end the run."""
         spec = get_tool(tool)
         writes = spec.writes if spec is not None else False
         reason = killswitch.first_reason(self.r.mget(killswitch.tool_switch_keys(self.keys, tool, writes)))
         if reason is not None:
-            return error_result("killed", reason)
+            return _denied("killed", reason, f"kill switch: {reason}")
         if tool not in self.settings.tools.allowlist:
-            return error_result("denied", f"tool {tool!r} is not on the allowlist")
+            return _denied("denied", f"tool {tool!r} is not on the fleet's allowlist")
+        policy = self.controls.policies.get(self.agent)
+        if policy.allowed_tools is not None and tool not in policy.allowed_tools:
+            return _denied("denied", f"tool {tool!r} is not in agent {self.agent!r}'s allowed_tools")
         if spec is None:
-            return error_result("denied", f"unknown tool {tool!r}")
+            return _denied("denied", f"unknown tool {tool!r}")
         try:
             validate_args(spec, args)
         except ToolFailure as failure:
-            return failure.envelope()
+            return CallOutcome(failure.envelope(), Decision("denied", "invalid_args").to_dict())
 
-        recorded = self.budget.reserve(call_id)
+        cost = self.settings.tools.costs_usd.get(tool, spec.cost_usd)
+        quota = self.controls.policies.reserve(self.agent, call_id, policy, cost)
+        if not quota.allowed:
+            return CallOutcome(error_result("denied", quota.reason), quota.to_dict())
+        try:
+            recorded = self.budget.reserve(call_id)
+        except BudgetExceeded:
+            self.controls.policies.refund(self.agent, call_id, cost)
+            raise
         if recorded is not None:
-            return dict(recorded)
-        result = self._with_retries(call_id, tool, args, retry=not writes)
+            return CallOutcome(dict(recorded), quota.to_dict())
+        result = self._attempts(call_id, spec, args)
         self.budget.record(call_id, result)
-        return result
+        decision = quota.to_dict()
+        if not result.get("ok") and (result.get("error") or {}).get("type") in (
+            "rate_limited",
+            "circuit_open",
+        ):
+            decision = {**decision, "decision": "denied", "reason": result["error"]["message"]}
+        return CallOutcome(result, decision)
 
-    def _with_retries(self, call_id: str, tool: str, args: dict[str, Any], *, retry: bool) -> dict[str, Any]:
-        policy = self.settings.tools.retries
-        timeout_s = self.settings.tools.timeout_s(tool)
+    def _attempts(self, call_id: str, spec: Tool, args: dict[str, Any]) -> dict[str, Any]:
+        tools = self.settings.tools
+        timeout_s = tools.timeout_s(spec.name, spec.timeout_ms)
+        breaker_policy = BreakerPolicy(**tools.breaker.model_dump())
+        retry_policy = RetryPolicy(**tools.retry_budget.model_dump())
+        may_retry = not spec.writes or spec.idempotent
+        self.controls.retry_budget.note_call(spec.name, retry_policy)
         attempt = 0
         while True:
-            result = self._attempt(call_id, attempt, tool, args, timeout_s)
-            if not retry or attempt >= policy.max or not is_retryable(result):
+            refused = self._admit(spec, breaker_policy)
+            if refused is not None:
+                return refused
+            result = self._attempt(call_id, attempt, spec.name, args, timeout_s)
+            self.controls.breaker.record(spec.name, not is_failure(result), breaker_policy)
+            if not may_retry or attempt >= tools.retries.max or not is_retryable(result):
                 return result
-            ceiling_ms = policy.backoff_ms[min(attempt, len(policy.backoff_ms) - 1)]
+            ceiling_ms = tools.retries.backoff_ms[min(attempt, len(tools.retries.backoff_ms) - 1)]
             delay_s = random.uniform(0, ceiling_ms / 1000.0)  # full jitter
             retry_after = (result.get("error") or {}).get("retry_after_s")
             if isinstance(retry_after, int | float):
                 delay_s = max(delay_s, float(retry_after))
             if delay_s >= self.guard.remaining_s():
-                return result  # the retry could not finish before the deadline
+                return result  # the retry could not happen before the deadline
+            if not self.controls.retry_budget.try_retry(spec.name, retry_policy):
+                return result  # the fleet already retries this tool too much
             self.guard.sleep(delay_s)
             attempt += 1
+
+    def _admit(self, spec: Tool, breaker_policy: BreakerPolicy) -> dict[str, Any] | None:
+        """Rate limits (waiting for a slot that fits in the run's time), then the breaker."""
+        tools = self.settings.tools
+        limits: list[tuple[str | None, str | None]] = [
+            (tools.rate_limits.get(spec.name) or spec.rate_limit, None)
+        ]
+        if spec.name in tools.tenant_rate_limits:
+            limits.append((tools.tenant_rate_limits[spec.name], self.tenant))
+        for text, tenant in limits:
+            if text is None:
+                continue
+            slot = self.controls.limiter.acquire(
+                spec.name, parse_rate(text), self.guard.remaining_s(), tenant
+            )
+            if not slot.allowed:
+                scope = f" for tenant {tenant!r}" if tenant else ""
+                message = (
+                    f"rate limit {text}{scope}: next slot in {slot.wait_s:.2f} s, past the run's deadline"
+                )
+                return error_result("rate_limited", message, retry_after_s=slot.wait_s)
+            if slot.wait_s > 0:
+                self.guard.sleep(slot.wait_s)
+        admission = self.controls.breaker.allow(spec.name, breaker_policy)
+        if not admission.allowed:
+            return error_result(
+                "circuit_open",
+                f"tool {spec.name!r} is failing: circuit {admission.state}, "
+                f"next try in {admission.retry_in_s:.1f} s",
+                retry_after_s=admission.retry_in_s,
+            )
+        return None
 
     def _attempt(
         self, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float

@@ -8,6 +8,11 @@ AGENT_QUEUE = "agents"
 TOOL_QUEUE = "tools"
 
 
+def tool_queue(tool: str) -> str:
+    """Each tool has its own queue, so a slow tool's backlog never delays another tool's calls."""
+    return f"{TOOL_QUEUE}.{tool}"
+
+
 @dataclass(frozen=True)
 class Keys:
     """Key builder for one prefix (``FLEET_KEY_PREFIX``, default ``fleet``)."""
@@ -67,3 +72,23 @@ class Keys:
 
     def retry_budget(self, tool: str) -> str:
         return f"{self.prefix}:retrybudget:{tool}"
+
+    def call_exec(self, call_id: str) -> str:
+        """The tool worker's claim on executing a call, and its result."""
+        return f"{self.prefix}:call:{call_id}:exec"
+
+    # governance ----------------------------------------------------------------------------------
+    def policy(self, agent: str) -> str:
+        return f"{self.prefix}:policy:{agent}"
+
+    def policy_pattern(self) -> str:
+        return f"{self.prefix}:policy:*"
+
+    def quota_actions(self, agent: str) -> str:
+        return f"{self.prefix}:quota:{agent}:actions"
+
+    def quota_spend(self, agent: str, day: str) -> str:
+        return f"{self.prefix}:quota:{agent}:spend:{day}"
+
+    def quota_call(self, call_id: str) -> str:
+        return f"{self.prefix}:quota:call:{call_id}"

@@ -23,7 +23,7 @@ import redis
 
 from worker.agents import CallTool, Fail, Finish, RunState, Sleep, get_agent_class
 from worker.budget import ToolCallBudget
-from worker.gateway import Dispatcher, ToolGateway
+from worker.gateway import Dispatcher, FleetControls, ToolGateway
 from worker.guard import BudgetExceeded, DeadlineExceeded, RunGuard, RunStopped
 from worker.keys import Keys
 from worker.runs import FAILED, STOPPED, SUCCEEDED, TERMINAL, Budgets, RunStore
@@ -43,6 +43,7 @@ class LoopDeps:
     settings: Settings
     store: RunStore
     dispatcher: Dispatcher
+    controls: FleetControls
     # Called by the watchdog after it has recorded max_seconds: ends the process (os._exit) in a
     # worker child, so the pool replaces it; None disables the watchdog.
     hard_stop: Callable[[], None] | None = None
@@ -118,7 +119,15 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
         used=int(raw.get("tool_calls", 0)),
     )
     gateway = ToolGateway(
-        deps.r, deps.keys, deps.settings, guard=guard, budget=budget, dispatcher=deps.dispatcher
+        deps.r,
+        deps.keys,
+        deps.settings,
+        guard=guard,
+        budget=budget,
+        dispatcher=deps.dispatcher,
+        controls=deps.controls,
+        tenant=raw["tenant"],
+        agent=raw["agent"],
     )
     cursor = int(raw.get("cursor", 0))
     memory: dict[str, Any] = json.loads(raw.get("memory") or "{}")
@@ -162,8 +171,10 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
             guard.sleep(max(0.0, float(action.seconds)))
             last_result = None
         elif isinstance(action, CallTool):
-            last_result = gateway.call(f"{run_id}:{step}:0", action.tool, dict(action.args))
+            outcome = gateway.call(f"{run_id}:{step}:0", action.tool, dict(action.args))
+            last_result = outcome.result
             entry["tool"] = action.tool
+            entry["decision"] = outcome.decision
             entry["ok"] = bool(last_result.get("ok"))
             if not entry["ok"]:
                 entry["error_type"] = (last_result.get("error") or {}).get("type")

@@ -66,11 +66,31 @@ class SearchSection(_Section):
     url: str | None = None
 
 
+class BreakerSection(_Section):
+    failure_threshold: int = Field(5, gt=0)
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    min_calls: int = Field(10, gt=0)
+    window_s: float = Field(30, gt=0)
+    cooldown_s: float = Field(10, gt=0)
+
+
+class RetryBudgetSection(_Section):
+    ratio: float = Field(0.2, ge=0, le=10)
+    min_retries: int = Field(3, ge=0)
+    window_s: float = Field(60, gt=0)
+
+
 class ToolsSection(_Section):
     allowlist: list[str] = Field(default_factory=lambda: ["search.read", "http.get"])
     timeouts_ms: dict[str, int] = Field(default_factory=lambda: {"default": 8000})
     retries: RetriesSection = RetriesSection()
     rate_limits: dict[str, str] = Field(default_factory=dict)
+    tenant_rate_limits: dict[str, str] = Field(default_factory=dict)
+    # Calls of one tool in flight at once, fleet-wide, so a hanging tool cannot take every tool thread.
+    max_concurrency: dict[str, int] = Field(default_factory=lambda: {"default": 8})
+    costs_usd: dict[str, float] = Field(default_factory=dict)
+    breaker: BreakerSection = BreakerSection()
+    retry_budget: RetryBudgetSection = RetryBudgetSection()
     http: HttpSection = HttpSection()
     search: SearchSection = SearchSection()
 
@@ -82,7 +102,15 @@ class ToolsSection(_Section):
                 raise ValueError(f"timeouts_ms.{name} must be > 0")
         return {"default": 8000, **value}
 
-    @field_validator("rate_limits")
+    @field_validator("max_concurrency")
+    @classmethod
+    def _positive_concurrency(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, n in value.items():
+            if n <= 0:
+                raise ValueError(f"max_concurrency.{name} must be > 0")
+        return {"default": 8, **value}
+
+    @field_validator("rate_limits", "tenant_rate_limits")
     @classmethod
     def _rates_parse(cls, value: dict[str, str]) -> dict[str, str]:
         for name, rate in value.items():
@@ -90,9 +118,13 @@ class ToolsSection(_Section):
                 raise ValueError(f"rate_limits.{name}: {rate!r} is not like '20/s', '600/m' or '5000/h'")
         return value
 
-    def timeout_s(self, tool: str) -> float:
-        """The timeout of one attempt of `tool`, in seconds."""
-        return self.timeouts_ms.get(tool, self.timeouts_ms["default"]) / 1000.0
+    def timeout_s(self, tool: str, declared_ms: int | None = None) -> float:
+        """The timeout of one attempt of `tool` in seconds: config, else the tool's own, else default."""
+        ms = self.timeouts_ms.get(tool, declared_ms or self.timeouts_ms["default"])
+        return ms / 1000.0
+
+    def concurrency(self, tool: str) -> int:
+        return self.max_concurrency.get(tool, self.max_concurrency["default"])
 
 
 class ObservabilitySection(_Section):

@@ -12,26 +12,27 @@ from celery.exceptions import TimeLimitExceeded
 
 from worker import agents, tools
 from worker.celery_app import RUN_TASK, TOOL_TASK, app
-from worker.gateway import REPLY_TTL_S
-from worker.keys import TOOL_QUEUE, Keys
+from worker.gateway import REPLY_TTL_S, FleetControls
+from worker.keys import Keys, tool_queue
 from worker.loop import LoopDeps, execute_run, exit_process
 from worker.redis_conn import get_redis
 from worker.runs import STOPPED, RunStore
 from worker.settings import get_settings
-from worker.tools.base import ToolContext
+from worker.toolexec import ToolExecutor
 
 agents.load_plugins(get_settings().plugins)
 tools.load_builtins()
 
 
 class CeleryDispatcher:
-    """Sends tool-call attempts to the tool queue."""
+    """Sends tool-call attempts to their tool's queue, `tools.<tool>`."""
 
     def send(self, *, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
         app.send_task(
             TOOL_TASK,
             args=[call_id, attempt, tool, args, timeout_s],
-            queue=TOOL_QUEUE,
+            queue=tool_queue(tool),
+            # A message redelivered long after its run gave up on it is dropped, not executed.
             expires=timeout_s + 60,
         )
 
@@ -47,8 +48,15 @@ def _deps() -> LoopDeps:
         settings=settings,
         store=RunStore(r, keys, settings.run_ttl_s),
         dispatcher=CeleryDispatcher(),
+        controls=FleetControls.build(r, keys),
         hard_stop=exit_process,
     )
+
+
+@lru_cache(maxsize=1)
+def _executor() -> ToolExecutor:
+    deps = _deps()
+    return ToolExecutor(deps.r, deps.keys, deps.settings)
 
 
 class RunTask(Task):  # type: ignore[type-arg]
@@ -76,9 +84,7 @@ def run_agent(self: RunTask, run_id: str) -> str | None:
 def tool_call(call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
     """Execute one attempt of a tool call and hand its envelope to the waiting run."""
     deps = _deps()
-    result = tools.execute(
-        tool, args, ToolContext(call_id=call_id, timeout_s=timeout_s, settings=deps.settings)
-    )
+    result = _executor().run(call_id, attempt, tool, args, timeout_s)
     reply_key = deps.keys.call_reply(call_id, attempt)
     pipe = deps.r.pipeline(transaction=True)
     pipe.rpush(reply_key, json.dumps(result))

@@ -11,18 +11,50 @@ from pydantic import BaseModel, ValidationError
 from worker.tools.base import Tool, ToolContext, ToolFailure, ToolFn, error_result, ok_result
 
 _REGISTRY: dict[str, Tool] = {}
-_BUILTINS = ("worker.tools.echo", "worker.tools.http_get")
+_BUILTINS = (
+    "worker.tools.echo",
+    "worker.tools.http_get",
+    "worker.tools.http_post",
+    "worker.tools.search_read",
+)
 
 
 def tool(
-    name: str, *, args: type[BaseModel], writes: bool = False, description: str = ""
+    name: str,
+    *,
+    args: type[BaseModel],
+    writes: bool = False,
+    idempotent: bool = False,
+    timeout_ms: int | None = None,
+    rate_limit: str | None = None,
+    cost_usd: float = 0.0,
+    description: str = "",
 ) -> Callable[[ToolFn], ToolFn]:
-    """Register `fn(args, ctx)` as the tool `name`; `args` is the pydantic model of its arguments."""
+    """Register `fn(args, ctx)` as the tool `name`; `args` is the pydantic model of its arguments.
+
+    `writes`: the call changes something outside (refused under `kill:writes`, never run twice);
+    `idempotent`: a write that passes `ctx.call_id` on as an idempotency key, so it may be retried;
+    `timeout_ms`, `rate_limit` ("20/s"), `cost_usd` per call: defaults that config can override.
+    """
+    if rate_limit is not None:
+        from worker.ratelimit import parse_rate
+
+        parse_rate(rate_limit)  # a bad declaration fails at import, not at the first call
 
     def register(fn: ToolFn) -> ToolFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"tool {name!r} is registered twice")
-        _REGISTRY[name] = Tool(name=name, fn=fn, args_model=args, writes=writes, description=description)
+        _REGISTRY[name] = Tool(
+            name=name,
+            fn=fn,
+            args_model=args,
+            writes=writes,
+            idempotent=idempotent,
+            timeout_ms=timeout_ms,
+            rate_limit=rate_limit,
+            cost_usd=cost_usd,
+            description=description,
+        )
         return fn
 
     return register

@@ -57,6 +57,12 @@ class Tool:
     fn: ToolFn
     args_model: type[BaseModel]
     writes: bool = False
+    # A write that sends the call's key (ctx.call_id) as an idempotency key may be retried and
+    # re-sent after a crash: the server sees one effect. Other writes are never executed twice.
+    idempotent: bool = False
+    timeout_ms: int | None = None
+    rate_limit: str | None = None  # "20/s", "600/m", "5000/h"; config tools.rate_limits wins
+    cost_usd: float = 0.0  # per call, counted against an agent's max_spend_usd_per_day
     description: str = ""
 
 

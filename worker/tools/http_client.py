@@ -1,0 +1,261 @@
+"""One HTTP exchange for the HTTP tools: SSRF-guarded, pinned, within a deadline, body capped.
+
+`send` resolves and checks each hop's host with `netguard`, then connects to exactly the checked
+address, with `Host` and TLS SNI set to the host. The whole call, DNS included, ends within
+`ctx.timeout_s`; the body is cut at `tools.http.max_body_bytes` bytes (default 1 MiB). Errors become
+`ToolFailure`s: `denied`, `timeout`, `http_error` (with `status` and `retry_after_s` when known).
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import re
+import ssl
+import threading
+import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from typing import Any
+
+import httpx
+
+from worker.tools.base import ToolContext, ToolFailure
+from worker.tools.netguard import allowed_hosts, checked_addresses
+
+MAX_REDIRECTS = 5
+RESULT_HEADERS = ("content-type", "content-length", "etag", "last-modified")
+# Set by the client: the connection target is pinned, and a compressed body could expand past the cap.
+OWN_HEADERS = frozenset({"host", "accept-encoding", "content-length", "transfer-encoding", "connection"})
+# Not sent on to another origin after a redirect.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_VALUE_RE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$|^$")
+
+
+class _Call:
+    """What every hop of one call shares: method, body, limits, deadline and the cancel flag."""
+
+    def __init__(self, ctx: ToolContext, method: str, content: bytes | None, follow_redirects: bool) -> None:
+        self.method = method
+        self.content = content
+        self.follow_redirects = follow_redirects
+        self.max_body_bytes = ctx.settings.tools.http.max_body_bytes
+        self.deadline = time.monotonic() + ctx.timeout_s
+        self.cancelled = threading.Event()
+
+
+def send(
+    method: str,
+    url: httpx.URL,
+    ctx: ToolContext,
+    *,
+    headers: dict[str, str],
+    content: bytes | None = None,
+    follow_redirects: bool = True,
+    trusted: bool = False,
+) -> dict[str, Any]:
+    """`method url` with checked `headers` and `content`; the result or a ToolFailure.
+
+    Result: `{"status", "headers", "body", "truncated", "url"}`; `headers` holds a few safe ones
+    (and `location` when redirects are not followed). At most `MAX_REDIRECTS` redirects are followed,
+    credentials only within the origin. `trusted`: the URL is operator config, so its host is exempt
+    from the private-address block (as if in `tools.http.allow_hosts`).
+    """
+    if follow_redirects and content is not None:
+        raise ValueError("a request with a body is never re-sent to a redirect target")
+    call = _Call(ctx, method, content, follow_redirects)
+    allowed = allowed_hosts([*ctx.settings.tools.http.allow_hosts, *([url.host] if trusted else [])])
+    # The exchange runs on its own thread so that a slow DNS answer or a server that trickles bytes
+    # cannot hold the call past its deadline; the thread stops by itself soon after.
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = _exchange(url, headers, allowed, call)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name=f"http {method} {ctx.call_id}", daemon=True)
+    worker.start()
+    worker.join(max(0.0, call.deadline - time.monotonic()))
+    if worker.is_alive():
+        call.cancelled.set()
+        raise _timeout(ctx.timeout_s)
+    if "error" in outcome:
+        error = outcome["error"]
+        if isinstance(error, ToolFailure) and error.type == "timeout":
+            raise _timeout(ctx.timeout_s) from None
+        raise error
+    result: dict[str, Any] = outcome["result"]
+    return result
+
+
+def parse_url(text: str, base: httpx.URL | None = None) -> httpx.URL:
+    """An absolute http(s) URL with a host, else ToolFailure('invalid_args')."""
+    try:
+        url = base.join(text) if base is not None else httpx.URL(text)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise ToolFailure("invalid_args", f"url: {exc}") from None
+    if url.scheme not in ("http", "https"):
+        raise ToolFailure("invalid_args", f"url: scheme {url.scheme!r} is not http or https")
+    if not url.host:
+        raise ToolFailure("invalid_args", "url: has no host")
+    return url
+
+
+def request_headers(headers: dict[str, str], reserved: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The caller's headers, checked, without those the client or the tool sets (`reserved`, lower case).
+
+    A value never appears in a message: it may be a secret.
+    """
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not _TOKEN_RE.match(name):
+            raise ToolFailure("invalid_args", "headers: a header name is not a valid HTTP token")
+        if not _VALUE_RE.match(value.strip(" \t")):
+            raise ToolFailure("invalid_args", f"headers.{name}: value must be printable ASCII on one line")
+        if name.lower() not in OWN_HEADERS | reserved:
+            checked[name] = value.strip(" \t")
+    return checked
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """A `Retry-After` header as seconds from now: delta seconds or an HTTP date; never negative."""
+    if value is None:
+        return None
+    value = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _exchange(
+    url: httpx.URL, headers: dict[str, str], allowed: frozenset[str], call: _Call
+) -> dict[str, Any]:
+    for _ in range(MAX_REDIRECTS + 1):
+        outcome = _request(url, checked_addresses(url, allowed), headers, call)
+        if isinstance(outcome, dict):
+            return outcome
+        status, location = outcome
+        try:
+            next_url = parse_url(location, base=url)
+        except ToolFailure as failure:
+            raise ToolFailure("http_error", f"redirect refused: {failure.message}", status=status) from None
+        if _origin(next_url) != _origin(url):
+            headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+        url = next_url
+    raise ToolFailure("http_error", f"more than {MAX_REDIRECTS} redirects", status=status)
+
+
+def _request(
+    url: httpx.URL, addresses: list[str], headers: dict[str, str], call: _Call
+) -> dict[str, Any] | tuple[int, str]:
+    """One request to the first address that accepts a connection: the result or (status, Location)."""
+    failure = "no address"
+    for ip in addresses:
+        remaining_s = call.deadline - time.monotonic()
+        if remaining_s <= 0 or call.cancelled.is_set():
+            raise ToolFailure("timeout", "deadline passed")
+        extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
+        own = {"Host": url.netloc.decode("ascii"), "Accept-Encoding": "identity"}
+        # A client per connection: a pooled TLS connection must never carry another host's request.
+        with httpx.Client(verify=_ssl_context(), trust_env=False, timeout=remaining_s) as client:
+            request = client.build_request(
+                call.method,
+                url.copy_with(host=ip),
+                headers={**headers, **own},
+                content=call.content,
+                extensions=extensions,
+            )
+            try:
+                response = client.send(request, stream=True)
+            except httpx.ConnectError as exc:
+                failure = str(exc) or type(exc).__name__
+                continue  # the host's next address
+            except httpx.HTTPError as exc:
+                raise _failure(exc, url) from None
+            try:
+                return _response(url, response, call)
+            except httpx.HTTPError as exc:
+                raise _failure(exc, url) from None
+            finally:
+                response.close()
+    raise ToolFailure("http_error", f"connection failed: {_origin_text(url)}: {failure}")
+
+
+def _response(url: httpx.URL, response: httpx.Response, call: _Call) -> dict[str, Any] | tuple[int, str]:
+    status = response.status_code
+    if response.is_redirect and call.follow_redirects:
+        return status, response.headers["location"]
+    if status >= 400:
+        retry_after = retry_after_s(response.headers.get("retry-after"))
+        raise ToolFailure("http_error", f"HTTP {status}", status=status, retry_after_s=retry_after)
+    chunks: list[bytes] = []
+    size = 0
+    truncated = False
+    for chunk in response.iter_bytes():
+        # The read timeout bounds each read; this bounds all of them together.
+        if call.cancelled.is_set() or time.monotonic() > call.deadline:
+            raise ToolFailure("timeout", "deadline passed while reading the body")
+        room = call.max_body_bytes - size
+        if len(chunk) > room:
+            chunks.append(chunk[:room])
+            truncated = True
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    names = RESULT_HEADERS if call.follow_redirects else (*RESULT_HEADERS, "location")
+    return {
+        "status": status,
+        "headers": {name: response.headers[name] for name in names if name in response.headers},
+        "body": b"".join(chunks).decode(_encoding(response), errors="replace"),
+        "truncated": truncated,
+        "url": str(url.copy_with(userinfo=b"")),
+    }
+
+
+def _failure(exc: httpx.HTTPError, url: httpx.URL) -> ToolFailure:
+    """An httpx error as the agent sees it; only messages that cannot hold a header value are kept."""
+    if isinstance(exc, httpx.TimeoutException):
+        return ToolFailure("timeout", "timed out")
+    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
+        return ToolFailure(
+            "http_error", f"connection failed: {_origin_text(url)}: {str(exc) or type(exc).__name__}"
+        )
+    return ToolFailure("http_error", f"request failed: {_origin_text(url)}: {type(exc).__name__}")
+
+
+def _timeout(timeout_s: float) -> ToolFailure:
+    return ToolFailure("timeout", f"no complete response within {timeout_s:g} s")
+
+
+def _origin(url: httpx.URL) -> tuple[str, bytes, int | None]:
+    return url.scheme, url.raw_host, url.port
+
+
+def _origin_text(url: httpx.URL) -> str:
+    # Scheme and host only: the path and query may carry tokens, the userinfo a password.
+    return f"{url.scheme}://{url.netloc.decode('ascii')}"
+
+
+def _encoding(response: httpx.Response) -> str:
+    encoding = response.charset_encoding or "utf-8"
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        return "utf-8"
+    return encoding
+
+
+@lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
