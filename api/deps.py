@@ -12,6 +12,7 @@ from fastapi import Depends, Header, Request
 
 from api.errors import ApiError
 from worker.keys import Keys
+from worker.policy import PolicyStore
 from worker.runs import RunStore
 from worker.settings import Settings
 
@@ -26,6 +27,8 @@ class AppState:
     store: RunStore
     celery: Celery
     tenant_keys: dict[str, str]  # api key -> tenant
+    admin_keys: frozenset[str]
+    policies: PolicyStore
 
 
 def _state(request: Request) -> AppState:
@@ -55,3 +58,19 @@ def _tenant(state: State, authorization: Annotated[str | None, Header()] = None)
 
 
 Tenant = Annotated[str, Depends(_tenant)]
+
+
+def _bearer(authorization: str | None) -> str:
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "use Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"})
+    return token.strip()
+
+
+def _admin(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
+    token = _bearer(authorization).encode()
+    if not any(hmac.compare_digest(key.encode(), token) for key in state.admin_keys):
+        raise ApiError(401, "unauthorized", "an admin key is required", {"WWW-Authenticate": "Bearer"})
+
+
+Admin = Annotated[None, Depends(_admin)]

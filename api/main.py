@@ -12,10 +12,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.deps import AppState
-from api.routes import health, runs
+from api.routes import admin, health, runs
 from worker.agents import load_plugins
 from worker.celery_app import make_app
 from worker.keys import Keys
+from worker.policy import PolicyStore
 from worker.redis_conn import make_redis
 from worker.runs import RunStore
 from worker.settings import Settings, get_settings
@@ -94,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store=RunStore(r, keys, settings.run_ttl_s),
         celery=make_app(settings),
         tenant_keys=settings.tenant_keys(),
+        admin_keys=settings.admin_key_set(),
+        policies=PolicyStore(r, keys),
     )
 
     @asynccontextmanager
@@ -112,5 +115,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(runs.router)
+    app.include_router(admin.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

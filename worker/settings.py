@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, gt=0, lt=65536)
     api_keys: SecretStr | None = None
     api_keys_file: Path | None = None
+    admin_keys: SecretStr | None = (
+        None  # comma-separated keys of /v1/admin (or /run/secrets/fleet_admin_keys)
+    )
     max_body_bytes: int = Field(262_144, gt=0)
     max_queued: int = Field(10_000, gt=0)
     run_ttl_s: int = Field(7 * 86400, gt=0)
@@ -202,7 +205,7 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
 
-    @field_validator("api_keys", "api_key", "sentry_dsn", "flower_password")
+    @field_validator("api_keys", "api_key", "sentry_dsn", "flower_password", "admin_keys")
     @classmethod
     def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
@@ -238,6 +241,15 @@ class Settings(BaseSettings):
                 except OSError as exc:
                     raise ConfigError(f"FLEET_API_KEYS_FILE: cannot read {path}: {exc.strerror}") from None
         return parse_tenant_keys(raw, source)
+
+    def admin_key_set(self) -> frozenset[str]:
+        """Keys that may call /v1/admin: FLEET_ADMIN_KEYS or /run/secrets/fleet_admin_keys."""
+        raw = self.admin_keys.get_secret_value() if self.admin_keys else self.secret("FLEET_ADMIN_KEYS") or ""
+        keys = frozenset(k.strip() for k in re.split(r"[,\n]", raw) if k.strip())
+        for key in keys:
+            if len(key) < 16 or key.lower() in PLACEHOLDER_SECRETS:
+                raise ConfigError("FLEET_ADMIN_KEYS: every admin key needs at least 16 characters")
+        return keys
 
     def secret(self, name: str) -> str | None:
         """A secret that lives in the environment or in /run/secrets/<lowercase name>."""
