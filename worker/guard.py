@@ -7,6 +7,7 @@ stops a waiting run within a fraction of a second.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import redis
@@ -35,6 +36,10 @@ class BudgetExceeded(RunStopped):
         super().__init__(STOPPED, stop_reason, message)
 
 
+class LeaseLost(Exception):
+    """Another execution took this run over (this one was presumed dead): stop without a word."""
+
+
 class DeadlineExceeded(BaseException):
     """Raised into agent code at the run's deadline; a BaseException so `except Exception` can't eat it."""
 
@@ -43,10 +48,19 @@ class RunGuard:
     """Checks one run's kill switches, cancel flag and deadline."""
 
     def __init__(
-        self, r: redis.Redis, keys: Keys, *, run_id: str, tenant: str, agent: str, deadline_ts: float
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        *,
+        run_id: str,
+        tenant: str,
+        agent: str,
+        deadline_ts: float,
+        lease_lost: threading.Event | None = None,
     ):
         self.r = r
         self.deadline_ts = deadline_ts
+        self.lease_lost = lease_lost
         self._keys = [*killswitch.run_switch_keys(keys, tenant, agent), keys.run_cancel(run_id)]
 
     def remaining_s(self) -> float:
@@ -54,6 +68,8 @@ class RunGuard:
 
     def check(self) -> None:
         """Raise RunStopped when a switch, a cancel or the deadline says the run must end."""
+        if self.lease_lost is not None and self.lease_lost.is_set():
+            raise LeaseLost()
         *switches, cancel = self.r.mget(self._keys)
         reason = killswitch.first_reason(switches)
         if reason is not None:

@@ -45,6 +45,12 @@ class Keys:
     def run_steps(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:steps"
 
+    def run_lease(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:lease"
+
+    def leases(self) -> str:
+        return f"{self.prefix}:leases"
+
     def run_cancel(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:cancel"
 

@@ -24,8 +24,9 @@ import redis
 from worker.agents import CallTool, Fail, Finish, RunState, Sleep, get_agent_class
 from worker.budget import ToolCallBudget
 from worker.gateway import Dispatcher, FleetControls, ToolGateway
-from worker.guard import BudgetExceeded, DeadlineExceeded, RunGuard, RunStopped
+from worker.guard import BudgetExceeded, DeadlineExceeded, LeaseLost, RunGuard, RunStopped
 from worker.keys import Keys
+from worker.lease import Leases, new_token
 from worker.runs import FAILED, STOPPED, SUCCEEDED, TERMINAL, Budgets, RunStore
 from worker.settings import Settings
 
@@ -44,37 +45,45 @@ class LoopDeps:
     store: RunStore
     dispatcher: Dispatcher
     controls: FleetControls
+    leases: Leases
     # Called by the watchdog after it has recorded max_seconds: ends the process (os._exit) in a
     # worker child, so the pool replaces it; None disables the watchdog.
     hard_stop: Callable[[], None] | None = None
 
 
 def execute_run(run_id: str, deps: LoopDeps) -> str | None:
-    """Run (or resume) `run_id` until it ends; returns the final status, or None if unknown."""
+    """Run (or resume) `run_id` until it ends; returns the final status, or None if not run here."""
     store = deps.store
-    raw = store.start(run_id)
-    if raw is None:
-        return None
-    if raw["status"] in TERMINAL:
-        return raw["status"]
-    attempts = int(raw.get("attempts", 1))
-    if attempts > deps.settings.max_attempts:
-        store.finish(
-            run_id,
-            FAILED,
-            "error",
-            error={
-                "type": "worker_lost",
-                "message": f"the run's worker died {attempts - 1} times; the run is not tried again",
-            },
-        )
-        return FAILED
+    current = store.load(run_id)
+    if current is None or current["status"] in TERMINAL:
+        return current["status"] if current else None
+    token = new_token()
+    if not deps.leases.acquire(run_id, token):
+        return None  # a live execution elsewhere holds the run: this delivery is a duplicate
+    with deps.leases.held(run_id, token) as lease_lost:
+        raw = store.start(run_id)  # counts this attempt; keeps the first start time
+        if raw is None or raw["status"] in TERMINAL:
+            return raw["status"] if raw else None
+        attempts = int(raw.get("attempts", 1))
+        if attempts > deps.settings.max_attempts:
+            message = f"the run's worker died {attempts - 1} times; the run is not tried again"
+            store.finish(run_id, FAILED, "error", error={"type": "worker_lost", "message": message})
+            return FAILED
+        return _execute(run_id, raw, deps, lease_lost)
 
-    agent_name, tenant = raw["agent"], raw["tenant"]
+
+def _execute(run_id: str, raw: dict[str, str], deps: LoopDeps, lease_lost: threading.Event) -> str | None:
+    store = deps.store
     budgets = Budgets.from_dict(json.loads(raw["budgets"]))
     deadline_ts = float(raw["started_ts"]) + budgets.max_seconds
     guard = RunGuard(
-        deps.r, deps.keys, run_id=run_id, tenant=tenant, agent=agent_name, deadline_ts=deadline_ts
+        deps.r,
+        deps.keys,
+        run_id=run_id,
+        tenant=raw["tenant"],
+        agent=raw["agent"],
+        deadline_ts=deadline_ts,
+        lease_lost=lease_lost,
     )
 
     def record_deadline() -> None:
@@ -83,6 +92,8 @@ def execute_run(run_id: str, deps: LoopDeps) -> str | None:
     with _watchdog(deadline_ts + WATCHDOG_GRACE_S, record_deadline, deps.hard_stop):
         try:
             return _steps(run_id, raw, budgets, guard, deps)
+        except LeaseLost:
+            return None  # another execution took the run over; it reports the end
         except RunStopped as stop:
             error = {"type": "killed", "message": stop.message} if stop.stop_reason == "killed" else None
             store.finish(run_id, stop.status, stop.stop_reason, error=error)
@@ -95,7 +106,7 @@ def execute_run(run_id: str, deps: LoopDeps) -> str | None:
                 record_deadline()
                 return STOPPED
             if isinstance(exc, redis.RedisError):
-                raise  # the fleet's own state is unreachable: let the worker retry the message
+                raise  # the fleet's own state is unreachable: the lease expires and the run is reaped
             message = f"{type(exc).__name__}: {exc}"[:ERROR_MESSAGE_MAX]
             store.finish(run_id, FAILED, "error", error={"type": "agent_error", "message": message})
             return FAILED

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+import threading
 from functools import lru_cache
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
 from celery import Task
 from celery.exceptions import TimeLimitExceeded
+from celery.signals import worker_ready, worker_shutdown
 
 from worker import agents, tools
-from worker.celery_app import RUN_TASK, TOOL_TASK, app
+from worker.celery_app import RUN_TASK, TOOL_TASK, app, send_run
 from worker.gateway import REPLY_TTL_S, FleetControls
-from worker.keys import Keys, tool_queue
+from worker.keys import AGENT_QUEUE, Keys, tool_queue
+from worker.lease import Leases, reaper_loop
 from worker.loop import LoopDeps, execute_run, exit_process
 from worker.redis_conn import get_redis
-from worker.runs import STOPPED, RunStore
+from worker.runs import STOPPED, TERMINAL, Budgets, RunStore
 from worker.settings import get_settings
 from worker.toolexec import ToolExecutor
 
@@ -49,6 +52,7 @@ def _deps() -> LoopDeps:
         store=RunStore(r, keys, settings.run_ttl_s),
         dispatcher=CeleryDispatcher(),
         controls=FleetControls.build(r, keys),
+        leases=Leases(r, keys),
         hard_stop=exit_process,
     )
 
@@ -90,3 +94,31 @@ def tool_call(call_id: str, attempt: int, tool: str, args: dict[str, Any], timeo
     pipe.rpush(reply_key, json.dumps(result))
     pipe.expire(reply_key, REPLY_TTL_S)
     pipe.execute()
+
+
+def requeue(run_id: str) -> None:
+    """Send a run whose lease expired (its worker died) back to the agents queue."""
+    deps = _deps()
+    raw = deps.store.load(run_id)
+    if raw is None or raw["status"] in TERMINAL:
+        deps.leases.forget(run_id)
+        return
+    send_run(app, run_id, Budgets.from_dict(json.loads(raw["budgets"])).max_seconds)
+
+
+_reaper_stop = threading.Event()
+
+
+@worker_ready.connect
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    """Agent workers (those consuming the agents queue) reap runs whose worker died."""
+    if AGENT_QUEUE not in app.amqp.queues.consume_from:
+        return
+    threading.Thread(
+        target=reaper_loop, args=(_deps().leases, requeue, _reaper_stop), name="run-reaper", daemon=True
+    ).start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    _reaper_stop.set()

@@ -1,0 +1,162 @@
+"""Run leases and the reaper: a run whose worker died resumes within seconds, not after the
+broker's visibility timeout.
+
+An executing run holds a lease in Redis (`run:<id>:lease`, value = the holder's token) that a
+thread renews every `LEASE_TTL_S / 3`; the lease's expiry is also kept in one sorted set.
+Every agent worker's main process runs a reaper that claims expired leases (atomically, so
+several reapers never requeue one run twice) and requeues those runs. A delivery of a run whose
+lease is held elsewhere (a late redelivery of the original message) is dropped; one whose holder
+is a dead process on this host takes over at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+
+from worker.keys import Keys
+
+LEASE_TTL_S = 10.0
+REAP_INTERVAL_S = 2.0
+REAP_CLAIM_S = 30.0  # a claimed run is not reaped again for this long
+
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] and holder ~= ARGV[4] then return holder end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+return false
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS[1] = the leases zset; ARGV[1] = the run-key prefix; returns the run ids this call claimed.
+_REAP = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
+local claimed = {}
+for _, run_id in ipairs(due) do
+  local ttl = redis.call('PTTL', ARGV[1] .. run_id .. ':lease')
+  if ttl > 0 then
+    redis.call('ZADD', KEYS[1], now + ttl, run_id)
+  else
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), run_id)
+    table.insert(claimed, run_id)
+  end
+end
+return claimed
+"""
+
+
+def new_token() -> str:
+    """`host:pid:random`: who holds a lease, and whether that process still lives here."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def holder_is_dead(token: str) -> bool:
+    """True when the token's process ran on this host and is gone."""
+    host, _, rest = token.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Leases:
+    """Run leases of one fleet."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, ttl_s: float = LEASE_TTL_S) -> None:
+        self.r = r
+        self.keys = keys
+        self.ttl_ms = int(ttl_s * 1000)
+        self._acquire = r.register_script(_ACQUIRE)
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
+        self._reap = r.register_script(_REAP)
+
+    def acquire(self, run_id: str, token: str) -> bool:
+        """Take the run's lease; False when a live holder has it."""
+        keys = [self.keys.run_lease(run_id), self.keys.leases()]
+        holder = self._acquire(keys=keys, args=[token, self.ttl_ms, run_id, ""])
+        if holder is None:
+            return True
+        if holder_is_dead(str(holder)):  # our own host's dead child: take over now
+            return self._acquire(keys=keys, args=[token, self.ttl_ms, run_id, str(holder)]) is None
+        return False
+
+    def renew(self, run_id: str, token: str) -> bool:
+        keys = [self.keys.run_lease(run_id), self.keys.leases()]
+        return bool(self._renew(keys=keys, args=[token, self.ttl_ms, run_id]))
+
+    def release(self, run_id: str, token: str) -> None:
+        self._release(keys=[self.keys.run_lease(run_id), self.keys.leases()], args=[token, run_id])
+
+    def reap(self) -> list[str]:
+        """Claim the runs whose lease expired; the caller requeues them."""
+        claimed = self._reap(keys=[self.keys.leases()], args=[self.keys.run(""), int(REAP_CLAIM_S * 1000)])
+        return [str(run_id) for run_id in claimed]
+
+    def forget(self, run_id: str) -> None:
+        self.r.zrem(self.keys.leases(), run_id)
+
+    @contextmanager
+    def held(self, run_id: str, token: str) -> Iterator[threading.Event]:
+        """Renew the lease while the block runs; the event is set if the lease is lost."""
+        lost = threading.Event()
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.ttl_ms / 3000.0):
+                try:
+                    if not self.renew(run_id, token):
+                        lost.set()
+                        return
+                except redis.RedisError:
+                    continue  # try again next period; the lease outlives a short outage
+
+        thread = threading.Thread(target=renew, name="run-lease", daemon=True)
+        thread.start()
+        try:
+            yield lost
+        finally:
+            done.set()
+            self.release(run_id, token)
+
+
+def reaper_loop(leases: Leases, requeue: Callable[[str], None], stop: threading.Event) -> None:
+    """Every REAP_INTERVAL_S, requeue the runs whose lease expired (runs until `stop` is set)."""
+    while not stop.wait(REAP_INTERVAL_S):
+        try:
+            for run_id in leases.reap():
+                requeue(run_id)
+        except Exception:  # a broken Redis or broker: try again next round
+            time.sleep(REAP_INTERVAL_S)
