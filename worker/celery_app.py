@@ -6,6 +6,7 @@ send runs by name. Workers load `worker.tasks` through `include`.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Celery
@@ -59,6 +60,9 @@ def make_app(settings: Settings) -> Celery:
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
     )
+    from worker.heartbeat import Heartbeat
+
+    celery.steps["worker"].add(Heartbeat)
     return celery
 
 
@@ -68,6 +72,7 @@ def send_run(celery: Celery, run_id: str, max_seconds: float) -> None:
         RUN_TASK,
         args=[run_id],
         queue=AGENT_QUEUE,
+        headers={"sent_at": time.time()},  # the queue's oldest-message age, for /metrics
         soft_time_limit=max_seconds + SOFT_LIMIT_GRACE_S,  # type: ignore[arg-type]  # floats work
         time_limit=max_seconds + HARD_LIMIT_GRACE_S,  # type: ignore[arg-type]
     )

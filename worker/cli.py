@@ -195,6 +195,25 @@ def cmd_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when the worker's heartbeat file is younger than --max-age seconds, else 1."""
+    from pathlib import Path
+
+    from worker.heartbeat import STALE_AFTER_S, default_file, file_age_s
+
+    path = Path(args.file) if args.file else default_file(args.kind)
+    max_age = args.max_age if args.max_age is not None else STALE_AFTER_S
+    age = file_age_s(path)
+    if age is None:
+        print(f"unhealthy: no heartbeat file {path}", file=sys.stderr)
+        return 1
+    if age > max_age:
+        print(f"unhealthy: last heartbeat {age:.1f} s ago (limit {max_age:g} s)", file=sys.stderr)
+        return 1
+    print(f"healthy: last heartbeat {age:.1f} s ago")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     settings = _settings()
     data = settings.model_dump(mode="json")
@@ -359,6 +378,16 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--max-actions-per-hour", help="an integer, or 'none'")
     policy.add_argument("--max-spend-usd-per-day", help="dollars, or 'none'")
 
+    health = sub.add_parser(
+        "healthcheck", help="exit 0 when a worker's heartbeat is fresh (container probes)"
+    )
+    health.add_argument("target", choices=["worker"])
+    health.add_argument(
+        "--kind", choices=["agent", "tool"], default="agent", help="which worker's file (default agent)"
+    )
+    health.add_argument("--file", help="the heartbeat file (default: FLEET_HEARTBEAT_FILE or the kind's)")
+    health.add_argument("--max-age", type=float, default=None, help="seconds (default 15)")
+
     sub.add_parser("config", help="print the effective configuration, secrets masked")
     return parser
 
@@ -387,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": cmd_config,
         "submit": cmd_submit,
         "policy": cmd_policy,
+        "healthcheck": cmd_healthcheck,
     }
     return handlers[args.command](args)
 

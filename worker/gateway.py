@@ -122,6 +122,14 @@ class ToolGateway:
 
     def call(self, call_id: str, tool: str, args: dict[str, Any]) -> CallOutcome:
         """One tool call. Raises RunStopped (kill, cancel, deadline, budget) to end the run."""
+        outcome = self._call(call_id, tool, args)
+        result = outcome.result
+        kind = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
+        label = tool if get_tool(tool) is not None else "unknown"  # agents may ask for any name
+        self.r.hincrby(self.keys.stats_tools(), f"calls|{label}|{kind}", 1)  # fleet-wide, for /metrics
+        return outcome
+
+    def _call(self, call_id: str, tool: str, args: dict[str, Any]) -> CallOutcome:
         spec = get_tool(tool)
         writes = spec.writes if spec is not None else False
         reason = killswitch.first_reason(self.r.mget(killswitch.tool_switch_keys(self.keys, tool, writes)))
@@ -209,6 +217,7 @@ class ToolGateway:
                 )
                 return error_result("rate_limited", message, retry_after_s=slot.wait_s)
             if slot.wait_s > 0:
+                self.r.hincrby(self.keys.stats_tools(), f"rate_limit_waits|{spec.name}", 1)
                 self.guard.sleep(slot.wait_s)
         admission = self.controls.breaker.allow(spec.name, breaker_policy)
         if not admission.allowed:

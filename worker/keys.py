@@ -48,6 +48,18 @@ class Keys:
     def run_lease(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:lease"
 
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    def stats_runs(self) -> str:
+        return f"{self.prefix}:stats:runs"
+
+    def stats_tools(self) -> str:
+        return f"{self.prefix}:stats:tools"
+
+    def breaker_pattern(self) -> str:
+        return f"{self.prefix}:breaker:*"
+
     def leases(self) -> str:
         return f"{self.prefix}:leases"
 

@@ -74,6 +74,9 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'stop_reason', ARGV[2], 'output',
            'error', ARGV[4], 'finished_ts', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
+redis.call('HINCRBY', KEYS[4], 'runs|' .. ARGV[1] .. '|' .. ARGV[2], 1)
+redis.call('HINCRBY', KEYS[4], 'usage|steps', tonumber(redis.call('HGET', KEYS[1], 'steps') or '0'))
+redis.call('HINCRBY', KEYS[4], 'usage|tool_calls', tonumber(redis.call('HGET', KEYS[1], 'tool_calls') or '0'))
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 """
@@ -83,6 +86,7 @@ local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return nil end
 if s == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'stop_reason', 'cancelled', 'finished_ts', ARGV[1])
+  redis.call('HINCRBY', KEYS[4], 'runs|cancelled|cancelled', 1)
   redis.call('PUBLISH', KEYS[3], 'cancelled')
 elseif s == 'running' then
   redis.call('SET', KEYS[2], 'cancelled by request', 'EX', ARGV[2])
@@ -182,7 +186,12 @@ class RunStore:
     ) -> bool:
         """End a run unless it has already ended; True when this call ended it."""
         done = self._finish(
-            keys=[self.keys.run(run_id), self.keys.run_ended_channel(run_id), self.keys.run_steps(run_id)],
+            keys=[
+                self.keys.run(run_id),
+                self.keys.run_ended_channel(run_id),
+                self.keys.run_steps(run_id),
+                self.keys.stats_runs(),
+            ],
             args=[status, stop_reason, json.dumps(output), json.dumps(error), repr(time.time()), self.ttl_s],
         )
         return bool(done)
@@ -190,7 +199,12 @@ class RunStore:
     def cancel(self, run_id: str) -> str | None:
         """Cancel a run: a queued one ends now, a running one at its next check. Returns the old status."""
         status: str | None = self._cancel(
-            keys=[self.keys.run(run_id), self.keys.run_cancel(run_id), self.keys.run_ended_channel(run_id)],
+            keys=[
+                self.keys.run(run_id),
+                self.keys.run_cancel(run_id),
+                self.keys.run_ended_channel(run_id),
+                self.keys.stats_runs(),
+            ],
             args=[repr(time.time()), 3600],
         )
         return status

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -35,6 +36,7 @@ class CeleryDispatcher:
             TOOL_TASK,
             args=[call_id, attempt, tool, args, timeout_s],
             queue=tool_queue(tool),
+            headers={"sent_at": time.time()},
             # A message redelivered long after its run gave up on it is dropped, not executed.
             expires=timeout_s + 60,
         )

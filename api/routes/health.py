@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import redis
 from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from api.deps import State
 from api.errors import FleetJSONResponse
+from api.metrics import FleetCollector
+from worker.heartbeat import live_workers
 from worker.redis_conn import make_redis
 
 router = APIRouter(tags=["health"])
@@ -20,7 +24,7 @@ def healthz() -> dict[str, bool]:
 
 @router.get("/readyz")
 def readyz(state: State) -> FleetJSONResponse:
-    """200 when Redis answers, else 503 with the reason."""
+    """200 when Redis answers, else 503 with the reason; reports the live agent and tool workers."""
     probe = make_redis(state.settings.redis_url)
     probe.connection_pool.connection_kwargs.update(socket_timeout=1.0, socket_connect_timeout=1.0)
     try:
@@ -32,4 +36,13 @@ def readyz(state: State) -> FleetJSONResponse:
         )
     finally:
         probe.close()
-    return FleetJSONResponse({"ok": True, "redis": "ok"})
+    workers = live_workers(state.r, state.keys)
+    return FleetJSONResponse({"ok": True, "redis": "ok", "workers": workers})
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(state: State) -> PlainTextResponse:
+    """Prometheus metrics of the whole fleet, read from Redis."""
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(state.r, state.keys))
+    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

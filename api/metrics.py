@@ -1,0 +1,102 @@
+"""Prometheus metrics computed fleet-wide from Redis at scrape time, so they survive any
+worker's restart and are the same whichever API replica answers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from worker import tools
+from worker.heartbeat import live_workers
+from worker.keys import AGENT_QUEUE, TOOL_QUEUE, Keys, tool_queue
+
+
+def queue_names() -> list[str]:
+    return [AGENT_QUEUE, TOOL_QUEUE, *(tool_queue(name) for name in tools.tool_names())]
+
+
+def oldest_age_s(r: redis.Redis, queue: str, now: float) -> float:
+    """Age of the oldest message waiting in `queue` (kombu pushes left, pops right)."""
+    raw = r.lindex(queue, -1)
+    if raw is None:
+        return 0.0
+    try:
+        sent_at = float(json.loads(raw)["headers"]["sent_at"])
+    except (ValueError, KeyError, TypeError):
+        return 0.0
+    return max(0.0, now - sent_at)
+
+
+class FleetCollector(Collector):
+    """Reads the fleet's queues, counters, breakers, switches and heartbeats from Redis."""
+
+    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+        self.r = r
+        self.keys = keys
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.time()
+        depth = GaugeMetricFamily("fleet_queue_depth", "Messages waiting in a queue", labels=["queue"])
+        age = GaugeMetricFamily(
+            "fleet_queue_oldest_age_seconds",
+            "Age of the oldest waiting message (autoscaling signal)",
+            labels=["queue"],
+        )
+        for queue in queue_names():
+            depth.add_metric([queue], self.r.llen(queue))
+            age.add_metric([queue], oldest_age_s(self.r, queue, now))
+        yield depth
+        yield age
+
+        runs = CounterMetricFamily("fleet_runs", "Ended runs", labels=["status", "stop_reason"])
+        usage = CounterMetricFamily("fleet_budget_usage", "Budget spent by ended runs", labels=["budget"])
+        for field, value in self.r.hgetall(self.keys.stats_runs()).items():
+            kind, _, rest = str(field).partition("|")
+            if kind == "runs":
+                status, _, reason = rest.partition("|")
+                runs.add_metric([status, reason], float(value))
+            elif kind == "usage":
+                usage.add_metric([rest], float(value))
+        yield runs
+        yield usage
+        running = GaugeMetricFamily("fleet_runs_running", "Runs executing now (holding a lease)")
+        running.add_metric([], self.r.zcard(self.keys.leases()))
+        yield running
+
+        calls = CounterMetricFamily("fleet_tool_calls", "Tool calls by outcome", labels=["tool", "outcome"])
+        waits = CounterMetricFamily(
+            "fleet_rate_limit_waits", "Tool calls that waited for a slot", labels=["tool"]
+        )
+        for field, value in self.r.hgetall(self.keys.stats_tools()).items():
+            parts = str(field).split("|")
+            if parts[0] == "calls" and len(parts) == 3:
+                calls.add_metric(parts[1:], float(value))
+            elif parts[0] == "rate_limit_waits" and len(parts) == 2:
+                waits.add_metric(parts[1:], float(value))
+        yield calls
+        yield waits
+
+        breakers = GaugeMetricFamily(
+            "fleet_breaker_open", "1 when a tool's circuit is open or half-open", labels=["tool", "state"]
+        )
+        prefix = self.keys.breaker("")
+        for key in self.r.scan_iter(match=self.keys.breaker_pattern(), count=500):
+            state = str(self.r.hget(key, "state") or "closed")
+            breakers.add_metric([str(key)[len(prefix) :], state], 0.0 if state == "closed" else 1.0)
+        yield breakers
+
+        switches = GaugeMetricFamily("fleet_kill_switch_on", "Kill switches that are on", labels=["switch"])
+        kill_prefix = self.keys.kill_all()[: -len("all")]
+        for key in self.r.scan_iter(match=self.keys.kill_pattern(), count=500):
+            switches.add_metric([str(key)[len(kill_prefix) :]], 1.0)
+        yield switches
+
+        workers = GaugeMetricFamily("fleet_workers_alive", "Workers with a fresh heartbeat", labels=["kind"])
+        for kind, count in live_workers(self.r, self.keys).items():
+            workers.add_metric([kind], count)
+        yield workers
