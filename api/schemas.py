@@ -15,6 +15,8 @@ class BudgetsIn(BaseModel):
     max_steps: int | None = Field(None, gt=0)
     max_tool_calls: int | None = Field(None, ge=0)
     max_seconds: float | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, ge=0)
+    max_cost_usd: float | None = Field(None, ge=0)
 
 
 class RunRequest(BaseModel):
@@ -30,6 +32,8 @@ class Usage(BaseModel):
     steps: int
     tool_calls: int
     seconds: float
+    tokens: int
+    cost_usd: float
 
 
 class ErrorOut(BaseModel):
@@ -45,7 +49,8 @@ class RunOut(BaseModel):
     tenant: str
     status: str = Field(description="queued, running, succeeded, stopped, failed or cancelled")
     stop_reason: str | None = Field(
-        description="finish, max_steps, max_tool_calls, max_seconds, killed, cancelled or error"
+        description="finish, max_steps, max_tool_calls, max_seconds, max_tokens, max_cost, killed, "
+        "cancelled or error"
     )
     output: Any
     error: ErrorOut | None

@@ -109,3 +109,11 @@ def test_retry_budget_caps_retries_at_a_share_of_calls(r: fakeredis.FakeRedis) -
     granted = sum(budget.try_retry("t", policy) for _ in range(100))
     assert granted == 12  # 20 % of 50 calls + 2
     assert budget.try_retry("other", policy)  # budgets are per tool
+
+
+def test_a_costly_call_pushes_the_schedule_for_the_next_one(r: fakeredis.FakeRedis) -> None:
+    limiter = RateLimiter(r, KEYS)
+    tokens = parse_rate("6000/m")  # 100 per second
+    assert limiter.acquire("m", tokens, max_wait_s=10, cost=300).wait_s == 0  # admitted now
+    nxt = limiter.acquire("m", tokens, max_wait_s=10, cost=10)
+    assert nxt.allowed and nxt.wait_s == pytest.approx(3.0, abs=0.05)  # after the 300 tokens drain

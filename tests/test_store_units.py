@@ -77,8 +77,14 @@ def test_public_view_has_the_contract_fields_and_iso_times(store: RunStore) -> N
     view = public_view(store.load("r1") or {})
     assert view["status"] == "queued" and view["started_at"] is None and view["finished_at"] is None
     assert view["created_at"].endswith("Z") and len(view["created_at"]) == len("2026-11-26T09:14:39.123456Z")
-    assert view["usage"] == {"steps": 0, "tool_calls": 0, "seconds": 0.0}
-    assert view["budgets"] == {"max_steps": 5, "max_tool_calls": 2, "max_seconds": 30.0}
+    assert view["usage"] == {"steps": 0, "tool_calls": 0, "seconds": 0.0, "tokens": 0, "cost_usd": 0.0}
+    assert view["budgets"] == {
+        "max_steps": 5,
+        "max_tool_calls": 2,
+        "max_seconds": 30.0,
+        "max_tokens": 0,
+        "max_cost_usd": 0.0,
+    }
 
 
 def test_tool_call_budget_counts_each_call_once_and_refuses_the_one_over(
@@ -225,3 +231,23 @@ def test_guard_reports_kill_before_cancel_and_the_deadline(r: fakeredis.FakeRedi
     with pytest.raises(BudgetExceeded) as stop:
         guard.check()
     assert stop.value.stop_reason == "max_seconds"
+
+
+def test_model_spend_is_reserved_at_worst_case_and_settled_once(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    from worker.spend import Prices, SpendBudget
+
+    new_run(store)
+    spend = SpendBudget(r, KEYS, "r1", ttl_s=60)
+    prices = Prices(input=1.0, output=2.0)  # USD per million tokens
+    assert spend.reserve("c1", 1000, prices.cost_micro(600, 400), max_tokens=1500, max_cost_usd=1.0) is None
+    # a second call that the remaining budget cannot cover is refused before it starts
+    assert spend.reserve("c2", 600, 10, max_tokens=1500, max_cost_usd=1.0) == "max_tokens"
+    assert spend.reserve("c1", 1000, 1400, max_tokens=1500, max_cost_usd=1.0) is None  # a resumed call: no-op
+    assert spend.settle("c1", 300, prices.cost_micro(200, 100))
+    assert not spend.settle("c1", 300, 400)  # once
+    view = public_view(store.load("r1") or {})
+    assert view["usage"]["tokens"] == 300 and view["usage"]["cost_usd"] == 0.0004
+    assert spend.reserve("c2", 600, 10, max_tokens=1500, max_cost_usd=1.0) is None  # room again
+    assert spend.reserve("c3", 1, 2_000_000, max_tokens=10_000, max_cost_usd=1.0) == "max_cost"

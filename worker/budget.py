@@ -51,6 +51,11 @@ class ToolCallBudget:
             raise BudgetExceeded("max_tool_calls", f"max_tool_calls={self.max_tool_calls} reached")
         return json.loads(recorded) if recorded else None
 
+    def recorded(self, call_id: str) -> dict[str, Any] | None:
+        """The recorded result of a call that is not counted as a tool call (a model call)."""
+        raw = self.r.hget(self.keys.call(call_id), "result")
+        return dict(json.loads(raw)) if raw else None
+
     def record(self, call_id: str, result: dict[str, Any]) -> None:
         """Keep a call's final result, so a resumed run replays it instead of calling again."""
         self.r.hset(self.keys.call(call_id), mapping={"state": "done", "result": json.dumps(result)})

@@ -21,6 +21,17 @@ def _settings() -> Settings:
     try:
         settings = load_settings()
         settings.tenant_keys()  # a bad key list stops every process, not only the API
+        settings.admin_key_set()
+        if "llm" in settings.agents:
+            from pydantic import ValidationError
+
+            from worker.llmconfig import llm_config
+
+            try:
+                llm_config(settings)
+            except (ValidationError, ValueError) as exc:
+                lines = str(exc).splitlines()
+                raise ConfigError(f"agents.llm: {' '.join(lines[:3])}") from None
         return settings
     except ConfigError as exc:
         print(f"fleet: {exc}", file=sys.stderr)

@@ -31,11 +31,12 @@ from worker.breaker import BreakerPolicy, CircuitBreaker
 from worker.budget import ToolCallBudget
 from worker.guard import SLICE_S, BudgetExceeded, RunGuard
 from worker.keys import Keys
+from worker.llmconfig import llm_config
 from worker.policy import Decision, PolicyStore
 from worker.ratelimit import RateLimiter, parse_rate
 from worker.retrybudget import RetryBudget, RetryPolicy
 from worker.settings import Settings
-from worker.tools import Tool, ToolFailure, get_tool, validate_args
+from worker.tools import MODEL_TOOL, Tool, ToolFailure, get_tool, validate_args
 from worker.tools.base import ErrorType, error_result
 
 REPLY_GRACE_S = 1.0  # wait this long past a call's timeout for the tool worker's own answer
@@ -62,6 +63,16 @@ class FleetControls:
     @classmethod
     def build(cls, r: redis.Redis, keys: Keys) -> FleetControls:
         return cls(RateLimiter(r, keys), CircuitBreaker(r, keys), RetryBudget(r, keys), PolicyStore(r, keys))
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One rate limit on a call: the limiter's key, its rate, whose, and how many units it takes."""
+
+    key: str
+    rate: str
+    cost: int = 1
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,20 +179,80 @@ class ToolGateway:
             decision = {**decision, "decision": "denied", "reason": result["error"]["message"]}
         return CallOutcome(result, decision)
 
-    def _attempts(self, call_id: str, spec: Tool, args: dict[str, Any]) -> dict[str, Any]:
+    def call_model(
+        self,
+        call_id: str,
+        args: dict[str, Any],
+        *,
+        model: str,
+        tokens: int,
+        cost_usd: float,
+        timeout_s: float,
+    ) -> CallOutcome:
+        """One model call of the `llm` agent: kill switches (`llm`, `llm:<model>`), the agent's
+        spend quota, the model's fleet-wide request and token rates, its breaker, retries."""
+        spec = get_tool(MODEL_TOOL)
+        assert spec is not None
+        switches = [self.keys.kill_tool(MODEL_TOOL), self.keys.kill_tool(f"{MODEL_TOOL}:{model}")]
+        reason = killswitch.first_reason(self.r.mget(switches))
+        if reason is not None:
+            return _denied("killed", reason, f"kill switch: {reason}")
+        policy = self.controls.policies.get(self.agent)
+        quota = self.controls.policies.reserve(self.agent, call_id, policy, cost_usd, count_action=False)
+        if not quota.allowed:
+            return CallOutcome(error_result("denied", quota.reason), quota.to_dict())
+        recorded = self.budget.recorded(call_id)
+        if recorded is not None:  # answered before this run's worker died: not asked again
+            return CallOutcome(recorded, quota.to_dict())
+        config = llm_config(self.settings)
+        scope = f"{MODEL_TOOL}:{model}"
+        limits = [
+            Limit(scope, f"{config.requests_per_minute}/m") if config.requests_per_minute else None,
+            Limit(f"{scope}:tokens", f"{config.tokens_per_minute}/m", tokens)
+            if config.tokens_per_minute
+            else None,
+        ]
+        result = self._attempts(call_id, spec, args, scope, [x for x in limits if x], timeout_s)
+        self.budget.record(call_id, result)
+        kind = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
+        self.r.hincrby(self.keys.stats_tools(), f"calls|{MODEL_TOOL}|{kind}", 1)
+        return CallOutcome(result, quota.to_dict())
+
+    def _tool_limits(self, spec: Tool) -> list[Limit]:
         tools = self.settings.tools
-        timeout_s = tools.timeout_s(spec.name, spec.timeout_ms)
+        limits = []
+        text = tools.rate_limits.get(spec.name) or spec.rate_limit
+        if text:
+            limits.append(Limit(spec.name, text))
+        if spec.name in tools.tenant_rate_limits:
+            limits.append(Limit(spec.name, tools.tenant_rate_limits[spec.name], tenant=self.tenant))
+        return limits
+
+    def _attempts(
+        self,
+        call_id: str,
+        spec: Tool,
+        args: dict[str, Any],
+        scope: str | None = None,
+        limits: list[Limit] | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Attempts of one call; `scope` names its breaker and retry budget (default: the tool)."""
+        tools = self.settings.tools
+        scope = scope or spec.name
+        limits = self._tool_limits(spec) if limits is None else limits
+        timeout_s = timeout_s or tools.timeout_s(spec.name, spec.timeout_ms)
         breaker_policy = BreakerPolicy(**tools.breaker.model_dump())
         retry_policy = RetryPolicy(**tools.retry_budget.model_dump())
         may_retry = not spec.writes or spec.idempotent
-        self.controls.retry_budget.note_call(spec.name, retry_policy)
+        self.controls.retry_budget.note_call(scope, retry_policy)
         attempt = 0
         while True:
-            refused = self._admit(spec, breaker_policy)
+            refused = self._admit(scope, limits, breaker_policy)
             if refused is not None:
                 return refused
             result = self._attempt(call_id, attempt, spec.name, args, timeout_s)
-            self.controls.breaker.record(spec.name, not is_failure(result), breaker_policy)
+            self.controls.breaker.record(scope, not is_failure(result), breaker_policy)
             if not may_retry or attempt >= tools.retries.max or not is_retryable(result):
                 return result
             ceiling_ms = tools.retries.backoff_ms[min(attempt, len(tools.retries.backoff_ms) - 1)]
@@ -191,40 +262,31 @@ class ToolGateway:
                 delay_s = max(delay_s, float(retry_after))
             if delay_s >= self.guard.remaining_s():
                 return result  # the retry could not happen before the deadline
-            if not self.controls.retry_budget.try_retry(spec.name, retry_policy):
-                return result  # the fleet already retries this tool too much
+            if not self.controls.retry_budget.try_retry(scope, retry_policy):
+                return result  # the fleet already retries this too much
             self.guard.sleep(delay_s)
             attempt += 1
 
-    def _admit(self, spec: Tool, breaker_policy: BreakerPolicy) -> dict[str, Any] | None:
+    def _admit(self, scope: str, limits: list[Limit], breaker_policy: BreakerPolicy) -> dict[str, Any] | None:
         """Rate limits (waiting for a slot that fits in the run's time), then the breaker."""
-        tools = self.settings.tools
-        limits: list[tuple[str | None, str | None]] = [
-            (tools.rate_limits.get(spec.name) or spec.rate_limit, None)
-        ]
-        if spec.name in tools.tenant_rate_limits:
-            limits.append((tools.tenant_rate_limits[spec.name], self.tenant))
-        for text, tenant in limits:
-            if text is None:
-                continue
+        for limit in limits:
             slot = self.controls.limiter.acquire(
-                spec.name, parse_rate(text), self.guard.remaining_s(), tenant
+                limit.key, parse_rate(limit.rate), self.guard.remaining_s(), limit.tenant, limit.cost
             )
             if not slot.allowed:
-                scope = f" for tenant {tenant!r}" if tenant else ""
+                who = f" for tenant {limit.tenant!r}" if limit.tenant else ""
                 message = (
-                    f"rate limit {text}{scope}: next slot in {slot.wait_s:.2f} s, past the run's deadline"
+                    f"rate limit {limit.rate}{who}: next slot in {slot.wait_s:.2f} s, past the run's deadline"
                 )
                 return error_result("rate_limited", message, retry_after_s=slot.wait_s)
             if slot.wait_s > 0:
-                self.r.hincrby(self.keys.stats_tools(), f"rate_limit_waits|{spec.name}", 1)
+                self.r.hincrby(self.keys.stats_tools(), f"rate_limit_waits|{scope}", 1)
                 self.guard.sleep(slot.wait_s)
-        admission = self.controls.breaker.allow(spec.name, breaker_policy)
+        admission = self.controls.breaker.allow(scope, breaker_policy)
         if not admission.allowed:
             return error_result(
                 "circuit_open",
-                f"tool {spec.name!r} is failing: circuit {admission.state}, "
-                f"next try in {admission.retry_in_s:.1f} s",
+                f"{scope!r} is failing: circuit {admission.state}, next try in {admission.retry_in_s:.1f} s",
                 retry_after_s=admission.retry_in_s,
             )
         return None

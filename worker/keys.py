@@ -91,6 +91,10 @@ class Keys:
     def retry_budget(self, tool: str) -> str:
         return f"{self.prefix}:retrybudget:{tool}"
 
+    def call_spend(self, call_id: str) -> str:
+        """A model call's token and cost reservation."""
+        return f"{self.prefix}:call:{call_id}:spend"
+
     def call_exec(self, call_id: str) -> str:
         """The tool worker's claim on executing a call, and its result."""
         return f"{self.prefix}:call:{call_id}:exec"

@@ -21,18 +21,28 @@ from typing import Any
 
 import redis
 
-from worker.agents import CallTool, Fail, Finish, RunState, Sleep, get_agent_class
+from worker.agents import CallModel, CallTool, Fail, Finish, RunState, Sleep, get_agent_class
 from worker.budget import ToolCallBudget
 from worker.gateway import Dispatcher, FleetControls, ToolGateway
 from worker.guard import BudgetExceeded, DeadlineExceeded, LeaseLost, RunGuard, RunStopped
 from worker.keys import Keys
 from worker.lease import Leases, new_token
+from worker.llmconfig import llm_config
+from worker.policy import Policy
 from worker.runs import FAILED, STOPPED, SUCCEEDED, TERMINAL, Budgets, RunStore
 from worker.settings import Settings
+from worker.spend import SpendBudget
+from worker.tools import MODEL_TOOL, get_tool
 
 WATCHDOG_GRACE_S = 0.5  # past the deadline, the watchdog ends a run whose agent ignores the alarm
 ERROR_MESSAGE_MAX = 500
-_ACTION_NAMES: dict[type, str] = {CallTool: "tool", Sleep: "sleep", Finish: "final", Fail: "fail"}
+_ACTION_NAMES: dict[type, str] = {
+    CallTool: "tool",
+    CallModel: "model",
+    Sleep: "sleep",
+    Finish: "final",
+    Fail: "fail",
+}
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,8 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
         tenant=raw["tenant"],
         agent=raw["agent"],
     )
+    spend = SpendBudget(deps.r, deps.keys, run_id, deps.settings.run_ttl_s)
+    offered = offered_tools(deps.settings, deps.controls.policies.get(raw["agent"]))
     cursor = int(raw.get("cursor", 0))
     memory: dict[str, Any] = json.loads(raw.get("memory") or "{}")
     last_result: Any = json.loads(raw.get("last_result") or "null")
@@ -158,6 +170,7 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
             last_result=last_result,
             memory=memory,
             remaining_s=guard.remaining_s(),
+            tools=offered,
         )
         done = agent.finished(state)
         if done is not None:
@@ -176,7 +189,7 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
             return SUCCEEDED
         if isinstance(action, Fail):
             message = str(action.message)[:ERROR_MESSAGE_MAX]
-            store.finish(run_id, FAILED, "error", error={"type": "agent_error", "message": message})
+            store.finish(run_id, FAILED, "error", error={"type": action.type, "message": message})
             return FAILED
         if isinstance(action, Sleep):
             guard.sleep(max(0.0, float(action.seconds)))
@@ -189,11 +202,86 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
             entry["ok"] = bool(last_result.get("ok"))
             if not entry["ok"]:
                 entry["error_type"] = (last_result.get("error") or {}).get("type")
+        elif isinstance(action, CallModel):
+            last_result = _call_model(
+                f"{run_id}:{step}:0", action, raw["agent"], budgets, gateway, spend, deps
+            )
+            entry["tool"] = MODEL_TOOL
+            entry["ok"] = bool(last_result.get("ok"))
+            if not entry["ok"]:
+                entry["error_type"] = (last_result.get("error") or {}).get("type")
         else:
             raise TypeError(f"agent returned {type(action).__name__}, not an action")
         entry["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         cursor = step
         store.checkpoint(run_id, cursor=cursor, memory=memory, last_result=last_result, step_entry=entry)
+
+
+def estimate_prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
+    """A deliberately high estimate of a request's prompt tokens (about 3 characters a token)."""
+    text = json.dumps(messages) + (json.dumps(tools) if tools else "")
+    return len(text) // 3 + 8 * len(messages) + 16
+
+
+def _call_model(
+    call_id: str,
+    action: CallModel,
+    agent: str,
+    budgets: Budgets,
+    gateway: ToolGateway,
+    spend: SpendBudget,
+    deps: LoopDeps,
+) -> dict[str, Any]:
+    """Reserve the worst case from the run's budgets, call the model, settle with its usage."""
+    prompt = estimate_prompt_tokens(action.messages, action.tools)
+    worst_tokens = prompt + action.max_tokens
+    worst_micro = action.prices.cost_micro(prompt, action.max_tokens)
+    refused = spend.reserve(call_id, worst_tokens, worst_micro, budgets.max_tokens, budgets.max_cost_usd)
+    if refused is not None:
+        left = "tokens" if refused == "max_tokens" else "money"
+        raise BudgetExceeded(refused, f"not enough {left} left for a model call of {worst_tokens} tokens")
+    args: dict[str, Any] = {
+        "model": action.model,
+        "messages": action.messages,
+        "max_tokens": action.max_tokens,
+    }
+    if action.tools:
+        args["tools"] = action.tools
+    if action.temperature is not None:
+        args["temperature"] = action.temperature
+    timeout_s = deps.settings.tools.timeout_s(MODEL_TOOL, llm_config(deps.settings).timeout_ms)
+    outcome = gateway.call_model(
+        call_id,
+        args,
+        model=action.model,
+        tokens=worst_tokens,
+        cost_usd=worst_micro / 1e6,
+        timeout_s=timeout_s,
+    )
+    result = outcome.result
+    usage = (result.get("result") or {}).get("usage") or {} if result.get("ok") else {}
+    used_prompt, used_completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    used_micro = action.prices.cost_micro(used_prompt, used_completion)
+    if (
+        spend.settle(call_id, used_prompt + used_completion, used_micro)
+        and outcome.decision.get("decision") == "allowed"
+    ):
+        deps.controls.policies.adjust_spend(agent, (used_micro - worst_micro) / 1e6)
+    return result
+
+
+def offered_tools(settings: Settings, policy: Policy) -> list[dict[str, Any]]:
+    """The tools a run may call, as OpenAI-style function specs with their argument schemas."""
+    names = [n for n in settings.tools.allowlist if n != MODEL_TOOL]
+    if policy.allowed_tools is not None:
+        names = [n for n in names if n in policy.allowed_tools]
+    specs = []
+    for name in names:
+        spec = get_tool(name)
+        if spec is not None:
+            schema = spec.args_model.model_json_schema(by_alias=True)
+            specs.append({"name": name, "description": spec.description, "parameters": schema})
+    return specs
 
 
 def _is_soft_time_limit(exc: BaseException) -> bool:

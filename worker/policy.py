@@ -125,8 +125,13 @@ class PolicyStore:
             self.keys.quota_call(call_id),
         ]
 
-    def reserve(self, agent: str, call_id: str, policy: Policy, cost_usd: float) -> Decision:
-        """Reserve one action and `cost_usd` for the call, or deny it; the same answer every time."""
+    def reserve(
+        self, agent: str, call_id: str, policy: Policy, cost_usd: float, *, count_action: bool = True
+    ) -> Decision:
+        """Reserve one action (unless `count_action` is False: a model call is no action) and
+        `cost_usd` for the call, or deny it; the same answer every time for one call id."""
+        if not count_action:
+            policy = policy.model_copy(update={"max_actions_per_hour": None})
         if policy.max_actions_per_hour is None and policy.max_spend_usd_per_day is None:
             return Decision("allowed", "no quota")
         max_actions = -1 if policy.max_actions_per_hour is None else policy.max_actions_per_hour
@@ -151,6 +156,11 @@ class PolicyStore:
             policy.max_actions_per_hour if verdict == "max_actions_per_hour" else policy.max_spend_usd_per_day
         )
         return Decision("denied", f"{verdict}={limit} reached for agent {agent!r}", remaining)
+
+    def adjust_spend(self, agent: str, delta_usd: float) -> None:
+        """Correct today's spend once a call's real cost is known (it was reserved at worst case)."""
+        day = time.strftime("%Y%m%d", time.gmtime())
+        self.r.incrby(self.keys.quota_spend(agent, day), round(delta_usd * MICRO))
 
     def refund(self, agent: str, call_id: str, cost_usd: float) -> None:
         """Give back a reservation whose call was never made."""

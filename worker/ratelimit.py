@@ -25,12 +25,14 @@ local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
+-- admission looks at the schedule as it is; the cost (e.g. a call's tokens) pushes it forward
 local wait = tat - (burst - 1) * interval - now
 if wait < 0 then wait = 0 end
 if wait > max_wait then return {0, tostring(wait)} end
-local new_tat = tat + interval
+local new_tat = tat + cost * interval
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
 return {1, tostring(wait)}
 """
@@ -72,9 +74,12 @@ class RateLimiter:
         self.keys = keys
         self._gcra = r.register_script(_GCRA)
 
-    def acquire(self, tool: str, rate: Rate, max_wait_s: float, tenant: str | None = None) -> Decision:
-        """Reserve the next slot if it comes within `max_wait_s`."""
+    def acquire(
+        self, tool: str, rate: Rate, max_wait_s: float, tenant: str | None = None, cost: int = 1
+    ) -> Decision:
+        """Reserve the next slot (`cost` units of the rate, e.g. tokens) if it comes within `max_wait_s`."""
         key = self.keys.rate_limit(tool, tenant)
         max_wait_ms = max(0.0, max_wait_s) * 1000.0
-        allowed, wait_ms = self._gcra(keys=[key], args=[rate.interval_ms, rate.burst, max_wait_ms])
+        args = [rate.interval_ms, rate.burst, max_wait_ms, max(1, cost)]
+        allowed, wait_ms = self._gcra(keys=[key], args=args)
         return Decision(bool(allowed), math.ceil(float(wait_ms)) / 1000.0)

@@ -31,13 +31,21 @@ class Budgets:
     max_steps: int
     max_tool_calls: int
     max_seconds: float
+    max_tokens: int = 0  # model tokens (prompt + completion), reserved before each model call
+    max_cost_usd: float = 0.0  # model spend
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Budgets:
-        return cls(int(data["max_steps"]), int(data["max_tool_calls"]), float(data["max_seconds"]))
+        return cls(
+            int(data["max_steps"]),
+            int(data["max_tool_calls"]),
+            float(data["max_seconds"]),
+            int(data.get("max_tokens", 0)),
+            float(data.get("max_cost_usd", 0.0)),
+        )
 
 
 def iso(ts: float | None) -> str | None:
@@ -237,6 +245,8 @@ def public_view(raw: dict[str, str], *, now: float | None = None) -> dict[str, A
             "steps": int(raw.get("steps", 0)),
             "tool_calls": int(raw.get("tool_calls", 0)),
             "seconds": round(seconds, 3),
+            "tokens": int(raw.get("tokens", 0)),
+            "cost_usd": round(int(raw.get("cost_micro", 0)) / 1_000_000, 6),
         },
         "budgets": data["budgets"],
         "metadata": data["metadata"] or {},

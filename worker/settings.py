@@ -39,6 +39,8 @@ class RuntimeEnv(_Section):
     AGENT_MAX_STEPS: int = Field(25, gt=0)
     AGENT_MAX_TOOL_CALLS: int = Field(12, ge=0)
     AGENT_MAX_SECONDS: float = Field(60, gt=0)
+    AGENT_MAX_TOKENS: int = Field(200_000, ge=0)
+    AGENT_MAX_COST_USD: float = Field(1.0, ge=0)
 
 
 class RuntimeSection(_Section):
@@ -166,6 +168,8 @@ class Settings(BaseSettings):
         None, ge=0, validation_alias=AliasChoices("AGENT_MAX_TOOL_CALLS")
     )
     agent_max_seconds: float | None = Field(None, gt=0, validation_alias=AliasChoices("AGENT_MAX_SECONDS"))
+    agent_max_tokens: int | None = Field(None, ge=0, validation_alias=AliasChoices("AGENT_MAX_TOKENS"))
+    agent_max_cost_usd: float | None = Field(None, ge=0, validation_alias=AliasChoices("AGENT_MAX_COST_USD"))
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, gt=0, lt=65536)
@@ -227,6 +231,18 @@ class Settings(BaseSettings):
     @property
     def max_seconds(self) -> float:
         return self.agent_max_seconds or self.runtime.env.AGENT_MAX_SECONDS
+
+    @property
+    def max_tokens(self) -> int:
+        if self.agent_max_tokens is not None:
+            return self.agent_max_tokens
+        return self.runtime.env.AGENT_MAX_TOKENS
+
+    @property
+    def max_cost_usd(self) -> float:
+        if self.agent_max_cost_usd is not None:
+            return self.agent_max_cost_usd
+        return self.runtime.env.AGENT_MAX_COST_USD
 
     def tenant_keys(self) -> dict[str, str]:
         """API key -> tenant, from FLEET_API_KEYS, FLEET_API_KEYS_FILE or /run/secrets/fleet_api_keys."""

@@ -38,6 +38,8 @@ def _budgets(state: AppState, request: RunRequest) -> Budgets:
         "max_steps": (s.max_steps, "AGENT_MAX_STEPS"),
         "max_tool_calls": (s.max_tool_calls, "AGENT_MAX_TOOL_CALLS"),
         "max_seconds": (s.max_seconds, "AGENT_MAX_SECONDS"),
+        "max_tokens": (s.max_tokens, "AGENT_MAX_TOKENS"),
+        "max_cost_usd": (s.max_cost_usd, "AGENT_MAX_COST_USD"),
     }
     asked = request.budgets.model_dump(exclude_none=True) if request.budgets else {}
     chosen: dict[str, Any] = {}

@@ -6,10 +6,10 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from worker.agents.base import Action, Agent, CallTool, Fail, Finish, RunState, Sleep
+from worker.agents.base import Action, Agent, CallModel, CallTool, Fail, Finish, RunState, Sleep
 
 _REGISTRY: dict[str, type[Agent]] = {}
-_BUILTINS = ("worker.agents.scripted",)
+_BUILTINS = ("worker.agents.scripted", "worker.agents.llm")
 A = TypeVar("A", bound=type[Agent])
 
 
@@ -44,6 +44,7 @@ def agent_names() -> list[str]:
 __all__ = [
     "Action",
     "Agent",
+    "CallModel",
     "CallTool",
     "Fail",
     "Finish",

@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from worker.spend import Prices
+
 
 @dataclass(frozen=True)
 class CallTool:
@@ -29,6 +31,19 @@ class Sleep:
 
 
 @dataclass(frozen=True)
+class CallModel:
+    """One chat-completions call through the gateway, its worst case reserved from the run's
+    token and cost budgets first; the result is `state.last_result` next step."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    prices: Prices
+    tools: list[dict[str, Any]] | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
 class Finish:
     """End the run as succeeded with `output`."""
 
@@ -37,12 +52,13 @@ class Finish:
 
 @dataclass(frozen=True)
 class Fail:
-    """End the run as failed with `message`."""
+    """End the run as failed with `message`; `type` is the error type the run record shows."""
 
     message: str
+    type: str = "agent_error"
 
 
-Action = CallTool | Sleep | Finish | Fail
+Action = CallTool | CallModel | Sleep | Finish | Fail
 
 
 @dataclass
@@ -58,6 +74,8 @@ class RunState:
     last_result: Any  # the previous step's tool result envelope, or None
     memory: dict[str, Any]  # the agent's own state; checkpointed after every step
     remaining_s: float  # seconds left before max_seconds
+    # The tools this run may call (fleet allowlist and the agent's policy), as OpenAI tool specs.
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Agent:

@@ -16,7 +16,9 @@ _BUILTINS = (
     "worker.tools.http_get",
     "worker.tools.http_post",
     "worker.tools.search_read",
+    "worker.tools.llm_call",
 )
+MODEL_TOOL = "llm"  # internal: model calls of the llm agent; never offered to an agent as a tool
 
 
 def tool(
