@@ -46,6 +46,7 @@ import celery  # noqa: E402
 import fastapi  # noqa: E402
 import httpx  # noqa: E402
 import kombu  # noqa: E402
+import psutil  # noqa: E402
 import uvicorn  # noqa: E402
 
 from tests.harness import KEY_T1, Fleet, Proc, RedisServer, free_port, wait_for  # noqa: E402
@@ -220,11 +221,16 @@ class Load:
     ok: int = 0  # 202s in the measured time
     seconds: float = 0.0
     accepted: int = 0  # 202s in all, warm-up included
+    cpu_s: float = 0.0  # CPU time of the API server process in the measured time
     statuses: Counter[int] = field(default_factory=Counter)
 
     @property
     def rps(self) -> float:
         return self.ok / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.cpu_s / self.ok if self.ok else math.inf
 
 
 def _request_bytes(port: int, key: str) -> bytes:
@@ -280,10 +286,14 @@ def drive(port: int, key: str, connections: int, seconds: float) -> Load:
 
 
 def measure_throughput(
-    fleet_port: int, bare_port: int, connections: int, seconds: float, round_s: float
+    fleet: tuple[int, int], bare: tuple[int, int], connections: int, seconds: float, round_s: float
 ) -> tuple[Load, Load]:
-    """Alternating rounds against both APIs (after one warm-up second each); totals per side."""
-    ports = {"fleet": fleet_port, "bare": bare_port}
+    """Alternating rounds against both APIs (after one warm-up second each); totals per side.
+
+    `fleet` and `bare` are (port, pid) of each API server; its CPU time is measured per round.
+    """
+    ports = {"fleet": fleet[0], "bare": bare[0]}
+    servers = {"fleet": psutil.Process(fleet[1]), "bare": psutil.Process(bare[1])}
     totals = {"fleet": Load(), "bare": Load()}
     for side in ("bare", "fleet"):
         totals[side].accepted += drive(ports[side], KEY_T1, connections, 1.0).ok
@@ -291,13 +301,20 @@ def measure_throughput(
     for i in range(rounds):
         order = ("bare", "fleet") if i % 2 == 0 else ("fleet", "bare")
         for side in order:
+            cpu0 = _cpu_s(servers[side])
             load = drive(ports[side], KEY_T1, connections, seconds / rounds)
             total = totals[side]
+            total.cpu_s += _cpu_s(servers[side]) - cpu0
             total.ok += load.ok
             total.accepted += load.ok
             total.seconds += load.seconds
             total.statuses.update(load.statuses)
     return totals["fleet"], totals["bare"]
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -377,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print("starting redis-server, the fleet and the baselines …", file=sys.stderr, flush=True)
         bare_worker, bare_api_proc = baselines.spawn_worker(), baselines.spawn_api()
-        fleet.start_api()
+        fleet_api = fleet.start_api()
         agent_worker = fleet.start_worker(args.concurrency)
         tool_worker = fleet.start_tool_worker()
         baselines.wait_ready(bare_worker, bare_api_proc)
@@ -401,7 +418,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         fleet_load, bare_load = measure_throughput(
-            fleet.api_port, baselines.api_port, args.connections, args.seconds, args.round
+            (fleet.api_port, fleet_api.popen.pid),
+            (baselines.api_port, bare_api_proc.popen.pid),
+            args.connections,
+            args.seconds,
+            args.round,
         )
         fleet_enqueued = fleet.r.llen("agents") - fleet_depth0
         bare_enqueued = _llen(server.port, 1, API_QUEUE) - bare_depth0
@@ -432,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
             f"≥ {THROUGHPUT_RATIO_MIN:g}x",
             lambda ratio: ratio >= THROUGHPUT_RATIO_MIN,
         ),
+        Row(
+            "API server CPU per accepted POST (ms)",
+            fleet_load.cpu_ms_per_request,
+            bare_load.cpu_ms_per_request,
+        ),
     ]
     # Every accepted POST (warm-up included) put exactly one message on its queue: nothing consumed.
     sane = fleet_enqueued == fleet_load.accepted and bare_enqueued == bare_load.accepted
@@ -440,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     bare_other = {s: n for s, n in bare_load.statuses.items() if s != 202}
     median = statistics.median
     print(f"# agentfleet core benchmark — {started:%Y-%m-%d %H:%M} UTC\n")
+    command = " ".join(["bench/bench_core.py", *(sys.argv[1:] if argv is None else argv)])
+    print(f"`{command}`")
+    print()
     print(render(rows))
     print()
     print(
