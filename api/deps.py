@@ -13,6 +13,7 @@ from fastapi import Depends, Header, Request
 from api.errors import ApiError
 from worker.keys import Keys
 from worker.policy import PolicyStore
+from worker.rollout import Rollouts
 from worker.runs import RunStore
 from worker.settings import Settings
 
@@ -29,6 +30,7 @@ class AppState:
     tenant_keys: dict[str, str]  # api key -> tenant
     admin_keys: frozenset[str]
     policies: PolicyStore
+    rollouts: Rollouts
 
 
 def _state(request: Request) -> AppState:
@@ -74,3 +76,9 @@ def _admin(state: State, authorization: Annotated[str | None, Header()] = None) 
 
 
 Admin = Annotated[None, Depends(_admin)]
+
+
+def is_admin_key(state: AppState, key: str | None) -> bool:
+    """True when `key` is one of FLEET_ADMIN_KEYS (compared in constant time)."""
+    token = (key or "").encode()
+    return bool(token) and any(hmac.compare_digest(k.encode(), token) for k in state.admin_keys)

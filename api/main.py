@@ -18,6 +18,7 @@ from worker.celery_app import make_app
 from worker.keys import Keys
 from worker.policy import PolicyStore
 from worker.redis_conn import make_redis
+from worker.rollout import Rollouts, end_recorder
 from worker.runs import RunStore
 from worker.settings import Settings, get_settings
 
@@ -92,11 +93,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings,
         r=r,
         keys=keys,
-        store=RunStore(r, keys, settings.run_ttl_s),
+        store=RunStore(r, keys, settings.run_ttl_s, on_end=end_recorder(r, keys, settings)),
         celery=make_app(settings),
         tenant_keys=settings.tenant_keys(),
         admin_keys=settings.admin_key_set(),
         policies=PolicyStore(r, keys),
+        rollouts=Rollouts(r, keys, settings),
     )
 
     @asynccontextmanager

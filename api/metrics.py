@@ -96,6 +96,22 @@ class FleetCollector(Collector):
             switches.add_metric([str(key)[len(kill_prefix) :]], 1.0)
         yield switches
 
+        versions = CounterMetricFamily(
+            "fleet_version_runs", "Ended runs per agent version (outcome: ok, error, stopped)",
+            labels=["agent", "version", "outcome"],
+        )  # fmt: skip
+        rollbacks = CounterMetricFamily(
+            "fleet_canary_rollbacks", "Automatic canary rollbacks", labels=["agent"]
+        )
+        for field, value in self.r.hgetall(self.keys.stats_versions()).items():
+            parts = str(field).split("|")
+            if parts[0] == "runs" and len(parts) == 4:
+                versions.add_metric(parts[1:], float(value))
+            elif parts[0] == "rollbacks" and len(parts) == 2:
+                rollbacks.add_metric(parts[1:], float(value))
+        yield versions
+        yield rollbacks
+
         workers = GaugeMetricFamily("fleet_workers_alive", "Workers with a fresh heartbeat", labels=["kind"])
         for kind, count in live_workers(self.r, self.keys).items():
             workers.add_metric([kind], count)

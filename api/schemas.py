@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +26,9 @@ class RunRequest(BaseModel):
     input: Any = None
     budgets: BudgetsIn | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    version: Literal["stable", "canary"] | None = Field(
+        None, description="pin the agent's version; needs the X-Fleet-Admin-Key header"
+    )
 
 
 class Usage(BaseModel):
@@ -47,6 +50,7 @@ class RunOut(BaseModel):
     id: str
     agent: str
     tenant: str
+    version: str | None = Field(None, description="stable or canary, for an agent with versions")
     status: str = Field(description="queued, running, succeeded, stopped, failed or cancelled")
     stop_reason: str | None = Field(
         description="finish, max_steps, max_tool_calls, max_seconds, max_tokens, max_cost, killed, "

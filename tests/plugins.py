@@ -52,3 +52,18 @@ class WriteArgs(BaseModel):
 @tool("test.write", args=WriteArgs, writes=True, description="A tool that writes (returns its args).")
 def write_tool(args: WriteArgs, ctx: ToolContext) -> dict[str, Any]:
     return {"written": args.model_dump(), "call_id": ctx.call_id}
+
+
+@register_agent("versioned")
+class VersionedAgent(Agent):
+    """Its settings decide: `label` is its output; `fail_percent` of runs fail (by run id)."""
+
+    def next_action(self, state: RunState) -> Action:
+        import hashlib
+
+        from worker.agents import Fail, Finish
+
+        bucket = int(hashlib.sha256(f"fail:{state.run_id}".encode()).hexdigest()[:8], 16) % 100
+        if bucket < float(self.config.get("fail_percent", 0)):
+            return Fail(f"{self.config.get('label')} failed")
+        return Finish(str(self.config.get("label", "")))

@@ -206,6 +206,46 @@ def cmd_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from worker.keys import Keys
+    from worker.redis_conn import make_redis
+    from worker.rollout import CANARY, STABLE, Rollouts, has_versions
+
+    settings = _settings()
+    rollouts = Rollouts(make_redis(settings.redis_url), Keys(settings.key_prefix), settings)
+    now = time.time()
+    if args.action != "status":
+        if not args.agent or not has_versions(rollouts.agent_config(args.agent)):
+            print(
+                f"fleet rollout: agent {args.agent!r} has no stable and canary versions in config",
+                file=sys.stderr,
+            )
+            return USAGE_ERROR
+        if args.action == "set":
+            if args.percent is None or not 0 <= args.percent <= 100:
+                print("fleet rollout set: --percent between 0 and 100 is required", file=sys.stderr)
+                return USAGE_ERROR
+            rollouts.set_percent(args.agent, args.percent)
+        elif args.action == "promote":
+            rollouts.promote(args.agent, now)
+        elif args.action == "rollback":
+            rollouts.rollback(args.agent, "rolled back by operator", now)
+    agents = [args.agent] if args.agent else rollouts.agents_with_versions()
+    report = {}
+    for agent in agents:
+        state = rollouts.state(agent)
+        windows = {v: vars(rollouts.window(agent, v, now)) for v in (STABLE, CANARY)}
+        report[agent] = {
+            "state": state.get("state", "active"),
+            "canary_percent": rollouts.percent(agent, state),
+            "reason": state.get("reason"),
+            "rollbacks": int(state.get("rollbacks", 0)),
+            "window": windows,
+        }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_healthcheck(args: argparse.Namespace) -> int:
     """Exit 0 when the worker's heartbeat file is younger than --max-age seconds, else 1."""
     from pathlib import Path
@@ -389,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--max-actions-per-hour", help="an integer, or 'none'")
     policy.add_argument("--max-spend-usd-per-day", help="dollars, or 'none'")
 
+    rollout = sub.add_parser("rollout", help="canary rollouts: status, set --percent, promote, rollback")
+    rollout.add_argument("action", choices=["status", "set", "promote", "rollback"])
+    rollout.add_argument("agent", nargs="?")
+    rollout.add_argument("--percent", type=float, help="the canary's share of new runs (with set)")
+
     health = sub.add_parser(
         "healthcheck", help="exit 0 when a worker's heartbeat is fresh (container probes)"
     )
@@ -428,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "submit": cmd_submit,
         "policy": cmd_policy,
         "healthcheck": cmd_healthcheck,
+        "rollout": cmd_rollout,
     }
     return handlers[args.command](args)
 

@@ -99,6 +99,16 @@ class Keys:
         """The tool worker's claim on executing a call, and its result."""
         return f"{self.prefix}:call:{call_id}:exec"
 
+    # rollout ------------------------------------------------------------------------------------
+    def rollout(self, agent: str) -> str:
+        return f"{self.prefix}:rollout:{agent}"
+
+    def rollout_window(self, agent: str, version: str) -> str:
+        return f"{self.prefix}:rollout:{agent}:window:{version}"
+
+    def stats_versions(self) -> str:
+        return f"{self.prefix}:stats:versions"
+
     # governance ----------------------------------------------------------------------------------
     def policy(self, agent: str) -> str:
         return f"{self.prefix}:policy:{agent}"

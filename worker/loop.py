@@ -29,6 +29,7 @@ from worker.keys import Keys
 from worker.lease import Leases, new_token
 from worker.llmconfig import llm_config
 from worker.policy import Policy
+from worker.rollout import version_config
 from worker.runs import FAILED, STOPPED, SUCCEEDED, TERMINAL, Budgets, RunStore
 from worker.settings import Settings
 from worker.spend import SpendBudget
@@ -130,7 +131,7 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
             run_id, FAILED, "error", error={"type": "unknown_agent", "message": f"no agent {raw['agent']!r}"}
         )
         return FAILED
-    agent = agent_cls(deps.settings.agents.get(raw["agent"], {}))
+    agent = agent_cls(version_config(deps.settings.agents.get(raw["agent"], {}), raw.get("version")))
     budget = ToolCallBudget(
         deps.r,
         deps.keys,

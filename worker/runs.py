@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -106,10 +107,17 @@ return s
 class RunStore:
     """Reads and writes run records for one key prefix."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, ttl_s: int = 7 * 86400) -> None:
+    def __init__(
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        ttl_s: int = 7 * 86400,
+        on_end: Callable[[str, str, str], None] | None = None,
+    ) -> None:
         self.r = r
         self.keys = keys
         self.ttl_s = ttl_s
+        self.on_end = on_end  # (run_id, status, stop_reason), once per run, after it ended
         self._start = r.register_script(_START)
         self._finish = r.register_script(_FINISH)
         self._cancel = r.register_script(_CANCEL)
@@ -123,9 +131,11 @@ class RunStore:
         input: Any,
         budgets: Budgets,
         metadata: dict[str, Any],
+        version: str | None = None,
     ) -> dict[str, Any]:
         """Write a new queued run and return its record (as stored)."""
         fields = {
+            **({"version": version} if version else {}),
             "id": run_id,
             "tenant": tenant,
             "agent": agent,
@@ -193,7 +203,7 @@ class RunStore:
         error: dict[str, Any] | None = None,
     ) -> bool:
         """End a run unless it has already ended; True when this call ended it."""
-        done = self._finish(
+        ended = self._finish(
             keys=[
                 self.keys.run(run_id),
                 self.keys.run_ended_channel(run_id),
@@ -202,7 +212,9 @@ class RunStore:
             ],
             args=[status, stop_reason, json.dumps(output), json.dumps(error), repr(time.time()), self.ttl_s],
         )
-        return bool(done)
+        if ended and self.on_end is not None:
+            self.on_end(run_id, status, stop_reason)
+        return bool(ended)
 
     def cancel(self, run_id: str) -> str | None:
         """Cancel a run: a queued one ends now, a running one at its next check. Returns the old status."""
@@ -215,6 +227,8 @@ class RunStore:
             ],
             args=[repr(time.time()), 3600],
         )
+        if status == QUEUED and self.on_end is not None:
+            self.on_end(run_id, CANCELLED, "cancelled")
         return status
 
     def steps(self, run_id: str) -> list[dict[str, Any]]:
@@ -237,6 +251,7 @@ def public_view(raw: dict[str, str], *, now: float | None = None) -> dict[str, A
         "id": raw["id"],
         "agent": raw["agent"],
         "tenant": raw["tenant"],
+        "version": raw.get("version") or None,
         "status": raw["status"],
         "stop_reason": raw.get("stop_reason") or None,
         "output": data["output"],

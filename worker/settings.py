@@ -137,6 +137,8 @@ class ObservabilitySection(_Section):
 class RolloutSection(_Section):
     canary_percent: float = Field(10, ge=0, le=100)
     rollback_on_error_rate: float = Field(0.05, ge=0, le=1)
+    min_runs: int = Field(20, gt=0)  # ended canary runs before the error rate can roll it back
+    window_s: float = Field(600, ge=60)  # the sliding window of ended runs, per agent and version
 
 
 class Settings(BaseSettings):

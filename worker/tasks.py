@@ -20,6 +20,7 @@ from worker.keys import AGENT_QUEUE, Keys, tool_queue
 from worker.lease import Leases, reaper_loop
 from worker.loop import LoopDeps, execute_run, exit_process
 from worker.redis_conn import get_redis
+from worker.rollout import end_recorder
 from worker.runs import STOPPED, TERMINAL, Budgets, RunStore
 from worker.settings import get_settings
 from worker.toolexec import ToolExecutor
@@ -51,7 +52,7 @@ def _deps() -> LoopDeps:
         r=r,
         keys=keys,
         settings=settings,
-        store=RunStore(r, keys, settings.run_ttl_s),
+        store=RunStore(r, keys, settings.run_ttl_s, on_end=end_recorder(r, keys, settings)),
         dispatcher=CeleryDispatcher(),
         controls=FleetControls.build(r, keys),
         leases=Leases(r, keys),

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query
 from pydantic import ValidationError
 
-from api.deps import AppState, State, Tenant
+from api.deps import AppState, State, Tenant, is_admin_key
 from api.errors import ApiError, FleetJSONResponse, validation_message
 from api.schemas import ErrorBody, RunOut, RunRequest
 from worker import killswitch
@@ -103,6 +103,7 @@ def submit_run(
     state: State,
     tenant: Tenant,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    admin_key: Annotated[str | None, Header(alias="X-Fleet-Admin-Key")] = None,
 ) -> FleetJSONResponse:
     """Submit a run. With `Idempotency-Key`, a repeat of the same body returns the same run."""
     _validate_input(request)
@@ -120,6 +121,7 @@ def submit_run(
         if state.r.exists(idem_key):
             return _repeat(state, idem_key, body_hash)
     _admission(state, tenant, request.agent)
+    version = _version(state, request, run_id, admin_key)
     if idem_key is not None and body_hash is not None:
         claim = json.dumps({"hash": body_hash, "run_id": run_id})
         if not state.r.set(idem_key, claim, nx=True, ex=IDEMPOTENCY_TTL_S):
@@ -132,6 +134,7 @@ def submit_run(
         input=request.input,
         budgets=budgets,
         metadata=request.metadata,
+        version=version,
     )
     try:
         send_run(state.celery, run_id, budgets.max_seconds)
@@ -143,6 +146,17 @@ def submit_run(
             state.r.delete(idem_key)
         raise ApiError(503, "unavailable", "the queue is unreachable; the run was not queued") from None
     return _run_response(state, run_id, 202)
+
+
+def _version(state: AppState, request: RunRequest, run_id: str, admin_key: str | None) -> str | None:
+    """The run's version: pinned by an admin, else the agent's canary split (None: no versions)."""
+    if request.version is None:
+        return state.rollouts.choose(request.agent, run_id)
+    if not is_admin_key(state, admin_key):
+        raise ApiError(403, "forbidden", "version: pinning a version needs X-Fleet-Admin-Key")
+    if state.rollouts.choose(request.agent, run_id) is None:
+        raise ApiError(422, "invalid_request", f"version: agent {request.agent!r} has no versions")
+    return request.version
 
 
 def _repeat(state: AppState, idem_key: str, body_hash: str) -> FleetJSONResponse:

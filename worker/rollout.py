@@ -1,0 +1,193 @@
+"""Canary rollout per agent version, with automatic rollback on error rate.
+
+An agent with `versions: {stable: {...}, canary: {...}}` in its config (`agents.<name>`) sends a
+new run to the canary with probability `canary_percent` (the agent's own, else
+`rollout.canary_percent`), decided by a hash of the run id, so a resumed run keeps its version.
+Per agent and version, a sliding window in Redis counts ended runs, failed runs (stop_reason
+`error`) and other stops (budgets, kills: shown, not errors). When the canary's error rate is over
+`rollout.rollback_on_error_rate` with at least `rollout.min_runs` ended runs, the script that
+records the run's end also rolls the canary back: its share becomes 0, new runs go to stable,
+running canary runs finish. That state lives in Redis, so it holds across restarts and needs no
+particular process to be alive. `fleet rollout` shows and changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.keys import Keys
+from worker.settings import Settings
+
+log = logging.getLogger("agentfleet.rollout")
+STABLE, CANARY = "stable", "canary"
+ACTIVE, ROLLED_BACK, PROMOTED = "active", "rolled_back", "promoted"
+BUCKET_S = 60
+
+# KEYS[1] = window hash of (agent, version), KEYS[2] = rollout hash of the agent
+# KEYS[3] = the fleet's per-version counters (for /metrics)
+# ARGV: outcome ('error' | 'ok' | 'stopped'), version, window_s, min_runs, max_error_rate, now_s, agent
+_RECORD = """
+local bucket = math.floor(tonumber(ARGV[6]) / 60)
+local oldest = bucket - math.floor(tonumber(ARGV[3]) / 60) + 1
+redis.call('HINCRBY', KEYS[1], bucket .. ':ended', 1)
+if ARGV[1] ~= 'ok' then redis.call('HINCRBY', KEYS[1], bucket .. ':' .. ARGV[1], 1) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]) + 120)
+redis.call('HINCRBY', KEYS[3], 'runs|' .. ARGV[7] .. '|' .. ARGV[2] .. '|' .. ARGV[1], 1)
+local ended, errors = 0, 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local b, kind = string.match(fields[i], '^(%-?%d+):(%a+)$')
+  b = tonumber(b)
+  if b and b < oldest then
+    redis.call('HDEL', KEYS[1], fields[i])
+  elseif kind == 'ended' then ended = ended + tonumber(fields[i + 1])
+  elseif kind == 'error' then errors = errors + tonumber(fields[i + 1]) end
+end
+if ARGV[2] ~= 'canary' then return 0 end
+local state = redis.call('HGET', KEYS[2], 'state') or 'active'
+if state ~= 'active' then return 0 end
+if ended >= tonumber(ARGV[4]) and errors / ended > tonumber(ARGV[5]) then
+  redis.call('HSET', KEYS[2], 'state', 'rolled_back', 'percent', 0, 'reason',
+    string.format('error rate %d/%d over %s', errors, ended, ARGV[5]), 'changed_at', ARGV[6])
+  redis.call('HINCRBY', KEYS[2], 'rollbacks', 1)
+  redis.call('HINCRBY', KEYS[3], 'rollbacks|' .. ARGV[7], 1)
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Window:
+    ended: int
+    errors: int
+    stopped: int
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.ended if self.ended else 0.0
+
+
+def has_versions(agent_config: dict[str, Any]) -> bool:
+    versions = agent_config.get("versions")
+    return isinstance(versions, dict) and STABLE in versions and CANARY in versions
+
+
+def version_config(agent_config: dict[str, Any], version: str | None) -> dict[str, Any]:
+    """The agent's settings for `version`: its own settings over the agent's common ones."""
+    base = {k: v for k, v in agent_config.items() if k not in ("versions", "canary_percent")}
+    if version is None or not has_versions(agent_config):
+        return base
+    return {**base, **agent_config["versions"].get(version, {})}
+
+
+def bucket_of(run_id: str) -> float:
+    """A number in [0, 100) fixed by the run id: the run's place in the canary split."""
+    return int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16) / 2**32 * 100
+
+
+class Rollouts:
+    """Rollout state and windows of every agent with versions."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, settings: Settings) -> None:
+        self.r = r
+        self.keys = keys
+        self.settings = settings
+        self._record = r.register_script(_RECORD)
+
+    def agent_config(self, agent: str) -> dict[str, Any]:
+        return dict(self.settings.agents.get(agent, {}))
+
+    def state(self, agent: str) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.r.hgetall(self.keys.rollout(agent)).items()}
+
+    def percent(self, agent: str, state: dict[str, str] | None = None) -> float:
+        """The canary's current share: 0 after a rollback, else the operator's or the config's."""
+        state = self.state(agent) if state is None else state
+        if state.get("state") in (ROLLED_BACK, PROMOTED):
+            return 0.0
+        if "percent" in state:
+            return float(state["percent"])
+        return float(self.agent_config(agent).get("canary_percent", self.settings.rollout.canary_percent))
+
+    def choose(self, agent: str, run_id: str) -> str | None:
+        """The version a new run of `agent` gets (None: the agent has no versions)."""
+        if not has_versions(self.agent_config(agent)):
+            return None
+        state = self.state(agent)
+        if state.get("state") == PROMOTED:
+            return CANARY  # the canary is the new stable until the config says otherwise
+        return CANARY if bucket_of(run_id) < self.percent(agent, state) else STABLE
+
+    def record_end(self, agent: str, version: str, stop_reason: str, now_s: float) -> bool:
+        """Count an ended run; True when this end rolled the canary back."""
+        outcome = "error" if stop_reason == "error" else ("ok" if stop_reason == "finish" else "stopped")
+        rollout = self.settings.rollout
+        rolled = self._record(
+            keys=[
+                self.keys.rollout_window(agent, version),
+                self.keys.rollout(agent),
+                self.keys.stats_versions(),
+            ],
+            args=[
+                outcome,
+                version,
+                rollout.window_s,
+                rollout.min_runs,
+                rollout.rollback_on_error_rate,
+                int(now_s),
+                agent,
+            ],
+        )
+        return bool(rolled)
+
+    def window(self, agent: str, version: str, now_s: float) -> Window:
+        oldest = int(now_s // BUCKET_S) - int(self.settings.rollout.window_s // BUCKET_S) + 1
+        counts = {"ended": 0, "error": 0, "stopped": 0}
+        for field, value in self.r.hgetall(self.keys.rollout_window(agent, version)).items():
+            bucket, _, kind = str(field).partition(":")
+            if int(bucket) >= oldest and kind in counts:
+                counts[kind] += int(value)
+        return Window(counts["ended"], counts["error"], counts["stopped"])
+
+    def set_percent(self, agent: str, percent: float) -> None:
+        self.r.hset(self.keys.rollout(agent), mapping={"state": ACTIVE, "percent": percent})
+
+    def rollback(self, agent: str, reason: str, now_s: float) -> None:
+        self.r.hset(
+            self.keys.rollout(agent),
+            mapping={"state": ROLLED_BACK, "percent": 0, "reason": reason, "changed_at": int(now_s)},
+        )
+
+    def promote(self, agent: str, now_s: float) -> None:
+        self.r.hset(
+            self.keys.rollout(agent),
+            mapping={
+                "state": PROMOTED,
+                "percent": 0,
+                "reason": "promoted by operator",
+                "changed_at": int(now_s),
+            },
+        )
+
+    def agents_with_versions(self) -> list[str]:
+        return sorted(name for name, cfg in self.settings.agents.items() if has_versions(dict(cfg)))
+
+
+def end_recorder(r: redis.Redis, keys: Keys, settings: Settings) -> Callable[[str, str, str], None]:
+    """The RunStore hook that counts a versioned run's end and may roll its canary back."""
+    rollouts = Rollouts(r, keys, settings)
+
+    def on_end(run_id: str, status: str, stop_reason: str) -> None:
+        agent, version = r.hmget(keys.run(run_id), ["agent", "version"])
+        if agent and version and rollouts.record_end(str(agent), str(version), stop_reason, time.time()):
+            log.warning("canary rolled back: error rate over the limit", extra={"agent": str(agent)})
+
+    return on_end
