@@ -58,18 +58,18 @@ if ok then
   redis.call('HSET', KEYS[1], 'consecutive', 0)
   if state == 'half_open' then
     redis.call('HSET', KEYS[1], 'state', 'closed', 'win_start_ms', now, 'win_calls', 0, 'win_failures', 0)
-    return 'closed'
+    return {state, 'closed'}
   end
-  return state
+  return {state, state}
 end
 failures = redis.call('HINCRBY', KEYS[1], 'win_failures', 1)
 local consecutive = redis.call('HINCRBY', KEYS[1], 'consecutive', 1)
 if state == 'half_open' or (state == 'closed' and (consecutive >= threshold or
     (calls >= min_calls and failures / calls >= rate))) then
   redis.call('HSET', KEYS[1], 'state', 'open', 'opened_ms', now)
-  return 'open'
+  return {state, 'open'}
 end
-return state
+return {state, state}
 """
 )
 
@@ -109,7 +109,11 @@ class CircuitBreaker:
 
     def record(self, tool: str, ok: bool, policy: BreakerPolicy) -> str:
         """Report a call's outcome; returns the state after it."""
-        state = self._record(
+        return self.record_change(tool, ok, policy)[1]
+
+    def record_change(self, tool: str, ok: bool, policy: BreakerPolicy) -> tuple[str, str]:
+        """Report a call's outcome; returns the states before and after it."""
+        before, after = self._record(
             keys=[self.keys.breaker(tool)],
             args=[
                 "1" if ok else "0",
@@ -119,7 +123,7 @@ class CircuitBreaker:
                 int(policy.window_s * 1000),
             ],
         )
-        return str(state)
+        return str(before), str(after)
 
     def state(self, tool: str) -> str:
         return str(self.r.hget(self.keys.breaker(tool), "state") or CLOSED)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
 
 from worker.keys import AGENT_QUEUE, TOOL_QUEUE
@@ -76,6 +76,21 @@ def send_run(celery: Celery, run_id: str, max_seconds: float) -> None:
         soft_time_limit=max_seconds + SOFT_LIMIT_GRACE_S,  # type: ignore[arg-type]  # floats work
         time_limit=max_seconds + HARD_LIMIT_GRACE_S,  # type: ignore[arg-type]
     )
+
+
+@signals.setup_logging.connect
+def _logging(**_: Any) -> None:
+    """Workers log through the fleet's chain (connecting this keeps Celery's own setup out)."""
+    from worker.telemetry import setup_logging
+
+    setup_logging(get_settings())
+
+
+@signals.celeryd_init.connect
+def _sentry(**_: Any) -> None:
+    from worker.telemetry import setup_sentry
+
+    setup_sentry(get_settings(), "worker")
 
 
 app = make_app(get_settings())

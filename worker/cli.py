@@ -58,7 +58,8 @@ def celery_worker_argv(
     kind: str, passthrough: Sequence[str], log_level: str, queues: Sequence[str] = ("tools",)
 ) -> list[str]:
     """The `celery worker` command line of an agent worker or a tool worker, defaults first."""
-    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
+    # --quiet: no startup banner, so every line on stdout is a JSON log line
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "--quiet", "worker"]
     defaults: list[tuple[tuple[str, ...], list[str]]]
     if kind == "agent":
         defaults = [
@@ -85,6 +86,10 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from worker.telemetry import setup_logging, setup_sentry
+
+    setup_logging(settings)
+    setup_sentry(settings, "api")
     from api.main import create_app
 
     host = args.host or settings.api_host
@@ -98,7 +103,10 @@ def cmd_api(args: argparse.Namespace) -> int:
         print(
             "fleet api: no API keys configured (FLEET_API_KEYS); every /v1 call will get 401", file=sys.stderr
         )
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+    # log_config=None: uvicorn's loggers go through the fleet's chain (JSON lines, redacted, capped)
+    uvicorn.run(
+        app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False, log_config=None
+    )
     return 0
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis
+import structlog
 
 from worker import killswitch
 from worker.breaker import BreakerPolicy, CircuitBreaker
@@ -32,13 +33,16 @@ from worker.budget import ToolCallBudget
 from worker.guard import SLICE_S, BudgetExceeded, RunGuard
 from worker.keys import Keys
 from worker.llmconfig import llm_config
+from worker.logs import cap_bytes, sampled
 from worker.policy import Decision, PolicyStore
 from worker.ratelimit import RateLimiter, parse_rate
+from worker.redact import redact
 from worker.retrybudget import RetryBudget, RetryPolicy
 from worker.settings import Settings
 from worker.tools import MODEL_TOOL, Tool, ToolFailure, get_tool, validate_args
 from worker.tools.base import ErrorType, error_result
 
+log = structlog.get_logger("agentfleet.gateway")
 REPLY_GRACE_S = 1.0  # wait this long past a call's timeout for the tool worker's own answer
 REPLY_TTL_S = 300
 
@@ -120,6 +124,7 @@ class ToolGateway:
         controls: FleetControls,
         tenant: str,
         agent: str,
+        run_id: str = "",
     ) -> None:
         self.r = r
         self.keys = keys
@@ -130,15 +135,34 @@ class ToolGateway:
         self.controls = controls
         self.tenant = tenant
         self.agent = agent
+        self.run_id = run_id
 
     def call(self, call_id: str, tool: str, args: dict[str, Any]) -> CallOutcome:
         """One tool call. Raises RunStopped (kill, cancel, deadline, budget) to end the run."""
+        started = time.monotonic()
         outcome = self._call(call_id, tool, args)
         result = outcome.result
         kind = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        log.info(
+            "tool call",
+            tool=tool,
+            outcome=kind,
+            duration_ms=duration_ms,
+            decision=outcome.decision.get("reason"),
+        )
+        if kind == "killed":
+            log.warning("kill-switch hit", tool=tool, reason=(result.get("error") or {}).get("message"))
+        self._log_result(tool, result)
         label = tool if get_tool(tool) is not None else "unknown"  # agents may ask for any name
         self.r.hincrby(self.keys.stats_tools(), f"calls|{label}|{kind}", 1)  # fleet-wide, for /metrics
         return outcome
+
+    def _log_result(self, tool: str, result: dict[str, Any]) -> None:
+        """Tool results are logged only for sampled runs (a sampled run is whole), redacted, capped."""
+        obs = self.settings.observability
+        if obs.sampled_tool_results and sampled(self.run_id, obs.result_sample_rate):
+            log.info("tool result", tool=tool, result=cap_bytes(redact(result), obs.result_max_bytes))
 
     def _call(self, call_id: str, tool: str, args: dict[str, Any]) -> CallOutcome:
         spec = get_tool(tool)
@@ -252,7 +276,9 @@ class ToolGateway:
             if refused is not None:
                 return refused
             result = self._attempt(call_id, attempt, spec.name, args, timeout_s)
-            self.controls.breaker.record(scope, not is_failure(result), breaker_policy)
+            before, after = self.controls.breaker.record_change(scope, not is_failure(result), breaker_policy)
+            if after != before:
+                log.warning("breaker change", tool=scope, outcome=after, previous=before)
             if not may_retry or attempt >= tools.retries.max or not is_retryable(result):
                 return result
             ceiling_ms = tools.retries.backoff_ms[min(attempt, len(tools.retries.backoff_ms) - 1)]
@@ -263,7 +289,16 @@ class ToolGateway:
             if delay_s >= self.guard.remaining_s():
                 return result  # the retry could not happen before the deadline
             if not self.controls.retry_budget.try_retry(scope, retry_policy):
+                log.warning("retry budget spent", tool=scope)
                 return result  # the fleet already retries this too much
+            error_type = (result.get("error") or {}).get("type")
+            log.info(
+                "tool retry",
+                tool=scope,
+                attempt=attempt + 1,
+                delay_ms=round(delay_s * 1000),
+                outcome=error_type,
+            )
             self.guard.sleep(delay_s)
             attempt += 1
 
@@ -281,6 +316,7 @@ class ToolGateway:
                 return error_result("rate_limited", message, retry_after_s=slot.wait_s)
             if slot.wait_s > 0:
                 self.r.hincrby(self.keys.stats_tools(), f"rate_limit_waits|{scope}", 1)
+                log.info("rate-limit wait", tool=scope, wait_ms=round(slot.wait_s * 1000), rate=limit.rate)
                 self.guard.sleep(slot.wait_s)
         admission = self.controls.breaker.allow(scope, breaker_policy)
         if not admission.allowed:

@@ -1,10 +1,10 @@
 """Structured logs: one event per line on a stream, built by a chain of small structlog processors.
 
-Chain: contextvars (run_id, tenant, agent, trace_id bound per task) -> level -> UTC ISO timestamp
--> exception text -> member bound -> redaction -> line cap -> JSON (a console renderer instead on a
-terminal). The stdlib `logging` (Celery, uvicorn) goes through the same chain via a handler on the
-root logger, so in JSON mode every line is one JSON object of at most `max_line_bytes` bytes, and
-the work per line is bounded whatever a caller logs.
+Chain: contextvars (run_id, tenant, agent, trace_id bound per task) -> every run field (null when
+unbound) -> level -> UTC ISO timestamp -> exception text -> member bound -> redaction -> line cap
+-> JSON (a console renderer instead on a terminal). The stdlib `logging` (Celery, uvicorn) goes
+through the same chain via a handler on the root logger, so in JSON mode every line is one JSON
+object of at most `max_line_bytes` bytes, and the work per line is bounded whatever is logged.
 
 `sampled` decides per run whether its tool results and model messages are logged; `cap_bytes`
 bounds such a value before it is logged.
@@ -26,10 +26,20 @@ from worker.redact import MAX_DEPTH, redact
 HANDLER_NAME = "fleet-logs"
 MIN_LINE_BYTES = 1024
 CUT_MARK = "[...]"
-# Ids: never redacted. Kept keys are never dropped by the line cap (only cut, when nothing else is).
+# Ids are never redacted. The line cap may cut kept keys (like any big value) but never drops them.
 STRUCTURAL_KEYS = frozenset({"timestamp", "level", "logger", "run_id", "trace_id", "span_id", "step"})
-_KEEP = {"event", "exception", "tenant", "agent", "tool", "outcome", "stop_reason", "truncated"}
-_KEEP_KEYS = STRUCTURAL_KEYS | _KEEP
+RUN_FIELDS = (
+    "run_id",
+    "trace_id",
+    "tenant",
+    "agent",
+    "step",
+    "tool",
+    "duration_ms",
+    "outcome",
+    "stop_reason",
+)
+_KEEP_KEYS = STRUCTURAL_KEYS | {"event", "exception", "truncated", *RUN_FIELDS}
 
 
 def _dumps(value: Any) -> str:
@@ -41,9 +51,9 @@ def _dumps(value: Any) -> str:
 def _plain(value: Any, budget: list[int], depth: int = 0) -> Any:
     """`value` as JSON types (other objects become their str, so redaction sees them).
 
-    `budget` is [bytes left, set when members were left out, cost cap of one string]: a member
-    costs its key, 2 bytes, and its string length up to the cap; members past the budget are left
-    out, which bounds the work of redacting and measuring what is kept."""
+    `budget` is [bytes left, set when something was left out or will be cut, cost cap of one
+    string]: a member costs its key, 2 bytes, and its string length up to the cap; members past
+    the budget are left out, which bounds the work of redacting and measuring what is kept."""
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if depth >= MAX_DEPTH:
@@ -57,10 +67,15 @@ def _plain(value: Any, budget: list[int], depth: int = 0) -> Any:
                 break
             key = str(k)
             budget[0] -= 2 + (len(key) if isinstance(value, dict) else 0)
-            budget[0] -= min(len(v), budget[2]) if isinstance(v, str) else 0
+            if isinstance(v, str):
+                budget[0] -= min(len(v), budget[2])
+                budget[1] |= len(v) > budget[2]  # it will be cut
             out[key] = _plain(v, budget, depth + 1)
         return out if isinstance(value, dict) else list(out.values())
-    return str(value)
+    try:
+        return str(value)
+    except Exception:  # a log call must not raise because an object cannot print itself
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _cut_str(s: str, limit: int) -> str:
@@ -134,6 +149,26 @@ def sampled(run_id: str, rate: float) -> bool:
     return int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16) / 2**32 < rate
 
 
+RUN_FIELDS = (
+    "run_id",
+    "trace_id",
+    "tenant",
+    "agent",
+    "step",
+    "tool",
+    "duration_ms",
+    "outcome",
+    "stop_reason",
+)
+
+
+def add_run_fields(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Processor: every line carries every run field, null when it does not apply."""
+    for key in RUN_FIELDS:
+        event_dict.setdefault(key, None)
+    return event_dict
+
+
 def bound_event(max_line_bytes: int) -> Processor:
     """Processor: values as JSON types, and no more members than a few lines' worth (so redacting
     and measuring a huge value costs no more than that); a cut event gets truncated=true."""
@@ -142,7 +177,7 @@ def bound_event(max_line_bytes: int) -> Processor:
         budget = [4 * max_line_bytes, 0, max_line_bytes]
         bounded = {k: _plain(v, budget, 1) for k, v in event_dict.items() if k in _KEEP_KEYS}
         bounded.update(_plain({k: v for k, v in event_dict.items() if k not in _KEEP_KEYS}, budget))
-        if budget[1]:
+        if budget[1] or any(isinstance(v, str) and len(v) > max_line_bytes for v in bounded.values()):
             bounded["truncated"] = True
         return bounded
 
@@ -210,6 +245,7 @@ def configure_logging(
     as_json = not tty if json is None else json
     chain: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_run_fields,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),

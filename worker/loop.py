@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 import redis
+import structlog
 
 from worker.agents import CallModel, CallTool, Fail, Finish, RunState, Sleep, get_agent_class
 from worker.budget import ToolCallBudget
@@ -29,12 +30,14 @@ from worker.keys import Keys
 from worker.lease import Leases, new_token
 from worker.llmconfig import llm_config
 from worker.policy import Policy
+from worker.redact import redact_text
 from worker.rollout import version_config
 from worker.runs import FAILED, STOPPED, SUCCEEDED, TERMINAL, Budgets, RunStore
 from worker.settings import Settings
 from worker.spend import SpendBudget
 from worker.tools import MODEL_TOOL, get_tool
 
+log = structlog.get_logger("agentfleet.run")
 WATCHDOG_GRACE_S = 0.5  # past the deadline, the watchdog ends a run whose agent ignores the alarm
 ERROR_MESSAGE_MAX = 500
 _ACTION_NAMES: dict[type, str] = {
@@ -85,6 +88,11 @@ def execute_run(run_id: str, deps: LoopDeps) -> str | None:
 
 def _execute(run_id: str, raw: dict[str, str], deps: LoopDeps, lease_lost: threading.Event) -> str | None:
     store = deps.store
+    structlog.contextvars.clear_contextvars()  # a prefork child runs many tasks
+    structlog.contextvars.bind_contextvars(
+        run_id=run_id, tenant=raw["tenant"], agent=raw["agent"], trace_id=raw.get("trace_id")
+    )
+    log.info("run started", attempt=int(raw.get("attempts", 1)), version=raw.get("version"))
     budgets = Budgets.from_dict(json.loads(raw["budgets"]))
     deadline_ts = float(raw["started_ts"]) + budgets.max_seconds
     guard = RunGuard(
@@ -106,6 +114,8 @@ def _execute(run_id: str, raw: dict[str, str], deps: LoopDeps, lease_lost: threa
         except LeaseLost:
             return None  # another execution took the run over; it reports the end
         except RunStopped as stop:
+            if stop.stop_reason == "killed":
+                log.warning("kill-switch hit", reason=stop.message)
             error = {"type": "killed", "message": stop.message} if stop.stop_reason == "killed" else None
             store.finish(run_id, stop.status, stop.stop_reason, error=error)
             return stop.status
@@ -118,7 +128,8 @@ def _execute(run_id: str, raw: dict[str, str], deps: LoopDeps, lease_lost: threa
                 return STOPPED
             if isinstance(exc, redis.RedisError):
                 raise  # the fleet's own state is unreachable: the lease expires and the run is reaped
-            message = f"{type(exc).__name__}: {exc}"[:ERROR_MESSAGE_MAX]
+            message = redact_text(f"{type(exc).__name__}: {exc}")[:ERROR_MESSAGE_MAX]
+            log.error("agent raised", error=message)
             store.finish(run_id, FAILED, "error", error={"type": "agent_error", "message": message})
             return FAILED
 
@@ -150,6 +161,7 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
         controls=deps.controls,
         tenant=raw["tenant"],
         agent=raw["agent"],
+        run_id=run_id,
     )
     spend = SpendBudget(deps.r, deps.keys, run_id, deps.settings.run_ttl_s)
     offered = offered_tools(deps.settings, deps.controls.policies.get(raw["agent"]))
@@ -189,7 +201,7 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
             store.finish(run_id, SUCCEEDED, "finish", output=action.output)
             return SUCCEEDED
         if isinstance(action, Fail):
-            message = str(action.message)[:ERROR_MESSAGE_MAX]
+            message = redact_text(str(action.message))[:ERROR_MESSAGE_MAX]
             store.finish(run_id, FAILED, "error", error={"type": action.type, "message": message})
             return FAILED
         if isinstance(action, Sleep):
@@ -214,6 +226,11 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
         else:
             raise TypeError(f"agent returned {type(action).__name__}, not an action")
         entry["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        outcome_name = "ok" if entry.get("ok", True) else entry.get("error_type")
+        log.info(
+            "step", step=step, action=entry["action"], tool=entry.get("tool"), outcome=outcome_name,
+            duration_ms=entry["duration_ms"],
+        )  # fmt: skip
         cursor = step
         store.checkpoint(run_id, cursor=cursor, memory=memory, last_result=last_result, step_entry=entry)
 

@@ -246,14 +246,12 @@ def redact_text(s: str, *, max_chars: int = MAX_SCAN_CHARS) -> str:
     max_chars = min(max(max_chars, 1024), MAX_SCAN_CHARS)
     truncated = len(s) > max_chars
     if truncated:
-        cut = max_chars - len(TRUNCATED_MARK)
-        newline = s.rfind("\n", cut - min(4096, cut // 4), cut)
-        if newline > 0:
-            s = s[:newline]
-        else:  # mid-line: drop the last word and short groups before it (a cut card, phone, key)
-            space = s.rfind(" ", cut - 512, cut)
-            s = s[: space if space > 0 else cut]
-            s = s[:-128] + _PARTIAL_TAIL.sub("", s[-128:])
+        # Redact a little past the cap, so that a secret across it is still whole when the rules
+        # see it; end at a line break, or drop the last word and the short groups before it (the
+        # rest of a card, phone or key cut at the window's end). The result is cut to size after.
+        s = s[: max_chars + 512]
+        newline = s.rfind("\n", max_chars - min(4096, max_chars // 4))
+        s = s[:newline] if newline > 0 else s[:-1024] + _PARTIAL_TAIL.sub("", s[-1024:])
     if _CANDIDATE.search(s):
         for needle, rewrite in _RULES:
             if needle is None or needle in s:

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import structlog
 
 from worker.keys import Keys
 from worker.settings import Settings
 
 log = logging.getLogger("agentfleet.rollout")
+events = structlog.get_logger("agentfleet.run")
 STABLE, CANARY = "stable", "canary"
 ACTIVE, ROLLED_BACK, PROMOTED = "active", "rolled_back", "promoted"
 BUCKET_S = 60
@@ -186,7 +188,13 @@ def end_recorder(r: redis.Redis, keys: Keys, settings: Settings) -> Callable[[st
     rollouts = Rollouts(r, keys, settings)
 
     def on_end(run_id: str, status: str, stop_reason: str) -> None:
-        agent, version = r.hmget(keys.run(run_id), ["agent", "version"])
+        agent, version, started, finished = r.hmget(
+            keys.run(run_id), ["agent", "version", "started_ts", "finished_ts"]
+        )
+        duration_ms = round((float(finished) - float(started)) * 1000, 1) if started and finished else None
+        events.info(
+            "run finished", run_id=run_id, outcome=status, stop_reason=stop_reason, duration_ms=duration_ms
+        )
         if agent and version and rollouts.record_end(str(agent), str(version), stop_reason, time.time()):
             log.warning("canary rolled back: error rate over the limit", extra={"agent": str(agent)})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -132,9 +133,11 @@ class RunStore:
         budgets: Budgets,
         metadata: dict[str, Any],
         version: str | None = None,
+        trace_id: str | None = None,
     ) -> dict[str, Any]:
         """Write a new queued run and return its record (as stored)."""
         fields = {
+            "trace_id": trace_id or uuid.uuid4().hex,
             **({"version": version} if version else {}),
             "id": run_id,
             "tenant": tenant,

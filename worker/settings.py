@@ -132,6 +132,11 @@ class ToolsSection(_Section):
 class ObservabilitySection(_Section):
     sampled_tool_results: bool = True
     result_sample_rate: float = Field(0.01, ge=0, le=1)
+    result_max_bytes: int = Field(2048, ge=64, le=1_048_576)  # of a sampled tool result in a log line
+    log_max_line_bytes: int = Field(8192, ge=1024, le=1_048_576)
+    # Turning redaction off takes this explicit setting, and every process warns at start.
+    redaction: bool = True
+    traces_sample_rate: float = Field(0.0, ge=0, le=1)  # Sentry performance traces
 
 
 class RolloutSection(_Section):

@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Header, Query
 from pydantic import ValidationError
 
@@ -22,6 +23,18 @@ from worker.keys import AGENT_QUEUE
 from worker.runs import TERMINAL, Budgets, public_view
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+log = structlog.get_logger("agentfleet.api")
+
+
+def current_trace_id() -> str | None:
+    """The request's Sentry trace id (continued by the run's task), when Sentry is on."""
+    import sentry_sdk
+
+    if not sentry_sdk.is_initialized():
+        return None
+    traceparent = sentry_sdk.get_traceparent() or ""
+    return traceparent.split("-")[0] or None
+
 
 IDEMPOTENCY_TTL_S = 86400
 MAX_WAIT_S = 30.0
@@ -127,7 +140,7 @@ def submit_run(
         if not state.r.set(idem_key, claim, nx=True, ex=IDEMPOTENCY_TTL_S):
             return _repeat(state, idem_key, body_hash)
 
-    state.store.create(
+    record = state.store.create(
         run_id,
         tenant=tenant,
         agent=request.agent,
@@ -135,7 +148,9 @@ def submit_run(
         budgets=budgets,
         metadata=request.metadata,
         version=version,
+        trace_id=current_trace_id(),
     )
+    log.info("run queued", run_id=run_id, tenant=tenant, agent=request.agent, trace_id=record["trace_id"])
     try:
         send_run(state.celery, run_id, budgets.max_seconds)
     except Exception:
