@@ -99,7 +99,7 @@ class RedisServer:
 BASE_CONFIG: dict[str, Any] = {
     "runtime": {"env": {"AGENT_MAX_STEPS": 25, "AGENT_MAX_TOOL_CALLS": 12, "AGENT_MAX_SECONDS": 60}},
     "tools": {
-        "allowlist": ["echo", "http.get", "test.sleep", "test.write"],
+        "allowlist": ["echo", "http.get", "test.sleep", "test.write", "test.big"],
         "timeouts_ms": {"default": 3000, "test.sleep": 60000},
         "retries": {"max": 0, "backoff_ms": [50]},
         "http": {"allow_hosts": ["127.0.0.1"]},

@@ -67,3 +67,22 @@ class VersionedAgent(Agent):
         if bucket < float(self.config.get("fail_percent", 0)):
             return Fail(f"{self.config.get('label')} failed")
         return Finish(str(self.config.get("label", "")))
+
+
+class BigArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    megabytes: float = Field(gt=0, le=64)
+    text: str = ""
+
+
+@tool("test.big", args=BigArgs, description="Returns a result of that many megabytes (and `text`).")
+def big_tool(args: BigArgs, ctx: ToolContext) -> dict[str, Any]:
+    return {"text": args.text, "blob": "x" * int(args.megabytes * 1_048_576)}
+
+
+@register_agent("raiser")
+class RaiserAgent(Agent):
+    """Raises an exception whose message is its input's `message`."""
+
+    def next_action(self, state: RunState) -> Action:
+        raise ValueError(str((state.input or {}).get("message", "boom")))

@@ -91,6 +91,8 @@ class ToolsSection(_Section):
     # Calls of one tool in flight at once, fleet-wide, so a hanging tool cannot take every tool thread.
     max_concurrency: dict[str, int] = Field(default_factory=lambda: {"default": 8})
     costs_usd: dict[str, float] = Field(default_factory=dict)
+    # A result over this is cut (marked truncated) on the tool worker, before Redis, the run and the logs.
+    max_result_bytes: int = Field(1_048_576 + 65_536, ge=1024, le=64 * 1_048_576)
     breaker: BreakerSection = BreakerSection()
     retry_budget: RetryBudgetSection = RetryBudgetSection()
     http: HttpSection = HttpSection()

@@ -19,6 +19,7 @@ import redis
 
 from worker import tools
 from worker.keys import Keys
+from worker.logs import cap_bytes
 from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result
 
@@ -53,7 +54,17 @@ class ToolExecutor:
             return self._bulkheads[tool]
 
     def run(self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float) -> dict[str, Any]:
-        """The envelope of one attempt; never raises for a tool's failure."""
+        """The envelope of one attempt, at most tools.max_result_bytes of JSON; never raises for a
+        tool's failure."""
+        envelope = self._bulkheaded(call_id, attempt, tool, args, timeout_s)
+        limit = self.settings.tools.max_result_bytes
+        if envelope.get("ok") and len(json.dumps(envelope["result"])) > limit:
+            return {"ok": True, "result": cap_bytes(envelope["result"], limit), "truncated": True}
+        return envelope
+
+    def _bulkheaded(
+        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float
+    ) -> dict[str, Any]:
         bulkhead = self._bulkhead(tool)
         if not bulkhead.acquire(blocking=False):
             limit = self.settings.tools.concurrency(tool)
