@@ -113,7 +113,9 @@ class Rollouts:
     def percent(self, agent: str, state: dict[str, str] | None = None) -> float:
         """The canary's current share: 0 after a rollback, else the operator's or the config's."""
         state = self.state(agent) if state is None else state
-        if state.get("state") in (ROLLED_BACK, PROMOTED):
+        if state.get("state") == PROMOTED:
+            return 100.0  # every new run gets the promoted canary
+        if state.get("state") == ROLLED_BACK:
             return 0.0
         if "percent" in state:
             return float(state["percent"])
@@ -160,7 +162,11 @@ class Rollouts:
         return Window(counts["ended"], counts["error"], counts["stopped"])
 
     def set_percent(self, agent: str, percent: float) -> None:
-        self.r.hset(self.keys.rollout(agent), mapping={"state": ACTIVE, "percent": percent})
+        """Give the canary this share; a canary turned on again starts with an empty window."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.rollout(agent), mapping={"state": ACTIVE, "percent": percent})
+        pipe.delete(self.keys.rollout_window(agent, CANARY))
+        pipe.execute()
 
     def rollback(self, agent: str, reason: str, now_s: float) -> None:
         self.r.hset(

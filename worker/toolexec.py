@@ -1,5 +1,6 @@
 """How a tool worker executes one attempt of a call: bulkhead, exactly-once writes, the tool.
 
+- A call whose run has ended (stopped, cancelled) while it waited in the queue is not made.
 - Bulkhead: at most `tools.max_concurrency.<tool>` calls of one tool run at once in a worker
   process, so a hanging tool cannot take every thread; a call over it is `rate_limited` at once.
 - Writes: the first attempt claims the call in Redis before it runs; its result is recorded.
@@ -20,6 +21,7 @@ import redis
 from worker import tools
 from worker.keys import Keys
 from worker.logs import cap_bytes
+from worker.runs import TERMINAL
 from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result
 
@@ -77,6 +79,11 @@ class ToolExecutor:
             bulkhead.release()
 
     def _run(self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float) -> dict[str, Any]:
+        run_id = call_id.split(":", 1)[0]
+        if self.r.hget(self.keys.run(run_id), "status") in TERMINAL:
+            # The run was stopped, cancelled or ended while this call waited in the queue: a call
+            # nobody waits for is not made (a killed run's writes must not fire later).
+            return error_result("killed", "the run ended before this call was made")
         spec = tools.get_tool(tool)
         ctx = ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
         if spec is None or not spec.writes:
