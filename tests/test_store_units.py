@@ -251,3 +251,19 @@ def test_model_spend_is_reserved_at_worst_case_and_settled_once(
     assert view["usage"]["tokens"] == 300 and view["usage"]["cost_usd"] == 0.0004
     assert spend.reserve("c2", 600, 10, max_tokens=1500, max_cost_usd=1.0) is None  # room again
     assert spend.reserve("c3", 1, 2_000_000, max_tokens=10_000, max_cost_usd=1.0) == "max_cost"
+
+
+def test_spend_is_corrected_only_for_a_charged_call_and_only_once(r: fakeredis.FakeRedis) -> None:
+    from worker.policy import Policy, PolicyStore
+
+    policies = PolicyStore(r, KEYS)
+    unlimited = policies.reserve("a", "free-call", Policy(), 0.5)
+    assert unlimited.reason == "no quota"
+    assert not policies.adjust_spend("a", "free-call", -0.4)  # nothing was charged: no correction
+    limited = Policy(max_spend_usd_per_day=1.0)
+    assert policies.reserve("a", "c1", limited, 0.5).allowed
+    assert policies.adjust_spend("a", "c1", -0.3)  # it really cost 0.2
+    assert not policies.adjust_spend("a", "c1", -0.3)  # once
+    decision = policies.reserve("a", "c2", limited, 0.8)
+    assert decision.allowed and decision.remaining["spend_usd_today"] == 0.0
+    assert not policies.reserve("a", "c3", limited, 0.01).allowed

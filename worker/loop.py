@@ -280,11 +280,9 @@ def _call_model(
     usage = (result.get("result") or {}).get("usage") or {} if result.get("ok") else {}
     used_prompt, used_completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
     used_micro = action.prices.cost_micro(used_prompt, used_completion)
-    if (
-        spend.settle(call_id, used_prompt + used_completion, used_micro)
-        and outcome.decision.get("decision") == "allowed"
-    ):
-        deps.controls.policies.adjust_spend(agent, (used_micro - worst_micro) / 1e6)
+    spend.settle(call_id, used_prompt + used_completion, used_micro)
+    # Only a call charged under a spend quota is corrected, once (a Lua script keyed by the call).
+    deps.controls.policies.adjust_spend(agent, call_id, (used_micro - worst_micro) / 1e6)
     return result
 
 

@@ -53,6 +53,14 @@ redis.call('SET', KEYS[3], decision, 'EX', ARGV[5])
 return {0, decision}
 """
 
+_ADJUST = """
+local marker = redis.call('GET', KEYS[3])
+if not marker or string.sub(marker, 1, 7) ~= 'allowed' or string.sub(marker, -4) == '|adj' then return 0 end
+redis.call('INCRBY', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], marker .. '|adj', 'KEEPTTL')
+return 1
+"""
+
 _REFUND = """
 local marker = redis.call('GET', KEYS[3])
 if not marker or string.sub(marker, 1, 7) ~= 'allowed' then return 0 end
@@ -100,6 +108,7 @@ class PolicyStore:
         self.keys = keys
         self._reserve = r.register_script(_RESERVE)
         self._refund = r.register_script(_REFUND)
+        self._adjust = r.register_script(_ADJUST)
 
     def get(self, agent: str) -> Policy:
         raw = self.r.get(self.keys.policy(agent))
@@ -157,10 +166,10 @@ class PolicyStore:
         )
         return Decision("denied", f"{verdict}={limit} reached for agent {agent!r}", remaining)
 
-    def adjust_spend(self, agent: str, delta_usd: float) -> None:
-        """Correct today's spend once a call's real cost is known (it was reserved at worst case)."""
-        day = time.strftime("%Y%m%d", time.gmtime())
-        self.r.incrby(self.keys.quota_spend(agent, day), round(delta_usd * MICRO))
+    def adjust_spend(self, agent: str, call_id: str, delta_usd: float) -> bool:
+        """Correct today's spend by `delta_usd` once the call's real cost is known; only for a call
+        that was charged (reserved at worst case under a quota), and only once."""
+        return bool(self._adjust(keys=self._quota_keys(agent, call_id), args=[round(delta_usd * MICRO)]))
 
     def refund(self, agent: str, call_id: str, cost_usd: float) -> None:
         """Give back a reservation whose call was never made."""
