@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from celery import Celery, signals
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from worker.keys import AGENT_QUEUE, TOOL_QUEUE
 from worker.settings import Settings, get_settings
@@ -50,12 +50,17 @@ def make_app(settings: Settings) -> Celery:
         result_expires=86400,
         task_ignore_result=True,
         task_default_queue=AGENT_QUEUE,
-        task_queues=[Queue(AGENT_QUEUE), Queue(TOOL_QUEUE)],
+        # each queue on its own exchange: a message for one can never land on the other
+        task_queues=[
+            Queue(AGENT_QUEUE, Exchange(AGENT_QUEUE), routing_key=AGENT_QUEUE),
+            Queue(TOOL_QUEUE, Exchange(TOOL_QUEUE), routing_key=TOOL_QUEUE),
+        ],
         task_routes={RUN_TASK: {"queue": AGENT_QUEUE}, TOOL_TASK: {"queue": TOOL_QUEUE}},
         worker_max_memory_per_child=512_000,  # KiB; checked after each task (prefork)
         worker_max_tasks_per_child=1000,
         worker_soft_shutdown_timeout=15.0,
-        worker_enable_soft_shutdown_on_idle=True,
+        # An idle worker has nothing to requeue (the fleet sends no ETA messages): it stops at once.
+        worker_enable_soft_shutdown_on_idle=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,

@@ -14,7 +14,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -221,9 +230,20 @@ class Settings(BaseSettings):
     @field_validator("api_keys", "api_key", "sentry_dsn", "flower_password", "admin_keys")
     @classmethod
     def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            return None  # an empty variable (compose passes unset ones as "") is no secret
         if value is not None and value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
             raise ValueError("is a placeholder, not a secret")
         return value
+
+    @model_validator(mode="after")
+    def _secret_files(self) -> Settings:
+        """SENTRY_DSN may also come from /run/secrets/sentry_dsn (a mounted secret)."""
+        if self.sentry_dsn is None:
+            from_file = self.secret("SENTRY_DSN")
+            if from_file:
+                self.sentry_dsn = SecretStr(from_file)
+        return self
 
     # -- derived values -------------------------------------------------------------------------
 
