@@ -202,6 +202,7 @@ def test_gateway_gives_up_when_retry_after_is_past_the_deadline(
         ({"type": "http_error", "status": 404}, False),
         ({"type": "invalid_args"}, False),
         ({"type": "denied"}, False),
+        ({"type": "rate_limited"}, True),  # a busy tool worker
     ],
 )
 def test_only_timeouts_5xx_429_and_connection_failures_are_retried(

@@ -40,7 +40,7 @@ from worker.redact import redact
 from worker.retrybudget import RetryBudget, RetryPolicy
 from worker.settings import Settings
 from worker.tools import MODEL_TOOL, Tool, ToolFailure, get_tool, validate_args
-from worker.tools.base import ErrorType, error_result
+from worker.tools.base import ErrorType, error_result, is_retryable
 
 log = structlog.get_logger("agentfleet.gateway")
 REPLY_GRACE_S = 1.0  # wait this long past a call's timeout for the tool worker's own answer
@@ -87,22 +87,11 @@ class CallOutcome:
     decision: dict[str, Any] = field(default_factory=dict)
 
 
-def is_retryable(result: dict[str, Any]) -> bool:
-    """Timeouts, connection failures (http_error without status), 5xx and 429 are retried."""
-    if result.get("ok"):
-        return False
-    error = result.get("error") or {}
-    if error.get("type") == "timeout":
-        return True
-    if error.get("type") == "http_error":
-        status = error.get("status")
-        return status is None or status == 429 or status >= 500
-    return False
-
-
 def is_failure(result: dict[str, Any]) -> bool:
-    """Outcomes that count against a tool's breaker: the dependency did not work."""
-    return is_retryable(result) or (result.get("error") or {}).get("type") == "tool_error"
+    """Outcomes that count against a tool's breaker: the dependency did not work (a busy tool
+    worker is no failure of the dependency)."""
+    kind = (result.get("error") or {}).get("type")
+    return kind != "rate_limited" and (is_retryable(result) or kind == "tool_error")
 
 
 def _denied(type: ErrorType, message: str, reason: str | None = None) -> CallOutcome:
@@ -332,6 +321,7 @@ class ToolGateway:
     ) -> dict[str, Any]:
         """Send one attempt and wait for its reply, checking the run between slices."""
         self.guard.check()
+        self.r.hset(self.keys.call(call_id), "attempt", attempt)  # earlier attempts are stale now
         reply_key = self.keys.call_reply(call_id, attempt)
         self.dispatcher.send(call_id=call_id, attempt=attempt, tool=tool, args=args, timeout_s=timeout_s)
         give_up = time.monotonic() + timeout_s + REPLY_GRACE_S

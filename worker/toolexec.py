@@ -23,7 +23,7 @@ from worker.keys import Keys
 from worker.logs import cap_bytes
 from worker.runs import TERMINAL
 from worker.settings import Settings
-from worker.tools.base import ToolContext, error_result
+from worker.tools.base import ToolContext, error_result, is_retryable
 
 EXEC_TTL_S = 2 * 86400
 
@@ -80,10 +80,20 @@ class ToolExecutor:
 
     def _run(self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float) -> dict[str, Any]:
         run_id = call_id.split(":", 1)[0]
-        if self.r.hget(self.keys.run(run_id), "status") in TERMINAL:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(self.keys.run(run_id), "status")
+        pipe.hmget(self.keys.call(call_id), ["attempt", "result"])
+        status, (current, final) = pipe.execute()
+        if status in TERMINAL:
             # The run was stopped, cancelled or ended while this call waited in the queue: a call
             # nobody waits for is not made (a killed run's writes must not fire later).
             return error_result("killed", "the run ended before this call was made")
+        if final is not None:
+            return dict(json.loads(final))  # the call is over; this attempt is a late redelivery
+        if current is not None and int(current) > attempt:
+            return error_result(
+                "timeout", f"attempt {attempt} is stale: the run moved on to attempt {current}"
+            )
         spec = tools.get_tool(tool)
         ctx = ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
         if spec is None or not spec.writes:
@@ -98,5 +108,8 @@ class ToolExecutor:
                 f"an earlier attempt ({detail}) of this write may have run; it is not run twice",
             )
         result = tools.execute(tool, args, ctx)
-        self.r.hset(exec_key, "result", json.dumps(result))
+        if not (spec.idempotent and is_retryable(result)):
+            # A retryable failure of an idempotent write stays open: its retry is sent again,
+            # with the same idempotency key. Anything else is this write's one outcome.
+            self.r.hset(exec_key, "result", json.dumps(result))
         return result

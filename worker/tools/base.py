@@ -80,3 +80,17 @@ def error_result(
     if retry_after_s is not None:
         error["retry_after_s"] = retry_after_s
     return {"ok": False, "error": error}
+
+
+def is_retryable(result: dict[str, Any]) -> bool:
+    """Timeouts, connection failures (http_error without status), 5xx, 429, and a tool worker
+    that was busy (rate_limited from its bulkhead) are worth another attempt."""
+    if result.get("ok"):
+        return False
+    error = result.get("error") or {}
+    if error.get("type") in ("timeout", "rate_limited"):
+        return True
+    if error.get("type") == "http_error":
+        status = error.get("status")
+        return status is None or status == 429 or status >= 500
+    return False
