@@ -72,6 +72,18 @@ def validation_message(errors: list[dict[str, object]]) -> str:
     return "; ".join(shown)
 
 
+def _documented_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the OpenAPI lists for `path`: FastAPI makes one route per method, so the
+    route that answers 405 knows only its own."""
+    from starlette.routing import compile_path
+
+    methods: set[str] = set()
+    for template, operations in app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into the contract's JSON shape."""
 
@@ -89,6 +101,8 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 400 and "parsing the body" in str(exc.detail):
             # FastAPI's answer to a body it cannot decode (bad UTF-8, nesting too deep).
             return error_response(422, "invalid_request", "body: not valid JSON")
+        if exc.status_code == 405 and (allowed := _documented_methods(app, request.url.path)):
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
         kind = _STATUS_TYPES.get(exc.status_code, "error")
         return error_response(exc.status_code, kind, str(exc.detail), headers)
 
@@ -96,7 +110,9 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The fleet's own fault (Redis down, a bug): never echo internals to the client.
         import redis
+        import structlog
 
+        structlog.get_logger("agentfleet.api").exception("request failed", path=request.url.path)
         if isinstance(exc, redis.RedisError):
             return error_response(503, "unavailable", "the fleet's store is unreachable; try again")
         return error_response(500, "internal", "internal error")

@@ -2,9 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+MAX_JSON_DEPTH = 64  # well under pydantic's serialization depth limit (~255) and json's recursion limit
+
+
+def _plain_json(value: Any) -> Any:
+    """Refuse what the API could not answer back as JSON: NaN and +-Infinity (Python's parser makes
+    them from `NaN`, `Infinity` and overflowing literals such as `1e400`), and nesting deeper than
+    MAX_JSON_DEPTH (the Idempotency-Key body hash fails past ~255 levels)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (NaN and Infinity are not JSON)")
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return value
+
+
+PlainJSON = Annotated[Any, AfterValidator(_plain_json)]
+
+
+def json_number(value: Any) -> Any:
+    """Refuse `true`/`false` and strings where a number goes (pydantic's lax mode takes `true` as 1
+    and `"5"` as 5; the schema says number, and JSON Schema's integer still admits 5.0)."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number")
+    return value
 
 
 class BudgetsIn(BaseModel):
@@ -18,14 +48,19 @@ class BudgetsIn(BaseModel):
     max_tokens: int | None = Field(None, ge=0)
     max_cost_usd: float | None = Field(None, ge=0)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_number(cls, value: Any) -> Any:
+        return json_number(value)
+
 
 class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
-    input: Any = None
+    input: PlainJSON = None
     budgets: BudgetsIn | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Annotated[dict[str, Any], AfterValidator(_plain_json)] = Field(default_factory=dict)
     version: Literal["stable", "canary"] | None = Field(
         None, description="pin the agent's version; needs the X-Fleet-Admin-Key header"
     )
@@ -69,3 +104,12 @@ class RunOut(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorOut
+
+
+class Readiness(BaseModel):
+    """GET /readyz: 200 `{"ok": true, "redis": "ok", "workers": {...}}`, 503 `{"ok": false, "error"}`."""
+
+    ok: bool
+    redis: str | None = None
+    workers: dict[str, int] | None = None
+    error: ErrorOut | None = None

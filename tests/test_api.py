@@ -25,7 +25,7 @@ from worker.keys import AGENT_QUEUE
 
 MAX_BODY_BYTES = 2048
 MAX_QUEUED = 3
-CAPS = {"max_steps": 25, "max_tool_calls": 12, "max_seconds": 60}  # BASE_CONFIG's runtime.env
+CAPS = {"max_steps": 25, "max_tool_calls": 12, "max_seconds": 60, "max_tokens": 200_000, "max_cost_usd": 1.0}
 FINAL = {"plan": [{"final": "done"}]}
 SLEEP_LOOP = {"plan": [{"sleep": 0.3}], "loop": True}
 

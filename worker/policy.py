@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,9 +76,9 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    allowed_tools: list[str] | None = None
+    allowed_tools: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")]] | None = None
     max_actions_per_hour: int | None = Field(None, ge=0)
-    max_spend_usd_per_day: float | None = Field(None, ge=0)
+    max_spend_usd_per_day: float | None = Field(None, ge=0, allow_inf_nan=False)
 
     def is_empty(self) -> bool:
         return self == Policy()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
@@ -10,10 +12,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from api.deps import State
 from api.errors import FleetJSONResponse
 from api.metrics import FleetCollector
+from api.schemas import Readiness
 from worker.heartbeat import live_workers
 from worker.redis_conn import make_redis
 
 router = APIRouter(tags=["health"])
+# The error answer is JSON, unlike the metrics: name its media type, or FastAPI documents text/plain.
+_METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "Redis is unreachable",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+}
 
 
 @router.get("/healthz")
@@ -22,7 +32,7 @@ def healthz() -> dict[str, bool]:
     return {"ok": True}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={200: {"model": Readiness}, 503: {"model": Readiness}})
 def readyz(state: State) -> FleetJSONResponse:
     """200 when Redis answers, else 503 with the reason; reports the live agent and tool workers."""
     probe = make_redis(state.settings.redis_url)
@@ -40,7 +50,7 @@ def readyz(state: State) -> FleetJSONResponse:
     return FleetJSONResponse({"ok": True, "redis": "ok", "workers": workers})
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", response_class=PlainTextResponse, responses=_METRICS_RESPONSES)
 def metrics(state: State) -> PlainTextResponse:
     """Prometheus metrics of the whole fleet, read from Redis."""
     registry = CollectorRegistry()
