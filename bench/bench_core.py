@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -50,6 +51,7 @@ import psutil  # noqa: E402
 import uvicorn  # noqa: E402
 
 from tests.harness import KEY_T1, Fleet, Proc, RedisServer, free_port, wait_for  # noqa: E402
+from worker.keys import AGENT_QUEUE  # noqa: E402
 
 RUN_BODY = {"agent": "scripted", "input": {"plan": [{"final": "ok"}]}}
 LATENCY_RATIO_MAX = 3.0  # run latency p50 <= 3x bare Celery round trip p50
@@ -129,6 +131,7 @@ class Baselines:
     def close(self) -> None:
         for proc in reversed(self.procs):
             self.stop(proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _serves(proc: Proc, url: str) -> bool:
@@ -386,55 +389,57 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
-    server = RedisServer()
-    fleet = Fleet(server, env_extra={"FLEET_MAX_QUEUED": str(10**9)})
-    baselines = Baselines(
-        f"redis://127.0.0.1:{server.port}/1", concurrency=args.concurrency, events=args.bare_events
-    )
-    try:
-        print("starting redis-server, the fleet and the baselines …", file=sys.stderr, flush=True)
-        bare_worker, bare_api_proc = baselines.spawn_worker(), baselines.spawn_api()
-        fleet_api = fleet.start_api()
-        agent_worker = fleet.start_worker(args.concurrency)
-        tool_worker = fleet.start_tool_worker()
-        baselines.wait_ready(bare_worker, bare_api_proc)
-
-        from bench.bare_app import API_QUEUE, make_app
-
-        bare_client = make_app(baselines.redis_url, events=args.bare_events)
-        print(f"latency: {args.warmup} + {args.runs} samples per side …", file=sys.stderr, flush=True)
-        lat = measure_latency(fleet, bare_client, args.runs, args.warmup)
-
-        # Throughput: only the APIs and Redis run. Stopping both sides' workers keeps the machine's
-        # two cores for the servers and the client; the bare side's tasks are not consumed either.
-        for proc in (agent_worker, tool_worker):
-            fleet.stop_proc(proc)
-        baselines.stop(bare_worker)
-        fleet_depth0 = fleet.r.llen("agents")
-        bare_depth0 = _llen(server.port, 1, API_QUEUE)
-        print(
-            f"throughput: {args.connections} connections, {args.seconds:g} s per side …",
-            file=sys.stderr,
-            flush=True,
+    with contextlib.ExitStack() as stack:
+        server = RedisServer()
+        stack.callback(server.close)
+        fleet = Fleet(server, env_extra={"FLEET_MAX_QUEUED": str(10**9)})
+        stack.callback(fleet.close)
+        baselines = Baselines(
+            f"redis://127.0.0.1:{server.port}/1", concurrency=args.concurrency, events=args.bare_events
         )
-        fleet_load, bare_load = measure_throughput(
-            (fleet.api_port, fleet_api.popen.pid),
-            (baselines.api_port, bare_api_proc.popen.pid),
-            args.connections,
-            args.seconds,
-            args.round,
-        )
-        fleet_enqueued = fleet.r.llen("agents") - fleet_depth0
-        bare_enqueued = _llen(server.port, 1, API_QUEUE) - bare_depth0
-        redis_version = server.client().info("server")["redis_version"]
-    except Exception as exc:
-        print(f"bench_core: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(fleet.logs(), file=sys.stderr)
-        return EXIT_ERROR
-    finally:
-        baselines.close()
-        fleet.close()
-        server.close()
+        stack.callback(baselines.close)
+        try:
+            print("starting redis-server, the fleet and the baselines …", file=sys.stderr, flush=True)
+            bare_worker, bare_api_proc = baselines.spawn_worker(), baselines.spawn_api()
+            fleet_api = fleet.start_api()
+            agent_worker = fleet.start_worker(args.concurrency)
+            tool_worker = fleet.start_tool_worker()
+            baselines.wait_ready(bare_worker, bare_api_proc)
+
+            from bench.bare_app import API_QUEUE, make_app
+
+            bare_client = make_app(baselines.redis_url, events=args.bare_events)
+            print(f"latency: {args.warmup} + {args.runs} samples per side …", file=sys.stderr, flush=True)
+            lat = measure_latency(fleet, bare_client, args.runs, args.warmup)
+
+            # Throughput: only the APIs and Redis run. Stopping both sides' workers keeps the machine's
+            # two cores for the servers and the client; the bare side's tasks are not consumed either.
+            for proc in (agent_worker, tool_worker):
+                fleet.stop_proc(proc)
+            baselines.stop(bare_worker)
+            fleet_depth0 = fleet.r.llen(AGENT_QUEUE)
+            bare_depth0 = _llen(server.port, 1, API_QUEUE)
+            print(
+                f"throughput: {args.connections} connections, {args.seconds:g} s per side …",
+                file=sys.stderr,
+                flush=True,
+            )
+            fleet_load, bare_load = measure_throughput(
+                (fleet.api_port, fleet_api.popen.pid),
+                (baselines.api_port, bare_api_proc.popen.pid),
+                args.connections,
+                args.seconds,
+                args.round,
+            )
+            fleet_enqueued = fleet.r.llen(AGENT_QUEUE) - fleet_depth0
+            bare_enqueued = _llen(server.port, 1, API_QUEUE) - bare_depth0
+            redis_version = server.client().info("server")["redis_version"]
+        except Exception as exc:
+            print(f"bench_core: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(fleet.logs(), file=sys.stderr)
+            for proc in baselines.procs:
+                print(f"==== {proc.name} ====\n{proc.text()[-4000:]}", file=sys.stderr)
+            return EXIT_ERROR
 
     rows = [
         Row(

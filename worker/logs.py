@@ -149,19 +149,6 @@ def sampled(run_id: str, rate: float) -> bool:
     return int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16) / 2**32 < rate
 
 
-RUN_FIELDS = (
-    "run_id",
-    "trace_id",
-    "tenant",
-    "agent",
-    "step",
-    "tool",
-    "duration_ms",
-    "outcome",
-    "stop_reason",
-)
-
-
 def add_run_fields(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Processor: every line carries every run field, null when it does not apply."""
     for key in RUN_FIELDS:
