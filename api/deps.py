@@ -11,6 +11,7 @@ from celery import Celery
 from fastapi import Depends, Header, Request
 
 from api.errors import ApiError
+from api.waiter import EndWaiter
 from worker.keys import Keys
 from worker.policy import PolicyStore
 from worker.rollout import Rollouts
@@ -31,9 +32,10 @@ class AppState:
     admin_keys: frozenset[str]
     policies: PolicyStore
     rollouts: Rollouts
+    waiter: EndWaiter
 
 
-def _state(request: Request) -> AppState:
+async def _state(request: Request) -> AppState:  # async: no I/O, so no thread-pool hop
     state: AppState = request.app.state.fleet
     return state
 
@@ -41,7 +43,7 @@ def _state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(_state)]
 
 
-def _tenant(state: State, authorization: Annotated[str | None, Header()] = None) -> str:
+async def _tenant(state: State, authorization: Annotated[str | None, Header()] = None) -> str:
     if not authorization:
         raise ApiError(
             401, "unauthorized", "missing Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
@@ -69,7 +71,7 @@ def _bearer(authorization: str | None) -> str:
     return token.strip()
 
 
-def _admin(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
+async def _admin(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
     token = _bearer(authorization).encode()
     if not any(hmac.compare_digest(key.encode(), token) for key in state.admin_keys):
         raise ApiError(401, "unauthorized", "an admin key is required", {"WWW-Authenticate": "Bearer"})

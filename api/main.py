@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
+from celery import Celery
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import errors
 from api.deps import AppState
 from api.routes import admin, health, runs
+from api.waiter import EndWaiter
 from worker.agents import load_plugins
 from worker.celery_app import make_app
 from worker.keys import Keys
@@ -83,6 +85,14 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def _sender(settings: Settings) -> Celery:
+    """The API's Celery app only sends. No task-sent event: each would publish under Celery's
+    process-wide lock on every POST; Flower sees the workers' own events."""
+    celery = make_app(settings)
+    celery.conf.task_send_sent_event = False
+    return celery
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API app; reads settings and API keys now, so a bad setting stops the process at start."""
     settings = settings or get_settings()
@@ -94,11 +104,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         r=r,
         keys=keys,
         store=RunStore(r, keys, settings.run_ttl_s, on_end=end_recorder(r, keys, settings)),
-        celery=make_app(settings),
+        celery=_sender(settings),
         tenant_keys=settings.tenant_keys(),
         admin_keys=settings.admin_key_set(),
         policies=PolicyStore(r, keys),
         rollouts=Rollouts(r, keys, settings),
+        waiter=EndWaiter(r, keys.run_ended_channel("*")),
     )
 
     @asynccontextmanager

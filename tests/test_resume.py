@@ -123,7 +123,7 @@ def test_sigkilled_child_mid_step_resumes_from_checkpoint_without_repeating_the_
 
 
 def test_sigkilled_child_while_waiting_on_a_tool_resumes_and_counts_the_call_once(fleet: Fleet) -> None:
-    plan = [{"tool": "test.sleep", "args": {"seconds": 3}}, {"final": "resumed"}]
+    plan = [{"tool": "test.sleep", "args": {"seconds": 8}}, {"final": "resumed"}]
     run = fleet.submit(input={"plan": plan})
     during = wait_until(
         fleet,

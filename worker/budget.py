@@ -58,4 +58,7 @@ class ToolCallBudget:
 
     def record(self, call_id: str, result: dict[str, Any]) -> None:
         """Keep a call's final result, so a resumed run replays it instead of calling again."""
-        self.r.hset(self.keys.call(call_id), mapping={"state": "done", "result": json.dumps(result)})
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.call(call_id), mapping={"state": "done", "result": json.dumps(result)})
+        pipe.expire(self.keys.call(call_id), self.ttl_s)
+        pipe.execute()

@@ -77,6 +77,7 @@ def send_run(celery: Celery, run_id: str, max_seconds: float) -> None:
         RUN_TASK,
         args=[run_id],
         queue=AGENT_QUEUE,
+        ignore_result=True,  # else the result backend subscribes to the task's result channel
         headers={"sent_at": time.time()},  # the queue's oldest-message age, for /metrics
         soft_time_limit=max_seconds + SOFT_LIMIT_GRACE_S,  # type: ignore[arg-type]  # floats work
         time_limit=max_seconds + HARD_LIMIT_GRACE_S,  # type: ignore[arg-type]

@@ -321,7 +321,10 @@ class ToolGateway:
     ) -> dict[str, Any]:
         """Send one attempt and wait for its reply, checking the run between slices."""
         self.guard.check()
-        self.r.hset(self.keys.call(call_id), "attempt", attempt)  # earlier attempts are stale now
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.call(call_id), "attempt", attempt)  # earlier attempts are stale now
+        pipe.expire(self.keys.call(call_id), self.budget.ttl_s)
+        pipe.execute()
         reply_key = self.keys.call_reply(call_id, attempt)
         self.dispatcher.send(call_id=call_id, attempt=attempt, tool=tool, args=args, timeout_s=timeout_s)
         give_up = time.monotonic() + timeout_s + REPLY_GRACE_S

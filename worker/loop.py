@@ -8,6 +8,7 @@ an attempt that resumes after a dead worker continues with what the run had alre
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -16,11 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from types import FrameType
 from typing import Any
 
 import redis
+import sentry_sdk
 import structlog
+from pydantic import BaseModel
 
 from worker.agents import CallModel, CallTool, Fail, Finish, RunState, Sleep, get_agent_class
 from worker.budget import ToolCallBudget
@@ -38,6 +42,7 @@ from worker.spend import SpendBudget
 from worker.tools import MODEL_TOOL, get_tool
 
 log = structlog.get_logger("agentfleet.run")
+CALL_RECORD_TTL_S = 86400  # a call's recorded result, kept for a resumed run or a late redelivery
 WATCHDOG_GRACE_S = 0.5  # past the deadline, the watchdog ends a run whose agent ignores the alarm
 ERROR_MESSAGE_MAX = 500
 _ACTION_NAMES: dict[type, str] = {
@@ -130,6 +135,7 @@ def _execute(run_id: str, raw: dict[str, str], deps: LoopDeps, lease_lost: threa
                 raise  # the fleet's own state is unreachable: the lease expires and the run is reaped
             message = redact_text(f"{type(exc).__name__}: {exc}")[:ERROR_MESSAGE_MAX]
             log.error("agent raised", error=message)
+            sentry_sdk.capture_exception(exc)  # no-op without SENTRY_DSN; redacted by before_send
             store.finish(run_id, FAILED, "error", error={"type": "agent_error", "message": message})
             return FAILED
 
@@ -148,7 +154,7 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
         deps.keys,
         run_id,
         budgets.max_tool_calls,
-        deps.settings.run_ttl_s,
+        CALL_RECORD_TTL_S,
         used=int(raw.get("tool_calls", 0)),
     )
     gateway = ToolGateway(
@@ -286,6 +292,11 @@ def _call_model(
     return result
 
 
+@lru_cache(maxsize=256)
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema(by_alias=True)
+
+
 def offered_tools(settings: Settings, policy: Policy) -> list[dict[str, Any]]:
     """The tools a run may call, as OpenAI-style function specs with their argument schemas."""
     names = [n for n in settings.tools.allowlist if n != MODEL_TOOL]
@@ -295,7 +306,7 @@ def offered_tools(settings: Settings, policy: Policy) -> list[dict[str, Any]]:
     for name in names:
         spec = get_tool(name)
         if spec is not None:
-            schema = spec.args_model.model_json_schema(by_alias=True)
+            schema = copy.deepcopy(_schema(spec.args_model))  # agents may change theirs
             specs.append({"name": name, "description": spec.description, "parameters": schema})
     return specs
 

@@ -61,6 +61,22 @@ def _finite(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
+# KEYS: the run, the agents queue, then the kill switches that cover the submission
+# ARGV: ttl, max_queued (-1: no limit), then the run's fields as name, value, ...
+_CREATE = """
+for i = 3, #KEYS do
+  local reason = redis.call('GET', KEYS[i])
+  if reason then return {'killed', reason} end
+end
+if tonumber(ARGV[2]) >= 0 then
+  local depth = redis.call('LLEN', KEYS[2])
+  if depth >= tonumber(ARGV[2]) then return {'queue_full', tostring(depth)} end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {'ok', ''}
+"""
+
 _START = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return nil end
@@ -82,6 +98,8 @@ if not redis.call('HGET', KEYS[1], 'started_ts') and ARGV[1] ~= 'cancelled' then
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'stop_reason', ARGV[2], 'output', ARGV[3],
            'error', ARGV[4], 'finished_ts', ARGV[5])
+-- the working state (last tool result, agent memory) is of no use once the run has ended
+redis.call('HDEL', KEYS[1], 'last_result', 'memory')
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('HINCRBY', KEYS[4], 'runs|' .. ARGV[1] .. '|' .. ARGV[2], 1)
@@ -105,6 +123,16 @@ return s
 """
 
 
+class AdmissionRefused(Exception):
+    """A submission refused: `reason` is "killed" (detail: the switch's reason) or "queue_full"
+    (detail: the queue's depth)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
 class RunStore:
     """Reads and writes run records for one key prefix."""
 
@@ -119,6 +147,7 @@ class RunStore:
         self.keys = keys
         self.ttl_s = ttl_s
         self.on_end = on_end  # (run_id, status, stop_reason), once per run, after it ended
+        self._create = r.register_script(_CREATE)
         self._start = r.register_script(_START)
         self._finish = r.register_script(_FINISH)
         self._cancel = r.register_script(_CANCEL)
@@ -134,8 +163,13 @@ class RunStore:
         metadata: dict[str, Any],
         version: str | None = None,
         trace_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Write a new queued run and return its record (as stored)."""
+        admission: tuple[str, list[str], int] | None = None,
+    ) -> dict[str, str]:
+        """Write a new queued run and return its record (as stored).
+
+        `admission` (queue, kill-switch keys, max queued): in the same script, refuse the run with
+        AdmissionRefused when a switch is on or the queue holds max queued messages.
+        """
         fields = {
             "trace_id": trace_id or uuid.uuid4().hex,
             **({"version": version} if version else {}),
@@ -152,11 +186,14 @@ class RunStore:
             "cursor": 0,
             "attempts": 0,
         }
-        key = self.keys.run(run_id)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-        pipe.expire(key, self.ttl_s)
-        pipe.execute()
+        queue, switches, max_queued = admission or ("", [], -1)
+        flat = [str(x) for item in fields.items() for x in item]
+        verdict, detail = self._create(
+            keys=[self.keys.run(run_id), queue or self.keys.run(run_id), *switches],
+            args=[self.ttl_s, max_queued, *flat],
+        )
+        if verdict != "ok":
+            raise AdmissionRefused(str(verdict), str(detail))
         return {k: str(v) for k, v in fields.items()}
 
     def load(self, run_id: str) -> dict[str, str] | None:

@@ -36,6 +36,8 @@ class CeleryDispatcher:
         app.send_task(
             TOOL_TASK,
             args=[call_id, attempt, tool, args, timeout_s],
+            # Celery's logs, events and Flower show this instead of the arguments (they may hold PII).
+            argsrepr=f"({call_id!r}, {attempt}, {tool!r}, <args>, {timeout_s})",
             queue=tool_queue(tool),
             headers={"sent_at": time.time()},
             # A message redelivered long after its run gave up on it is dropped, not executed.

@@ -26,10 +26,27 @@ def setup_logging(settings: Settings) -> None:
         max_line_bytes=settings.observability.log_max_line_bytes,
     )
     logging.captureWarnings(True)  # Python warnings become log lines too (JSON, redacted, capped)
+    # At DEBUG Celery's pool logs every task message whole (tool arguments included): never.
+    logging.getLogger("celery.pool").setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
+
+
+SAFE_REQUEST_HEADERS = frozenset({"content-type", "content-length", "user-agent", "accept", "host"})
 
 
 def scrub_event(event: Any, hint: Any) -> Any:
-    """Sentry's before_send: the same redaction as the logs, over the whole event."""
+    """Sentry's before_send(_transaction): a request keeps its method, its URL without the query
+    and a few harmless headers (a query string or a header may hold anything, URL-encoded past
+    any pattern); then the same redaction as the logs, over the whole event."""
+    request = event.get("request") if isinstance(event, dict) else None
+    if isinstance(request, dict):
+        headers = request.get("headers")
+        event["request"] = {
+            "method": request.get("method"),
+            "url": str(request.get("url") or "").split("?", 1)[0],
+            "headers": {k: v for k, v in headers.items() if str(k).lower() in SAFE_REQUEST_HEADERS}
+            if isinstance(headers, dict)
+            else {},
+        }
     return redact(event)
 
 
@@ -48,6 +65,10 @@ def setup_sentry(settings: Settings, component: str) -> bool:
         max_request_body_size="never",
         event_scrubber=EventScrubber(denylist=sorted({*DEFAULT_DENYLIST, *DEFAULT_FIELDS}), recursive=True),
         before_send=scrub_event,
+        before_send_transaction=scrub_event,
+        # Trace headers (with the DSN's public key) go to no outside host a tool calls; Celery
+        # propagates traces from the API to the tasks on its own.
+        trace_propagation_targets=[],
         traces_sample_rate=settings.observability.traces_sample_rate,
         integrations=[CeleryIntegration(propagate_traces=True)],
         server_name=component,

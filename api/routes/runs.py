@@ -20,7 +20,7 @@ from worker import killswitch
 from worker.agents import get_agent_class
 from worker.celery_app import send_run
 from worker.keys import AGENT_QUEUE
-from worker.runs import TERMINAL, Budgets, public_view
+from worker.runs import TERMINAL, AdmissionRefused, Budgets, public_view
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 log = structlog.get_logger("agentfleet.api")
@@ -78,25 +78,15 @@ def _validate_input(request: RunRequest) -> None:
             raise ApiError(422, "invalid_request", validation_message(errors)) from None
 
 
-def _admission(state: AppState, tenant: str, agent: str) -> None:
-    """503 under a kill switch, 429 when the agents queue is over FLEET_MAX_QUEUED (one round trip)."""
-    pipe = state.r.pipeline(transaction=False)
-    pipe.mget(killswitch.run_switch_keys(state.keys, tenant, agent))
-    pipe.llen(AGENT_QUEUE)
-    switches, depth = pipe.execute()
-    reason = killswitch.first_reason(switches)
-    if reason is not None:
-        raise ApiError(
-            503, "killed", f"submissions are stopped by a kill switch: {reason}", {"Retry-After": "30"}
-        )
-    if depth >= state.settings.max_queued:
-        retry_after = max(1, min(60, depth // 100))
-        raise ApiError(
-            429,
-            "queue_full",
-            f"{depth} runs are queued (limit {state.settings.max_queued}); retry later",
-            {"Retry-After": str(retry_after)},
-        )
+def _refusal(refused: AdmissionRefused, max_queued: int) -> ApiError:
+    """503 under a kill switch, 429 with Retry-After when the agents queue is full."""
+    if refused.reason == "killed":
+        message = f"submissions are stopped by a kill switch: {refused.detail}"
+        return ApiError(503, "killed", message, {"Retry-After": "30"})
+    depth = int(refused.detail)
+    retry_after = max(1, min(60, depth // 100))
+    message = f"{depth} runs are queued (limit {max_queued}); retry later"
+    return ApiError(429, "queue_full", message, {"Retry-After": str(retry_after)})
 
 
 def _run_response(state: AppState, run_id: str, status_code: int, steps: bool = False) -> FleetJSONResponse:
@@ -133,23 +123,29 @@ def submit_run(
         idem_key = state.keys.idempotency(tenant, idempotency_key)
         if state.r.exists(idem_key):
             return _repeat(state, idem_key, body_hash)
-    _admission(state, tenant, request.agent)
     version = _version(state, request, run_id, admin_key)
     if idem_key is not None and body_hash is not None:
         claim = json.dumps({"hash": body_hash, "run_id": run_id})
         if not state.r.set(idem_key, claim, nx=True, ex=IDEMPOTENCY_TTL_S):
             return _repeat(state, idem_key, body_hash)
 
-    record = state.store.create(
-        run_id,
-        tenant=tenant,
-        agent=request.agent,
-        input=request.input,
-        budgets=budgets,
-        metadata=request.metadata,
-        version=version,
-        trace_id=current_trace_id(),
-    )
+    switches = killswitch.run_switch_keys(state.keys, tenant, request.agent)
+    try:
+        record = state.store.create(
+            run_id,
+            tenant=tenant,
+            agent=request.agent,
+            input=request.input,
+            budgets=budgets,
+            metadata=request.metadata,
+            version=version,
+            trace_id=current_trace_id(),
+            admission=(AGENT_QUEUE, switches, state.settings.max_queued),  # one round trip
+        )
+    except AdmissionRefused as refused:
+        if idem_key:
+            state.r.delete(idem_key)
+        raise _refusal(refused, state.settings.max_queued) from None
     log.info("run queued", run_id=run_id, tenant=tenant, agent=request.agent, trace_id=record["trace_id"])
     try:
         send_run(state.celery, run_id, budgets.max_seconds)
@@ -160,7 +156,8 @@ def submit_run(
         if idem_key:
             state.r.delete(idem_key)
         raise ApiError(503, "unavailable", "the queue is unreachable; the run was not queued") from None
-    return _run_response(state, run_id, 202)
+    headers = {"Location": f"/v1/runs/{run_id}"}
+    return FleetJSONResponse(public_view(record), status_code=202, headers=headers)  # as written
 
 
 def _version(state: AppState, request: RunRequest, run_id: str, admin_key: str | None) -> str | None:
@@ -216,22 +213,14 @@ def get_run(
 
 
 def _wait_for_end(state: AppState, run_id: str, wait_s: float) -> None:
-    """Block until the run's end is published or `wait_s` passes (subscribe, then re-check)."""
-    deadline = time.monotonic() + wait_s
-    pubsub = state.r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-    try:
-        pubsub.subscribe(state.keys.run_ended_channel(run_id))
-        while True:
-            status = state.r.hget(state.keys.run(run_id), "status")
-            if status is None or status in TERMINAL:
-                return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            if pubsub.get_message(timeout=min(left, 1.0)) is not None:
-                return
-    finally:
-        pubsub.close()
+    """Block until the run ends or `wait_s` passes."""
+    key = state.keys.run(run_id)
+
+    def ended() -> bool:
+        status = state.r.hget(key, "status")
+        return status is None or status in TERMINAL
+
+    state.waiter.wait(state.keys.run_ended_channel(run_id), ended, wait_s)
 
 
 @router.post("/{run_id}/cancel", status_code=202, responses={202: {"model": RunOut}, **_ERRORS})
