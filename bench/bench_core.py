@@ -269,7 +269,7 @@ async def _connection(port: int, request: bytes, stop_at: float, load: Load) -> 
 
 
 def drive(port: int, key: str, connections: int, seconds: float) -> Load:
-    """POST /v1/runs from `connections` connections for `seconds`; counts 202s per second.
+    """POST /v1/runs from `connections` connections for `seconds`; counts the answers by status.
 
     A raw asyncio HTTP/1.1 client: on a 2-core machine the load generator shares the CPU with the
     server, and this one spends far less of it per request than httpx, so the servers are measured,
