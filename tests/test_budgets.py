@@ -258,5 +258,7 @@ def test_tool_past_its_timeout_gives_the_agent_a_timeout_error_and_the_run_goes_
     assert step["error_type"] == "timeout"
     # The configured 500 ms applied, not the fleet default of 3000 ms, and it was not retried.
     assert step["duration_ms"] < 3000, step
-    assert http_server.count(path) - before == 1
+    # At most one request: not retried (under heavy load the tool worker may take the message
+    # only after the run gave up on it, and then it skips a call that is over: none at all).
+    assert http_server.count(path) - before <= 1
     assert done["usage"]["tool_calls"] == 1

@@ -152,8 +152,9 @@ def test_safe_default_config_of_the_contract_is_accepted_verbatim_and_equals_the
     assert from_file["tools"]["allowlist"] == ["search.read", "http.get"]
     assert from_file["tools"]["timeouts_ms"]["default"] == 8000
     assert from_file["tools"]["retries"] == {"max": 2, "backoff_ms": [200, 800]}
-    assert from_file["observability"] == {"sampled_tool_results": True, "result_sample_rate": 0.01}
-    assert from_file["rollout"] == {"canary_percent": 10, "rollback_on_error_rate": 0.05}
+    observability, rollout = from_file["observability"], from_file["rollout"]
+    assert (observability["sampled_tool_results"], observability["result_sample_rate"]) == (True, 0.01)
+    assert (rollout["canary_percent"], rollout["rollback_on_error_rate"]) == (10, 0.05)
 
 
 # -- settings that do not parse ---------------------------------------------------------------------
