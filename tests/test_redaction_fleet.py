@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import re
 import threading
 import time
 import uuid
@@ -372,6 +373,10 @@ def leaking_lines(texts: dict[str, str], probe: Callable[[str], list[str]] = lea
     return [f"{kind} x{n}" for kind, n in sorted(found.items())]
 
 
+# Random hex ids that Sentry generates: a 10-digit piece of a phone number can occur in one by chance.
+RANDOM_ID_KEYS = frozenset({"span_id", "parent_span_id", "trace_id", "event_id", "sid"})
+
+
 def leak_paths(value: Any, path: str = "") -> Iterator[tuple[str, list[str]]]:
     """(JSON path, labels) of every string in `value` that leaks; list indexes shown as []."""
     if isinstance(value, dict | list) and not leaks(json.dumps(value)):
@@ -380,6 +385,12 @@ def leak_paths(value: Any, path: str = "") -> Iterator[tuple[str, list[str]]]:
         for key, item in value.items():
             if found := leaks(str(key)):
                 yield f"{path}.<key {key[:20]!r}>", found
+            if (
+                key in RANDOM_ID_KEYS
+                and isinstance(item, str)
+                and all(c in "0123456789abcdef-" for c in item)
+            ):
+                continue
             yield from leak_paths(item, f"{path}.{key}")
     elif isinstance(value, list):
         for item in value:
@@ -577,7 +588,12 @@ def test_sentry_receives_none_of_the_corpus(fed: Feed, sentry: FakeSentry) -> No
             for e in got.events()
             for path, labels in leak_paths(e)
         ]
-        if not spots and (labels := leaks(got.body.decode(errors="replace"))):
+        body = re.sub(
+            r'"(?:span_id|parent_span_id|trace_id|event_id|sid)":\s*"[0-9a-f-]+"',
+            "",
+            got.body.decode(errors="replace"),
+        )
+        if not spots and (labels := leaks(body)):
             spots = [(f"{got.path} (outside the events)", labels)]
         for where, labels in spots:
             strings[where] += 1
