@@ -60,6 +60,9 @@ class Keys:
     def breaker_pattern(self) -> str:
         return f"{self.prefix}:breaker:*"
 
+    def run_redelivery(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:redelivered"
+
     def leases(self) -> str:
         return f"{self.prefix}:leases"
 

@@ -11,6 +11,8 @@ is a dead process on this host takes over at once.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import threading
@@ -152,11 +154,45 @@ class Leases:
             self.release(run_id, token)
 
 
-def reaper_loop(leases: Leases, requeue: Callable[[str], None], stop: threading.Event) -> None:
-    """Every REAP_INTERVAL_S, requeue the runs whose lease expired (runs until `stop` is set)."""
+STUCK_DELIVERY_S = 30.0  # a live worker starts a run within milliseconds of taking its message
+KOMBU_UNACKED, KOMBU_UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport
+
+
+def stuck_deliveries(
+    r: redis.Redis, keys: Keys, task_name: str, min_age_s: float = STUCK_DELIVERY_S
+) -> list[str]:
+    """Runs still queued whose message a worker took more than `min_age_s` ago: that worker died
+    before it started them (they hold no lease yet). Each is claimed once, for a few minutes."""
+    tags = r.zrangebyscore(KOMBU_UNACKED_INDEX, "-inf", time.time() - min_age_s, start=0, num=200)
+    if not tags:
+        return []
+    found = []
+    for raw in r.hmget(KOMBU_UNACKED, [str(tag) for tag in tags]):
+        try:
+            payload = json.loads(raw)[0] if raw else None
+            if payload is None or payload.get("headers", {}).get("task") != task_name:
+                continue
+            body = json.loads(base64.b64decode(payload["body"]))
+            run_id = str(body[0][0])
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+        if r.hget(keys.run(run_id), "status") == "queued" and r.set(
+            keys.run_redelivery(run_id), "1", nx=True, ex=int(REAP_CLAIM_S * 10)
+        ):
+            found.append(run_id)
+    return found
+
+
+def reaper_loop(
+    leases: Leases, requeue: Callable[[str], None], stop: threading.Event, task_name: str = "fleet.run_agent"
+) -> None:
+    """Every REAP_INTERVAL_S, requeue the runs whose lease expired, and the queued runs whose
+    delivery is stuck with a dead worker (runs until `stop` is set)."""
     while not stop.wait(REAP_INTERVAL_S):
         try:
             for run_id in leases.reap():
+                requeue(run_id)
+            for run_id in stuck_deliveries(leases.r, leases.keys, task_name):
                 requeue(run_id)
         except Exception:  # a broken Redis or broker: try again next round
             time.sleep(REAP_INTERVAL_S)
