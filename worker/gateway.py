@@ -334,7 +334,6 @@ class ToolGateway:
                 return error_result("timeout", f"tool {tool!r} did not answer within {timeout_s:g} s")
             wait = min(SLICE_S, left, max(self.guard.remaining_s(), 0.01))
             reply = self.r.blpop([reply_key], timeout=wait)
-            if reply is not None:
-                self.r.delete(reply_key)
+            if reply is not None:  # BLPOP took the one reply; a late duplicate expires with the key
                 return dict(json.loads(reply[1]))
             self.guard.check()
