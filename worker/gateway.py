@@ -133,6 +133,10 @@ class ToolGateway:
         self.tenant = tenant
         self.agent = agent
         self.run_id = run_id
+        # the settings do not change in a process: built once per run, not per call
+        self.breaker_policy = BreakerPolicy(**settings.tools.breaker.model_dump())
+        self.retry_policy = RetryPolicy(**settings.tools.retry_budget.model_dump())
+        self._slots: dict[str, list[LimitSlot]] = {}
 
     def call(self, call_id: str, tool: str, args: dict[str, Any]) -> CallOutcome:
         """One tool call. Raises RunStopped (kill, cancel, deadline, budget) to end the run."""
@@ -246,10 +250,7 @@ class ToolGateway:
     ) -> Answer:
         tools = self.settings.tools
         cost = tools.costs_usd.get(tool, spec.cost_usd) if spec is not None else 0.0
-        limits = [
-            LimitSlot(self.keys.rate_limit(limit.key, limit.tenant), parse_rate(limit.rate), limit.cost)
-            for limit in (self._tool_limits(spec) if spec is not None else [])
-        ]
+        limits = self._tool_slots(spec) if spec is not None else []
         return self.controls.admitter(
             stage,
             keys,
@@ -261,8 +262,8 @@ class ToolGateway:
             max_tool_calls=self.budget.max_tool_calls,
             call_ttl_s=self.budget.ttl_s,
             decision_ttl_s=DECISION_TTL_S,
-            retry=RetryPolicy(**tools.retry_budget.model_dump()),
-            breaker=BreakerPolicy(**tools.breaker.model_dump()),
+            retry=self.retry_policy,
+            breaker=self.breaker_policy,
             remaining_s=self.guard.remaining_s(),
             attempt=attempt,
             wait_stat=f"rate_limit_waits|{tool}",
@@ -275,7 +276,6 @@ class ToolGateway:
         """The attempts of an admitted call; the final result is recorded and counted."""
         tools = self.settings.tools
         timeout_s = tools.timeout_s(spec.name, spec.timeout_ms)
-        breaker_policy = BreakerPolicy(**tools.breaker.model_dump())
         may_retry = not spec.writes or spec.idempotent
         attempt = 0
         while True:
@@ -302,7 +302,7 @@ class ToolGateway:
             before, after = self.controls.admitter.settle(
                 keys,
                 ok=not is_failure(result),
-                breaker=breaker_policy,
+                breaker=self.breaker_policy,
                 final_result=None if retry_next else json.dumps(result),
                 call_ttl_s=self.budget.ttl_s,
                 stats_field=_stats_field(spec.name, result),
@@ -330,8 +330,7 @@ class ToolGateway:
             delay_s = max(delay_s, float(retry_after))
         if delay_s >= self.guard.remaining_s():
             return None  # the retry could not happen before the deadline
-        retry_policy = RetryPolicy(**tools.retry_budget.model_dump())
-        if not self.controls.retry_budget.try_retry(scope, retry_policy):
+        if not self.controls.retry_budget.try_retry(scope, self.retry_policy):
             log.warning("retry budget spent", tool=scope)
             return None  # the fleet already retries this too much
         log.info(
@@ -391,6 +390,15 @@ class ToolGateway:
         self.r.hincrby(self.keys.stats_tools(), f"calls|{MODEL_TOOL}|{kind}", 1)
         return CallOutcome(result, quota.to_dict())
 
+    def _tool_slots(self, spec: Tool) -> list[LimitSlot]:
+        """The rate-limit slots a call of `spec` takes, as the admission script wants them."""
+        if spec.name not in self._slots:
+            self._slots[spec.name] = [
+                LimitSlot(self.keys.rate_limit(limit.key, limit.tenant), parse_rate(limit.rate), limit.cost)
+                for limit in self._tool_limits(spec)
+            ]
+        return self._slots[spec.name]
+
     def _tool_limits(self, spec: Tool) -> list[Limit]:
         tools = self.settings.tools
         limits = []
@@ -412,9 +420,8 @@ class ToolGateway:
     ) -> dict[str, Any]:
         """Attempts of a model call; `scope` names its breaker and retry budget."""
         tools = self.settings.tools
-        breaker_policy = BreakerPolicy(**tools.breaker.model_dump())
-        retry_policy = RetryPolicy(**tools.retry_budget.model_dump())
-        self.controls.retry_budget.note_call(scope, retry_policy)
+        breaker_policy = self.breaker_policy
+        self.controls.retry_budget.note_call(scope, self.retry_policy)
         attempt = 0
         while True:
             refused = self._model_admit(scope, limits, breaker_policy)
