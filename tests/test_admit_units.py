@@ -212,3 +212,84 @@ def test_an_open_breaker_answers_at_once(r: fakeredis.FakeRedis, store: RunStore
         assert outcome.result["error"]["retry_after_s"] > 0
     assert len(dispatcher.sent) == 2
     assert r.hget(KEYS.stats_tools(), "calls|echo|circuit_open") == "2"
+
+
+class ToolWorkerDispatcher:
+    """Runs the tool worker's own code (ToolExecutor.answer) inline, on its own client."""
+
+    def __init__(self, r: fakeredis.FakeRedis, settings: Settings) -> None:
+        from worker.toolexec import ToolExecutor
+
+        self.executor = ToolExecutor(r, KEYS, settings)
+        self.sent: list[tuple[str, int, str]] = []
+
+    def send(self, *, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
+        self.sent.append((call_id, attempt, tool))
+        self.executor.answer(call_id, attempt, tool, args, timeout_s)
+
+
+def test_the_tool_worker_settles_a_call_it_ran_so_the_run_needs_one_round_trip() -> None:
+    server = fakeredis.FakeServer()
+    r = CountingRedis(server=server, decode_responses=True)
+    worker_side = fakeredis.FakeRedis(server=server, decode_responses=True)
+    settings = Settings(tools={"allowlist": ["echo"]})
+    gw = gateway(r, RunStore(r, KEYS), settings, ToolWorkerDispatcher(worker_side, settings))
+    gw.call("r1:1:0", "echo", {"a": 0})  # registers the scripts once
+    r.round_trips = 0
+    assert gw.call("r1:2:0", "echo", {"a": 1}).result == {"ok": True, "result": {"a": 1}}
+    assert r.round_trips == 2  # the admission script and the BLPOP of the reply
+    assert json.loads(r.hget(KEYS.call("r1:2:0"), "result") or "null") == {"ok": True, "result": {"a": 1}}
+    assert r.hget(KEYS.stats_tools(), "calls|echo|ok") == "2"  # counted once per call
+    assert r.hget(KEYS.breaker("echo"), "win_calls") == "2"
+
+
+def test_a_reply_for_a_stale_attempt_is_not_settled_by_the_tool_worker(r: fakeredis.FakeRedis) -> None:
+    from worker.admit import Replier
+    from worker.breaker import BreakerPolicy
+
+    reply = Replier(r)
+    r.hset(KEYS.call("c1"), mapping={"state": "started", "attempt": "1"})  # the run is on attempt 1
+    common: dict[str, Any] = {
+        "call_key": KEYS.call("c1"),
+        "breaker_key": KEYS.breaker("echo"),
+        "stats_key": KEYS.stats_tools(),
+        "envelope": json.dumps({"ok": True, "result": 0}),
+        "reply_ttl_s": 60,
+        "settle": True,
+        "ok": True,
+        "breaker": BreakerPolicy(),
+        "final": True,
+        "call_ttl_s": 60,
+        "stats_field": "calls|echo|ok",
+    }
+    settled, _, _ = reply(reply_key="reply:0", attempt=0, **common)
+    assert not settled
+    assert r.hget(KEYS.call("c1"), "result") is None and not r.exists(KEYS.breaker("echo"))
+    assert json.loads(r.lpop("reply:0") or "{}") == {"settled": False, "envelope": {"ok": True, "result": 0}}
+    settled, _, _ = reply(reply_key="reply:1", attempt=1, **common)
+    assert settled and r.hget(KEYS.call("c1"), "result") == common["envelope"]
+    assert json.loads(r.lpop("reply:1") or "{}")["settled"] is True
+    # a second reply for the same attempt (a redelivery) settles nothing twice
+    settled, _, _ = reply(reply_key="reply:1", attempt=1, **common)
+    assert not settled and r.hget(KEYS.stats_tools(), "calls|echo|ok") == "1"
+
+
+def test_a_timeout_on_the_run_side_keeps_a_result_the_tool_worker_recorded_first(
+    r: fakeredis.FakeRedis,
+) -> None:
+    from worker.admit import Admitter, CallKeys
+    from worker.breaker import BreakerPolicy
+
+    keys = CallKeys(
+        run_switches=[], cancel="", tool_switch="", writes_switch="", policy="", quota=[],
+        run=KEYS.run("r1"), call=KEYS.call("c1"), retry_budget="", breaker=KEYS.breaker("echo"),
+        stats=KEYS.stats_tools(),
+    )  # fmt: skip
+    recorded = json.dumps({"ok": True, "result": "late"})
+    r.hset(KEYS.call("c1"), mapping={"attempt": "0", "state": "done", "result": recorded})
+    timeout = json.dumps({"ok": False, "error": {"type": "timeout", "message": "no answer"}})
+    _, _, existing = Admitter(r).settle(
+        keys, ok=False, breaker=BreakerPolicy(), final_result=timeout, call_ttl_s=60, stats_field="x"
+    )
+    assert existing == recorded
+    assert r.hget(KEYS.call("c1"), "result") == recorded and r.hget(KEYS.stats_tools(), "x") is None

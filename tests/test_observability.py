@@ -188,6 +188,9 @@ class EventTap:
 
 
 def test_tool_workers_send_no_task_events_unless_configured(obs_fleet: Fleet) -> None:
+    for proc in obs_fleet.procs:  # the calls below must go to the tool workers started here
+        if proc.name == "tool-worker":
+            obs_fleet.stop_proc(proc)
     agent = obs_fleet.start_worker(1)
     quiet = obs_fleet.start_tool_worker()
     tap = EventTap(obs_fleet)

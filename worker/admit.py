@@ -110,23 +110,61 @@ SCRIPT = (
     LUA_NOW + LUA_POLICY + LUA_RESERVE + LUA_REFUND + LUA_BUDGET + LUA_SPEND + LUA_GCRA + LUA_ALLOW + _BODY
 )
 
-# KEYS: 1 the breaker, 2 the call's hash, 3 the tools' stats hash. ARGV: 1 ok (1/0), 2-5 the
-# breaker's threshold, rate, min calls, window ms; 6 final (1/0), 7 the result, 8 its TTL,
-# 9 the stats field. Returns the breaker's state before and after.
-_SETTLE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local before, after = breaker_record(KEYS[1], ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3]),
-                                     tonumber(ARGV[4]), tonumber(ARGV[5]), now)
-if ARGV[6] == '1' then
-  redis.call('HSET', KEYS[2], 'state', 'done', 'result', ARGV[7])
-  redis.call('EXPIRE', KEYS[2], ARGV[8])
-  redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
+# settle(call_key, breaker_key, stats_key, guard_attempt, ok, threshold, rate, min_calls, window_ms,
+# final, result, ttl_s, stats_field) -> settled (0/1), breaker before, after, the call's result if
+# it was already recorded. With `guard_attempt` (the tool worker's side) nothing happens unless
+# that attempt is still the call's current one and the call has no result yet: the agent may have
+# moved on (a retry) or given up (a timeout), and then it does the bookkeeping itself.
+LUA_SETTLE = """
+local function settle(k_call, k_breaker, k_stats, guard_attempt, ok, threshold, rate, min_calls, window,
+                      final, result, ttl, stats_field)
+  if guard_attempt ~= '' then
+    if redis.call('HGET', k_call, 'attempt') ~= guard_attempt then return 0, '', '', false end
+    if redis.call('HEXISTS', k_call, 'result') == 1 then return 0, '', '', false end
+  end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local before, after = breaker_record(k_breaker, ok, threshold, rate, min_calls, window, now)
+  if final then
+    local existing = redis.call('HGET', k_call, 'result')
+    if existing then return 1, before, after, existing end
+    redis.call('HSET', k_call, 'state', 'done', 'result', result)
+    redis.call('EXPIRE', k_call, ttl)
+    redis.call('HINCRBY', k_stats, stats_field, 1)
+  end
+  return 1, before, after, false
 end
-return {before, after}
 """
 
-SETTLE_SCRIPT = LUA_RECORD + _SETTLE
+# KEYS: 1 the call's hash, 2 the breaker, 3 the tools' stats hash. ARGV: 1 ok (1/0), 2-5 the
+# breaker's threshold, rate, min calls, window ms; 6 final (1/0), 7 the result, 8 its TTL,
+# 9 the stats field.
+_SETTLE = """
+local _, before, after, existing = settle(KEYS[1], KEYS[2], KEYS[3], '', ARGV[1] == '1', tonumber(ARGV[2]),
+                                          tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+                                          ARGV[6] == '1', ARGV[7], ARGV[8], ARGV[9])
+return {before, after, existing}
+"""
+
+# The tool worker's reply. KEYS: 1 the reply list, 2-4 as _SETTLE. ARGV: 1 the envelope (JSON),
+# 2 the reply's TTL, 3 the attempt, 4 settle here (1/0: only when this attempt ran the tool),
+# 5-10 as _SETTLE's 1-6, 11-12 as its 8-9 (the result is the envelope). The reply says whether the
+# bookkeeping is done.
+_REPLY = """
+local settled, before, after = 0, '', ''
+if ARGV[4] == '1' then
+  settled, before, after = settle(KEYS[2], KEYS[3], KEYS[4], ARGV[3], ARGV[5] == '1', tonumber(ARGV[6]),
+                                  tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]),
+                                  ARGV[10] == '1', ARGV[1], ARGV[11], ARGV[12])
+end
+redis.call('RPUSH', KEYS[1], '{"settled": ' .. (settled == 1 and 'true' or 'false') .. ', "envelope": ' ..
+           ARGV[1] .. '}')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {settled, before, after}
+"""
+
+SETTLE_SCRIPT = LUA_RECORD + LUA_SETTLE + _SETTLE
+REPLY_SCRIPT = LUA_RECORD + LUA_SETTLE + _REPLY
 
 
 @dataclass(frozen=True)
@@ -255,21 +293,66 @@ class Admitter:
         final_result: str | None,
         call_ttl_s: int,
         stats_field: str,
-    ) -> tuple[str, str]:
+    ) -> tuple[str, str, str | None]:
         """Report an attempt's outcome to the breaker; with `final_result` (JSON), also record the
-        call's result and count it. Returns the breaker's states before and after."""
-        before, after = self._settle(
-            keys=[keys.breaker, keys.call, keys.stats],
+        call's result and count it, unless a result is recorded already (the tool worker's, just
+        before a timeout here): that one is returned, and stands. Returns the breaker's states
+        before and after, and that recorded result."""
+        before, after, existing = self._settle(
+            keys=[keys.call, keys.breaker, keys.stats],
             args=[
                 "1" if ok else "0",
-                breaker.failure_threshold,
-                breaker.failure_rate,
-                breaker.min_calls,
-                int(breaker.window_s * 1000),
+                *_breaker_args(breaker),
                 "0" if final_result is None else "1",
                 final_result or "",
                 call_ttl_s,
                 stats_field,
             ],
         )
-        return str(before), str(after)
+        return str(before), str(after), (str(existing) if existing else None)
+
+
+class Replier:
+    """The tool worker's side: push an attempt's reply, settling the call when the attempt ran
+    the tool (and is still the call's current attempt), so the agent need not."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self._reply = r.register_script(REPLY_SCRIPT)
+
+    def __call__(
+        self,
+        *,
+        reply_key: str,
+        call_key: str,
+        breaker_key: str,
+        stats_key: str,
+        envelope: str,
+        reply_ttl_s: int,
+        attempt: int,
+        settle: bool,
+        ok: bool,
+        breaker: BreakerPolicy,
+        final: bool,
+        call_ttl_s: int,
+        stats_field: str,
+    ) -> tuple[bool, str, str]:
+        """Returns whether the call was settled here, and the breaker's states before and after."""
+        settled, before, after = self._reply(
+            keys=[reply_key, call_key, breaker_key, stats_key],
+            args=[
+                envelope,
+                reply_ttl_s,
+                attempt,
+                "1" if settle else "0",
+                "1" if ok else "0",
+                *_breaker_args(breaker),
+                "1" if final else "0",
+                call_ttl_s,
+                stats_field,
+            ],
+        )
+        return bool(settled), str(before), str(after)
+
+
+def _breaker_args(breaker: BreakerPolicy) -> list[Any]:
+    return [breaker.failure_threshold, breaker.failure_rate, breaker.min_calls, int(breaker.window_s * 1000)]

@@ -208,7 +208,7 @@ class ToolGateway:
             self.budget.used = answer.used
             outcome = CallOutcome(dict(json.loads(answer.detail)), quota.to_dict())
         if outcome is not None:
-            self.r.hincrby(self.keys.stats_tools(), _stats_field(tool, outcome.result), 1)
+            self.r.hincrby(self.keys.stats_tools(), stats_field(tool, outcome.result), 1)
             return outcome
         assert spec is not None  # every verdict above that can pass has a spec
         self.budget.used = answer.used
@@ -274,9 +274,7 @@ class ToolGateway:
         self, call_id: str, spec: Tool, args: dict[str, Any], keys: CallKeys, answer: Answer
     ) -> dict[str, Any]:
         """The attempts of an admitted call; the final result is recorded and counted."""
-        tools = self.settings.tools
-        timeout_s = tools.timeout_s(spec.name, spec.timeout_ms)
-        may_retry = not spec.writes or spec.idempotent
+        timeout_s = self.settings.tools.timeout_s(spec.name, spec.timeout_ms)
         attempt = 0
         while True:
             if answer.verdict == "stop":
@@ -297,19 +295,22 @@ class ToolGateway:
                 message = _circuit_message(spec.name, answer.detail, retry_in_s)
                 refused = error_result("circuit_open", message, retry_after_s=retry_in_s)
                 return self._record(keys, spec.name, refused)
-            result = self._send_and_wait(call_id, attempt, spec.name, args, timeout_s)
-            retry_next = may_retry and attempt < tools.retries.max and is_retryable(result)
-            before, after = self.controls.admitter.settle(
-                keys,
-                ok=not is_failure(result),
-                breaker=self.breaker_policy,
-                final_result=None if retry_next else json.dumps(result),
-                call_ttl_s=self.budget.ttl_s,
-                stats_field=_stats_field(spec.name, result),
-            )
-            if after != before:
-                log.warning("breaker change", tool=spec.name, outcome=after, previous=before)
-            if not retry_next:
+            result, settled = self._send_and_wait(call_id, attempt, spec.name, args, timeout_s)
+            final = is_final(spec, attempt, result, self.settings)
+            if not settled:  # no reply, or the tool did not run: the bookkeeping is done here
+                before, after, recorded = self.controls.admitter.settle(
+                    keys,
+                    ok=not is_failure(result),
+                    breaker=self.breaker_policy,
+                    final_result=json.dumps(result) if final else None,
+                    call_ttl_s=self.budget.ttl_s,
+                    stats_field=stats_field(spec.name, result),
+                )
+                if after != before:
+                    log.warning("breaker change", tool=spec.name, outcome=after, previous=before)
+                if recorded is not None:  # the tool worker's result came in as this side gave up
+                    result = dict(json.loads(recorded))
+            if final:
                 return result
             delay_s = self._retry_delay(spec.name, attempt, result)
             if delay_s is None:
@@ -347,7 +348,7 @@ class ToolGateway:
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(keys.call, mapping={"state": "done", "result": json.dumps(result)})
         pipe.expire(keys.call, self.budget.ttl_s)
-        pipe.hincrby(keys.stats, _stats_field(tool, result), 1)
+        pipe.hincrby(keys.stats, stats_field(tool, result), 1)
         pipe.execute()
         return result
 
@@ -432,7 +433,7 @@ class ToolGateway:
             pipe.hset(self.keys.call(call_id), "attempt", attempt)  # earlier attempts are stale now
             pipe.expire(self.keys.call(call_id), self.budget.ttl_s)
             pipe.execute()
-            result = self._send_and_wait(call_id, attempt, spec.name, args, timeout_s)
+            result, _ = self._send_and_wait(call_id, attempt, spec.name, args, timeout_s)
             before, after = self.controls.breaker.record_change(scope, not is_failure(result), breaker_policy)
             if after != before:
                 log.warning("breaker change", tool=scope, outcome=after, previous=before)
@@ -470,23 +471,35 @@ class ToolGateway:
 
     def _send_and_wait(
         self, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float
-    ) -> dict[str, Any]:
-        """Send one (marked) attempt and wait for its reply, checking the run between slices."""
+    ) -> tuple[dict[str, Any], bool]:
+        """Send one (marked) attempt and wait for its reply, checking the run between slices.
+        Returns the envelope, and whether the tool worker settled the call (admit.Replier)."""
         reply_key = self.keys.call_reply(call_id, attempt)
         self.dispatcher.send(call_id=call_id, attempt=attempt, tool=tool, args=args, timeout_s=timeout_s)
         give_up = time.monotonic() + timeout_s + REPLY_GRACE_S
         while True:
             left = give_up - time.monotonic()
             if left <= 0:
-                return error_result("timeout", f"tool {tool!r} did not answer within {timeout_s:g} s")
+                return error_result("timeout", f"tool {tool!r} did not answer within {timeout_s:g} s"), False
             wait = min(SLICE_S, left, max(self.guard.remaining_s(), 0.01))
             reply = self.r.blpop([reply_key], timeout=wait)
             if reply is not None:  # BLPOP took the one reply; a late duplicate expires with the key
-                return dict(json.loads(reply[1]))
+                data = json.loads(reply[1])
+                if isinstance(data, dict) and "envelope" in data:
+                    return dict(data["envelope"]), bool(data.get("settled"))
+                return dict(data), False
             self.guard.check()
 
 
-def _stats_field(tool: str, result: dict[str, Any]) -> str:
+def is_final(spec: Tool, attempt: int, result: dict[str, Any], settings: Settings) -> bool:
+    """Whether an attempt's result ends its call: not retryable, out of retries, or a write that
+    sends no idempotency key (never retried). The agent may still give up a retry (deadline,
+    retry budget); the tool worker uses the same rule to settle a call it ran."""
+    may_retry = not spec.writes or spec.idempotent
+    return not (may_retry and attempt < settings.tools.retries.max and is_retryable(result))
+
+
+def stats_field(tool: str, result: dict[str, Any]) -> str:
     """The tools' stats field a call's outcome counts in (fleet-wide, for /metrics)."""
     label = tool if get_tool(tool) is not None else "unknown"  # agents may ask for any name
     kind = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")

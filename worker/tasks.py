@@ -15,7 +15,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from worker import agents, tools
 from worker.celery_app import RUN_TASK, TOOL_TASK, app, send_run
-from worker.gateway import REPLY_TTL_S, FleetControls
+from worker.gateway import FleetControls
 from worker.keys import AGENT_QUEUE, Keys, tool_queue
 from worker.lease import Leases, reaper_loop
 from worker.loop import LoopDeps, execute_run, exit_process
@@ -92,13 +92,7 @@ def run_agent(self: RunTask, run_id: str) -> str | None:
 @app.task(name=TOOL_TASK)
 def tool_call(call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
     """Execute one attempt of a tool call and hand its envelope to the waiting run."""
-    deps = _deps()
-    result = _executor().run(call_id, attempt, tool, args, timeout_s)
-    reply_key = deps.keys.call_reply(call_id, attempt)
-    pipe = deps.r.pipeline(transaction=True)
-    pipe.rpush(reply_key, json.dumps(result))
-    pipe.expire(reply_key, REPLY_TTL_S)
-    pipe.execute()
+    _executor().answer(call_id, attempt, tool, args, timeout_s)
 
 
 def requeue(run_id: str) -> None:
