@@ -15,7 +15,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from worker import agents, tools
 from worker.celery_app import RUN_TASK, TOOL_TASK, app, send_run
-from worker.gateway import FleetControls
+from worker.gateway import REPLY_GRACE_S, FleetControls
 from worker.keys import AGENT_QUEUE, Keys, tool_queue
 from worker.lease import Leases, reaper_loop
 from worker.loop import LoopDeps, execute_run, exit_process
@@ -29,6 +29,9 @@ agents.load_plugins(get_settings().plugins)
 tools.load_builtins()
 
 
+EXPIRES_SKEW_S = 5.0
+
+
 class CeleryDispatcher:
     """Sends tool-call attempts to their tool's queue, `tools.<tool>`."""
 
@@ -40,8 +43,9 @@ class CeleryDispatcher:
             argsrepr=f"({call_id!r}, {attempt}, {tool!r}, <args>, {timeout_s})",
             queue=tool_queue(tool),
             headers={"sent_at": time.time()},
-            # A message redelivered long after its run gave up on it is dropped, not executed.
-            expires=timeout_s + 60,
+            # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S) is
+            # dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ between hosts.
+            expires=timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
         )
 
 
