@@ -14,6 +14,12 @@
    a write is retried only when it sends an idempotency key. Retries count as one call.
 
 Every call leaves a decision (allowed or denied, why, what is left of the quotas) for the step log.
+
+Steps 1-6 (and the per-attempt checks of 6) run in one Lua script, worker/admit.py, so a call
+costs one round trip before its subtask is sent. After the attempt the tool worker, in the script
+that pushes the reply, reports the outcome to the breaker and records the final result; the run's
+side does that bookkeeping only when the tool did not run or did not answer. Model calls (`llm`
+agent) take the same steps one by one.
 """
 
 from __future__ import annotations
