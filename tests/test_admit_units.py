@@ -293,3 +293,36 @@ def test_a_timeout_on_the_run_side_keeps_a_result_the_tool_worker_recorded_first
     )
     assert existing == recorded
     assert r.hget(KEYS.call("c1"), "result") == recorded and r.hget(KEYS.stats_tools(), "x") is None
+
+
+def test_a_fresh_read_skips_the_run_check_but_a_write_or_an_old_read_does_not(
+    r: fakeredis.FakeRedis, store: RunStore
+) -> None:
+    import time
+
+    import tests.plugins  # noqa: F401  (registers test.write)
+    from worker.toolexec import FRESH_S, ToolExecutor
+
+    settings = Settings(tools={"allowlist": ["echo", "test.write"]})
+    executor = ToolExecutor(r, KEYS, settings)
+    store.create("r1", tenant="t1", agent="scripted", input={}, budgets=_budgets(), metadata={})
+    store.cancel("r1")  # the run ended while its calls waited in the queue
+    now = time.time()
+    assert executor.execute("r1:1:0", 0, "echo", {"n": 1}, 3.0, sent_at=now) == (
+        {"ok": True, "result": {"n": 1}},
+        True,
+    )
+    old = executor.execute("r1:2:0", 0, "echo", {"n": 1}, 3.0, sent_at=now - FRESH_S - 1)
+    assert old == (
+        {"ok": False, "error": {"type": "killed", "message": "the run ended before this call was made"}},
+        False,
+    )
+    assert executor.execute("r1:3:0", 0, "echo", {"n": 1}, 3.0)[1] is False  # no header: checked
+    write = executor.execute("r1:4:0", 0, "test.write", {"n": 1}, 3.0, sent_at=now)
+    assert write[0]["error"]["type"] == "killed" and write[1] is False
+
+
+def _budgets() -> Any:
+    from worker.runs import Budgets
+
+    return Budgets(max_steps=5, max_tool_calls=5, max_seconds=30)

@@ -93,10 +93,19 @@ def run_agent(self: RunTask, run_id: str) -> str | None:
     return execute_run(run_id, _deps())
 
 
-@app.task(name=TOOL_TASK)
-def tool_call(call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
+@app.task(name=TOOL_TASK, bind=True)
+def tool_call(
+    self: Task,  # type: ignore[type-arg]
+    call_id: str,
+    attempt: int,
+    tool: str,
+    args: dict[str, Any],
+    timeout_s: float,
+) -> None:
     """Execute one attempt of a tool call and hand its envelope to the waiting run."""
-    _executor().answer(call_id, attempt, tool, args, timeout_s)
+    sent_at = getattr(self.request, "sent_at", None)  # the dispatcher's header
+    sent_at = float(sent_at) if isinstance(sent_at, int | float) else None
+    _executor().answer(call_id, attempt, tool, args, timeout_s, sent_at)
 
 
 def requeue(run_id: str) -> None:

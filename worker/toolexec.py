@@ -1,6 +1,9 @@
 """How a tool worker executes one attempt of a call: bulkhead, exactly-once writes, the tool.
 
-- A call whose run has ended (stopped, cancelled) while it waited in the queue is not made.
+- A call whose run has ended (stopped, cancelled) while it waited in the queue is not made, nor
+  is an attempt the run has moved on from. A read-only call sent less than FRESH_S ago skips
+  that check (one round trip on every call's path): its run was admitting it a moment ago, and
+  a read made for a run that ended within that moment costs the read and nothing else.
 - Bulkhead: at most `tools.max_concurrency.<tool>` calls of one tool run at once in a worker
   process, so a hanging tool cannot take every thread; a call over it is `rate_limited` at once.
 - Writes: the first attempt claims the call in Redis before it runs; its result is recorded.
@@ -31,6 +34,7 @@ from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result, is_retryable
 
 EXEC_TTL_S = 2 * 86400
+FRESH_S = 1.0
 log = structlog.get_logger("agentfleet.tools")
 
 _CLAIM = """
@@ -63,14 +67,22 @@ class ToolExecutor:
                 self._bulkheads[tool] = threading.BoundedSemaphore(self.settings.tools.concurrency(tool))
             return self._bulkheads[tool]
 
-    def answer(self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float) -> None:
+    def answer(
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        sent_at: float | None = None,
+    ) -> None:
         """Execute one attempt and push its reply for the waiting run. When the tool ran, the same
         script reports the outcome to the breaker and records a final result (the run's side
         would otherwise do it after the reply), so the run moves on as soon as it has the reply."""
         from worker.loop import CALL_RECORD_TTL_S
 
         started = time.monotonic()
-        result, ran = self.execute(call_id, attempt, tool, args, timeout_s)
+        result, ran = self.execute(call_id, attempt, tool, args, timeout_s, sent_at)
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         spec = tools.get_tool(tool)
         settled, before, after = self._reply(
@@ -103,20 +115,34 @@ class ToolExecutor:
             log.warning("breaker change", tool=tool, outcome=after, previous=before)
 
     def execute(
-        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        sent_at: float | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """The envelope of one attempt, at most tools.max_result_bytes of JSON (never raises for a
         tool's failure), and whether the tool ran (False: the attempt was refused, stale, or
         answered from a record, and the dependency was not asked)."""
         ran: list[bool] = []
-        envelope = self._bulkheaded(call_id, attempt, tool, args, timeout_s, ran)
+        fresh = sent_at is not None and 0 <= time.time() - sent_at < FRESH_S
+        envelope = self._bulkheaded(call_id, attempt, tool, args, timeout_s, ran, fresh)
         limit = self.settings.tools.max_result_bytes
         if envelope.get("ok") and len(json.dumps(envelope["result"])) > limit:
             envelope = {"ok": True, "result": cap_bytes(envelope["result"], limit), "truncated": True}
         return envelope, bool(ran)
 
     def _bulkheaded(
-        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float, ran: list[bool]
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        ran: list[bool],
+        fresh: bool,
     ) -> dict[str, Any]:
         bulkhead = self._bulkhead(tool)
         if not bulkhead.acquire(blocking=False):
@@ -125,13 +151,25 @@ class ToolExecutor:
                 "rate_limited", f"tool {tool!r} is busy: {limit} calls in flight on this worker"
             )
         try:
-            return self._run(call_id, attempt, tool, args, timeout_s, ran)
+            return self._run(call_id, attempt, tool, args, timeout_s, ran, fresh)
         finally:
             bulkhead.release()
 
     def _run(
-        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float, ran: list[bool]
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        ran: list[bool],
+        fresh: bool,
     ) -> dict[str, Any]:
+        spec = tools.get_tool(tool)
+        ctx = ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
+        if fresh and spec is not None and not spec.writes:
+            ran.append(True)
+            return tools.execute(tool, args, ctx)
         run_id = call_id.split(":", 1)[0]
         pipe = self.r.pipeline(transaction=False)
         pipe.hget(self.keys.run(run_id), "status")
@@ -147,8 +185,6 @@ class ToolExecutor:
             return error_result(
                 "timeout", f"attempt {attempt} is stale: the run moved on to attempt {current}"
             )
-        spec = tools.get_tool(tool)
-        ctx = ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
         if spec is None or not spec.writes:
             ran.append(spec is not None)
             return tools.execute(tool, args, ctx)
