@@ -14,8 +14,8 @@ Judged on the server's side: run records and step logs (status, usage, started_a
 and what the HTTP server saw. The full-size kill test (300 runs, kills for 60 s) is marked
 `soak`; `.ci/run` skips it, `python -m pytest -m soak tests/test_chaos.py` runs it.
 
-One Redis restart serves two tests: that no run and no write is lost, and (xfail: a Celery 5.7.0
-bug, named there) that every worker reconnects rather than exits.
+One Redis restart serves two tests: that no run and no write is lost, and that every worker
+reconnects rather than exits (on Celery 5.7 thanks to worker/compat.py).
 """
 
 from __future__ import annotations
@@ -669,13 +669,6 @@ def test_queued_runs_survive_a_redis_restart_with_aof_and_none_is_lost_or_writte
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=False,
-    reason="Celery 5.7.0: a worker that loses its broker connection with unacked messages may exit "
-    "with 'Unrecoverable error: AttributeError(NoneType has no attribute hostname)' instead of "
-    "reconnecting (Consumer.on_connection_error_after_connected closes the connection after "
-    "collect(); kombu's restore_unacked then reads the collected client). Restart policies recover it.",
-)
 def test_every_worker_reconnects_after_a_redis_restart_rather_than_exiting(
     redis_restart: RedisRestart,
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import celery as celery_pkg
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
@@ -24,6 +25,14 @@ HARD_LIMIT_GRACE_S = 2.0  # Celery's hard limit, past the run's own deadline
 def visibility_timeout_s(settings: Settings) -> int:
     """Above the longest run, so Redis never redelivers a message whose run is still going."""
     return max(3600, int(settings.max_seconds * 2) + 600)
+
+
+def consumer_class(version: tuple[int, int] = (celery_pkg.VERSION.major, celery_pkg.VERSION.minor)) -> str:
+    """The worker's consumer: Celery's own, or on Celery 5.7 one that reconnects after a broker
+    restart instead of exiting (worker/compat.py says why). A string, so the API imports none."""
+    if version == (5, 7):
+        return "worker.compat:Consumer"
+    return "celery.worker.consumer:Consumer"
 
 
 def make_app(settings: Settings) -> Celery:
@@ -66,6 +75,7 @@ def make_app(settings: Settings) -> Celery:
         # many and short; a sent event is a Redis PUBLISH on the path of every tool call.
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
+        worker_consumer=consumer_class(),  # Celery 5.7: reconnect after a Redis restart, see there
     )
     from worker.heartbeat import Heartbeat
 
