@@ -13,7 +13,7 @@ from worker.budget import ToolCallBudget
 from worker.gateway import FleetControls, ToolGateway, is_retryable
 from worker.guard import BudgetExceeded, RunGuard, RunStopped
 from worker.keys import Keys
-from worker.runs import Budgets, RunStore, public_view
+from worker.runs import Budgets, RunStore, Started, public_view
 from worker.settings import Settings
 from worker.tools import ToolContext, execute
 
@@ -37,7 +37,7 @@ def new_run(store: RunStore, run_id: str = "r1") -> None:
 
 def test_a_terminal_run_never_changes_again(store: RunStore) -> None:
     new_run(store)
-    store.start("r1")
+    store.start("r1", "host:1:a")
     assert store.finish("r1", "succeeded", "finish", output="first")
     assert not store.finish("r1", "failed", "error", error={"type": "x", "message": "late"})
     view = public_view(store.load("r1") or {})
@@ -51,11 +51,61 @@ def test_a_terminal_run_never_changes_again(store: RunStore) -> None:
 
 def test_start_counts_attempts_and_keeps_the_first_start_time(store: RunStore) -> None:
     new_run(store)
-    first = store.start("r1")
-    second = store.start("r1")
+    first = store.start("r1", "host:1:a").raw
+    second = store.start("r1", "host:2:b", takeover="host:1:a").raw
     assert first and second
     assert first["status"] == "running" and second["attempts"] == "2"
     assert first["started_ts"] == second["started_ts"]
+
+
+def test_start_leaves_a_missing_an_ended_and_a_leased_run_alone(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    assert store.start("missing", "host:1:a") == Started()
+    new_run(store, "ended")
+    store.cancel("ended")
+    assert store.start("ended", "host:1:a") == Started(status="cancelled")
+    new_run(store, "leased")
+    store.start("leased", "host:1:a")
+    assert store.start("leased", "host:2:b") == Started(holder="host:1:a")
+    assert r.hget(KEYS.run("leased"), "attempts") == "1"  # a refused delivery is no attempt
+
+
+def test_start_reads_the_runs_switches_and_cancel_flag_in_the_guards_order(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    new_run(store)
+    r.set(KEYS.kill_agent("scripted"), "agent paused")
+    r.set(KEYS.run_cancel("r1"), "cancelled by request")
+    started = store.start("r1", "host:1:a")
+    assert started.checks == (None, None, "agent paused", "cancelled by request")
+    guard = RunGuard(r, KEYS, run_id="r1", tenant="t1", agent="scripted", deadline_ts=1e12)
+    assert tuple(r.mget(guard._keys)) == started.checks
+
+
+def test_start_adds_the_deadline_and_finish_removes_it_and_releases_the_lease(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    new_run(store)
+    raw = store.start("r1", "host:1:a").raw
+    assert raw is not None
+    deadline = r.zscore(KEYS.deadlines(), "r1")
+    assert deadline == pytest.approx(float(raw["started_ts"]) + BUDGETS.max_seconds, abs=1e-3)
+    assert r.get(KEYS.run_lease("r1")) == "host:1:a" and r.zscore(KEYS.leases(), "r1") is not None
+    ended: list[Any] = []
+    store.on_end = lambda *args: ended.append(args)
+    assert store.finish("r1", "succeeded", "finish", lease_token="host:1:a")
+    assert r.zscore(KEYS.deadlines(), "r1") is None
+    assert r.get(KEYS.run_lease("r1")) is None and r.zscore(KEYS.leases(), "r1") is None
+    [(run_id, status, reason, fields)] = ended
+    assert (run_id, status, reason, fields["agent"], fields["started_ts"]) == (
+        "r1",
+        "succeeded",
+        "finish",
+        "scripted",
+        raw["started_ts"],
+    )
+    assert "version" not in fields and float(fields["finished_ts"]) >= float(raw["started_ts"])
 
 
 def test_cancel_ends_a_queued_run_at_once_and_flags_a_running_one(
@@ -65,7 +115,7 @@ def test_cancel_ends_a_queued_run_at_once_and_flags_a_running_one(
     assert store.cancel("queued") == "queued"
     assert public_view(store.load("queued") or {})["status"] == "cancelled"
     new_run(store, "running")
-    store.start("running")
+    store.start("running", "host:1:a")
     assert store.cancel("running") == "running"
     assert public_view(store.load("running") or {})["status"] == "running"
     assert r.get(KEYS.run_cancel("running")) is not None

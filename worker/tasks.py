@@ -16,6 +16,7 @@ from celery.signals import worker_ready, worker_shutdown
 from worker import agents, tools
 from worker.celery_app import RUN_TASK, TOOL_TASK, app, send_run
 from worker.gateway import REPLY_TTL_S, FleetControls
+from worker.keeper import RunKeeper
 from worker.keys import AGENT_QUEUE, Keys, tool_queue
 from worker.lease import Leases, reaper_loop
 from worker.loop import LoopDeps, execute_run, exit_process
@@ -50,6 +51,7 @@ def _deps() -> LoopDeps:
     settings = get_settings()
     r = get_redis()
     keys = Keys(settings.key_prefix)
+    leases = Leases(r, keys)
     return LoopDeps(
         r=r,
         keys=keys,
@@ -57,7 +59,8 @@ def _deps() -> LoopDeps:
         store=RunStore(r, keys, settings.run_ttl_s, on_end=end_recorder(r, keys, settings)),
         dispatcher=CeleryDispatcher(),
         controls=FleetControls.build(r, keys),
-        leases=Leases(r, keys),
+        leases=leases,
+        keeper=RunKeeper(leases),  # its thread starts in each pool child, on its first run
         hard_stop=exit_process,
     )
 
@@ -119,8 +122,12 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
     """Agent workers (those consuming the agents queue) reap runs whose worker died."""
     if AGENT_QUEUE not in app.amqp.queues.consume_from:
         return
+    deps = _deps()
     threading.Thread(
-        target=reaper_loop, args=(_deps().leases, requeue, _reaper_stop), name="run-reaper", daemon=True
+        target=reaper_loop,
+        args=(deps.leases, requeue, _reaper_stop),
+        name="run-reaper",
+        daemon=True,
     ).start()
 
 
