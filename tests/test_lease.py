@@ -142,3 +142,12 @@ def test_a_forked_child_gets_its_own_keeper_thread(store: RunStore, leases: Leas
     os.close(write)
     os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1"
+
+
+def test_a_zombie_holder_counts_as_dead() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while not holder_is_dead(f"{socket.gethostname()}:{child.pid}:zombie00"):
+        assert time.monotonic() < deadline, "the exited, unreaped child never counted as dead"
+        time.sleep(0.02)
+    assert child.poll() == 0  # it was a zombie until now: exited, not yet reaped

@@ -108,6 +108,42 @@ def test_start_adds_the_deadline_and_finish_removes_it_and_releases_the_lease(
     assert "version" not in fields and float(fields["finished_ts"]) >= float(raw["started_ts"])
 
 
+def test_end_overdue_ends_only_unheld_runs_past_their_deadline_once(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    for run_id in ("free", "held", "early"):
+        new_run(store, run_id)
+        store.start(run_id, f"elsewhere:1:{run_id}")
+    r.delete(KEYS.run_lease("free"))  # its worker died and the lease expired
+    r.delete(KEYS.run_lease("early"))
+    now = float(r.hget(KEYS.run("free"), "started_ts") or 0) + BUDGETS.max_seconds + 0.1
+    r.zadd(KEYS.deadlines(), {"early": now + 5})
+    assert store.end_overdue(now) == ["free"]
+    assert store.end_overdue(now) == []  # a second reaper finds nothing to do
+    free = public_view(store.load("free") or {})
+    assert (free["status"], free["stop_reason"]) == ("stopped", "max_seconds")
+    assert (store.load("held") or {})["status"] == "running"
+    assert (store.load("early") or {})["status"] == "running"
+    assert r.zscore(KEYS.deadlines(), "free") is None
+
+
+def test_end_overdue_takes_a_run_from_a_dead_holder_on_this_host(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    new_run(store)
+    store.start("r1", f"{socket.gethostname()}:{child.pid}:deadbeef")
+    now = float(r.hget(KEYS.run("r1"), "started_ts") or 0) + BUDGETS.max_seconds + 0.1
+    assert store.end_overdue(now) == ["r1"]
+    assert (store.load("r1") or {})["stop_reason"] == "max_seconds"
+    assert r.get(KEYS.run_lease("r1")) is None
+
+
 def test_cancel_ends_a_queued_run_at_once_and_flags_a_running_one(
     store: RunStore, r: fakeredis.FakeRedis
 ) -> None:

@@ -3,8 +3,9 @@ broker's visibility timeout.
 
 An executing run holds a lease in Redis (`run:<id>:lease`, value = the holder's token) that its
 process's keeper thread (worker/keeper.py) renews every `LEASE_TTL_S / 3`; the lease's expiry is
-also kept in one sorted set. Every agent worker's main process runs a reaper that claims expired
-leases (atomically, so several reapers never requeue one run twice) and requeues those runs. A delivery
+also kept in one sorted set. Every agent worker's main process runs a reaper that ends runs past
+their deadline that nobody executes (RunStore.end_overdue), and claims expired leases
+(atomically, so several reapers never requeue one run twice) and requeues those runs. A delivery
 of a run whose lease is held elsewhere (a late redelivery of the original message) is dropped;
 one whose holder is a dead process on this host takes over at once. The lease is taken in the
 script that starts the run (RunStore.start) and released in the one that ends it.
@@ -27,6 +28,7 @@ from worker.keys import Keys
 
 LEASE_TTL_S = 10.0
 REAP_INTERVAL_S = 2.0
+DEADLINE_SCAN_S = 0.5  # how often the reaper looks for runs past their deadline
 REAP_CLAIM_S = 30.0  # a claimed run is not reaped again for this long
 
 _RENEW = """
@@ -69,7 +71,8 @@ def new_token() -> str:
 
 
 def holder_is_dead(token: str) -> bool:
-    """True when the token's process ran on this host and is gone."""
+    """True when the token's process ran on this host and is gone (or a zombie: a pool child
+    whose worker was killed with it waits for an init that may never reap it)."""
     host, _, rest = token.partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
@@ -80,7 +83,15 @@ def holder_is_dead(token: str) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _is_zombie(int(pid_text))
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False  # not Linux, or gone since: the lease's expiry decides
 
 
 class Leases:
@@ -140,12 +151,22 @@ def stuck_deliveries(
 
 
 def reaper_loop(
-    leases: Leases, requeue: Callable[[str], None], stop: threading.Event, task_name: str = "fleet.run_agent"
+    leases: Leases,
+    requeue: Callable[[str], None],
+    stop: threading.Event,
+    end_overdue: Callable[[], object] = lambda: None,
+    task_name: str = "fleet.run_agent",
 ) -> None:
-    """Every REAP_INTERVAL_S, requeue the runs whose lease expired, and the queued runs whose
-    delivery is stuck with a dead worker (runs until `stop` is set)."""
-    while not stop.wait(REAP_INTERVAL_S):
+    """Every DEADLINE_SCAN_S, end the runs past their deadline that nobody executes; every
+    REAP_INTERVAL_S, requeue the runs whose lease expired, and the queued runs whose delivery is
+    stuck with a dead worker (runs until `stop` is set)."""
+    next_reap = time.monotonic() + REAP_INTERVAL_S
+    while not stop.wait(DEADLINE_SCAN_S):
         try:
+            end_overdue()
+            if time.monotonic() < next_reap:
+                continue
+            next_reap = time.monotonic() + REAP_INTERVAL_S
             for run_id in leases.reap():
                 requeue(run_id)
             for run_id in stuck_deliveries(leases.r, leases.keys, task_name):

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from worker.keys import Keys
-from worker.lease import LEASE_TTL_S
+from worker.lease import LEASE_TTL_S, holder_is_dead
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, STOPPED, FAILED, CANCELLED = "succeeded", "stopped", "failed", "cancelled"
@@ -135,6 +135,38 @@ local ended = redis.call('HMGET', KEYS[1], 'agent', 'version', 'started_ts', 'fi
 return {1, ended[1], ended[2], ended[3], ended[4]}
 """
 
+# Claims runs past their deadline that no live execution holds, for this reaper to end them.
+# KEYS[1] = the deadlines zset. ARGV: now (s), the run-key prefix, the claim's length (s), and
+# optionally one run id with the dead holder of its lease (the reaper saw that process is gone).
+# Returns {claimed run ids, {run id, holder, ...} of overdue runs whose lease is held}.
+_OVERDUE = """
+local now = tonumber(ARGV[1])
+local claimed, held = {}, {}
+local due
+if ARGV[4] then due = {ARGV[4]} else
+  due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
+end
+for _, run_id in ipairs(due) do
+  local score = redis.call('ZSCORE', KEYS[1], run_id)
+  if score and tonumber(score) <= now then
+    local lease = ARGV[2] .. run_id .. ':lease'
+    local holder = redis.call('GET', lease)
+    if holder and ARGV[5] and holder == ARGV[5] then
+      redis.call('DEL', lease)
+      holder = false
+    end
+    if holder then
+      table.insert(held, run_id)
+      table.insert(held, holder)
+    else
+      redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[3])), run_id)
+      table.insert(claimed, run_id)
+    end
+  end
+end
+return {claimed, held}
+"""
+
 _CANCEL = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return nil end
@@ -175,6 +207,7 @@ class Started:
 # (run_id, status, stop_reason, the ended run's agent, version, started_ts and finished_ts when
 # the call that ended it knows them, else None); once per run, after it ended.
 EndHook = Callable[[str, str, str, dict[str, str] | None], None]
+OVERDUE_CLAIM_S = 30.0  # a reaper's claim on ending an overdue run; another retries after it
 
 
 class RunStore:
@@ -197,6 +230,7 @@ class RunStore:
         self._start = r.register_script(_START)
         self._finish = r.register_script(_FINISH)
         self._cancel = r.register_script(_CANCEL)
+        self._overdue = r.register_script(_OVERDUE)
 
     def create(
         self,
@@ -350,6 +384,25 @@ class RunStore:
             self.on_end(run_id, status, stop_reason, known)
         return bool(ended)
 
+    def end_overdue(self, now: float | None = None) -> list[str]:
+        """End, as stopped / max_seconds, every run past its deadline that no live execution
+        holds: its lease has expired or its holder is a dead process on this host (a live
+        holder's own watchdog ends it). Safe with several reapers at once: each run is claimed by
+        one of them, and ending a run is idempotent. One script call when nothing is due."""
+        now = time.time() if now is None else now
+        claimed, held = self._overdue(
+            keys=[self.keys.deadlines()], args=[repr(now), self.keys.run(""), OVERDUE_CLAIM_S]
+        )
+        due = [str(run_id) for run_id in claimed]
+        for run_id, holder in zip(held[::2], held[1::2], strict=True):
+            if holder_is_dead(str(holder)):
+                taken, _ = self._overdue(
+                    keys=[self.keys.deadlines()],
+                    args=[repr(now), self.keys.run(""), OVERDUE_CLAIM_S, run_id, holder],
+                )
+                due.extend(str(run_id) for run_id in taken)
+        return [run_id for run_id in due if self.finish(run_id, STOPPED, "max_seconds")]
+
     def cancel(self, run_id: str) -> str | None:
         """Cancel a run: a queued one ends now, a running one at its next check. Returns the old status."""
         status: str | None = self._cancel(
@@ -368,6 +421,12 @@ class RunStore:
     def steps(self, run_id: str) -> list[dict[str, Any]]:
         """The run's step log, oldest first (at most STEP_LOG_MAX entries)."""
         return [json.loads(item) for item in self.r.lrange(self.keys.run_steps(run_id), 0, -1)]
+
+
+def overdue(raw: dict[str, str], max_seconds: float, now: float) -> bool:
+    """True when a started run's deadline (first start + max_seconds) has passed."""
+    started = _finite(raw.get("started_ts"))
+    return started is not None and started + max_seconds <= now
 
 
 def public_view(raw: dict[str, str], *, now: float | None = None) -> dict[str, Any]:

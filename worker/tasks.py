@@ -22,7 +22,7 @@ from worker.lease import Leases, reaper_loop
 from worker.loop import LoopDeps, execute_run, exit_process
 from worker.redis_conn import get_redis
 from worker.rollout import end_recorder
-from worker.runs import STOPPED, TERMINAL, Budgets, RunStore
+from worker.runs import STOPPED, TERMINAL, Budgets, RunStore, overdue
 from worker.settings import get_settings
 from worker.toolexec import ToolExecutor
 
@@ -105,13 +105,19 @@ def tool_call(call_id: str, attempt: int, tool: str, args: dict[str, Any], timeo
 
 
 def requeue(run_id: str) -> None:
-    """Send a run whose lease expired (its worker died) back to the agents queue."""
+    """Send a run whose lease expired (its worker died) back to the agents queue; a run already
+    past its deadline ends as stopped / max_seconds instead of waiting in the queue for nothing."""
     deps = _deps()
     raw = deps.store.load(run_id)
     if raw is None or raw["status"] in TERMINAL:
         deps.leases.forget(run_id)
         return
-    send_run(app, run_id, Budgets.from_dict(json.loads(raw["budgets"])).max_seconds)
+    max_seconds = Budgets.from_dict(json.loads(raw["budgets"])).max_seconds
+    if overdue(raw, max_seconds, time.time()):
+        deps.store.finish(run_id, STOPPED, "max_seconds")
+        deps.leases.forget(run_id)
+        return
+    send_run(app, run_id, max_seconds)
 
 
 _reaper_stop = threading.Event()
@@ -125,7 +131,7 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
     deps = _deps()
     threading.Thread(
         target=reaper_loop,
-        args=(deps.leases, requeue, _reaper_stop),
+        args=(deps.leases, requeue, _reaper_stop, deps.store.end_overdue),
         name="run-reaper",
         daemon=True,
     ).start()
