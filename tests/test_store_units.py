@@ -354,3 +354,16 @@ def test_spend_is_corrected_only_for_a_charged_call_and_only_once(r: fakeredis.F
     decision = policies.reserve("a", "c2", limited, 0.8)
     assert decision.allowed and decision.remaining["spend_usd_today"] == 0.0
     assert not policies.reserve("a", "c3", limited, 0.01).allowed
+
+
+def test_finish_writes_the_step_that_ended_the_run_before_it_counts_usage(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    new_run(store)
+    store.start("r1", "host:1:a")
+    store.begin_step("r1", 1)
+    assert store.finish("r1", "succeeded", "finish", lease_token="host:1:a", steps=2)
+    assert public_view(store.load("r1") or {})["usage"]["steps"] == 2
+    assert r.hget(KEYS.stats_runs(), "usage|steps") == "2"
+    assert not store.finish("r1", "failed", "error", steps=5)  # an ended run keeps its count
+    assert public_view(store.load("r1") or {})["usage"]["steps"] == 2

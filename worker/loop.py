@@ -83,31 +83,50 @@ def execute_run(run_id: str, deps: LoopDeps) -> str | None:
         # missing, ended, or a live execution elsewhere holds it: this delivery is a duplicate
         return started.status if started.holder is None else None
     with deps.keeper.hold(run_id, token) as held:
+        attempt = _Attempt(held)
         raw = started.raw
         attempts = int(raw.get("attempts", 1))
         if attempts > deps.settings.max_attempts:
             message = f"the run's worker died {attempts - 1} times; the run is not tried again"
-            _finish(deps, held, FAILED, "error", error={"type": "worker_lost", "message": message})
+            _finish(deps, attempt, FAILED, "error", error={"type": "worker_lost", "message": message})
             return FAILED
-        return _execute(run_id, raw, started.checks, deps, held)
+        return _execute(run_id, raw, started.checks, deps, attempt)
+
+
+@dataclass
+class _Attempt:
+    """One execution of a run: its hold on the lease, and the step it has begun but not yet
+    written to the run (the agent is choosing its action; see _steps)."""
+
+    held: Held
+    unwritten_step: int | None = None
 
 
 def _finish(
     deps: LoopDeps,
-    held: Held,
+    attempt: _Attempt,
     status: str,
     stop_reason: str,
     *,
     output: Any = None,
     error: dict[str, Any] | None = None,
 ) -> None:
-    """End the run and release its lease in one round trip."""
-    deps.store.finish(held.run_id, status, stop_reason, output=output, error=error, lease_token=held.token)
+    """End the run, count a begun step, and release the lease, in one round trip."""
+    held = attempt.held
+    deps.store.finish(
+        held.run_id,
+        status,
+        stop_reason,
+        output=output,
+        error=error,
+        lease_token=held.token,
+        steps=attempt.unwritten_step,
+    )
     held.released = True
 
 
 def _execute(
-    run_id: str, raw: dict[str, str], checks: tuple[str | None, ...], deps: LoopDeps, held: Held
+    run_id: str, raw: dict[str, str], checks: tuple[str | None, ...], deps: LoopDeps, attempt: _Attempt
 ) -> str | None:
     structlog.contextvars.clear_contextvars()  # a prefork child runs many tasks
     structlog.contextvars.bind_contextvars(
@@ -123,23 +142,24 @@ def _execute(
         tenant=raw["tenant"],
         agent=raw["agent"],
         deadline_ts=deadline_ts,
-        lease_lost=held.lost,
+        lease_lost=attempt.held.lost,
     )
 
     def record_deadline() -> None:
-        _finish(deps, held, STOPPED, "max_seconds")
+        _finish(deps, attempt, STOPPED, "max_seconds")
 
     if deps.hard_stop is not None:
-        deps.keeper.watch(held, deadline_ts + WATCHDOG_GRACE_S, _watchdog(record_deadline, deps.hard_stop))
+        fire = _watchdog(record_deadline, deps.hard_stop)
+        deps.keeper.watch(attempt.held, deadline_ts + WATCHDOG_GRACE_S, fire)
     try:
-        return _steps(run_id, raw, budgets, guard, deps, held, checks)
+        return _steps(run_id, raw, budgets, guard, deps, attempt, checks)
     except LeaseLost:
         return None  # another execution took the run over; it reports the end
     except RunStopped as stop:
         if stop.stop_reason == "killed":
             log.warning("kill-switch hit", reason=stop.message)
         error = {"type": "killed", "message": stop.message} if stop.stop_reason == "killed" else None
-        _finish(deps, held, stop.status, stop.stop_reason, error=error)
+        _finish(deps, attempt, stop.status, stop.stop_reason, error=error)
         return stop.status
     except DeadlineExceeded:
         record_deadline()
@@ -153,7 +173,7 @@ def _execute(
         message = redact_text(f"{type(exc).__name__}: {exc}")[:ERROR_MESSAGE_MAX]
         log.error("agent raised", error=message)
         sentry_sdk.capture_exception(exc)  # no-op without SENTRY_DSN; redacted by before_send
-        _finish(deps, held, FAILED, "error", error={"type": "agent_error", "message": message})
+        _finish(deps, attempt, FAILED, "error", error={"type": "agent_error", "message": message})
         return FAILED
 
 
@@ -163,14 +183,14 @@ def _steps(
     budgets: Budgets,
     guard: RunGuard,
     deps: LoopDeps,
-    held: Held,
+    attempt: _Attempt,
     checks: tuple[str | None, ...],
 ) -> str:
     store = deps.store
     agent_cls = get_agent_class(raw["agent"])
     if agent_cls is None:
         message = f"no agent {raw['agent']!r}"
-        _finish(deps, held, FAILED, "error", error={"type": "unknown_agent", "message": message})
+        _finish(deps, attempt, FAILED, "error", error={"type": "unknown_agent", "message": message})
         return FAILED
     agent = agent_cls(version_config(deps.settings.agents.get(raw["agent"], {}), raw.get("version")))
     budget = ToolCallBudget(
@@ -222,23 +242,30 @@ def _steps(
         )
         done = agent.finished(state)
         if done is not None:
-            _finish(deps, held, SUCCEEDED, "finish", output=done.output)
+            _finish(deps, attempt, SUCCEEDED, "finish", output=done.output)
             return SUCCEEDED
         if cursor >= budgets.max_steps:
             raise BudgetExceeded("max_steps")
-        store.begin_step(run_id, step)
+        # The step has begun. It is written to the run before its action runs, or with the run's
+        # end when the action ends the run (or the agent's choice does): one round trip fewer for
+        # a run's last step. Either way a resumed step counts once.
+        attempt.unwritten_step = step
         started = time.monotonic()
         with deadline_alarm(guard.deadline_ts):
             action = agent.next_action(state)
 
         entry: dict[str, Any] = {"step": step, "action": _ACTION_NAMES.get(type(action), "unknown")}
         if isinstance(action, Finish):
-            _finish(deps, held, SUCCEEDED, "finish", output=action.output)
+            _finish(deps, attempt, SUCCEEDED, "finish", output=action.output)
             return SUCCEEDED
         if isinstance(action, Fail):
             message = redact_text(str(action.message))[:ERROR_MESSAGE_MAX]
-            _finish(deps, held, FAILED, "error", error={"type": action.type, "message": message})
+            _finish(deps, attempt, FAILED, "error", error={"type": action.type, "message": message})
             return FAILED
+        written = time.monotonic()
+        store.begin_step(run_id, step)
+        attempt.unwritten_step = None
+        started += time.monotonic() - written  # duration_ms stays the agent's choice + the action
         if isinstance(action, Sleep):
             guard.sleep(max(0.0, float(action.seconds)))
             last_result = None

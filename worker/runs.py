@@ -107,7 +107,7 @@ return {'started', raw, checks}
 
 # KEYS: the run, its ended channel, its step log, the run stats, its lease, the leases zset,
 # the deadlines zset. ARGV: status, stop_reason, output, error, now (s), ttl (s), the lease token
-# to release ('' for none), the run id.
+# to release ('' for none), the run id, the step count to write first ('' for none).
 # Returns {1 when this call ended the run else 0, agent, version, started_ts, finished_ts}.
 _FINISH = """
 redis.call('ZREM', KEYS[7], ARGV[8])
@@ -121,6 +121,7 @@ if s == 'succeeded' or s == 'stopped' or s == 'failed' or s == 'cancelled' then 
 if not redis.call('HGET', KEYS[1], 'started_ts') and ARGV[1] ~= 'cancelled' then
   redis.call('HSET', KEYS[1], 'started_ts', ARGV[5])
 end
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'steps', ARGV[9]) end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'stop_reason', ARGV[2], 'output', ARGV[3],
            'error', ARGV[4], 'finished_ts', ARGV[5])
 -- the working state (last tool result, agent memory) is of no use once the run has ended
@@ -351,11 +352,13 @@ class RunStore:
         output: Any = None,
         error: dict[str, Any] | None = None,
         lease_token: str = "",
+        steps: int | None = None,
     ) -> bool:
         """End a run unless it has already ended; True when this call ended it.
 
-        In the same script: drop the run from the deadlines zset and, given the token of the
-        execution's lease, release that lease (also when the run had already ended)."""
+        In the same script: drop the run from the deadlines zset; given the token of the
+        execution's lease, release that lease (also when the run had already ended); given
+        `steps`, write the run's step count first (the step that ended it, see begin_step)."""
         keys = self.keys
         ended, *fields = self._finish(
             keys=[
@@ -376,6 +379,7 @@ class RunStore:
                 self.ttl_s,
                 lease_token,
                 run_id,
+                "" if steps is None else steps,
             ],
         )
         if ended and self.on_end is not None:
