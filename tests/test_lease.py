@@ -151,3 +151,19 @@ def test_a_zombie_holder_counts_as_dead() -> None:
         assert time.monotonic() < deadline, "the exited, unreaped child never counted as dead"
         time.sleep(0.02)
     assert child.poll() == 0  # it was a zombie until now: exited, not yet reaped
+
+
+def test_a_failing_watchdog_does_not_stop_the_keeper_renewing_other_leases(
+    store: RunStore, leases: Leases, r: fakeredis.FakeRedis
+) -> None:
+    keeper = RunKeeper(leases)
+
+    def broken() -> None:
+        raise RuntimeError("a watchdog that fails")
+
+    store.start("r1", "host:1:a")
+    store.start("alive", "host:1:b")
+    with keeper.hold("r1", "host:1:a") as held, keeper.hold("alive", "host:1:b") as other:
+        keeper.watch(held, time.time() + 0.05, broken)
+        time.sleep(TTL_S * 3)
+        assert r.get(KEYS.run_lease("alive")) == "host:1:b" and not other.lost.is_set()

@@ -8,6 +8,7 @@ own thread and its own table of held leases.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ import redis
 
 from worker.lease import Leases
 
+log = logging.getLogger("agentfleet.keeper")
 IDLE_WAIT_S = 60.0  # the thread's longest sleep with nothing to do; any new hold wakes it
 
 
@@ -91,9 +93,15 @@ class RunKeeper:
                 for held in fire:
                     held.fire_at_ts = None  # fires once
             for held in fire:
-                self._fire(held)
+                self._guarded(self._fire, held)
             for held in renew:
-                self._renew(held)
+                self._guarded(self._renew, held)
+
+    def _guarded(self, job: Callable[[Held], None], held: Held) -> None:
+        try:
+            job(held)
+        except Exception:  # the thread serves every run of the process: it must not die of one
+            log.exception("run keeper: %s failed for run %s", job.__name__, held.run_id)
 
     def _due(self) -> tuple[list[Held], list[Held]]:
         now, now_ts = time.monotonic(), time.time()
