@@ -97,8 +97,9 @@ if s == 'queued' then
 end
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 local raw = redis.call('HGETALL', KEYS[1])
-local started, budgets, tenant, agent = unpack(
-  redis.call('HMGET', KEYS[1], 'started_ts', 'budgets', 'tenant', 'agent'))
+local run = {}
+for i = 1, #raw, 2 do run[raw[i]] = raw[i + 1] end
+local started, budgets, tenant, agent = run['started_ts'], run['budgets'], run['tenant'], run['agent']
 local deadline = tonumber(started) + tonumber(cjson.decode(budgets)['max_seconds'])
 redis.call('ZADD', KEYS[4], string.format('%.6f', deadline), ARGV[4])
 local checks = redis.call('MGET', ARGV[6], ARGV[7] .. tenant, ARGV[8] .. agent, KEYS[5])
@@ -115,25 +116,27 @@ if ARGV[7] ~= '' then
   if redis.call('GET', KEYS[5]) == ARGV[7] then redis.call('DEL', KEYS[5]) end
   redis.call('ZREM', KEYS[6], ARGV[8])
 end
-local s = redis.call('HGET', KEYS[1], 'status')
+local f = redis.call('HMGET', KEYS[1], 'status', 'started_ts', 'steps', 'tool_calls', 'agent', 'version')
+local s = f[1]
 if not s then return {0} end
 if s == 'succeeded' or s == 'stopped' or s == 'failed' or s == 'cancelled' then return {0} end
-if not redis.call('HGET', KEYS[1], 'started_ts') and ARGV[1] ~= 'cancelled' then
-  redis.call('HSET', KEYS[1], 'started_ts', ARGV[5])
+local started, steps = f[2], f[3] or '0'
+if not started and ARGV[1] ~= 'cancelled' then
+  started = ARGV[5]
+  redis.call('HSET', KEYS[1], 'started_ts', started)
 end
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'steps', ARGV[9]) end
+if ARGV[9] ~= '' then steps = ARGV[9] end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'stop_reason', ARGV[2], 'output', ARGV[3],
-           'error', ARGV[4], 'finished_ts', ARGV[5])
+           'error', ARGV[4], 'finished_ts', ARGV[5], 'steps', steps)
 -- the working state (last tool result, agent memory) is of no use once the run has ended
 redis.call('HDEL', KEYS[1], 'last_result', 'memory')
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('HINCRBY', KEYS[4], 'runs|' .. ARGV[1] .. '|' .. ARGV[2], 1)
-redis.call('HINCRBY', KEYS[4], 'usage|steps', tonumber(redis.call('HGET', KEYS[1], 'steps') or '0'))
-redis.call('HINCRBY', KEYS[4], 'usage|tool_calls', tonumber(redis.call('HGET', KEYS[1], 'tool_calls') or '0'))
+redis.call('HINCRBY', KEYS[4], 'usage|steps', tonumber(steps))
+redis.call('HINCRBY', KEYS[4], 'usage|tool_calls', tonumber(f[4] or '0'))
 redis.call('PUBLISH', KEYS[2], ARGV[1])
-local ended = redis.call('HMGET', KEYS[1], 'agent', 'version', 'started_ts', 'finished_ts')
-return {1, ended[1], ended[2], ended[3], ended[4]}
+return {1, f[5], f[6], started, ARGV[5]}
 """
 
 # Claims runs past their deadline that no live execution holds, for this reaper to end them.
