@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from functools import lru_cache
@@ -11,7 +12,7 @@ from typing import Any
 from billiard.einfo import ExceptionInfo
 from celery import Task
 from celery.exceptions import TimeLimitExceeded
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from worker import agents, tools
 from worker.celery_app import RUN_TASK, TOOL_TASK, app, send_run
@@ -140,3 +141,14 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
 @worker_shutdown.connect
 def _stop_reaper(**_: Any) -> None:
     _reaper_stop.set()
+
+
+@worker_process_init.connect
+def _quiet_run_successes(**_: Any) -> None:
+    """Agent pool processes do not log Celery's `Task fleet.run_agent[…] succeeded` INFO line:
+    the loop's `run finished` line says the same with the run's id, outcome, stop reason and
+    duration (a line through the redaction chain costs about 0.17 ms of CPU per run). Failures
+    still log at ERROR; `Task … received` (main process) still shows each delivery."""
+    if AGENT_QUEUE in app.amqp.queues.consume_from:
+        trace_log = logging.getLogger("celery.app.trace")
+        trace_log.setLevel(max(logging.WARNING, trace_log.getEffectiveLevel()))
