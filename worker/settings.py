@@ -141,6 +141,10 @@ class ToolsSection(_Section):
 
 
 class ObservabilitySection(_Section):
+    # Celery task events for runs (Flower's task list shows runs). Off: they are three Redis
+    # PUBLISHes per run from the agent worker's main process, about 1.5 ms of CPU, a third of a
+    # 1-step run's; the API, /metrics and the logs show every run, Flower still its workers.
+    run_task_events: bool = False
     sampled_tool_results: bool = True
     result_sample_rate: float = Field(0.01, ge=0, le=1)
     result_max_bytes: int = Field(2048, ge=64, le=1_048_576)  # of a sampled tool result in a log line

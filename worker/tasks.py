@@ -87,7 +87,7 @@ class RunTask(Task):  # type: ignore[type-arg]
             _deps().store.finish(str(args[0]), STOPPED, "max_seconds")
 
 
-@app.task(name=RUN_TASK, base=RunTask, bind=True)
+@app.task(name=RUN_TASK, base=RunTask, bind=True, send_events=get_settings().observability.run_task_events)
 def run_agent(self: RunTask, run_id: str) -> str | None:
     """Execute (or resume) one run under its budgets."""
     return execute_run(run_id, _deps())
