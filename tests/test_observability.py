@@ -3,13 +3,16 @@ probe, /readyz's worker count and Flower behind basic auth."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -156,3 +159,111 @@ def test_flower_requires_basic_auth_and_lists_the_workers(obs_fleet: Fleet) -> N
     finally:
         os.killpg(flower.pid, signal.SIGTERM)
         flower.wait(timeout=15)
+
+
+class EventTap:
+    """Celery events as Flower receives them, captured in a thread."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        from celery import Celery
+
+        self.app = Celery(broker=fleet.redis.url)
+        self.events: list[dict[str, Any]] = []
+        self.conn = self.app.connection()
+        self.receiver = self.app.events.Receiver(self.conn, handlers={"*": self.events.append})
+        self.thread = threading.Thread(target=self._capture, daemon=True)
+        self.thread.start()
+
+    def _capture(self) -> None:
+        with contextlib.suppress(Exception):  # the connection closes under it at the end
+            self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def seen(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        return [event for event in list(self.events) if predicate(event)]
+
+    def close(self) -> None:
+        self.receiver.should_stop = True
+        self.thread.join(timeout=5)
+        self.conn.release()
+
+
+def test_tool_workers_send_no_task_events_unless_configured(obs_fleet: Fleet) -> None:
+    for proc in obs_fleet.procs:  # the runs and calls below must go to the workers started here
+        if proc.name in ("worker", "tool-worker"):
+            obs_fleet.stop_proc(proc)
+    saved = obs_fleet.env
+    obs_fleet.env = {**saved, "FLEET_OBSERVABILITY__RUN_TASK_EVENTS": "true"}  # the tap's positive control
+    try:
+        agent = obs_fleet.start_worker(1)
+    finally:
+        obs_fleet.env = saved
+    quiet = obs_fleet.start_tool_worker()
+    tap = EventTap(obs_fleet)
+    try:
+        # heartbeats still flow from the quiet tool worker (Flower's worker list, /readyz)
+        wait_for(
+            lambda: tap.seen(lambda e: e["type"] == "worker-heartbeat" and e["hostname"].startswith("tool-")),
+            15,
+            "no heartbeat from the tool worker",
+        )
+        run = obs_fleet.submit(input={"plan": [{"tool": "echo", "args": {"n": 1}}, {"final": "x"}]})
+        assert obs_fleet.wait(run["id"])["status"] == "succeeded"
+        wait_for(
+            lambda: tap.seen(lambda e: e["type"] == "task-succeeded" and e["hostname"].startswith("agent-")),
+            10,
+            "the agent worker sent no task events",
+        )
+        assert tap.seen(lambda e: e["type"].startswith("task-") and e["hostname"].startswith("tool-")) == []
+        assert tap.seen(lambda e: e["type"] == "task-sent") == []
+        assert "received" not in quiet.text() and "fleet.tool_call" not in quiet.text()
+
+        obs_fleet.stop_proc(quiet)
+        saved = obs_fleet.env
+        obs_fleet.env = {**saved, "FLEET_OBSERVABILITY__TOOL_TASK_EVENTS": "true"}
+        try:
+            loud = obs_fleet.start_tool_worker()
+        finally:
+            obs_fleet.env = saved
+        run = obs_fleet.submit(input={"plan": [{"tool": "echo", "args": {"n": 2}}, {"final": "x"}]})
+        assert obs_fleet.wait(run["id"])["status"] == "succeeded"
+        wait_for(
+            lambda: tap.seen(
+                lambda e: (
+                    e["type"] == "task-succeeded"
+                    and e["hostname"].startswith("tool-")
+                    and e["hostname"] != quiet_hostname(tap)
+                )
+            ),
+            10,
+            "the configured tool worker sent no task events",
+        )
+        wait_for(lambda: "fleet.tool_call" in loud.text(), 5, "Celery's per-task lines are missing")
+        obs_fleet.stop_proc(loud)
+    finally:
+        tap.close()
+        obs_fleet.stop_proc(agent)
+
+
+def quiet_hostname(tap: EventTap) -> str:
+    """The first tool worker's hostname (the one without task events)."""
+    beats = tap.seen(lambda e: e["type"] == "worker-heartbeat" and e["hostname"].startswith("tool-"))
+    return str(beats[0]["hostname"]) if beats else ""
+
+
+@pytest.mark.parametrize(
+    ("queues", "only_tools"),
+    [
+        ("tools", True),
+        ("tools,tools.echo", True),
+        (["tools", "tools.http.get"], True),
+        ("agents", False),
+        ("agents,tools", False),
+        ("toolsx", False),
+        (None, False),
+        ("", False),
+    ],
+)
+def test_a_worker_serves_only_tools_when_every_queue_is_a_tool_queue(queues: Any, only_tools: bool) -> None:
+    from worker.celery_app import serves_only_tools
+
+    assert serves_only_tools(queues) is only_tools

@@ -528,15 +528,15 @@ def test_tool_executor_returns_a_recorded_write_and_refuses_a_claimed_one(fleet:
     executor = ToolExecutor(fleet.r, Keys("fleet"), settings)
     call_id = f"wg-{uuid.uuid4().hex}:1:0"
 
-    first = executor.run(call_id, 0, "test.write", {"n": 1}, 3.0)
+    first = executor.execute(call_id, 0, "test.write", {"n": 1}, 3.0)[0]
     assert first == {"ok": True, "result": {"written": {"n": 1}, "call_id": call_id}}
     # A second attempt with other args would show {"n": 2} if it ran: it gets the recorded result.
-    again = executor.run(call_id, 1, "test.write", {"n": 2}, 3.0)
+    again = executor.execute(call_id, 1, "test.write", {"n": 2}, 3.0)[0]
     assert again == first
 
     claimed = f"wg-{uuid.uuid4().hex}:1:0"
     fleet.r.hset(f"fleet:call:{claimed}:exec", "claimed_by", "attempt 0")  # a worker died mid-write
-    refused = executor.run(claimed, 1, "test.write", {"n": 3}, 3.0)
+    refused = executor.execute(claimed, 1, "test.write", {"n": 3}, 3.0)[0]
     assert refused["ok"] is False and refused["error"]["type"] == "tool_error"
     assert "not run twice" in refused["error"]["message"]
     assert fleet.r.hget(f"fleet:call:{claimed}:exec", "result") is None  # nothing ran, nothing recorded
@@ -550,9 +550,9 @@ def test_tool_executor_reruns_a_claimed_idempotent_write_with_the_same_key(fleet
         call_id = f"wg-{uuid.uuid4().hex}:2:0"
         fleet.r.hset(f"fleet:call:{call_id}:exec", "claimed_by", "attempt 0")
         args = {"url": server.url(), "json": {"amount": 1}}
-        result = executor.run(call_id, 1, "http.post", args, 3.0)
+        result = executor.execute(call_id, 1, "http.post", args, 3.0)[0]
         assert result["ok"] is True and result["result"]["status"] == 200, result
-        assert executor.run(call_id, 2, "http.post", args, 3.0) == result  # recorded, not sent again
+        assert executor.execute(call_id, 2, "http.post", args, 3.0)[0] == result  # recorded, not sent again
         assert server.requests == [call_id]
     finally:
         server.close()
@@ -569,9 +569,9 @@ def test_tool_executor_sends_the_retry_of_an_idempotent_write_whose_attempt_time
         executor = ToolExecutor(fleet.r, Keys("fleet"), settings)
         call_id = f"wg-{uuid.uuid4().hex}:3:0"
         args = {"url": server.url(), "json": {"amount": 1}}
-        first = executor.run(call_id, 0, "http.post", args, 0.5)
+        first = executor.execute(call_id, 0, "http.post", args, 0.5)[0]
         assert first["ok"] is False and first["error"]["type"] == "timeout", first
-        retry = executor.run(call_id, 1, "http.post", args, 5.0)
+        retry = executor.execute(call_id, 1, "http.post", args, 5.0)[0]
         assert retry["ok"] is True and retry["result"]["status"] == 200, retry
         assert server.requests == [call_id, call_id] and server.effects == {call_id: 1}
     finally:

@@ -17,6 +17,53 @@ from worker.keys import Keys
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
+# Lua functions, so the gateway's admission script (worker/admit.py) runs the same code.
+# breaker_allow(key, cooldown_ms, probe_timeout_ms, now_ms) -> allowed (0/1), state, retry_in_ms
+LUA_ALLOW = """
+local function breaker_allow(key, cooldown, probe_timeout, now)
+  local state = redis.call('HGET', key, 'state') or 'closed'
+  if state == 'closed' then return 1, state, 0 end
+  if state == 'open' then
+    local opened = tonumber(redis.call('HGET', key, 'opened_ms') or '0')
+    if now - opened < cooldown then return 0, state, cooldown - (now - opened) end
+    redis.call('HSET', key, 'state', 'half_open', 'probe_until_ms', now + probe_timeout)
+    return 1, 'half_open', 0
+  end
+  local probe_until = tonumber(redis.call('HGET', key, 'probe_until_ms') or '0')
+  if now < probe_until then return 0, state, probe_until - now end
+  redis.call('HSET', key, 'probe_until_ms', now + probe_timeout)
+  return 1, state, 0
+end
+"""
+
+# breaker_record(key, ok, threshold, rate, min_calls, window_ms, now_ms) -> state before, after
+LUA_RECORD = """
+local function breaker_record(key, ok, threshold, rate, min_calls, window, now)
+  local state = redis.call('HGET', key, 'state') or 'closed'
+  local win_start = tonumber(redis.call('HGET', key, 'win_start_ms') or '0')
+  if now - win_start > window then
+    redis.call('HSET', key, 'win_start_ms', now, 'win_calls', 0, 'win_failures', 0)
+  end
+  local calls = redis.call('HINCRBY', key, 'win_calls', 1)
+  if ok then
+    redis.call('HSET', key, 'consecutive', 0)
+    if state == 'half_open' then
+      redis.call('HSET', key, 'state', 'closed', 'win_start_ms', now, 'win_calls', 0, 'win_failures', 0)
+      return state, 'closed'
+    end
+    return state, state
+  end
+  local failures = redis.call('HINCRBY', key, 'win_failures', 1)
+  local consecutive = redis.call('HINCRBY', key, 'consecutive', 1)
+  if state == 'half_open' or (state == 'closed' and (consecutive >= threshold or
+      (calls >= min_calls and failures / calls >= rate))) then
+    redis.call('HSET', key, 'state', 'open', 'opened_ms', now)
+    return state, 'open'
+  end
+  return state, state
+end
+"""
+
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -24,52 +71,20 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 _ALLOW = (
     _NOW
+    + LUA_ALLOW
     + """
-local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
-if state == 'closed' then return {1, state, 0} end
-local cooldown = tonumber(ARGV[1])
-if state == 'open' then
-  local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_ms') or '0')
-  if now - opened < cooldown then return {0, state, cooldown - (now - opened)} end
-  redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until_ms', now + tonumber(ARGV[2]))
-  return {1, 'half_open', 0}
-end
-local probe_until = tonumber(redis.call('HGET', KEYS[1], 'probe_until_ms') or '0')
-if now < probe_until then return {0, state, probe_until - now} end
-redis.call('HSET', KEYS[1], 'probe_until_ms', now + tonumber(ARGV[2]))
-return {1, state, 0}
+local allowed, state, retry_ms = breaker_allow(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
+return {allowed, state, retry_ms}
 """
 )
 
 _RECORD = (
     _NOW
+    + LUA_RECORD
     + """
-local ok = ARGV[1] == '1'
-local threshold, rate = tonumber(ARGV[2]), tonumber(ARGV[3])
-local min_calls, window = tonumber(ARGV[4]), tonumber(ARGV[5])
-local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
-local win_start = tonumber(redis.call('HGET', KEYS[1], 'win_start_ms') or '0')
-if now - win_start > window then
-  redis.call('HSET', KEYS[1], 'win_start_ms', now, 'win_calls', 0, 'win_failures', 0)
-end
-local calls = redis.call('HINCRBY', KEYS[1], 'win_calls', 1)
-local failures = tonumber(redis.call('HGET', KEYS[1], 'win_failures') or '0')
-if ok then
-  redis.call('HSET', KEYS[1], 'consecutive', 0)
-  if state == 'half_open' then
-    redis.call('HSET', KEYS[1], 'state', 'closed', 'win_start_ms', now, 'win_calls', 0, 'win_failures', 0)
-    return {state, 'closed'}
-  end
-  return {state, state}
-end
-failures = redis.call('HINCRBY', KEYS[1], 'win_failures', 1)
-local consecutive = redis.call('HINCRBY', KEYS[1], 'consecutive', 1)
-if state == 'half_open' or (state == 'closed' and (consecutive >= threshold or
-    (calls >= min_calls and failures / calls >= rate))) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_ms', now)
-  return {state, 'open'}
-end
-return {state, state}
+local before, after = breaker_record(KEYS[1], ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3]),
+                                     tonumber(ARGV[4]), tonumber(ARGV[5]), now)
+return {before, after}
 """
 )
 

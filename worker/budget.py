@@ -11,17 +11,29 @@ import redis
 from worker.guard import BudgetExceeded
 from worker.keys import Keys
 
-_RESERVE = """
-local used = tonumber(redis.call('HGET', KEYS[1], 'tool_calls') or '0')
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {1, used, redis.call('HGET', KEYS[2], 'result')}
+# budget_reserve(run_key, call_key, max_tool_calls, ttl_s) -> counted (0/1), used, recorded result
+# or false. A Lua function, so the gateway's admission script (worker/admit.py) runs the same code.
+LUA_RESERVE = """
+local function budget_reserve(k_run, k_call, max_calls, ttl)
+  local used = tonumber(redis.call('HGET', k_run, 'tool_calls') or '0')
+  if redis.call('EXISTS', k_call) == 1 then
+    return 1, used, redis.call('HGET', k_call, 'result')
+  end
+  if used >= max_calls then return 0, used, false end
+  used = redis.call('HINCRBY', k_run, 'tool_calls', 1)
+  redis.call('HSET', k_call, 'state', 'started')
+  redis.call('EXPIRE', k_call, ttl)
+  return 1, used, false
 end
-if used >= tonumber(ARGV[1]) then return {0, used, false} end
-used = redis.call('HINCRBY', KEYS[1], 'tool_calls', 1)
-redis.call('HSET', KEYS[2], 'state', 'started')
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return {1, used, false}
 """
+
+_RESERVE = (
+    LUA_RESERVE
+    + """
+local counted, used, recorded = budget_reserve(KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2])
+return {counted, used, recorded}
+"""
+)
 
 
 class ToolCallBudget:

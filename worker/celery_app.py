@@ -61,8 +61,10 @@ def make_app(settings: Settings) -> Celery:
         worker_soft_shutdown_timeout=15.0,
         # An idle worker has nothing to requeue (the fleet sends no ETA messages): it stops at once.
         worker_enable_soft_shutdown_on_idle=False,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        worker_send_task_events=True,  # tool workers: observability.tool_task_events (below)
+        # No task-sent events: runs come from the API (which never sent them) and tool calls are
+        # many and short; a sent event is a Redis PUBLISH on the path of every tool call.
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
     )
     from worker.heartbeat import Heartbeat
@@ -84,19 +86,41 @@ def send_run(celery: Celery, run_id: str, max_seconds: float) -> None:
     )
 
 
+_quiet_tasks = False  # set at worker init: a tool worker without per-task events and lines
+
+
 @signals.setup_logging.connect
 def _logging(**_: Any) -> None:
     """Workers log through the fleet's chain (connecting this keeps Celery's own setup out)."""
+    import logging
+
     from worker.telemetry import setup_logging
 
     setup_logging(get_settings())
+    if _quiet_tasks:
+        # Celery's `Task … received` / `… succeeded` lines, two per tool call (failures still log)
+        for name in ("celery.worker.strategy", "celery.app.trace"):
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+
+
+def serves_only_tools(queues: Any) -> bool:
+    """True for a worker whose `-Q` names only tool queues (`tools`, `tools.<name>`)."""
+    names = queues.split(",") if isinstance(queues, str) else list(queues or [])
+    names = [str(name).strip() for name in names if str(name).strip()]
+    return bool(names) and all(name == TOOL_QUEUE or name.startswith(TOOL_QUEUE + ".") for name in names)
 
 
 @signals.celeryd_init.connect
-def _sentry(**_: Any) -> None:
+def _worker_init(conf: Any = None, options: Any = None, **_: Any) -> None:
     from worker.telemetry import setup_sentry
 
-    setup_sentry(get_settings(), "worker")
+    settings = get_settings()
+    setup_sentry(settings, "worker")
+    if conf is not None and serves_only_tools((options or {}).get("queues")):
+        global _quiet_tasks
+        _quiet_tasks = not settings.observability.tool_task_events
+        # read by the worker after this signal; heartbeats (worker-online, Flower's worker list) stay
+        conf.worker_send_task_events = settings.observability.tool_task_events
 
 
 app = make_app(get_settings())

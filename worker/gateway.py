@@ -14,6 +14,12 @@
    a write is retried only when it sends an idempotency key. Retries count as one call.
 
 Every call leaves a decision (allowed or denied, why, what is left of the quotas) for the step log.
+
+Steps 1-6 (and the per-attempt checks of 6) run in one Lua script, worker/admit.py, so a call
+costs one round trip before its subtask is sent. After the attempt the tool worker, in the script
+that pushes the reply, reports the outcome to the breaker and records the final result; the run's
+side does that bookkeeping only when the tool did not run or did not answer. Model calls (`llm`
+agent) take the same steps one by one.
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ import redis
 import structlog
 
 from worker import killswitch
+from worker.admit import Admitter, Answer, CallKeys, LimitSlot
 from worker.breaker import BreakerPolicy, CircuitBreaker
 from worker.budget import ToolCallBudget
 from worker.guard import SLICE_S, BudgetExceeded, RunGuard
 from worker.keys import Keys
 from worker.llmconfig import llm_config
 from worker.logs import cap_bytes, sampled
-from worker.policy import Decision, PolicyStore
+from worker.policy import DECISION_TTL_S, MICRO, Decision, PolicyStore, decision
 from worker.ratelimit import RateLimiter, parse_rate
 from worker.redact import redact
 from worker.retrybudget import RetryBudget, RetryPolicy
@@ -63,10 +70,17 @@ class FleetControls:
     breaker: CircuitBreaker
     retry_budget: RetryBudget
     policies: PolicyStore
+    admitter: Admitter
 
     @classmethod
     def build(cls, r: redis.Redis, keys: Keys) -> FleetControls:
-        return cls(RateLimiter(r, keys), CircuitBreaker(r, keys), RetryBudget(r, keys), PolicyStore(r, keys))
+        return cls(
+            RateLimiter(r, keys),
+            CircuitBreaker(r, keys),
+            RetryBudget(r, keys),
+            PolicyStore(r, keys),
+            Admitter(r),
+        )
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,10 @@ class ToolGateway:
         self.tenant = tenant
         self.agent = agent
         self.run_id = run_id
+        # the settings do not change in a process: built once per run, not per call
+        self.breaker_policy = BreakerPolicy(**settings.tools.breaker.model_dump())
+        self.retry_policy = RetryPolicy(**settings.tools.retry_budget.model_dump())
+        self._slots: dict[str, list[LimitSlot]] = {}
 
     def call(self, call_id: str, tool: str, args: dict[str, Any]) -> CallOutcome:
         """One tool call. Raises RunStopped (kill, cancel, deadline, budget) to end the run."""
@@ -143,8 +161,6 @@ class ToolGateway:
         if kind == "killed":
             log.warning("kill-switch hit", tool=tool, reason=(result.get("error") or {}).get("message"))
         self._log_result(tool, result)
-        label = tool if get_tool(tool) is not None else "unknown"  # agents may ask for any name
-        self.r.hincrby(self.keys.stats_tools(), f"calls|{label}|{kind}", 1)  # fleet-wide, for /metrics
         return outcome
 
     def _log_result(self, tool: str, result: dict[str, Any]) -> None:
@@ -154,43 +170,193 @@ class ToolGateway:
             log.info("tool result", tool=tool, result=cap_bytes(redact(result), obs.result_max_bytes))
 
     def _call(self, call_id: str, tool: str, args: dict[str, Any]) -> CallOutcome:
+        """Admission (one script), then the attempts; every outcome is counted in the stats."""
         spec = get_tool(tool)
-        writes = spec.writes if spec is not None else False
-        reason = killswitch.first_reason(self.r.mget(killswitch.tool_switch_keys(self.keys, tool, writes)))
-        if reason is not None:
-            return _denied("killed", reason, f"kill switch: {reason}")
+        local_verdict, invalid = "", None
         if tool not in self.settings.tools.allowlist:
-            return _denied("denied", f"tool {tool!r} is not on the fleet's allowlist")
-        policy = self.controls.policies.get(self.agent)
-        if policy.allowed_tools is not None and tool not in policy.allowed_tools:
-            return _denied("denied", f"tool {tool!r} is not in agent {self.agent!r}'s allowed_tools")
-        if spec is None:
-            return _denied("denied", f"unknown tool {tool!r}")
-        try:
-            validate_args(spec, args)
-        except ToolFailure as failure:
-            return CallOutcome(failure.envelope(), Decision("denied", "invalid_args").to_dict())
-
-        cost = self.settings.tools.costs_usd.get(tool, spec.cost_usd)
-        quota = self.controls.policies.reserve(self.agent, call_id, policy, cost)
-        if not quota.allowed:
-            return CallOutcome(error_result("denied", quota.reason), quota.to_dict())
-        try:
-            recorded = self.budget.reserve(call_id)
-        except BudgetExceeded:
-            self.controls.policies.refund(self.agent, call_id, cost)
-            raise
-        if recorded is not None:
-            return CallOutcome(dict(recorded), quota.to_dict())
-        result = self._attempts(call_id, spec, args)
-        self.budget.record(call_id, result)
-        decision = quota.to_dict()
+            local_verdict = "allowlist"
+        elif spec is None:
+            local_verdict = "unknown"
+        else:
+            try:
+                validate_args(spec, args)
+            except ToolFailure as failure:
+                local_verdict, invalid = "invalid", failure.envelope()
+        keys = self._call_keys(call_id, tool)
+        self.guard.check_local()
+        answer = self._admit("admit", keys, call_id, tool, spec, attempt=0, local_verdict=local_verdict)
+        if answer.verdict == "stop":
+            raise self.guard.stop(answer.detail, answer.detail2)
+        quota = (
+            decision(self.agent, answer.max_actions, answer.max_spend_usd, answer.quota)
+            if answer.quota
+            else Decision("allowed", "no quota")
+        )
+        outcome: CallOutcome | None = None
+        if answer.verdict == "killed":
+            outcome = _denied("killed", answer.detail, f"kill switch: {answer.detail}")
+        elif answer.verdict == "denied":
+            messages = {
+                "allowlist": f"tool {tool!r} is not on the fleet's allowlist",
+                "policy": f"tool {tool!r} is not in agent {self.agent!r}'s allowed_tools",
+                "unknown": f"unknown tool {tool!r}",
+            }
+            if answer.detail == "invalid" and invalid is not None:
+                outcome = CallOutcome(invalid, Decision("denied", "invalid_args").to_dict())
+            else:
+                outcome = _denied("denied", messages.get(answer.detail, answer.detail))
+        elif answer.verdict == "quota":
+            outcome = CallOutcome(error_result("denied", quota.reason), quota.to_dict())
+        elif answer.verdict == "budget":
+            self.budget.used = answer.used
+            raise BudgetExceeded("max_tool_calls", f"max_tool_calls={self.budget.max_tool_calls} reached")
+        elif answer.verdict == "recorded":
+            self.budget.used = answer.used
+            outcome = CallOutcome(dict(json.loads(answer.detail)), quota.to_dict())
+        if outcome is not None:
+            self.r.hincrby(self.keys.stats_tools(), stats_field(tool, outcome.result), 1)
+            return outcome
+        assert spec is not None  # every verdict above that can pass has a spec
+        self.budget.used = answer.used
+        result = self._tool_attempts(call_id, spec, args, keys, answer)
+        decision_dict = quota.to_dict()
         if not result.get("ok") and (result.get("error") or {}).get("type") in (
             "rate_limited",
             "circuit_open",
         ):
-            decision = {**decision, "decision": "denied", "reason": result["error"]["message"]}
-        return CallOutcome(result, decision)
+            decision_dict = {**decision_dict, "decision": "denied", "reason": result["error"]["message"]}
+        return CallOutcome(result, decision_dict)
+
+    def _call_keys(self, call_id: str, tool: str) -> CallKeys:
+        *run_switches, cancel = self.guard.switch_keys
+        return CallKeys(
+            run_switches=run_switches,
+            cancel=cancel,
+            tool_switch=self.keys.kill_tool(tool),
+            writes_switch=self.keys.kill_writes(),
+            policy=self.keys.policy(self.agent),
+            quota=self.controls.policies.quota_keys(self.agent, call_id),
+            run=self.budget.run_key,
+            call=self.keys.call(call_id),
+            retry_budget=self.keys.retry_budget(tool),
+            breaker=self.keys.breaker(tool),
+            stats=self.keys.stats_tools(),
+        )
+
+    def _admit(
+        self,
+        stage: str,
+        keys: CallKeys,
+        call_id: str,
+        tool: str,
+        spec: Tool | None,
+        *,
+        attempt: int,
+        local_verdict: str = "",
+    ) -> Answer:
+        tools = self.settings.tools
+        cost = tools.costs_usd.get(tool, spec.cost_usd) if spec is not None else 0.0
+        limits = self._tool_slots(spec) if spec is not None else []
+        return self.controls.admitter(
+            stage,
+            keys,
+            local_verdict=local_verdict,
+            tool=tool,
+            writes=spec.writes if spec is not None else False,
+            call_id=call_id,
+            cost_micro=round(cost * MICRO),
+            max_tool_calls=self.budget.max_tool_calls,
+            call_ttl_s=self.budget.ttl_s,
+            decision_ttl_s=DECISION_TTL_S,
+            retry=self.retry_policy,
+            breaker=self.breaker_policy,
+            remaining_s=self.guard.remaining_s(),
+            attempt=attempt,
+            wait_stat=f"rate_limit_waits|{tool}",
+            limits=limits,
+        )
+
+    def _tool_attempts(
+        self, call_id: str, spec: Tool, args: dict[str, Any], keys: CallKeys, answer: Answer
+    ) -> dict[str, Any]:
+        """The attempts of an admitted call; the final result is recorded and counted."""
+        timeout_s = self.settings.tools.timeout_s(spec.name, spec.timeout_ms)
+        attempt = 0
+        while True:
+            if answer.verdict == "stop":
+                raise self.guard.stop(answer.detail, answer.detail2)
+            if answer.verdict == "wait":
+                rate = ", ".join(limit.rate for limit in self._tool_limits(spec))
+                log.info("rate-limit wait", tool=spec.name, wait_ms=round(answer.wait_s * 1000), rate=rate)
+                self.guard.sleep(answer.wait_s)
+                self.guard.check_local()
+                answer = self._admit("go", keys, call_id, spec.name, spec, attempt=attempt)
+                continue
+            if answer.verdict == "rate_limited":
+                message = _rate_message(self._tool_limits(spec)[int(answer.detail2)], answer.wait_s)
+                refused = error_result("rate_limited", message, retry_after_s=answer.wait_s)
+                return self._record(keys, spec.name, refused)
+            if answer.verdict == "circuit_open":
+                retry_in_s = int(answer.detail2) / 1000.0
+                message = _circuit_message(spec.name, answer.detail, retry_in_s)
+                refused = error_result("circuit_open", message, retry_after_s=retry_in_s)
+                return self._record(keys, spec.name, refused)
+            result, settled = self._send_and_wait(call_id, attempt, spec.name, args, timeout_s)
+            final = is_final(spec, attempt, result, self.settings)
+            if not settled:  # no reply, or the tool did not run: the bookkeeping is done here
+                before, after, recorded = self.controls.admitter.settle(
+                    keys,
+                    ok=not is_failure(result),
+                    breaker=self.breaker_policy,
+                    final_result=json.dumps(result) if final else None,
+                    call_ttl_s=self.budget.ttl_s,
+                    stats_field=stats_field(spec.name, result),
+                )
+                if after != before:
+                    log.warning("breaker change", tool=spec.name, outcome=after, previous=before)
+                if recorded is not None:  # the tool worker's result came in as this side gave up
+                    result = dict(json.loads(recorded))
+            if final:
+                return result
+            delay_s = self._retry_delay(spec.name, attempt, result)
+            if delay_s is None:
+                return self._record(keys, spec.name, result)
+            self.guard.sleep(delay_s)
+            attempt += 1
+            self.guard.check_local()
+            answer = self._admit("retry", keys, call_id, spec.name, spec, attempt=attempt)
+
+    def _retry_delay(self, scope: str, attempt: int, result: dict[str, Any]) -> float | None:
+        """How long to wait before retrying a retryable failure, or None when it may not be
+        retried: past the run's deadline, or over the fleet's retry budget for `scope`."""
+        tools = self.settings.tools
+        ceiling_ms = tools.retries.backoff_ms[min(attempt, len(tools.retries.backoff_ms) - 1)]
+        delay_s = random.uniform(0, ceiling_ms / 1000.0)  # full jitter
+        retry_after = (result.get("error") or {}).get("retry_after_s")
+        if isinstance(retry_after, int | float):
+            delay_s = max(delay_s, float(retry_after))
+        if delay_s >= self.guard.remaining_s():
+            return None  # the retry could not happen before the deadline
+        if not self.controls.retry_budget.try_retry(scope, self.retry_policy):
+            log.warning("retry budget spent", tool=scope)
+            return None  # the fleet already retries this too much
+        log.info(
+            "tool retry",
+            tool=scope,
+            attempt=attempt + 1,
+            delay_ms=round(delay_s * 1000),
+            outcome=(result.get("error") or {}).get("type"),
+        )
+        return delay_s
+
+    def _record(self, keys: CallKeys, tool: str, result: dict[str, Any]) -> dict[str, Any]:
+        """Record a call's final result (a resumed run replays it) and count it."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(keys.call, mapping={"state": "done", "result": json.dumps(result)})
+        pipe.expire(keys.call, self.budget.ttl_s)
+        pipe.hincrby(keys.stats, stats_field(tool, result), 1)
+        pipe.execute()
+        return result
 
     def call_model(
         self,
@@ -225,11 +391,20 @@ class ToolGateway:
             if config.tokens_per_minute
             else None,
         ]
-        result = self._attempts(call_id, spec, args, scope, [x for x in limits if x], timeout_s)
+        result = self._model_attempts(call_id, spec, args, scope, [x for x in limits if x], timeout_s)
         self.budget.record(call_id, result)
         kind = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
         self.r.hincrby(self.keys.stats_tools(), f"calls|{MODEL_TOOL}|{kind}", 1)
         return CallOutcome(result, quota.to_dict())
+
+    def _tool_slots(self, spec: Tool) -> list[LimitSlot]:
+        """The rate-limit slots a call of `spec` takes, as the admission script wants them."""
+        if spec.name not in self._slots:
+            self._slots[spec.name] = [
+                LimitSlot(self.keys.rate_limit(limit.key, limit.tenant), parse_rate(limit.rate), limit.cost)
+                for limit in self._tool_limits(spec)
+            ]
+        return self._slots[spec.name]
 
     def _tool_limits(self, spec: Tool) -> list[Limit]:
         tools = self.settings.tools
@@ -241,67 +416,51 @@ class ToolGateway:
             limits.append(Limit(spec.name, tools.tenant_rate_limits[spec.name], tenant=self.tenant))
         return limits
 
-    def _attempts(
+    def _model_attempts(
         self,
         call_id: str,
         spec: Tool,
         args: dict[str, Any],
-        scope: str | None = None,
-        limits: list[Limit] | None = None,
-        timeout_s: float | None = None,
+        scope: str,
+        limits: list[Limit],
+        timeout_s: float,
     ) -> dict[str, Any]:
-        """Attempts of one call; `scope` names its breaker and retry budget (default: the tool)."""
+        """Attempts of a model call; `scope` names its breaker and retry budget."""
         tools = self.settings.tools
-        scope = scope or spec.name
-        limits = self._tool_limits(spec) if limits is None else limits
-        timeout_s = timeout_s or tools.timeout_s(spec.name, spec.timeout_ms)
-        breaker_policy = BreakerPolicy(**tools.breaker.model_dump())
-        retry_policy = RetryPolicy(**tools.retry_budget.model_dump())
-        may_retry = not spec.writes or spec.idempotent
-        self.controls.retry_budget.note_call(scope, retry_policy)
+        breaker_policy = self.breaker_policy
+        self.controls.retry_budget.note_call(scope, self.retry_policy)
         attempt = 0
         while True:
-            refused = self._admit(scope, limits, breaker_policy)
+            refused = self._model_admit(scope, limits, breaker_policy)
             if refused is not None:
                 return refused
-            result = self._attempt(call_id, attempt, spec.name, args, timeout_s)
+            self.guard.check()
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(self.keys.call(call_id), "attempt", attempt)  # earlier attempts are stale now
+            pipe.expire(self.keys.call(call_id), self.budget.ttl_s)
+            pipe.execute()
+            result, _ = self._send_and_wait(call_id, attempt, spec.name, args, timeout_s)
             before, after = self.controls.breaker.record_change(scope, not is_failure(result), breaker_policy)
             if after != before:
                 log.warning("breaker change", tool=scope, outcome=after, previous=before)
-            if not may_retry or attempt >= tools.retries.max or not is_retryable(result):
+            if attempt >= tools.retries.max or not is_retryable(result):
                 return result
-            ceiling_ms = tools.retries.backoff_ms[min(attempt, len(tools.retries.backoff_ms) - 1)]
-            delay_s = random.uniform(0, ceiling_ms / 1000.0)  # full jitter
-            retry_after = (result.get("error") or {}).get("retry_after_s")
-            if isinstance(retry_after, int | float):
-                delay_s = max(delay_s, float(retry_after))
-            if delay_s >= self.guard.remaining_s():
-                return result  # the retry could not happen before the deadline
-            if not self.controls.retry_budget.try_retry(scope, retry_policy):
-                log.warning("retry budget spent", tool=scope)
-                return result  # the fleet already retries this too much
-            error_type = (result.get("error") or {}).get("type")
-            log.info(
-                "tool retry",
-                tool=scope,
-                attempt=attempt + 1,
-                delay_ms=round(delay_s * 1000),
-                outcome=error_type,
-            )
+            delay_s = self._retry_delay(scope, attempt, result)
+            if delay_s is None:
+                return result
             self.guard.sleep(delay_s)
             attempt += 1
 
-    def _admit(self, scope: str, limits: list[Limit], breaker_policy: BreakerPolicy) -> dict[str, Any] | None:
+    def _model_admit(
+        self, scope: str, limits: list[Limit], breaker_policy: BreakerPolicy
+    ) -> dict[str, Any] | None:
         """Rate limits (waiting for a slot that fits in the run's time), then the breaker."""
         for limit in limits:
             slot = self.controls.limiter.acquire(
                 limit.key, parse_rate(limit.rate), self.guard.remaining_s(), limit.tenant, limit.cost
             )
             if not slot.allowed:
-                who = f" for tenant {limit.tenant!r}" if limit.tenant else ""
-                message = (
-                    f"rate limit {limit.rate}{who}: next slot in {slot.wait_s:.2f} s, past the run's deadline"
-                )
+                message = _rate_message(limit, slot.wait_s)
                 return error_result("rate_limited", message, retry_after_s=slot.wait_s)
             if slot.wait_s > 0:
                 self.r.hincrby(self.keys.stats_tools(), f"rate_limit_waits|{scope}", 1)
@@ -311,29 +470,52 @@ class ToolGateway:
         if not admission.allowed:
             return error_result(
                 "circuit_open",
-                f"{scope!r} is failing: circuit {admission.state}, next try in {admission.retry_in_s:.1f} s",
+                _circuit_message(scope, admission.state, admission.retry_in_s),
                 retry_after_s=admission.retry_in_s,
             )
         return None
 
-    def _attempt(
+    def _send_and_wait(
         self, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float
-    ) -> dict[str, Any]:
-        """Send one attempt and wait for its reply, checking the run between slices."""
-        self.guard.check()
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.keys.call(call_id), "attempt", attempt)  # earlier attempts are stale now
-        pipe.expire(self.keys.call(call_id), self.budget.ttl_s)
-        pipe.execute()
+    ) -> tuple[dict[str, Any], bool]:
+        """Send one (marked) attempt and wait for its reply, checking the run between slices.
+        Returns the envelope, and whether the tool worker settled the call (admit.Replier)."""
         reply_key = self.keys.call_reply(call_id, attempt)
         self.dispatcher.send(call_id=call_id, attempt=attempt, tool=tool, args=args, timeout_s=timeout_s)
         give_up = time.monotonic() + timeout_s + REPLY_GRACE_S
         while True:
             left = give_up - time.monotonic()
             if left <= 0:
-                return error_result("timeout", f"tool {tool!r} did not answer within {timeout_s:g} s")
+                return error_result("timeout", f"tool {tool!r} did not answer within {timeout_s:g} s"), False
             wait = min(SLICE_S, left, max(self.guard.remaining_s(), 0.01))
             reply = self.r.blpop([reply_key], timeout=wait)
             if reply is not None:  # BLPOP took the one reply; a late duplicate expires with the key
-                return dict(json.loads(reply[1]))
+                data = json.loads(reply[1])
+                if isinstance(data, dict) and "envelope" in data:
+                    return dict(data["envelope"]), bool(data.get("settled"))
+                return dict(data), False
             self.guard.check()
+
+
+def is_final(spec: Tool, attempt: int, result: dict[str, Any], settings: Settings) -> bool:
+    """Whether an attempt's result ends its call: not retryable, out of retries, or a write that
+    sends no idempotency key (never retried). The agent may still give up a retry (deadline,
+    retry budget); the tool worker uses the same rule to settle a call it ran."""
+    may_retry = not spec.writes or spec.idempotent
+    return not (may_retry and attempt < settings.tools.retries.max and is_retryable(result))
+
+
+def stats_field(tool: str, result: dict[str, Any]) -> str:
+    """The tools' stats field a call's outcome counts in (fleet-wide, for /metrics)."""
+    label = tool if get_tool(tool) is not None else "unknown"  # agents may ask for any name
+    kind = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
+    return f"calls|{label}|{kind}"
+
+
+def _rate_message(limit: Limit, wait_s: float) -> str:
+    who = f" for tenant {limit.tenant!r}" if limit.tenant else ""
+    return f"rate limit {limit.rate}{who}: next slot in {wait_s:.2f} s, past the run's deadline"
+
+
+def _circuit_message(scope: str, state: str, retry_in_s: float) -> str:
+    return f"{scope!r} is failing: circuit {state}, next try in {retry_in_s:.1f} s"

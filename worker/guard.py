@@ -67,6 +67,11 @@ class RunGuard:
     def remaining_s(self) -> float:
         return self.deadline_ts - time.time()
 
+    @property
+    def switch_keys(self) -> list[str]:
+        """The run's switches (all, tenant, agent), then its cancel flag."""
+        return list(self._keys)
+
     def check(self, values: Sequence[str | None] | None = None) -> None:
         """Raise RunStopped when a switch, a cancel or the deadline says the run must end.
 
@@ -82,6 +87,21 @@ class RunGuard:
             raise RunStopped(CANCELLED, "cancelled", str(cancel))
         if self.remaining_s() <= 0:
             raise BudgetExceeded("max_seconds")
+
+    def check_local(self) -> None:
+        """The checks that need no Redis: the lease and the deadline (for callers that read the
+        switches themselves, in a script of their own, and report them with `stop`)."""
+        if self.lease_lost is not None and self.lease_lost.is_set():
+            raise LeaseLost()
+        if self.remaining_s() <= 0:
+            raise BudgetExceeded("max_seconds")
+
+    @staticmethod
+    def stop(kind: str, value: str) -> RunStopped:
+        """The RunStopped for a switch (`killed`, its value) or a cancel (`cancelled`) found on."""
+        if kind == "killed":
+            return RunStopped(STOPPED, "killed", value or "kill switch on")
+        return RunStopped(CANCELLED, "cancelled", value)
 
     def sleep(self, seconds: float) -> None:
         """Wait `seconds`, checking every SLICE_S; raises RunStopped like check()."""

@@ -21,37 +21,107 @@ from worker.keys import Keys
 MICRO = 1_000_000  # spend is kept in micro-dollars, as integers
 DECISION_TTL_S = 2 * 86400
 
-_RESERVE = """
-local marker = redis.call('GET', KEYS[3])
-if marker then return {1, marker} end
+# Lua functions, so the gateway's admission script (worker/admit.py) runs the same code.
+# policy_read(key) -> allowed_tools (a set, or false: the fleet's allowlist alone), max_actions,
+# max_spend_micro (-1: no limit). A value that is not a valid policy denies every tool, as
+# PolicyStore.get does (pydantic's strict mode there; the same rules here).
+LUA_POLICY = """
+local function policy_read(key)
+  local raw = redis.call('GET', key)
+  if not raw or raw == '' then return false, -1, -1 end
+  local deny = function() return {}, 0, -1 end
+  local ok, p = pcall(cjson.decode, raw)
+  if not ok or type(p) ~= 'table' or not string.match(raw, '^%s*{') then return deny() end
+  local tools, max_actions, max_spend = false, -1, -1
+  for name, v in pairs(p) do
+    if name == 'allowed_tools' then
+      if v ~= cjson.null then
+        if type(v) ~= 'table' then return deny() end
+        local n = 0
+        tools = {}
+        for _, tool in pairs(v) do
+          if type(tool) ~= 'string' or #tool > 200 or not string.match(tool, '^[%w_.:-]+$') then
+            return deny()
+          end
+          tools[tool] = true
+          n = n + 1
+        end
+        if n ~= #v then return deny() end
+      end
+    elseif name == 'max_actions_per_hour' then
+      if v ~= cjson.null then
+        if type(v) ~= 'number' or v < 0 or math.floor(v) ~= v then return deny() end
+        max_actions = v
+      end
+    elseif name == 'max_spend_usd_per_day' then
+      if v ~= cjson.null then
+        if type(v) ~= 'number' or v < 0 or v ~= v or v == math.huge then return deny() end
+        max_spend = math.floor(v * 1000000 + 0.5)
+      end
+    else
+      return deny()
+    end
+  end
+  return tools, max_actions, max_spend
+end
+"""
+
+# quota_reserve(actions_key, spend_key, marker_key, call_id, max_actions, max_spend, cost, ttl_s,
+# now_ms) -> 'verdict|actions|spent'; the first answer for a call id is its answer for good.
+LUA_RESERVE = """
+local function quota_reserve(k_actions, k_spend, k_marker, call_id, max_actions, max_spend, cost, ttl, now)
+  local marker = redis.call('GET', k_marker)
+  if marker then return marker end
+  local actions = 0
+  if max_actions >= 0 then
+    redis.call('ZREMRANGEBYSCORE', k_actions, '-inf', now - 3600000)
+    actions = redis.call('ZCARD', k_actions)
+  end
+  local spent = tonumber(redis.call('GET', k_spend) or '0')
+  local verdict = 'allowed'
+  if max_actions >= 0 and actions >= max_actions then
+    verdict = 'max_actions_per_hour'
+  elseif max_spend >= 0 and spent + cost > max_spend then
+    verdict = 'max_spend_usd_per_day'
+  end
+  if verdict == 'allowed' then
+    if max_actions >= 0 then
+      redis.call('ZADD', k_actions, now, call_id)
+      redis.call('PEXPIRE', k_actions, 3600000)
+      actions = actions + 1
+    end
+    spent = redis.call('INCRBY', k_spend, cost)
+    redis.call('EXPIRE', k_spend, 2 * 86400)
+  end
+  local decision = verdict .. '|' .. actions .. '|' .. spent
+  redis.call('SET', k_marker, decision, 'EX', ttl)
+  return decision
+end
+"""
+
+# quota_refund(actions_key, spend_key, marker_key, call_id, cost): give back an allowed reservation.
+LUA_REFUND = """
+local function quota_refund(k_actions, k_spend, k_marker, call_id, cost)
+  local marker = redis.call('GET', k_marker)
+  if not marker or string.sub(marker, 1, 7) ~= 'allowed' then return 0 end
+  redis.call('ZREM', k_actions, call_id)
+  redis.call('DECRBY', k_spend, cost)
+  redis.call('DEL', k_marker)
+  return 1
+end
+"""
+
+_RESERVE = (
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local max_actions, max_spend, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local actions = 0
-if max_actions >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
-  actions = redis.call('ZCARD', KEYS[1])
-end
-local spent = tonumber(redis.call('GET', KEYS[2]) or '0')
-local verdict = 'allowed'
-if max_actions >= 0 and actions >= max_actions then
-  verdict = 'max_actions_per_hour'
-elseif max_spend >= 0 and spent + cost > max_spend then
-  verdict = 'max_spend_usd_per_day'
-end
-if verdict == 'allowed' then
-  if max_actions >= 0 then
-    redis.call('ZADD', KEYS[1], now, ARGV[1])
-    redis.call('PEXPIRE', KEYS[1], 3600000)
-    actions = actions + 1
-  end
-  spent = redis.call('INCRBY', KEYS[2], cost)
-  redis.call('EXPIRE', KEYS[2], 2 * 86400)
-end
-local decision = verdict .. '|' .. actions .. '|' .. spent
-redis.call('SET', KEYS[3], decision, 'EX', ARGV[5])
-return {0, decision}
 """
+    + LUA_RESERVE
+    + """
+return quota_reserve(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+                     tonumber(ARGV[4]), ARGV[5], now)
+"""
+)
 
 _ADJUST = """
 local marker = redis.call('GET', KEYS[3])
@@ -61,14 +131,12 @@ redis.call('SET', KEYS[3], marker .. '|adj', 'KEEPTTL')
 return 1
 """
 
-_REFUND = """
-local marker = redis.call('GET', KEYS[3])
-if not marker or string.sub(marker, 1, 7) ~= 'allowed' then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DECRBY', KEYS[2], ARGV[2])
-redis.call('DEL', KEYS[3])
-return 1
+_REFUND = (
+    LUA_REFUND
+    + """
+return quota_refund(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]))
 """
+)
 
 
 class Policy(BaseModel):
@@ -100,6 +168,20 @@ class Decision:
         return asdict(self)
 
 
+def decision(agent: str, max_actions: int | None, max_spend_usd: float | None, raw: str) -> Decision:
+    """The Decision of a reservation's `verdict|actions|spent` answer, with what is left."""
+    verdict, actions, spent = raw.split("|")
+    remaining: dict[str, Any] = {}
+    if max_actions is not None:
+        remaining["actions_this_hour"] = max(0, max_actions - int(actions))
+    if max_spend_usd is not None:
+        remaining["spend_usd_today"] = round(max(0.0, max_spend_usd - int(spent) / MICRO), 6)
+    if verdict == "allowed":
+        return Decision("allowed", "within quota", remaining)
+    limit = max_actions if verdict == "max_actions_per_hour" else max_spend_usd
+    return Decision("denied", f"{verdict}={limit} reached for agent {agent!r}", remaining)
+
+
 class PolicyStore:
     """Policies and quota reservations of every agent."""
 
@@ -115,7 +197,7 @@ class PolicyStore:
         if not raw:
             return Policy()
         try:
-            return Policy.model_validate_json(raw)
+            return Policy.model_validate_json(raw, strict=True)
         except ValueError:
             # A hand-edited key that does not parse must not open the gates: deny every tool.
             return Policy(allowed_tools=[], max_actions_per_hour=0)
@@ -126,7 +208,7 @@ class PolicyStore:
         else:
             self.r.set(self.keys.policy(agent), policy.model_dump_json())
 
-    def _quota_keys(self, agent: str, call_id: str) -> list[str]:
+    def quota_keys(self, agent: str, call_id: str) -> list[str]:
         day = time.strftime("%Y%m%d", time.gmtime())
         return [
             self.keys.quota_actions(agent),
@@ -147,30 +229,17 @@ class PolicyStore:
         max_spend = (
             -1 if policy.max_spend_usd_per_day is None else round(policy.max_spend_usd_per_day * MICRO)
         )
-        _, raw = self._reserve(
-            keys=self._quota_keys(agent, call_id),
+        raw = self._reserve(
+            keys=self.quota_keys(agent, call_id),
             args=[call_id, max_actions, max_spend, round(cost_usd * MICRO), DECISION_TTL_S],
         )
-        verdict, actions, spent = str(raw).split("|")
-        remaining: dict[str, Any] = {}
-        if policy.max_actions_per_hour is not None:
-            remaining["actions_this_hour"] = max(0, policy.max_actions_per_hour - int(actions))
-        if policy.max_spend_usd_per_day is not None:
-            remaining["spend_usd_today"] = round(
-                max(0.0, policy.max_spend_usd_per_day - int(spent) / MICRO), 6
-            )
-        if verdict == "allowed":
-            return Decision("allowed", "within quota", remaining)
-        limit = (
-            policy.max_actions_per_hour if verdict == "max_actions_per_hour" else policy.max_spend_usd_per_day
-        )
-        return Decision("denied", f"{verdict}={limit} reached for agent {agent!r}", remaining)
+        return decision(agent, policy.max_actions_per_hour, policy.max_spend_usd_per_day, str(raw))
 
     def adjust_spend(self, agent: str, call_id: str, delta_usd: float) -> bool:
         """Correct today's spend by `delta_usd` once the call's real cost is known; only for a call
         that was charged (reserved at worst case under a quota), and only once."""
-        return bool(self._adjust(keys=self._quota_keys(agent, call_id), args=[round(delta_usd * MICRO)]))
+        return bool(self._adjust(keys=self.quota_keys(agent, call_id), args=[round(delta_usd * MICRO)]))
 
     def refund(self, agent: str, call_id: str, cost_usd: float) -> None:
         """Give back a reservation whose call was never made."""
-        self._refund(keys=self._quota_keys(agent, call_id), args=[call_id, round(cost_usd * MICRO)])
+        self._refund(keys=self.quota_keys(agent, call_id), args=[call_id, round(cost_usd * MICRO)])

@@ -19,23 +19,39 @@ from worker.keys import Keys
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 _PERIOD_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
-_GCRA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local max_wait = tonumber(ARGV[3])
-local cost = tonumber(ARGV[4])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
--- admission looks at the schedule as it is; the cost (e.g. a call's tokens) pushes it forward
-local wait = tat - (burst - 1) * interval - now
-if wait < 0 then wait = 0 end
-if wait > max_wait then return {0, tostring(wait)} end
-local new_tat = tat + cost * interval
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return {1, tostring(wait)}
+# gcra(key, interval_ms, burst, max_wait_ms, cost, now_ms) -> allowed (0/1), wait_ms. A Lua
+# function, so the gateway's admission script (worker/admit.py) runs the same code.
+LUA_GCRA = """
+local function gcra(key, interval, burst, max_wait, cost, now)
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  -- admission looks at the schedule as it is; the cost (e.g. a call's tokens) pushes it forward
+  local wait = tat - (burst - 1) * interval - now
+  if wait < 0 then wait = 0 end
+  if wait > max_wait then return 0, wait end
+  local new_tat = tat + cost * interval
+  redis.call('SET', key, tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+  return 1, wait
+end
 """
+
+# now_ms(): Redis' clock in milliseconds, with microseconds as the fraction.
+LUA_NOW = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+"""
+
+_GCRA = (
+    LUA_NOW
+    + LUA_GCRA
+    + """
+local allowed, wait = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+                           tonumber(ARGV[4]), now_ms())
+return {allowed, tostring(wait)}
+"""
+)
 
 
 @dataclass(frozen=True)

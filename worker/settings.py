@@ -152,6 +152,10 @@ class ObservabilitySection(_Section):
     # Turning redaction off takes this explicit setting, and every process warns at start.
     redaction: bool = True
     traces_sample_rate: float = Field(0.0, ge=0, le=1)  # Sentry performance traces
+    # Celery task events from tool workers (Flower's view of each tool call). Off: a tool call is
+    # short and frequent, its events are two Redis PUBLISHes before the tool runs, and the step
+    # log, the logs and /metrics already show every call. Runs: `run_task_events` (above).
+    tool_task_events: bool = False
 
 
 class RolloutSection(_Section):

@@ -16,7 +16,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from worker import agents, tools
 from worker.celery_app import RUN_TASK, TOOL_TASK, app, send_run
-from worker.gateway import REPLY_TTL_S, FleetControls
+from worker.gateway import REPLY_GRACE_S, FleetControls
 from worker.keeper import RunKeeper
 from worker.keys import AGENT_QUEUE, Keys, tool_queue
 from worker.lease import Leases, reaper_loop
@@ -31,6 +31,9 @@ agents.load_plugins(get_settings().plugins)
 tools.load_builtins()
 
 
+EXPIRES_SKEW_S = 5.0
+
+
 class CeleryDispatcher:
     """Sends tool-call attempts to their tool's queue, `tools.<tool>`."""
 
@@ -42,8 +45,9 @@ class CeleryDispatcher:
             argsrepr=f"({call_id!r}, {attempt}, {tool!r}, <args>, {timeout_s})",
             queue=tool_queue(tool),
             headers={"sent_at": time.time()},
-            # A message redelivered long after its run gave up on it is dropped, not executed.
-            expires=timeout_s + 60,
+            # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S) is
+            # dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ between hosts.
+            expires=timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
         )
 
 
@@ -93,16 +97,19 @@ def run_agent(self: RunTask, run_id: str) -> str | None:
     return execute_run(run_id, _deps())
 
 
-@app.task(name=TOOL_TASK)
-def tool_call(call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
+@app.task(name=TOOL_TASK, bind=True)
+def tool_call(
+    self: Task,  # type: ignore[type-arg]
+    call_id: str,
+    attempt: int,
+    tool: str,
+    args: dict[str, Any],
+    timeout_s: float,
+) -> None:
     """Execute one attempt of a tool call and hand its envelope to the waiting run."""
-    deps = _deps()
-    result = _executor().run(call_id, attempt, tool, args, timeout_s)
-    reply_key = deps.keys.call_reply(call_id, attempt)
-    pipe = deps.r.pipeline(transaction=True)
-    pipe.rpush(reply_key, json.dumps(result))
-    pipe.expire(reply_key, REPLY_TTL_S)
-    pipe.execute()
+    sent_at = getattr(self.request, "sent_at", None)  # the dispatcher's header
+    sent_at = float(sent_at) if isinstance(sent_at, int | float) else None
+    _executor().answer(call_id, attempt, tool, args, timeout_s, sent_at)
 
 
 def requeue(run_id: str) -> None:

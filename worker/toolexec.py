@@ -1,6 +1,9 @@
 """How a tool worker executes one attempt of a call: bulkhead, exactly-once writes, the tool.
 
-- A call whose run has ended (stopped, cancelled) while it waited in the queue is not made.
+- A call whose run has ended (stopped, cancelled) while it waited in the queue is not made, nor
+  is an attempt the run has moved on from. A read-only call sent less than FRESH_S ago skips
+  that check (one round trip on every call's path): its run was admitting it a moment ago, and
+  a read made for a run that ended within that moment costs the read and nothing else.
 - Bulkhead: at most `tools.max_concurrency.<tool>` calls of one tool run at once in a worker
   process, so a hanging tool cannot take every thread; a call over it is `rate_limited` at once.
 - Writes: the first attempt claims the call in Redis before it runs; its result is recorded.
@@ -14,11 +17,16 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import redis
+import structlog
 
 from worker import tools
+from worker.admit import Replier
+from worker.breaker import BreakerPolicy
+from worker.gateway import REPLY_TTL_S, is_failure, is_final, stats_field
 from worker.keys import Keys
 from worker.logs import cap_bytes
 from worker.runs import TERMINAL
@@ -26,6 +34,8 @@ from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result, is_retryable
 
 EXEC_TTL_S = 2 * 86400
+FRESH_S = 1.0
+log = structlog.get_logger("agentfleet.tools")
 
 _CLAIM = """
 local done = redis.call('HGET', KEYS[1], 'result')
@@ -46,6 +56,8 @@ class ToolExecutor:
         self.keys = keys
         self.settings = settings
         self._claim = r.register_script(_CLAIM)
+        self._reply = Replier(r)
+        self._breaker = BreakerPolicy(**settings.tools.breaker.model_dump())
         self._bulkheads: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
 
@@ -55,17 +67,82 @@ class ToolExecutor:
                 self._bulkheads[tool] = threading.BoundedSemaphore(self.settings.tools.concurrency(tool))
             return self._bulkheads[tool]
 
-    def run(self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float) -> dict[str, Any]:
-        """The envelope of one attempt, at most tools.max_result_bytes of JSON; never raises for a
-        tool's failure."""
-        envelope = self._bulkheaded(call_id, attempt, tool, args, timeout_s)
+    def answer(
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        sent_at: float | None = None,
+    ) -> None:
+        """Execute one attempt and push its reply for the waiting run. When the tool ran, the same
+        script reports the outcome to the breaker and records a final result (the run's side
+        would otherwise do it after the reply), so the run moves on as soon as it has the reply."""
+        from worker.loop import CALL_RECORD_TTL_S
+
+        started = time.monotonic()
+        result, ran = self.execute(call_id, attempt, tool, args, timeout_s, sent_at)
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        spec = tools.get_tool(tool)
+        settled, before, after = self._reply(
+            reply_key=self.keys.call_reply(call_id, attempt),
+            call_key=self.keys.call(call_id),
+            breaker_key=self.keys.breaker(tool),
+            stats_key=self.keys.stats_tools(),
+            envelope=json.dumps(result),
+            reply_ttl_s=REPLY_TTL_S,
+            attempt=attempt,
+            # a model call's breaker and record belong to its model (`llm:<model>`): the run's side
+            settle=ran and spec is not None and tool != tools.MODEL_TOOL,
+            ok=not is_failure(result),
+            breaker=self._breaker,
+            final=spec is not None and is_final(spec, attempt, result, self.settings),
+            call_ttl_s=CALL_RECORD_TTL_S,
+            stats_field=stats_field(tool, result),
+        )
+        # after the reply: the run does not wait for this line
+        outcome = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
+        log.info(
+            "tool executed" if ran else "tool not run",
+            run_id=call_id.split(":", 1)[0],
+            tool=tool,
+            attempt=attempt,
+            outcome=outcome,
+            duration_ms=duration_ms,
+        )
+        if settled and after != before:
+            log.warning("breaker change", tool=tool, outcome=after, previous=before)
+
+    def execute(
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        sent_at: float | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """The envelope of one attempt, at most tools.max_result_bytes of JSON (never raises for a
+        tool's failure), and whether the tool ran (False: the attempt was refused, stale, or
+        answered from a record, and the dependency was not asked)."""
+        ran: list[bool] = []
+        fresh = sent_at is not None and 0 <= time.time() - sent_at < FRESH_S
+        envelope = self._bulkheaded(call_id, attempt, tool, args, timeout_s, ran, fresh)
         limit = self.settings.tools.max_result_bytes
         if envelope.get("ok") and len(json.dumps(envelope["result"])) > limit:
-            return {"ok": True, "result": cap_bytes(envelope["result"], limit), "truncated": True}
-        return envelope
+            envelope = {"ok": True, "result": cap_bytes(envelope["result"], limit), "truncated": True}
+        return envelope, bool(ran)
 
     def _bulkheaded(
-        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        ran: list[bool],
+        fresh: bool,
     ) -> dict[str, Any]:
         bulkhead = self._bulkhead(tool)
         if not bulkhead.acquire(blocking=False):
@@ -74,11 +151,25 @@ class ToolExecutor:
                 "rate_limited", f"tool {tool!r} is busy: {limit} calls in flight on this worker"
             )
         try:
-            return self._run(call_id, attempt, tool, args, timeout_s)
+            return self._run(call_id, attempt, tool, args, timeout_s, ran, fresh)
         finally:
             bulkhead.release()
 
-    def _run(self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float) -> dict[str, Any]:
+    def _run(
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        ran: list[bool],
+        fresh: bool,
+    ) -> dict[str, Any]:
+        spec = tools.get_tool(tool)
+        ctx = ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
+        if fresh and spec is not None and not spec.writes:
+            ran.append(True)
+            return tools.execute(tool, args, ctx)
         run_id = call_id.split(":", 1)[0]
         pipe = self.r.pipeline(transaction=False)
         pipe.hget(self.keys.run(run_id), "status")
@@ -94,9 +185,8 @@ class ToolExecutor:
             return error_result(
                 "timeout", f"attempt {attempt} is stale: the run moved on to attempt {current}"
             )
-        spec = tools.get_tool(tool)
-        ctx = ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
         if spec is None or not spec.writes:
+            ran.append(spec is not None)
             return tools.execute(tool, args, ctx)
         exec_key = self.keys.call_exec(call_id)
         state, detail = self._claim(keys=[exec_key], args=[f"attempt {attempt}", EXEC_TTL_S])
@@ -107,6 +197,7 @@ class ToolExecutor:
                 "tool_error",
                 f"an earlier attempt ({detail}) of this write may have run; it is not run twice",
             )
+        ran.append(True)
         result = tools.execute(tool, args, ctx)
         if not (spec.idempotent and is_retryable(result)):
             # A retryable failure of an idempotent write stays open: its retry is sent again,

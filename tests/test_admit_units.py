@@ -1,0 +1,328 @@
+"""Unit tests of the gateway's admission script (worker/admit.py) on fakeredis with Lua: it runs
+the checks of every concern in one round trip, so it must decide exactly as they do."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fakeredis
+import pytest
+
+from tests.test_store_units import KEYS, InlineDispatcher, gateway
+from worker.guard import BudgetExceeded, RunStopped
+from worker.policy import MICRO, Policy, PolicyStore
+from worker.runs import RunStore
+from worker.settings import Settings
+
+
+@pytest.fixture
+def r() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(decode_responses=True)
+
+
+@pytest.fixture
+def store(r: fakeredis.FakeRedis) -> RunStore:
+    return RunStore(r, KEYS)
+
+
+class CountingRedis(fakeredis.FakeRedis):
+    """Counts round trips: each command sent alone, and each pipeline."""
+
+    round_trips = 0
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.round_trips += 1
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        self.round_trips += 1  # its queued commands go out together, in one round trip
+        return super().pipeline(transaction, shard_hint)
+
+
+POLICY_READ = """
+local tools, max_a, max_s = policy_read(KEYS[1])
+local names = {}
+if tools then
+  for name in pairs(tools) do table.insert(names, name) end
+  table.sort(names)
+end
+return {tools and 1 or 0, cjson.encode(names), max_a, max_s}
+"""
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        Policy().model_dump_json(),
+        Policy(allowed_tools=["echo", "http.get"]).model_dump_json(),
+        Policy(allowed_tools=[], max_actions_per_hour=30).model_dump_json(),
+        Policy(max_spend_usd_per_day=0.25).model_dump_json(),
+        Policy(max_actions_per_hour=0, max_spend_usd_per_day=0).model_dump_json(),
+        '{"allowed_tools": ["tool:v2", "a_b-c.d"]}',
+        "{}",
+        # not a valid policy: every tool is denied, in Lua as in Python
+        "not json",
+        "[]",
+        '["echo"]',
+        '{"allowed_tools": "echo"}',
+        '{"allowed_tools": [1]}',
+        '{"allowed_tools": ["bad tool"]}',
+        '{"allowed_tools": ["' + "x" * 201 + '"]}',
+        '{"max_actions_per_hour": -1}',
+        '{"max_actions_per_hour": 1.5}',
+        '{"max_actions_per_hour": "5"}',
+        '{"max_actions_per_hour": true}',
+        '{"max_spend_usd_per_day": -0.5}',
+        '{"max_spend_usd_per_day": "1"}',
+        '{"max_spend": 1}',
+        '{"allowed_tools": {"echo": true}}',
+    ],
+)
+def test_the_script_reads_a_policy_as_the_policy_store_does(r: fakeredis.FakeRedis, raw: str) -> None:
+    from worker.policy import LUA_POLICY
+
+    r.set(KEYS.policy("a"), raw)
+    expected = PolicyStore(r, KEYS).get("a")
+    has_tools, names, max_a, max_s = r.eval(LUA_POLICY + POLICY_READ, 1, KEYS.policy("a"))
+    tools = sorted(json.loads(names)) if has_tools else None
+    assert tools == (None if expected.allowed_tools is None else sorted(expected.allowed_tools))
+    assert max_a == (-1 if expected.max_actions_per_hour is None else expected.max_actions_per_hour)
+    spend = expected.max_spend_usd_per_day
+    assert max_s == (-1 if spend is None else round(spend * MICRO))
+
+
+def test_a_plain_tool_call_costs_two_round_trips_besides_the_subtask() -> None:
+    r = CountingRedis(decode_responses=True)
+    settings = Settings(tools={"allowlist": ["echo"]})
+    dispatcher = InlineDispatcher(r, settings)
+    gw = gateway(r, RunStore(r, KEYS), settings, dispatcher)
+    gw.call("r1:1:0", "echo", {"a": 0})  # registers the scripts (SCRIPT LOAD) once per process
+    r.round_trips = 0
+    assert gw.call("r1:2:0", "echo", {"a": 1}).result == {"ok": True, "result": {"a": 1}}
+    # the admission script, the settle script; the inline dispatcher's RPUSH and the BLPOP are
+    # the subtask's own round trips
+    assert r.round_trips - 2 == 2
+
+
+def test_a_run_switch_stops_the_run_before_anything_is_reserved(
+    r: fakeredis.FakeRedis, store: RunStore
+) -> None:
+    settings = Settings(tools={"allowlist": ["echo"]})
+    dispatcher = InlineDispatcher(r, settings)
+    gw = gateway(r, store, settings, dispatcher)
+    PolicyStore(r, KEYS).set("scripted", Policy(max_actions_per_hour=5))
+    r.set(KEYS.kill_agent("scripted"), "agent paused")
+    with pytest.raises(RunStopped) as stop:
+        gw.call("r1:1:0", "echo", {})
+    assert (stop.value.stop_reason, stop.value.message) == ("killed", "agent paused")
+    r.delete(KEYS.kill_agent("scripted"))
+    r.set(KEYS.run_cancel("r1"), "cancelled by request")
+    with pytest.raises(RunStopped) as stop:
+        gw.call("r1:1:0", "echo", {})
+    assert stop.value.stop_reason == "cancelled"
+    assert dispatcher.sent == []
+    assert r.hget(KEYS.run("r1"), "tool_calls") == "0"
+    assert r.zcard(KEYS.quota_actions("scripted")) == 0
+
+
+def test_a_tool_switch_comes_before_the_allowlist_and_the_policy(
+    r: fakeredis.FakeRedis, store: RunStore
+) -> None:
+    settings = Settings(tools={"allowlist": ["echo", "http.post"]})
+    gw = gateway(r, store, settings, InlineDispatcher(r, settings))
+    PolicyStore(r, KEYS).set("scripted", Policy(allowed_tools=["http.post"]))
+    r.set(KEYS.kill_writes(), "writes frozen")
+    outcome = gw.call("r1:1:0", "http.post", {"url": "http://127.0.0.1:9/x", "json": {}})
+    assert outcome.result["error"] == {"type": "killed", "message": "writes frozen"}
+    r.set(KEYS.kill_tool("search.read"), "search is down")
+    assert gw.call("r1:2:0", "search.read", {"q": "x"}).result["error"]["type"] == "killed"
+    r.delete(KEYS.kill_tool("search.read"))
+    denied = gw.call("r1:3:0", "search.read", {"q": "x"})
+    assert denied.result["error"]["message"] == "tool 'search.read' is not on the fleet's allowlist"
+    denied = gw.call("r1:4:0", "echo", {})
+    assert denied.result["error"]["message"] == "tool 'echo' is not in agent 'scripted''s allowed_tools"
+    assert denied.decision["decision"] == "denied"
+    stats = r.hgetall(KEYS.stats_tools())
+    assert stats == {
+        "calls|http.post|killed": "1",
+        "calls|search.read|killed": "1",
+        "calls|search.read|denied": "1",
+        "calls|echo|denied": "1",
+    }
+
+
+def test_a_call_over_the_tool_budget_gives_its_quota_back(r: fakeredis.FakeRedis, store: RunStore) -> None:
+    settings = Settings(tools={"allowlist": ["echo"], "costs_usd": {"echo": 0.01}})
+    gw = gateway(r, store, settings, InlineDispatcher(r, settings))  # max_tool_calls = 5
+    PolicyStore(r, KEYS).set("scripted", Policy(max_actions_per_hour=100, max_spend_usd_per_day=1.0))
+    for step in range(1, 6):
+        outcome = gw.call(f"r1:{step}:0", "echo", {"n": step})
+        assert outcome.decision["remaining"] == {
+            "actions_this_hour": 100 - step,
+            "spend_usd_today": round(1.0 - 0.01 * step, 6),
+        }
+    with pytest.raises(BudgetExceeded) as stop:
+        gw.call("r1:6:0", "echo", {})
+    assert stop.value.stop_reason == "max_tool_calls"
+    assert r.zcard(KEYS.quota_actions("scripted")) == 5
+    day_key = PolicyStore(r, KEYS).quota_keys("scripted", "r1:6:0")[1]
+    assert r.get(day_key) == str(5 * 10_000)
+    assert gw.budget.used == 5
+
+
+def test_a_finished_call_is_replayed_from_its_record(r: fakeredis.FakeRedis, store: RunStore) -> None:
+    settings = Settings(tools={"allowlist": ["echo"]})
+    dispatcher = InlineDispatcher(r, settings)
+    gw = gateway(r, store, settings, dispatcher)
+    first = gw.call("r1:1:0", "echo", {"n": 1})
+    again = gw.call("r1:1:0", "echo", {"n": 1})  # a resumed run asks for the same call
+    assert again.result == first.result == {"ok": True, "result": {"n": 1}}
+    assert len(dispatcher.sent) == 1
+    assert r.hget(KEYS.run("r1"), "tool_calls") == "1"
+
+
+def test_a_rate_limit_slot_past_the_deadline_is_refused_and_recorded(
+    r: fakeredis.FakeRedis, store: RunStore
+) -> None:
+    settings = Settings(tools={"allowlist": ["echo"], "rate_limits": {"echo": "1/m"}})
+    dispatcher = InlineDispatcher(r, settings)
+    gw = gateway(r, store, settings, dispatcher, deadline_s=5)
+    assert gw.call("r1:1:0", "echo", {}).result["ok"]
+    refused = gw.call("r1:2:0", "echo", {})
+    assert refused.result["error"]["type"] == "rate_limited"
+    assert "rate limit 1/m" in refused.result["error"]["message"]
+    assert refused.decision["decision"] == "denied"
+    assert len(dispatcher.sent) == 1
+    assert json.loads(r.hget(KEYS.call("r1:2:0"), "result") or "{}") == refused.result
+
+
+def test_an_open_breaker_answers_at_once(r: fakeredis.FakeRedis, store: RunStore) -> None:
+    settings = Settings(
+        tools={"allowlist": ["echo"], "retries": {"max": 0}, "breaker": {"failure_threshold": 2}}
+    )
+    failure = {"ok": False, "error": {"type": "http_error", "message": "HTTP 503", "status": 503}}
+    dispatcher = InlineDispatcher(r, settings, replies=[failure, failure])
+    gw = gateway(r, store, settings, dispatcher)
+    gw.call("r1:1:0", "echo", {})
+    gw.call("r1:2:0", "echo", {})
+    for step in (3, 4):
+        outcome = gw.call(f"r1:{step}:0", "echo", {})
+        assert outcome.result["error"]["type"] == "circuit_open"
+        assert outcome.result["error"]["retry_after_s"] > 0
+    assert len(dispatcher.sent) == 2
+    assert r.hget(KEYS.stats_tools(), "calls|echo|circuit_open") == "2"
+
+
+class ToolWorkerDispatcher:
+    """Runs the tool worker's own code (ToolExecutor.answer) inline, on its own client."""
+
+    def __init__(self, r: fakeredis.FakeRedis, settings: Settings) -> None:
+        from worker.toolexec import ToolExecutor
+
+        self.executor = ToolExecutor(r, KEYS, settings)
+        self.sent: list[tuple[str, int, str]] = []
+
+    def send(self, *, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
+        self.sent.append((call_id, attempt, tool))
+        self.executor.answer(call_id, attempt, tool, args, timeout_s)
+
+
+def test_the_tool_worker_settles_a_call_it_ran_so_the_run_needs_one_round_trip() -> None:
+    server = fakeredis.FakeServer()
+    r = CountingRedis(server=server, decode_responses=True)
+    worker_side = fakeredis.FakeRedis(server=server, decode_responses=True)
+    settings = Settings(tools={"allowlist": ["echo"]})
+    gw = gateway(r, RunStore(r, KEYS), settings, ToolWorkerDispatcher(worker_side, settings))
+    gw.call("r1:1:0", "echo", {"a": 0})  # registers the scripts once
+    r.round_trips = 0
+    assert gw.call("r1:2:0", "echo", {"a": 1}).result == {"ok": True, "result": {"a": 1}}
+    assert r.round_trips == 2  # the admission script and the BLPOP of the reply
+    assert json.loads(r.hget(KEYS.call("r1:2:0"), "result") or "null") == {"ok": True, "result": {"a": 1}}
+    assert r.hget(KEYS.stats_tools(), "calls|echo|ok") == "2"  # counted once per call
+    assert r.hget(KEYS.breaker("echo"), "win_calls") == "2"
+
+
+def test_a_reply_for_a_stale_attempt_is_not_settled_by_the_tool_worker(r: fakeredis.FakeRedis) -> None:
+    from worker.admit import Replier
+    from worker.breaker import BreakerPolicy
+
+    reply = Replier(r)
+    r.hset(KEYS.call("c1"), mapping={"state": "started", "attempt": "1"})  # the run is on attempt 1
+    common: dict[str, Any] = {
+        "call_key": KEYS.call("c1"),
+        "breaker_key": KEYS.breaker("echo"),
+        "stats_key": KEYS.stats_tools(),
+        "envelope": json.dumps({"ok": True, "result": 0}),
+        "reply_ttl_s": 60,
+        "settle": True,
+        "ok": True,
+        "breaker": BreakerPolicy(),
+        "final": True,
+        "call_ttl_s": 60,
+        "stats_field": "calls|echo|ok",
+    }
+    settled, _, _ = reply(reply_key="reply:0", attempt=0, **common)
+    assert not settled
+    assert r.hget(KEYS.call("c1"), "result") is None and not r.exists(KEYS.breaker("echo"))
+    assert json.loads(r.lpop("reply:0") or "{}") == {"settled": False, "envelope": {"ok": True, "result": 0}}
+    settled, _, _ = reply(reply_key="reply:1", attempt=1, **common)
+    assert settled and r.hget(KEYS.call("c1"), "result") == common["envelope"]
+    assert json.loads(r.lpop("reply:1") or "{}")["settled"] is True
+    # a second reply for the same attempt (a redelivery) settles nothing twice
+    settled, _, _ = reply(reply_key="reply:1", attempt=1, **common)
+    assert not settled and r.hget(KEYS.stats_tools(), "calls|echo|ok") == "1"
+
+
+def test_a_timeout_on_the_run_side_keeps_a_result_the_tool_worker_recorded_first(
+    r: fakeredis.FakeRedis,
+) -> None:
+    from worker.admit import Admitter, CallKeys
+    from worker.breaker import BreakerPolicy
+
+    keys = CallKeys(
+        run_switches=[], cancel="", tool_switch="", writes_switch="", policy="", quota=[],
+        run=KEYS.run("r1"), call=KEYS.call("c1"), retry_budget="", breaker=KEYS.breaker("echo"),
+        stats=KEYS.stats_tools(),
+    )  # fmt: skip
+    recorded = json.dumps({"ok": True, "result": "late"})
+    r.hset(KEYS.call("c1"), mapping={"attempt": "0", "state": "done", "result": recorded})
+    timeout = json.dumps({"ok": False, "error": {"type": "timeout", "message": "no answer"}})
+    _, _, existing = Admitter(r).settle(
+        keys, ok=False, breaker=BreakerPolicy(), final_result=timeout, call_ttl_s=60, stats_field="x"
+    )
+    assert existing == recorded
+    assert r.hget(KEYS.call("c1"), "result") == recorded and r.hget(KEYS.stats_tools(), "x") is None
+
+
+def test_a_fresh_read_skips_the_run_check_but_a_write_or_an_old_read_does_not(
+    r: fakeredis.FakeRedis, store: RunStore
+) -> None:
+    import time
+
+    import tests.plugins  # noqa: F401  (registers test.write)
+    from worker.toolexec import FRESH_S, ToolExecutor
+
+    settings = Settings(tools={"allowlist": ["echo", "test.write"]})
+    executor = ToolExecutor(r, KEYS, settings)
+    store.create("r1", tenant="t1", agent="scripted", input={}, budgets=_budgets(), metadata={})
+    store.cancel("r1")  # the run ended while its calls waited in the queue
+    now = time.time()
+    assert executor.execute("r1:1:0", 0, "echo", {"n": 1}, 3.0, sent_at=now) == (
+        {"ok": True, "result": {"n": 1}},
+        True,
+    )
+    old = executor.execute("r1:2:0", 0, "echo", {"n": 1}, 3.0, sent_at=now - FRESH_S - 1)
+    assert old == (
+        {"ok": False, "error": {"type": "killed", "message": "the run ended before this call was made"}},
+        False,
+    )
+    assert executor.execute("r1:3:0", 0, "echo", {"n": 1}, 3.0)[1] is False  # no header: checked
+    write = executor.execute("r1:4:0", 0, "test.write", {"n": 1}, 3.0, sent_at=now)
+    assert write[0]["error"]["type"] == "killed" and write[1] is False
+
+
+def _budgets() -> Any:
+    from worker.runs import Budgets
+
+    return Budgets(max_steps=5, max_tool_calls=5, max_seconds=30)

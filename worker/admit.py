@@ -1,0 +1,358 @@
+"""The gateway's checks before an attempt of a tool call in one Lua script, and its bookkeeping
+after the attempt in another: one round trip on each side of the subtask.
+
+Each concern keeps its Lua in its own module (killswitch order, policy.py, budget.py,
+retrybudget.py, ratelimit.py, breaker.py); this script runs those functions in the gateway's
+order, atomically, so a call costs one round trip before it is sent instead of one per check:
+
+1. the run's switches and cancel flag (the run stops), then the tool's switches (`killed`)
+2. the fleet's allowlist (decided in Python, passed in), then the agent's `allowed_tools`
+3. an unknown tool or bad arguments (decided in Python, passed in)
+4. the agent's quotas, reserved once per call id
+5. the run's tool-call budget (the reservation above is given back when it is spent), or the
+   recorded result of a call an earlier attempt already finished
+6. the retry budget counts the call
+7. per attempt: the rate limits (a slot within the run's remaining time, or `rate_limited`), the
+   breaker (`circuit_open`), and the attempt marker that makes earlier attempts stale
+
+After the attempt, `Admitter.settle` reports its outcome to the breaker and, when the call is
+over, records its result (a resumed run replays it) and counts it in the tools' stats.
+
+`stage` picks the part to run: `admit` (all, for a call's first attempt), `retry` (7, for a retry)
+or `go` (7 without the rate limits, after waiting for a reserved slot).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.breaker import LUA_ALLOW, LUA_RECORD, BreakerPolicy
+from worker.budget import LUA_RESERVE as LUA_BUDGET
+from worker.policy import LUA_POLICY, LUA_REFUND, LUA_RESERVE
+from worker.ratelimit import LUA_GCRA, LUA_NOW, Rate
+from worker.retrybudget import LUA_SPEND, RetryPolicy
+
+# KEYS: 1-3 the run's switches (all, tenant, agent), 4 the run's cancel flag, 5-6 the tool's
+# switches (tool, writes), 7 the agent's policy, 8-10 its quota keys (actions, today's spend, the
+# call's decision), 11 the run's hash, 12 the call's hash, 13 the tool's retry budget, 14 its breaker,
+# 15 the tools' stats hash, 16.. one rate-limit key per limit.
+# ARGV: 1 stage, 2 the Python verdict ('', 'allowlist', 'unknown', 'invalid'), 3 tool, 4 writes
+# (1/0), 5 call id, 6 cost (micro-USD), 7 max tool calls, 8 the call record's TTL, 9 the decision
+# TTL, 10-12 retry budget (ratio, min retries, window ms), 13-14 breaker (cooldown ms, probe ms),
+# 15 the run's remaining ms, 16 attempt, 17 the stats field of a rate-limit wait, then per limit:
+# interval ms, burst, cost.
+# Returns {verdict, quota decision ('' without quota), max actions, max spend micro, used, d1, d2}.
+_BODY = """
+local stage = ARGV[1]
+local now = now_ms()
+local now_int = math.floor(now)
+local function answer(verdict, d1, d2, quota, max_a, max_s, used)
+  return {verdict, quota or '', max_a or -1, max_s or -1, used or 0, d1 or '', d2 or ''}
+end
+local run = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+for i = 1, 3 do
+  if run[i] then return answer('stop', 'killed', run[i]) end
+end
+if run[4] then return answer('stop', 'cancelled', run[4]) end
+
+local quota, max_a, max_s, used = '', -1, -1, 0
+if stage == 'admit' then
+  local tool_switch = redis.call('GET', KEYS[5])
+  if not tool_switch and ARGV[4] == '1' then tool_switch = redis.call('GET', KEYS[6]) end
+  if tool_switch then return answer('killed', tool_switch) end
+  if ARGV[2] == 'allowlist' then return answer('denied', 'allowlist') end
+  local tools
+  tools, max_a, max_s = policy_read(KEYS[7])
+  if tools and not tools[ARGV[3]] then return answer('denied', 'policy') end
+  if ARGV[2] ~= '' then return answer('denied', ARGV[2]) end
+  if max_a >= 0 or max_s >= 0 then
+    quota = quota_reserve(KEYS[8], KEYS[9], KEYS[10], ARGV[5], max_a, max_s, tonumber(ARGV[6]),
+                          ARGV[9], now_int)
+    if string.sub(quota, 1, 7) ~= 'allowed' then return answer('quota', '', '', quota, max_a, max_s) end
+  end
+  local counted, recorded
+  counted, used, recorded = budget_reserve(KEYS[11], KEYS[12], tonumber(ARGV[7]), ARGV[8])
+  if counted == 0 then
+    if quota ~= '' then quota_refund(KEYS[8], KEYS[9], KEYS[10], ARGV[5], tonumber(ARGV[6])) end
+    return answer('budget', '', '', quota, max_a, max_s, used)
+  end
+  if recorded then return answer('recorded', recorded, '', quota, max_a, max_s, used) end
+  retry_budget(KEYS[13], 'call', tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), now_int)
+end
+
+if stage ~= 'go' then
+  local wait = 0
+  for i = 16, #KEYS do
+    local a = 18 + (i - 16) * 3
+    local allowed, w = gcra(KEYS[i], tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[15]),
+                            tonumber(ARGV[a + 2]), now)
+    if allowed == 0 then return answer('rate_limited', tostring(w), i - 16, quota, max_a, max_s, used) end
+    if w > wait then wait = w end
+  end
+  if wait > 0 then
+    redis.call('HINCRBY', KEYS[15], ARGV[17], 1)
+    return answer('wait', tostring(wait), '', quota, max_a, max_s, used)
+  end
+end
+
+local allowed, state, retry_ms = breaker_allow(KEYS[14], tonumber(ARGV[13]), tonumber(ARGV[14]), now_int)
+if allowed == 0 then return answer('circuit_open', state, retry_ms, quota, max_a, max_s, used) end
+redis.call('HSET', KEYS[12], 'attempt', ARGV[16])
+redis.call('EXPIRE', KEYS[12], ARGV[8])
+return answer('go', '', '', quota, max_a, max_s, used)
+"""
+
+SCRIPT = (
+    LUA_NOW + LUA_POLICY + LUA_RESERVE + LUA_REFUND + LUA_BUDGET + LUA_SPEND + LUA_GCRA + LUA_ALLOW + _BODY
+)
+
+# settle(call_key, breaker_key, stats_key, guard_attempt, ok, threshold, rate, min_calls, window_ms,
+# final, result, ttl_s, stats_field) -> settled (0/1), breaker before, after, the call's result if
+# it was already recorded. With `guard_attempt` (the tool worker's side) nothing happens unless
+# that attempt is still the call's current one and the call has no result yet: the agent may have
+# moved on (a retry) or given up (a timeout), and then it does the bookkeeping itself.
+LUA_SETTLE = """
+local function settle(k_call, k_breaker, k_stats, guard_attempt, ok, threshold, rate, min_calls, window,
+                      final, result, ttl, stats_field)
+  if guard_attempt ~= '' then
+    if redis.call('HGET', k_call, 'attempt') ~= guard_attempt then return 0, '', '', false end
+    if redis.call('HEXISTS', k_call, 'result') == 1 then return 0, '', '', false end
+  end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local before, after = breaker_record(k_breaker, ok, threshold, rate, min_calls, window, now)
+  if final then
+    local existing = redis.call('HGET', k_call, 'result')
+    if existing then return 1, before, after, existing end
+    redis.call('HSET', k_call, 'state', 'done', 'result', result)
+    redis.call('EXPIRE', k_call, ttl)
+    redis.call('HINCRBY', k_stats, stats_field, 1)
+  end
+  return 1, before, after, false
+end
+"""
+
+# KEYS: 1 the call's hash, 2 the breaker, 3 the tools' stats hash. ARGV: 1 ok (1/0), 2-5 the
+# breaker's threshold, rate, min calls, window ms; 6 final (1/0), 7 the result, 8 its TTL,
+# 9 the stats field.
+_SETTLE = """
+local _, before, after, existing = settle(KEYS[1], KEYS[2], KEYS[3], '', ARGV[1] == '1', tonumber(ARGV[2]),
+                                          tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+                                          ARGV[6] == '1', ARGV[7], ARGV[8], ARGV[9])
+return {before, after, existing}
+"""
+
+# The tool worker's reply. KEYS: 1 the reply list, 2-4 as _SETTLE. ARGV: 1 the envelope (JSON),
+# 2 the reply's TTL, 3 the attempt, 4 settle here (1/0: only when this attempt ran the tool),
+# 5-10 as _SETTLE's 1-6, 11-12 as its 8-9 (the result is the envelope). The reply says whether the
+# bookkeeping is done.
+_REPLY = """
+local settled, before, after = 0, '', ''
+if ARGV[4] == '1' then
+  settled, before, after = settle(KEYS[2], KEYS[3], KEYS[4], ARGV[3], ARGV[5] == '1', tonumber(ARGV[6]),
+                                  tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]),
+                                  ARGV[10] == '1', ARGV[1], ARGV[11], ARGV[12])
+end
+redis.call('RPUSH', KEYS[1], '{"settled": ' .. (settled == 1 and 'true' or 'false') .. ', "envelope": ' ..
+           ARGV[1] .. '}')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {settled, before, after}
+"""
+
+SETTLE_SCRIPT = LUA_RECORD + LUA_SETTLE + _SETTLE
+REPLY_SCRIPT = LUA_RECORD + LUA_SETTLE + _REPLY
+
+
+@dataclass(frozen=True)
+class LimitSlot:
+    """One rate limit a call takes a slot of: its key, rate and units."""
+
+    key: str
+    rate: Rate
+    cost: int = 1
+
+
+@dataclass(frozen=True)
+class CallKeys:
+    """The Redis keys one call's admission reads and writes."""
+
+    run_switches: list[str]  # all, tenant, agent
+    cancel: str
+    tool_switch: str
+    writes_switch: str
+    policy: str
+    quota: list[str]  # actions, today's spend, the call's decision
+    run: str
+    call: str
+    retry_budget: str
+    breaker: str
+    stats: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the script decided; `quota` is the reservation's 'verdict|actions|spent' or ''."""
+
+    verdict: str
+    quota: str
+    max_actions: int | None
+    max_spend_usd: float | None
+    used: int
+    detail: str
+    detail2: str
+
+    @property
+    def wait_s(self) -> float:
+        """For `wait` and `rate_limited`: how far the slot is."""
+        return math.ceil(float(self.detail)) / 1000.0
+
+
+class Admitter:
+    """Runs the admission script."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self._script = r.register_script(SCRIPT)
+        self._settle = r.register_script(SETTLE_SCRIPT)
+
+    def __call__(
+        self,
+        stage: str,
+        keys: CallKeys,
+        *,
+        local_verdict: str,
+        tool: str,
+        writes: bool,
+        call_id: str,
+        cost_micro: int,
+        max_tool_calls: int,
+        call_ttl_s: int,
+        decision_ttl_s: int,
+        retry: RetryPolicy,
+        breaker: BreakerPolicy,
+        remaining_s: float,
+        attempt: int,
+        wait_stat: str,
+        limits: list[LimitSlot],
+    ) -> Answer:
+        script_keys = [
+            *keys.run_switches,
+            keys.cancel,
+            keys.tool_switch,
+            keys.writes_switch,
+            keys.policy,
+            *keys.quota,
+            keys.run,
+            keys.call,
+            keys.retry_budget,
+            keys.breaker,
+            keys.stats,
+            *(limit.key for limit in limits),
+        ]
+        args: list[Any] = [
+            stage,
+            local_verdict,
+            tool,
+            "1" if writes else "0",
+            call_id,
+            cost_micro,
+            max_tool_calls,
+            call_ttl_s,
+            decision_ttl_s,
+            retry.ratio,
+            retry.min_retries,
+            int(retry.window_s * 1000),
+            int(breaker.cooldown_s * 1000),
+            int(breaker.probe_timeout_s * 1000),
+            max(0.0, remaining_s) * 1000.0,
+            attempt,
+            wait_stat,
+        ]
+        for limit in limits:
+            args += [limit.rate.interval_ms, limit.rate.burst, max(1, limit.cost)]
+        verdict, quota, max_a, max_s, used, d1, d2 = self._script(keys=script_keys, args=args)
+        return Answer(
+            verdict=str(verdict),
+            quota=str(quota),
+            max_actions=None if int(max_a) < 0 else int(max_a),
+            max_spend_usd=None if int(max_s) < 0 else int(max_s) / 1_000_000,
+            used=int(used),
+            detail=str(d1),
+            detail2=str(d2),
+        )
+
+    def settle(
+        self,
+        keys: CallKeys,
+        *,
+        ok: bool,
+        breaker: BreakerPolicy,
+        final_result: str | None,
+        call_ttl_s: int,
+        stats_field: str,
+    ) -> tuple[str, str, str | None]:
+        """Report an attempt's outcome to the breaker; with `final_result` (JSON), also record the
+        call's result and count it, unless a result is recorded already (the tool worker's, just
+        before a timeout here): that one is returned, and stands. Returns the breaker's states
+        before and after, and that recorded result."""
+        before, after, existing = self._settle(
+            keys=[keys.call, keys.breaker, keys.stats],
+            args=[
+                "1" if ok else "0",
+                *_breaker_args(breaker),
+                "0" if final_result is None else "1",
+                final_result or "",
+                call_ttl_s,
+                stats_field,
+            ],
+        )
+        return str(before), str(after), (str(existing) if existing else None)
+
+
+class Replier:
+    """The tool worker's side: push an attempt's reply, settling the call when the attempt ran
+    the tool (and is still the call's current attempt), so the agent need not."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self._reply = r.register_script(REPLY_SCRIPT)
+
+    def __call__(
+        self,
+        *,
+        reply_key: str,
+        call_key: str,
+        breaker_key: str,
+        stats_key: str,
+        envelope: str,
+        reply_ttl_s: int,
+        attempt: int,
+        settle: bool,
+        ok: bool,
+        breaker: BreakerPolicy,
+        final: bool,
+        call_ttl_s: int,
+        stats_field: str,
+    ) -> tuple[bool, str, str]:
+        """Returns whether the call was settled here, and the breaker's states before and after."""
+        settled, before, after = self._reply(
+            keys=[reply_key, call_key, breaker_key, stats_key],
+            args=[
+                envelope,
+                reply_ttl_s,
+                attempt,
+                "1" if settle else "0",
+                "1" if ok else "0",
+                *_breaker_args(breaker),
+                "1" if final else "0",
+                call_ttl_s,
+                stats_field,
+            ],
+        )
+        return bool(settled), str(before), str(after)
+
+
+def _breaker_args(breaker: BreakerPolicy) -> list[Any]:
+    return [breaker.failure_threshold, breaker.failure_rate, breaker.min_calls, int(breaker.window_s * 1000)]
