@@ -69,6 +69,7 @@ from bench.bench_gateway import (  # noqa: E402
     versions_line,
 )
 from tests.harness import TERMINAL, CountingServer, Fleet, Proc, RedisServer, wait_for  # noqa: E402
+from worker.settings import ObservabilitySection  # noqa: E402
 
 THROUGHPUT_RATIO_MIN = 0.5  # 1-step runs/s >= 0.5x bare Celery no-op tasks/s
 KILL_P99_MAX_S = 1.0  # kill-all: every run stops within 1 s (p99)
@@ -527,7 +528,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--bare-events",
         action="store_true",
-        help="give the bare Celery app the fleet's task-event settings (default: Celery's default, off)",
+        help="give the bare Celery app task events (default: Celery's default, off; the fleet's runs send "
+        "them only with observability.run_task_events)",
     )
     return p.parse_args(argv)
 
@@ -665,7 +667,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(`finished_at`, `date_done`). From the release to the last completion: agentfleet "
         f"{thr.fleet_runs / thr.fleet_from_resume_s:.1f}/s, bare "
         f"{thr.bare_tasks / thr.bare_from_resume_s:.1f}/s. Both sides: prefork, acks_late, prefetch 1; "
-        f"task events on for agentfleet (its config), {'on' if args.bare_events else 'off'} for bare"
+        f"run task events {'on' if ObservabilitySection().run_task_events else 'off'} for agentfleet "
+        f"(its default, observability.run_task_events), {'on' if args.bare_events else 'off'} for bare"
     )
     print(
         f"- per-step overhead: {args.step_pairs} runs each of 1 and 11 steps, interleaved, one at a time; "

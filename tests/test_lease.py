@@ -1,5 +1,5 @@
-"""Run leases and the reaper's claims (Redis logic on fakeredis; recovery of real workers is in
-tests/test_recovery.py)."""
+"""Run leases, their keeper thread and the reaper's claims (Redis logic on fakeredis; recovery of
+real workers is in tests/test_recovery.py)."""
 
 from __future__ import annotations
 
@@ -7,44 +7,67 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 
 import fakeredis
 import pytest
 
+from worker.keeper import RunKeeper
 from worker.keys import Keys
 from worker.lease import Leases, holder_is_dead, new_token
+from worker.runs import Budgets, RunStore
 
 KEYS = Keys("fleet")
+TTL_S = 0.3
 
 
 @pytest.fixture
-def leases() -> Leases:
-    return Leases(fakeredis.FakeRedis(decode_responses=True), KEYS, ttl_s=0.3)
+def r() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(decode_responses=True)
 
 
-def test_a_live_holder_keeps_the_run_and_a_second_delivery_is_refused(leases: Leases) -> None:
+@pytest.fixture
+def leases(r: fakeredis.FakeRedis) -> Leases:
+    return Leases(r, KEYS, ttl_s=TTL_S)
+
+
+@pytest.fixture
+def store(r: fakeredis.FakeRedis) -> Iterator[RunStore]:
+    store = RunStore(r, KEYS, lease_ttl_s=TTL_S)
+    for run_id in ("r1", "dead", "alive"):
+        budgets = Budgets(max_steps=5, max_tool_calls=2, max_seconds=30)
+        store.create(run_id, tenant="t1", agent="scripted", input={}, budgets=budgets, metadata={})
+    yield store
+
+
+def test_a_live_holder_keeps_the_run_and_a_second_delivery_is_refused(
+    store: RunStore, leases: Leases
+) -> None:
     first, second = new_token(), f"otherhost:1:{'a' * 8}"
-    assert leases.acquire("r1", first)
-    assert not leases.acquire("r1", second)
+    assert store.start("r1", first).raw is not None
+    assert store.start("r1", second).holder == first
     assert leases.renew("r1", first)
     assert not leases.renew("r1", second)
 
 
-def test_the_holders_dead_process_on_this_host_is_taken_over_at_once(leases: Leases) -> None:
+def test_the_holders_dead_process_on_this_host_is_taken_over_at_once(store: RunStore) -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     dead = f"{socket.gethostname()}:{child.pid}:deadbeef"
     assert holder_is_dead(dead)
     assert not holder_is_dead(f"{socket.gethostname()}:{os.getpid()}:alive000")
     assert not holder_is_dead(f"elsewhere:{child.pid}:deadbeef")  # another host: can't tell
-    assert leases.acquire("r1", dead)
-    assert leases.acquire("r1", new_token())
+    assert store.start("r1", dead).raw is not None
+    token = new_token()
+    assert store.start("r1", token).holder == dead  # the loop checks the holder, then takes over
+    assert store.start("r1", token, takeover=dead).raw is not None
 
 
-def test_reaper_claims_an_expired_lease_once_and_skips_live_ones(leases: Leases) -> None:
-    leases.acquire("dead", "elsewhere:1:aaaaaaaa")
-    leases.acquire("alive", "elsewhere:2:bbbbbbbb")
+def test_reaper_claims_an_expired_lease_once_and_skips_live_ones(store: RunStore, leases: Leases) -> None:
+    store.start("dead", "elsewhere:1:aaaaaaaa")
+    store.start("alive", "elsewhere:2:bbbbbbbb")
     assert leases.reap() == []
     time.sleep(0.2)
     leases.renew("alive", "elsewhere:2:bbbbbbbb")
@@ -53,21 +76,94 @@ def test_reaper_claims_an_expired_lease_once_and_skips_live_ones(leases: Leases)
     assert leases.reap() == []  # claimed: a second reaper does not requeue it again
 
 
-def test_release_frees_the_run_for_the_next_execution(leases: Leases) -> None:
+def test_release_frees_the_run_for_the_next_execution(store: RunStore, leases: Leases) -> None:
     token = new_token()
-    leases.acquire("r1", token)
+    store.start("r1", token)
     leases.release("r1", token)
-    assert leases.acquire("r1", "elsewhere:3:cccccccc")
+    assert store.start("r1", "elsewhere:3:cccccccc").raw is not None
     time.sleep(0.35)
     assert leases.reap() == ["r1"]
 
 
-def test_a_lost_lease_is_reported_to_the_holder(leases: Leases) -> None:
+def test_the_keeper_renews_held_leases_and_releases_them_at_the_end(
+    store: RunStore, leases: Leases, r: fakeredis.FakeRedis
+) -> None:
+    keeper = RunKeeper(leases)
     token = new_token()
-    leases.acquire("r1", token)
-    with leases.held("r1", token) as lost:
+    store.start("r1", token)
+    with keeper.hold("r1", token) as held:
+        time.sleep(TTL_S * 3)  # three TTLs: only renewals keep the lease
+        assert r.get(KEYS.run_lease("r1")) == token and not held.lost.is_set()
+    assert r.get(KEYS.run_lease("r1")) is None
+
+
+def test_a_lost_lease_is_reported_to_the_holder(store: RunStore, leases: Leases) -> None:
+    keeper = RunKeeper(leases)
+    token = new_token()
+    store.start("r1", token)
+    with keeper.hold("r1", token) as held:
         leases.r.set(KEYS.run_lease("r1"), "elsewhere:4:dddddddd")  # taken over
-        deadline = time.monotonic() + 2
-        while not lost.is_set() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert lost.is_set()
+        assert held.lost.wait(2)
+
+
+def test_the_keeper_fires_a_watchdog_once_at_its_time_and_not_after_the_hold_ended(
+    store: RunStore, leases: Leases
+) -> None:
+    keeper = RunKeeper(leases)
+    fired: list[str] = []
+    event = threading.Event()
+    store.start("r1", "host:1:a")
+    with keeper.hold("r1", "host:1:a") as held:
+        keeper.watch(held, time.time() + 0.1, lambda: (fired.append("r1"), event.set()))
+        assert event.wait(2)
+        time.sleep(0.2)
+    store.start("alive", "host:1:b")
+    with keeper.hold("alive", "host:1:b") as held:
+        keeper.watch(held, time.time() + 0.2, lambda: fired.append("alive"))
+    time.sleep(0.4)
+    assert fired == ["r1"]
+
+
+def test_a_forked_child_gets_its_own_keeper_thread(store: RunStore, leases: Leases) -> None:
+    keeper = RunKeeper(leases)
+    with keeper.hold("r1", "host:1:a"):
+        pass
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's thread did not survive the fork
+        try:
+            event = threading.Event()
+            with keeper.hold("alive", "host:2:b") as held:
+                keeper.watch(held, time.time() + 0.05, event.set)
+                ok = event.wait(2)
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+
+
+def test_a_zombie_holder_counts_as_dead() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while not holder_is_dead(f"{socket.gethostname()}:{child.pid}:zombie00"):
+        assert time.monotonic() < deadline, "the exited, unreaped child never counted as dead"
+        time.sleep(0.02)
+    assert child.poll() == 0  # it was a zombie until now: exited, not yet reaped
+
+
+def test_a_failing_watchdog_does_not_stop_the_keeper_renewing_other_leases(
+    store: RunStore, leases: Leases, r: fakeredis.FakeRedis
+) -> None:
+    keeper = RunKeeper(leases)
+
+    def broken() -> None:
+        raise RuntimeError("a watchdog that fails")
+
+    store.start("r1", "host:1:a")
+    store.start("alive", "host:1:b")
+    with keeper.hold("r1", "host:1:a") as held, keeper.hold("alive", "host:1:b") as other:
+        keeper.watch(held, time.time() + 0.05, broken)
+        time.sleep(TTL_S * 3)
+        assert r.get(KEYS.run_lease("alive")) == "host:1:b" and not other.lost.is_set()

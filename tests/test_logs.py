@@ -9,12 +9,14 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import structlog
 
+from tests.harness import Fleet, wait_for
 from tests.pii_corpus import PII_CASES
 from worker.logs import HANDLER_NAME, RUN_FIELDS, cap_bytes, configure_logging, sampled
 
@@ -349,3 +351,16 @@ def test_cap_bytes_returns_small_values_unchanged_and_keeps_shape() -> None:
     assert capped["status"] == 200 and capped["headers"] == {"x": "y"}
     assert capped["body"].startswith("bbbb") and capped["body"].endswith("[...]")
     assert cap_bytes(list(range(100)), 64)[:3] == [0, 1, 2]
+
+
+def test_a_run_logs_one_started_and_one_finished_line_and_no_celery_success_line(fleet: Fleet) -> None:
+    run = fleet.submit(input={"plan": [{"final": "ok"}]})
+    assert fleet.wait(run["id"])["status"] == "succeeded"
+    worker = next(p for p in fleet.procs if p.name == "worker")
+    wait_for(lambda: f'"run_id": "{run["id"]}"' in worker.text(), 10, "no line of the run")
+    time.sleep(0.5)  # the pool's lines reach the log file through the main process
+    events = [json.loads(line) for line in worker.text().splitlines() if line.startswith("{")]
+    mine = [e["event"] for e in events if e.get("run_id") == run["id"]]
+    assert mine == ["run started", "run finished"], mine
+    assert any(e["event"].startswith("Task fleet.run_agent[") for e in events)  # "… received"
+    assert not [e for e in events if "fleet.run_agent[" in e["event"] and " succeeded in " in e["event"]]

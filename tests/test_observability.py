@@ -188,10 +188,15 @@ class EventTap:
 
 
 def test_tool_workers_send_no_task_events_unless_configured(obs_fleet: Fleet) -> None:
-    for proc in obs_fleet.procs:  # the calls below must go to the tool workers started here
-        if proc.name == "tool-worker":
+    for proc in obs_fleet.procs:  # the runs and calls below must go to the workers started here
+        if proc.name in ("worker", "tool-worker"):
             obs_fleet.stop_proc(proc)
-    agent = obs_fleet.start_worker(1)
+    saved = obs_fleet.env
+    obs_fleet.env = {**saved, "FLEET_OBSERVABILITY__RUN_TASK_EVENTS": "true"}  # the tap's positive control
+    try:
+        agent = obs_fleet.start_worker(1)
+    finally:
+        obs_fleet.env = saved
     quiet = obs_fleet.start_tool_worker()
     tap = EventTap(obs_fleet)
     try:

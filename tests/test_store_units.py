@@ -13,7 +13,7 @@ from worker.budget import ToolCallBudget
 from worker.gateway import FleetControls, ToolGateway, is_retryable
 from worker.guard import BudgetExceeded, RunGuard, RunStopped
 from worker.keys import Keys
-from worker.runs import Budgets, RunStore, public_view
+from worker.runs import Budgets, RunStore, Started, public_view
 from worker.settings import Settings
 from worker.tools import ToolContext, execute
 
@@ -37,7 +37,7 @@ def new_run(store: RunStore, run_id: str = "r1") -> None:
 
 def test_a_terminal_run_never_changes_again(store: RunStore) -> None:
     new_run(store)
-    store.start("r1")
+    store.start("r1", "host:1:a")
     assert store.finish("r1", "succeeded", "finish", output="first")
     assert not store.finish("r1", "failed", "error", error={"type": "x", "message": "late"})
     view = public_view(store.load("r1") or {})
@@ -51,11 +51,97 @@ def test_a_terminal_run_never_changes_again(store: RunStore) -> None:
 
 def test_start_counts_attempts_and_keeps_the_first_start_time(store: RunStore) -> None:
     new_run(store)
-    first = store.start("r1")
-    second = store.start("r1")
+    first = store.start("r1", "host:1:a").raw
+    second = store.start("r1", "host:2:b", takeover="host:1:a").raw
     assert first and second
     assert first["status"] == "running" and second["attempts"] == "2"
     assert first["started_ts"] == second["started_ts"]
+
+
+def test_start_leaves_a_missing_an_ended_and_a_leased_run_alone(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    assert store.start("missing", "host:1:a") == Started()
+    new_run(store, "ended")
+    store.cancel("ended")
+    assert store.start("ended", "host:1:a") == Started(status="cancelled")
+    new_run(store, "leased")
+    store.start("leased", "host:1:a")
+    assert store.start("leased", "host:2:b") == Started(holder="host:1:a")
+    assert r.hget(KEYS.run("leased"), "attempts") == "1"  # a refused delivery is no attempt
+
+
+def test_start_reads_the_runs_switches_and_cancel_flag_in_the_guards_order(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    new_run(store)
+    r.set(KEYS.kill_agent("scripted"), "agent paused")
+    r.set(KEYS.run_cancel("r1"), "cancelled by request")
+    started = store.start("r1", "host:1:a")
+    assert started.checks == (None, None, "agent paused", "cancelled by request")
+    guard = RunGuard(r, KEYS, run_id="r1", tenant="t1", agent="scripted", deadline_ts=1e12)
+    assert tuple(r.mget(guard._keys)) == started.checks
+
+
+def test_start_adds_the_deadline_and_finish_removes_it_and_releases_the_lease(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    new_run(store)
+    raw = store.start("r1", "host:1:a").raw
+    assert raw is not None
+    deadline = r.zscore(KEYS.deadlines(), "r1")
+    assert deadline == pytest.approx(float(raw["started_ts"]) + BUDGETS.max_seconds, abs=1e-3)
+    assert r.get(KEYS.run_lease("r1")) == "host:1:a" and r.zscore(KEYS.leases(), "r1") is not None
+    ended: list[Any] = []
+    store.on_end = lambda *args: ended.append(args)
+    assert store.finish("r1", "succeeded", "finish", lease_token="host:1:a")
+    assert r.zscore(KEYS.deadlines(), "r1") is None
+    assert r.get(KEYS.run_lease("r1")) is None and r.zscore(KEYS.leases(), "r1") is None
+    [(run_id, status, reason, fields)] = ended
+    assert (run_id, status, reason, fields["agent"], fields["started_ts"]) == (
+        "r1",
+        "succeeded",
+        "finish",
+        "scripted",
+        raw["started_ts"],
+    )
+    assert "version" not in fields and float(fields["finished_ts"]) >= float(raw["started_ts"])
+
+
+def test_end_overdue_ends_only_unheld_runs_past_their_deadline_once(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    for run_id in ("free", "held", "early"):
+        new_run(store, run_id)
+        store.start(run_id, f"elsewhere:1:{run_id}")
+    r.delete(KEYS.run_lease("free"))  # its worker died and the lease expired
+    r.delete(KEYS.run_lease("early"))
+    now = float(r.hget(KEYS.run("free"), "started_ts") or 0) + BUDGETS.max_seconds + 0.1
+    r.zadd(KEYS.deadlines(), {"early": now + 5})
+    assert store.end_overdue(now) == ["free"]
+    assert store.end_overdue(now) == []  # a second reaper finds nothing to do
+    free = public_view(store.load("free") or {})
+    assert (free["status"], free["stop_reason"]) == ("stopped", "max_seconds")
+    assert (store.load("held") or {})["status"] == "running"
+    assert (store.load("early") or {})["status"] == "running"
+    assert r.zscore(KEYS.deadlines(), "free") is None
+
+
+def test_end_overdue_takes_a_run_from_a_dead_holder_on_this_host(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    new_run(store)
+    store.start("r1", f"{socket.gethostname()}:{child.pid}:deadbeef")
+    now = float(r.hget(KEYS.run("r1"), "started_ts") or 0) + BUDGETS.max_seconds + 0.1
+    assert store.end_overdue(now) == ["r1"]
+    assert (store.load("r1") or {})["stop_reason"] == "max_seconds"
+    assert r.get(KEYS.run_lease("r1")) is None
 
 
 def test_cancel_ends_a_queued_run_at_once_and_flags_a_running_one(
@@ -65,7 +151,7 @@ def test_cancel_ends_a_queued_run_at_once_and_flags_a_running_one(
     assert store.cancel("queued") == "queued"
     assert public_view(store.load("queued") or {})["status"] == "cancelled"
     new_run(store, "running")
-    store.start("running")
+    store.start("running", "host:1:a")
     assert store.cancel("running") == "running"
     assert public_view(store.load("running") or {})["status"] == "running"
     assert r.get(KEYS.run_cancel("running")) is not None
@@ -268,3 +354,16 @@ def test_spend_is_corrected_only_for_a_charged_call_and_only_once(r: fakeredis.F
     decision = policies.reserve("a", "c2", limited, 0.8)
     assert decision.allowed and decision.remaining["spend_usd_today"] == 0.0
     assert not policies.reserve("a", "c3", limited, 0.01).allowed
+
+
+def test_finish_writes_the_step_that_ended_the_run_before_it_counts_usage(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    new_run(store)
+    store.start("r1", "host:1:a")
+    store.begin_step("r1", 1)
+    assert store.finish("r1", "succeeded", "finish", lease_token="host:1:a", steps=2)
+    assert public_view(store.load("r1") or {})["usage"]["steps"] == 2
+    assert r.hget(KEYS.stats_runs(), "usage|steps") == "2"
+    assert not store.finish("r1", "failed", "error", steps=5)  # an ended run keeps its count
+    assert public_view(store.load("r1") or {})["usage"]["steps"] == 2

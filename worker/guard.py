@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 
 import redis
 
@@ -71,11 +72,14 @@ class RunGuard:
         """The run's switches (all, tenant, agent), then its cancel flag."""
         return list(self._keys)
 
-    def check(self) -> None:
-        """Raise RunStopped when a switch, a cancel or the deadline says the run must end."""
+    def check(self, values: Sequence[str | None] | None = None) -> None:
+        """Raise RunStopped when a switch, a cancel or the deadline says the run must end.
+
+        `values`: the switches (all, tenant, agent) and the cancel flag, already read (by the
+        script that started the run); None reads them now."""
         if self.lease_lost is not None and self.lease_lost.is_set():
             raise LeaseLost()
-        *switches, cancel = self.r.mget(self._keys)
+        *switches, cancel = self.r.mget(self._keys) if values is None else values
         reason = killswitch.first_reason(switches)
         if reason is not None:
             raise RunStopped(STOPPED, "killed", reason)

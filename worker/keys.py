@@ -66,6 +66,10 @@ class Keys:
     def leases(self) -> str:
         return f"{self.prefix}:leases"
 
+    def deadlines(self) -> str:
+        """Every started, unended run, scored by its deadline (unix seconds)."""
+        return f"{self.prefix}:deadlines"
+
     def run_cancel(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:cancel"
 

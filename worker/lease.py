@@ -1,12 +1,14 @@
 """Run leases and the reaper: a run whose worker died resumes within seconds, not after the
 broker's visibility timeout.
 
-An executing run holds a lease in Redis (`run:<id>:lease`, value = the holder's token) that a
-thread renews every `LEASE_TTL_S / 3`; the lease's expiry is also kept in one sorted set.
-Every agent worker's main process runs a reaper that claims expired leases (atomically, so
-several reapers never requeue one run twice) and requeues those runs. A delivery of a run whose
-lease is held elsewhere (a late redelivery of the original message) is dropped; one whose holder
-is a dead process on this host takes over at once.
+An executing run holds a lease in Redis (`run:<id>:lease`, value = the holder's token) that its
+process's keeper thread (worker/keeper.py) renews every `LEASE_TTL_S / 3`; the lease's expiry is
+also kept in one sorted set. Every agent worker's main process runs a reaper that ends runs past
+their deadline that nobody executes (RunStore.end_overdue), and claims expired leases
+(atomically, so several reapers never requeue one run twice) and requeues those runs. A delivery
+of a run whose lease is held elsewhere (a late redelivery of the original message) is dropped;
+one whose holder is a dead process on this host takes over at once. The lease is taken in the
+script that starts the run (RunStore.start) and released in the one that ends it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import redis
 
@@ -27,17 +28,8 @@ from worker.keys import Keys
 
 LEASE_TTL_S = 10.0
 REAP_INTERVAL_S = 2.0
+DEADLINE_SCAN_S = 0.5  # how often the reaper looks for runs past their deadline
 REAP_CLAIM_S = 30.0  # a claimed run is not reaped again for this long
-
-_ACQUIRE = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] and holder ~= ARGV[4] then return holder end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
-return false
-"""
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -79,7 +71,8 @@ def new_token() -> str:
 
 
 def holder_is_dead(token: str) -> bool:
-    """True when the token's process ran on this host and is gone."""
+    """True when the token's process ran on this host and is gone (or a zombie: a pool child
+    whose worker was killed with it waits for an init that may never reap it)."""
     host, _, rest = token.partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
@@ -90,7 +83,15 @@ def holder_is_dead(token: str) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _is_zombie(int(pid_text))
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False  # not Linux, or gone since: the lease's expiry decides
 
 
 class Leases:
@@ -100,20 +101,9 @@ class Leases:
         self.r = r
         self.keys = keys
         self.ttl_ms = int(ttl_s * 1000)
-        self._acquire = r.register_script(_ACQUIRE)
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
         self._reap = r.register_script(_REAP)
-
-    def acquire(self, run_id: str, token: str) -> bool:
-        """Take the run's lease; False when a live holder has it."""
-        keys = [self.keys.run_lease(run_id), self.keys.leases()]
-        holder = self._acquire(keys=keys, args=[token, self.ttl_ms, run_id, ""])
-        if holder is None:
-            return True
-        if holder_is_dead(str(holder)):  # our own host's dead child: take over now
-            return self._acquire(keys=keys, args=[token, self.ttl_ms, run_id, str(holder)]) is None
-        return False
 
     def renew(self, run_id: str, token: str) -> bool:
         keys = [self.keys.run_lease(run_id), self.keys.leases()]
@@ -129,29 +119,6 @@ class Leases:
 
     def forget(self, run_id: str) -> None:
         self.r.zrem(self.keys.leases(), run_id)
-
-    @contextmanager
-    def held(self, run_id: str, token: str) -> Iterator[threading.Event]:
-        """Renew the lease while the block runs; the event is set if the lease is lost."""
-        lost = threading.Event()
-        done = threading.Event()
-
-        def renew() -> None:
-            while not done.wait(self.ttl_ms / 3000.0):
-                try:
-                    if not self.renew(run_id, token):
-                        lost.set()
-                        return
-                except redis.RedisError:
-                    continue  # try again next period; the lease outlives a short outage
-
-        thread = threading.Thread(target=renew, name="run-lease", daemon=True)
-        thread.start()
-        try:
-            yield lost
-        finally:
-            done.set()
-            self.release(run_id, token)
 
 
 STUCK_DELIVERY_S = 30.0  # a live worker starts a run within milliseconds of taking its message
@@ -184,12 +151,22 @@ def stuck_deliveries(
 
 
 def reaper_loop(
-    leases: Leases, requeue: Callable[[str], None], stop: threading.Event, task_name: str = "fleet.run_agent"
+    leases: Leases,
+    requeue: Callable[[str], None],
+    stop: threading.Event,
+    end_overdue: Callable[[], object] = lambda: None,
+    task_name: str = "fleet.run_agent",
 ) -> None:
-    """Every REAP_INTERVAL_S, requeue the runs whose lease expired, and the queued runs whose
-    delivery is stuck with a dead worker (runs until `stop` is set)."""
-    while not stop.wait(REAP_INTERVAL_S):
+    """Every DEADLINE_SCAN_S, end the runs past their deadline that nobody executes; every
+    REAP_INTERVAL_S, requeue the runs whose lease expired, and the queued runs whose delivery is
+    stuck with a dead worker (runs until `stop` is set)."""
+    next_reap = time.monotonic() + REAP_INTERVAL_S
+    while not stop.wait(DEADLINE_SCAN_S):
         try:
+            end_overdue()
+            if time.monotonic() < next_reap:
+                continue
+            next_reap = time.monotonic() + REAP_INTERVAL_S
             for run_id in leases.reap():
                 requeue(run_id)
             for run_id in stuck_deliveries(leases.r, leases.keys, task_name):

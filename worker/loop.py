@@ -30,13 +30,14 @@ from worker.agents import CallModel, CallTool, Fail, Finish, RunState, Sleep, ge
 from worker.budget import ToolCallBudget
 from worker.gateway import Dispatcher, FleetControls, ToolGateway
 from worker.guard import BudgetExceeded, DeadlineExceeded, LeaseLost, RunGuard, RunStopped
+from worker.keeper import Held, RunKeeper
 from worker.keys import Keys
-from worker.lease import Leases, new_token
+from worker.lease import Leases, holder_is_dead, new_token
 from worker.llmconfig import llm_config
 from worker.policy import Policy
 from worker.redact import redact_text
 from worker.rollout import version_config
-from worker.runs import FAILED, STOPPED, SUCCEEDED, TERMINAL, Budgets, RunStore
+from worker.runs import FAILED, STOPPED, SUCCEEDED, Budgets, RunStore
 from worker.settings import Settings
 from worker.spend import SpendBudget
 from worker.tools import MODEL_TOOL, get_tool
@@ -65,6 +66,7 @@ class LoopDeps:
     dispatcher: Dispatcher
     controls: FleetControls
     leases: Leases
+    keeper: RunKeeper  # this process's lease renewals and watchdogs
     # Called by the watchdog after it has recorded max_seconds: ends the process (os._exit) in a
     # worker child, so the pool replaces it; None disables the watchdog.
     hard_stop: Callable[[], None] | None = None
@@ -73,26 +75,59 @@ class LoopDeps:
 def execute_run(run_id: str, deps: LoopDeps) -> str | None:
     """Run (or resume) `run_id` until it ends; returns the final status, or None if not run here."""
     store = deps.store
-    current = store.load(run_id)
-    if current is None or current["status"] in TERMINAL:
-        return current["status"] if current else None
     token = new_token()
-    if not deps.leases.acquire(run_id, token):
-        return None  # a live execution elsewhere holds the run: this delivery is a duplicate
-    with deps.leases.held(run_id, token) as lease_lost:
-        raw = store.start(run_id)  # counts this attempt; keeps the first start time
-        if raw is None or raw["status"] in TERMINAL:
-            return raw["status"] if raw else None
+    started = store.start(run_id, token)  # one round trip: lease, start, first check's reads
+    if started.holder is not None and holder_is_dead(started.holder):
+        started = store.start(run_id, token, takeover=started.holder)  # our host's dead child
+    if started.raw is None:
+        # missing, ended, or a live execution elsewhere holds it: this delivery is a duplicate
+        return started.status if started.holder is None else None
+    with deps.keeper.hold(run_id, token) as held:
+        attempt = _Attempt(held)
+        raw = started.raw
         attempts = int(raw.get("attempts", 1))
         if attempts > deps.settings.max_attempts:
             message = f"the run's worker died {attempts - 1} times; the run is not tried again"
-            store.finish(run_id, FAILED, "error", error={"type": "worker_lost", "message": message})
+            _finish(deps, attempt, FAILED, "error", error={"type": "worker_lost", "message": message})
             return FAILED
-        return _execute(run_id, raw, deps, lease_lost)
+        return _execute(run_id, raw, started.checks, deps, attempt)
 
 
-def _execute(run_id: str, raw: dict[str, str], deps: LoopDeps, lease_lost: threading.Event) -> str | None:
-    store = deps.store
+@dataclass
+class _Attempt:
+    """One execution of a run: its hold on the lease, and the step it has begun but not yet
+    written to the run (the agent is choosing its action; see _steps)."""
+
+    held: Held
+    unwritten_step: int | None = None
+
+
+def _finish(
+    deps: LoopDeps,
+    attempt: _Attempt,
+    status: str,
+    stop_reason: str,
+    *,
+    output: Any = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    """End the run, count a begun step, and release the lease, in one round trip."""
+    held = attempt.held
+    deps.store.finish(
+        held.run_id,
+        status,
+        stop_reason,
+        output=output,
+        error=error,
+        lease_token=held.token,
+        steps=attempt.unwritten_step,
+    )
+    held.released = True
+
+
+def _execute(
+    run_id: str, raw: dict[str, str], checks: tuple[str | None, ...], deps: LoopDeps, attempt: _Attempt
+) -> str | None:
     structlog.contextvars.clear_contextvars()  # a prefork child runs many tasks
     structlog.contextvars.bind_contextvars(
         run_id=run_id, tenant=raw["tenant"], agent=raw["agent"], trace_id=raw.get("trace_id")
@@ -107,46 +142,55 @@ def _execute(run_id: str, raw: dict[str, str], deps: LoopDeps, lease_lost: threa
         tenant=raw["tenant"],
         agent=raw["agent"],
         deadline_ts=deadline_ts,
-        lease_lost=lease_lost,
+        lease_lost=attempt.held.lost,
     )
 
     def record_deadline() -> None:
-        store.finish(run_id, STOPPED, "max_seconds")
+        _finish(deps, attempt, STOPPED, "max_seconds")
 
-    with _watchdog(deadline_ts + WATCHDOG_GRACE_S, record_deadline, deps.hard_stop):
-        try:
-            return _steps(run_id, raw, budgets, guard, deps)
-        except LeaseLost:
-            return None  # another execution took the run over; it reports the end
-        except RunStopped as stop:
-            if stop.stop_reason == "killed":
-                log.warning("kill-switch hit", reason=stop.message)
-            error = {"type": "killed", "message": stop.message} if stop.stop_reason == "killed" else None
-            store.finish(run_id, stop.status, stop.stop_reason, error=error)
-            return stop.status
-        except DeadlineExceeded:
+    if deps.hard_stop is not None:
+        fire = _watchdog(record_deadline, deps.hard_stop)
+        deps.keeper.watch(attempt.held, deadline_ts + WATCHDOG_GRACE_S, fire)
+    try:
+        return _steps(run_id, raw, budgets, guard, deps, attempt, checks)
+    except LeaseLost:
+        return None  # another execution took the run over; it reports the end
+    except RunStopped as stop:
+        if stop.stop_reason == "killed":
+            log.warning("kill-switch hit", reason=stop.message)
+        error = {"type": "killed", "message": stop.message} if stop.stop_reason == "killed" else None
+        _finish(deps, attempt, stop.status, stop.stop_reason, error=error)
+        return stop.status
+    except DeadlineExceeded:
+        record_deadline()
+        return STOPPED
+    except Exception as exc:
+        if _is_soft_time_limit(exc):
             record_deadline()
             return STOPPED
-        except Exception as exc:
-            if _is_soft_time_limit(exc):
-                record_deadline()
-                return STOPPED
-            if isinstance(exc, redis.RedisError):
-                raise  # the fleet's own state is unreachable: the lease expires and the run is reaped
-            message = redact_text(f"{type(exc).__name__}: {exc}")[:ERROR_MESSAGE_MAX]
-            log.error("agent raised", error=message)
-            sentry_sdk.capture_exception(exc)  # no-op without SENTRY_DSN; redacted by before_send
-            store.finish(run_id, FAILED, "error", error={"type": "agent_error", "message": message})
-            return FAILED
+        if isinstance(exc, redis.RedisError):
+            raise  # the fleet's own state is unreachable: the lease expires and the run is reaped
+        message = redact_text(f"{type(exc).__name__}: {exc}")[:ERROR_MESSAGE_MAX]
+        log.error("agent raised", error=message)
+        sentry_sdk.capture_exception(exc)  # no-op without SENTRY_DSN; redacted by before_send
+        _finish(deps, attempt, FAILED, "error", error={"type": "agent_error", "message": message})
+        return FAILED
 
 
-def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, deps: LoopDeps) -> str:
+def _steps(
+    run_id: str,
+    raw: dict[str, str],
+    budgets: Budgets,
+    guard: RunGuard,
+    deps: LoopDeps,
+    attempt: _Attempt,
+    checks: tuple[str | None, ...],
+) -> str:
     store = deps.store
     agent_cls = get_agent_class(raw["agent"])
     if agent_cls is None:
-        store.finish(
-            run_id, FAILED, "error", error={"type": "unknown_agent", "message": f"no agent {raw['agent']!r}"}
-        )
+        message = f"no agent {raw['agent']!r}"
+        _finish(deps, attempt, FAILED, "error", error={"type": "unknown_agent", "message": message})
         return FAILED
     agent = agent_cls(version_config(deps.settings.agents.get(raw["agent"], {}), raw.get("version")))
     budget = ToolCallBudget(
@@ -170,14 +214,19 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
         run_id=run_id,
     )
     spend = SpendBudget(deps.r, deps.keys, run_id, deps.settings.run_ttl_s)
-    offered = offered_tools(deps.settings, deps.controls.policies.get(raw["agent"]))
+    # The policy read costs a round trip per run; agents that never look at the tool list skip it.
+    offered = []
+    if agent_cls.reads_tools:
+        offered = offered_tools(deps.settings, deps.controls.policies.get(raw["agent"]))
     cursor = int(raw.get("cursor", 0))
     memory: dict[str, Any] = json.loads(raw.get("memory") or "{}")
     last_result: Any = json.loads(raw.get("last_result") or "null")
     input_data: Any = json.loads(raw["input"])
 
+    prefetched: tuple[str | None, ...] | None = checks
     while True:
-        guard.check()
+        guard.check(prefetched)  # the first check uses the values the start script read
+        prefetched = None
         step = cursor + 1
         state = RunState(
             run_id=run_id,
@@ -193,23 +242,30 @@ def _steps(run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, 
         )
         done = agent.finished(state)
         if done is not None:
-            store.finish(run_id, SUCCEEDED, "finish", output=done.output)
+            _finish(deps, attempt, SUCCEEDED, "finish", output=done.output)
             return SUCCEEDED
         if cursor >= budgets.max_steps:
             raise BudgetExceeded("max_steps")
-        store.begin_step(run_id, step)
+        # The step has begun. It is written to the run before its action runs, or with the run's
+        # end when the action ends the run (or the agent's choice does): one round trip fewer for
+        # a run's last step. Either way a resumed step counts once.
+        attempt.unwritten_step = step
         started = time.monotonic()
         with deadline_alarm(guard.deadline_ts):
             action = agent.next_action(state)
 
         entry: dict[str, Any] = {"step": step, "action": _ACTION_NAMES.get(type(action), "unknown")}
         if isinstance(action, Finish):
-            store.finish(run_id, SUCCEEDED, "finish", output=action.output)
+            _finish(deps, attempt, SUCCEEDED, "finish", output=action.output)
             return SUCCEEDED
         if isinstance(action, Fail):
             message = redact_text(str(action.message))[:ERROR_MESSAGE_MAX]
-            store.finish(run_id, FAILED, "error", error={"type": action.type, "message": message})
+            _finish(deps, attempt, FAILED, "error", error={"type": action.type, "message": message})
             return FAILED
+        written = time.monotonic()
+        store.begin_step(run_id, step)
+        attempt.unwritten_step = None
+        started += time.monotonic() - written  # duration_ms stays the agent's choice + the action
         if isinstance(action, Sleep):
             guard.sleep(max(0.0, float(action.seconds)))
             last_result = None
@@ -338,35 +394,22 @@ def deadline_alarm(deadline_ts: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-@contextmanager
-def _watchdog(
-    fire_at_ts: float, record: Callable[[], None], hard_stop: Callable[[], None] | None
-) -> Iterator[None]:
-    """Backs the alarm: if the block is still running at `fire_at_ts`, record and end the process.
+def _watchdog(record: Callable[[], None], hard_stop: Callable[[], None]) -> Callable[[], None]:
+    """Backs the alarm: called by the keeper if the run is still executing at its deadline plus
+    WATCHDOG_GRACE_S, it records max_seconds and ends the process.
 
     Agent code that swallows DeadlineExceeded, or blocks in a call that releases the GIL, is
     ended here within WATCHDOG_GRACE_S of the deadline; Celery's hard time limit backs this up
     for code that holds the GIL.
     """
-    if hard_stop is None:
-        yield
-        return
-    done = threading.Event()
 
-    def watch() -> None:
-        if done.wait(max(0.0, fire_at_ts - time.time())) or done.is_set():
-            return
+    def fire() -> None:
         try:
             record()
         finally:
             hard_stop()
 
-    thread = threading.Thread(target=watch, name="run-watchdog", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
+    return fire
 
 
 def exit_process() -> None:

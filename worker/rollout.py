@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ import redis
 import structlog
 
 from worker.keys import Keys
+from worker.runs import EndHook
 from worker.settings import Settings
 
 log = logging.getLogger("agentfleet.rollout")
@@ -189,19 +189,24 @@ class Rollouts:
         return sorted(name for name, cfg in self.settings.agents.items() if has_versions(dict(cfg)))
 
 
-def end_recorder(r: redis.Redis, keys: Keys, settings: Settings) -> Callable[[str, str, str], None]:
-    """The RunStore hook that counts a versioned run's end and may roll its canary back."""
+def end_recorder(r: redis.Redis, keys: Keys, settings: Settings) -> EndHook:
+    """The RunStore hook that logs a run's end, counts a versioned run's end and may roll its
+    canary back. It reads the run's agent and version itself only when the call that ended the
+    run did not return them (a cancel of a queued run)."""
     rollouts = Rollouts(r, keys, settings)
 
-    def on_end(run_id: str, status: str, stop_reason: str) -> None:
-        agent, version, started, finished = r.hmget(
-            keys.run(run_id), ["agent", "version", "started_ts", "finished_ts"]
-        )
+    def on_end(run_id: str, status: str, stop_reason: str, ended: dict[str, str] | None) -> None:
+        if ended is None:
+            values = r.hmget(keys.run(run_id), ["agent", "version", "started_ts", "finished_ts"])
+            names = ("agent", "version", "started_ts", "finished_ts")
+            ended = {n: str(v) for n, v in zip(names, values, strict=True) if v is not None}
+        agent, version = ended.get("agent"), ended.get("version")
+        started, finished = ended.get("started_ts"), ended.get("finished_ts")
         duration_ms = round((float(finished) - float(started)) * 1000, 1) if started and finished else None
         events.info(
             "run finished", run_id=run_id, outcome=status, stop_reason=stop_reason, duration_ms=duration_ms
         )
-        if agent and version and rollouts.record_end(str(agent), str(version), stop_reason, time.time()):
-            log.warning("canary rolled back: error rate over the limit", extra={"agent": str(agent)})
+        if agent and version and rollouts.record_end(agent, version, stop_reason, time.time()):
+            log.warning("canary rolled back: error rate over the limit", extra={"agent": agent})
 
     return on_end

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from worker.keys import Keys
+from worker.lease import LEASE_TTL_S, holder_is_dead
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, STOPPED, FAILED, CANCELLED = "succeeded", "stopped", "failed", "cancelled"
@@ -77,36 +78,97 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return {'ok', ''}
 """
 
+# KEYS: the run, its lease, the leases zset, the deadlines zset, the run's cancel key
+# ARGV: now (s), lease token, lease ttl (ms), run id, the dead holder this attempt takes over
+# ('' for none), then the kill-switch keys of all runs, and the prefixes of a tenant's and an
+# agent's switch (built by Keys; the script appends the run's tenant and agent).
 _START = """
 local s = redis.call('HGET', KEYS[1], 'status')
-if not s then return nil end
+if not s then return {'missing'} end
+if s ~= 'queued' and s ~= 'running' then return {'terminal', s} end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[2] and holder ~= ARGV[5] then return {'leased', holder} end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[3]), ARGV[4])
 if s == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_ts', ARGV[1])
 end
-if s == 'queued' or s == 'running' then
-  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-end
-return redis.call('HGETALL', KEYS[1])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local raw = redis.call('HGETALL', KEYS[1])
+local run = {}
+for i = 1, #raw, 2 do run[raw[i]] = raw[i + 1] end
+local started, budgets, tenant, agent = run['started_ts'], run['budgets'], run['tenant'], run['agent']
+local deadline = tonumber(started) + tonumber(cjson.decode(budgets)['max_seconds'])
+redis.call('ZADD', KEYS[4], string.format('%.6f', deadline), ARGV[4])
+local checks = redis.call('MGET', ARGV[6], ARGV[7] .. tenant, ARGV[8] .. agent, KEYS[5])
+return {'started', raw, checks}
 """
 
+# KEYS: the run, its ended channel, its step log, the run stats, its lease, the leases zset,
+# the deadlines zset. ARGV: status, stop_reason, output, error, now (s), ttl (s), the lease token
+# to release ('' for none), the run id, the step count to write first ('' for none).
+# Returns {1 when this call ended the run else 0, agent, version, started_ts, finished_ts}.
 _FINISH = """
-local s = redis.call('HGET', KEYS[1], 'status')
-if not s then return 0 end
-if s == 'succeeded' or s == 'stopped' or s == 'failed' or s == 'cancelled' then return 0 end
-if not redis.call('HGET', KEYS[1], 'started_ts') and ARGV[1] ~= 'cancelled' then
-  redis.call('HSET', KEYS[1], 'started_ts', ARGV[5])
+redis.call('ZREM', KEYS[7], ARGV[8])
+if ARGV[7] ~= '' then
+  if redis.call('GET', KEYS[5]) == ARGV[7] then redis.call('DEL', KEYS[5]) end
+  redis.call('ZREM', KEYS[6], ARGV[8])
 end
+local f = redis.call('HMGET', KEYS[1], 'status', 'started_ts', 'steps', 'tool_calls', 'agent', 'version')
+local s = f[1]
+if not s then return {0} end
+if s == 'succeeded' or s == 'stopped' or s == 'failed' or s == 'cancelled' then return {0} end
+local started, steps = f[2], f[3] or '0'
+if not started and ARGV[1] ~= 'cancelled' then
+  started = ARGV[5]
+  redis.call('HSET', KEYS[1], 'started_ts', started)
+end
+if ARGV[9] ~= '' then steps = ARGV[9] end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'stop_reason', ARGV[2], 'output', ARGV[3],
-           'error', ARGV[4], 'finished_ts', ARGV[5])
+           'error', ARGV[4], 'finished_ts', ARGV[5], 'steps', steps)
 -- the working state (last tool result, agent memory) is of no use once the run has ended
 redis.call('HDEL', KEYS[1], 'last_result', 'memory')
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('HINCRBY', KEYS[4], 'runs|' .. ARGV[1] .. '|' .. ARGV[2], 1)
-redis.call('HINCRBY', KEYS[4], 'usage|steps', tonumber(redis.call('HGET', KEYS[1], 'steps') or '0'))
-redis.call('HINCRBY', KEYS[4], 'usage|tool_calls', tonumber(redis.call('HGET', KEYS[1], 'tool_calls') or '0'))
+redis.call('HINCRBY', KEYS[4], 'usage|steps', tonumber(steps))
+redis.call('HINCRBY', KEYS[4], 'usage|tool_calls', tonumber(f[4] or '0'))
 redis.call('PUBLISH', KEYS[2], ARGV[1])
-return 1
+return {1, f[5], f[6], started, ARGV[5]}
+"""
+
+# Claims runs past their deadline that no live execution holds, for this reaper to end them.
+# KEYS[1] = the deadlines zset. ARGV: now (s), the run-key prefix, the claim's length (s), and
+# optionally one run id with the dead holder of its lease (the reaper saw that process is gone).
+# Returns {claimed run ids, {run id, holder, ...} of overdue runs whose lease is held}.
+_OVERDUE = """
+local now = tonumber(ARGV[1])
+local claimed, held = {}, {}
+local due
+if ARGV[4] then due = {ARGV[4]} else
+  due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
+end
+for _, run_id in ipairs(due) do
+  local score = redis.call('ZSCORE', KEYS[1], run_id)
+  if score and tonumber(score) <= now then
+    local lease = ARGV[2] .. run_id .. ':lease'
+    local holder = redis.call('GET', lease)
+    if holder and ARGV[5] and holder == ARGV[5] then
+      redis.call('DEL', lease)
+      holder = false
+    end
+    if holder then
+      table.insert(held, run_id)
+      table.insert(held, holder)
+    else
+      redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[3])), run_id)
+      table.insert(claimed, run_id)
+    end
+  end
+end
+return {claimed, held}
 """
 
 _CANCEL = """
@@ -133,6 +195,25 @@ class AdmissionRefused(Exception):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class Started:
+    """What `RunStore.start` found: `raw` is the run's hash once this attempt started it; a run
+    that is missing, has ended (`status`) or is leased by another execution (`holder`) is not
+    started. `checks` are the run's kill switches (all, tenant, agent) and cancel flag, read in the
+    same script, for the loop's first check."""
+
+    raw: dict[str, str] | None = None
+    status: str | None = None
+    holder: str | None = None
+    checks: tuple[str | None, ...] = ()
+
+
+# (run_id, status, stop_reason, the ended run's agent, version, started_ts and finished_ts when
+# the call that ended it knows them, else None); once per run, after it ended.
+EndHook = Callable[[str, str, str, dict[str, str] | None], None]
+OVERDUE_CLAIM_S = 30.0  # a reaper's claim on ending an overdue run; another retries after it
+
+
 class RunStore:
     """Reads and writes run records for one key prefix."""
 
@@ -141,16 +222,19 @@ class RunStore:
         r: redis.Redis,
         keys: Keys,
         ttl_s: int = 7 * 86400,
-        on_end: Callable[[str, str, str], None] | None = None,
+        on_end: EndHook | None = None,
+        lease_ttl_s: float = LEASE_TTL_S,
     ) -> None:
         self.r = r
         self.keys = keys
         self.ttl_s = ttl_s
-        self.on_end = on_end  # (run_id, status, stop_reason), once per run, after it ended
+        self.on_end = on_end
+        self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self._create = r.register_script(_CREATE)
         self._start = r.register_script(_START)
         self._finish = r.register_script(_FINISH)
         self._cancel = r.register_script(_CANCEL)
+        self._overdue = r.register_script(_OVERDUE)
 
     def create(
         self,
@@ -201,12 +285,41 @@ class RunStore:
         raw = self.r.hgetall(self.keys.run(run_id))
         return {str(k): str(v) for k, v in raw.items()} or None
 
-    def start(self, run_id: str) -> dict[str, str] | None:
-        """Mark a queued run running (once), count an attempt, and return its raw hash."""
-        flat = self._start(keys=[self.keys.run(run_id)], args=[repr(time.time())])
-        if not flat:
-            return None
-        return dict(zip(flat[::2], flat[1::2], strict=True))
+    def start(self, run_id: str, token: str, takeover: str = "") -> Started:
+        """Start an attempt of a run in one round trip: take its lease for `token` (or from
+        `takeover`, a holder known dead), mark a queued run running (keeping the first start
+        time), count the attempt, add the run's deadline to the deadlines zset, and read its
+        kill switches and cancel flag. A missing or ended run, or one leased by another holder,
+        is left as it is."""
+        keys = self.keys
+        verdict, *rest = self._start(
+            keys=[
+                keys.run(run_id),
+                keys.run_lease(run_id),
+                keys.leases(),
+                keys.deadlines(),
+                keys.run_cancel(run_id),
+            ],
+            args=[
+                repr(time.time()),
+                token,
+                self.lease_ttl_ms,
+                run_id,
+                takeover,
+                keys.kill_all(),
+                keys.kill_tenant(""),
+                keys.kill_agent(""),
+            ],
+        )
+        if verdict == "terminal":
+            return Started(status=str(rest[0]))
+        if verdict == "leased":
+            return Started(holder=str(rest[0]))
+        if verdict != "started":
+            return Started()
+        flat, checks = rest
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        return Started(raw=raw, status=raw["status"], checks=tuple(checks))
 
     def begin_step(self, run_id: str, step: int) -> None:
         """Record that step `step` (1-based) has begun; idempotent, so a resumed step counts once."""
@@ -241,20 +354,61 @@ class RunStore:
         *,
         output: Any = None,
         error: dict[str, Any] | None = None,
+        lease_token: str = "",
+        steps: int | None = None,
     ) -> bool:
-        """End a run unless it has already ended; True when this call ended it."""
-        ended = self._finish(
+        """End a run unless it has already ended; True when this call ended it.
+
+        In the same script: drop the run from the deadlines zset; given the token of the
+        execution's lease, release that lease (also when the run had already ended); given
+        `steps`, write the run's step count first (the step that ended it, see begin_step)."""
+        keys = self.keys
+        ended, *fields = self._finish(
             keys=[
-                self.keys.run(run_id),
-                self.keys.run_ended_channel(run_id),
-                self.keys.run_steps(run_id),
-                self.keys.stats_runs(),
+                keys.run(run_id),
+                keys.run_ended_channel(run_id),
+                keys.run_steps(run_id),
+                keys.stats_runs(),
+                keys.run_lease(run_id),
+                keys.leases(),
+                keys.deadlines(),
             ],
-            args=[status, stop_reason, json.dumps(output), json.dumps(error), repr(time.time()), self.ttl_s],
+            args=[
+                status,
+                stop_reason,
+                json.dumps(output),
+                json.dumps(error),
+                repr(time.time()),
+                self.ttl_s,
+                lease_token,
+                run_id,
+                "" if steps is None else steps,
+            ],
         )
         if ended and self.on_end is not None:
-            self.on_end(run_id, status, stop_reason)
+            names = ("agent", "version", "started_ts", "finished_ts")
+            known = {n: str(v) for n, v in zip(names, fields, strict=True) if v is not None}
+            self.on_end(run_id, status, stop_reason, known)
         return bool(ended)
+
+    def end_overdue(self, now: float | None = None) -> list[str]:
+        """End, as stopped / max_seconds, every run past its deadline that no live execution
+        holds: its lease has expired or its holder is a dead process on this host (a live
+        holder's own watchdog ends it). Safe with several reapers at once: each run is claimed by
+        one of them, and ending a run is idempotent. One script call when nothing is due."""
+        now = time.time() if now is None else now
+        claimed, held = self._overdue(
+            keys=[self.keys.deadlines()], args=[repr(now), self.keys.run(""), OVERDUE_CLAIM_S]
+        )
+        due = [str(run_id) for run_id in claimed]
+        for run_id, holder in zip(held[::2], held[1::2], strict=True):
+            if holder_is_dead(str(holder)):
+                taken, _ = self._overdue(
+                    keys=[self.keys.deadlines()],
+                    args=[repr(now), self.keys.run(""), OVERDUE_CLAIM_S, run_id, holder],
+                )
+                due.extend(str(run_id) for run_id in taken)
+        return [run_id for run_id in due if self.finish(run_id, STOPPED, "max_seconds")]
 
     def cancel(self, run_id: str) -> str | None:
         """Cancel a run: a queued one ends now, a running one at its next check. Returns the old status."""
@@ -268,12 +422,18 @@ class RunStore:
             args=[repr(time.time()), 3600],
         )
         if status == QUEUED and self.on_end is not None:
-            self.on_end(run_id, CANCELLED, "cancelled")
+            self.on_end(run_id, CANCELLED, "cancelled", None)
         return status
 
     def steps(self, run_id: str) -> list[dict[str, Any]]:
         """The run's step log, oldest first (at most STEP_LOG_MAX entries)."""
         return [json.loads(item) for item in self.r.lrange(self.keys.run_steps(run_id), 0, -1)]
+
+
+def overdue(raw: dict[str, str], max_seconds: float, now: float) -> bool:
+    """True when a started run's deadline (first start + max_seconds) has passed."""
+    started = _finite(raw.get("started_ts"))
+    return started is not None and started + max_seconds <= now
 
 
 def public_view(raw: dict[str, str], *, now: float | None = None) -> dict[str, Any]:

@@ -141,6 +141,10 @@ class ToolsSection(_Section):
 
 
 class ObservabilitySection(_Section):
+    # Celery task events for runs (Flower's task list shows runs). Off: they are three Redis
+    # PUBLISHes per run from the agent worker's main process, about 1.5 ms of CPU, a third of a
+    # 1-step run's; the API, /metrics and the logs show every run, Flower still its workers.
+    run_task_events: bool = False
     sampled_tool_results: bool = True
     result_sample_rate: float = Field(0.01, ge=0, le=1)
     result_max_bytes: int = Field(2048, ge=64, le=1_048_576)  # of a sampled tool result in a log line
@@ -150,7 +154,7 @@ class ObservabilitySection(_Section):
     traces_sample_rate: float = Field(0.0, ge=0, le=1)  # Sentry performance traces
     # Celery task events from tool workers (Flower's view of each tool call). Off: a tool call is
     # short and frequent, its events are two Redis PUBLISHes before the tool runs, and the step
-    # log, the logs and /metrics already show every call. Agent workers always send theirs.
+    # log, the logs and /metrics already show every call. Runs: `run_task_events` (above).
     tool_task_events: bool = False
 
 

@@ -83,6 +83,9 @@ class Agent:
 
     #: pydantic model of the run's `input`; the API answers 422 for input that does not fit.
     input_model: ClassVar[type[BaseModel] | None] = None
+    #: False when the agent never reads `state.tools`: the loop then leaves it empty and saves
+    #: the policy read it costs (one Redis round trip per run).
+    reads_tools: ClassVar[bool] = True
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config

@@ -49,6 +49,7 @@ class ScriptedAgent(Agent):
     """Step n of the run is plan[n-1] (modulo the plan's length when it loops)."""
 
     input_model = ScriptedInput
+    reads_tools = False  # a plan names its tools itself
 
     def _plan(self, state: RunState) -> ScriptedInput:
         return ScriptedInput.model_validate(state.input)

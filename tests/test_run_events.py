@@ -1,0 +1,86 @@
+"""Runs send no Celery task events unless `observability.run_task_events` is on; the agent
+worker's heartbeats (Flower's worker list, /readyz) flow either way. Real workers."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness import Fleet, RedisServer, wait_for
+
+
+class EventTap:
+    """Celery events as Flower receives them, captured in a thread."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        from celery import Celery
+
+        self.app = Celery(broker=fleet.redis.url)
+        self.events: list[dict[str, Any]] = []
+        self.conn = self.app.connection()
+        self.receiver = self.app.events.Receiver(self.conn, handlers={"*": self.events.append})
+        self.thread = threading.Thread(target=self._capture, daemon=True)
+        self.thread.start()
+
+    def _capture(self) -> None:
+        with contextlib.suppress(Exception):  # the connection closes under it at the end
+            self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def seen(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        return [event for event in list(self.events) if predicate(event)]
+
+    def close(self) -> None:
+        self.receiver.should_stop = True
+        self.thread.join(timeout=5)
+        self.conn.release()
+
+
+@pytest.fixture(scope="module")
+def events_fleet() -> Iterator[Fleet]:
+    server = RedisServer()
+    f = Fleet(server)
+    try:
+        f.start_api()
+        yield f
+    finally:
+        f.close()
+        server.close()
+
+
+def from_run_task(event: dict[str, Any]) -> bool:
+    return (
+        str(event["type"]).startswith("task-") and event.get("name", "fleet.run_agent") == "fleet.run_agent"
+    )
+
+
+def test_runs_send_no_task_events_by_default_and_the_setting_turns_them_on(events_fleet: Fleet) -> None:
+    tap = EventTap(events_fleet)
+    try:
+        quiet = events_fleet.start_worker(1)
+        wait_for(lambda: tap.seen(lambda e: e["type"] == "worker-heartbeat"), 15, "no heartbeat")
+        run = events_fleet.submit(input={"plan": [{"final": "quiet"}]})
+        assert events_fleet.wait(run["id"])["status"] == "succeeded"
+        events_fleet.stop_proc(quiet)
+        assert tap.seen(lambda e: str(e["type"]).startswith("task-")) == []
+
+        saved = events_fleet.env
+        events_fleet.env = {**saved, "FLEET_OBSERVABILITY__RUN_TASK_EVENTS": "true"}
+        try:
+            loud = events_fleet.start_worker(1)
+        finally:
+            events_fleet.env = saved
+        run = events_fleet.submit(input={"plan": [{"final": "loud"}]})
+        assert events_fleet.wait(run["id"])["status"] == "succeeded"
+        wait_for(
+            lambda: tap.seen(lambda e: e["type"] == "task-succeeded" and from_run_task(e)),
+            10,
+            "the configured agent worker sent no task events",
+        )
+        assert {e["type"] for e in tap.seen(from_run_task)} >= {"task-received", "task-started"}
+        events_fleet.stop_proc(loud)
+    finally:
+        tap.close()
