@@ -9,6 +9,7 @@ import time
 from functools import lru_cache
 from typing import Any
 
+import structlog
 from billiard.einfo import ExceptionInfo
 from celery import Task
 from celery.exceptions import TimeLimitExceeded
@@ -34,6 +35,12 @@ tools.load_builtins()
 EXPIRES_SKEW_S = 5.0
 
 
+def _trace_id() -> str | None:
+    """The run's trace id (bound by the loop), for the tool worker's log line."""
+    trace_id = structlog.contextvars.get_contextvars().get("trace_id")
+    return trace_id if isinstance(trace_id, str) else None
+
+
 class CeleryDispatcher:
     """Sends tool-call attempts to their tool's queue, `tools.<tool>`."""
 
@@ -44,7 +51,11 @@ class CeleryDispatcher:
             # Celery's logs, events and Flower show this instead of the arguments (they may hold PII).
             argsrepr=f"({call_id!r}, {attempt}, {tool!r}, <args>, {timeout_s})",
             queue=tool_queue(tool),
-            headers={"sent_at": time.time()},
+            # the run's trace id, for the tool worker's log line (one trace id per run everywhere)
+            headers={
+                "sent_at": time.time(),
+                "trace_id": structlog.contextvars.get_contextvars().get("trace_id"),
+            },
             # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S) is
             # dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ between hosts.
             expires=timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
@@ -107,9 +118,11 @@ def tool_call(
     timeout_s: float,
 ) -> None:
     """Execute one attempt of a tool call and hand its envelope to the waiting run."""
-    sent_at = getattr(self.request, "sent_at", None)  # the dispatcher's header
+    sent_at = getattr(self.request, "sent_at", None)  # the dispatcher's headers
     sent_at = float(sent_at) if isinstance(sent_at, int | float) else None
-    _executor().answer(call_id, attempt, tool, args, timeout_s, sent_at)
+    trace_id = getattr(self.request, "trace_id", None)
+    trace_id = trace_id if isinstance(trace_id, str) else None
+    _executor().answer(call_id, attempt, tool, args, timeout_s, sent_at, trace_id)
 
 
 def requeue(run_id: str) -> None:

@@ -75,6 +75,7 @@ class ToolExecutor:
         args: Any,
         timeout_s: float,
         sent_at: float | None = None,
+        trace_id: str | None = None,
     ) -> None:
         """Execute one attempt and push its reply for the waiting run. When the tool ran, the same
         script reports the outcome to the breaker and records a final result (the run's side
@@ -106,6 +107,7 @@ class ToolExecutor:
         log.info(
             "tool executed" if ran else "tool not run",
             run_id=call_id.split(":", 1)[0],
+            trace_id=trace_id,
             tool=tool,
             attempt=attempt,
             outcome=outcome,
