@@ -367,14 +367,6 @@ def measure_round_trips(
     return out
 
 
-def gateway_call_ms(agent_worker: Proc, run_ids: list[str]) -> list[float]:
-    """The gateway's own `tool call` duration (ToolGateway.call) of the measured runs' steps."""
-    wanted = set(run_ids)
-    return [
-        float(e["duration_ms"]) for e in log_events(agent_worker, "tool call") if e.get("run_id") in wanted
-    ]
-
-
 # -- rate limiter decisions ---------------------------------------------------------------------------
 
 
@@ -506,7 +498,6 @@ def main(argv: list[str] | None = None) -> int:
                 meter.idle(3.0)
             print(f"rate limiter: {args.decisions} decisions …", file=sys.stderr, flush=True)
             dec = measure_decisions(server.url, args.decisions, warmup=500)
-            gateway_ms = gateway_call_ms(agent_worker, trips.run_ids)
             versions = versions_line(server)
         except Exception as exc:
             print(f"bench_gateway: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -563,14 +554,9 @@ def main(argv: list[str] | None = None) -> int:
         f"a reply list that the task RPUSHes (the fleet's own mechanism), from one client process, "
         f"to a `celery worker --pool threads --concurrency 32` with bench/bare_app.py's settings "
         f"(acks_late, prefetch 1, JSON), task events {'on' if args.bare_events else 'off'} "
-        f"(the fleet's are on); `.get()` = `delay(args).get()` through the result backend"
+        f"(the fleet's tool workers send none by default: observability.tool_task_events); "
+        f"`.get()` = `delay(args).get()` through the result backend"
     )
-    if gateway_ms:
-        print(
-            f"- inside the agentfleet step p50: gateway `tool call` (ToolGateway.call) "
-            f"{p50(gateway_ms):.2f} ms of {p50(trips.fleet_ms):.2f} ms; the rest is the agent's "
-            f"next_action and the deadline alarm"
-        )
     print(
         f"- rate limiter: {len(dec.admit_ms)} calls of `RateLimiter.acquire(max_wait_s=0)` per case "
         f"against the same redis-server over loopback (the fleet's `make_redis` client), interleaved "

@@ -145,20 +145,11 @@ class ToolGateway:
         self._slots: dict[str, list[LimitSlot]] = {}
 
     def call(self, call_id: str, tool: str, args: dict[str, Any]) -> CallOutcome:
-        """One tool call. Raises RunStopped (kill, cancel, deadline, budget) to end the run."""
-        started = time.monotonic()
+        """One tool call. Raises RunStopped (kill, cancel, deadline, budget) to end the run. The
+        loop logs the call with its step (one `tool call` line per step)."""
         outcome = self._call(call_id, tool, args)
         result = outcome.result
-        kind = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
-        duration_ms = round((time.monotonic() - started) * 1000, 1)
-        log.info(
-            "tool call",
-            tool=tool,
-            outcome=kind,
-            duration_ms=duration_ms,
-            decision=outcome.decision.get("reason"),
-        )
-        if kind == "killed":
+        if not result.get("ok") and (result.get("error") or {}).get("type") == "killed":
             log.warning("kill-switch hit", tool=tool, reason=(result.get("error") or {}).get("message"))
         self._log_result(tool, result)
         return outcome

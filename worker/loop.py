@@ -289,10 +289,16 @@ def _steps(
             raise TypeError(f"agent returned {type(action).__name__}, not an action")
         entry["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         outcome_name = "ok" if entry.get("ok", True) else entry.get("error_type")
-        log.info(
-            "step", step=step, action=entry["action"], tool=entry.get("tool"), outcome=outcome_name,
-            duration_ms=entry["duration_ms"],
-        )  # fmt: skip
+        if isinstance(action, CallTool):  # one line per step: the call, with the gateway's decision
+            log.info(
+                "tool call", step=step, tool=action.tool, outcome=outcome_name,
+                duration_ms=entry["duration_ms"], decision=entry["decision"].get("reason"),
+            )  # fmt: skip
+        else:
+            log.info(
+                "step", step=step, action=entry["action"], tool=entry.get("tool"), outcome=outcome_name,
+                duration_ms=entry["duration_ms"],
+            )  # fmt: skip
         cursor = step
         store.checkpoint(run_id, cursor=cursor, memory=memory, last_result=last_result, step_entry=entry)
 
