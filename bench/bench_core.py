@@ -498,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"- workers: agent worker and bare worker both prefork, concurrency {args.concurrency}, "
         f"prefetch 1, acks_late + reject_on_worker_lost, JSON, `--without-mingle`, log level INFO; "
-        f"task events: agentfleet on (its config), bare {'on' if args.bare_events else 'off'}"
+        f"task events: agentfleet off (its default, observability.run_task_events), "
+        f"bare {'on' if args.bare_events else 'off'}"
     )
     print(
         f"- throughput: {args.connections} keep-alive connections, {fleet_load.seconds:.1f} s vs "
