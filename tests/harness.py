@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -357,3 +357,29 @@ def running_fleet(config: dict[str, Any] | None = None, workers: int = 1, concur
     finally:
         fleet.close()
         server.close()
+
+
+class EventTap:
+    """Celery events as Flower receives them, captured in a thread."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        from celery import Celery
+
+        self.app = Celery(broker=fleet.redis.url)
+        self.events: list[dict[str, Any]] = []
+        self.conn = self.app.connection()
+        self.receiver = self.app.events.Receiver(self.conn, handlers={"*": self.events.append})
+        self.thread = threading.Thread(target=self._capture, daemon=True)
+        self.thread.start()
+
+    def _capture(self) -> None:
+        with contextlib.suppress(Exception):  # the connection closes under it at the end
+            self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def seen(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        return [event for event in list(self.events) if predicate(event)]
+
+    def close(self) -> None:
+        self.receiver.should_stop = True
+        self.thread.join(timeout=5)
+        self.conn.release()

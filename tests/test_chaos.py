@@ -638,6 +638,8 @@ def test_queued_runs_survive_a_redis_restart_with_aof_and_none_is_lost_or_writte
 ) -> None:
     fleet, outcome = chaos_fleet, redis_restart
     ids, runs, srv = outcome.ids, outcome.runs, outcome.server
+    for run in runs.values():
+        assert any(e.get("tool") == "http.post" for e in run["steps"]), (brief(fleet, run), run["steps"])
     posts = {rid: next(e for e in r["steps"] if e.get("tool") == "http.post") for rid, r in runs.items()}
     print(f"\nbefore the restart: {dict(Counter(outcome.before.values()))}, {outcome.queued_messages} queued")
     ends = Counter(f"{r['status']}/{r['stop_reason']}" for r in runs.values())

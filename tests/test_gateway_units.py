@@ -117,3 +117,35 @@ def test_a_costly_call_pushes_the_schedule_for_the_next_one(r: fakeredis.FakeRed
     assert limiter.acquire("m", tokens, max_wait_s=10, cost=300).wait_s == 0  # admitted now
     nxt = limiter.acquire("m", tokens, max_wait_s=10, cost=10)
     assert nxt.allowed and nxt.wait_s == pytest.approx(3.0, abs=0.05)  # after the 300 tokens drain
+
+
+def test_a_tool_call_the_broker_cannot_take_is_the_fleets_failure_not_the_agents() -> None:
+    """CeleryDispatcher raises BrokerUnavailable, a Redis error, which the loop re-raises (the
+    lease expires and the run resumes) instead of failing the run as an agent error."""
+    import os
+    import subprocess
+    import sys
+
+    import redis
+
+    from tests.harness import ROOT, free_port
+    from worker.gateway import BrokerUnavailable
+
+    assert issubclass(BrokerUnavailable, redis.RedisError)
+    code = (
+        "from worker.gateway import BrokerUnavailable\n"
+        "from worker.tasks import CeleryDispatcher\n"
+        "try:\n"
+        "    CeleryDispatcher().send(call_id='r:1:0', attempt=0, tool='echo', args={}, timeout_s=1.0)\n"
+        "except BrokerUnavailable as exc:\n"
+        "    print('unavailable', exc)\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FLEET_")},
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        "PYTHONPATH": str(ROOT),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert "unavailable could not send the tool call" in out.stdout, out.stdout + out.stderr

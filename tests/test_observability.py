@@ -3,14 +3,12 @@ probe, /readyz's worker count and Flower behind basic auth."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import ROOT, Fleet, RedisServer, free_port, wait_for
+from tests.harness import ROOT, EventTap, Fleet, RedisServer, free_port, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -159,32 +157,6 @@ def test_flower_requires_basic_auth_and_lists_the_workers(obs_fleet: Fleet) -> N
     finally:
         os.killpg(flower.pid, signal.SIGTERM)
         flower.wait(timeout=15)
-
-
-class EventTap:
-    """Celery events as Flower receives them, captured in a thread."""
-
-    def __init__(self, fleet: Fleet) -> None:
-        from celery import Celery
-
-        self.app = Celery(broker=fleet.redis.url)
-        self.events: list[dict[str, Any]] = []
-        self.conn = self.app.connection()
-        self.receiver = self.app.events.Receiver(self.conn, handlers={"*": self.events.append})
-        self.thread = threading.Thread(target=self._capture, daemon=True)
-        self.thread.start()
-
-    def _capture(self) -> None:
-        with contextlib.suppress(Exception):  # the connection closes under it at the end
-            self.receiver.capture(limit=None, timeout=None, wakeup=False)
-
-    def seen(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
-        return [event for event in list(self.events) if predicate(event)]
-
-    def close(self) -> None:
-        self.receiver.should_stop = True
-        self.thread.join(timeout=5)
-        self.conn.release()
 
 
 def test_tool_workers_send_no_task_events_unless_configured(obs_fleet: Fleet) -> None:

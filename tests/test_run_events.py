@@ -3,40 +3,12 @@ worker's heartbeats (Flower's worker list, /readyz) flow either way. Real worker
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.harness import Fleet, RedisServer, wait_for
-
-
-class EventTap:
-    """Celery events as Flower receives them, captured in a thread."""
-
-    def __init__(self, fleet: Fleet) -> None:
-        from celery import Celery
-
-        self.app = Celery(broker=fleet.redis.url)
-        self.events: list[dict[str, Any]] = []
-        self.conn = self.app.connection()
-        self.receiver = self.app.events.Receiver(self.conn, handlers={"*": self.events.append})
-        self.thread = threading.Thread(target=self._capture, daemon=True)
-        self.thread.start()
-
-    def _capture(self) -> None:
-        with contextlib.suppress(Exception):  # the connection closes under it at the end
-            self.receiver.capture(limit=None, timeout=None, wakeup=False)
-
-    def seen(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
-        return [event for event in list(self.events) if predicate(event)]
-
-    def close(self) -> None:
-        self.receiver.should_stop = True
-        self.thread.join(timeout=5)
-        self.conn.release()
+from tests.harness import EventTap, Fleet, RedisServer, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,11 @@ REPLY_GRACE_S = 1.0  # wait this long past a call's timeout for the tool worker'
 REPLY_TTL_S = 300
 
 
+class BrokerUnavailable(redis.ConnectionError):
+    """A tool call could not be sent: the broker is unreachable. A Redis error, so the loop
+    treats it as the fleet's own failure (the run resumes elsewhere), not the agent's."""
+
+
 class Dispatcher(Protocol):
     """Sends one attempt of a tool call to a tool worker."""
 

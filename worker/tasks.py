@@ -14,10 +14,11 @@ from billiard.einfo import ExceptionInfo
 from celery import Task
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from kombu.exceptions import OperationalError
 
 from worker import agents, tools
 from worker.celery_app import RUN_TASK, TOOL_TASK, app, send_run
-from worker.gateway import REPLY_GRACE_S, FleetControls
+from worker.gateway import REPLY_GRACE_S, BrokerUnavailable, FleetControls
 from worker.keeper import RunKeeper
 from worker.keys import AGENT_QUEUE, Keys, tool_queue
 from worker.lease import Leases, reaper_loop
@@ -45,21 +46,24 @@ class CeleryDispatcher:
     """Sends tool-call attempts to their tool's queue, `tools.<tool>`."""
 
     def send(self, *, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
-        app.send_task(
-            TOOL_TASK,
-            args=[call_id, attempt, tool, args, timeout_s],
-            # Celery's logs, events and Flower show this instead of the arguments (they may hold PII).
-            argsrepr=f"({call_id!r}, {attempt}, {tool!r}, <args>, {timeout_s})",
-            queue=tool_queue(tool),
-            # the run's trace id, for the tool worker's log line (one trace id per run everywhere)
-            headers={
-                "sent_at": time.time(),
-                "trace_id": structlog.contextvars.get_contextvars().get("trace_id"),
-            },
-            # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S) is
-            # dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ between hosts.
-            expires=timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
-        )
+        try:
+            app.send_task(
+                TOOL_TASK,
+                args=[call_id, attempt, tool, args, timeout_s],
+                # Celery's logs, events and Flower show this instead of the arguments (may hold PII).
+                argsrepr=f"({call_id!r}, {attempt}, {tool!r}, <args>, {timeout_s})",
+                queue=tool_queue(tool),
+                ignore_result=True,  # the reply comes through its own list, never the result backend
+                # sent_at: the tool worker's freshness check; the run's trace id, for its log line
+                headers={"sent_at": time.time(), "trace_id": _trace_id()},
+                # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S)
+                # is dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ by host.
+                expires=timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
+            )
+        except (OperationalError, OSError) as exc:
+            # The broker is unreachable: the run is not at fault. Like any Redis error in the
+            # loop, this ends the execution; the lease expires and the run resumes elsewhere.
+            raise BrokerUnavailable(f"could not send the tool call: {type(exc).__name__}") from exc
 
 
 @lru_cache(maxsize=1)
