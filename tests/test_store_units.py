@@ -173,23 +173,6 @@ def test_public_view_has_the_contract_fields_and_iso_times(store: RunStore) -> N
     }
 
 
-def test_tool_call_budget_counts_each_call_once_and_refuses_the_one_over(
-    store: RunStore, r: fakeredis.FakeRedis
-) -> None:
-    new_run(store)
-    budget = ToolCallBudget(r, KEYS, "r1", max_tool_calls=2, ttl_s=60)
-    assert budget.reserve("r1:1:0") is None
-    assert budget.reserve("r1:1:0") is None  # a retry or a resumed step: still one call
-    assert budget.used == 1
-    budget.record("r1:1:0", {"ok": True, "result": 1})
-    assert budget.reserve("r1:1:0") == {"ok": True, "result": 1}  # replayed, not called again
-    budget.reserve("r1:2:0")
-    with pytest.raises(BudgetExceeded) as stop:
-        budget.reserve("r1:3:0")
-    assert stop.value.stop_reason == "max_tool_calls"
-    assert r.hget(KEYS.run("r1"), "tool_calls") == "2"
-
-
 class InlineDispatcher:
     """Runs the tool in-process and pushes its reply, as a tool worker would; records calls."""
 

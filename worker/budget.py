@@ -8,7 +8,6 @@ from typing import Any
 
 import redis
 
-from worker.guard import BudgetExceeded
 from worker.keys import Keys
 
 # budget_reserve(run_key, call_key, max_tool_calls, ttl_s) -> counted (0/1), used, recorded result
@@ -27,41 +26,22 @@ local function budget_reserve(k_run, k_call, max_calls, ttl)
 end
 """
 
-_RESERVE = (
-    LUA_RESERVE
-    + """
-local counted, used, recorded = budget_reserve(KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2])
-return {counted, used, recorded}
-"""
-)
+CALL_RECORD_TTL_S = 86400  # a call's recorded result, kept for a resumed run or a late redelivery
 
 
 class ToolCallBudget:
-    """Reserves tool calls against `max_tool_calls` of one run."""
+    """One run's tool-call budget and its calls' records. Tool calls are counted against
+    `max_tool_calls` by the gateway's admission script (worker/admit.py), with LUA_RESERVE."""
 
     def __init__(
         self, r: redis.Redis, keys: Keys, run_id: str, max_tool_calls: int, ttl_s: int, used: int = 0
     ) -> None:
         self.r = r
-        self.used = used  # tool calls counted so far, as of the last reservation
+        self.used = used  # tool calls counted so far, as of the last admission
         self.keys = keys
         self.run_key = keys.run(run_id)
         self.max_tool_calls = max_tool_calls
         self.ttl_s = ttl_s
-        self._reserve = r.register_script(_RESERVE)
-
-    def reserve(self, call_id: str) -> Any | None:
-        """Count the call once; return its recorded result when an earlier attempt finished it.
-
-        Raises BudgetExceeded('max_tool_calls') when the call would exceed the budget, so the
-        call is never made.
-        """
-        counted, self.used, recorded = self._reserve(
-            keys=[self.run_key, self.keys.call(call_id)], args=[self.max_tool_calls, self.ttl_s]
-        )
-        if not counted:
-            raise BudgetExceeded("max_tool_calls", f"max_tool_calls={self.max_tool_calls} reached")
-        return json.loads(recorded) if recorded else None
 
     def recorded(self, call_id: str) -> dict[str, Any] | None:
         """The recorded result of a call that is not counted as a tool call (a model call)."""

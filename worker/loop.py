@@ -27,7 +27,7 @@ import structlog
 from pydantic import BaseModel
 
 from worker.agents import CallModel, CallTool, Fail, Finish, RunState, Sleep, get_agent_class
-from worker.budget import ToolCallBudget
+from worker.budget import CALL_RECORD_TTL_S, ToolCallBudget
 from worker.gateway import Dispatcher, FleetControls, ToolGateway
 from worker.guard import BudgetExceeded, DeadlineExceeded, LeaseLost, RunGuard, RunStopped
 from worker.keeper import Held, RunKeeper
@@ -43,7 +43,6 @@ from worker.spend import SpendBudget
 from worker.tools import MODEL_TOOL, get_tool
 
 log = structlog.get_logger("agentfleet.run")
-CALL_RECORD_TTL_S = 86400  # a call's recorded result, kept for a resumed run or a late redelivery
 WATCHDOG_GRACE_S = 0.5  # past the deadline, the watchdog ends a run whose agent ignores the alarm
 ERROR_MESSAGE_MAX = 500
 _ACTION_NAMES: dict[type, str] = {

@@ -99,7 +99,8 @@ local function quota_reserve(k_actions, k_spend, k_marker, call_id, max_actions,
 end
 """
 
-# quota_refund(actions_key, spend_key, marker_key, call_id, cost): give back an allowed reservation.
+# quota_refund(actions_key, spend_key, marker_key, call_id, cost): give back an allowed reservation
+# (the admission script, when the run's tool-call budget refuses the call after its quota).
 LUA_REFUND = """
 local function quota_refund(k_actions, k_spend, k_marker, call_id, cost)
   local marker = redis.call('GET', k_marker)
@@ -130,13 +131,6 @@ redis.call('INCRBY', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[3], marker .. '|adj', 'KEEPTTL')
 return 1
 """
-
-_REFUND = (
-    LUA_REFUND
-    + """
-return quota_refund(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]))
-"""
-)
 
 
 class Policy(BaseModel):
@@ -189,7 +183,6 @@ class PolicyStore:
         self.r = r
         self.keys = keys
         self._reserve = r.register_script(_RESERVE)
-        self._refund = r.register_script(_REFUND)
         self._adjust = r.register_script(_ADJUST)
 
     def get(self, agent: str) -> Policy:
@@ -239,7 +232,3 @@ class PolicyStore:
         """Correct today's spend by `delta_usd` once the call's real cost is known; only for a call
         that was charged (reserved at worst case under a quota), and only once."""
         return bool(self._adjust(keys=self.quota_keys(agent, call_id), args=[round(delta_usd * MICRO)]))
-
-    def refund(self, agent: str, call_id: str, cost_usd: float) -> None:
-        """Give back a reservation whose call was never made."""
-        self._refund(keys=self.quota_keys(agent, call_id), args=[call_id, round(cost_usd * MICRO)])

@@ -26,6 +26,7 @@ import structlog
 from worker import tools
 from worker.admit import Replier
 from worker.breaker import BreakerPolicy
+from worker.budget import CALL_RECORD_TTL_S
 from worker.gateway import REPLY_TTL_S, is_failure, is_final, stats_field
 from worker.keys import Keys
 from worker.logs import cap_bytes
@@ -80,8 +81,6 @@ class ToolExecutor:
         """Execute one attempt and push its reply for the waiting run. When the tool ran, the same
         script reports the outcome to the breaker and records a final result (the run's side
         would otherwise do it after the reply), so the run moves on as soon as it has the reply."""
-        from worker.loop import CALL_RECORD_TTL_S
-
         started = time.monotonic()
         result, ran = self.execute(call_id, attempt, tool, args, timeout_s, sent_at)
         duration_ms = round((time.monotonic() - started) * 1000, 1)
@@ -128,50 +127,34 @@ class ToolExecutor:
         """The envelope of one attempt, at most tools.max_result_bytes of JSON (never raises for a
         tool's failure), and whether the tool ran (False: the attempt was refused, stale, or
         answered from a record, and the dependency was not asked)."""
-        ran: list[bool] = []
         fresh = sent_at is not None and 0 <= time.time() - sent_at < FRESH_S
-        envelope = self._bulkheaded(call_id, attempt, tool, args, timeout_s, ran, fresh)
+        envelope, ran = self._bulkheaded(call_id, attempt, tool, args, timeout_s, fresh)
         limit = self.settings.tools.max_result_bytes
         if envelope.get("ok") and len(json.dumps(envelope["result"])) > limit:
             envelope = {"ok": True, "result": cap_bytes(envelope["result"], limit), "truncated": True}
-        return envelope, bool(ran)
+        return envelope, ran
 
     def _bulkheaded(
-        self,
-        call_id: str,
-        attempt: int,
-        tool: str,
-        args: Any,
-        timeout_s: float,
-        ran: list[bool],
-        fresh: bool,
-    ) -> dict[str, Any]:
+        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float, fresh: bool
+    ) -> tuple[dict[str, Any], bool]:
         bulkhead = self._bulkhead(tool)
         if not bulkhead.acquire(blocking=False):
             limit = self.settings.tools.concurrency(tool)
-            return error_result(
-                "rate_limited", f"tool {tool!r} is busy: {limit} calls in flight on this worker"
-            )
+            busy = f"tool {tool!r} is busy: {limit} calls in flight on this worker"
+            return error_result("rate_limited", busy), False
         try:
-            return self._run(call_id, attempt, tool, args, timeout_s, ran, fresh)
+            return self._run(call_id, attempt, tool, args, timeout_s, fresh)
         finally:
             bulkhead.release()
 
     def _run(
-        self,
-        call_id: str,
-        attempt: int,
-        tool: str,
-        args: Any,
-        timeout_s: float,
-        ran: list[bool],
-        fresh: bool,
-    ) -> dict[str, Any]:
+        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float, fresh: bool
+    ) -> tuple[dict[str, Any], bool]:
+        """The attempt's envelope, and whether the tool ran for it."""
         spec = tools.get_tool(tool)
         ctx = ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
         if fresh and spec is not None and not spec.writes:
-            ran.append(True)
-            return tools.execute(tool, args, ctx)
+            return tools.execute(tool, args, ctx), True
         run_id = call_id.split(":", 1)[0]
         pipe = self.r.pipeline(transaction=False)
         pipe.hget(self.keys.run(run_id), "status")
@@ -180,29 +163,24 @@ class ToolExecutor:
         if status in TERMINAL:
             # The run was stopped, cancelled or ended while this call waited in the queue: a call
             # nobody waits for is not made (a killed run's writes must not fire later).
-            return error_result("killed", "the run ended before this call was made")
+            return error_result("killed", "the run ended before this call was made"), False
         if final is not None:
-            return dict(json.loads(final))  # the call is over; this attempt is a late redelivery
+            return dict(json.loads(final)), False  # the call is over; this is a late redelivery
         if current is not None and int(current) > attempt:
-            return error_result(
-                "timeout", f"attempt {attempt} is stale: the run moved on to attempt {current}"
-            )
+            stale = f"attempt {attempt} is stale: the run moved on to attempt {current}"
+            return error_result("timeout", stale), False
         if spec is None or not spec.writes:
-            ran.append(spec is not None)
-            return tools.execute(tool, args, ctx)
+            return tools.execute(tool, args, ctx), spec is not None
         exec_key = self.keys.call_exec(call_id)
         state, detail = self._claim(keys=[exec_key], args=[f"attempt {attempt}", EXEC_TTL_S])
         if state == "done":
-            return dict(json.loads(detail))
+            return dict(json.loads(detail)), False
         if state == "claimed" and not spec.idempotent:
-            return error_result(
-                "tool_error",
-                f"an earlier attempt ({detail}) of this write may have run; it is not run twice",
-            )
-        ran.append(True)
+            refused = f"an earlier attempt ({detail}) of this write may have run; it is not run twice"
+            return error_result("tool_error", refused), False
         result = tools.execute(tool, args, ctx)
         if not (spec.idempotent and is_retryable(result)):
             # A retryable failure of an idempotent write stays open: its retry is sent again,
             # with the same idempotency key. Anything else is this write's one outcome.
             self.r.hset(exec_key, "result", json.dumps(result))
-        return result
+        return result, True
