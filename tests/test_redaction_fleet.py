@@ -82,9 +82,32 @@ PROBES: list[tuple[str, str]] = [
 ]
 
 
+# The fleet's own random ids (run and trace ids: 32 hex; Sentry span ids: 16 hex) can hold a short
+# probe by chance ("822463" of an Amex number): an occurrence strictly inside such an id is no leak.
+# A secret that is itself hex (a bearer token) is still found: its probe is the whole token.
+def _inside_an_id(text: str, start: int, end: int) -> bool:
+    left = start
+    while left > 0 and text[left - 1] in "0123456789abcdef":
+        left -= 1
+    right = end
+    while right < len(text) and text[right] in "0123456789abcdef":
+        right += 1
+    token = text[left:right]
+    return (left, right) != (start, end) and 16 <= len(token) <= 32 and bool(re.search("[a-f]", token))
+
+
+def _occurs(probe: str, text: str) -> bool:
+    at = text.find(probe)
+    while at != -1:
+        if not _inside_an_id(text, at, at + len(probe)):
+            return True
+        at = text.find(probe, at + 1)
+    return False
+
+
 def leaks(text: str) -> list[str]:
-    """The corpus labels some of whose secret text occurs in `text`."""
-    return sorted({label for label, probe in PROBES if probe in text})
+    """The corpus labels some of whose secret text occurs in `text` (not by chance in an id)."""
+    return sorted({label for label, probe in PROBES if probe in text and _occurs(probe, text)})
 
 
 def excerpt(text: str, labels: list[str]) -> str:
