@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -25,9 +24,8 @@ import psutil
 import pytest
 import yaml
 
-from tests.harness import KEY_T1, ROOT, TERMINAL, Fleet, RedisServer, free_port
+from tests.harness import FLEET_CMD, KEY_T1, ROOT, TERMINAL, Fleet, RedisServer, free_port
 
-FLEET = shutil.which("fleet") or "/tmp/venv/bin/fleet"
 BANNER_END = "Ctrl-C stops everything."
 UP_READY_TIMEOUT_S = 120.0
 UP_STOP_TIMEOUT_S = 25.0
@@ -71,7 +69,7 @@ class Result:
 def run_fleet(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
     """Run `fleet ARGS` to its end; a process that outlives `timeout` is killed and fails the test."""
     proc = subprocess.Popen(
-        [FLEET, *args],
+        [*FLEET_CMD, *args],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -231,7 +229,7 @@ class FleetUp:
         self.stderr_path = self.workdir / "fleet-up.stderr"
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [FLEET, "up", *self.args],
+                [*FLEET_CMD, "up", *self.args],
                 env=self.env,
                 cwd=self.workdir,
                 stdout=subprocess.PIPE,
