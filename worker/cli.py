@@ -22,20 +22,35 @@ def _settings() -> Settings:
         settings = load_settings()
         settings.tenant_keys()  # a bad key list stops every process, not only the API
         settings.admin_key_set()
-        if "llm" in settings.agents:
-            from pydantic import ValidationError
-
-            from worker.llmconfig import llm_config
-
-            try:
-                llm_config(settings)
-            except (ValidationError, ValueError) as exc:
-                lines = str(exc).splitlines()
-                raise ConfigError(f"agents.llm: {' '.join(lines[:3])}") from None
+        _check_agents(settings)
         return settings
     except ConfigError as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
+
+
+def _check_agents(settings: Settings) -> None:
+    """Every agent's rollout keys, and the `llm` agent's settings in each of its versions."""
+    from pydantic import ValidationError
+
+    from worker.llmconfig import config_from
+    from worker.rollout import CANARY, STABLE, check_rollout_config, has_versions, version_config
+
+    for agent, config in settings.agents.items():
+        try:
+            check_rollout_config(agent, dict(config))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if "llm" not in settings.agents:
+        return
+    config = dict(settings.agents["llm"])
+    for version in (STABLE, CANARY) if has_versions(config) else (None,):
+        where = f"agents.llm.versions.{version}" if version else "agents.llm"
+        try:
+            config_from(version_config(config, version))
+        except (ValidationError, ValueError) as exc:
+            lines = str(exc).splitlines()
+            raise ConfigError(f"{where}: {' '.join(lines[:3])}") from None
 
 
 # -- processes ------------------------------------------------------------------------------------
