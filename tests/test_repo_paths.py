@@ -58,7 +58,7 @@ def test_the_pattern_finds_paths_of_one_machine() -> None:
         f"{_VAR_TMP}/env/lib/python3.11/site-packages/celery",
         f"{_ROOT_HOME}/.pyenv/versions/3.11.7/bin/python3",
         f"{_HOME}/someone/agentfleet/.venv/bin/fleet",
-        "~/.venv/bin/fleet",
+        "~" + "/.venv/bin/fleet",
     ]
     for text in found:
         assert machine_paths(f'FLEET = "{text}"'), text

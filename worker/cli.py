@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from worker.logs import PROCESS_ENV
 from worker.settings import ConfigError, Settings, load_settings
 
 USAGE_ERROR = 2
@@ -418,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="the whole stack on this machine, in the foreground")
     up.add_argument("--no-flower", action="store_true", help="do not start Flower")
     up.add_argument("--concurrency", type=int, default=4, help="agent worker processes (default 4)")
+    up.add_argument(
+        "--ready-timeout", type=float, default=60.0, help="seconds the stack gets to come up (default 60)"
+    )
 
     api = sub.add_parser("api", help="the HTTP API (uvicorn)")
     api.add_argument("--host", default=None)
@@ -472,11 +476,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PASSTHROUGH = {"worker", "tool-worker", "flower"}
+# The kind of process each command runs, on every log line it writes (worker.logs.PROCESS_ENV).
+PROCESS_KINDS = {"api": "api", "worker": "agent", "tool-worker": "tool", "flower": "flower", "up": "up"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if argv and argv[0] in PROCESS_KINDS:
+        os.environ[PROCESS_ENV] = PROCESS_KINDS[argv[0]]
     if argv and argv[0] in PASSTHROUGH:
         args = parser.parse_args(argv[:1])
         rest = argv[1:]
@@ -487,7 +495,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from worker.up import run_up
 
-        return run_up(_settings(), concurrency=args.concurrency, flower=not args.no_flower)
+        return run_up(
+            _settings(),
+            concurrency=args.concurrency,
+            flower=not args.no_flower,
+            ready_timeout_s=args.ready_timeout,
+        )
     handlers = {
         "api": cmd_api,
         "kill": cmd_kill,
