@@ -1,6 +1,7 @@
 """The tool gateway, on the agent's side: every tool call of a run passes here, in this order:
 
-1. kill switches (`kill:tool:<tool>`, and `kill:writes` for a tool that writes) -> `killed`
+1. kill switches (`kill:tool:<tool>`, and `kill:writes` for a tool that writes) -> `killed`;
+   again before every attempt (retry, send after a rate-limit wait), and on the tool worker
 2. allowlist: the fleet's (deny by default), then the agent's policy `allowed_tools` -> `denied`
 3. argument schema -> `invalid_args`, before any I/O
 4. the agent's quotas (actions per hour, spend per day), reserved atomically -> `denied`
@@ -19,7 +20,7 @@ Steps 1-6 (and the per-attempt checks of 6) run in one Lua script, worker/admit.
 costs one round trip before its subtask is sent. After the attempt the tool worker, in the script
 that pushes the reply, reports the outcome to the breaker and records the final result; the run's
 side does that bookkeeping only when the tool did not run or did not answer. Model calls (`llm`
-agent) take the same steps one by one.
+agent) take the same steps one by one, with the model's switches checked before every attempt.
 """
 
 from __future__ import annotations
