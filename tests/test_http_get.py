@@ -68,7 +68,11 @@ class Handler(BaseHTTPRequestHandler):
                 json.dumps(dict(self.headers.items())).encode(),
             ),
         }
-        if self.path == "/slow":
+        if self.path.startswith("/redirect-to-port/"):
+            # /redirect-to-port/<port>/<path>: to the same host on another port, another origin.
+            _, _, other_port, rest = self.path.split("/", 3)
+            self._send(302, {"Location": f"http://127.0.0.1:{other_port}/{rest}"}, b"")
+        elif self.path == "/slow":
             time.sleep(2.0)
             self._send(200, {}, b"late")
         elif self.path == "/trickle":
@@ -320,20 +324,58 @@ def test_redirects_stop_after_five(server: RecordingServer) -> None:
     assert len(server.requests) == 6
 
 
-def test_credentials_follow_a_redirect_only_within_the_origin(
+RUN_HEADERS = {
+    "Authorization": SECRET,
+    "Cookie": "session=s3cret-cookie",
+    "X-Api-Key": "s3cret-api-key",
+    "Private-Token": "s3cret-private-token",
+    "X-Tenant-Note": "any header the run set",
+}
+
+
+def test_headers_follow_a_redirect_only_within_the_origin(
     server: RecordingServer, fake_dns: dict[str, list[list[str]]]
 ) -> None:
     fake_dns["other.test"] = [["127.0.0.1"]]
     ctx = context(allow_hosts=["127.0.0.1", "other.test"])
-    headers = {"Authorization": SECRET}
 
-    same = get(f"http://127.0.0.1:{server.port}/redirect-echo", ctx, headers=headers)
-    other = get(f"http://127.0.0.1:{server.port}/redirect-other-origin", ctx, headers=headers)
+    same = get(f"http://127.0.0.1:{server.port}/redirect-echo", ctx, headers=RUN_HEADERS)
+    other = get(f"http://127.0.0.1:{server.port}/redirect-other-origin", ctx, headers=RUN_HEADERS)
 
-    assert json.loads(same["result"]["body"]).get("Authorization") == SECRET
+    received_same = json.loads(same["result"]["body"])
+    assert {name: received_same.get(name) for name in RUN_HEADERS} == RUN_HEADERS
     received = json.loads(other["result"]["body"])
     assert received["Host"] == f"other.test:{server.port}"
-    assert "Authorization" not in received
+    assert not set(RUN_HEADERS) & set(received), received
+
+
+@pytest.fixture
+def other_server() -> Iterator[RecordingServer]:
+    """A second server on another port of the same host: another origin."""
+    other = RecordingServer()
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    yield other
+    other.shutdown()
+    other.server_close()
+
+
+def test_a_redirect_to_another_port_carries_none_of_the_run_headers(
+    server: RecordingServer, other_server: RecordingServer
+) -> None:
+    url = f"http://127.0.0.1:{server.port}/redirect-to-port/{other_server.port}/echo"
+
+    envelope = get(url, headers=RUN_HEADERS)
+
+    assert envelope["ok"] is True, envelope
+    [(path, headers_sent_first)] = server.requests
+    assert {name: headers_sent_first.get(name) for name in RUN_HEADERS} == RUN_HEADERS
+    [(path, received)] = other_server.requests
+    assert path == "/echo"
+    assert received["Host"] == f"127.0.0.1:{other_server.port}"
+    assert not {name.lower() for name in RUN_HEADERS} & {name.lower() for name in received}, received
+    for secret in RUN_HEADERS.values():
+        assert secret not in envelope["result"]["body"]
 
 
 # -- limits -----------------------------------------------------------------------------------

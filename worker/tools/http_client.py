@@ -28,8 +28,6 @@ MAX_REDIRECTS = 5
 RESULT_HEADERS = ("content-type", "content-length", "etag", "last-modified")
 # Set by the client: the connection target is pinned, and a compressed body could expand past the cap.
 OWN_HEADERS = frozenset({"host", "accept-encoding", "content-length", "transfer-encoding", "connection"})
-# Not sent on to another origin after a redirect.
-CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _VALUE_RE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$|^$")
 
@@ -59,9 +57,10 @@ def send(
     """`method url` with checked `headers` and `content`; the result or a ToolFailure.
 
     Result: `{"status", "headers", "body", "truncated", "url"}`; `headers` holds a few safe ones
-    (and `location` when redirects are not followed). At most `MAX_REDIRECTS` redirects are followed,
-    credentials only within the origin. `trusted`: the URL is operator config, so its host is exempt
-    from the private-address block (as if in `tools.http.allow_hosts`).
+    (and `location` when redirects are not followed). At most `MAX_REDIRECTS` redirects are followed;
+    `headers` go only to the first URL's origin: a hop to another origin drops every one of them.
+    `trusted`: the URL is operator config, so its host is exempt from the private-address block
+    (as if in `tools.http.allow_hosts`).
     """
     if follow_redirects and content is not None:
         raise ValueError("a request with a body is never re-sent to a redirect target")
@@ -151,7 +150,9 @@ def _exchange(
         except ToolFailure as failure:
             raise ToolFailure("http_error", f"redirect refused: {failure.message}", status=status) from None
         if _origin(next_url) != _origin(url):
-            headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+            # Any header the run set may be a credential (X-Api-Key, Private-Token, ...); a list of
+            # known names always misses one, so another origin gets none of them.
+            headers = {}
         url = next_url
     raise ToolFailure("http_error", f"more than {MAX_REDIRECTS} redirects", status=status)
 
