@@ -2,7 +2,8 @@
 
 `send` resolves and checks each hop's host with `netguard`, then connects to exactly the checked
 address, with `Host` and TLS SNI set to the host. The whole call, DNS included, ends within
-`ctx.timeout_s`; the body is cut at `tools.http.max_body_bytes` bytes (default 1 MiB). Errors become
+`ctx.timeout_s`; the body is cut at `tools.http.max_body_bytes` decoded bytes (default 1 MiB; a
+gzip or deflate body is decoded within that cap, other encodings are refused: `http_body`). Errors become
 `ToolFailure`s: `denied`, `timeout`, `http_error` (with `status` and `retry_after_s` when known).
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 
 from worker.tools.base import ToolContext, ToolFailure
+from worker.tools.http_body import read_body
 from worker.tools.netguard import allowed_hosts, checked_addresses
 
 MAX_REDIRECTS = 5
@@ -200,25 +202,21 @@ def _response(url: httpx.URL, response: httpx.Response, call: _Call) -> dict[str
     if status >= 400:
         retry_after = retry_after_s(response.headers.get("retry-after"))
         raise ToolFailure("http_error", f"HTTP {status}", status=status, retry_after_s=retry_after)
-    chunks: list[bytes] = []
-    size = 0
-    truncated = False
-    for chunk in response.iter_bytes():
+
+    def before_each_chunk() -> None:
         # The read timeout bounds each read; this bounds all of them together.
         if call.cancelled.is_set() or time.monotonic() > call.deadline:
             raise ToolFailure("timeout", "deadline passed while reading the body")
-        room = call.max_body_bytes - size
-        if len(chunk) > room:
-            chunks.append(chunk[:room])
-            truncated = True
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+
+    # Raw bytes: a compressed body is decoded by read_body, which stops at the cap as it decodes.
+    body, truncated = read_body(
+        response.iter_raw(), response.headers.get("content-encoding"), call.max_body_bytes, before_each_chunk
+    )
     names = RESULT_HEADERS if call.follow_redirects else (*RESULT_HEADERS, "location")
     return {
         "status": status,
         "headers": {name: response.headers[name] for name in names if name in response.headers},
-        "body": b"".join(chunks).decode(_encoding(response), errors="replace"),
+        "body": body.decode(_encoding(response), errors="replace"),
         "truncated": truncated,
         "url": str(url.copy_with(userinfo=b"")),
     }
