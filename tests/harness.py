@@ -64,12 +64,17 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """A redis-server of the test's own, on a free port; can be stopped and restarted."""
+    """A redis-server of the test's own, on a free port; can be stopped and restarted.
 
-    def __init__(self, appendonly: bool = False) -> None:
+    With `password` it runs with `requirepass`; `url` never holds the password (a test gives it
+    to the fleet some other way), `client()` uses it.
+    """
+
+    def __init__(self, appendonly: bool = False, password: str | None = None) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="fleet-redis-")
         self.appendonly = appendonly
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -87,6 +92,8 @@ class RedisServer:
             "--dir", self.dir,
             "--loglevel", "warning",
         ]  # fmt: skip
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -97,7 +104,7 @@ class RedisServer:
         raise RuntimeError("redis-server did not start")
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+        return redis.Redis(port=self.port, password=self.password, decode_responses=True, socket_timeout=5)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:

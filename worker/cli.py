@@ -97,8 +97,19 @@ def celery_worker_argv(
     return argv + list(passthrough)
 
 
+def _check_redis_password(settings: Settings) -> None:
+    """Stop a server process at start when Redis refuses its password: that never heals by waiting."""
+    from worker.redis_conn import password_problem
+
+    problem = password_problem(settings)
+    if problem:
+        print(f"fleet: {problem}", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings()  # before importing the app, which loads settings at import
+    _check_redis_password(settings)
 
     import uvicorn
 
@@ -128,6 +139,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace, passthrough: list[str]) -> int:
     settings = _settings()
+    _check_redis_password(settings)
     if args.command == "worker":
         argv = celery_worker_argv("agent", passthrough, settings.log_level)
     else:
@@ -144,6 +156,7 @@ def flower_password(settings: Settings) -> str | None:
 
 def cmd_flower(args: argparse.Namespace, passthrough: list[str]) -> int:
     settings = _settings()
+    _check_redis_password(settings)
     password = flower_password(settings)
     if not password:
         print(
@@ -304,14 +317,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def mask_url(url: str) -> str:
     """A URL with any password replaced by ***."""
-    from urllib.parse import urlsplit, urlunsplit
+    from worker.settings import masked_url
 
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:" if parts.username else ":"
-    return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+    return masked_url(url)
 
 
 # -- submitting -----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import redis
 
-from worker.settings import DEV_STACK_ENV, Settings
+from worker.settings import DEV_STACK_ENV, Settings, masked_url
 
 STOP_TIMEOUT_S = 20.0  # a child gets this long after SIGTERM before SIGKILL
 READY_TIMEOUT_S = 60.0
@@ -168,7 +168,7 @@ def run_up(
     try:
         redis_url = settings.redis_url
         if redis_answers(redis_url):
-            print(f"redis:   {redis_url} (already running)", flush=True)
+            print(f"redis:   {masked_url(redis_url)} (already running)", flush=True)
         else:
             binary = find_redis_server()
             if binary is None:
@@ -204,7 +204,9 @@ def run_up(
                     return 1
                 time.sleep(0.1)
             print(f"redis:   {redis_url} (started: {binary})", flush=True)
-        env["REDIS_URL"] = redis_url
+            env["REDIS_URL"] = redis_url
+            # Its own redis-server has no password: the processes must not send one from a file.
+            env["FLEET_REDIS_PASSWORD_FILE"] = os.devnull
 
         api_key = None
         if not env.get("FLEET_API_KEYS") and not settings.tenant_keys():
