@@ -13,12 +13,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.harness import ROOT, Fleet, RedisServer
+from tests.harness import ROOT, Fleet, RedisServer, free_port, wait_for
 
 PASSWORD = "rp-" + secrets.token_urlsafe(24)
 WRONG_PASSWORD = "wrong-" + secrets.token_urlsafe(24)
+FLOWER_PASSWORD = "flower-" + secrets.token_urlsafe(12)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,9 @@ def password_file(directory: Path, password: str) -> str:
 @pytest.fixture(scope="module")
 def fleet(server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     secret = password_file(tmp_path_factory.mktemp("secrets"), PASSWORD)
-    running = Fleet(server, env_extra={"FLEET_REDIS_PASSWORD_FILE": secret})
+    running = Fleet(
+        server, env_extra={"FLEET_REDIS_PASSWORD_FILE": secret, "FLEET_FLOWER_PASSWORD": FLOWER_PASSWORD}
+    )
     try:
         running.start()
         yield running
@@ -66,6 +70,28 @@ def test_a_fleet_runs_a_run_with_the_password_from_the_secrets_file(fleet: Fleet
     assert fleet.r.exists(f"fleet:run:{run['id']}")
     for proc in fleet.procs:
         assert PASSWORD not in proc.text(), f"{proc.name} logged the password"
+
+
+def test_flower_sees_the_workers_through_the_password_protected_broker(fleet: Fleet) -> None:
+    port = free_port()
+    flower = fleet.spawn("flower", "flower", f"--port={port}")
+    url = f"http://127.0.0.1:{port}/api/workers?refresh=1"
+    auth = ("fleet", FLOWER_PASSWORD)
+    workers: dict[str, object] = {}
+
+    def sees_both_kinds() -> bool:
+        nonlocal workers
+        try:
+            resp = httpx.get(url, auth=auth, timeout=10)
+        except httpx.HTTPError:
+            return False
+        workers = resp.json() if resp.status_code == 200 else {}
+        names = list(workers)
+        return any(n.startswith("agent-") for n in names) and any(n.startswith("tool-") for n in names)
+
+    wait_for(sees_both_kinds, 60, f"Flower never listed the workers: {workers}\n{flower.text()[-3000:]}")
+    fleet.stop_proc(flower)
+    assert PASSWORD not in flower.text(), "Flower logged the password"
 
 
 def fleet_cli(env: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
