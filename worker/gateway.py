@@ -43,7 +43,7 @@ from worker.guard import SLICE_S, BudgetExceeded, RunGuard
 from worker.keys import Keys
 from worker.llmconfig import llm_config
 from worker.logs import cap_bytes, sampled
-from worker.policy import DECISION_TTL_S, MICRO, Decision, Policy, PolicyStore, decision
+from worker.policy import DECISION_TTL_S, MICRO, NO_QUOTA, Decision, Policy, PolicyStore, decision
 from worker.ratelimit import RateLimiter, parse_rate
 from worker.redact import redact
 from worker.retrybudget import RetryBudget, RetryPolicy
@@ -449,7 +449,7 @@ class ToolGateway:
         breaker_policy = self.breaker_policy
         self.controls.retry_budget.note_call(scope, self.retry_policy)
         policy = self.controls.policies.get(self.agent)
-        quota = Decision("allowed", "no quota")
+        quota = Decision("allowed", NO_QUOTA)
         # A resumed call goes on after the attempts an earlier execution made: they are reserved
         # (or settled) already, and each attempt is reserved once.
         last = self.r.hget(self.keys.call(call_id), "attempt")
@@ -469,9 +469,9 @@ class ToolGateway:
             try:
                 result, _ = self._send_and_wait(call_id, attempt, spec.name, args, timeout_s)
             except BaseException:  # the run stops while the request is out: it may be billed
-                self._settle_attempt(call_id, attempt, cost, (cost.worst_tokens, cost.worst_micro))
+                self._settle_attempt(call_id, attempt, cost, (cost.worst_tokens, cost.worst_micro), quota)
                 raise
-            self._settle_attempt(call_id, attempt, cost, attempt_charge(result, cost))
+            self._settle_attempt(call_id, attempt, cost, attempt_charge(result, cost), quota)
             before, after = self.controls.breaker.record_change(scope, not is_failure(result), breaker_policy)
             if after != before:
                 log.warning("breaker change", tool=scope, outcome=after, previous=before)
@@ -502,11 +502,13 @@ class ToolGateway:
         return quota
 
     def _settle_attempt(
-        self, call_id: str, attempt: int, cost: ModelCallCost, charge: tuple[int, int]
+        self, call_id: str, attempt: int, cost: ModelCallCost, charge: tuple[int, int], quota: Decision
     ) -> None:
         """Settle one attempt at `charge` (tokens, micro-dollars) in the run and the agent's quota."""
         tokens, micro = charge
         self.spend.settle(call_id, attempt, tokens, micro)
+        if quota.reason == NO_QUOTA:  # nothing was reserved from a daily limit
+            return
         # Only an attempt charged under a spend quota is corrected, once (a Lua script keyed by it).
         self.controls.policies.adjust_spend(
             self.agent, _attempt_id(call_id, attempt), (micro - cost.worst_micro) / MICRO

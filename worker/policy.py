@@ -23,6 +23,7 @@ MICRO = 1_000_000  # spend is kept in micro-dollars, as integers
 # micro-dollar arithmetic overflows.
 MAX_SPEND_USD_PER_DAY = 1_000_000.0
 DECISION_TTL_S = 2 * 86400
+NO_QUOTA = "no quota"  # the reason of a Decision that reserved nothing (the agent has no quota)
 
 # Lua functions, so the gateway's admission script (worker/admit.py) runs the same code.
 # policy_read(key) -> allowed_tools (a set, or false: the fleet's allowlist alone), max_actions,
@@ -224,7 +225,7 @@ class PolicyStore:
         if not count_action:
             policy = policy.model_copy(update={"max_actions_per_hour": None})
         if policy.max_actions_per_hour is None and policy.max_spend_usd_per_day is None:
-            return Decision("allowed", "no quota")
+            return Decision("allowed", NO_QUOTA)
         max_actions = -1 if policy.max_actions_per_hour is None else policy.max_actions_per_hour
         max_spend = (
             -1 if policy.max_spend_usd_per_day is None else round(policy.max_spend_usd_per_day * MICRO)
