@@ -35,6 +35,19 @@ KEY_T1 = "key-tenant-one-0001"
 KEY_T2 = "key-tenant-two-0002"
 
 
+def fleet_command() -> list[str]:
+    """The `fleet` command that belongs to the interpreter running the tests.
+
+    The console script installed beside `sys.executable` (the `.venv/bin/fleet` of `.ci/run`), else
+    `python -m worker.cli` with the same interpreter; never a `fleet` found elsewhere on PATH.
+    """
+    script = Path(sys.executable).parent / "fleet"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "worker.cli"]
+
+
+FLEET_CMD = fleet_command()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

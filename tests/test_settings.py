@@ -86,6 +86,7 @@ def test_environment_beats_yaml_beats_defaults(tmp_path: Path, monkeypatch: pyte
         ({}, "tools: [oops\n", "FLEET_CONFIG"),
         ({"FLEET_API_PORT": "http"}, None, "api_port"),
         ({"FLEET_LOG_LEVEL": "LOUD"}, None, "log_level"),
+        ({"FLEET_LOG_FORMAT": "xml"}, None, "log_format"),
     ],
 )
 def test_a_bad_setting_is_an_error_that_names_it(

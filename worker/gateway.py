@@ -1,6 +1,7 @@
 """The tool gateway, on the agent's side: every tool call of a run passes here, in this order:
 
-1. kill switches (`kill:tool:<tool>`, and `kill:writes` for a tool that writes) -> `killed`
+1. kill switches (`kill:tool:<tool>`, and `kill:writes` for a tool that writes) -> `killed`;
+   again before every attempt (retry, send after a rate-limit wait), and on the tool worker
 2. allowlist: the fleet's (deny by default), then the agent's policy `allowed_tools` -> `denied`
 3. argument schema -> `invalid_args`, before any I/O
 4. the agent's quotas (actions per hour, spend per day), reserved atomically -> `denied`
@@ -21,7 +22,7 @@ Steps 1-6 (and the per-attempt checks of 6) run in one Lua script, worker/admit.
 costs one round trip before its subtask is sent. After the attempt the tool worker, in the script
 that pushes the reply, reports the outcome to the breaker and records the final result; the run's
 side does that bookkeeping only when the tool did not run or did not answer. Model calls (`llm`
-agent) take the same steps one by one.
+agent) take the same steps one by one, with the model's switches checked before every attempt.
 """
 
 from __future__ import annotations
@@ -226,11 +227,11 @@ class ToolGateway:
         self._charge_tool_cost(call_id, spec)
         result = self._tool_attempts(call_id, spec, args, keys, answer)
         decision_dict = quota.to_dict()
-        if not result.get("ok") and (result.get("error") or {}).get("type") in (
-            "rate_limited",
-            "circuit_open",
-        ):
-            decision_dict = {**decision_dict, "decision": "denied", "reason": result["error"]["message"]}
+        kind = None if result.get("ok") else (result.get("error") or {}).get("type")
+        if kind in ("rate_limited", "circuit_open", "killed"):
+            reason = result["error"]["message"]
+            reason = f"kill switch: {reason}" if kind == "killed" else reason
+            decision_dict = {**decision_dict, "decision": "denied", "reason": reason}
         return CallOutcome(result, decision_dict)
 
     def _charge_tool_cost(self, call_id: str, spec: Tool, *, check_only: bool = False) -> None:
@@ -247,11 +248,12 @@ class ToolGateway:
 
     def _call_keys(self, call_id: str, tool: str) -> CallKeys:
         *run_switches, cancel = self.guard.switch_keys
+        tool_switch, writes_switch = killswitch.tool_switch_keys(self.keys, tool, writes=True)
         return CallKeys(
             run_switches=run_switches,
             cancel=cancel,
-            tool_switch=self.keys.kill_tool(tool),
-            writes_switch=self.keys.kill_writes(),
+            tool_switch=tool_switch,
+            writes_switch=writes_switch,
             policy=self.keys.policy(self.agent),
             quota=self.controls.policies.quota_keys(self.agent, call_id),
             run=self.budget.run_key,
@@ -303,6 +305,8 @@ class ToolGateway:
         while True:
             if answer.verdict == "stop":
                 raise self.guard.stop(answer.detail, answer.detail2)
+            if answer.verdict == "killed":  # flipped while this call backed off or waited
+                return self._record(keys, spec.name, error_result("killed", answer.detail))
             if answer.verdict == "wait":
                 rate = ", ".join(limit.rate for limit in self._tool_limits(spec))
                 log.info("rate-limit wait", tool=spec.name, wait_ms=round(answer.wait_s * 1000), rate=rate)
@@ -391,8 +395,7 @@ class ToolGateway:
         after it (worker/spend.py); a reservation the run's budgets cannot cover stops the run."""
         spec = get_tool(MODEL_TOOL)
         assert spec is not None
-        switches = [self.keys.kill_tool(MODEL_TOOL), self.keys.kill_tool(f"{MODEL_TOOL}:{model}")]
-        reason = killswitch.first_reason(self.r.mget(switches))
+        reason = killswitch.tool_kill_reason(self.r, self.keys, MODEL_TOOL, writes=False, model=model)
         if reason is not None:
             return _denied("killed", reason, f"kill switch: {reason}")
         recorded = self.budget.recorded(call_id)
@@ -443,8 +446,9 @@ class ToolGateway:
         timeout_s: float,
         cost: ModelCallCost,
     ) -> tuple[dict[str, Any], Decision]:
-        """Attempts of a model call, each reserved and settled; `scope` names its breaker and
-        retry budget. Returns the last result and the last attempt's quota decision."""
+        """Attempts of a model call, each reserved and settled; `scope` (`llm:<model>`) names its
+        breaker and retry budget. Returns the last result and the last attempt's quota decision."""
+        model = scope.removeprefix(f"{MODEL_TOOL}:")
         tools = self.settings.tools
         breaker_policy = self.breaker_policy
         self.controls.retry_budget.note_call(scope, self.retry_policy)
@@ -459,6 +463,10 @@ class ToolGateway:
             if refused is not None:
                 return refused, quota
             self.guard.check()
+            # every attempt, right before it is sent: a retry, or a send after a rate-limit wait
+            reason = killswitch.tool_kill_reason(self.r, self.keys, MODEL_TOOL, writes=False, model=model)
+            if reason is not None:
+                return error_result("killed", reason), quota
             quota = self._reserve_attempt(call_id, attempt, cost, policy)
             if not quota.allowed:
                 return error_result("denied", quota.reason), quota

@@ -36,6 +36,10 @@ PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 
 
+# Set by `fleet up` for the processes it starts: a one-machine dev stack (see worker/up.py).
+DEV_STACK_ENV = "FLEET_DEV_STACK"
+
+
 class ConfigError(Exception):
     """A setting that does not parse; the message names the setting."""
 
@@ -187,6 +191,8 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL"))
     key_prefix: str = Field("fleet", pattern=r"^[A-Za-z0-9_.-]+$")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Console lines on a terminal and JSON lines otherwise (auto), or always one of them.
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     # The fleet's budget caps; the env names of the seed config override `runtime.env`.
     agent_max_steps: int | None = Field(None, gt=0, validation_alias=AliasChoices("AGENT_MAX_STEPS"))
