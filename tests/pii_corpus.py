@@ -49,6 +49,13 @@ PEM_OPENSSH = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtz\n"
     "-----END OPENSSH PRIVATE KEY-----"
 )
+PGP_BODY = (
+    "lQOYBF9x2WgBCADHvT3mKq8ZpLw4Rn7sXy1bUe6fJo0aGd5" + "\nc2VjcmV0LXBncC1rZXktYm9keS1mb3ItdGVzdHM9PQ=="
+)
+PEM_PGP = (
+    "-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\n\n" + PGP_BODY + "\n=Xq3T\n"
+    "-----END PGP PRIVATE KEY BLOCK-----"
+)
 PEM_PKCS8 = (
     "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----"
 )
@@ -59,6 +66,9 @@ PII_CASES: list[tuple[str, Any, tuple[str, ...]]] = [
     ("email plus tag", "bob.smith+billing@mail.example.co.uk", ("bob.smith+billing",)),
     ("email upper case", "CAROL.JONES@EXAMPLE.ORG", ("CAROL.JONES",)),
     ("email in angle brackets", "Dave Lee <dave_lee-99@sub.example.net>", ("dave_lee-99",)),
+    ("email unicode local part", "jörg.müller@example.de", ("jörg.mü", "jörg.müller")),
+    ("email unicode domain", "kontakt@bücherstube.example", ("kontakt@bücher", "bücherstube")),
+    ("email fullwidth at", "erin.w\uff20example.com", ("erin.w\uff20",)),
     # phone numbers
     ("phone E.164 US", "+14155552671", ("4155552671",)),
     ("phone intl spaces", "+1 415 555 2671", ("415 555 2671",)),
@@ -87,6 +97,10 @@ PII_CASES: list[tuple[str, Any, tuple[str, ...]]] = [
     ("card discover", "6011 0009 9013 9424", ("0009 9013 9424",)),
     ("card jcb", "3530111333300000", ("3530111333300000",)),
     ("card diners", "30569309025904", ("30569309025904",)),
+    ("card visa dots", "4111.1111.1111.1111", ("4111.1111.1111.1111", "1111.1111.1111")),
+    ("card mastercard no-break spaces", "5555\u00a05555\u00a05555\u00a04444", ("5555\u00a05555\u00a05555",)),
+    ("card visa double spaces", "4012  8888  8888  1881", ("8888  8888  1881",)),
+    ("card visa fullwidth digits", "\uff14" + "\uff11" * 15, ("\uff11\uff11\uff11\uff11" * 2,)),
     # IBANs (mod-97 valid)
     ("iban GB spaced", "GB82 WEST 1234 5698 7654 32", ("1234 5698 7654",)),
     ("iban GB compact", "GB82WEST12345698765432", ("GB82WEST12345698765432",)),
@@ -95,6 +109,9 @@ PII_CASES: list[tuple[str, Any, tuple[str, ...]]] = [
     ("iban NL", "NL91 ABNA 0417 1643 00", ("0417 1643",)),
     ("iban ES", "ES91 2100 0418 4502 0005 1332", ("2100 0418 4502",)),
     ("iban CH", "CH93 0076 2011 6238 5295 7", ("6238 5295",)),
+    ("iban GB lower case", "gb82 west 1234 5698 7654 32", ("1234 5698 7654",)),
+    ("iban DE dashes", "DE89-3704-0044-0532-0130-00", ("3704-0044-0532",)),
+    ("iban NL double spaces", "NL91  ABNA  0417  1643  00", ("0417  1643",)),
     # API keys and tokens
     ("openai key", OPENAI_KEY, (OPENAI_KEY[3:],)),
     ("openai project key", OPENAI_PROJECT_KEY, (OPENAI_PROJECT_KEY[8:],)),
@@ -103,6 +120,8 @@ PII_CASES: list[tuple[str, Any, tuple[str, ...]]] = [
     ("aws session key id", AWS_SESSION_KEY_ID, (AWS_SESSION_KEY_ID,)),
     ("aws secret in config", f"aws_secret_access_key = {AWS_SECRET}", (AWS_SECRET,)),
     ("aws secret in env", f"AWS_SECRET_ACCESS_KEY={AWS_SECRET}", (AWS_SECRET,)),
+    ("aws secret bare beside its id", f"{AWS_KEY_ID} {AWS_SECRET}", (AWS_KEY_ID, AWS_SECRET)),
+    ("aws secret bare in csv", f"deploy-bot,{AWS_KEY_ID},{AWS_SECRET},2026-11-01", (AWS_SECRET,)),
     ("github pat", GITHUB_PAT, (GITHUB_PAT[4:],)),
     ("github oauth", GITHUB_OAUTH, (GITHUB_OAUTH[4:],)),
     ("github fine-grained pat", GITHUB_FINE, (GITHUB_FINE[11:],)),
@@ -117,6 +136,7 @@ PII_CASES: list[tuple[str, Any, tuple[str, ...]]] = [
     ("jwt alg none", JWT_NO_SIG, (JWT_NO_SIG[20:50],)),
     ("bearer header", f"Authorization: Bearer {BEARER_HEX}", (BEARER_HEX,)),
     ("bearer lower case", f"bearer {BEARER_B64}", (BEARER_B64,)),
+    ("bearer upper case", f"BEARER {BEARER_B64}", (BEARER_B64,)),
     ("bearer jwt", f"Authorization: Bearer {JWT}", (JWT[40:80],)),
     ("basic auth header", f"Authorization: Basic {BASIC}", (BASIC,)),
     ("drf token header", "Authorization: Token 9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b", ("9944b09199c6",)),
@@ -126,14 +146,18 @@ PII_CASES: list[tuple[str, Any, tuple[str, ...]]] = [
     ("https url password", "https://deploy:gh-Pa55w0rd!@git.example.com/org/repo.git", ("gh-Pa55w0rd!",)),
     ("amqp url password", "amqp://guest:Gu3stPa55@rabbit:5672//", ("Gu3stPa55",)),
     ("url password with at", "mysql://root:p@ssw0rd@10.0.0.5/db", ("ssw0rd",)),
+    ("url password with slash", "https://user:hunter/2@host.example", ("hunter/",)),
+    ("url password with query chars", "ftp://ops:Pa?b#c/d3@files.example/x", ("Pa?b#c/",)),
     # private keys
     ("pem rsa private key", PEM_RSA, ("MIIEpAIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM9Oi", "OXAMPLEbase64body")),
     ("pem openssh private key", PEM_OPENSSH, ("b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9u",)),
+    ("pgp private key block", PEM_PGP, (PGP_BODY[:40], PGP_BODY[-40:])),
     ("pem pkcs8 private key", PEM_PKCS8, ("MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg",)),
     # secrets named by a field, in text
     ("password assignment", "password=hunter2", ("hunter2",)),
     ("password colon quoted", 'password: "correct horse battery staple"', ("correct horse battery",)),
     ("env var password", "DB_PASSWORD=Tr0ub4dor&3x", ("Tr0ub4dor&3x", "&3x")),
+    ("password with a backslash", "password=Tr0ub\\4dorX", ("Tr0ub", "4dorX")),
     (
         "api_key query param",
         "https://api.example.com/v1/search?q=cats&api_key=k3yV4lue99&page=2",
@@ -150,6 +174,12 @@ PII_CASES: list[tuple[str, Any, tuple[str, ...]]] = [
         ("Cl13ntS3cr3tV4lu3",),
     ),
     ("python repr password", "{'user': 'alice', 'password': 'Sup3rS3cret!'}", ("Sup3rS3cret!",)),
+    ("escaped json password", '{\\"user\\": \\"alice\\", \\"password\\": \\"hunter2x\\"}', ("hunter2x",)),
+    (
+        "escaped json token with escapes",
+        '{\\"token\\": \\"W4lrus9\\\\ijk\\\\\\"mnop9qr\\"}',
+        ("W4lrus9", "mnop9qr"),
+    ),
     ("set-cookie header", "Set-Cookie: session=8c1f0e5d2b7a; Path=/; HttpOnly", ("8c1f0e5d2b7a",)),
     ("cookie header", "Cookie: sid=a7b9c2d4e6f8; csrftoken=Zq81Lm", ("a7b9c2d4e6f8", "Zq81Lm")),
     # secrets named by a field, in dicts
@@ -165,6 +195,14 @@ PII_CASES: list[tuple[str, Any, tuple[str, ...]]] = [
     ("dict sentry dsn", {"dsn": "https://5d1e7b0a@o0.ingest.sentry.io/1"}, ("5d1e7b0a",)),
     ("dict api key int value", {"api_key": 12345678}, ("12345678",)),
     ("dict card as int", {"card": 4111111111111111}, ("4111111111111111",)),
+]
+
+# Values that exist only in Python, not in JSON (a dict key that is not a str): logs and Sentry get
+# them from code, never from a client, so only the unit tests use them.
+PII_OBJECTS: list[tuple[str, Any, tuple[str, ...]]] = [
+    ("dict bytes key password", {b"password": "hunter2b", "user": "alice"}, ("hunter2b",)),
+    ("dict bytes key api key", {b"X-Api-Key": b"k-77889900"}, ("k-77889900",)),
+    ("dict tuple key secret", {("db", "password"): "Tr0ub4dor9"}, ("Tr0ub4dor9",)),
 ]
 
 NON_PII: list[str] = [
@@ -204,4 +242,14 @@ NON_PII: list[str] = [
     "worker/loop.py:123 in run_step",
     "offset +0530 from UTC, +05:30",
     "stop_reason=max_steps outcome=failed tool=http.get",
+    # ids whose first characters read like a country code and check digits (an IBAN shape)
+    "task ba72854f-3c7b-4a73-af7e-3c12d3a08bbe",
+    "task ed72788c-ad75-4afd-ba2a-9c1193561df7",
+    "span be50731bdf053481",
+    "trace de404d34b36e98a1f44aebd91abe693e",
+    "commit 9fceb02d0ae598e95dc970b74d4d6b2ad3d6e7d2",
+    "BEARER OF BAD NEWS, the BASIC plan",
+    "http://localhost:8000/v1/runs/@me and https://api.example.com:443/u/me@x",
+    "Grüße aus München: 3 Läufe, 12 Schritte",
+    "version 2024.1105.1230.0001, ratio 1.2345.6789",
 ]

@@ -39,6 +39,7 @@ ALLOWLIST = ["echo", "http.get", "test.sleep"]
 RETRIES = 2
 MAX_INVALID_ANSWERS = 3  # the llm agent's default
 LLM_TIMEOUT_MS = 3000
+SLEEP_COST_USD = 0.3  # test.sleep's declared cost per call, charged to the run's max_cost_usd
 RUN_IDS: list[str] = []  # every run of the module, for the key check at the end
 
 
@@ -105,6 +106,7 @@ def fleet(fake: FakeOpenAI) -> Iterator[Fleet]:
         "tools": {
             "allowlist": ALLOWLIST,
             "timeouts_ms": {"llm": LLM_TIMEOUT_MS},
+            "costs_usd": {"test.sleep": SLEEP_COST_USD},
             "retries": {"max": RETRIES, "backoff_ms": [50, 50]},
             # This module's failures must not open the model's circuit or spend its retry budget.
             "breaker": {"failure_threshold": 1000, "min_calls": 1000},
@@ -322,7 +324,88 @@ def test_max_cost_stops_before_a_model_call_the_remaining_money_cannot_cover(
     assert done["usage"]["cost_usd"] == 0
 
 
+def _worst_micro(prompt: str) -> int:
+    """The worst case a first model call with this prompt reserves, in micro-dollars."""
+    estimate = worst_case_tokens([{"role": "user", "content": prompt}]) - MAX_TOKENS_PER_CALL
+    return cost_micro(estimate, MAX_TOKENS_PER_CALL)
+
+
+def test_every_retry_is_reserved_so_retries_cannot_overshoot_max_cost(fleet: Fleet, fake: FakeOpenAI) -> None:
+    # The budget covers one attempt's worst case. The 500 is settled at the worst case (it may
+    # have been billed), so no retry may start: one request, and the run stops at its budget.
+    fake.load("overshoot", [{"status": 500}, {"status": 500}, {"content": "third time lucky"}])
+    marker = new_marker("overshoot")
+    prompt = f"Retry me. {marker}"
+    worst_micro = _worst_micro(prompt)
+    done = run_llm(fleet, prompt, max_cost_usd=worst_micro / 1e6)
+
+    assert done["status"] == "stopped", done
+    assert done["stop_reason"] == "max_cost"
+    assert len(fake.requests(marker)) == 1
+    assert done["usage"]["cost_usd"] == pytest.approx(worst_micro / 1e6)
+
+
+def test_a_request_refused_with_429_is_settled_at_zero_so_its_retry_fits(
+    fleet: Fleet, fake: FakeOpenAI
+) -> None:
+    fake.load(
+        "refused",
+        [
+            {"status": 429},
+            {"content": "after the refusal", "usage": {"prompt_tokens": 40, "completion_tokens": 20}},
+        ],
+    )
+    marker = new_marker("refused")
+    prompt = f"Refuse me once. {marker}"
+    done = run_llm(fleet, prompt, max_cost_usd=_worst_micro(prompt) / 1e6)  # one worst case
+
+    assert done["status"] == "succeeded", done
+    assert done["output"] == "after the refusal"
+    assert len(fake.requests(marker)) == 2
+    assert done["usage"]["tokens"] == 60
+    assert done["usage"]["cost_usd"] == pytest.approx(cost_micro(40, 20) / 1e6)
+
+
+def test_an_attempt_that_timed_out_is_settled_at_the_worst_case(fleet: Fleet, fake: FakeOpenAI) -> None:
+    # Room for one and a half worst cases: the timed-out attempt keeps its whole reservation, so the
+    # retry cannot be covered and is never sent.
+    fake.load("timed_out", [{"content": "too late", "delay_s": 5}, {"content": "never asked"}])
+    marker = new_marker("timed_out")
+    prompt = f"Time out. {marker}"
+    worst_micro = _worst_micro(prompt)
+    done = run_llm(fleet, prompt, max_cost_usd=1.5 * worst_micro / 1e6)
+
+    assert done["status"] == "stopped", done
+    assert done["stop_reason"] == "max_cost"
+    assert len(fake.requests(marker)) == 1
+    assert done["usage"]["cost_usd"] == pytest.approx(worst_micro / 1e6)
+    assert done["usage"]["tokens"] == worst_case_tokens([{"role": "user", "content": prompt}])
+
+
+def test_tool_costs_count_against_the_runs_max_cost(fleet: Fleet) -> None:
+    # test.sleep costs $0.30 a call (tools.costs_usd): three fit in $1.00, the fourth is not made.
+    plan = [{"tool": "test.sleep", "args": {"seconds": 0}} for _ in range(4)] + [{"final": "spent"}]
+    run_id = str(fleet.submit(agent="scripted", input={"plan": plan}, budgets={"max_cost_usd": 1.0})["id"])
+    RUN_IDS.append(run_id)
+    done = fleet.wait(run_id, timeout=60)
+
+    assert done["status"] == "stopped", done
+    assert done["stop_reason"] == "max_cost"
+    assert done["usage"]["tool_calls"] == 3
+    assert done["usage"]["cost_usd"] == pytest.approx(3 * SLEEP_COST_USD)
+
+
 # -- governance: max_spend_usd_per_day ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [1e303, 1_000_001])
+def test_a_daily_spend_limit_over_the_cap_is_a_422_and_stores_nothing(fleet: Fleet, value: float) -> None:
+    with httpx.Client(base_url=fleet.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
+        resp = admin.put("/v1/admin/policies/llm", json={"max_spend_usd_per_day": value})
+        assert resp.status_code == 422, resp.text
+        assert "max_spend_usd_per_day" in resp.json()["error"]["message"]
+        stored = admin.get("/v1/admin/policies/llm").json()
+    assert stored["max_spend_usd_per_day"] is None
 
 
 def set_policy(fleet: Fleet, max_spend_usd_per_day: float | None) -> None:
@@ -538,8 +621,14 @@ def test_persistent_500s_are_retried_then_fail_the_run_model_error(fleet: Fleet,
     assert done["stop_reason"] == "error"
     assert done["error"]["type"] == "model_error", done["error"]
     assert "500" in done["error"]["message"]
-    assert len(fake.requests(marker)) == 1 + RETRIES
-    assert done["usage"]["tokens"] == 0 and done["usage"]["cost_usd"] == 0
+    requests = fake.requests(marker)
+    assert len(requests) == 1 + RETRIES
+    # A 5xx may come from a proxy whose upstream processed the request: each attempt is settled
+    # at its worst case.
+    worst_tokens = worst_case_tokens(requests[0]["body"]["messages"])
+    worst_micro = cost_micro(worst_tokens - MAX_TOKENS_PER_CALL, MAX_TOKENS_PER_CALL)
+    assert done["usage"]["tokens"] == (1 + RETRIES) * worst_tokens
+    assert done["usage"]["cost_usd"] == pytest.approx((1 + RETRIES) * worst_micro / 1e6)
 
 
 def test_slow_answer_past_the_timeout_is_retried_and_the_run_goes_on(fleet: Fleet, fake: FakeOpenAI) -> None:

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
 import pytest
 
-from tests.pii_corpus import NON_PII, PII_CASES
+from tests.pii_corpus import NON_PII, PII_CASES, PII_OBJECTS
 from worker.redact import (
     DEFAULT_FIELDS,
     MAX_SCAN_CHARS,
@@ -38,7 +39,8 @@ def _leaks(output: Any, secrets: tuple[str, ...]) -> list[str]:
     return found
 
 
-def _luhn_ok(digits: str) -> bool:
+def _luhn_ok(number: str) -> bool:
+    digits = re.sub(r"\D", "", number)  # separators out; `int` reads fullwidth digits too
     total = 0
     for i, ch in enumerate(reversed(digits)):
         d = int(ch) * (2 if i % 2 else 1)
@@ -47,7 +49,7 @@ def _luhn_ok(digits: str) -> bool:
 
 
 def _iban_ok(iban: str) -> bool:
-    compact = iban.replace(" ", "")
+    compact = re.sub(r"[ -]", "", iban)
     moved = compact[4:] + compact[:4]
     return int("".join(str(int(ch, 36)) for ch in moved)) % 97 == 1
 
@@ -62,7 +64,7 @@ def test_corpus_cards_and_ibans_are_format_valid_so_the_checks_are_exercised() -
     cards = [v for label, v, _ in PII_CASES if label.startswith("card ")]
     ibans = [v for label, v, _ in PII_CASES if label.startswith("iban ")]
     assert len(cards) >= 10 and len(ibans) >= 6
-    assert all(_luhn_ok(c.replace(" ", "").replace("-", "")) for c in cards)
+    assert all(_luhn_ok(c) for c in cards)
     assert all(_iban_ok(i) for i in ibans)
     assert not _luhn_ok("4111111111111112")  # the Luhn-invalid look-alike in NON_PII
 
@@ -104,6 +106,15 @@ def test_pii_item_is_removed_from_exception_messages(
     except RuntimeError as exc:
         message = str(exc)
     assert _leaks(redact(message), secrets) == []
+
+
+@pytest.mark.parametrize(("label", "value", "secrets"), PII_OBJECTS, ids=[c[0] for c in PII_OBJECTS])
+def test_secret_under_a_key_that_is_not_a_str_is_removed(
+    label: str, value: Any, secrets: tuple[str, ...]
+) -> None:
+    out = redact({"outer": value, "list": [value]})
+    assert _leaks(repr(out), secrets) == []
+    assert set(out["outer"]) == set(value)  # the keys stay what they were
 
 
 @pytest.mark.parametrize("text", NON_PII)
@@ -243,3 +254,51 @@ def test_a_card_or_key_cut_by_the_size_cap_leaves_no_fragment(offset: int) -> No
         allowed = {"lorem", "ipsum", "[CARD]", "[PHONE]", "[IBAN]", "[API_KEY]"}
         assert set(words) <= allowed, (secret, offset)
         assert any(word.startswith(last) for word in allowed), (secret, offset, last)  # cut mid-word
+
+
+def _fill(unit: str, size: int) -> str:
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+# Inputs built to make each of the December patterns (PGP blocks, escaped JSON, Unicode and
+# fullwidth e-mail, lower-case and dashed IBANs, dotted / no-break / fullwidth cards, BEARER, a bare
+# AWS secret beside its id, URL passwords with '/') backtrack as much as they can.
+WORST_CASES: dict[str, str] = {
+    "pgp_begin_without_end": "-----BEGIN PGP PRIVATE KEY BLOCK-----\n",
+    "pgp_partial_headers": "-----BEGIN AAAA AAAA AAAA AAAA AAAA AAAA AAA PRIVATE KEY BLOC",
+    "escaped_json_open_values": 'password\\": \\"',
+    "escaped_json_backslashes": 'token\\": \\"\\\\\\"',
+    "email_unicode_local_parts": "ü" * 63 + "@",
+    "email_unicode_labels": "ü@ü.",
+    "email_fullwidth_at": "a\uff20b\uff0e",
+    "iban_lower_case_groups": "gb82 abcd ",
+    "iban_dashed_groups": "gb82-abcd-",
+    "iban_double_spaced_groups": "gb82  abcd  abcd  ",
+    "card_dotted_groups": "4111.",
+    "card_no_break_spaces": "4\u00a0",
+    "card_double_spaces": "4111  ",
+    "card_fullwidth_digits": "\uff14\uff11\uff11\uff11\u3000",
+    "bearer_upper_case": "BEARER aaaaaaaa ",
+    "aws_ids_and_secrets": "AKIAIOSFODNN7EXAMPLE " + "a" * 40 + " ",
+    "aws_id_and_near_misses": "AKIAIOSFODNN7EXAMPLE " + "a" * 39 + " ",
+    "url_schemes": "a://b:",
+    "url_passwords_with_slashes_and_ats": "a://b:c/d@e@",
+}
+
+
+@pytest.mark.parametrize("shape", list(WORST_CASES))
+def test_worst_case_64_kib_input_for_each_new_pattern_is_redacted_in_linear_time(shape: str) -> None:
+    """Absolute bound: 2 s of CPU for 64 KiB (catastrophic backtracking takes minutes or more).
+    Growth: four times the input may cost at most eight times the CPU, plus slack for the clock's
+    resolution (a quadratic pattern costs sixteen times)."""
+    size = MAX_SCAN_CHARS - 1  # under the cap: the whole input is scanned, nothing cut
+
+    def cpu_s(text: str) -> float:
+        started = time.process_time()  # CPU time of this process: other suites share the machine
+        redact_text(text)
+        return time.process_time() - started
+
+    quarter_s = min(cpu_s(_fill(WORST_CASES[shape], size // 4)) for _ in range(3))
+    full_s = min(cpu_s(_fill(WORST_CASES[shape], size)) for _ in range(3))
+    assert full_s < 2.0
+    assert full_s <= 8 * quarter_s + 0.05, (quarter_s, full_s)

@@ -317,16 +317,18 @@ def test_model_spend_is_reserved_at_worst_case_and_settled_once(
     new_run(store)
     spend = SpendBudget(r, KEYS, "r1", ttl_s=60)
     prices = Prices(input=1.0, output=2.0)  # USD per million tokens
-    assert spend.reserve("c1", 1000, prices.cost_micro(600, 400), max_tokens=1500, max_cost_usd=1.0) is None
+    assert (
+        spend.reserve("c1", 0, 1000, prices.cost_micro(600, 400), max_tokens=1500, max_cost_usd=1.0) is None
+    )
     # a second call that the remaining budget cannot cover is refused before it starts
-    assert spend.reserve("c2", 600, 10, max_tokens=1500, max_cost_usd=1.0) == "max_tokens"
-    assert spend.reserve("c1", 1000, 1400, max_tokens=1500, max_cost_usd=1.0) is None  # a resumed call: no-op
-    assert spend.settle("c1", 300, prices.cost_micro(200, 100))
-    assert not spend.settle("c1", 300, 400)  # once
+    assert spend.reserve("c2", 0, 600, 10, max_tokens=1500, max_cost_usd=1.0) == "max_tokens"
+    assert spend.reserve("c1", 0, 1000, 1400, max_tokens=1500, max_cost_usd=1.0) is None  # resumed: no-op
+    assert spend.settle("c1", 0, 300, prices.cost_micro(200, 100))
+    assert not spend.settle("c1", 0, 300, 400)  # once
     view = public_view(store.load("r1") or {})
     assert view["usage"]["tokens"] == 300 and view["usage"]["cost_usd"] == 0.0004
-    assert spend.reserve("c2", 600, 10, max_tokens=1500, max_cost_usd=1.0) is None  # room again
-    assert spend.reserve("c3", 1, 2_000_000, max_tokens=10_000, max_cost_usd=1.0) == "max_cost"
+    assert spend.reserve("c2", 0, 600, 10, max_tokens=1500, max_cost_usd=1.0) is None  # room again
+    assert spend.reserve("c3", 0, 1, 2_000_000, max_tokens=10_000, max_cost_usd=1.0) == "max_cost"
 
 
 def test_spend_is_corrected_only_for_a_charged_call_and_only_once(r: fakeredis.FakeRedis) -> None:

@@ -7,6 +7,8 @@
 4. the agent's quotas (actions per hour, spend per day), reserved atomically -> `denied`
 5. the run's tool-call budget (the call that would exceed is never made), or the recorded
    result of a call that an earlier attempt of this run already finished
+   then the tool's declared cost, charged once to the run's `max_cost_usd` (worker/spend.py;
+   the call that would overspend is never made: the run stops with `max_cost`)
 6. per attempt: the fleet-wide rate limit (wait for the slot if it fits in the run's time, else
    `rate_limited`), the circuit breaker (`circuit_open` at once), then a Celery subtask on the
    tool's queue, waited for in slices of `SLICE_S` with the run's switches and deadline checked
@@ -42,11 +44,12 @@ from worker.guard import SLICE_S, BudgetExceeded, RunGuard
 from worker.keys import Keys
 from worker.llmconfig import llm_config
 from worker.logs import cap_bytes, sampled
-from worker.policy import DECISION_TTL_S, MICRO, Decision, PolicyStore, decision
+from worker.policy import DECISION_TTL_S, MICRO, NO_QUOTA, Decision, Policy, PolicyStore, decision
 from worker.ratelimit import RateLimiter, parse_rate
 from worker.redact import redact
 from worker.retrybudget import RetryBudget, RetryPolicy
 from worker.settings import Settings
+from worker.spend import ModelCallCost, SpendBudget, attempt_charge
 from worker.tools import MODEL_TOOL, Tool, ToolFailure, get_tool, validate_args
 from worker.tools.base import ErrorType, error_result, is_retryable
 
@@ -134,6 +137,8 @@ class ToolGateway:
         tenant: str,
         agent: str,
         run_id: str = "",
+        spend: SpendBudget | None = None,
+        max_cost_usd: float | None = None,
     ) -> None:
         self.r = r
         self.keys = keys
@@ -145,6 +150,8 @@ class ToolGateway:
         self.tenant = tenant
         self.agent = agent
         self.run_id = run_id
+        self.spend = spend or SpendBudget(r, keys, run_id, budget.ttl_s)
+        self.max_cost_usd = settings.max_cost_usd if max_cost_usd is None else max_cost_usd
         # the settings do not change in a process: built once per run, not per call
         self.breaker_policy = BreakerPolicy(**settings.tools.breaker.model_dump())
         self.retry_policy = RetryPolicy(**settings.tools.retry_budget.model_dump())
@@ -181,6 +188,8 @@ class ToolGateway:
                 local_verdict, invalid = "invalid", failure.envelope()
         keys = self._call_keys(call_id, tool)
         self.guard.check_local()
+        if spec is not None and not local_verdict:  # before the call is admitted and counted
+            self._charge_tool_cost(call_id, spec, check_only=True)
         answer = self._admit("admit", keys, call_id, tool, spec, attempt=0, local_verdict=local_verdict)
         if answer.verdict == "stop":
             raise self.guard.stop(answer.detail, answer.detail2)
@@ -215,6 +224,7 @@ class ToolGateway:
             return outcome
         assert spec is not None  # every verdict above that can pass has a spec
         self.budget.used = answer.used
+        self._charge_tool_cost(call_id, spec)
         result = self._tool_attempts(call_id, spec, args, keys, answer)
         decision_dict = quota.to_dict()
         kind = None if result.get("ok") else (result.get("error") or {}).get("type")
@@ -223,6 +233,18 @@ class ToolGateway:
             reason = f"kill switch: {reason}" if kind == "killed" else reason
             decision_dict = {**decision_dict, "decision": "denied", "reason": reason}
         return CallOutcome(result, decision_dict)
+
+    def _charge_tool_cost(self, call_id: str, spec: Tool, *, check_only: bool = False) -> None:
+        """Charge an admitted call's declared cost to the run's `max_cost_usd` (once per call), or
+        stop the run with `max_cost` before the call is made. A run makes one call at a time, so
+        the check before admission still holds when the admitted call is charged."""
+        cost_micro = round(self.settings.tools.costs_usd.get(spec.name, spec.cost_usd) * MICRO)
+        if cost_micro <= 0:
+            return
+        if self.spend.charge_tool(call_id, cost_micro, self.max_cost_usd, check_only=check_only) is not None:
+            raise BudgetExceeded(
+                "max_cost", f"not enough money left for {spec.name!r} (${cost_micro / MICRO:g} a call)"
+            )
 
     def _call_keys(self, call_id: str, tool: str) -> CallKeys:
         *run_switches, cancel = self.guard.switch_keys
@@ -364,33 +386,32 @@ class ToolGateway:
         args: dict[str, Any],
         *,
         model: str,
-        tokens: int,
-        cost_usd: float,
+        cost: ModelCallCost,
         timeout_s: float,
     ) -> CallOutcome:
-        """One model call of the `llm` agent: kill switches (`llm`, `llm:<model>`), the agent's
-        spend quota, the model's fleet-wide request and token rates, its breaker, retries."""
+        """One model call of the `llm` agent: kill switches (`llm`, `llm:<model>`), the model's
+        fleet-wide request and token rates, its breaker, retries. Each attempt's worst case is
+        reserved from the run's budgets and the agent's spend quota before it is sent and settled
+        after it (worker/spend.py); a reservation the run's budgets cannot cover stops the run."""
         spec = get_tool(MODEL_TOOL)
         assert spec is not None
         reason = killswitch.tool_kill_reason(self.r, self.keys, MODEL_TOOL, writes=False, model=model)
         if reason is not None:
             return _denied("killed", reason, f"kill switch: {reason}")
-        policy = self.controls.policies.get(self.agent)
-        quota = self.controls.policies.reserve(self.agent, call_id, policy, cost_usd, count_action=False)
-        if not quota.allowed:
-            return CallOutcome(error_result("denied", quota.reason), quota.to_dict())
         recorded = self.budget.recorded(call_id)
         if recorded is not None:  # answered before this run's worker died: not asked again
-            return CallOutcome(recorded, quota.to_dict())
+            return CallOutcome(recorded, Decision("allowed", "recorded").to_dict())
         config = llm_config(self.settings)
         scope = f"{MODEL_TOOL}:{model}"
         limits = [
             Limit(scope, f"{config.requests_per_minute}/m") if config.requests_per_minute else None,
-            Limit(f"{scope}:tokens", f"{config.tokens_per_minute}/m", tokens)
+            Limit(f"{scope}:tokens", f"{config.tokens_per_minute}/m", cost.worst_tokens)
             if config.tokens_per_minute
             else None,
         ]
-        result = self._model_attempts(call_id, spec, args, scope, [x for x in limits if x], timeout_s)
+        result, quota = self._model_attempts(
+            call_id, spec, args, scope, [x for x in limits if x], timeout_s, cost
+        )
         self.budget.record(call_id, result)
         kind = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
         self.r.hincrby(self.keys.stats_tools(), f"calls|{MODEL_TOOL}|{kind}", 1)
@@ -423,37 +444,83 @@ class ToolGateway:
         scope: str,
         limits: list[Limit],
         timeout_s: float,
-    ) -> dict[str, Any]:
-        """Attempts of a model call; `scope` (`llm:<model>`) names its breaker and retry budget."""
+        cost: ModelCallCost,
+    ) -> tuple[dict[str, Any], Decision]:
+        """Attempts of a model call, each reserved and settled; `scope` (`llm:<model>`) names its
+        breaker and retry budget. Returns the last result and the last attempt's quota decision."""
         model = scope.removeprefix(f"{MODEL_TOOL}:")
         tools = self.settings.tools
         breaker_policy = self.breaker_policy
         self.controls.retry_budget.note_call(scope, self.retry_policy)
-        attempt = 0
+        policy = self.controls.policies.get(self.agent)
+        quota = Decision("allowed", NO_QUOTA)
+        # A resumed call goes on after the attempts an earlier execution made: they are reserved
+        # (or settled) already, and each attempt is reserved once.
+        last = self.r.hget(self.keys.call(call_id), "attempt")
+        attempt = 0 if last is None else int(last) + 1
         while True:
             refused = self._model_admit(scope, limits, breaker_policy)
             if refused is not None:
-                return refused
+                return refused, quota
             self.guard.check()
             # every attempt, right before it is sent: a retry, or a send after a rate-limit wait
             reason = killswitch.tool_kill_reason(self.r, self.keys, MODEL_TOOL, writes=False, model=model)
             if reason is not None:
-                return error_result("killed", reason)
+                return error_result("killed", reason), quota
+            quota = self._reserve_attempt(call_id, attempt, cost, policy)
+            if not quota.allowed:
+                return error_result("denied", quota.reason), quota
             pipe = self.r.pipeline(transaction=True)
             pipe.hset(self.keys.call(call_id), "attempt", attempt)  # earlier attempts are stale now
             pipe.expire(self.keys.call(call_id), self.budget.ttl_s)
             pipe.execute()
-            result, _ = self._send_and_wait(call_id, attempt, spec.name, args, timeout_s)
+            try:
+                result, _ = self._send_and_wait(call_id, attempt, spec.name, args, timeout_s)
+            except BaseException:  # the run stops while the request is out: it may be billed
+                self._settle_attempt(call_id, attempt, cost, (cost.worst_tokens, cost.worst_micro), quota)
+                raise
+            self._settle_attempt(call_id, attempt, cost, attempt_charge(result, cost), quota)
             before, after = self.controls.breaker.record_change(scope, not is_failure(result), breaker_policy)
             if after != before:
                 log.warning("breaker change", tool=scope, outcome=after, previous=before)
             if attempt >= tools.retries.max or not is_retryable(result):
-                return result
+                return result, quota
             delay_s = self._retry_delay(scope, attempt, result)
             if delay_s is None:
-                return result
+                return result, quota
             self.guard.sleep(delay_s)
             attempt += 1
+
+    def _reserve_attempt(self, call_id: str, attempt: int, cost: ModelCallCost, policy: Policy) -> Decision:
+        """Reserve one model attempt's worst case from the run's budgets (else stop the run with
+        `max_tokens` or `max_cost`) and from the agent's spend quota (else a denied Decision)."""
+        refused = self.spend.reserve(
+            call_id, attempt, cost.worst_tokens, cost.worst_micro, cost.max_tokens, cost.max_cost_usd
+        )
+        if refused is not None:
+            left = "tokens" if refused == "max_tokens" else "money"
+            raise BudgetExceeded(
+                refused, f"not enough {left} left for a model call of {cost.worst_tokens} tokens"
+            )
+        quota = self.controls.policies.reserve(
+            self.agent, _attempt_id(call_id, attempt), policy, cost.worst_micro / MICRO, count_action=False
+        )
+        if not quota.allowed:
+            self.spend.settle(call_id, attempt, 0, 0)  # not sent
+        return quota
+
+    def _settle_attempt(
+        self, call_id: str, attempt: int, cost: ModelCallCost, charge: tuple[int, int], quota: Decision
+    ) -> None:
+        """Settle one attempt at `charge` (tokens, micro-dollars) in the run and the agent's quota."""
+        tokens, micro = charge
+        self.spend.settle(call_id, attempt, tokens, micro)
+        if quota.reason == NO_QUOTA:  # nothing was reserved from a daily limit
+            return
+        # Only an attempt charged under a spend quota is corrected, once (a Lua script keyed by it).
+        self.controls.policies.adjust_spend(
+            self.agent, _attempt_id(call_id, attempt), (micro - cost.worst_micro) / MICRO
+        )
 
     def _model_admit(
         self, scope: str, limits: list[Limit], breaker_policy: BreakerPolicy
@@ -499,6 +566,11 @@ class ToolGateway:
                     return dict(data["envelope"]), bool(data.get("settled"))
                 return dict(data), False
             self.guard.check()
+
+
+def _attempt_id(call_id: str, attempt: int) -> str:
+    """The id a model attempt's quota reservation is kept under."""
+    return f"{call_id}#{attempt}"
 
 
 def is_final(spec: Tool, attempt: int, result: dict[str, Any], settings: Settings) -> bool:

@@ -99,8 +99,12 @@ class Keys:
         return f"{self.prefix}:retrybudget:{tool}"
 
     def call_spend(self, call_id: str) -> str:
-        """A model call's token and cost reservation."""
+        """A tool call's charge of its declared cost against the run's `max_cost_usd`."""
         return f"{self.prefix}:call:{call_id}:spend"
+
+    def attempt_spend(self, call_id: str, attempt: int) -> str:
+        """One model attempt's token and cost reservation."""
+        return f"{self.prefix}:call:{call_id}:spend:{attempt}"
 
     def call_exec(self, call_id: str) -> str:
         """The tool worker's claim on executing a call, and its result."""
@@ -131,3 +135,7 @@ class Keys:
 
     def quota_call(self, call_id: str) -> str:
         return f"{self.prefix}:quota:call:{call_id}"
+
+    def quota_call_day(self, call_id: str) -> str:
+        """The UTC day (YYYYMMDD) whose spend a call's quota reservation was charged to."""
+        return f"{self.prefix}:quota:call:{call_id}:day"

@@ -39,7 +39,7 @@ from worker.redact import redact_text
 from worker.rollout import version_config
 from worker.runs import FAILED, STOPPED, SUCCEEDED, Budgets, RunStore
 from worker.settings import Settings
-from worker.spend import SpendBudget
+from worker.spend import ModelCallCost, SpendBudget
 from worker.tools import MODEL_TOOL, get_tool
 
 log = structlog.get_logger("agentfleet.run")
@@ -200,6 +200,7 @@ def _steps(
         CALL_RECORD_TTL_S,
         used=int(raw.get("tool_calls", 0)),
     )
+    spend = SpendBudget(deps.r, deps.keys, run_id, deps.settings.run_ttl_s)
     gateway = ToolGateway(
         deps.r,
         deps.keys,
@@ -211,8 +212,9 @@ def _steps(
         tenant=raw["tenant"],
         agent=raw["agent"],
         run_id=run_id,
+        spend=spend,
+        max_cost_usd=budgets.max_cost_usd,
     )
-    spend = SpendBudget(deps.r, deps.keys, run_id, deps.settings.run_ttl_s)
     # The policy read costs a round trip per run; agents that never look at the tool list skip it.
     offered = []
     if agent_cls.reads_tools:
@@ -277,9 +279,7 @@ def _steps(
             if not entry["ok"]:
                 entry["error_type"] = (last_result.get("error") or {}).get("type")
         elif isinstance(action, CallModel):
-            last_result = _call_model(
-                f"{run_id}:{step}:0", action, raw["agent"], budgets, gateway, spend, deps
-            )
+            last_result = _call_model(f"{run_id}:{step}:0", action, budgets, gateway, deps)
             entry["tool"] = MODEL_TOOL
             entry["ok"] = bool(last_result.get("ok"))
             if not entry["ok"]:
@@ -309,22 +309,18 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str,
 
 
 def _call_model(
-    call_id: str,
-    action: CallModel,
-    agent: str,
-    budgets: Budgets,
-    gateway: ToolGateway,
-    spend: SpendBudget,
-    deps: LoopDeps,
+    call_id: str, action: CallModel, budgets: Budgets, gateway: ToolGateway, deps: LoopDeps
 ) -> dict[str, Any]:
-    """Reserve the worst case from the run's budgets, call the model, settle with its usage."""
+    """Call the model; the gateway reserves each attempt's worst case from the run's budgets
+    first and settles it after (worker/spend.py)."""
     prompt = estimate_prompt_tokens(action.messages, action.tools)
-    worst_tokens = prompt + action.max_tokens
-    worst_micro = action.prices.cost_micro(prompt, action.max_tokens)
-    refused = spend.reserve(call_id, worst_tokens, worst_micro, budgets.max_tokens, budgets.max_cost_usd)
-    if refused is not None:
-        left = "tokens" if refused == "max_tokens" else "money"
-        raise BudgetExceeded(refused, f"not enough {left} left for a model call of {worst_tokens} tokens")
+    cost = ModelCallCost(
+        worst_tokens=prompt + action.max_tokens,
+        worst_micro=action.prices.cost_micro(prompt, action.max_tokens),
+        prices=action.prices,
+        max_tokens=budgets.max_tokens,
+        max_cost_usd=budgets.max_cost_usd,
+    )
     args: dict[str, Any] = {
         "model": action.model,
         "messages": action.messages,
@@ -339,18 +335,10 @@ def _call_model(
         call_id,
         args,
         model=action.model,
-        tokens=worst_tokens,
-        cost_usd=worst_micro / 1e6,
+        cost=cost,
         timeout_s=timeout_s,
     )
-    result = outcome.result
-    usage = (result.get("result") or {}).get("usage") or {} if result.get("ok") else {}
-    used_prompt, used_completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-    used_micro = action.prices.cost_micro(used_prompt, used_completion)
-    spend.settle(call_id, used_prompt + used_completion, used_micro)
-    # Only a call charged under a spend quota is corrected, once (a Lua script keyed by the call).
-    deps.controls.policies.adjust_spend(agent, call_id, (used_micro - worst_micro) / 1e6)
-    return result
+    return outcome.result
 
 
 @lru_cache(maxsize=256)

@@ -19,7 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker.keys import Keys
 
 MICRO = 1_000_000  # spend is kept in micro-dollars, as integers
+# The largest max_spend_usd_per_day a policy may hold: larger is a typo, and past ~1e302 the
+# micro-dollar arithmetic overflows.
+MAX_SPEND_USD_PER_DAY = 1_000_000.0
 DECISION_TTL_S = 2 * 86400
+NO_QUOTA = "no quota"  # the reason of a Decision that reserved nothing (the agent has no quota)
 
 # Lua functions, so the gateway's admission script (worker/admit.py) runs the same code.
 # policy_read(key) -> allowed_tools (a set, or false: the fleet's allowlist alone), max_actions,
@@ -55,7 +59,7 @@ local function policy_read(key)
       end
     elseif name == 'max_spend_usd_per_day' then
       if v ~= cjson.null then
-        if type(v) ~= 'number' or v < 0 or v ~= v or v == math.huge then return deny() end
+        if type(v) ~= 'number' or v < 0 or v ~= v or v > 1000000 then return deny() end
         max_spend = math.floor(v * 1000000 + 0.5)
       end
     else
@@ -119,8 +123,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
     + LUA_RESERVE
     + """
-return quota_reserve(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
-                     tonumber(ARGV[4]), ARGV[5], now)
+local decision = quota_reserve(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]),
+                               tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], now)
+-- the day whose spend key was charged, so that a correction after midnight lands on it
+if string.sub(decision, 1, 7) == 'allowed' then redis.call('SET', KEYS[4], ARGV[6], 'NX', 'EX', ARGV[5]) end
+return decision
 """
 )
 
@@ -140,7 +147,7 @@ class Policy(BaseModel):
 
     allowed_tools: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")]] | None = None
     max_actions_per_hour: int | None = Field(None, ge=0)
-    max_spend_usd_per_day: float | None = Field(None, ge=0, allow_inf_nan=False)
+    max_spend_usd_per_day: float | None = Field(None, ge=0, le=MAX_SPEND_USD_PER_DAY, allow_inf_nan=False)
 
     def is_empty(self) -> bool:
         return self == Policy()
@@ -201,8 +208,9 @@ class PolicyStore:
         else:
             self.r.set(self.keys.policy(agent), policy.model_dump_json())
 
-    def quota_keys(self, agent: str, call_id: str) -> list[str]:
-        day = time.strftime("%Y%m%d", time.gmtime())
+    def quota_keys(self, agent: str, call_id: str, day: str | None = None) -> list[str]:
+        """The actions, spend (of `day`, UTC YYYYMMDD, default today) and decision keys of a call."""
+        day = day or time.strftime("%Y%m%d", time.gmtime())
         return [
             self.keys.quota_actions(agent),
             self.keys.quota_spend(agent, day),
@@ -217,18 +225,23 @@ class PolicyStore:
         if not count_action:
             policy = policy.model_copy(update={"max_actions_per_hour": None})
         if policy.max_actions_per_hour is None and policy.max_spend_usd_per_day is None:
-            return Decision("allowed", "no quota")
+            return Decision("allowed", NO_QUOTA)
         max_actions = -1 if policy.max_actions_per_hour is None else policy.max_actions_per_hour
         max_spend = (
             -1 if policy.max_spend_usd_per_day is None else round(policy.max_spend_usd_per_day * MICRO)
         )
+        day = time.strftime("%Y%m%d", time.gmtime())
         raw = self._reserve(
-            keys=self.quota_keys(agent, call_id),
-            args=[call_id, max_actions, max_spend, round(cost_usd * MICRO), DECISION_TTL_S],
+            keys=[*self.quota_keys(agent, call_id, day), self.keys.quota_call_day(call_id)],
+            args=[call_id, max_actions, max_spend, round(cost_usd * MICRO), DECISION_TTL_S, day],
         )
         return decision(agent, policy.max_actions_per_hour, policy.max_spend_usd_per_day, str(raw))
 
     def adjust_spend(self, agent: str, call_id: str, delta_usd: float) -> bool:
         """Correct today's spend by `delta_usd` once the call's real cost is known; only for a call
-        that was charged (reserved at worst case under a quota), and only once."""
-        return bool(self._adjust(keys=self.quota_keys(agent, call_id), args=[round(delta_usd * MICRO)]))
+        that was charged (reserved at worst case under a quota), and only once. The correction
+        lands on the UTC day the reservation was charged to, also when the call spans midnight."""
+        day = self.r.get(self.keys.quota_call_day(call_id))
+        day_text = day.decode() if isinstance(day, bytes) else day
+        keys = self.quota_keys(agent, call_id, day_text)
+        return bool(self._adjust(keys=keys, args=[round(delta_usd * MICRO)]))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import functools
 import re
 from collections.abc import Callable
@@ -76,7 +77,8 @@ def _phone_ok(text: str) -> bool:
     return 8 <= len(_digits(text)) <= 15
 
 
-_GROUP_END = re.compile(r"(?<=[0-9A-Za-z)])(?=[ .-]|\Z)")
+_GROUP_SEPS = " .-\u00a0\u2007\u202f\u3000\uff0d\uff0e"
+_GROUP_END = re.compile(rf"(?<=[\dA-Za-z)])(?=[{re.escape(_GROUP_SEPS)}]|\Z)")
 
 
 def _groups(pattern: re.Pattern[str], valid: Callable[[str], bool], placeholder: str) -> _Rewrite:
@@ -92,7 +94,9 @@ def _groups(pattern: re.Pattern[str], valid: Callable[[str], bool], placeholder:
         return [g.start() for g in _GROUP_END.finditer(text)] or [len(text)]
 
     def starts_number(s: str, pos: int) -> bool:
-        m = pattern.match(s, pos + 1)  # + 1: past the separator
+        while pos < len(s) and s[pos] in _GROUP_SEPS:  # past the separator (maybe two spaces)
+            pos += 1
+        m = pattern.match(s, pos)
         return m is not None and any(valid(m[0][:e]) for e in ends(m[0]))
 
     def rewrite(s: str) -> str:
@@ -132,10 +136,12 @@ def _bearer(m: re.Match[str]) -> str:
 
 
 def _kv(m: re.Match[str]) -> str:
-    value = m["q1"] if m["q1"] is not None else m["q2"]
+    quotes = {"q1": '"', "q2": "'", "q3": '\\"'}
+    group = next((g for g in quotes if m[g] is not None), None)
+    value = None if group is None else m[group]
     if m["ph"] or (value is not None and _PLACEHOLDER.fullmatch(value)):
         return m[0]  # already redacted by a more specific rule; keep its type
-    quote = "" if value is None else '"' if m["q1"] is not None else "'"
+    quote = "" if group is None else quotes[group]
     return f"{m['name']}{m['sep']}{quote}{REDACTED}{quote}"
 
 
@@ -150,12 +156,49 @@ def _keep_prefix(text: str) -> _Sub:
     return lambda m: m["pre"] + text
 
 
-_IBAN_RE = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
+# Registered IBAN lengths by country: a match must have its country's exact length, so hex ids,
+# words and lower-case prose of the right shape are not taken for an IBAN by mod-97 chance alone.
+_IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27,
+    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27,
+    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
+    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32,
+    "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24,
+    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31,
+    "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28, "TL": 23,
+    "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}  # fmt: skip
+# Countries whose account part is digits only: a hex id with a letter there is no IBAN of theirs.
+_IBAN_NUMERIC = frozenset(
+    {"AT", "BE", "CZ", "DE", "DK", "EE", "ES", "FI", "HR", "LT", "NO", "PL", "PT", "SE", "SI", "SK"}
+)
+_IBAN_SEP = re.compile(r"[ \-\u00a0]")
+
+
+def _iban_text_ok(text: str) -> bool:
+    compact = _IBAN_SEP.sub("", text).upper()
+    country = compact[:2]
+    if _IBAN_LENGTHS.get(country) != len(compact):
+        return False
+    return (country not in _IBAN_NUMERIC or compact[4:].isdigit()) and _iban_ok(compact)
+
+
+# Separators between digit groups: one or two spaces (also no-break, figure, narrow and
+# ideographic spaces), a dot or a dash (also fullwidth). `\d` matches any decimal digit, so
+# fullwidth digits are numbers too (`int` reads them).
+_SEP = r"(?:[ \u00a0\u2007\u202f\u3000]{1,2}|[.\-\uff0d\uff0e])"
+# One separator throughout (none, one or two spaces, a dash): a UUID's 8-4-4 groups are no IBAN.
+_IBAN_RE = re.compile(
+    r"(?i)\b[A-Z]{2}\d{2}(?P<sep>  ?|[-\u00a0]|)[A-Z0-9]{4}"
+    r"(?:(?P=sep)[A-Z0-9]{4}){1,6}(?:(?P=sep)[A-Z0-9]{1,4})?\b"
+)
 # Compact, or grouped as printed on cards: 4-4-4-4(-3), 4-6-5 / 4-6-4 (Amex, Diners).
 _CARD_RE = re.compile(
-    r"(?<![0-9A-Za-z_.+)-])[2-6]"
-    r"(?:\d{12,18}|\d{3}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,4})?|\d{3}[ -]\d{6}[ -]\d{4,5})"
-    r"(?![0-9A-Za-z_-]|\.\d)"
+    r"(?<![\dA-Za-z_.+)\-\uff0d\uff0e])[2-6\uff12-\uff16]"
+    rf"(?:\d{{12,18}}|\d{{3}}(?:{_SEP}\d{{4}}){{2,3}}(?:{_SEP}\d{{1,4}})?|\d{{3}}{_SEP}\d{{6}}{_SEP}\d{{4,5}})"
+    r"(?![\dA-Za-z_\-\uff0d]|[.\uff0e]\d)"
 )
 _PHONE_RE = re.compile(
     r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(\d{1,4}\))?[ .-]?\d{1,14}(?:[ .-]\d{1,14}){0,6}(?!\w|\.\d)"
@@ -168,76 +211,102 @@ _FIELD_WORDS = (
     r"private[_-]?key|secret[_-]?key|access[_-]?key|credentials?|dsn"
 )
 _SEG = r"[A-Za-z0-9]{1,40}"
-# (needle that must occur for the rule to run, or None; rewrite); order matters:
+_AWS_ID = r"(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}"
+_AWS_ID_RE = re.compile(rf"\b{_AWS_ID}\b")
+# A bare 40-character secret access key; taken for one only near an access key id (see `_aws_pairs`).
+_AWS_SECRET_RE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+AWS_PAIR_CHARS = 256  # how far from an `AKIA…` id a bare 40-character token counts as its secret
+
+
+def _aws_pairs(s: str) -> str:
+    """`s` with every bare 40-character token within `AWS_PAIR_CHARS` of an AWS key id replaced."""
+    ids = [m.start() for m in _AWS_ID_RE.finditer(s)]
+    if not ids:
+        return s
+
+    def near(m: re.Match[str]) -> bool:
+        i = bisect.bisect_left(ids, m.start() - AWS_PAIR_CHARS)
+        return i < len(ids) and ids[i] <= m.end() + AWS_PAIR_CHARS
+
+    return _AWS_SECRET_RE.sub(lambda m: "[API_KEY]" if near(m) else m[0], s)
+
+
+# The password of URL userinfo runs to the last '@' before the host; it may hold '/', '?' or '#'
+# (not allowed there, but written), except when what follows the ':' is a port and a path.
+_URL_PASSWORD_RE = re.compile(
+    r"(?P<pre>\b[A-Za-z][A-Za-z0-9+.-]{0,20}://[^\s:/@?#]{0,256}:)"
+    r"(?!\d{1,5}(?:[/?#\s]|\Z))\S{1,256}?(?=@[^\s@/?#]{0,256}(?:[/?#\s]|\Z))"
+)
+_PEM_RE = re.compile(
+    r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
+    r".*?(?:-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|\Z)",
+    re.S,
+)
+_API_KEY_RE = re.compile(
+    r"\bsk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_-]{20,}"
+    r"|\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}"
+    rf"|\b{_AWS_ID}\b"
+    r"|\bgh[pousr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{22,}"
+    r"|\bxox[abposr]-[A-Za-z0-9-]{10,}|\bglpat-[A-Za-z0-9_-]{20,}"
+    r"|\bAIza[0-9A-Za-z_-]{35}|\bhf_[A-Za-z0-9]{30,}|\bnpm_[A-Za-z0-9]{36}"
+    r"|\bSG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"
+)
+_KV_RE = re.compile(
+    # The name starts at the field word: any prefix (`DB_`, `client`) stays as it is. A name and
+    # value inside a JSON string that was escaped again (`{\"password\": \"x\"}`) count too.
+    rf"(?i)(?P<name>(?:{_FIELD_WORDS})(?:[_-]{_SEG}){{0,6}})"
+    r"(?P<sep>\\?[\"']?\s{0,8}[:=]\s{0,8})"
+    r"(?:\"(?P<q1>[^\"\r\n]{0,4096})\"|'(?P<q2>[^'\r\n]{0,4096})'"
+    r"|\\\"(?P<q3>(?:[^\"\\\r\n]|\\\\\\\"|\\[^\"\r\n]){0,4096})\\\""
+    r"|(?:(?:Bearer|Basic|Token|Digest)\s+)?(?:(?P<ph>(?-i:\[[A-Z_]+\]))|(?:[^\s\"'&,;<>()\[\]{}\\]|\\(?!\")|&(?!\w{1,40}=))+)"
+    r"|\{[^{}\r\n]{0,4096}\}|\[[^\[\]\r\n]{0,4096}\])"
+)
+# Unicode local parts and domains (IDN), the fullwidth at sign (U+FF20); a punycode TLD as well.
+_EMAIL_RE = re.compile(
+    r"[\w.%+-]{1,64}[@\uff20](?:[\w-]{1,63}[.\uff0e\u3002]){1,8}(?:[^\W\d_]{2,24}|xn--[a-z0-9-]{1,59})\b"
+)
+# (needles of which one must occur for the rule to run, or None; rewrite); order matters:
 # containers (PEM, URL userinfo, JWT) first, then keys, headers, key=value, then number shapes.
-_SUBS: list[tuple[str | None, re.Pattern[str], _Sub]] = [
+_RULES: list[tuple[tuple[str, ...] | None, _Rewrite]] = [
+    (("PRIVATE KEY",), _sub(_PEM_RE, _const("[PRIVATE_KEY]"))),
+    (("://",), _sub(_URL_PASSWORD_RE, _keep_prefix("[URL_PASSWORD]"))),
     (
-        "PRIVATE KEY",
-        re.compile(
-            r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]{0,40}PRIVATE KEY-----|\Z)",
-            re.S,
+        ("eyJ",),
+        _sub(re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), _const("[JWT]")),
+    ),
+    (None, _aws_pairs),  # before the key ids are replaced: it finds secrets by their id
+    (None, _sub(_API_KEY_RE, _const("[API_KEY]"))),
+    (
+        None,
+        _sub(
+            re.compile(
+                r"(?i)(?P<pre>aws.{0,24}?secret.{0,24}?[\s:=\"']{1,8})[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])"
+            ),
+            _keep_prefix("[API_KEY]"),
         ),
-        _const("[PRIVATE_KEY]"),
     ),
-    (
-        "://",
-        re.compile(r"(?P<pre>\b[A-Za-z][A-Za-z0-9+.-]{0,20}://[^\s:/@?#]{0,256}:)[^\s/?#]{1,256}(?=@)"),
-        _keep_prefix("[URL_PASSWORD]"),
-    ),
-    ("eyJ", re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), _const("[JWT]")),
+    (None, _sub(re.compile(r"(?P<scheme>\b(?i:bearer))\s+(?P<token>[A-Za-z0-9\-._~+/]{8,}=*)"), _bearer)),
     (
         None,
-        re.compile(
-            r"\bsk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_-]{20,}"
-            r"|\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,}"
-            r"|\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b"
-            r"|\bgh[pousr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{22,}"
-            r"|\bxox[abposr]-[A-Za-z0-9-]{10,}|\bglpat-[A-Za-z0-9_-]{20,}"
-            r"|\bAIza[0-9A-Za-z_-]{35}|\bhf_[A-Za-z0-9]{30,}|\bnpm_[A-Za-z0-9]{36}"
-            r"|\bSG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"
+        _sub(re.compile(r"(?P<scheme>\b(?i:basic))\s+(?P<b64>[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])"), _basic),
+    ),
+    (
+        None,
+        _sub(
+            re.compile(r"(?im)(?P<pre>(?<![\w-])(?:set-)?cookie\s*:\s*)[^\r\n\"']{1,4096}"),
+            _keep_prefix(REDACTED),
         ),
-        _const("[API_KEY]"),
     ),
-    (
-        None,
-        re.compile(r"(?i)(?P<pre>aws.{0,24}?secret.{0,24}?[\s:=\"']{1,8})[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])"),
-        _keep_prefix("[API_KEY]"),
-    ),
-    (None, re.compile(r"(?P<scheme>\b[Bb]earer)\s+(?P<token>[A-Za-z0-9\-._~+/]{8,}=*)"), _bearer),
-    (None, re.compile(r"(?P<scheme>\b[Bb]asic)\s+(?P<b64>[A-Za-z0-9+/]{8,}={0,2})(?![\w+/=])"), _basic),
-    (
-        None,
-        re.compile(r"(?im)(?P<pre>(?<![\w-])(?:set-)?cookie\s*:\s*)[^\r\n\"']{1,4096}"),
-        _keep_prefix(REDACTED),
-    ),
-    (
-        None,
-        re.compile(
-            # The name starts at the field word: any prefix (`DB_`, `client`) stays as it is.
-            rf"(?i)(?P<name>(?:{_FIELD_WORDS})(?:[_-]{_SEG}){{0,6}})"
-            r"(?P<sep>[\"']?\s{0,8}[:=]\s{0,8})"
-            r"(?:\"(?P<q1>[^\"\r\n]{0,4096})\"|'(?P<q2>[^'\r\n]{0,4096})'"
-            r"|(?:(?:Bearer|Basic|Token|Digest)\s+)?(?:(?P<ph>(?-i:\[[A-Z_]+\]))|(?:[^\s\"'&,;<>()\[\]{}]|&(?!\w{1,40}=))+)"
-            r"|\{[^{}\r\n]{0,4096}\}|\[[^\[\]\r\n]{0,4096}\])"
-        ),
-        _kv,
-    ),
-    (
-        "@",
-        re.compile(r"[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}\b"),
-        _const("[EMAIL]"),
-    ),
-]
-_RULES: list[tuple[str | None, _Rewrite]] = [
-    *((needle, _sub(pattern, replace)) for needle, pattern, replace in _SUBS),
-    (None, _groups(_IBAN_RE, lambda t: _iban_ok(t.replace(" ", "").upper()), "[IBAN]")),
+    (None, _sub(_KV_RE, _kv)),
+    (("@", "\uff20"), _sub(_EMAIL_RE, _const("[EMAIL]"))),
+    (None, _groups(_IBAN_RE, _iban_text_ok, "[IBAN]")),
     (None, _groups(_CARD_RE, _card_ok, "[CARD]")),
     (None, _groups(_PHONE_RE, _phone_ok, "[PHONE]")),
 ]
 _PARTIAL_TAIL = re.compile(r"(?:\S{1,6}[ .-]){0,6}\S*\Z")
 # A string with none of these cannot match any rule (each rule needs a digit, '@', ':', '=', '-',
-# '_' or one of these words).
-_CANDIDATE = re.compile(r"[0-9@:=_+-]|eyJ|[Bb]earer|[Bb]asic|KEY|AIza|SG\.")
+# '_' or one of these words). `\d` is any decimal digit, fullwidth ones included.
+_CANDIDATE = re.compile(r"[\d@\uff20:=_+-]|eyJ|(?i:bearer|basic)|KEY|AIza|SG\.")
 
 
 def redact_text(s: str, *, max_chars: int = MAX_SCAN_CHARS) -> str:
@@ -254,7 +323,7 @@ def redact_text(s: str, *, max_chars: int = MAX_SCAN_CHARS) -> str:
         s = s[:newline] if newline > 0 else s[:-1024] + _PARTIAL_TAIL.sub("", s[-1024:])
     if _CANDIDATE.search(s):
         for needle, rewrite in _RULES:
-            if needle is None or needle in s:
+            if needle is None or any(n in s for n in needle):
                 s = rewrite(s)
     if not truncated:
         return s
@@ -277,12 +346,22 @@ def is_secret_key(key: str, fields: frozenset[str] = DEFAULT_FIELDS) -> bool:
     return any(_normal_key(f) in normal for f in fields)
 
 
+def _key_text(key: Any) -> str:
+    """A dict key as text for `is_secret_key`: bytes decoded, anything else (`Enum`, tuple) by `str`."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bytes | bytearray):
+        return bytes(key[:256]).decode("utf-8", "replace")
+    return str(key)[:256]
+
+
 def redact(value: Any, *, fields: frozenset[str] = DEFAULT_FIELDS, max_chars: int = MAX_SCAN_CHARS) -> Any:
     """`value` with PII and secrets removed: strings via `redact_text`, containers recursively.
 
-    Dict values under a secret-named key (see `is_secret_key`) become `[REDACTED]` unless None;
-    string keys are redacted too (two keys that redact alike merge). Bytes come back as str; an
-    int that is a Luhn-valid card number becomes `[CARD]`; other types come back unchanged.
+    Dict values under a secret-named key (see `is_secret_key`; a key that is not a str, such as
+    `b"password"`, is judged by its text) become `[REDACTED]` unless None; string keys are redacted
+    too (two keys that redact alike merge). Bytes come back as str; an int that is a Luhn-valid
+    card number becomes `[CARD]`; other types come back unchanged.
     `max_chars` bounds every string, as in `redact_text`.
     """
 
@@ -294,7 +373,7 @@ def redact(value: Any, *, fields: frozenset[str] = DEFAULT_FIELDS, max_chars: in
         if isinstance(value, dict):
             out: dict[Any, Any] = {}
             for k, v in value.items():
-                secret = isinstance(k, str) and is_secret_key(k, fields)
+                secret = is_secret_key(_key_text(k), fields)
                 key = redact_text(k, max_chars=max_chars) if isinstance(k, str) else k
                 out[key] = REDACTED if secret and v is not None else walk(v, depth + 1)
             return out

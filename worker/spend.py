@@ -1,21 +1,35 @@
-"""A run's model spend: tokens and cost reserved before each model call, settled after it.
+"""A run's spend: model tokens and cost reserved before each model attempt, tool costs charged.
 
-Before a call the worst case (prompt estimate + the call's max_tokens, priced) is reserved in the
-run's hash by one Lua script that refuses a reservation the remaining budget cannot cover, so
-no model call starts that could overspend, also with parallel calls or a resumed run. After the
-call the reservation is replaced by the usage the model reported. Both are once per call id.
+Before each model **attempt** (not each call: a retry can be billed again) the worst case (prompt
+estimate + the call's max_tokens, priced) is reserved in the run's hash by one Lua script that
+refuses a reservation the remaining budget cannot cover, so no attempt starts that could
+overspend, also with parallel calls or a resumed run. After the attempt the reservation is settled
+(`attempt_charge`): at the usage the model reported when it answered; at zero when the request
+never left the fleet or the model service refused it before processing (HTTP 400, 401, 403, 429);
+at the worst case otherwise (a timeout, a lost connection, a 5xx, an answer that does not parse:
+the provider may have billed it). Each reservation and settlement happens once per attempt.
+
+A tool's declared cost (`tools.costs_usd.<tool>`, else the tool's `cost_usd`) is charged against
+the same `max_cost_usd` once per call before the call is made; a call it would overspend is not
+made.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from worker.keys import Keys
 
 MICRO = 1_000_000
+
+# A model service's answers that refuse a request before processing it: not billed.
+REFUSED_STATUSES = frozenset({400, 401, 403, 429})
+# Outcomes of an attempt whose request never left the fleet.
+_NOT_SENT = frozenset({"killed", "denied", "rate_limited", "circuit_open", "invalid_args"})
 
 _RESERVE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'reserved' end
@@ -43,6 +57,19 @@ redis.call('HSET', KEYS[2], 'settled', 1)
 return 1
 """
 
+# A tool call's declared cost, charged once per call id unless it would pass max_cost_usd;
+# ARGV[4] = 1 only checks that it would fit (before the call is admitted and counted).
+_CHARGE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'charged' end
+local cost = tonumber(redis.call('HGET', KEYS[1], 'cost_micro') or '0')
+  + tonumber(redis.call('HGET', KEYS[1], 'cost_reserved') or '0')
+if cost + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 'max_cost' end
+if ARGV[4] == '1' then return 'fits' end
+redis.call('HINCRBY', KEYS[1], 'cost_micro', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+return 'charged'
+"""
+
 
 @dataclass(frozen=True)
 class Prices:
@@ -56,8 +83,35 @@ class Prices:
         return math.ceil(prompt_tokens * self.input + completion_tokens * self.output)
 
 
+@dataclass(frozen=True)
+class ModelCallCost:
+    """What one model call may cost per attempt (its worst case), its prices, and the run's caps."""
+
+    worst_tokens: int
+    worst_micro: int
+    prices: Prices
+    max_tokens: int
+    max_cost_usd: float
+
+
+def attempt_charge(result: dict[str, Any], cost: ModelCallCost) -> tuple[int, int]:
+    """(tokens, micro-dollars) one model attempt is settled at, from its result envelope.
+
+    The reported usage when the model answered; zero when the request never left the fleet or the
+    service refused it before processing (HTTP 400, 401, 403, 429); else the worst case.
+    """
+    if result.get("ok"):
+        usage = (result.get("result") or {}).get("usage") or {}
+        prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        return prompt + completion, cost.prices.cost_micro(prompt, completion)
+    error = result.get("error") or {}
+    if error.get("type") in _NOT_SENT or error.get("status") in REFUSED_STATUSES:
+        return 0, 0
+    return cost.worst_tokens, cost.worst_micro
+
+
 class SpendBudget:
-    """Reserves and settles the model spend of one run."""
+    """Reserves and settles the model spend of one run, and charges its tool costs."""
 
     def __init__(self, r: redis.Redis, keys: Keys, run_id: str, ttl_s: int) -> None:
         self.keys = keys
@@ -65,19 +119,34 @@ class SpendBudget:
         self.ttl_s = ttl_s
         self._reserve = r.register_script(_RESERVE)
         self._settle = r.register_script(_SETTLE)
+        self._charge = r.register_script(_CHARGE)
 
     def reserve(
-        self, call_id: str, tokens: int, cost_micro: int, max_tokens: int, max_cost_usd: float
+        self, call_id: str, attempt: int, tokens: int, cost_micro: int, max_tokens: int, max_cost_usd: float
     ) -> str | None:
-        """None when reserved (or already reserved for this call); else "max_tokens" or "max_cost"."""
+        """None when reserved (or already reserved for this attempt); else "max_tokens" or "max_cost"."""
         verdict = self._reserve(
-            keys=[self.run_key, self.keys.call_spend(call_id)],
+            keys=[self.run_key, self.keys.attempt_spend(call_id, attempt)],
             args=[tokens, cost_micro, max_tokens, round(max_cost_usd * MICRO), self.ttl_s],
         )
         return None if verdict == "reserved" else str(verdict)
 
-    def settle(self, call_id: str, tokens: int, cost_micro: int) -> bool:
-        """Replace the call's reservation by what it really used; True the one time it does."""
+    def settle(self, call_id: str, attempt: int, tokens: int, cost_micro: int) -> bool:
+        """Replace the attempt's reservation by what it is charged; True the one time it does."""
         return bool(
-            self._settle(keys=[self.run_key, self.keys.call_spend(call_id)], args=[tokens, cost_micro])
+            self._settle(
+                keys=[self.run_key, self.keys.attempt_spend(call_id, attempt)], args=[tokens, cost_micro]
+            )
         )
+
+    def charge_tool(
+        self, call_id: str, cost_micro: int, max_cost_usd: float, *, check_only: bool = False
+    ) -> str | None:
+        """Charge a tool call's declared cost once: None when charged (now or before), else
+        "max_cost". With `check_only`, None when it would fit (or was charged), and nothing changes.
+        """
+        verdict = self._charge(
+            keys=[self.run_key, self.keys.call_spend(call_id)],
+            args=[cost_micro, round(max_cost_usd * MICRO), self.ttl_s, int(check_only)],
+        )
+        return None if verdict in ("charged", "fits") else str(verdict)

@@ -62,7 +62,7 @@ class Tool:
     idempotent: bool = False
     timeout_ms: int | None = None
     rate_limit: str | None = None  # "20/s", "600/m", "5000/h"; config tools.rate_limits wins
-    cost_usd: float = 0.0  # per call, counted against an agent's max_spend_usd_per_day
+    cost_usd: float = 0.0  # per call, counted against max_spend_usd_per_day and the run's max_cost_usd
     description: str = ""
 
 
