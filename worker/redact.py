@@ -25,6 +25,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from stdnum import iban as stdnum_iban
+
 MAX_SCAN_CHARS = 64 * 1024
 MAX_DEPTH = 32
 TRUNCATED_MARK = "...[TRUNCATED]"
@@ -50,15 +52,6 @@ def _luhn_ok(digits: str) -> bool:
     odd = sum(int(ch) for ch in digits[-1::-2])
     even = sum(_LUHN_DOUBLE[int(ch)] for ch in digits[-2::-2])
     return (odd + even) % 10 == 0
-
-
-_IBAN_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})
-
-
-def _iban_ok(compact: str) -> bool:
-    if not 15 <= len(compact) <= 34 or not compact[2:4].isdigit():
-        return False
-    return int((compact[4:] + compact[:4]).translate(_IBAN_DIGITS)) % 97 == 1
 
 
 _NON_DIGIT = re.compile(r"\D")
@@ -156,33 +149,13 @@ def _keep_prefix(text: str) -> _Sub:
     return lambda m: m["pre"] + text
 
 
-# Registered IBAN lengths by country: a match must have its country's exact length, so hex ids,
-# words and lower-case prose of the right shape are not taken for an IBAN by mod-97 chance alone.
-_IBAN_LENGTHS: dict[str, int] = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
-    "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27,
-    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27,
-    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
-    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32,
-    "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
-    "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24,
-    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31,
-    "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28, "TL": 23,
-    "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
-}  # fmt: skip
-# Countries whose account part is digits only: a hex id with a letter there is no IBAN of theirs.
-_IBAN_NUMERIC = frozenset(
-    {"AT", "BE", "CZ", "DE", "DK", "EE", "ES", "FI", "HR", "LT", "NO", "PL", "PT", "SE", "SI", "SK"}
-)
 _IBAN_SEP = re.compile(r"[ \-\u00a0]")
 
 
 def _iban_text_ok(text: str) -> bool:
-    compact = _IBAN_SEP.sub("", text).upper()
-    country = compact[:2]
-    if _IBAN_LENGTHS.get(country) != len(compact):
-        return False
-    return (country not in _IBAN_NUMERIC or compact[4:].isdigit()) and _iban_ok(compact)
+    """A registered IBAN: its country's length and account format (python-stdnum's copy of the
+    SWIFT registry) and mod-97, so hex ids, words and prose of the right shape are no IBAN."""
+    return bool(stdnum_iban.is_valid(_IBAN_SEP.sub("", text)))
 
 
 # Separators between digit groups: one or two spaces (also no-break, figure, narrow and
