@@ -81,7 +81,7 @@ class EndWaiter:
                 if not subscribed or checked != self.generation:
                     checked = self.generation
                     event.clear()  # before the read: a message during it still wakes the wait
-                    if await ended():
+                    if await _ended_or_unknown(ended):
                         return
                 left = deadline - loop.time()
                 if left <= 0 or (watcher is not None and watcher.done()):
@@ -104,6 +104,14 @@ class EndWaiter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+async def _ended_or_unknown(ended: Callable[[], Awaitable[bool]]) -> bool:
+    """`ended()`, or False while Redis does not answer: a wait outlives a Redis restart."""
+    try:
+        return await ended()
+    except (redis.RedisError, OSError):
+        return False
 
 
 async def _set_after(awaitable: Callable[[], Awaitable[None]], event: asyncio.Event) -> None:

@@ -318,3 +318,29 @@ def test_health_probes_answer_within_100_ms_while_500_clients_wait(limits_server
         assert max(took_s for took_s, _ in answers) < WAIT_S
     finally:
         fleet.close()
+
+
+def test_a_wait_outlives_a_redis_restart_and_wakes_when_the_run_ends_after_it() -> None:
+    server = RedisServer(appendonly=True)  # the run survives the restart
+    fleet = Fleet(server, {}, {})
+    try:
+        fleet.start_api()
+        run_id = fleet.submit(**FINAL)["id"]
+        answers: list[Any] = []
+        thread = _hold_wait(fleet, run_id, 25, answers)
+        wait_for(lambda: held_waits(fleet) == 1, 10, "the wait was not held")
+        server.stop()
+        time.sleep(2)  # the subscription and every re-read fail meanwhile
+        server.start()
+        wait_for(lambda: httpx.get(f"{fleet.url}/readyz", timeout=5).status_code == 200, 20, "not ready")
+        # the API subscribed again: the run's end must reach the wait through the new subscription
+        wait_for(lambda: fleet.r.pubsub_numpat() >= 1, 20, "the API never subscribed again")
+        assert answers == [], answers  # still waiting: a Redis restart is no answer
+        ended_at = time.monotonic()
+        cancel(fleet, run_id)
+        thread.join(15)
+        assert time.monotonic() - ended_at < 5, "the wait missed the run's end after the restart"
+        assert answers[0].status_code == 200 and answers[0].json()["status"] == "cancelled", answers
+    finally:
+        fleet.close()
+        server.close()
