@@ -1,6 +1,6 @@
 """agentfleet against bare Celery and bare FastAPI, side by side, in one run, on one Redis.
 
-    /tmp/venv/bin/python bench/bench_core.py [--runs N] [--seconds S]
+    .venv/bin/python bench/bench_core.py [--runs N] [--seconds S]
 
 Starts its own redis-server, a real fleet (`fleet api`, one `fleet worker`, one `fleet tool-worker`)
 and the baselines (bench/bare_app.py served by a `celery worker` with the same pool, concurrency and

@@ -1,6 +1,6 @@
 """agentfleet as a fleet against bare Celery and bare FastAPI, side by side, in one run (issue 7).
 
-    /tmp/venv/bin/python bench/bench_fleet.py [--latency-runs N] [--throughput-runs N] [--kill-runs N]
+    .venv/bin/python bench/bench_fleet.py [--latency-runs N] [--throughput-runs N] [--kill-runs N]
 
 Starts its own redis-server, a real fleet (`fleet api`, `fleet worker`s, `fleet tool-worker`s) and
 the baselines of bench/bench_core.py (bench/bare_app.py served by prefork `celery worker`s with the

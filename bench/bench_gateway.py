@@ -1,6 +1,6 @@
 """The tool gateway against bare Celery, side by side, in one run, on one Redis (issue 3).
 
-    /tmp/venv/bin/python bench/bench_gateway.py [--steps K] [--blocks N] [--decisions N]
+    .venv/bin/python bench/bench_gateway.py [--steps K] [--blocks N] [--decisions N]
 
 Starts its own redis-server, a real fleet (`fleet api`, one `fleet worker`, one `fleet tool-worker`,
 as the fleet runs them: the tool worker on its default threads pool) and a bare Celery worker with the

@@ -35,6 +35,19 @@ KEY_T1 = "key-tenant-one-0001"
 KEY_T2 = "key-tenant-two-0002"
 
 
+def fleet_command() -> list[str]:
+    """The `fleet` command that belongs to the interpreter running the tests.
+
+    The console script installed beside `sys.executable` (the `.venv/bin/fleet` of `.ci/run`), else
+    `python -m worker.cli` with the same interpreter; never a `fleet` found elsewhere on PATH.
+    """
+    script = Path(sys.executable).parent / "fleet"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "worker.cli"]
+
+
+FLEET_CMD = fleet_command()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -51,12 +64,17 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """A redis-server of the test's own, on a free port; can be stopped and restarted."""
+    """A redis-server of the test's own, on a free port; can be stopped and restarted.
 
-    def __init__(self, appendonly: bool = False) -> None:
+    With `password` it runs with `requirepass`; `url` never holds the password (a test gives it
+    to the fleet some other way), `client()` uses it.
+    """
+
+    def __init__(self, appendonly: bool = False, password: str | None = None) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="fleet-redis-")
         self.appendonly = appendonly
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -74,6 +92,8 @@ class RedisServer:
             "--dir", self.dir,
             "--loglevel", "warning",
         ]  # fmt: skip
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -84,7 +104,7 @@ class RedisServer:
         raise RuntimeError("redis-server did not start")
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+        return redis.Redis(port=self.port, password=self.password, decode_responses=True, socket_timeout=5)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:

@@ -295,31 +295,69 @@ def test_a_timeout_on_the_run_side_keeps_a_result_the_tool_worker_recorded_first
     assert r.hget(KEYS.call("c1"), "result") == recorded and r.hget(KEYS.stats_tools(), "x") is None
 
 
-def test_a_fresh_read_skips_the_run_check_but_a_write_or_an_old_read_does_not(
+def test_the_tool_worker_runs_no_call_of_an_ended_or_missing_run(
     r: fakeredis.FakeRedis, store: RunStore
 ) -> None:
-    import time
-
     import tests.plugins  # noqa: F401  (registers test.write)
-    from worker.toolexec import FRESH_S, ToolExecutor
+    from worker.toolexec import ToolExecutor
 
     settings = Settings(tools={"allowlist": ["echo", "test.write"]})
     executor = ToolExecutor(r, KEYS, settings)
     store.create("r1", tenant="t1", agent="scripted", input={}, budgets=_budgets(), metadata={})
+    assert executor.execute("r1:1:0", 0, "echo", {"n": 1}, 3.0) == ({"ok": True, "result": {"n": 1}}, True)
     store.cancel("r1")  # the run ended while its calls waited in the queue
-    now = time.time()
-    assert executor.execute("r1:1:0", 0, "echo", {"n": 1}, 3.0, sent_at=now) == (
-        {"ok": True, "result": {"n": 1}},
-        True,
+    ended = {"ok": False, "error": {"type": "killed", "message": "the run ended before this call was made"}}
+    assert executor.execute("r1:2:0", 0, "echo", {"n": 1}, 3.0) == (ended, False)
+    assert executor.execute("r1:3:0", 0, "test.write", {"n": 1}, 3.0) == (ended, False)
+    missing = {"ok": False, "error": {"type": "denied", "message": "the call's run does not exist"}}
+    assert executor.execute("nope:1:0", 0, "echo", {"n": 1}, 3.0) == (missing, False)
+    assert executor.execute("nope:2:0", 0, "test.write", {"n": 1}, 3.0) == (missing, False)
+    assert not r.exists(KEYS.call_exec("nope:2:0"))  # not even claimed
+
+
+@pytest.mark.parametrize(
+    ("switch", "tool", "args", "refused"),
+    [
+        (KEYS.kill_all(), "echo", {}, True),
+        (KEYS.kill_tenant("t1"), "echo", {}, True),
+        (KEYS.kill_tenant("t2"), "echo", {}, False),
+        (KEYS.kill_agent("scripted"), "echo", {}, True),
+        (KEYS.kill_tool("echo"), "echo", {}, True),
+        (KEYS.kill_tool("test.write"), "echo", {}, False),
+        (KEYS.kill_writes(), "echo", {}, False),
+        (KEYS.kill_writes(), "test.write", {"n": 1}, True),
+        (KEYS.kill_tool("test.write"), "test.write", {"n": 1}, True),
+        (KEYS.kill_tool("llm"), "llm", {"model": "m1"}, True),
+        (KEYS.kill_tool("llm:m1"), "llm", {"model": "m1"}, True),
+        (KEYS.kill_tool("llm:m2"), "llm", {"model": "m1"}, False),
+    ],
+)
+def test_the_tool_worker_checks_every_switch_right_before_a_tool_runs(
+    r: fakeredis.FakeRedis, store: RunStore, switch: str, tool: str, args: dict[str, Any], refused: bool
+) -> None:
+    import tests.plugins  # noqa: F401  (registers test.write)
+    from worker.toolexec import ToolExecutor
+
+    # the model service is a closed loopback port: a model call that runs fails with a connection
+    # error (`ran` all the same), one that is refused never tries
+    settings = Settings(
+        agents={"llm": {"base_url": "http://127.0.0.1:9/v1"}}, tools={"timeouts_ms": {"default": 500}}
     )
-    old = executor.execute("r1:2:0", 0, "echo", {"n": 1}, 3.0, sent_at=now - FRESH_S - 1)
-    assert old == (
-        {"ok": False, "error": {"type": "killed", "message": "the run ended before this call was made"}},
-        False,
-    )
-    assert executor.execute("r1:3:0", 0, "echo", {"n": 1}, 3.0)[1] is False  # no header: checked
-    write = executor.execute("r1:4:0", 0, "test.write", {"n": 1}, 3.0, sent_at=now)
-    assert write[0]["error"]["type"] == "killed" and write[1] is False
+    executor = ToolExecutor(r, KEYS, settings)
+    store.create("r1", tenant="t1", agent="scripted", input={}, budgets=_budgets(), metadata={})
+    r.set(switch, "incident 42")
+    if tool == "llm":
+        args = {**args, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    envelope, ran = executor.execute("r1:1:0", 0, tool, args, 0.5)
+    if refused:
+        assert (envelope, ran) == (
+            {"ok": False, "error": {"type": "killed", "message": "incident 42"}},
+            False,
+        )
+    else:
+        assert ran is True and (envelope.get("error") or {}).get("type") != "killed", envelope
+    if tool == "test.write":
+        assert r.exists(KEYS.call_exec("r1:1:0")) == (not refused)  # a refused write is not even claimed
 
 
 def _budgets() -> Any:

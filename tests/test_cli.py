@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import re
-import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -25,9 +26,8 @@ import psutil
 import pytest
 import yaml
 
-from tests.harness import KEY_T1, ROOT, TERMINAL, Fleet, RedisServer, free_port
+from tests.harness import FLEET_CMD, KEY_T1, ROOT, TERMINAL, Fleet, RedisServer, free_port
 
-FLEET = shutil.which("fleet") or "/tmp/venv/bin/fleet"
 BANNER_END = "Ctrl-C stops everything."
 UP_READY_TIMEOUT_S = 120.0
 UP_STOP_TIMEOUT_S = 25.0
@@ -71,7 +71,7 @@ class Result:
 def run_fleet(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
     """Run `fleet ARGS` to its end; a process that outlives `timeout` is killed and fails the test."""
     proc = subprocess.Popen(
-        [FLEET, *args],
+        [*FLEET_CMD, *args],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -225,29 +225,49 @@ class FleetUp:
     args: tuple[str, ...]
     env: dict[str, str]
     workdir: Path
+    terminal: bool = False  # stdout a pseudo-terminal (as in a user's shell), else a pipe
     lines: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.stderr_path = self.workdir / "fleet-up.stderr"
+        master = slave = -1
+        if self.terminal:
+            master, slave = pty.openpty()
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [FLEET, "up", *self.args],
+                [*FLEET_CMD, "up", *self.args],
                 env=self.env,
                 cwd=self.workdir,
-                stdout=subprocess.PIPE,
+                stdout=slave if self.terminal else subprocess.PIPE,
                 stderr=err,
                 start_new_session=True,
             )
+        if self.terminal:
+            os.close(slave)  # the children hold their own copies
         self.known: dict[int, psutil.Process] = {}
         self.lock = threading.Lock()
-        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader = threading.Thread(target=self._read, args=(master,), daemon=True)
         self.reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:  # children inherit this pipe: keep draining it
+    def _read(self, master: int) -> None:
+        if master < 0:
+            assert self.proc.stdout is not None
+            for raw in self.proc.stdout:  # children inherit this pipe: keep draining it
+                with self.lock:
+                    self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+            return
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every writer of the terminal is gone
+                chunk = b""
+            if not chunk:
+                break
+            *done, pending = (pending + chunk).split(b"\n")
             with self.lock:
-                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self.lines += [raw.decode(errors="replace").rstrip("\r") for raw in done]
+        os.close(master)
 
     def output(self) -> str:
         with self.lock:
@@ -323,13 +343,15 @@ def parse_banner(text: str) -> Banner:
 
 
 @contextlib.contextmanager
-def fleet_up(tmp_path: Path, *args: str, redis_url: str) -> Iterator[FleetUp]:
+def fleet_up(
+    tmp_path: Path, *args: str, redis_url: str, terminal: bool = False, api_port: int | None = None
+) -> Iterator[FleetUp]:
     env = clean_env(
         REDIS_URL=redis_url,
-        FLEET_API_PORT=str(free_port()),
+        FLEET_API_PORT=str(api_port or free_port()),
         FLEET_FLOWER_PORT=str(free_port()),
     )
-    up = FleetUp(args, env, tmp_path)
+    up = FleetUp(args, env, tmp_path, terminal)
     try:
         yield up
     finally:
@@ -398,6 +420,103 @@ def assert_interrupt_stops_everything(up: FleetUp, started: list[psutil.Process]
     assert not left, f"still running after fleet up exited: {left}"
 
 
+BANNER_START = "agentfleet is up."
+# Startup warnings that a user of a one-machine dev stack can do nothing about.
+DEV_NOISE = ("SecurityWarning", "superuser privileges", "Inspect method", "Events of group")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+CONSOLE_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \[(\w+)\s*\] (api|agent|tool|flower)\s+\S")
+
+
+def split_at_banner(up: FleetUp) -> tuple[list[str], list[str]]:
+    """(the lines before the banner, the banner and every line after it)."""
+    lines = [ANSI.sub("", line) for line in up.output().splitlines()]
+    at = next(i for i, line in enumerate(lines) if line.strip() == BANNER_START)
+    return lines[:at], lines[at:]
+
+
+def assert_banner_is_last(up: FleetUp) -> None:
+    _before, banner = split_at_banner(up)
+    assert banner[-1].strip() == BANNER_END, f"lines after the banner:\n{chr(10).join(banner)}"
+    text = up.output() + up.stderr_path.read_text(errors="replace")
+    assert not [noise for noise in DEV_NOISE if noise in text], up.diagnostics()
+
+
+def assert_json_lines_then_the_banner_last(up: FleetUp, processes: set[str]) -> None:
+    """Piped: every line before the banner is fleet up's own or a JSON line without nulls."""
+    before, _ = split_at_banner(up)
+    seen: set[str] = set()
+    for line in before:
+        if not line.strip() or line.startswith("redis:"):
+            continue
+        event = json.loads(line)  # not JSON: fails here
+        assert all(value is not None for value in event.values()), line
+        seen.add(event.get("process", "?"))
+    assert processes <= seen, (seen, before)
+    assert_banner_is_last(up)
+
+
+def stack_processes(api_port: int) -> list[psutil.Process]:
+    """Every process of the stack that `fleet up` started on `api_port` (found by its environment)."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if (
+                proc.environ().get("FLEET_API_PORT") == str(api_port)
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(proc)
+    return found
+
+
+def test_up_on_a_terminal_prints_console_lines_and_ends_with_the_banner(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with fleet_up(tmp_path, "--no-flower", redis_url=redis_server.url, terminal=True) as up:
+        up.wait_banner()
+        time.sleep(1.5)
+        before, _ = split_at_banner(up)
+        logged = [line for line in before if line.strip() and not line.startswith("redis:")]
+        assert logged, up.diagnostics()
+        for line in logged:
+            assert CONSOLE_LINE.match(line), f"not a console line: {line!r}"
+            assert "None" not in line and not line.lstrip().startswith("{"), line
+        assert {CONSOLE_LINE.match(line).group(2) for line in logged} >= {"api", "agent", "tool"}  # type: ignore[union-attr]
+        assert_banner_is_last(up)
+        assert_interrupt_stops_everything(up, up.children())
+
+
+def test_up_names_a_process_that_fails_to_start_and_stops_the_rest(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:  # the API's port is taken: `fleet api` exits at start
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        api_port = int(taken.getsockname()[1])
+        with fleet_up(tmp_path, "--no-flower", redis_url=redis_server.url, api_port=api_port) as up:
+            code = up.proc.wait(timeout=UP_READY_TIMEOUT_S)
+            err = up.stderr_path.read_text(errors="replace")
+            assert code == 1, up.diagnostics()
+            assert re.search(r"fleet up: api exited with code \d+ before the stack was ready", err), err
+            assert BANNER_START not in up.output()
+            _gone, alive = psutil.wait_procs(stack_processes(api_port), timeout=10)
+            assert alive == [], cmdlines(alive)
+
+
+def test_up_names_the_parts_not_ready_within_the_timeout_and_stops_the_rest(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with fleet_up(tmp_path, "--no-flower", "--ready-timeout", "0.5", redis_url=redis_server.url) as up:
+        code = up.proc.wait(timeout=UP_READY_TIMEOUT_S)
+        err = up.stderr_path.read_text(errors="replace")
+        assert code == 1, up.diagnostics()
+        found = re.search(r"fleet up: not ready after 0.5 s: (.+); stopping the stack", err)
+        assert found, err
+        assert "agent worker" in found.group(1).split(", "), found.group(1)  # a worker takes over 0.5 s
+        assert BANNER_START not in up.output()
+        _gone, alive = psutil.wait_procs(stack_processes(int(up.env["FLEET_API_PORT"])), timeout=10)
+        assert alive == [], cmdlines(alive)
+
+
 @pytest.mark.parametrize("with_flower", [False, True], ids=["no-flower", "flower"])
 def test_up_without_redis_starts_its_own_stack_serves_the_printed_curl_and_sigint_stops_all(
     with_flower: bool, tmp_path: Path
@@ -406,6 +525,8 @@ def test_up_without_redis_starts_its_own_stack_serves_the_printed_curl_and_sigin
     args = () if with_flower else ("--no-flower",)
     with fleet_up(tmp_path, *args, redis_url=dead_redis) as up:
         banner = up.wait_banner()
+        time.sleep(1.5)  # anything a child still had to say at start
+        assert_json_lines_then_the_banner_last(up, {"api", "agent", "tool"})
         assert banner.redis_url != dead_redis and banner.redis_note.startswith("started")
         assert banner.api_url == f"http://127.0.0.1:{up.env['FLEET_API_PORT']}"
         assert banner.api_key.startswith("dev-") and len(banner.api_key) >= 16

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import gzip
 import ipaddress
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.harness import ROOT
 from worker.settings import Settings
 from worker.tools import execute
 from worker.tools.base import ToolContext
@@ -24,6 +31,17 @@ from worker.tools.netguard import address_denial
 
 SECRET = "Bearer s3cret-token-never-shown"
 MAX_BODY_BYTES = 1000
+BOMB_DECODED_BYTES = 256 * 1024 * 1024
+
+
+@functools.cache
+def bomb(encoding: str) -> bytes:
+    """BOMB_DECODED_BYTES of "a" compressed with `encoding` (gzip: about 250 KiB on the wire)."""
+    wbits = zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS
+    compressor = zlib.compressobj(6, zlib.DEFLATED, wbits)  # as small as level 9 here, 3x faster
+    block = b"a" * (1024 * 1024)
+    parts = [compressor.compress(block) for _ in range(BOMB_DECODED_BYTES // len(block))]
+    return b"".join(parts) + compressor.flush()
 
 
 class RecordingServer(ThreadingHTTPServer):
@@ -68,7 +86,19 @@ class Handler(BaseHTTPRequestHandler):
                 json.dumps(dict(self.headers.items())).encode(),
             ),
         }
-        if self.path == "/slow":
+        if self.path in ("/gzip-bomb", "/deflate-bomb"):
+            # Sent although the client asked for identity, as a hostile server would.
+            encoding = self.path[1:].split("-")[0]
+            self._send(200, {"Content-Type": "text/plain", "Content-Encoding": encoding}, bomb(encoding))
+        elif self.path == "/gzip-small":
+            self._send(200, {"Content-Encoding": "gzip"}, gzip.compress(b"hello, fleet"))
+        elif self.path == "/brotli":
+            self._send(200, {"Content-Encoding": "br"}, b"\x1b\x0b\x00\xf8\xc5\xca")
+        elif self.path.startswith("/redirect-to-port/"):
+            # /redirect-to-port/<port>/<path>: to the same host on another port, another origin.
+            _, _, other_port, rest = self.path.split("/", 3)
+            self._send(302, {"Location": f"http://127.0.0.1:{other_port}/{rest}"}, b"")
+        elif self.path == "/slow":
             time.sleep(2.0)
             self._send(200, {}, b"late")
         elif self.path == "/trickle":
@@ -320,20 +350,58 @@ def test_redirects_stop_after_five(server: RecordingServer) -> None:
     assert len(server.requests) == 6
 
 
-def test_credentials_follow_a_redirect_only_within_the_origin(
+RUN_HEADERS = {
+    "Authorization": SECRET,
+    "Cookie": "session=s3cret-cookie",
+    "X-Api-Key": "s3cret-api-key",
+    "Private-Token": "s3cret-private-token",
+    "X-Tenant-Note": "any header the run set",
+}
+
+
+def test_headers_follow_a_redirect_only_within_the_origin(
     server: RecordingServer, fake_dns: dict[str, list[list[str]]]
 ) -> None:
     fake_dns["other.test"] = [["127.0.0.1"]]
     ctx = context(allow_hosts=["127.0.0.1", "other.test"])
-    headers = {"Authorization": SECRET}
 
-    same = get(f"http://127.0.0.1:{server.port}/redirect-echo", ctx, headers=headers)
-    other = get(f"http://127.0.0.1:{server.port}/redirect-other-origin", ctx, headers=headers)
+    same = get(f"http://127.0.0.1:{server.port}/redirect-echo", ctx, headers=RUN_HEADERS)
+    other = get(f"http://127.0.0.1:{server.port}/redirect-other-origin", ctx, headers=RUN_HEADERS)
 
-    assert json.loads(same["result"]["body"]).get("Authorization") == SECRET
+    received_same = json.loads(same["result"]["body"])
+    assert {name: received_same.get(name) for name in RUN_HEADERS} == RUN_HEADERS
     received = json.loads(other["result"]["body"])
     assert received["Host"] == f"other.test:{server.port}"
-    assert "Authorization" not in received
+    assert not set(RUN_HEADERS) & set(received), received
+
+
+@pytest.fixture
+def other_server() -> Iterator[RecordingServer]:
+    """A second server on another port of the same host: another origin."""
+    other = RecordingServer()
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    yield other
+    other.shutdown()
+    other.server_close()
+
+
+def test_a_redirect_to_another_port_carries_none_of_the_run_headers(
+    server: RecordingServer, other_server: RecordingServer
+) -> None:
+    url = f"http://127.0.0.1:{server.port}/redirect-to-port/{other_server.port}/echo"
+
+    envelope = get(url, headers=RUN_HEADERS)
+
+    assert envelope["ok"] is True, envelope
+    [(path, headers_sent_first)] = server.requests
+    assert {name: headers_sent_first.get(name) for name in RUN_HEADERS} == RUN_HEADERS
+    [(path, received)] = other_server.requests
+    assert path == "/echo"
+    assert received["Host"] == f"127.0.0.1:{other_server.port}"
+    assert not {name.lower() for name in RUN_HEADERS} & {name.lower() for name in received}, received
+    for secret in RUN_HEADERS.values():
+        assert secret not in envelope["result"]["body"]
 
 
 # -- limits -----------------------------------------------------------------------------------
@@ -369,6 +437,77 @@ def test_a_large_body_is_truncated_at_max_body_bytes(server: RecordingServer) ->
     assert envelope["ok"] is True, envelope
     assert envelope["result"]["body"] == "x" * MAX_BODY_BYTES
     assert envelope["result"]["truncated"] is True
+
+
+def test_a_gzip_body_is_decoded(server: RecordingServer) -> None:
+    envelope = get(f"http://127.0.0.1:{server.port}/gzip-small")
+
+    assert envelope["ok"] is True, envelope
+    assert (envelope["result"]["body"], envelope["result"]["truncated"]) == ("hello, fleet", False)
+    assert server.requests[0][1]["Accept-Encoding"] == "identity"
+
+
+@pytest.mark.parametrize("path", ["/gzip-bomb", "/deflate-bomb"])
+def test_a_compression_bomb_is_cut_at_max_body_bytes_of_decoded_text(
+    path: str, server: RecordingServer
+) -> None:
+    bomb(path[1:].split("-")[0])  # built before the call, not within its timeout
+    envelope = get(f"http://127.0.0.1:{server.port}{path}")
+
+    assert envelope["ok"] is True, envelope
+    assert envelope["result"]["body"] == "a" * MAX_BODY_BYTES
+    assert envelope["result"]["truncated"] is True
+
+
+def test_an_encoding_other_than_gzip_or_deflate_is_a_clear_http_error(server: RecordingServer) -> None:
+    error = error_of(get(f"http://127.0.0.1:{server.port}/brotli"))
+
+    assert error == {
+        "type": "http_error",
+        "message": "Content-Encoding br is not supported (identity, gzip and deflate are, one at a time)",
+    }
+
+
+# Runs http.get in a fresh interpreter and reports its peak RSS growth over the call, in KiB. The
+# peak is the kernel's high-water mark (VmHWM), reset to the current RSS just before the call:
+# ru_maxrss would carry over the peak of the forking test process.
+_MEASURE = """
+import json, re, sys
+from worker.settings import Settings
+from worker.tools import execute
+from worker.tools.base import ToolContext
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(field + r":\\s+(\\d+) kB", f.read()).group(1))
+settings = Settings(tools={"http": {"allow_hosts": ["127.0.0.1"], "max_body_bytes": 1048576}})
+ctx = ToolContext(call_id="call-1", timeout_s=30.0, settings=settings)
+execute("http.get", {"url": sys.argv[1]}, ctx)  # warm up: imports and a first connection
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets VmHWM to VmRSS
+rss_kib = status_kib("VmRSS")
+envelope = execute("http.get", {"url": sys.argv[2]}, ctx)
+result = envelope.get("result", {})
+print(json.dumps({"growth_kib": status_kib("VmHWM") - rss_kib, "ok": envelope["ok"],
+                  "body_len": len(result.get("body", "")), "truncated": result.get("truncated")}))
+"""
+
+
+@pytest.mark.parametrize("path", ["/gzip-bomb", "/deflate-bomb"])
+def test_a_compression_bomb_keeps_memory_near_the_cap(path: str, server: RecordingServer) -> None:
+    """256 MiB of decoded body on a 1 MiB cap: the process grows by a few MiB, not by the body."""
+    bomb(path[1:].split("-")[0])  # built before the measured call, in this process
+    base = f"http://127.0.0.1:{server.port}"
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, f"{base}/gzip-small", f"{base}{path}"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FLEET_")},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    measured = json.loads(out.stdout)
+
+    assert (measured["ok"], measured["body_len"], measured["truncated"]) == (True, 1048576, True), measured
+    # The cap plus buffers is a few MiB; 32 MiB holds on any machine and is 1/8 of the decoded body.
+    assert measured["growth_kib"] < 32 * 1024, measured
 
 
 # -- errors -----------------------------------------------------------------------------------

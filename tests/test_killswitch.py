@@ -16,10 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import KEY_T1, KEY_T2, Fleet, RedisServer, running_fleet, wait_for
+from tests.harness import FLEET_CMD, KEY_T1, KEY_T2, Fleet, RedisServer, running_fleet, wait_for
 from worker.keys import Keys
 
-FLEET_BIN = "/tmp/venv/bin/fleet"
 KEYS = Keys("fleet")
 # Room for looping runs to go on until a switch stops them (the default caps end them in ~25 steps).
 CONFIG = {"runtime": {"env": {"AGENT_MAX_STEPS": 500, "AGENT_MAX_TOOL_CALLS": 500, "AGENT_MAX_SECONDS": 60}}}
@@ -261,7 +260,7 @@ def test_switch_set_with_ex_refuses_until_it_expires(fleet: Fleet) -> None:
 
 def fleet_cli(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [FLEET_BIN, *args], env=fleet.env, capture_output=True, text=True, timeout=30, check=False
+        [*FLEET_CMD, *args], env=fleet.env, capture_output=True, text=True, timeout=30, check=False
     )
 
 

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -93,7 +94,7 @@ def test_event_is_one_json_line_with_run_context_and_no_pii(logs: Configure) -> 
         412,
         "ok",
     )
-    assert "stop_reason" in event
+    assert "stop_reason" not in event  # null: left out
     assert event["result"] == "reply to [EMAIL], card [CARD]"
     assert "alice" not in lines[0] and "4111" not in lines[0]
 
@@ -112,13 +113,28 @@ def test_every_corpus_item_is_redacted_in_log_lines(logs: Configure) -> None:
         assert _leaks(line, secrets) == [], label
 
 
-def test_every_line_carries_every_run_field_null_when_unbound(logs: Configure) -> None:
+def test_json_lines_leave_out_every_field_that_is_null(logs: Configure) -> None:
     stream = logs()
-    structlog.get_logger().info("api started")
+    structlog.get_logger().info("api started", port=8000, reason=None, detail={"inner": None})
     logging.getLogger("uvicorn").info("listening")
-    for event in _lines(stream):
-        for key in RUN_FIELDS:
-            assert key in event and event[key] is None
+    events = _lines(stream)
+    assert len(events) == 2
+    for event in events:
+        assert all(value is not None for value in event.values()), event
+        assert not set(RUN_FIELDS) & set(event), event
+    assert events[0]["port"] == 8000 and "reason" not in events[0]
+    assert events[0]["detail"] == {"inner": None}  # only fields of the line itself are left out
+
+
+def test_every_line_names_the_process_that_wrote_it(logs: Configure, monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = logs(process="tool")
+    structlog.get_logger().info("tool executed")
+    logging.getLogger("celery.apps.worker").info("tool@host ready.")
+    assert [e["process"] for e in _lines(stream)] == ["tool", "tool"]
+    monkeypatch.setenv("FLEET_PROCESS", "agent")
+    stream = logs()
+    structlog.get_logger().info("run finished")
+    assert _lines(stream)[0]["process"] == "agent"
 
 
 def test_secret_named_keywords_are_redacted_whole(logs: Configure) -> None:
@@ -263,6 +279,91 @@ def test_non_terminal_stream_gets_json_by_default(logs: Configure) -> None:
     stream = logs(json=None)
     structlog.get_logger().info("run started")
     assert _lines(stream)[0]["event"] == "run started"
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+CONSOLE_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) \[(\w+)\s*\] (\w+)\s+(.*)$")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_console_lines_show_time_level_process_event_and_only_the_fields_that_are_set(
+    logs: Configure,
+) -> None:
+    stream = logs(json=None, stream=Terminal(), process="agent")
+    _bind_run()
+    structlog.get_logger().info("tool call", step=2, tool="echo", outcome="ok", stop_reason=None)
+    logging.getLogger("celery.apps.worker").warning("agent@host ready.")
+    lines = [ANSI.sub("", line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 2, lines
+    first, second = (CONSOLE_LINE.match(line) for line in lines)
+    assert first and second, lines
+    assert first.group(2, 3) == ("info", "agent") and first.group(4).startswith("tool call")
+    assert second.group(2, 3) == ("warning", "agent") and second.group(4).startswith("agent@host ready.")
+    assert f"run_id={RUN_ID}" in lines[0] and "tool=echo" in lines[0] and "step=2" in lines[0]
+    assert "stop_reason" not in lines[0] and "None" not in "".join(lines) and "null" not in "".join(lines)
+    assert "\x1b[" in stream.getvalue()  # a terminal gets colours
+
+
+@pytest.mark.parametrize(
+    ("log_format", "terminal", "as_json"),
+    [("auto", True, False), ("auto", False, True), ("json", True, True), ("console", False, False)],
+)
+def test_log_format_picks_json_or_console_lines(
+    logs: Configure, log_format: str, terminal: bool, as_json: bool
+) -> None:
+    stream = logs(
+        json=None, log_format=log_format, stream=Terminal() if terminal else io.StringIO(), process="api"
+    )
+    structlog.get_logger().info("run started", tenant="acme")
+    line = stream.getvalue().splitlines()[0]
+    if as_json:
+        assert json.loads(line)["tenant"] == "acme"
+    else:
+        assert CONSOLE_LINE.match(ANSI.sub("", line)) and "tenant=acme" in ANSI.sub("", line)
+        assert ("\x1b[" in line) is terminal  # colours only on a terminal
+
+
+def test_unknown_log_format_is_refused_naming_the_setting(logs: Configure) -> None:
+    with pytest.raises(ValueError, match="FLEET_LOG_FORMAT"):
+        logs(log_format="xml")
+
+
+def test_every_corpus_item_is_redacted_in_console_lines(logs: Configure) -> None:
+    stream = logs(json=None, log_format="console", process="tool")
+    _bind_run()
+    log = structlog.get_logger()
+    for label, value, _ in PII_CASES:
+        text = value if isinstance(value, str) else json.dumps(value)
+        log.info("tool result", case=label, result=value, message=f"model said: {text}")
+    lines = [line for line in stream.getvalue().splitlines() if CONSOLE_LINE.match(line)]
+    assert len(lines) == len(PII_CASES)
+    for line, (label, _, secrets) in zip(lines, PII_CASES, strict=True):
+        assert f"case={label}" in line or f"case={json.dumps(label)}" in line, (label, line)
+        assert _leaks(line, secrets) == [], label
+
+
+def test_a_20_mb_field_gives_a_console_line_within_the_cap(logs: Configure) -> None:
+    cap = 4096
+    stream = logs(json=None, log_format="console", max_line_bytes=cap)
+    structlog.get_logger().info("tool result", result="x" * 20_000_000, note="kept")
+    text = stream.getvalue()
+    assert len(text.encode()) <= cap + 200, len(text)  # the capped event plus the console's layout
+    assert "truncated=true" in text and "tool result" in text
+
+
+def test_a_traceback_on_a_console_line_is_redacted(logs: Configure) -> None:
+    stream = logs(json=None, log_format="console")
+    try:
+        raise RuntimeError("login failed for alice@example.com with password=hunter2")
+    except RuntimeError:
+        structlog.get_logger().exception("request failed")
+    text = stream.getvalue()
+    assert "request failed" in text and "RuntimeError" in text
+    assert "alice@example.com" not in text and "hunter2" not in text
 
 
 def test_configuring_again_replaces_the_handler_and_stream(logs: Configure) -> None:

@@ -160,6 +160,16 @@ class Instruction:
     line: int
 
 
+def redis_server_args(command: list[str]) -> list[str]:
+    """The arguments the compose redis service passes to redis-server (its script's exec line),
+    without the script's own `"$@"` and the `-` that reads requirepass from stdin."""
+    if command[0] != "sh":
+        return command[1:]
+    [line] = [line for line in command[2].splitlines() if line.startswith("exec ")]
+    words = shlex.split(line.split("<<")[0])
+    return [w for w in words[words.index("redis-server") + 1 :] if w not in ("$$@", "$@", "-")]
+
+
 def dockerfile_stages(path: Path) -> list[list[Instruction]]:
     """The instructions of each stage (FROM first), with line continuations joined."""
     stages: list[list[Instruction]] = []
@@ -544,11 +554,11 @@ def test_compose_has_redis_api_workers_and_flower() -> None:
 def test_redis_keeps_an_everysec_aof_never_evicts_and_is_healthchecked() -> None:
     compose = load_compose()
     redis = compose["services"]["redis"]
-    command = redis["command"]
+    args = redis_server_args(redis["command"])
     mounts = {v.split(":")[1]: v.split(":")[0] for v in redis["volumes"]}
-    conf_path = next(arg for arg in command[1:] if arg.endswith(".conf"))
+    conf_path = next(arg for arg in args if arg.endswith(".conf"))
     directives = redis_directives((ROOT / mounts[conf_path]).read_text())
-    flags = command[command.index(conf_path) + 1 :]
+    flags = args[args.index(conf_path) + 1 :]
     for flag, value in zip(flags[::2], flags[1::2], strict=True):
         directives[flag.lstrip("-")] = value
     assert directives["appendonly"] == "yes"
@@ -626,6 +636,22 @@ def test_flower_basic_auth_comes_from_a_compose_secret() -> None:
     assert "FLEET_FLOWER_PASSWORD" not in flower["environment"]
     assert "--address=0.0.0.0" in flower["command"], "reachable from the host's published port"
     assert all(p.startswith("127.0.0.1:") for p in flower["ports"]), "published on loopback only"
+
+
+def test_redis_requires_the_password_from_the_secret_that_every_fleet_service_mounts() -> None:
+    compose = load_compose()
+    redis = compose["services"]["redis"]
+    assert "redis_password" in redis["secrets"]
+    assert redis["command"][:2] == ["sh", "-c"]
+    script = redis["command"][2]
+    assert "$$(cat /run/secrets/redis_password)" in script and "requirepass $$password" in script
+    assert "$$password" not in script.split("<<")[0].split("redis-server", 1)[1], "not in redis-server's argv"
+    assert "REDISCLI_AUTH" in redis["healthcheck"]["test"][1], "the healthcheck authenticates"
+    for name in FLEET_SERVICES:
+        service = compose["services"][name]
+        assert "redis_password" in service["secrets"], name
+        assert service["environment"]["FLEET_REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password", name
+        assert "@" not in service["environment"]["REDIS_URL"], f"{name}: no password in REDIS_URL"
 
 
 def test_secrets_are_files_and_no_environment_carries_one() -> None:
@@ -816,6 +842,42 @@ def test_k8s_memory_limits_follow_the_compose_rule(name: str) -> None:
     assert limit >= worker_memory_floor_bytes(container["args"])
 
 
+def test_k8s_redis_runs_the_compose_password_script_and_admits_only_the_fleets_pods() -> None:
+    redis = only_container(k8s_object("StatefulSet", "redis"))
+    assert redis["command"] == load_compose()["services"]["redis"]["command"], "the same script as compose"
+    assert "REDISCLI_AUTH" in redis["readinessProbe"]["exec"]["command"][2]
+    volumes = k8s_object("StatefulSet", "redis")["spec"]["template"]["spec"]["volumes"]
+    assert {"key": "redis_password", "path": "redis_password"} in [
+        item for v in volumes if "secret" in v for item in v["secret"]["items"]
+    ]
+    assert (
+        k8s_object("ConfigMap", "fleet-env")["data"]["FLEET_REDIS_PASSWORD_FILE"]
+        == "/run/secrets/redis_password"
+    )
+    policy = k8s_object("NetworkPolicy", "redis")["spec"]
+    redis_labels = k8s_object("StatefulSet", "redis")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    [rule] = policy["ingress"]
+    [fleet_pods] = [peer["podSelector"] for peer in rule["from"] if "namespaceSelector" not in peer]
+    [components] = [
+        e["values"] for e in fleet_pods["matchExpressions"] if e["key"] == "app.kubernetes.io/component"
+    ]
+    assert sorted(components) == sorted(FLEET_SERVICES)
+    for name in FLEET_SERVICES:
+        labels = k8s_object("Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert fleet_pods["matchLabels"].items() <= labels.items(), name
+    auth = k8s_object("TriggerAuthentication", "redis-auth")["spec"]["secretTargetRef"]
+    assert auth == [{"parameter": "password", "name": "fleet-secrets", "key": "redis_password"}]
+    for target in ("worker", "tool-worker"):
+        scaled = next(
+            o
+            for o in k8s_objects()
+            if o["kind"] == "ScaledObject" and o["spec"]["scaleTargetRef"]["name"] == target
+        )
+        assert all(t["authenticationRef"]["name"] == "redis-auth" for t in scaled["spec"]["triggers"]), target
+
+
 def test_pod_disruption_budgets_cover_api_worker_and_tool_worker() -> None:
     budgets = [o for o in k8s_objects() if o["kind"] == "PodDisruptionBudget"]
     for name in ("api", "worker", "tool-worker"):
@@ -918,6 +980,8 @@ class NativeStack:
         (secrets_dir / "fleet_metrics_token").write_text(self.metrics_token + "\n")
         (secrets_dir / "fleet_flower_password").write_text(self.flower_password + "\n")
         (secrets_dir / "openai_api_key").write_text("")
+        self.redis_password = "rp-" + secrets.token_urlsafe(24)
+        (secrets_dir / "redis_password").write_text(self.redis_password + "\n")
         config = yaml.safe_load((ROOT / "ops" / "fleet.yaml").read_text())
         config["tools"]["allowlist"] = [*config["tools"]["allowlist"], "echo"]
         (self.dir / "fleet.yaml").write_text(yaml.safe_dump(config))
@@ -990,11 +1054,20 @@ class NativeStack:
     # -- running ------------------------------------------------------------------------------------
 
     def start_redis(self) -> None:
+        """The compose redis service's script, with its mounts and the image's redis-server on this
+        host; the port, bind address and data directory are appended to its "$@"."""
         redis = self.compose["services"]["redis"]
-        mounts = {v.split(":")[1]: (ROOT / v.split(":")[0]).resolve() for v in redis["volumes"]}
-        argv = [redis_server_binary(), *(str(mounts.get(a, a)) for a in redis["command"][1:])]
+        command = redis["command"]
+        assert command[:2] == ["sh", "-c"], "the redis command is a script that reads the secret"
+        mounts = {v.split(":")[1]: str((ROOT / v.split(":")[0]).resolve()) for v in redis["volumes"]}
+        mounts.update({f"/run/secrets/{name}": str(self.secret_files[name]) for name in redis["secrets"]})
+        script = command[2].replace("$$", "$")
+        script = script.replace("docker-entrypoint.sh redis-server", shlex.quote(redis_server_binary()))
+        for target in sorted(mounts, key=len, reverse=True):
+            script = script.replace(target, shlex.quote(mounts[target]))
         data = self.dir / "redis-data"  # the named volume; the image's workdir is /data
         data.mkdir()
+        argv = ["sh", "-c", script, *command[3:]]
         argv += ["--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(data)]
         with (self.dir / "redis.log").open("wb") as log:
             self.redis_proc = subprocess.Popen(argv, cwd=data, stdout=log, stderr=subprocess.STDOUT)
@@ -1003,7 +1076,9 @@ class NativeStack:
     def redis(self) -> Any:
         import redis as redis_py
 
-        return redis_py.Redis(port=self.redis_port, decode_responses=True, socket_timeout=5)
+        return redis_py.Redis(
+            port=self.redis_port, password=self.redis_password, decode_responses=True, socket_timeout=5
+        )
 
     def start(self) -> None:
         self.start_redis()
@@ -1139,6 +1214,19 @@ def test_compose_services_start_natively_and_pass_their_healthchecks(stack: Nati
     info = stack.redis().info("persistence")
     assert info["aof_enabled"] == 1, "redis-server runs ops/redis.conf"
     assert stack.redis().config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+
+
+def test_redis_refuses_clients_without_the_password_and_no_process_logs_it(stack: NativeStack) -> None:
+    import redis as redis_py
+
+    with pytest.raises(redis_py.AuthenticationError):
+        redis_py.Redis(port=stack.redis_port, socket_timeout=5).ping()
+    assert stack.redis().ping(), "the password from the secret file is Redis's requirepass"
+    clients = stack.redis().client_list()
+    assert len(clients) > len(stack.procs), "every fleet process is connected, so it authenticated"
+    for proc in stack.procs:
+        assert stack.redis_password not in proc.text(), f"{proc.service} logged the Redis password"
+        assert "REDIS_URL" in proc.env and "@" not in proc.env["REDIS_URL"]
 
 
 def test_runs_submitted_through_the_compose_api_finish_on_both_worker_replicas(stack: NativeStack) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import ConfigError, load_settings, parse_tenant_keys
+from worker.settings import ConfigError, load_settings, masked_url, parse_tenant_keys
 
 SAFE_DEFAULT = """\
 runtime:
@@ -86,6 +86,7 @@ def test_environment_beats_yaml_beats_defaults(tmp_path: Path, monkeypatch: pyte
         ({}, "tools: [oops\n", "FLEET_CONFIG"),
         ({"FLEET_API_PORT": "http"}, None, "api_port"),
         ({"FLEET_LOG_LEVEL": "LOUD"}, None, "log_level"),
+        ({"FLEET_LOG_FORMAT": "xml"}, None, "log_format"),
     ],
 )
 def test_a_bad_setting_is_an_error_that_names_it(
@@ -148,3 +149,64 @@ def test_one_api_key_for_two_tenants_is_refused_by_position_not_value(
         load_settings().tenant_keys()
     assert "FLEET_API_KEYS_FILE: entry 2 repeats the key of entry 1" in str(from_file.value)
     assert "shared-key-123" not in str(from_file.value)
+
+
+# -- the Redis password -----------------------------------------------------------------------
+
+
+def test_the_redis_password_comes_from_its_file_into_the_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "redis_password"
+    secret.write_text("pa ss/w@rd:1\n")
+    monkeypatch.setenv("REDIS_URL", "redis://redis:6379/2")
+    monkeypatch.setenv("FLEET_REDIS_PASSWORD_FILE", str(secret))
+
+    s = load_settings()
+
+    assert s.redis_url == "redis://:pa%20ss%2Fw%40rd%3A1@redis:6379/2"
+    assert s.redis_password_source == str(secret)
+    assert masked_url(s.redis_url) == "redis://:***@redis:6379/2"
+
+
+def test_a_password_in_redis_url_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "redis_password"
+    secret.write_text("from-the-file")
+    monkeypatch.setenv("REDIS_URL", "rediss://fleet:from-the-url@redis:6380/0")
+    monkeypatch.setenv("FLEET_REDIS_PASSWORD_FILE", str(secret))
+
+    s = load_settings()
+
+    assert s.redis_url == "rediss://fleet:from-the-url@redis:6380/0"
+    assert s.redis_password_source == "REDIS_URL"
+
+
+def test_a_user_name_in_redis_url_keeps_the_password_from_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "redis_password"
+    secret.write_text("s3cret")
+    monkeypatch.setenv("REDIS_URL", "redis://fleet@redis:6379/0")
+    monkeypatch.setenv("FLEET_REDIS_PASSWORD_FILE", str(secret))
+
+    assert load_settings().redis_url == "redis://fleet:s3cret@redis:6379/0"
+
+
+def test_no_file_and_an_empty_file_mean_no_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().redis_password_source is None  # /run/secrets/redis_password is absent here
+    empty = tmp_path / "redis_password"
+    empty.write_text("\n")
+    monkeypatch.setenv("FLEET_REDIS_PASSWORD_FILE", str(empty))
+
+    s = load_settings()
+
+    assert (s.redis_url, s.redis_password_source) == ("redis://127.0.0.1:6379/0", None)
+
+
+def test_an_unreadable_password_file_is_a_config_error_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEET_REDIS_PASSWORD_FILE", str(tmp_path / "missing"))
+
+    with pytest.raises(ConfigError, match=r"^FLEET_REDIS_PASSWORD_FILE: cannot read .*missing"):
+        load_settings()

@@ -71,16 +71,22 @@ def test_start_leaves_a_missing_an_ended_and_a_leased_run_alone(
     assert r.hget(KEYS.run("leased"), "attempts") == "1"  # a refused delivery is no attempt
 
 
-def test_start_reads_the_runs_switches_and_cancel_flag_in_the_guards_order(
+def test_start_reads_the_runs_switches_and_cancel_flag_as_the_guard_does(
     store: RunStore, r: fakeredis.FakeRedis
 ) -> None:
     new_run(store)
+    assert store.start("r1", "host:1:a").checks == (None, None)
     r.set(KEYS.kill_agent("scripted"), "agent paused")
     r.set(KEYS.run_cancel("r1"), "cancelled by request")
     started = store.start("r1", "host:1:a")
-    assert started.checks == (None, None, "agent paused", "cancelled by request")
+    assert started.checks == ("agent paused", "cancelled by request")
+    r.set(KEYS.kill_tenant("t1"), "")  # an empty value is on too, and comes before the agent's
+    assert store.start("r1", "host:1:a").checks == ("kill switch on", "cancelled by request")
     guard = RunGuard(r, KEYS, run_id="r1", tenant="t1", agent="scripted", deadline_ts=1e12)
-    assert tuple(r.mget(guard._keys)) == started.checks
+    for prefetched in (store.start("r1", "host:1:a").checks, None):
+        with pytest.raises(RunStopped) as stop:
+            guard.check(prefetched)
+        assert (stop.value.stop_reason, stop.value.message) == ("killed", "kill switch on")
 
 
 def test_start_adds_the_deadline_and_finish_removes_it_and_releases_the_lease(

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import tests.plugins  # noqa: F401  (registers `test.write` in this process, for ToolExecutor)
 from tests.harness import KEY_T1, ROOT, CountingServer, Fleet, Proc, RedisServer, wait_for
 from worker.keys import Keys
+from worker.runs import Budgets, RunStore
 from worker.settings import Settings
 from worker.toolexec import ToolExecutor
 from worker.tools import tool
@@ -522,11 +523,22 @@ def test_non_idempotent_write_never_runs_twice_while_agent_children_and_tool_wor
             assert fleet.r.hget(f"fleet:call:{call_id}:exec", "claimed_by"), call_id
 
 
+def queued_run(fleet: Fleet) -> str:
+    """A run record for calls made straight to ToolExecutor (a tool worker refuses calls of a run
+    that does not exist)."""
+    run_id = f"wg-{uuid.uuid4().hex}"
+    budgets = Budgets(max_steps=5, max_tool_calls=5, max_seconds=30)
+    RunStore(fleet.r, Keys("fleet")).create(
+        run_id, tenant="t1", agent="scripted", input={}, budgets=budgets, metadata={}
+    )
+    return run_id
+
+
 def test_tool_executor_returns_a_recorded_write_and_refuses_a_claimed_one(fleet: Fleet) -> None:
     """The claim logic of the tool worker, against the fleet's Redis (same keys, same script)."""
     settings = Settings(tools={"http": {"allow_hosts": ["127.0.0.1"]}})
     executor = ToolExecutor(fleet.r, Keys("fleet"), settings)
-    call_id = f"wg-{uuid.uuid4().hex}:1:0"
+    call_id = f"{queued_run(fleet)}:1:0"
 
     first = executor.execute(call_id, 0, "test.write", {"n": 1}, 3.0)[0]
     assert first == {"ok": True, "result": {"written": {"n": 1}, "call_id": call_id}}
@@ -534,7 +546,7 @@ def test_tool_executor_returns_a_recorded_write_and_refuses_a_claimed_one(fleet:
     again = executor.execute(call_id, 1, "test.write", {"n": 2}, 3.0)[0]
     assert again == first
 
-    claimed = f"wg-{uuid.uuid4().hex}:1:0"
+    claimed = f"{queued_run(fleet)}:1:0"
     fleet.r.hset(f"fleet:call:{claimed}:exec", "claimed_by", "attempt 0")  # a worker died mid-write
     refused = executor.execute(claimed, 1, "test.write", {"n": 3}, 3.0)[0]
     assert refused["ok"] is False and refused["error"]["type"] == "tool_error"
@@ -547,7 +559,7 @@ def test_tool_executor_reruns_a_claimed_idempotent_write_with_the_same_key(fleet
     try:
         settings = Settings(tools={"http": {"allow_hosts": ["127.0.0.1"]}})
         executor = ToolExecutor(fleet.r, Keys("fleet"), settings)
-        call_id = f"wg-{uuid.uuid4().hex}:2:0"
+        call_id = f"{queued_run(fleet)}:2:0"
         fleet.r.hset(f"fleet:call:{call_id}:exec", "claimed_by", "attempt 0")
         args = {"url": server.url(), "json": {"amount": 1}}
         result = executor.execute(call_id, 1, "http.post", args, 3.0)[0]
@@ -567,7 +579,7 @@ def test_tool_executor_sends_the_retry_of_an_idempotent_write_whose_attempt_time
     try:
         settings = Settings(tools={"http": {"allow_hosts": ["127.0.0.1"]}})
         executor = ToolExecutor(fleet.r, Keys("fleet"), settings)
-        call_id = f"wg-{uuid.uuid4().hex}:3:0"
+        call_id = f"{queued_run(fleet)}:3:0"
         args = {"url": server.url(), "json": {"amount": 1}}
         first = executor.execute(call_id, 0, "http.post", args, 0.5)[0]
         assert first["ok"] is False and first["error"]["type"] == "timeout", first

@@ -5,7 +5,8 @@ Each concern keeps its Lua in its own module (killswitch order, policy.py, budge
 retrybudget.py, ratelimit.py, breaker.py); this script runs those functions in the gateway's
 order, atomically, so a call costs one round trip before it is sent instead of one per check:
 
-1. the run's switches and cancel flag (the run stops), then the tool's switches (`killed`)
+1. the run's switches and cancel flag (the run stops), then the tool's switches (`killed`);
+   at every stage, so a retry or a send after a rate-limit wait is refused like a first attempt
 2. the fleet's allowlist (decided in Python, passed in), then the agent's `allowed_tools`
 3. an unknown tool or bad arguments (decided in Python, passed in)
 4. the agent's quotas, reserved once per call id
@@ -18,8 +19,8 @@ order, atomically, so a call costs one round trip before it is sent instead of o
 After the attempt, `Admitter.settle` reports its outcome to the breaker and, when the call is
 over, records its result (a resumed run replays it) and counts it in the tools' stats.
 
-`stage` picks the part to run: `admit` (all, for a call's first attempt), `retry` (7, for a retry)
-or `go` (7 without the rate limits, after waiting for a reserved slot).
+`stage` picks the part to run: `admit` (all, for a call's first attempt), `retry` (1 and 7, for a
+retry) or `go` (1 and 7 without the rate limits, after waiting for a reserved slot).
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ import redis
 
 from worker.breaker import LUA_ALLOW, LUA_RECORD, BreakerPolicy
 from worker.budget import LUA_RESERVE as LUA_BUDGET
+from worker.killswitch import LUA_KILL_REASON
 from worker.policy import LUA_POLICY, LUA_REFUND, LUA_RESERVE
 from worker.ratelimit import LUA_GCRA, LUA_NOW, Rate
 from worker.retrybudget import LUA_SPEND, RetryPolicy
 
 # KEYS: 1-3 the run's switches (all, tenant, agent), 4 the run's cancel flag, 5-6 the tool's
-# switches (tool, writes), 7 the agent's policy, 8-10 its quota keys (actions, today's spend, the
-# call's decision), 11 the run's hash, 12 the call's hash, 13 the tool's retry budget, 14 its breaker,
-# 15 the tools' stats hash, 16.. one rate-limit key per limit.
+# switches (killswitch.tool_switch_keys with writes: tool, writes; 6 is read only for a tool that
+# writes), 7 the agent's policy, 8-10 its quota keys (actions, today's spend, the call's decision),
+# 11 the run's hash, 12 the call's hash, 13 the tool's retry budget, 14 its breaker, 15 the tools'
+# stats hash, 16.. one rate-limit key per limit.
 # ARGV: 1 stage, 2 the Python verdict ('', 'allowlist', 'unknown', 'invalid'), 3 tool, 4 writes
 # (1/0), 5 call id, 6 cost (micro-USD), 7 max tool calls, 8 the call record's TTL, 9 the decision
 # TTL, 10-12 retry budget (ratio, min retries, window ms), 13-14 breaker (cooldown ms, probe ms),
@@ -53,17 +56,18 @@ local now_int = math.floor(now)
 local function answer(verdict, d1, d2, quota, max_a, max_s, used)
   return {verdict, quota or '', max_a or -1, max_s or -1, used or 0, d1 or '', d2 or ''}
 end
-local run = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-for i = 1, 3 do
-  if run[i] then return answer('stop', 'killed', run[i]) end
-end
-if run[4] then return answer('stop', 'cancelled', run[4]) end
+local run_switch = kill_reason({KEYS[1], KEYS[2], KEYS[3]})
+if run_switch then return answer('stop', 'killed', run_switch) end
+local cancel = redis.call('GET', KEYS[4])
+if cancel then return answer('stop', 'cancelled', cancel) end
+-- every stage: a switch flipped while the call backed off or waited for a slot refuses it
+local tool_switches = {KEYS[5]}
+if ARGV[4] == '1' then tool_switches[2] = KEYS[6] end
+local tool_switch = kill_reason(tool_switches)
+if tool_switch then return answer('killed', tool_switch) end
 
 local quota, max_a, max_s, used = '', -1, -1, 0
 if stage == 'admit' then
-  local tool_switch = redis.call('GET', KEYS[5])
-  if not tool_switch and ARGV[4] == '1' then tool_switch = redis.call('GET', KEYS[6]) end
-  if tool_switch then return answer('killed', tool_switch) end
   if ARGV[2] == 'allowlist' then return answer('denied', 'allowlist') end
   local tools
   tools, max_a, max_s = policy_read(KEYS[7])
@@ -107,7 +111,16 @@ return answer('go', '', '', quota, max_a, max_s, used)
 """
 
 SCRIPT = (
-    LUA_NOW + LUA_POLICY + LUA_RESERVE + LUA_REFUND + LUA_BUDGET + LUA_SPEND + LUA_GCRA + LUA_ALLOW + _BODY
+    LUA_KILL_REASON
+    + LUA_NOW
+    + LUA_POLICY
+    + LUA_RESERVE
+    + LUA_REFUND
+    + LUA_BUDGET
+    + LUA_SPEND
+    + LUA_GCRA
+    + LUA_ALLOW
+    + _BODY
 )
 
 # settle(call_key, breaker_key, stats_key, guard_attempt, ok, threshold, rate, min_calls, window_ms,

@@ -6,15 +6,24 @@ send runs by name. Workers load `worker.tasks` through `include`.
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from typing import Any
 
 import celery as celery_pkg
 from celery import Celery, signals
+from celery.exceptions import SecurityWarning
 from kombu import Exchange, Queue
 
 from worker.keys import AGENT_QUEUE, TOOL_QUEUE
-from worker.settings import Settings, get_settings
+from worker.settings import DEV_STACK_ENV, Settings, get_settings
+
+if os.environ.get(DEV_STACK_ENV) == "1":
+    # `fleet up` runs as whoever started it, root on a dev VM included; the warning that a worker
+    # runs as the superuser is nothing a user of a one-machine dev stack can act on. Containers
+    # run the workers as uid 10001 and never see it.
+    warnings.filterwarnings("ignore", category=SecurityWarning)
 
 RUN_TASK = "fleet.run_agent"
 TOOL_TASK = "fleet.tool_call"
@@ -107,6 +116,9 @@ def _logging(**_: Any) -> None:
     from worker.telemetry import setup_logging
 
     setup_logging(get_settings())
+    if os.environ.get(DEV_STACK_ENV) == "1":
+        # "Events of group {task} enabled by remote": Flower turning task events on, once per worker
+        logging.getLogger("celery.worker.control").setLevel(logging.WARNING)
     if _quiet_tasks:
         # Celery's `Task … received` / `… succeeded` lines, two per tool call (failures still log)
         for name in ("celery.worker.strategy", "celery.app.trace"):

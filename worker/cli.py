@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from worker.logs import PROCESS_ENV
 from worker.settings import ConfigError, Settings, load_settings
 
 USAGE_ERROR = 2
@@ -22,20 +23,35 @@ def _settings() -> Settings:
         settings = load_settings()
         settings.tenant_keys()  # a bad key list stops every process, not only the API
         settings.admin_key_set()
-        if "llm" in settings.agents:
-            from pydantic import ValidationError
-
-            from worker.llmconfig import llm_config
-
-            try:
-                llm_config(settings)
-            except (ValidationError, ValueError) as exc:
-                lines = str(exc).splitlines()
-                raise ConfigError(f"agents.llm: {' '.join(lines[:3])}") from None
+        _check_agents(settings)
         return settings
     except ConfigError as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
+
+
+def _check_agents(settings: Settings) -> None:
+    """Every agent's rollout keys, and the `llm` agent's settings in each of its versions."""
+    from pydantic import ValidationError
+
+    from worker.llmconfig import config_from
+    from worker.rollout import CANARY, STABLE, check_rollout_config, has_versions, version_config
+
+    for agent, config in settings.agents.items():
+        try:
+            check_rollout_config(agent, dict(config))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if "llm" not in settings.agents:
+        return
+    config = dict(settings.agents["llm"])
+    for version in (STABLE, CANARY) if has_versions(config) else (None,):
+        where = f"agents.llm.versions.{version}" if version else "agents.llm"
+        try:
+            config_from(version_config(config, version))
+        except (ValidationError, ValueError) as exc:
+            lines = str(exc).splitlines()
+            raise ConfigError(f"{where}: {' '.join(lines[:3])}") from None
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -81,8 +97,19 @@ def celery_worker_argv(
     return argv + list(passthrough)
 
 
+def _check_redis_password(settings: Settings) -> None:
+    """Stop a server process at start when Redis refuses its password: that never heals by waiting."""
+    from worker.redis_conn import password_problem
+
+    problem = password_problem(settings)
+    if problem:
+        print(f"fleet: {problem}", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings()  # before importing the app, which loads settings at import
+    _check_redis_password(settings)
 
     import uvicorn
 
@@ -112,6 +139,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace, passthrough: list[str]) -> int:
     settings = _settings()
+    _check_redis_password(settings)
     if args.command == "worker":
         argv = celery_worker_argv("agent", passthrough, settings.log_level)
     else:
@@ -128,6 +156,7 @@ def flower_password(settings: Settings) -> str | None:
 
 def cmd_flower(args: argparse.Namespace, passthrough: list[str]) -> int:
     settings = _settings()
+    _check_redis_password(settings)
     password = flower_password(settings)
     if not password:
         print(
@@ -288,14 +317,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def mask_url(url: str) -> str:
     """A URL with any password replaced by ***."""
-    from urllib.parse import urlsplit, urlunsplit
+    from worker.settings import masked_url
 
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:" if parts.username else ":"
-    return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+    return masked_url(url)
 
 
 # -- submitting -----------------------------------------------------------------------------------
@@ -403,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="the whole stack on this machine, in the foreground")
     up.add_argument("--no-flower", action="store_true", help="do not start Flower")
     up.add_argument("--concurrency", type=int, default=4, help="agent worker processes (default 4)")
+    up.add_argument(
+        "--ready-timeout", type=float, default=60.0, help="seconds the stack gets to come up (default 60)"
+    )
 
     api = sub.add_parser("api", help="the HTTP API (uvicorn)")
     api.add_argument("--host", default=None)
@@ -457,11 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PASSTHROUGH = {"worker", "tool-worker", "flower"}
+# The kind of process each command runs, on every log line it writes (worker.logs.PROCESS_ENV).
+PROCESS_KINDS = {"api": "api", "worker": "agent", "tool-worker": "tool", "flower": "flower", "up": "up"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if argv and argv[0] in PROCESS_KINDS:
+        os.environ[PROCESS_ENV] = PROCESS_KINDS[argv[0]]
     if argv and argv[0] in PASSTHROUGH:
         args = parser.parse_args(argv[:1])
         rest = argv[1:]
@@ -472,7 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from worker.up import run_up
 
-        return run_up(_settings(), concurrency=args.concurrency, flower=not args.no_flower)
+        return run_up(
+            _settings(),
+            concurrency=args.concurrency,
+            flower=not args.no_flower,
+            ready_timeout_s=args.ready_timeout,
+        )
     handlers = {
         "api": cmd_api,
         "kill": cmd_kill,

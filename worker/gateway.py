@@ -1,6 +1,7 @@
 """The tool gateway, on the agent's side: every tool call of a run passes here, in this order:
 
-1. kill switches (`kill:tool:<tool>`, and `kill:writes` for a tool that writes) -> `killed`
+1. kill switches (`kill:tool:<tool>`, and `kill:writes` for a tool that writes) -> `killed`;
+   again before every attempt (retry, send after a rate-limit wait), and on the tool worker
 2. allowlist: the fleet's (deny by default), then the agent's policy `allowed_tools` -> `denied`
 3. argument schema -> `invalid_args`, before any I/O
 4. the agent's quotas (actions per hour, spend per day), reserved atomically -> `denied`
@@ -19,7 +20,7 @@ Steps 1-6 (and the per-attempt checks of 6) run in one Lua script, worker/admit.
 costs one round trip before its subtask is sent. After the attempt the tool worker, in the script
 that pushes the reply, reports the outcome to the breaker and records the final result; the run's
 side does that bookkeeping only when the tool did not run or did not answer. Model calls (`llm`
-agent) take the same steps one by one.
+agent) take the same steps one by one, with the model's switches checked before every attempt.
 """
 
 from __future__ import annotations
@@ -216,20 +217,21 @@ class ToolGateway:
         self.budget.used = answer.used
         result = self._tool_attempts(call_id, spec, args, keys, answer)
         decision_dict = quota.to_dict()
-        if not result.get("ok") and (result.get("error") or {}).get("type") in (
-            "rate_limited",
-            "circuit_open",
-        ):
-            decision_dict = {**decision_dict, "decision": "denied", "reason": result["error"]["message"]}
+        kind = None if result.get("ok") else (result.get("error") or {}).get("type")
+        if kind in ("rate_limited", "circuit_open", "killed"):
+            reason = result["error"]["message"]
+            reason = f"kill switch: {reason}" if kind == "killed" else reason
+            decision_dict = {**decision_dict, "decision": "denied", "reason": reason}
         return CallOutcome(result, decision_dict)
 
     def _call_keys(self, call_id: str, tool: str) -> CallKeys:
         *run_switches, cancel = self.guard.switch_keys
+        tool_switch, writes_switch = killswitch.tool_switch_keys(self.keys, tool, writes=True)
         return CallKeys(
             run_switches=run_switches,
             cancel=cancel,
-            tool_switch=self.keys.kill_tool(tool),
-            writes_switch=self.keys.kill_writes(),
+            tool_switch=tool_switch,
+            writes_switch=writes_switch,
             policy=self.keys.policy(self.agent),
             quota=self.controls.policies.quota_keys(self.agent, call_id),
             run=self.budget.run_key,
@@ -281,6 +283,8 @@ class ToolGateway:
         while True:
             if answer.verdict == "stop":
                 raise self.guard.stop(answer.detail, answer.detail2)
+            if answer.verdict == "killed":  # flipped while this call backed off or waited
+                return self._record(keys, spec.name, error_result("killed", answer.detail))
             if answer.verdict == "wait":
                 rate = ", ".join(limit.rate for limit in self._tool_limits(spec))
                 log.info("rate-limit wait", tool=spec.name, wait_ms=round(answer.wait_s * 1000), rate=rate)
@@ -368,8 +372,7 @@ class ToolGateway:
         spend quota, the model's fleet-wide request and token rates, its breaker, retries."""
         spec = get_tool(MODEL_TOOL)
         assert spec is not None
-        switches = [self.keys.kill_tool(MODEL_TOOL), self.keys.kill_tool(f"{MODEL_TOOL}:{model}")]
-        reason = killswitch.first_reason(self.r.mget(switches))
+        reason = killswitch.tool_kill_reason(self.r, self.keys, MODEL_TOOL, writes=False, model=model)
         if reason is not None:
             return _denied("killed", reason, f"kill switch: {reason}")
         policy = self.controls.policies.get(self.agent)
@@ -421,7 +424,8 @@ class ToolGateway:
         limits: list[Limit],
         timeout_s: float,
     ) -> dict[str, Any]:
-        """Attempts of a model call; `scope` names its breaker and retry budget."""
+        """Attempts of a model call; `scope` (`llm:<model>`) names its breaker and retry budget."""
+        model = scope.removeprefix(f"{MODEL_TOOL}:")
         tools = self.settings.tools
         breaker_policy = self.breaker_policy
         self.controls.retry_budget.note_call(scope, self.retry_policy)
@@ -431,6 +435,10 @@ class ToolGateway:
             if refused is not None:
                 return refused
             self.guard.check()
+            # every attempt, right before it is sent: a retry, or a send after a rate-limit wait
+            reason = killswitch.tool_kill_reason(self.r, self.keys, MODEL_TOOL, writes=False, model=model)
+            if reason is not None:
+                return error_result("killed", reason)
             pipe = self.r.pipeline(transaction=True)
             pipe.hset(self.keys.call(call_id), "attempt", attempt)  # earlier attempts are stale now
             pipe.expire(self.keys.call(call_id), self.budget.ttl_s)

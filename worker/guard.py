@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 
 import redis
 
@@ -72,15 +71,18 @@ class RunGuard:
         """The run's switches (all, tenant, agent), then its cancel flag."""
         return list(self._keys)
 
-    def check(self, values: Sequence[str | None] | None = None) -> None:
+    def check(self, prefetched: tuple[str | None, str | None] | None = None) -> None:
         """Raise RunStopped when a switch, a cancel or the deadline says the run must end.
 
-        `values`: the switches (all, tenant, agent) and the cancel flag, already read (by the
-        script that started the run); None reads them now."""
+        `prefetched`: the switches' reason (killswitch.LUA_KILL_REASON) and the cancel flag,
+        already read by the script that started the run; None reads them now (one MGET)."""
         if self.lease_lost is not None and self.lease_lost.is_set():
             raise LeaseLost()
-        *switches, cancel = self.r.mget(self._keys) if values is None else values
-        reason = killswitch.first_reason(switches)
+        if prefetched is None:
+            *switches, cancel = self.r.mget(self._keys)
+            reason = killswitch.first_reason(switches)
+        else:
+            reason, cancel = prefetched
         if reason is not None:
             raise RunStopped(STOPPED, "killed", reason)
         if cancel is not None:
@@ -100,7 +102,7 @@ class RunGuard:
     def stop(kind: str, value: str) -> RunStopped:
         """The RunStopped for a switch (`killed`, its value) or a cancel (`cancelled`) found on."""
         if kind == "killed":
-            return RunStopped(STOPPED, "killed", value or "kill switch on")
+            return RunStopped(STOPPED, "killed", value or killswitch.DEFAULT_REASON)
         return RunStopped(CANCELLED, "cancelled", value)
 
     def sleep(self, seconds: float) -> None:

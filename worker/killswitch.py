@@ -3,6 +3,11 @@
 `fleet:kill:all`, `fleet:kill:tenant:<t>`, `fleet:kill:agent:<a>` stop runs; `fleet:kill:tool:<t>`
 and `fleet:kill:writes` refuse tool calls. The value is the reason shown to users; `DEL` turns a
 switch off and `SET … EX n` makes it expire. One MGET answers every check on a hot path.
+
+The check is defined once, here, twice over: `LUA_KILL_REASON` for the scripts (run creation,
+run start, every admission stage of a tool call) and `first_reason` / `kill_reason` for Python
+(every step, every model attempt, the tool worker right before a tool executes). Both take the
+keys from `run_switch_keys` and `tool_switch_keys`, so every path reads the same switches.
 """
 
 from __future__ import annotations
@@ -29,28 +34,70 @@ def switch_key(keys: Keys, scope: str, name: str | None = None) -> str:
     return {"tenant": keys.kill_tenant, "agent": keys.kill_agent, "tool": keys.kill_tool}[scope](name)
 
 
-def run_switch_keys(keys: Keys, tenant: str, agent: str) -> list[str]:
-    """The switches that stop a run of `agent` for `tenant`, in the order they are reported."""
-    return [keys.kill_all(), keys.kill_tenant(tenant), keys.kill_agent(agent)]
+DEFAULT_REASON = "kill switch on"  # the reason shown for a switch set to an empty value
+
+# The one switch check, in Lua: the reason of the first switch that is on, or false. Scripts pass
+# the switch keys they got in KEYS (run_switch_keys / tool_switch_keys order), never build them.
+# `first_reason` below is the same rule in Python; tests/test_killswitch_units.py holds them equal.
+LUA_KILL_REASON = """
+local function kill_reason(switch_keys)
+  if #switch_keys == 0 then return false end
+  local values = redis.call('MGET', unpack(switch_keys))
+  for i = 1, #switch_keys do
+    local value = values[i]
+    if value then
+      if value == '' then return 'kill switch on' end
+      return value
+    end
+  end
+  return false
+end
+"""
 
 
 def first_reason(values: Sequence[bytes | str | None]) -> str | None:
-    """The reason of the first switch that is on, or None when all are off."""
+    """The reason of the first switch that is on, or None when all are off (the Python side of
+    LUA_KILL_REASON, for values read with one MGET of the same keys)."""
     for value in values:
         if value is not None:
             text = value.decode(errors="replace") if isinstance(value, bytes) else value
-            return text or "kill switch on"
+            return text or DEFAULT_REASON
     return None
+
+
+def run_switch_keys(keys: Keys, tenant: str, agent: str) -> list[str]:
+    """The switches that stop a run of `agent` for `tenant` (and refuse its submission), in the
+    order they are reported: all, tenant, agent."""
+    return [keys.kill_all(), keys.kill_tenant(tenant), keys.kill_agent(agent)]
+
+
+def tool_switch_keys(keys: Keys, tool: str, *, writes: bool, model: str | None = None) -> list[str]:
+    """The switches that refuse a call of `tool`, in the order they are reported: the tool's own,
+    then for a model call (`tool` = llm) the model's (`llm:<model>`), then `writes` for a tool
+    that writes."""
+    found = [keys.kill_tool(tool)]
+    if model:
+        found.append(keys.kill_tool(f"{tool}:{model}"))
+    if writes:
+        found.append(keys.kill_writes())
+    return found
+
+
+def kill_reason(r: redis.Redis, switch_keys: Sequence[str]) -> str | None:
+    """Why the switches in `switch_keys` refuse: one MGET, then `first_reason`."""
+    return first_reason(r.mget(switch_keys)) if switch_keys else None
 
 
 def run_kill_reason(r: redis.Redis, keys: Keys, tenant: str, agent: str) -> str | None:
     """Why runs of this tenant and agent may not go on, or None."""
-    return first_reason(r.mget(run_switch_keys(keys, tenant, agent)))
+    return kill_reason(r, run_switch_keys(keys, tenant, agent))
 
 
-def tool_switch_keys(keys: Keys, tool: str, writes: bool) -> list[str]:
-    """The switches that refuse a call of `tool`."""
-    return [keys.kill_tool(tool), keys.kill_writes()] if writes else [keys.kill_tool(tool)]
+def tool_kill_reason(
+    r: redis.Redis, keys: Keys, tool: str, *, writes: bool, model: str | None = None
+) -> str | None:
+    """Why a call of `tool` (of `model`, for a model call) is refused, or None."""
+    return kill_reason(r, tool_switch_keys(keys, tool, writes=writes, model=model))
 
 
 def kill(r: redis.Redis, keys: Keys, scope: str, name: str | None, reason: str, ttl_s: int | None) -> str:

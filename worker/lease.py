@@ -46,19 +46,31 @@ redis.call('ZREM', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS[1] = the leases zset; ARGV[1] = the run-key prefix; returns the run ids this call claimed.
+# The runs whose lease expiry (by Redis' clock) has passed. KEYS[1] = the leases zset.
+_DUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
+"""
+
+# Claims the runs among _DUE's answer whose lease is gone; returns the run ids this call claimed.
+# KEYS: the leases zset, then each candidate's lease. ARGV: the claim's length (ms), then the
+# candidates' run ids, in KEYS order.
 _REAP = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
 local claimed = {}
-for _, run_id in ipairs(due) do
-  local ttl = redis.call('PTTL', ARGV[1] .. run_id .. ':lease')
-  if ttl > 0 then
-    redis.call('ZADD', KEYS[1], now + ttl, run_id)
-  else
-    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), run_id)
-    table.insert(claimed, run_id)
+for i = 2, #KEYS do
+  local run_id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], run_id)
+  if score and tonumber(score) <= now then
+    local ttl = redis.call('PTTL', KEYS[i])
+    if ttl > 0 then
+      redis.call('ZADD', KEYS[1], now + ttl, run_id)
+    else
+      redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), run_id)
+      table.insert(claimed, run_id)
+    end
   end
 end
 return claimed
@@ -103,6 +115,7 @@ class Leases:
         self.ttl_ms = int(ttl_s * 1000)
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
+        self._due = r.register_script(_DUE)
         self._reap = r.register_script(_REAP)
 
     def renew(self, run_id: str, token: str) -> bool:
@@ -114,7 +127,13 @@ class Leases:
 
     def reap(self) -> list[str]:
         """Claim the runs whose lease expired; the caller requeues them."""
-        claimed = self._reap(keys=[self.keys.leases()], args=[self.keys.run(""), int(REAP_CLAIM_S * 1000)])
+        due = [str(run_id) for run_id in self._due(keys=[self.keys.leases()])]
+        if not due:
+            return []
+        claimed = self._reap(
+            keys=[self.keys.leases(), *(self.keys.run_lease(run_id) for run_id in due)],
+            args=[int(REAP_CLAIM_S * 1000), *due],
+        )
         return [str(run_id) for run_id in claimed]
 
     def forget(self, run_id: str) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from worker.rollout import ROLLOUT_KEYS
 from worker.settings import Settings
 from worker.spend import Prices
 
@@ -42,8 +43,7 @@ class LlmConfig(BaseModel):
 
 def config_from(agent_config: dict[str, Any]) -> LlmConfig:
     """LlmConfig from the `agents.llm` mapping; a bad value is a ValueError naming the key."""
-    data = dict(agent_config)
-    data.pop("versions", None)
+    data = {k: v for k, v in agent_config.items() if k not in ROLLOUT_KEYS}
     if os.environ.get("OPENAI_BASE_URL"):
         data["base_url"] = os.environ["OPENAI_BASE_URL"]
     return LlmConfig.model_validate(data)

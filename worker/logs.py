@@ -1,10 +1,11 @@
 """Structured logs: one event per line on a stream, built by a chain of small structlog processors.
 
-Chain: contextvars (run_id, tenant, agent, trace_id bound per task) -> every run field (null when
-unbound) -> level -> UTC ISO timestamp -> exception text -> member bound -> redaction -> line cap
--> JSON (a console renderer instead on a terminal). The stdlib `logging` (Celery, uvicorn) goes
-through the same chain via a handler on the root logger, so in JSON mode every line is one JSON
-object of at most `max_line_bytes` bytes, and the work per line is bounded whatever is logged.
+Chain: contextvars (run_id, tenant, agent, trace_id bound per task) -> the process's kind -> fields
+that are null left out -> level -> UTC ISO timestamp -> exception text -> member bound -> redaction
+-> line cap -> a renderer: JSON lines, or console lines (time, level, process, event, the fields
+that are set) for a person at a terminal. The stdlib `logging` (Celery, uvicorn) goes through the
+same chain via a handler on the root logger, so every line of either format is redacted and capped
+the same way, and in JSON mode every line is one JSON object of at most `max_line_bytes` bytes.
 
 `sampled` decides per run whether its tool results and model messages are logged; `cap_bytes`
 bounds such a value before it is logged.
@@ -15,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -24,10 +26,16 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from worker.redact import MAX_DEPTH, redact
 
 HANDLER_NAME = "fleet-logs"
+# The kind of fleet process (api, agent, tool, flower, up), set by the `fleet` command before it
+# starts or execs the process, and shown on every line.
+PROCESS_ENV = "FLEET_PROCESS"
+LogFormat = Literal["auto", "json", "console"]
 MIN_LINE_BYTES = 1024
 CUT_MARK = "[...]"
 # Ids are never redacted. The line cap may cut kept keys (like any big value) but never drops them.
-STRUCTURAL_KEYS = frozenset({"timestamp", "level", "logger", "run_id", "trace_id", "span_id", "step"})
+STRUCTURAL_KEYS = frozenset(
+    {"timestamp", "level", "logger", "process", "run_id", "trace_id", "span_id", "step"}
+)
 RUN_FIELDS = (
     "run_id",
     "trace_id",
@@ -149,11 +157,19 @@ def sampled(run_id: str, rate: float) -> bool:
     return int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16) / 2**32 < rate
 
 
-def add_run_fields(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    """Processor: every line carries every run field, null when it does not apply."""
-    for key in RUN_FIELDS:
-        event_dict.setdefault(key, None)
-    return event_dict
+def drop_nulls(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Processor: no field whose value is null; a line carries only what is set."""
+    return {k: v for k, v in event_dict.items() if v is not None}
+
+
+def add_process(process: str) -> Processor:
+    """Processor: the kind of fleet process that wrote the line (`api`, `agent`, `tool`, ...)."""
+
+    def processor(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        event_dict.setdefault("process", process)
+        return event_dict
+
+    return processor
 
 
 def bound_event(max_line_bytes: int) -> Processor:
@@ -208,31 +224,112 @@ def render_json(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> 
     return _dumps({**head, **event_dict})
 
 
+_RESET, _DIM, _BRIGHT, _BLUE, _CYAN, _MAGENTA = (
+    "\x1b[0m",
+    "\x1b[2m",
+    "\x1b[1m",
+    "\x1b[34m",
+    "\x1b[36m",
+    "\x1b[35m",
+)
+_LEVEL_STYLES = {
+    "critical": "\x1b[31;1m",
+    "exception": "\x1b[31m",
+    "error": "\x1b[31m",
+    "warning": "\x1b[33m",
+    "info": "\x1b[32m",
+    "debug": "\x1b[34m",
+    "notset": "",
+}
+
+
+def _short_time(value: object) -> str:
+    """`2026-12-02T09:14:39.123456Z` as `09:14:39.123`: a console line is read the same day."""
+    text = str(value)
+    return text[11:23] if len(text) >= 23 and text[10] == "T" else text
+
+
+def console_renderer(colors: bool) -> structlog.dev.ConsoleRenderer:
+    """Console lines for a person: `time [level] process event key=value ...`, fields sorted."""
+    dev = structlog.dev
+
+    def style(code: str) -> str:
+        return code if colors else ""
+
+    def column(key: str, value_style: str, width: int = 0, repr_: Any = str) -> Any:
+        return dev.Column(
+            key,
+            dev.KeyValueColumnFormatter(
+                key_style=None,
+                value_style=style(value_style),
+                reset_style=style(_RESET),
+                value_repr=repr_,
+                width=width,
+            ),
+        )
+
+    def value_repr(value: object) -> str:
+        return value if isinstance(value, str) and value and " " not in value else _dumps(value)
+
+    return dev.ConsoleRenderer(
+        columns=[
+            column("timestamp", _DIM, repr_=_short_time),
+            dev.Column(
+                "level",
+                dev.LogLevelColumnFormatter(
+                    {k: style(v) for k, v in _LEVEL_STYLES.items()} if colors else {}, style(_RESET)
+                ),
+            ),
+            column("process", _BLUE, width=6),
+            column("event", _BRIGHT, width=28),
+            dev.Column(
+                "",
+                dev.KeyValueColumnFormatter(
+                    key_style=style(_CYAN),
+                    value_style=style(_MAGENTA),
+                    reset_style=style(_RESET),
+                    value_repr=value_repr,
+                ),
+            ),
+        ],
+        # The exception is already text (format_exc_info), redacted and capped like every field;
+        # a traceback formatter of the renderer's own would show local variables.
+        exception_formatter=dev.plain_traceback,
+    )
+
+
 def configure_logging(
     level: str,
     *,
+    log_format: LogFormat = "auto",
     json: bool | None = None,
     redaction: bool = True,
     max_line_bytes: int = 8192,
     stream: TextIO | None = None,
+    process: str | None = None,
 ) -> None:
     """Send structlog and stdlib logging from this process to `stream` (stdout) through one chain.
 
     `level` is a logging level name (DEBUG is the "full trace" mode: still redacted and capped).
-    `json=None` means JSON unless `stream` is a terminal. `redaction=False` logs a warning.
-    Calling it again replaces the previous configuration.
+    `log_format` is `json`, `console` or `auto` (console lines on a terminal, JSON otherwise);
+    `json=True/False` overrides it. `process` (default: $FLEET_PROCESS) names the process on every
+    line. `redaction=False` logs a warning. Calling it again replaces the previous configuration.
     """
     out = sys.stdout if stream is None else stream
     number = logging.getLevelNamesMapping().get(level.upper())
     if number is None:
         raise ValueError(f"FLEET_LOG_LEVEL: unknown log level {level!r}")
+    if log_format not in ("auto", "json", "console"):
+        raise ValueError(f"FLEET_LOG_FORMAT: use auto, json or console, not {log_format!r}")
     if max_line_bytes < MIN_LINE_BYTES:
         raise ValueError(f"max_line_bytes must be at least {MIN_LINE_BYTES}, got {max_line_bytes}")
     tty = bool(getattr(out, "isatty", lambda: False)())
-    as_json = not tty if json is None else json
+    as_json = (log_format == "json" or (log_format == "auto" and not tty)) if json is None else json
+    process = process or os.environ.get(PROCESS_ENV) or None
     chain: list[Processor] = [
         structlog.contextvars.merge_contextvars,
-        add_run_fields,
+        *([add_process(process)] if process else []),
+        drop_nulls,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
@@ -241,7 +338,7 @@ def configure_logging(
         *([redact_event(max_line_bytes)] if redaction else []),
         cap_line(max_line_bytes),
     ]
-    renderer: Processor = render_json if as_json else structlog.dev.ConsoleRenderer(colors=tty)
+    renderer: Processor = render_json if as_json else console_renderer(colors=tty)
     structlog.configure(
         processors=[*chain, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(number),

@@ -125,7 +125,7 @@ def _finish(
 
 
 def _execute(
-    run_id: str, raw: dict[str, str], checks: tuple[str | None, ...], deps: LoopDeps, attempt: _Attempt
+    run_id: str, raw: dict[str, str], checks: tuple[str | None, str | None], deps: LoopDeps, attempt: _Attempt
 ) -> str | None:
     structlog.contextvars.clear_contextvars()  # a prefork child runs many tasks
     structlog.contextvars.bind_contextvars(
@@ -183,7 +183,7 @@ def _steps(
     guard: RunGuard,
     deps: LoopDeps,
     attempt: _Attempt,
-    checks: tuple[str | None, ...],
+    checks: tuple[str | None, str | None],
 ) -> str:
     store = deps.store
     agent_cls = get_agent_class(raw["agent"])
@@ -222,7 +222,7 @@ def _steps(
     last_result: Any = json.loads(raw.get("last_result") or "null")
     input_data: Any = json.loads(raw["input"])
 
-    prefetched: tuple[str | None, ...] | None = checks
+    prefetched: tuple[str | None, str | None] | None = checks
     while True:
         guard.check(prefetched)  # the first check uses the values the start script read
         prefetched = None

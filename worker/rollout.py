@@ -77,6 +77,26 @@ class Window:
         return self.errors / self.ended if self.ended else 0.0
 
 
+# Keys of `agents.<name>` that configure its rollout rather than the agent itself.
+ROLLOUT_KEYS = ("versions", "canary_percent")
+
+
+def check_rollout_config(agent: str, agent_config: dict[str, Any]) -> None:
+    """Raise ValueError naming the key when the agent's rollout keys do not parse."""
+    if "canary_percent" in agent_config:
+        value = agent_config["canary_percent"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+            raise ValueError(f"agents.{agent}.canary_percent: a number from 0 to 100, got {value!r}")
+    versions = agent_config.get("versions")
+    if versions is None:
+        return
+    if not isinstance(versions, dict) or set(versions) != {STABLE, CANARY}:
+        raise ValueError(f"agents.{agent}.versions: a mapping with the keys {STABLE!r} and {CANARY!r} only")
+    for name, settings in versions.items():
+        if not isinstance(settings, dict):
+            raise ValueError(f"agents.{agent}.versions.{name}: a mapping of the agent's settings")
+
+
 def has_versions(agent_config: dict[str, Any]) -> bool:
     versions = agent_config.get("versions")
     return isinstance(versions, dict) and STABLE in versions and CANARY in versions
@@ -84,7 +104,7 @@ def has_versions(agent_config: dict[str, Any]) -> bool:
 
 def version_config(agent_config: dict[str, Any], version: str | None) -> dict[str, Any]:
     """The agent's settings for `version`: its own settings over the agent's common ones."""
-    base = {k: v for k, v in agent_config.items() if k not in ("versions", "canary_percent")}
+    base = {k: v for k, v in agent_config.items() if k not in ROLLOUT_KEYS}
     if version is None or not has_versions(agent_config):
         return base
     return {**base, **agent_config["versions"].get(version, {})}

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from worker.keys import Keys
+from worker.killswitch import LUA_KILL_REASON, run_switch_keys
 from worker.lease import LEASE_TTL_S, holder_is_dead
 
 QUEUED, RUNNING = "queued", "running"
@@ -66,11 +67,11 @@ def _finite(value: str | None) -> float | None:
 # submission. ARGV: ttl, max_queued (-1: no limit), max queued per tenant (-1: no limit), the
 # tenant, the run's queued-runs member, the created_ts before which a member's run has expired,
 # then the run's fields as name, value, ...
-_CREATE = """
-for i = 4, #KEYS do
-  local reason = redis.call('GET', KEYS[i])
-  if reason then return {'killed', reason} end
-end
+_CREATE = (
+    LUA_KILL_REASON
+    + """
+local reason = kill_reason({unpack(KEYS, 4)})
+if reason then return {'killed', reason} end
 if tonumber(ARGV[2]) >= 0 then
   local depth = redis.call('LLEN', KEYS[2])
   if depth >= tonumber(ARGV[2]) then return {'queue_full', tostring(depth)} end
@@ -88,15 +89,20 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
 return {'ok', ''}
 """
+)
 
 # KEYS: the run, its lease, the leases zset, the deadlines zset, the run's cancel key, the
-# queued-runs zset. ARGV: now (s), lease token, lease ttl (ms), run id, the dead holder this
-# attempt takes over ('' for none), then the kill-switch keys of all runs, and the prefixes of
-# a tenant's and an agent's switch (built by Keys; the script appends the run's tenant and agent).
-_START = """
+# queued-runs zset, then the run's kill switches (killswitch.run_switch_keys of its tenant and
+# agent, which never change). ARGV: now (s), lease token, lease ttl (ms), run id, the dead holder
+# this attempt takes over ('' for none), the tenant and agent the switch keys are for.
+_START = (
+    LUA_KILL_REASON
+    + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing'} end
 if s ~= 'queued' and s ~= 'running' then return {'terminal', s} end
+local owner = redis.call('HMGET', KEYS[1], 'tenant', 'agent')
+if owner[1] ~= ARGV[6] or owner[2] ~= ARGV[7] then return {'missing'} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[2] and holder ~= ARGV[5] then return {'leased', holder} end
 local t = redis.call('TIME')
@@ -110,15 +116,14 @@ redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 local raw = redis.call('HGETALL', KEYS[1])
 local run = {}
 for i = 1, #raw, 2 do run[raw[i]] = raw[i + 1] end
-if s == 'queued' and run['tenant'] and run['created_ts'] then
-  redis.call('ZREM', KEYS[6], run['tenant'] .. '|' .. run['created_ts'] .. '|' .. ARGV[4])
+if s == 'queued' then
+  redis.call('ZREM', KEYS[6], run['tenant'] .. '|' .. (run['created_ts'] or '') .. '|' .. ARGV[4])
 end
-local started, budgets, tenant, agent = run['started_ts'], run['budgets'], run['tenant'], run['agent']
-local deadline = tonumber(started) + tonumber(cjson.decode(budgets)['max_seconds'])
+local deadline = tonumber(run['started_ts']) + tonumber(cjson.decode(run['budgets'])['max_seconds'])
 redis.call('ZADD', KEYS[4], string.format('%.6f', deadline), ARGV[4])
-local checks = redis.call('MGET', ARGV[6], ARGV[7] .. tenant, ARGV[8] .. agent, KEYS[5])
-return {'started', raw, checks}
+return {'started', raw, {kill_reason({unpack(KEYS, 7)}), redis.call('GET', KEYS[5])}}
 """
+)
 
 # KEYS: the run, its ended channel, its step log, the run stats, its lease, the leases zset,
 # the deadlines zset, the queued-runs zset. ARGV: status, stop_reason, output, error, now (s),
@@ -158,30 +163,27 @@ return {1, f[5], f[6], started, ARGV[5]}
 """
 
 # Claims runs past their deadline that no live execution holds, for this reaper to end them.
-# KEYS[1] = the deadlines zset. ARGV: now (s), the run-key prefix, the claim's length (s), and
-# optionally one run id with the dead holder of its lease (the reaper saw that process is gone).
+# KEYS: the deadlines zset, then the lease of each candidate run (RunStore.end_overdue read the
+# candidates from the zset just before). ARGV: now (s), the claim's length (s), the dead holder of
+# a lease that this call may take over ('' for none), then the candidates' run ids, in KEYS order.
 # Returns {claimed run ids, {run id, holder, ...} of overdue runs whose lease is held}.
 _OVERDUE = """
 local now = tonumber(ARGV[1])
 local claimed, held = {}, {}
-local due
-if ARGV[4] then due = {ARGV[4]} else
-  due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
-end
-for _, run_id in ipairs(due) do
+for i = 2, #KEYS do
+  local run_id = ARGV[i + 2]
   local score = redis.call('ZSCORE', KEYS[1], run_id)
   if score and tonumber(score) <= now then
-    local lease = ARGV[2] .. run_id .. ':lease'
-    local holder = redis.call('GET', lease)
-    if holder and ARGV[5] and holder == ARGV[5] then
-      redis.call('DEL', lease)
+    local holder = redis.call('GET', KEYS[i])
+    if holder and ARGV[3] ~= '' and holder == ARGV[3] then
+      redis.call('DEL', KEYS[i])
       holder = false
     end
     if holder then
       table.insert(held, run_id)
       table.insert(held, holder)
     else
-      redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[3])), run_id)
+      redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[2])), run_id)
       table.insert(claimed, run_id)
     end
   end
@@ -221,13 +223,13 @@ class AdmissionRefused(Exception):
 class Started:
     """What `RunStore.start` found: `raw` is the run's hash once this attempt started it; a run
     that is missing, has ended (`status`) or is leased by another execution (`holder`) is not
-    started. `checks` are the run's kill switches (all, tenant, agent) and cancel flag, read in the
-    same script, for the loop's first check."""
+    started. `checks` are the reason of the run's kill switches (killswitch.LUA_KILL_REASON) and
+    its cancel flag, read in the same script, for the loop's first check."""
 
     raw: dict[str, str] | None = None
     status: str | None = None
     holder: str | None = None
-    checks: tuple[str | None, ...] = ()
+    checks: tuple[str | None, str | None] = (None, None)
 
 
 # (run_id, status, stop_reason, the ended run's agent, version, started_ts and finished_ts when
@@ -318,8 +320,14 @@ class RunStore:
         `takeover`, a holder known dead), mark a queued run running (keeping the first start
         time), count the attempt, add the run's deadline to the deadlines zset, and read its
         kill switches and cancel flag. A missing or ended run, or one leased by another holder,
-        is left as it is."""
+        is left as it is.
+
+        One more round trip comes first: the run's tenant and agent, which name its switches
+        (a script gets every key it touches in KEYS; the script checks they are still the run's)."""
         keys = self.keys
+        tenant, agent = self.r.hmget(keys.run(run_id), ["tenant", "agent"])
+        if tenant is None or agent is None:
+            return Started()
         verdict, *rest = self._start(
             keys=[
                 keys.run(run_id),
@@ -328,17 +336,9 @@ class RunStore:
                 keys.deadlines(),
                 keys.run_cancel(run_id),
                 keys.queued_runs(),
+                *run_switch_keys(keys, str(tenant), str(agent)),
             ],
-            args=[
-                repr(time.time()),
-                token,
-                self.lease_ttl_ms,
-                run_id,
-                takeover,
-                keys.kill_all(),
-                keys.kill_tenant(""),
-                keys.kill_agent(""),
-            ],
+            args=[repr(time.time()), token, self.lease_ttl_ms, run_id, takeover, tenant, agent],
         )
         if verdict == "terminal":
             return Started(status=str(rest[0]))
@@ -346,9 +346,9 @@ class RunStore:
             return Started(holder=str(rest[0]))
         if verdict != "started":
             return Started()
-        flat, checks = rest
+        flat, (reason, cancel) = rest
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        return Started(raw=raw, status=raw["status"], checks=tuple(checks))
+        return Started(raw=raw, status=raw["status"], checks=(reason, cancel))
 
     def begin_step(self, run_id: str, step: int) -> None:
         """Record that step `step` (1-based) has begun; idempotent, so a resumed step counts once."""
@@ -425,20 +425,25 @@ class RunStore:
         """End, as stopped / max_seconds, every run past its deadline that no live execution
         holds: its lease has expired or its holder is a dead process on this host (a live
         holder's own watchdog ends it). Safe with several reapers at once: each run is claimed by
-        one of them, and ending a run is idempotent. One script call when nothing is due."""
+        one of them, and ending a run is idempotent. One ZRANGEBYSCORE when nothing is due."""
         now = time.time() if now is None else now
-        claimed, held = self._overdue(
-            keys=[self.keys.deadlines()], args=[repr(now), self.keys.run(""), OVERDUE_CLAIM_S]
-        )
+        due_ids = [str(x) for x in self.r.zrangebyscore(self.keys.deadlines(), "-inf", repr(now), 0, 100)]
+        if not due_ids:
+            return []
+        claimed, held = self._claim_overdue(due_ids, now, "")
         due = [str(run_id) for run_id in claimed]
         for run_id, holder in zip(held[::2], held[1::2], strict=True):
             if holder_is_dead(str(holder)):
-                taken, _ = self._overdue(
-                    keys=[self.keys.deadlines()],
-                    args=[repr(now), self.keys.run(""), OVERDUE_CLAIM_S, run_id, holder],
-                )
+                taken, _ = self._claim_overdue([str(run_id)], now, str(holder))
                 due.extend(str(run_id) for run_id in taken)
         return [run_id for run_id in due if self.finish(run_id, STOPPED, "max_seconds")]
+
+    def _claim_overdue(self, run_ids: list[str], now: float, dead_holder: str) -> tuple[list[Any], list[Any]]:
+        claimed, held = self._overdue(
+            keys=[self.keys.deadlines(), *(self.keys.run_lease(run_id) for run_id in run_ids)],
+            args=[repr(now), OVERDUE_CLAIM_S, dead_holder, *run_ids],
+        )
+        return list(claimed), list(held)
 
     def cancel(self, run_id: str) -> str | None:
         """Cancel a run: a queued one ends now, a running one at its next check. Returns the old status."""

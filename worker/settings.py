@@ -2,8 +2,9 @@
 
 Precedence: environment > YAML file named by ``FLEET_CONFIG`` > the built-in safe defaults.
 Nested YAML keys are set from the environment as ``FLEET_<SECTION>__<KEY>``. Secrets come from
-the environment or from files (``FLEET_API_KEYS_FILE``, ``/run/secrets/<name>``), never from the
-YAML file's defaults, and are masked wherever settings are shown.
+the environment or from files (``FLEET_API_KEYS_FILE``, ``FLEET_REDIS_PASSWORD_FILE``,
+``/run/secrets/<name>``), never from the YAML file's defaults, and are masked wherever settings
+are shown.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import (
     AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -34,6 +37,10 @@ from pydantic_settings import (
 SECRETS_DIR = Path("/run/secrets")
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+
+
+# Set by `fleet up` for the processes it starts: a one-machine dev stack (see worker/up.py).
+DEV_STACK_ENV = "FLEET_DEV_STACK"
 
 
 class ConfigError(Exception):
@@ -185,8 +192,12 @@ class Settings(BaseSettings):
     plugins: list[str] = Field(default_factory=list)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL"))
+    # The Redis password when REDIS_URL has none: this file, else /run/secrets/redis_password.
+    redis_password_file: Path | None = None
     key_prefix: str = Field("fleet", pattern=r"^[A-Za-z0-9_.-]+$")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Console lines on a terminal and JSON lines otherwise (auto), or always one of them.
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     # The fleet's budget caps; the env names of the seed config override `runtime.env`.
     agent_max_steps: int | None = Field(None, gt=0, validation_alias=AliasChoices("AGENT_MAX_STEPS"))
@@ -250,6 +261,9 @@ class Settings(BaseSettings):
             raise ValueError("is a placeholder, not a secret")
         return value
 
+    # Where the password in `redis_url` came from, for messages: "REDIS_URL", a file, or None.
+    _redis_password_source: str | None = PrivateAttr(None)
+
     @model_validator(mode="after")
     def _secret_files(self) -> Settings:
         """SENTRY_DSN may also come from /run/secrets/sentry_dsn (a mounted secret)."""
@@ -257,7 +271,30 @@ class Settings(BaseSettings):
             from_file = self.secret("SENTRY_DSN")
             if from_file:
                 self.sentry_dsn = SecretStr(from_file)
+        self._add_redis_password()
         return self
+
+    def _add_redis_password(self) -> None:
+        """Put the password from FLEET_REDIS_PASSWORD_FILE or /run/secrets/redis_password into
+        `redis_url`, unless the URL has one, so every client (redis-py, Celery, Flower) uses it."""
+        if urlsplit(self.redis_url).password is not None:
+            self._redis_password_source = "REDIS_URL"
+            return
+        path = self.redis_password_file or SECRETS_DIR / "redis_password"
+        if self.redis_password_file is None and not path.is_file():
+            return
+        try:
+            password = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"FLEET_REDIS_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
+        if password:  # an empty file is no password, as an empty variable is no secret
+            self.redis_url = url_with_password(self.redis_url, password)
+            self._redis_password_source = str(path)
+
+    @property
+    def redis_password_source(self) -> str | None:
+        """Where the Redis password comes from (REDIS_URL or a file's path); None: no password."""
+        return self._redis_password_source
 
     # -- derived values -------------------------------------------------------------------------
 
@@ -353,6 +390,24 @@ def parse_tenant_keys(raw: str, source: str = "FLEET_API_KEYS") -> dict[str, str
         keys[key] = tenant
         positions[key] = position
     return keys
+
+
+def url_with_password(url: str, password: str) -> str:
+    """`url` with `password` (percent-encoded) in its userinfo, keeping any user name."""
+    parts = urlsplit(url)
+    user = parts.username or ""  # as written in the URL, already percent-encoded
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
+
+
+def masked_url(url: str) -> str:
+    """A URL with any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 def load_settings() -> Settings:

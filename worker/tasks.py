@@ -54,7 +54,8 @@ class CeleryDispatcher:
                 argsrepr=f"({call_id!r}, {attempt}, {tool!r}, <args>, {timeout_s})",
                 queue=tool_queue(tool),
                 ignore_result=True,  # the reply comes through its own list, never the result backend
-                # sent_at: the tool worker's freshness check; the run's trace id, for its log line
+                # sent_at: the queue's oldest-message age (/metrics); the run's trace id, for the
+                # tool worker's log line
                 headers={"sent_at": time.time(), "trace_id": _trace_id()},
                 # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S)
                 # is dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ by host.
@@ -122,11 +123,9 @@ def tool_call(
     timeout_s: float,
 ) -> None:
     """Execute one attempt of a tool call and hand its envelope to the waiting run."""
-    sent_at = getattr(self.request, "sent_at", None)  # the dispatcher's headers
-    sent_at = float(sent_at) if isinstance(sent_at, int | float) else None
-    trace_id = getattr(self.request, "trace_id", None)
+    trace_id = getattr(self.request, "trace_id", None)  # the dispatcher's headers
     trace_id = trace_id if isinstance(trace_id, str) else None
-    _executor().answer(call_id, attempt, tool, args, timeout_s, sent_at, trace_id)
+    _executor().answer(call_id, attempt, tool, args, timeout_s, trace_id)
 
 
 def requeue(run_id: str) -> None:

@@ -22,6 +22,7 @@ log = structlog.get_logger("agentfleet")
 def setup_logging(settings: Settings) -> None:
     configure_logging(
         settings.log_level,
+        log_format=settings.log_format,
         redaction=settings.observability.redaction,
         max_line_bytes=settings.observability.log_max_line_bytes,
     )

@@ -1,9 +1,9 @@
 """How a tool worker executes one attempt of a call: bulkhead, exactly-once writes, the tool.
 
-- A call whose run has ended (stopped, cancelled) while it waited in the queue is not made, nor
-  is an attempt the run has moved on from. A read-only call sent less than FRESH_S ago skips
-  that check (one round trip on every call's path): its run was admitting it a moment ago, and
-  a read made for a run that ended within that moment costs the read and nothing else.
+- Right before a tool executes (two round trips): a call whose run does not exist is refused
+  (`denied`, logged); one whose run has ended (stopped, cancelled) while it waited in the queue,
+  or whose run-level or tool switch is on (killswitch.py: the same keys and rule as every other
+  path), answers `killed` and sends nothing, nor is an attempt the run has moved on from made.
 - Bulkhead: at most `tools.max_concurrency.<tool>` calls of one tool run at once in a worker
   process, so a hanging tool cannot take every thread; a call over it is `rate_limited` at once.
 - Writes: the first attempt claims the call in Redis before it runs; its result is recorded.
@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import structlog
 
-from worker import tools
+from worker import killswitch, tools
 from worker.admit import Replier
 from worker.breaker import BreakerPolicy
 from worker.budget import CALL_RECORD_TTL_S
@@ -35,7 +35,6 @@ from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result, is_retryable
 
 EXEC_TTL_S = 2 * 86400
-FRESH_S = 1.0
 log = structlog.get_logger("agentfleet.tools")
 
 _CLAIM = """
@@ -75,14 +74,13 @@ class ToolExecutor:
         tool: str,
         args: Any,
         timeout_s: float,
-        sent_at: float | None = None,
         trace_id: str | None = None,
     ) -> None:
         """Execute one attempt and push its reply for the waiting run. When the tool ran, the same
         script reports the outcome to the breaker and records a final result (the run's side
         would otherwise do it after the reply), so the run moves on as soon as it has the reply."""
         started = time.monotonic()
-        result, ran = self.execute(call_id, attempt, tool, args, timeout_s, sent_at)
+        result, ran = self.execute(call_id, attempt, tool, args, timeout_s)
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         spec = tools.get_tool(tool)
         settled, before, after = self._reply(
@@ -122,20 +120,18 @@ class ToolExecutor:
         tool: str,
         args: Any,
         timeout_s: float,
-        sent_at: float | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """The envelope of one attempt, at most tools.max_result_bytes of JSON (never raises for a
         tool's failure), and whether the tool ran (False: the attempt was refused, stale, or
         answered from a record, and the dependency was not asked)."""
-        fresh = sent_at is not None and 0 <= time.time() - sent_at < FRESH_S
-        envelope, ran = self._bulkheaded(call_id, attempt, tool, args, timeout_s, fresh)
+        envelope, ran = self._bulkheaded(call_id, attempt, tool, args, timeout_s)
         limit = self.settings.tools.max_result_bytes
         if envelope.get("ok") and len(json.dumps(envelope["result"])) > limit:
             envelope = {"ok": True, "result": cap_bytes(envelope["result"], limit), "truncated": True}
         return envelope, ran
 
     def _bulkheaded(
-        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float, fresh: bool
+        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float
     ) -> tuple[dict[str, Any], bool]:
         bulkhead = self._bulkhead(tool)
         if not bulkhead.acquire(blocking=False):
@@ -143,27 +139,32 @@ class ToolExecutor:
             busy = f"tool {tool!r} is busy: {limit} calls in flight on this worker"
             return error_result("rate_limited", busy), False
         try:
-            return self._run(call_id, attempt, tool, args, timeout_s, fresh)
+            return self._run(call_id, attempt, tool, args, timeout_s)
         finally:
             bulkhead.release()
 
     def _run(
-        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float, fresh: bool
+        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float
     ) -> tuple[dict[str, Any], bool]:
         """The attempt's envelope, and whether the tool ran for it."""
         spec = tools.get_tool(tool)
         ctx = ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
-        if fresh and spec is not None and not spec.writes:
-            return tools.execute(tool, args, ctx), True
         run_id = call_id.split(":", 1)[0]
         pipe = self.r.pipeline(transaction=False)
-        pipe.hget(self.keys.run(run_id), "status")
+        pipe.hmget(self.keys.run(run_id), ["status", "tenant", "agent"])
         pipe.hmget(self.keys.call(call_id), ["attempt", "result"])
-        status, (current, final) = pipe.execute()
+        (status, tenant, agent), (current, final) = pipe.execute()
+        if status is None or tenant is None or agent is None:
+            # No run sent this (a forged or stray message, or a run long expired): nothing runs.
+            log.warning("tool call refused: no such run", run_id=run_id, tool=tool, attempt=attempt)
+            return error_result("denied", "the call's run does not exist"), False
         if status in TERMINAL:
             # The run was stopped, cancelled or ended while this call waited in the queue: a call
             # nobody waits for is not made (a killed run's writes must not fire later).
             return error_result("killed", "the run ended before this call was made"), False
+        reason = self._kill_reason(str(tenant), str(agent), tool, spec, args)
+        if reason is not None:  # flipped while the call was queued: nothing leaves the fleet
+            return error_result("killed", reason), False
         if final is not None:
             return dict(json.loads(final)), False  # the call is over; this is a late redelivery
         if current is not None and int(current) > attempt:
@@ -184,3 +185,19 @@ class ToolExecutor:
             # with the same idempotency key. Anything else is this write's one outcome.
             self.r.hset(exec_key, "result", json.dumps(result))
         return result, True
+
+    def _kill_reason(
+        self, tenant: str, agent: str, tool: str, spec: tools.Tool | None, args: Any
+    ) -> str | None:
+        """The reason of the first run-level or tool switch that refuses this call, in one MGET."""
+        model = args.get("model") if tool == tools.MODEL_TOOL and isinstance(args, dict) else None
+        switches = [
+            *killswitch.run_switch_keys(self.keys, tenant, agent),
+            *killswitch.tool_switch_keys(
+                self.keys,
+                tool,
+                writes=spec is not None and spec.writes,
+                model=model if isinstance(model, str) else None,
+            ),
+        ]
+        return killswitch.kill_reason(self.r, switches)

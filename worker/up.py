@@ -20,11 +20,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
 
-from worker.settings import Settings
+from worker.settings import DEV_STACK_ENV, Settings, masked_url
 
 STOP_TIMEOUT_S = 20.0  # a child gets this long after SIGTERM before SIGKILL
 READY_TIMEOUT_S = 60.0
@@ -92,37 +93,66 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
+def _api_ready(api_url: str) -> bool:
+    """The API answers /readyz with 200 (it serves, and Redis answers it)."""
+    try:
+        return httpx.get(f"{api_url}/readyz", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
-def _wait_workers(redis_url: str, timeout_s: float, stack: Stack) -> bool:
-    """True once an agent worker and a tool worker answer a Celery ping."""
+def _flower_ready(flower_url: str) -> bool:
+    try:
+        return httpx.get(f"{flower_url}/healthcheck", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _workers_ready(probe: Any) -> set[str]:
+    """The kinds of worker ("agent worker", "tool worker") that answer a Celery ping."""
+    names = {name for reply in probe.control.ping(timeout=0.5) or [] for name in reply}
+    return {
+        kind
+        for kind, prefix in (("agent worker", "agent@"), ("tool worker", "tool@"))
+        if any(n.startswith(prefix) for n in names)
+    }
+
+
+def wait_ready(
+    stack: Stack, redis_url: str, api_url: str, flower_url: str | None, timeout_s: float
+) -> tuple[list[str], list[tuple[str, int]]]:
+    """Wait until the API is ready, an agent worker and a tool worker answer a ping and Flower
+    answers; returns (the parts still not ready, the children that died) when all are ready (both
+    empty), when a child dies, or after `timeout_s`."""
     from celery import Celery
 
+    parts = ["api", "agent worker", "tool worker", *(["flower"] if flower_url else [])]
+    ready: set[str] = set()
     probe = Celery("fleet-up-probe", broker=redis_url)
     deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline and not stack.dead():
-            names = {name for reply in probe.control.ping(timeout=1.0) or [] for name in reply}
-            if any(n.startswith("agent@") for n in names) and any(n.startswith("tool@") for n in names):
-                return True
-        return False
+        while True:
+            dead = stack.dead()
+            if dead:
+                return [p for p in parts if p not in ready], dead
+            if "api" not in ready and _api_ready(api_url):
+                ready.add("api")
+            if flower_url and "flower" not in ready and _flower_ready(flower_url):
+                ready.add("flower")
+            if not {"agent worker", "tool worker"} <= ready:
+                with contextlib.suppress(Exception):  # the broker may not answer yet
+                    ready |= _workers_ready(probe)
+            missing = [p for p in parts if p not in ready]
+            if not missing or time.monotonic() > deadline:
+                return missing, []
+            time.sleep(0.25)
     finally:
         probe.close()
 
 
-def run_up(settings: Settings, *, concurrency: int = 4, flower: bool = True) -> int:
+def run_up(
+    settings: Settings, *, concurrency: int = 4, flower: bool = True, ready_timeout_s: float = READY_TIMEOUT_S
+) -> int:
     """Start the stack and block until Ctrl-C or a child's death; returns the exit code."""
     stack = Stack()
     stopping = False
@@ -138,7 +168,7 @@ def run_up(settings: Settings, *, concurrency: int = 4, flower: bool = True) -> 
     try:
         redis_url = settings.redis_url
         if redis_answers(redis_url):
-            print(f"redis:   {redis_url} (already running)", flush=True)
+            print(f"redis:   {masked_url(redis_url)} (already running)", flush=True)
         else:
             binary = find_redis_server()
             if binary is None:
@@ -161,6 +191,8 @@ def run_up(settings: Settings, *, concurrency: int = 4, flower: bool = True) -> 
                     workdir,
                     "--loglevel",
                     "warning",
+                    "--logfile",
+                    str(Path(workdir) / "redis.log"),
                 ],
                 env,
             )
@@ -172,7 +204,9 @@ def run_up(settings: Settings, *, concurrency: int = 4, flower: bool = True) -> 
                     return 1
                 time.sleep(0.1)
             print(f"redis:   {redis_url} (started: {binary})", flush=True)
-        env["REDIS_URL"] = redis_url
+            env["REDIS_URL"] = redis_url
+            # Its own redis-server has no password: the processes must not send one from a file.
+            env["FLEET_REDIS_PASSWORD_FILE"] = os.devnull
 
         api_key = None
         if not env.get("FLEET_API_KEYS") and not settings.tenant_keys():
@@ -182,20 +216,35 @@ def run_up(settings: Settings, *, concurrency: int = 4, flower: bool = True) -> 
         flower_password = flower_password or secrets.token_urlsafe(18)
         env["FLEET_FLOWER_PASSWORD"] = flower_password
 
+        # The children log console lines when this terminal shows them, JSON lines when piped
+        # (unless FLEET_LOG_FORMAT says otherwise), and leave out warnings that a user of a
+        # one-machine dev stack can do nothing about.
+        if not env.get("FLEET_LOG_FORMAT"):
+            env["FLEET_LOG_FORMAT"] = "console" if sys.stdout.isatty() else "json"
+        env[DEV_STACK_ENV] = "1"
         fleet = [sys.executable, "-m", "worker.cli"]
-        api = stack.start("api", [*fleet, "api"], env)
+        stack.start("api", [*fleet, "api"], env)
         stack.start("worker", [*fleet, "worker", "--concurrency", str(concurrency)], env)
         stack.start("tool-worker", [*fleet, "tool-worker"], env)
         if flower:
-            stack.start("flower", [*fleet, "flower"], env)
+            # Flower's own lines (its URL, its inspect calls before the workers answer) only on error
+            stack.start("flower", [*fleet, "flower", "--logging=error"], env)
 
         api_url = f"http://{settings.api_host}:{settings.api_port}"
-        if not _wait_ready(f"{api_url}/healthz", api, READY_TIMEOUT_S):
-            print("fleet up: the API did not become ready", file=sys.stderr)
+        flower_url = f"http://127.0.0.1:{settings.flower_port}" if flower else None
+        missing, dead = wait_ready(stack, redis_url, api_url, flower_url, ready_timeout_s)
+        if dead:
+            for name, code in dead:
+                print(f"fleet up: {name} exited with code {code} before the stack was ready", file=sys.stderr)
+            print("fleet up: stopping the stack", file=sys.stderr)
             return 1
-        if not _wait_workers(redis_url, READY_TIMEOUT_S, stack):
-            print("fleet up: the workers did not answer a ping in time", file=sys.stderr)
+        if missing:
+            print(
+                f"fleet up: not ready after {ready_timeout_s:g} s: {', '.join(missing)}; stopping the stack",
+                file=sys.stderr,
+            )
             return 1
+        sys.stderr.flush()
         _print_banner(settings, api_url, api_key, flower_password if flower else None)
 
         while not stopping:

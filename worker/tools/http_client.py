@@ -2,7 +2,8 @@
 
 `send` resolves and checks each hop's host with `netguard`, then connects to exactly the checked
 address, with `Host` and TLS SNI set to the host. The whole call, DNS included, ends within
-`ctx.timeout_s`; the body is cut at `tools.http.max_body_bytes` bytes (default 1 MiB). Errors become
+`ctx.timeout_s`; the body is cut at `tools.http.max_body_bytes` decoded bytes (default 1 MiB; a
+gzip or deflate body is decoded within that cap, other encodings are refused: `http_body`). Errors become
 `ToolFailure`s: `denied`, `timeout`, `http_error` (with `status` and `retry_after_s` when known).
 """
 
@@ -22,14 +23,13 @@ from typing import Any
 import httpx
 
 from worker.tools.base import ToolContext, ToolFailure
+from worker.tools.http_body import read_body
 from worker.tools.netguard import allowed_hosts, checked_addresses
 
 MAX_REDIRECTS = 5
 RESULT_HEADERS = ("content-type", "content-length", "etag", "last-modified")
 # Set by the client: the connection target is pinned, and a compressed body could expand past the cap.
 OWN_HEADERS = frozenset({"host", "accept-encoding", "content-length", "transfer-encoding", "connection"})
-# Not sent on to another origin after a redirect.
-CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _VALUE_RE = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$|^$")
 
@@ -59,9 +59,10 @@ def send(
     """`method url` with checked `headers` and `content`; the result or a ToolFailure.
 
     Result: `{"status", "headers", "body", "truncated", "url"}`; `headers` holds a few safe ones
-    (and `location` when redirects are not followed). At most `MAX_REDIRECTS` redirects are followed,
-    credentials only within the origin. `trusted`: the URL is operator config, so its host is exempt
-    from the private-address block (as if in `tools.http.allow_hosts`).
+    (and `location` when redirects are not followed). At most `MAX_REDIRECTS` redirects are followed;
+    `headers` go only to the first URL's origin: a hop to another origin drops every one of them.
+    `trusted`: the URL is operator config, so its host is exempt from the private-address block
+    (as if in `tools.http.allow_hosts`).
     """
     if follow_redirects and content is not None:
         raise ValueError("a request with a body is never re-sent to a redirect target")
@@ -151,7 +152,9 @@ def _exchange(
         except ToolFailure as failure:
             raise ToolFailure("http_error", f"redirect refused: {failure.message}", status=status) from None
         if _origin(next_url) != _origin(url):
-            headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+            # Any header the run set may be a credential (X-Api-Key, Private-Token, ...); a list of
+            # known names always misses one, so another origin gets none of them.
+            headers = {}
         url = next_url
     raise ToolFailure("http_error", f"more than {MAX_REDIRECTS} redirects", status=status)
 
@@ -199,25 +202,21 @@ def _response(url: httpx.URL, response: httpx.Response, call: _Call) -> dict[str
     if status >= 400:
         retry_after = retry_after_s(response.headers.get("retry-after"))
         raise ToolFailure("http_error", f"HTTP {status}", status=status, retry_after_s=retry_after)
-    chunks: list[bytes] = []
-    size = 0
-    truncated = False
-    for chunk in response.iter_bytes():
+
+    def before_each_chunk() -> None:
         # The read timeout bounds each read; this bounds all of them together.
         if call.cancelled.is_set() or time.monotonic() > call.deadline:
             raise ToolFailure("timeout", "deadline passed while reading the body")
-        room = call.max_body_bytes - size
-        if len(chunk) > room:
-            chunks.append(chunk[:room])
-            truncated = True
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+
+    # Raw bytes: a compressed body is decoded by read_body, which stops at the cap as it decodes.
+    body, truncated = read_body(
+        response.iter_raw(), response.headers.get("content-encoding"), call.max_body_bytes, before_each_chunk
+    )
     names = RESULT_HEADERS if call.follow_redirects else (*RESULT_HEADERS, "location")
     return {
         "status": status,
         "headers": {name: response.headers[name] for name in names if name in response.headers},
-        "body": b"".join(chunks).decode(_encoding(response), errors="replace"),
+        "body": body.decode(_encoding(response), errors="replace"),
         "truncated": truncated,
         "url": str(url.copy_with(userinfo=b"")),
     }
