@@ -120,9 +120,11 @@ class FleetCollector(Collector):
 
         tool_names = tools.tool_names()
         scopes = switch_scopes(tool_names, self.models, agent_names(), self.tenants)
+        # a model call's breaker is per model (`llm:<model>`), a tool's per tool
+        breaker_names = [*tool_names, *(f"{MODEL_TOOL}:{m}" for m in self.models)]
         kill_prefix = self.keys.kill_all()[: -len("all")]
         pipe = self.r.pipeline(transaction=False)
-        for tool in tool_names:
+        for tool in breaker_names:
             pipe.hget(self.keys.breaker(tool), "state")
         pipe.mget([kill_prefix + scope for scope in scopes])
         for tenant in self.tenants:
@@ -132,13 +134,13 @@ class FleetCollector(Collector):
         breakers = GaugeMetricFamily(
             "fleet_breaker_open", "1 when a tool's circuit is open or half-open", labels=["tool", "state"]
         )
-        for tool, state in zip(tool_names, found[: len(tool_names)], strict=True):
+        for tool, state in zip(breaker_names, found[: len(breaker_names)], strict=True):
             if state is not None:  # no key: the breaker never saw a failure
                 breakers.add_metric([tool, str(state)], 0.0 if state == "closed" else 1.0)
         yield breakers
 
         switches = GaugeMetricFamily("fleet_kill_switch_on", "Kill switches that are on", labels=["switch"])
-        for scope, reason in zip(scopes, found[len(tool_names)], strict=True):
+        for scope, reason in zip(scopes, found[len(breaker_names)], strict=True):
             if reason is not None:
                 switches.add_metric([scope], 1.0)
         yield switches
@@ -146,7 +148,7 @@ class FleetCollector(Collector):
         queued = GaugeMetricFamily(
             "fleet_tenant_runs_queued", "Runs in status queued, per tenant", labels=["tenant"]
         )
-        for tenant, count in zip(self.tenants, found[len(tool_names) + 1 :], strict=True):
+        for tenant, count in zip(self.tenants, found[len(breaker_names) + 1 :], strict=True):
             queued.add_metric([tenant], float(count))
         yield queued
 

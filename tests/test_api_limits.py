@@ -219,6 +219,7 @@ def test_metrics_need_the_token_and_scan_nothing(limits: Fleet) -> None:
     limits.submit(**FINAL)
     limits.r.set("fleet:kill:tenant:t2", "incident 7")  # a switch set by hand with redis-cli
     limits.r.hset(KEYS.breaker("echo"), mapping={"state": "open"})
+    limits.r.hset(KEYS.breaker("llm:gpt-4o-mini"), mapping={"state": "half_open"})  # a model's breaker
     before = scan_calls(limits)
     resp = httpx.get(
         f"{limits.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10
@@ -233,6 +234,7 @@ def test_metrics_need_the_token_and_scan_nothing(limits: Fleet) -> None:
     assert samples[("fleet_kill_switch_on", (("switch", "tenant:t2"),))] == 1
     assert ("fleet_kill_switch_on", (("switch", "all"),)) not in samples
     assert samples[("fleet_breaker_open", (("state", "open"), ("tool", "echo")))] == 1
+    assert samples[("fleet_breaker_open", (("state", "half_open"), ("tool", "llm:gpt-4o-mini")))] == 1
     assert samples[("fleet_tenant_runs_queued", (("tenant", "t1"),))] == 1
     assert samples[("fleet_tenant_runs_queued", (("tenant", "t2"),))] == 0
 
