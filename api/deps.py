@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import redis
+import redis.asyncio
 from celery import Celery
 from fastapi import Depends, Header, Request
 
 from api.errors import ApiError
 from api.waiter import EndWaiter
+from api.waitslots import WaitSlots
 from worker.keys import Keys
 from worker.policy import PolicyStore
 from worker.rollout import Rollouts
@@ -33,6 +35,10 @@ class AppState:
     policies: PolicyStore
     rollouts: Rollouts
     waiter: EndWaiter
+    ar: redis.asyncio.Redis  # the event loop's client: waits, and reads of the async routes
+    probe: redis.asyncio.Redis  # /readyz: short timeouts, its own connections
+    wait_slots: WaitSlots
+    metrics_token: str | None
 
 
 async def _state(request: Request) -> AppState:  # async: no I/O, so no thread-pool hop

@@ -15,16 +15,17 @@ from api import errors
 from api.deps import AppState
 from api.routes import admin, health, runs
 from api.waiter import EndWaiter
+from api.waitslots import WaitSlots
 from worker.agents import load_plugins
 from worker.celery_app import make_app
 from worker.keys import Keys
 from worker.policy import PolicyStore
-from worker.redis_conn import make_redis
+from worker.redis_conn import make_async_redis, make_redis
 from worker.rollout import Rollouts, end_recorder
 from worker.runs import RunStore
 from worker.settings import Settings, get_settings
 
-THREADPOOL_SIZE = 256  # sync routes run in threads; long-polls (?wait) hold one each
+THREADPOOL_SIZE = 256  # sync routes run in threads; long-polls (?wait) are async and hold none
 
 
 class BodyLimit:
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     load_plugins(settings.plugins)
     r = make_redis(settings.redis_url)
+    ar = make_async_redis(settings.redis_url)
     keys = Keys(settings.key_prefix)
     state = AppState(
         settings=settings,
@@ -109,13 +111,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin_keys=settings.admin_key_set(),
         policies=PolicyStore(r, keys),
         rollouts=Rollouts(r, keys, settings),
-        waiter=EndWaiter(r, keys.run_ended_channel("*")),
+        waiter=EndWaiter(ar, keys.run_ended_channel("*")),
+        ar=ar,
+        probe=make_async_redis(settings.redis_url, timeout_s=1.0),
+        wait_slots=WaitSlots(ar, keys, settings.max_waiters_per_tenant),
+        metrics_token=settings.metrics_bearer(),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADPOOL_SIZE
         yield
+        await state.waiter.close()
 
     app = FastAPI(
         title="agentfleet",

@@ -1,23 +1,56 @@
 """Prometheus metrics computed fleet-wide from Redis at scrape time, so they survive any
-worker's restart and are the same whichever API replica answers."""
+worker's restart and are the same whichever API replica answers.
+
+A scrape never SCANs the keyspace (the Redis is also the broker): breakers and kill switches are
+read by name, in one pipeline, for every name the fleet knows (its tools, models, agents and
+tenants). A switch on a name the fleet does not know (a typo, another deployment's tenant) covers
+nothing and is not shown.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from worker import tools
+from worker.agents import agent_names
 from worker.heartbeat import live_workers
 from worker.keys import AGENT_QUEUE, TOOL_QUEUE, Keys, tool_queue
+from worker.llmconfig import LlmConfig
+from worker.settings import Settings
+from worker.tools import MODEL_TOOL
 
 
 def queue_names() -> list[str]:
     return [AGENT_QUEUE, TOOL_QUEUE, *(tool_queue(name) for name in tools.tool_names())]
+
+
+def known_models(settings: Settings) -> list[str]:
+    """Every model named in the agents' config (and their versions), and the llm agent's default."""
+    found = {str(LlmConfig.model_fields["model"].default)}
+    for config in settings.agents.values():
+        variants = [config, *dict(config.get("versions") or {}).values()] if isinstance(config, dict) else []
+        found.update(str(v["model"]) for v in variants if isinstance(v, dict) and v.get("model"))
+    return sorted(found)
+
+
+def switch_scopes(tools: Iterable[str], models: Iterable[str], agents: Iterable[str],
+                  tenants: Iterable[str]) -> list[str]:  # fmt: skip
+    """The kill-switch scopes (`all`, `tool:echo`, ...) of every name the fleet knows."""
+    return [
+        "all",
+        "writes",
+        *(f"tool:{t}" for t in tools),
+        *(f"tool:{MODEL_TOOL}:{m}" for m in models),
+        *(f"agent:{a}" for a in agents),
+        *(f"tenant:{t}" for t in tenants),
+    ]
 
 
 def oldest_age_s(r: redis.Redis, queue: str, now: float) -> float:
@@ -35,9 +68,13 @@ def oldest_age_s(r: redis.Redis, queue: str, now: float) -> float:
 class FleetCollector(Collector):
     """Reads the fleet's queues, counters, breakers, switches and heartbeats from Redis."""
 
-    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, r: redis.Redis, keys: Keys, tenants: Iterable[str] = (), models: Iterable[str] = ()
+    ) -> None:
         self.r = r
         self.keys = keys
+        self.tenants = sorted(set(tenants))
+        self.models = sorted(set(models))
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
@@ -81,20 +118,39 @@ class FleetCollector(Collector):
         yield calls
         yield waits
 
+        tool_names = tools.tool_names()
+        scopes = switch_scopes(tool_names, self.models, agent_names(), self.tenants)
+        # a model call's breaker is per model (`llm:<model>`), a tool's per tool
+        breaker_names = [*tool_names, *(f"{MODEL_TOOL}:{m}" for m in self.models)]
+        kill_prefix = self.keys.kill_all()[: -len("all")]
+        pipe = self.r.pipeline(transaction=False)
+        for tool in breaker_names:
+            pipe.hget(self.keys.breaker(tool), "state")
+        pipe.mget([kill_prefix + scope for scope in scopes])
+        for tenant in self.tenants:
+            pipe.zlexcount(self.keys.queued_runs(), f"[{tenant}|", f"({tenant}}}")
+        found: list[Any] = pipe.execute()
+
         breakers = GaugeMetricFamily(
             "fleet_breaker_open", "1 when a tool's circuit is open or half-open", labels=["tool", "state"]
         )
-        prefix = self.keys.breaker("")
-        for key in self.r.scan_iter(match=self.keys.breaker_pattern(), count=500):
-            state = str(self.r.hget(key, "state") or "closed")
-            breakers.add_metric([str(key)[len(prefix) :], state], 0.0 if state == "closed" else 1.0)
+        for tool, state in zip(breaker_names, found[: len(breaker_names)], strict=True):
+            if state is not None:  # no key: the breaker never saw a failure
+                breakers.add_metric([tool, str(state)], 0.0 if state == "closed" else 1.0)
         yield breakers
 
         switches = GaugeMetricFamily("fleet_kill_switch_on", "Kill switches that are on", labels=["switch"])
-        kill_prefix = self.keys.kill_all()[: -len("all")]
-        for key in self.r.scan_iter(match=self.keys.kill_pattern(), count=500):
-            switches.add_metric([str(key)[len(kill_prefix) :]], 1.0)
+        for scope, reason in zip(scopes, found[len(breaker_names)], strict=True):
+            if reason is not None:
+                switches.add_metric([scope], 1.0)
         yield switches
+
+        queued = GaugeMetricFamily(
+            "fleet_tenant_runs_queued", "Runs in status queued, per tenant", labels=["tenant"]
+        )
+        for tenant, count in zip(self.tenants, found[len(breaker_names) + 1 :], strict=True):
+            queued.add_metric([tenant], float(count))
+        yield queued
 
         versions = CounterMetricFamily(
             "fleet_version_runs", "Ended runs per agent version (outcome: ok, error, stopped)",

@@ -1,65 +1,119 @@
 """Long-polls (`GET /v1/runs/{id}?wait=S`) share one Redis pattern subscription per API process.
 
-A waiting request registers an event for its run's channel; one thread reads every published
-run end and sets the events. A request still re-reads the run's status at least every second,
-so a message lost while the subscription reconnects delays an answer by a second, no more.
+Everything here runs on the event loop with the asyncio Redis client, so a waiting request holds
+no thread: the health routes and every other request stay served however many clients wait.
+A waiting request registers an event for its run's channel; one task reads every published run
+end and sets the events. Redis delivers every message to a subscription while it stays connected,
+so a request re-reads its run only when that may have missed one: each time the subscription is
+(re)established, which wakes every waiting request, and every RECHECK_S while it is down. A wait
+whose client disconnects ends at once. In between, a wait costs the event loop nothing: 500 of
+them leave the health probes as fast as none.
 """
 
 from __future__ import annotations
 
-import threading
-import time
+import asyncio
+import contextlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import redis
+import redis.asyncio
 
-RECHECK_S = 1.0
+RECHECK_S = 1.0  # re-read interval while the subscription is down
 
 
 class EndWaiter:
     """Wakes requests waiting for runs to end."""
 
-    def __init__(self, r: redis.Redis, pattern: str) -> None:
+    def __init__(self, r: redis.asyncio.Redis, pattern: str) -> None:
         self.r = r
         self.pattern = pattern
-        self._lock = threading.Lock()
-        self._events: dict[str, list[threading.Event]] = defaultdict(list)
-        self._thread: threading.Thread | None = None
+        self._events: dict[str, list[asyncio.Event]] = defaultdict(list)
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self.generation = 0  # counts subscriptions: a change means messages may have been missed
 
-    def _listen(self) -> None:
+    async def _listen(self) -> None:
         while True:
-            pubsub = self.r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self.r.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.psubscribe(self.pattern)
+                await pubsub.psubscribe(self.pattern)
+                self.generation += 1
+                self._subscribed.set()
+                for events in list(self._events.values()):  # a run may have ended unheard: re-read
+                    for event in events:
+                        event.set()
                 while True:
-                    message = pubsub.get_message(timeout=RECHECK_S)
+                    message = await pubsub.get_message(timeout=RECHECK_S)
                     if message and message.get("type") == "pmessage":
-                        with self._lock:
-                            waiting = list(self._events.get(str(message["channel"]), ()))
-                        for event in waiting:
+                        for event in self._events.get(str(message["channel"]), ()):
                             event.set()
-            except redis.RedisError:
-                time.sleep(RECHECK_S)  # Redis is away: waiters fall back on their re-checks
+            except (redis.RedisError, OSError):
+                self._subscribed.clear()
+                await asyncio.sleep(RECHECK_S)  # Redis is away: waiters fall back on their re-checks
             finally:
-                pubsub.close()
+                self._subscribed.clear()
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    def wait(self, channel: str, ended: Callable[[], bool], timeout_s: float) -> None:
-        """Return when `ended()` is true, a message arrives on `channel`, or `timeout_s` passes."""
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._listen, name="run-end-waiter", daemon=True)
-                self._thread.start()
-            event = threading.Event()
-            self._events[channel].append(event)
+    async def wait(
+        self,
+        channel: str,
+        ended: Callable[[], Awaitable[bool]],
+        timeout_s: float,
+        gone: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Return when a message arrives on `channel`, `ended()` is true, `gone()` returns (the
+        client left) or `timeout_s` passes. `ended` reads Redis, so it is called only when the
+        subscription may have missed the run's end."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._listen(), name="run-end-waiter")
+        event = asyncio.Event()
+        self._events[channel].append(event)
+        watcher = asyncio.create_task(_set_after(gone, event)) if gone is not None else None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        checked = -1  # the subscription generation that the last `ended()` covered
         try:
-            deadline = time.monotonic() + timeout_s
-            while not ended():
-                left = deadline - time.monotonic()
-                if left <= 0 or event.wait(min(left, RECHECK_S)):
+            while True:
+                subscribed = self._subscribed.is_set()
+                if not subscribed or checked != self.generation:
+                    checked = self.generation
+                    event.clear()  # before the read: a message during it still wakes the wait
+                    if await _ended_or_unknown(ended):
+                        return
+                left = deadline - loop.time()
+                if left <= 0 or (watcher is not None and watcher.done()):
                     return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left if subscribed else min(left, RECHECK_S)):
+                        await event.wait()
+                if event.is_set() and checked == self.generation and self._subscribed.is_set():
+                    return  # the run's end was published (or the client left)
         finally:
-            with self._lock:
-                self._events[channel].remove(event)
-                if not self._events[channel]:
-                    del self._events[channel]
+            if watcher is not None:
+                watcher.cancel()
+            self._events[channel].remove(event)
+            if not self._events[channel]:
+                del self._events[channel]
+
+    async def close(self) -> None:
+        """Stop the subscription task (at the app's shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def _ended_or_unknown(ended: Callable[[], Awaitable[bool]]) -> bool:
+    """`ended()`, or False while Redis does not answer: a wait outlives a Redis restart."""
+    try:
+        return await ended()
+    except (redis.RedisError, OSError):
+        return False
+
+
+async def _set_after(awaitable: Callable[[], Awaitable[None]], event: asyncio.Event) -> None:
+    await awaitable()
+    event.set()

@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         server = RedisServer()
         stack.callback(server.close)
-        fleet = Fleet(server, CONFIG, {"FLEET_MAX_QUEUED": str(10**9)})
+        fleet = Fleet(server, CONFIG, {"FLEET_MAX_QUEUED": str(10**9), "FLEET_MAX_QUEUED_PER_TENANT": "0"})
         stack.callback(fleet.close)
         baselines = Baselines(
             f"redis://127.0.0.1:{server.port}/1", concurrency=args.concurrency, events=args.bare_events

@@ -534,7 +534,7 @@ def test_readyz_is_503_with_a_reason_while_redis_is_down_and_200_again_after(api
         # A submission or read while the store is down is the fleet's 503, never a 500.
         assert_error(post_run(api_only, {"agent": "scripted", "input": FINAL}), 503)
         with api_only.client() as c:
-            assert_error(c.get("/v1/runs/0123456789abcdef"), 503)
+            assert_error(c.get(f"/v1/runs/{'0123456789abcdef' * 2}"), 503)  # a well-formed id
     finally:
         api_only.redis.start()
     deadline = time.monotonic() + 15

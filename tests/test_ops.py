@@ -972,10 +972,12 @@ class NativeStack:
         self.api_key = "ops-" + secrets.token_urlsafe(24)
         self.admin_key = "adm-" + secrets.token_urlsafe(24)
         self.flower_password = secrets.token_urlsafe(18)
+        self.metrics_token = secrets.token_urlsafe(24)
         secrets_dir = self.dir / "secrets"
         secrets_dir.mkdir()
         (secrets_dir / "fleet_api_keys").write_text(f"ops:{self.api_key}\n")
         (secrets_dir / "fleet_admin_keys").write_text(self.admin_key + "\n")
+        (secrets_dir / "fleet_metrics_token").write_text(self.metrics_token + "\n")
         (secrets_dir / "fleet_flower_password").write_text(self.flower_password + "\n")
         (secrets_dir / "openai_api_key").write_text("")
         self.redis_password = "rp-" + secrets.token_urlsafe(24)
@@ -1248,6 +1250,14 @@ def test_admin_api_takes_its_keys_from_the_mounted_secret(stack: NativeStack) ->
         assert admin.get("/v1/admin/policies/scripted").status_code == 200
     with stack.client() as tenant:
         assert tenant.get("/v1/admin/policies/scripted").status_code == 401
+
+
+def test_metrics_ask_for_the_token_from_the_mounted_secret(stack: NativeStack) -> None:
+    url = f"http://127.0.0.1:{stack.ports['api']}/metrics"
+    assert httpx.get(url, timeout=10).status_code == 401
+    assert httpx.get(url, headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=10).status_code == 401
+    scrape = httpx.get(url, headers={"Authorization": f"Bearer {stack.metrics_token}"}, timeout=10)
+    assert scrape.status_code == 200 and "fleet_queue_depth" in scrape.text
 
 
 def test_flower_serves_behind_basic_auth_from_the_secret(stack: NativeStack) -> None:

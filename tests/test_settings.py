@@ -135,6 +135,22 @@ def test_secrets_are_masked_when_dumped(monkeypatch: pytest.MonkeyPatch) -> None
     assert "very-secret-key-1" not in dumped and "secretpart" not in dumped
 
 
+def test_one_api_key_for_two_tenants_is_refused_by_position_not_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_tenant_keys("a:key-aaaaaaaa, b:key-bbbbbbbb,c:key-aaaaaaaa")
+    assert "entry 3 repeats the key of entry 1" in str(err.value)
+    assert "key-aaaaaaaa" not in str(err.value)
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("acme:shared-key-123\nglobex:shared-key-123\n")
+    monkeypatch.setenv("FLEET_API_KEYS_FILE", str(keys_file))
+    with pytest.raises(ConfigError) as from_file:
+        load_settings().tenant_keys()
+    assert "FLEET_API_KEYS_FILE: entry 2 repeats the key of entry 1" in str(from_file.value)
+    assert "shared-key-123" not in str(from_file.value)
+
+
 # -- the Redis password -----------------------------------------------------------------------
 
 

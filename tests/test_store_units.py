@@ -13,7 +13,7 @@ from worker.budget import ToolCallBudget
 from worker.gateway import FleetControls, ToolGateway, is_retryable
 from worker.guard import BudgetExceeded, RunGuard, RunStopped
 from worker.keys import Keys
-from worker.runs import Budgets, RunStore, Started, public_view
+from worker.runs import AdmissionRefused, Budgets, RunStore, Started, public_view
 from worker.settings import Settings
 from worker.tools import ToolContext, execute
 
@@ -358,3 +358,53 @@ def test_finish_writes_the_step_that_ended_the_run_before_it_counts_usage(
     assert r.hget(KEYS.stats_runs(), "usage|steps") == "2"
     assert not store.finish("r1", "failed", "error", steps=5)  # an ended run keeps its count
     assert public_view(store.load("r1") or {})["usage"]["steps"] == 2
+
+
+# -- a tenant's share of the queue (FLEET_MAX_QUEUED_PER_TENANT) ------------------------------------
+
+
+def _submit(store: RunStore, run_id: str, tenant: str, limit: int) -> str:
+    """Create a run under a per-tenant limit; "ok" or the refusal's reason."""
+    try:
+        store.create(
+            run_id, tenant=tenant, agent="scripted", input={}, budgets=BUDGETS, metadata={},
+            max_queued_per_tenant=limit,
+        )  # fmt: skip
+    except AdmissionRefused as refused:
+        return f"{refused.reason}:{refused.detail}"
+    return "ok"
+
+
+def test_a_tenant_past_its_queued_share_is_refused_and_others_still_submit(store: RunStore) -> None:
+    assert [_submit(store, f"a{i}", "acme", 2) for i in range(3)] == ["ok", "ok", "tenant_queue_full:2"]
+    assert store.load("a2") is None  # the refused run was not written
+    assert _submit(store, "g0", "globex", 2) == "ok"
+    assert _submit(store, "a3", "acme.eu", 2) == "ok"  # a tenant whose name extends another's
+
+
+@pytest.mark.parametrize("leave_queued", ["start", "finish", "cancel"])
+def test_a_run_that_leaves_queued_frees_its_tenants_share_once(store: RunStore, leave_queued: str) -> None:
+    assert _submit(store, "a0", "acme", 1) == "ok"
+    assert _submit(store, "a1", "acme", 1) == "tenant_queue_full:1"
+    if leave_queued == "start":
+        store.start("a0", "host:1:a")
+    elif leave_queued == "finish":
+        store.finish("a0", "failed", "error")
+    else:
+        store.cancel("a0")
+    assert _submit(store, "a1", "acme", 1) == "ok"
+    # the first run's later moves (another attempt, its end) free nothing more
+    store.start("a0", "host:2:b", takeover="host:1:a")
+    store.finish("a0", "stopped", "killed")
+    assert _submit(store, "a2", "acme", 1) == "tenant_queue_full:1"
+
+
+def test_a_queued_run_whose_record_expired_stops_counting(r: fakeredis.FakeRedis) -> None:
+    store = RunStore(r, KEYS, ttl_s=60)
+    assert _submit(store, "a0", "acme", 1) == "ok"
+    (member,) = r.zrange(KEYS.queued_runs(), 0, -1)
+    tenant, created_ts, run_id = member.split("|")
+    r.zrem(KEYS.queued_runs(), member)  # as if it had been created two minutes ago
+    r.zadd(KEYS.queued_runs(), {f"{tenant}|{float(created_ts) - 120!r}|{run_id}": 0})
+    assert _submit(store, "a1", "acme", 1) == "ok"
+    assert r.zcard(KEYS.queued_runs()) == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.asyncio
 from celery import bootsteps
 
 from worker.keys import Keys
@@ -54,8 +55,20 @@ def live_workers(r: redis.Redis, keys: Keys) -> dict[str, int]:
     """Live workers by kind ("agent", "tool"), from heartbeats younger than STALE_AFTER_S."""
     now = time.time()
     r.zremrangebyscore(keys.workers(), "-inf", now - 10 * STALE_AFTER_S)
+    return count_kinds(r.zrangebyscore(keys.workers(), now - STALE_AFTER_S, "+inf"))
+
+
+async def live_workers_async(r: redis.asyncio.Redis, keys: Keys) -> dict[str, int]:
+    """live_workers on an asyncio client (the API's /readyz)."""
+    now = time.time()
+    await r.zremrangebyscore(keys.workers(), "-inf", now - 10 * STALE_AFTER_S)
+    return count_kinds(await r.zrangebyscore(keys.workers(), now - STALE_AFTER_S, "+inf"))
+
+
+def count_kinds(members: list[Any]) -> dict[str, int]:
+    """Workers by kind, from `workers` members named `<kind>:<node>`."""
     counts = {"agent": 0, "tool": 0}
-    for member in r.zrangebyscore(keys.workers(), now - STALE_AFTER_S, "+inf"):
+    for member in members:
         kind = str(member).split(":", 1)[0]
         counts[kind] = counts.get(kind, 0) + 1
     return counts

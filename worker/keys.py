@@ -76,6 +76,15 @@ class Keys:
     def run_ended_channel(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:ended"
 
+    def queued_runs(self) -> str:
+        """Every queued run as a member `<tenant>|<created_ts>|<run id>` of one zset (scores 0),
+        so ZLEXCOUNT counts one tenant's queued runs in O(log n)."""
+        return f"{self.prefix}:queued"
+
+    def waiters(self, tenant: str) -> str:
+        """A tenant's open `?wait` requests, fleet-wide, scored by when each slot expires."""
+        return f"{self.prefix}:waiters:{tenant}"
+
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}:idem:{tenant}:{key}"
 

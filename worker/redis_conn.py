@@ -6,6 +6,7 @@ from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.asyncio
 
 from worker.settings import Settings, get_settings, masked_url
 
@@ -22,6 +23,28 @@ def make_redis(url: str) -> redis.Redis:
         health_check_interval=25,
         retry_on_timeout=True,
     )
+
+
+ASYNC_MAX_CONNECTIONS = 64
+
+
+def make_async_redis(url: str, timeout_s: float = 15) -> redis.asyncio.Redis:
+    """An asyncio client for `url` (the API's waits and probes), with the same timeouts as
+    make_redis; `timeout_s` bounds each read and the wait for a free connection.
+
+    Its pool holds at most ASYNC_MAX_CONNECTIONS connections and makes a burst of commands (500
+    long-polls re-checking at once) wait for one, rather than fail with "Too many connections"."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=ASYNC_MAX_CONNECTIONS,
+        timeout=timeout_s,
+        decode_responses=True,
+        socket_connect_timeout=min(5, timeout_s),
+        socket_timeout=timeout_s,
+        health_check_interval=25,
+        retry_on_timeout=True,
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 @lru_cache(maxsize=1)

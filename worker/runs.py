@@ -63,27 +63,38 @@ def _finite(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-# KEYS: the run, the agents queue, then the kill switches that cover the submission
-# ARGV: ttl, max_queued (-1: no limit), then the run's fields as name, value, ...
+# KEYS: the run, the agents queue, the queued-runs zset, then the kill switches that cover the
+# submission. ARGV: ttl, max_queued (-1: no limit), max queued per tenant (-1: no limit), the
+# tenant, the run's queued-runs member, the created_ts before which a member's run has expired,
+# then the run's fields as name, value, ...
 _CREATE = (
     LUA_KILL_REASON
     + """
-local reason = kill_reason({unpack(KEYS, 3)})
+local reason = kill_reason({unpack(KEYS, 4)})
 if reason then return {'killed', reason} end
 if tonumber(ARGV[2]) >= 0 then
   local depth = redis.call('LLEN', KEYS[2])
   if depth >= tonumber(ARGV[2]) then return {'queue_full', tostring(depth)} end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+-- members are '<tenant>|<created_ts>|<run id>'; a tenant name never holds '|' or '}'
+local first = '[' .. ARGV[4] .. '|'
+-- a run whose record expired while queued would otherwise count for ever
+redis.call('ZREMRANGEBYLEX', KEYS[3], first, '(' .. ARGV[4] .. '|' .. ARGV[6])
+if tonumber(ARGV[3]) >= 0 then
+  local queued = redis.call('ZLEXCOUNT', KEYS[3], first, '(' .. ARGV[4] .. '}')
+  if queued >= tonumber(ARGV[3]) then return {'tenant_queue_full', tostring(queued)} end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[3], 0, ARGV[5])
 return {'ok', ''}
 """
 )
 
-# KEYS: the run, its lease, the leases zset, the deadlines zset, the run's cancel key, then the
-# run's kill switches (killswitch.run_switch_keys of its tenant and agent, which never change).
-# ARGV: now (s), lease token, lease ttl (ms), run id, the dead holder this attempt takes over
-# ('' for none), the tenant and agent the switch keys are for.
+# KEYS: the run, its lease, the leases zset, the deadlines zset, the run's cancel key, the
+# queued-runs zset, then the run's kill switches (killswitch.run_switch_keys of its tenant and
+# agent, which never change). ARGV: now (s), lease token, lease ttl (ms), run id, the dead holder
+# this attempt takes over ('' for none), the tenant and agent the switch keys are for.
 _START = (
     LUA_KILL_REASON
     + """
@@ -105,15 +116,18 @@ redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 local raw = redis.call('HGETALL', KEYS[1])
 local run = {}
 for i = 1, #raw, 2 do run[raw[i]] = raw[i + 1] end
+if s == 'queued' then
+  redis.call('ZREM', KEYS[6], run['tenant'] .. '|' .. (run['created_ts'] or '') .. '|' .. ARGV[4])
+end
 local deadline = tonumber(run['started_ts']) + tonumber(cjson.decode(run['budgets'])['max_seconds'])
 redis.call('ZADD', KEYS[4], string.format('%.6f', deadline), ARGV[4])
-return {'started', raw, {kill_reason({KEYS[6], KEYS[7], KEYS[8]}), redis.call('GET', KEYS[5])}}
+return {'started', raw, {kill_reason({unpack(KEYS, 7)}), redis.call('GET', KEYS[5])}}
 """
 )
 
 # KEYS: the run, its ended channel, its step log, the run stats, its lease, the leases zset,
-# the deadlines zset. ARGV: status, stop_reason, output, error, now (s), ttl (s), the lease token
-# to release ('' for none), the run id, the step count to write first ('' for none).
+# the deadlines zset, the queued-runs zset. ARGV: status, stop_reason, output, error, now (s),
+# ttl (s), the lease token to release ('' for none), the run id, the step count to write first ('' for none).
 # Returns {1 when this call ended the run else 0, agent, version, started_ts, finished_ts}.
 _FINISH = """
 redis.call('ZREM', KEYS[7], ARGV[8])
@@ -121,10 +135,14 @@ if ARGV[7] ~= '' then
   if redis.call('GET', KEYS[5]) == ARGV[7] then redis.call('DEL', KEYS[5]) end
   redis.call('ZREM', KEYS[6], ARGV[8])
 end
-local f = redis.call('HMGET', KEYS[1], 'status', 'started_ts', 'steps', 'tool_calls', 'agent', 'version')
+local f = redis.call('HMGET', KEYS[1], 'status', 'started_ts', 'steps', 'tool_calls', 'agent', 'version',
+                    'tenant', 'created_ts')
 local s = f[1]
 if not s then return {0} end
 if s == 'succeeded' or s == 'stopped' or s == 'failed' or s == 'cancelled' then return {0} end
+if s == 'queued' and f[7] and f[8] then
+  redis.call('ZREM', KEYS[8], f[7] .. '|' .. f[8] .. '|' .. ARGV[8])
+end
 local started, steps = f[2], f[3] or '0'
 if not started and ARGV[1] ~= 'cancelled' then
   started = ARGV[5]
@@ -173,10 +191,14 @@ end
 return {claimed, held}
 """
 
+# KEYS: the run, its cancel key, its ended channel, the run stats, the queued-runs zset
+# ARGV: now (s), the cancel key's ttl (s), the run id
 _CANCEL = """
-local s = redis.call('HGET', KEYS[1], 'status')
+local f = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'created_ts')
+local s = f[1]
 if not s then return nil end
 if s == 'queued' then
+  if f[2] and f[3] then redis.call('ZREM', KEYS[5], f[2] .. '|' .. f[3] .. '|' .. ARGV[3]) end
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'stop_reason', 'cancelled', 'finished_ts', ARGV[1])
   redis.call('HINCRBY', KEYS[4], 'runs|cancelled|cancelled', 1)
   redis.call('PUBLISH', KEYS[3], 'cancelled')
@@ -188,8 +210,8 @@ return s
 
 
 class AdmissionRefused(Exception):
-    """A submission refused: `reason` is "killed" (detail: the switch's reason) or "queue_full"
-    (detail: the queue's depth)."""
+    """A submission refused: `reason` is "killed" (detail: the switch's reason), "queue_full"
+    (detail: the queue's depth) or "tenant_queue_full" (detail: the tenant's queued runs)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(reason)
@@ -250,12 +272,16 @@ class RunStore:
         version: str | None = None,
         trace_id: str | None = None,
         admission: tuple[str, list[str], int] | None = None,
+        max_queued_per_tenant: int = -1,
     ) -> dict[str, str]:
         """Write a new queued run and return its record (as stored).
 
         `admission` (queue, kill-switch keys, max queued): in the same script, refuse the run with
         AdmissionRefused when a switch is on or the queue holds max queued messages.
+        `max_queued_per_tenant` (-1: no limit): refuse it too when the tenant already has that many
+        runs in status `queued` (counted in the queued-runs zset, see Keys.queued_runs).
         """
+        created_ts = repr(time.time())
         fields = {
             "trace_id": trace_id or uuid.uuid4().hex,
             **({"version": version} if version else {}),
@@ -266,7 +292,7 @@ class RunStore:
             "input": json.dumps(input),
             "budgets": json.dumps(budgets.to_dict()),
             "metadata": json.dumps(metadata),
-            "created_ts": repr(time.time()),
+            "created_ts": created_ts,
             "steps": 0,
             "tool_calls": 0,
             "cursor": 0,
@@ -274,9 +300,11 @@ class RunStore:
         }
         queue, switches, max_queued = admission or ("", [], -1)
         flat = [str(x) for item in fields.items() for x in item]
+        member = f"{tenant}|{created_ts}|{run_id}"
+        expired_before = repr(float(created_ts) - self.ttl_s)
         verdict, detail = self._create(
-            keys=[self.keys.run(run_id), queue or self.keys.run(run_id), *switches],
-            args=[self.ttl_s, max_queued, *flat],
+            keys=[self.keys.run(run_id), queue or self.keys.run(run_id), self.keys.queued_runs(), *switches],
+            args=[self.ttl_s, max_queued, max_queued_per_tenant, tenant, member, expired_before, *flat],
         )
         if verdict != "ok":
             raise AdmissionRefused(str(verdict), str(detail))
@@ -307,6 +335,7 @@ class RunStore:
                 keys.leases(),
                 keys.deadlines(),
                 keys.run_cancel(run_id),
+                keys.queued_runs(),
                 *run_switch_keys(keys, str(tenant), str(agent)),
             ],
             args=[repr(time.time()), token, self.lease_ttl_ms, run_id, takeover, tenant, agent],
@@ -372,6 +401,7 @@ class RunStore:
                 keys.run_lease(run_id),
                 keys.leases(),
                 keys.deadlines(),
+                keys.queued_runs(),
             ],
             args=[
                 status,
@@ -423,8 +453,9 @@ class RunStore:
                 self.keys.run_cancel(run_id),
                 self.keys.run_ended_channel(run_id),
                 self.keys.stats_runs(),
+                self.keys.queued_runs(),
             ],
-            args=[repr(time.time()), 3600],
+            args=[repr(time.time()), 3600, run_id],
         )
         if status == QUEUED and self.on_end is not None:
             self.on_end(run_id, CANCELLED, "cancelled", None)

@@ -217,6 +217,12 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(262_144, gt=0)
     max_queued: int = Field(10_000, gt=0)
+    # One tenant's share of the queue: runs in status `queued` (0: no per-tenant limit).
+    max_queued_per_tenant: int = Field(1_000, ge=0)
+    # Open `?wait` requests (and event streams) per tenant, counted fleet-wide in Redis (0: no limit).
+    max_waiters_per_tenant: int = Field(100, ge=0)
+    # Bearer token that /metrics asks for when set (tenant names appear in its labels).
+    metrics_token: SecretStr | None = None
     run_ttl_s: int = Field(7 * 86400, gt=0)
     max_attempts: int = Field(3, gt=0, le=20)
 
@@ -246,7 +252,7 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
 
-    @field_validator("api_keys", "api_key", "sentry_dsn", "flower_password", "admin_keys")
+    @field_validator("api_keys", "api_key", "sentry_dsn", "flower_password", "admin_keys", "metrics_token")
     @classmethod
     def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
@@ -341,6 +347,12 @@ class Settings(BaseSettings):
                 raise ConfigError("FLEET_ADMIN_KEYS: every admin key needs at least 16 characters")
         return keys
 
+    def metrics_bearer(self) -> str | None:
+        """The token /metrics asks for: FLEET_METRICS_TOKEN or /run/secrets/fleet_metrics_token."""
+        if self.metrics_token is not None:
+            return self.metrics_token.get_secret_value().strip()
+        return self.secret("FLEET_METRICS_TOKEN")
+
     def secret(self, name: str) -> str | None:
         """A secret that lives in the environment or in /run/secrets/<lowercase name>."""
         value = os.environ.get(name)
@@ -355,6 +367,7 @@ class Settings(BaseSettings):
 def parse_tenant_keys(raw: str, source: str = "FLEET_API_KEYS") -> dict[str, str]:
     """Parse ``tenant:key,tenant:key`` (commas or newlines) into key -> tenant."""
     keys: dict[str, str] = {}
+    positions: dict[str, int] = {}
     for position, item in enumerate(re.split(r"[,\n]", raw), start=1):
         item = item.strip()
         if not item or item.startswith("#"):
@@ -367,7 +380,15 @@ def parse_tenant_keys(raw: str, source: str = "FLEET_API_KEYS") -> dict[str, str
             raise ConfigError(f"{source}: entry {position}: tenant may hold only letters, digits, '_.-'")
         if len(key) < 8 or key.lower() in PLACEHOLDER_SECRETS:
             raise ConfigError(f"{source}: entry {position}: key is too short or a placeholder")
+        if key in keys:
+            # One key for two entries would authenticate as whichever came last: refuse it, and
+            # name positions only, never the key.
+            raise ConfigError(
+                f"{source}: entry {position} repeats the key of entry {positions[key]}; "
+                "each API key belongs to one tenant"
+            )
         keys[key] = tenant
+        positions[key] = position
     return keys
 
 

@@ -2,57 +2,75 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import hmac
+from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter
+from fastapi import APIRouter, Header
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from api.deps import State
-from api.errors import FleetJSONResponse
-from api.metrics import FleetCollector
+from api.errors import ApiError, FleetJSONResponse
+from api.metrics import FleetCollector, known_models
 from api.schemas import Readiness
-from worker.heartbeat import live_workers
-from worker.redis_conn import make_redis
+from worker.heartbeat import live_workers_async
+
+PROBE_TIMEOUT_S = 2.0
 
 router = APIRouter(tags=["health"])
 # The error answer is JSON, unlike the metrics: name its media type, or FastAPI documents text/plain.
 _METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        "description": "FLEET_METRICS_TOKEN is set and the request does not carry it",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    },
     503: {
         "description": "Redis is unreachable",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-    }
+    },
 }
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, bool]:
-    """200 while the process serves."""
+async def healthz() -> dict[str, bool]:
+    """200 while the process serves; async, so it answers on the event loop with no thread free."""
     return {"ok": True}
 
 
 @router.get("/readyz", responses={200: {"model": Readiness}, 503: {"model": Readiness}})
-def readyz(state: State) -> FleetJSONResponse:
-    """200 when Redis answers, else 503 with the reason; reports the live agent and tool workers."""
-    probe = make_redis(state.settings.redis_url)
-    probe.connection_pool.connection_kwargs.update(socket_timeout=1.0, socket_connect_timeout=1.0)
+async def readyz(state: State) -> FleetJSONResponse:
+    """200 when Redis answers, else 503 with the reason; reports the live agent and tool workers.
+
+    Async on a client of its own with 1 s timeouts, so neither waiting requests nor a dead Redis
+    keep a probe from answering within seconds."""
     try:
-        probe.ping()
-    except redis.RedisError as exc:
+        await asyncio.wait_for(state.probe.ping(), PROBE_TIMEOUT_S)
+        workers = await live_workers_async(state.probe, state.keys)
+    except (redis.RedisError, OSError, TimeoutError) as exc:
         reason = f"redis unreachable: {type(exc).__name__}"
         return FleetJSONResponse(
             {"ok": False, "error": {"type": "unavailable", "message": reason}}, status_code=503
         )
-    finally:
-        probe.close()
-    workers = live_workers(state.r, state.keys)
     return FleetJSONResponse({"ok": True, "redis": "ok", "workers": workers})
 
 
 @router.get("/metrics", response_class=PlainTextResponse, responses=_METRICS_RESPONSES)
-def metrics(state: State) -> PlainTextResponse:
-    """Prometheus metrics of the whole fleet, read from Redis."""
+def metrics(state: State, authorization: Annotated[str | None, Header()] = None) -> PlainTextResponse:
+    """Prometheus metrics of the whole fleet, read from Redis. Tenant names are in its labels, so
+    with FLEET_METRICS_TOKEN set it asks for `Authorization: Bearer <that token>` (else 401)."""
+    if state.metrics_token:
+        token = (authorization or "").partition(" ")
+        given = token[2].strip().encode() if token[0].lower() == "bearer" else b""
+        if not hmac.compare_digest(given, state.metrics_token.encode()):
+            raise ApiError(
+                401, "unauthorized", "/metrics needs Authorization: Bearer <FLEET_METRICS_TOKEN>",
+                {"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
     registry = CollectorRegistry()
-    registry.register(FleetCollector(state.r, state.keys))
+    collector = FleetCollector(
+        state.r, state.keys, tenants=state.tenant_keys.values(), models=known_models(state.settings)
+    )
+    registry.register(collector)
     return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

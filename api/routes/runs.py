@@ -10,12 +10,13 @@ import uuid
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from pydantic import ValidationError
 
 from api.deps import AppState, State, Tenant, is_admin_key
 from api.errors import ApiError, FleetJSONResponse, validation_message
 from api.schemas import ErrorBody, RunOut, RunRequest
+from api.waitslots import WaitersFull
 from worker import killswitch
 from worker.agents import get_agent_class
 from worker.celery_app import send_run
@@ -39,6 +40,8 @@ def current_trace_id() -> str | None:
 IDEMPOTENCY_TTL_S = 86400
 MAX_WAIT_S = 30.0
 _IDEM_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+_RUN_ID_RE = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as submit_run makes them
+WAITERS_RETRY_AFTER_S = 5
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422, 429, 503)
 }
@@ -78,21 +81,32 @@ def _validate_input(request: RunRequest) -> None:
             raise ApiError(422, "invalid_request", validation_message(errors)) from None
 
 
-def _refusal(refused: AdmissionRefused, max_queued: int) -> ApiError:
-    """503 under a kill switch, 429 with Retry-After when the agents queue is full."""
+def _refusal(refused: AdmissionRefused, state: AppState, tenant: str) -> ApiError:
+    """503 under a kill switch, 429 with Retry-After when the agents queue or the tenant's share
+    of it is full."""
     if refused.reason == "killed":
         message = f"submissions are stopped by a kill switch: {refused.detail}"
         return ApiError(503, "killed", message, {"Retry-After": "30"})
     depth = int(refused.detail)
-    retry_after = max(1, min(60, depth // 100))
-    message = f"{depth} runs are queued (limit {max_queued}); retry later"
-    return ApiError(429, "queue_full", message, {"Retry-After": str(retry_after)})
+    retry_after = str(max(1, min(60, depth // 100)))
+    if refused.reason == "tenant_queue_full":
+        limit = state.settings.max_queued_per_tenant
+        message = f"tenant {tenant} has {depth} runs queued (limit {limit}); retry later"
+        return ApiError(429, "tenant_queue_full", message, {"Retry-After": retry_after})
+    message = f"{depth} runs are queued (limit {state.settings.max_queued}); retry later"
+    return ApiError(429, "queue_full", message, {"Retry-After": retry_after})
+
+
+def _not_found(run_id: str) -> ApiError:
+    # Echo an id only when it has the shape of one: anything else may be large or hostile.
+    shown = run_id if _RUN_ID_RE.fullmatch(run_id) else "with that id (run ids are 32 hex characters)"
+    return ApiError(404, "not_found", f"no run {shown}")
 
 
 def _run_response(state: AppState, run_id: str, status_code: int, steps: bool = False) -> FleetJSONResponse:
     raw = state.store.load(run_id)
     if raw is None:
-        raise ApiError(404, "not_found", f"no run {run_id}")
+        raise _not_found(run_id)
     body = public_view(raw)
     if steps:
         body["steps"] = state.store.steps(run_id)
@@ -141,11 +155,12 @@ def submit_run(
             version=version,
             trace_id=current_trace_id(),
             admission=(AGENT_QUEUE, switches, state.settings.max_queued),  # one round trip
+            max_queued_per_tenant=state.settings.max_queued_per_tenant or -1,
         )
     except AdmissionRefused as refused:
         if idem_key:
             state.r.delete(idem_key)
-        raise _refusal(refused, state.settings.max_queued) from None
+        raise _refusal(refused, state, tenant) from None
     log.info("run queued", run_id=run_id, tenant=tenant, agent=request.agent, trace_id=record["trace_id"])
     try:
         send_run(state.celery, run_id, budgets.max_seconds)
@@ -189,15 +204,25 @@ def _repeat(state: AppState, idem_key: str, body_hash: str) -> FleetJSONResponse
 
 
 def _owned(state: AppState, run_id: str, tenant: str) -> dict[str, str]:
-    raw = state.store.load(run_id) if len(run_id) <= 64 else None
+    raw = state.store.load(run_id) if _RUN_ID_RE.fullmatch(run_id) else None
     if raw is None or raw.get("tenant") != tenant:
-        raise ApiError(404, "not_found", f"no run {run_id}")
+        raise _not_found(run_id)
     return raw
 
 
+async def _load_owned(state: AppState, run_id: str, tenant: str) -> dict[str, str]:
+    """The run's raw hash, read on the event loop; 404 for a malformed id or another tenant's run.
+    (A malformed id never reaches Redis: `<id>:steps` would name the step log, a list.)"""
+    raw = await state.ar.hgetall(state.keys.run(run_id)) if _RUN_ID_RE.fullmatch(run_id) else None
+    if not raw or raw.get("tenant") != tenant:
+        raise _not_found(run_id)
+    return {str(k): str(v) for k, v in raw.items()}
+
+
 @router.get("/{run_id}", responses={200: {"model": RunOut}, **_ERRORS})
-def get_run(
+async def get_run(
     run_id: str,
+    request: Request,
     state: State,
     tenant: Tenant,
     wait: Annotated[
@@ -205,22 +230,43 @@ def get_run(
     ] = 0,
     steps: Annotated[bool, Query(description="include the step log")] = False,
 ) -> FleetJSONResponse:
-    """Read a run; with `?wait=S` the answer waits until the run ends or S seconds pass."""
-    raw = _owned(state, run_id, tenant)
+    """Read a run; with `?wait=S` the answer waits until the run ends or S seconds pass.
+
+    Async: a wait holds no thread. At most FLEET_MAX_WAITERS_PER_TENANT waits per tenant are open
+    at once, fleet-wide; past it, 429 with Retry-After."""
+    raw = await _load_owned(state, run_id, tenant)
     if wait > 0 and raw["status"] not in TERMINAL:
-        _wait_for_end(state, run_id, wait)
-    return _run_response(state, run_id, 200, steps=steps)
+        try:
+            async with state.wait_slots.slot(tenant, wait):
+                await _wait_for_end(state, request, run_id, wait)
+        except WaitersFull as full:
+            message = f"tenant {tenant} has {full.held} waits open (limit {state.wait_slots.limit})"
+            raise ApiError(
+                429, "too_many_waiters", message, {"Retry-After": str(WAITERS_RETRY_AFTER_S)}
+            ) from None
+        raw = await _load_owned(state, run_id, tenant)
+    body = public_view(raw)
+    if steps:
+        body["steps"] = [
+            json.loads(item) for item in await state.ar.lrange(state.keys.run_steps(run_id), 0, -1)
+        ]
+    return FleetJSONResponse(body, status_code=200, headers={"Location": f"/v1/runs/{run_id}"})
 
 
-def _wait_for_end(state: AppState, run_id: str, wait_s: float) -> None:
-    """Block until the run ends or `wait_s` passes."""
+async def _wait_for_end(state: AppState, request: Request, run_id: str, wait_s: float) -> None:
+    """Wait until the run ends, the client goes away (which frees its slot at once) or `wait_s` passes."""
     key = state.keys.run(run_id)
 
-    def ended() -> bool:
-        status = state.r.hget(key, "status")
+    async def ended() -> bool:
+        status = await state.ar.hget(key, "status")
         return status is None or status in TERMINAL
 
-    state.waiter.wait(state.keys.run_ended_channel(run_id), ended, wait_s)
+    async def gone() -> None:
+        # A GET has no body: what the server receives next is the client's disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    await state.waiter.wait(state.keys.run_ended_channel(run_id), ended, wait_s, gone=gone)
 
 
 @router.post("/{run_id}/cancel", status_code=202, responses={202: {"model": RunOut}, **_ERRORS})
