@@ -96,10 +96,20 @@ def _inside_an_id(text: str, start: int, end: int) -> bool:
     return (left, right) != (start, end) and 16 <= len(token) <= 32 and bool(re.search("[a-f]", token))
 
 
+# A digits-only probe can also occur by chance inside a longer number: a timestamp, a duration, or
+# the fraction of Sentry's `sample_rand` ("0.822463", six random decimals in every trace's baggage).
+# A card or phone number leaks with its own separators around the probe, never more digits.
+def _inside_a_number(text: str, start: int, end: int) -> bool:
+    if not text[start:end].isdigit():
+        return False
+    before, after = text[start - 1 : start], text[end : end + 1]
+    return before.isdigit() or after.isdigit() or text[max(0, start - 2) : start] == "0."
+
+
 def _occurs(probe: str, text: str) -> bool:
     at = text.find(probe)
     while at != -1:
-        if not _inside_an_id(text, at, at + len(probe)):
+        if not _inside_an_id(text, at, at + len(probe)) and not _inside_a_number(text, at, at + len(probe)):
             return True
         at = text.find(probe, at + 1)
     return False
