@@ -2,9 +2,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import fakeredis
 import pytest
 
-from tests.harness import CountingServer, Fleet, RedisServer
+from tests.harness import CountingServer, FakeOpenAI, Fleet, RedisServer
+from worker.keys import Keys
+from worker.runs import RunStore
+
+
+@pytest.fixture
+def r() -> fakeredis.FakeRedis:
+    """A fakeredis client for unit tests of Redis logic (Lua included)."""
+    return fakeredis.FakeRedis(decode_responses=True)
+
+
+@pytest.fixture
+def store(r: fakeredis.FakeRedis) -> RunStore:
+    """The run store on `r`, with the default key prefix."""
+    return RunStore(r, Keys("fleet"))
 
 
 @pytest.fixture
@@ -32,3 +47,13 @@ def http_server() -> Iterator[CountingServer]:
     server = CountingServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server (tests/fake_openai.py) for the module."""
+    server = FakeOpenAI()
+    try:
+        yield server
+    finally:
+        server.close()

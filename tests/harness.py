@@ -403,3 +403,41 @@ class EventTap:
         self.receiver.should_stop = True
         self.thread.join(timeout=5)
         self.conn.release()
+
+
+class FakeOpenAI:
+    """`python -m tests.fake_openai` as a child process, with its control API."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fake_openai", "--port", "0"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        assert line.startswith("READY "), f"fake server did not start: {line!r}"
+        self.port = int(line.split()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def load(self, name: str, answers: list[dict[str, Any]]) -> None:
+        resp = httpx.post(f"{self.url}/_script", json={"name": name, "answers": answers}, timeout=5)
+        assert resp.status_code == 200, resp.text
+
+    def requests(self, marker: str | None = None) -> list[dict[str, Any]]:
+        params = {"marker": marker} if marker else {}
+        resp = httpx.get(f"{self.url}/_requests", params=params, timeout=5)
+        assert resp.status_code == 200, resp.text
+        received: list[dict[str, Any]] = resp.json()
+        return received
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -16,16 +16,6 @@ from worker.runs import RunStore
 from worker.settings import Settings
 
 
-@pytest.fixture
-def r() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(decode_responses=True)
-
-
-@pytest.fixture
-def store(r: fakeredis.FakeRedis) -> RunStore:
-    return RunStore(r, KEYS)
-
-
 class CountingRedis(fakeredis.FakeRedis):
     """Counts round trips: each command sent alone, and each pipeline."""
 

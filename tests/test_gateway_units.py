@@ -14,11 +14,6 @@ from worker.ratelimit import RateLimiter, parse_rate
 KEYS = Keys("fleet")
 
 
-@pytest.fixture
-def r() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(decode_responses=True)
-
-
 @pytest.mark.parametrize(("text", "interval_ms"), [("20/s", 50.0), ("600/m", 100.0), ("3600/h", 1000.0)])
 def test_rates_parse(text: str, interval_ms: float) -> None:
     assert parse_rate(text).interval_ms == pytest.approx(interval_ms)

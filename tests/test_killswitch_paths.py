@@ -22,8 +22,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from tests.harness import CountingServer, Fleet, RedisServer, wait_for
-from tests.test_llm import FakeOpenAI
+from tests.harness import CountingServer, FakeOpenAI, Fleet, RedisServer, wait_for
 from worker.keys import Keys, tool_queue
 
 KEYS = Keys("fleet")
@@ -36,22 +35,6 @@ KINDS = {  # switch kind -> (its key, the tool it refuses here)
     "tool": (KEYS.kill_tool("http.get"), "http.get"),
     "llm": (KEYS.kill_tool("llm"), "llm"),
 }
-
-
-@pytest.fixture(scope="module")
-def http_server() -> Iterator[CountingServer]:
-    server = CountingServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")

@@ -29,16 +29,6 @@ CHECK = killswitch.LUA_KILL_REASON + "return kill_reason(KEYS)"
 FAILURE = {"ok": False, "error": {"type": "http_error", "message": "HTTP 503", "status": 503}}
 
 
-@pytest.fixture
-def r() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(decode_responses=True)
-
-
-@pytest.fixture
-def store(r: fakeredis.FakeRedis) -> RunStore:
-    return RunStore(r, KEYS)
-
-
 def _set(r: fakeredis.FakeRedis, keys: list[str], values: tuple[str | None, ...]) -> None:
     r.delete(*keys)
     for key, value in zip(keys, values, strict=True):

@@ -24,11 +24,6 @@ TTL_S = 0.3
 
 
 @pytest.fixture
-def r() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(decode_responses=True)
-
-
-@pytest.fixture
 def leases(r: fakeredis.FakeRedis) -> Leases:
     return Leases(r, KEYS, ttl_s=TTL_S)
 

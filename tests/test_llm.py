@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import secrets
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ import pytest
 import redis
 
 import tests.plugins  # noqa: F401  (registers test.sleep, whose schema the model is offered)
-from tests.harness import ROOT, TERMINAL, Fleet, running_fleet, wait_for
+from tests.harness import TERMINAL, FakeOpenAI, Fleet, running_fleet, wait_for
 from worker.agents.llm import function_name
 from worker.loop import estimate_prompt_tokens
 from worker.tools import get_tool
@@ -41,53 +39,6 @@ MAX_INVALID_ANSWERS = 3  # the llm agent's default
 LLM_TIMEOUT_MS = 3000
 SLEEP_COST_USD = 0.3  # test.sleep's declared cost per call, charged to the run's max_cost_usd
 RUN_IDS: list[str] = []  # every run of the module, for the key check at the end
-
-
-class FakeOpenAI:
-    """`python -m tests.fake_openai` as a child process, with its control API."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_openai", "--port", "0"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        assert line.startswith("READY "), f"fake server did not start: {line!r}"
-        self.port = int(line.split()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def load(self, name: str, answers: list[dict[str, Any]]) -> None:
-        resp = httpx.post(f"{self.url}/_script", json={"name": name, "answers": answers}, timeout=5)
-        assert resp.status_code == 200, resp.text
-
-    def requests(self, marker: str | None = None) -> list[dict[str, Any]]:
-        params = {"marker": marker} if marker else {}
-        resp = httpx.get(f"{self.url}/_requests", params=params, timeout=5)
-        assert resp.status_code == 200, resp.text
-        received: list[dict[str, Any]] = resp.json()
-        return received
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")

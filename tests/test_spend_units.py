@@ -22,11 +22,6 @@ PRICES = Prices(input=1.0, output=2.0)  # USD per million tokens
 COST = ModelCallCost(worst_tokens=1000, worst_micro=1500, prices=PRICES, max_tokens=10_000, max_cost_usd=1.0)
 
 
-@pytest.fixture
-def r() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(decode_responses=True)
-
-
 def _usage(r: fakeredis.FakeRedis, run_id: str = "r1") -> dict[str, Any]:
     return dict(public_view(RunStore(r, KEYS).load(run_id) or {})["usage"])
 

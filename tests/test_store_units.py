@@ -21,16 +21,6 @@ KEYS = Keys("fleet")
 BUDGETS = Budgets(max_steps=5, max_tool_calls=2, max_seconds=30)
 
 
-@pytest.fixture
-def r() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(decode_responses=True)
-
-
-@pytest.fixture
-def store(r: fakeredis.FakeRedis) -> RunStore:
-    return RunStore(r, KEYS)
-
-
 def new_run(store: RunStore, run_id: str = "r1") -> None:
     store.create(run_id, tenant="t1", agent="scripted", input={"plan": []}, budgets=BUDGETS, metadata={})
 
