@@ -19,6 +19,7 @@ thread per process (worker/keeper.py).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import sys
@@ -28,9 +29,21 @@ import structlog
 
 log = structlog.get_logger("agentfleet.preload")
 
-# Modules the agent loop imports on first use rather than at import (found by diffing a pool
-# child's sys.modules after its first runs against the parent's; bench/bench_memory.py).
-LAZY_MODULES: tuple[str, ...] = ("worker.tasks",)
+# What a pool child imported that its parent had not, found by diffing a child's sys.modules after
+# its first runs (scripted agent, `echo`, `final`) against the parent's right before the fork, on
+# Celery 5.7: billiard's modules come with the child's start, Celery's Redis result backend with
+# the first tool call it sends. worker.tasks (the task code, agents, tools, the gateway, httpx,
+# pydantic, structlog) is Celery's `include`, imported before this runs; it is named so that it
+# stays so. A module another Celery version lacks is skipped.
+LAZY_MODULES: tuple[str, ...] = (
+    "worker.tasks",
+    "billiard.heap",
+    "billiard.popen_fork",
+    "billiard.sharedctypes",
+    "billiard.synchronize",
+    "celery.backends.asynchronous",
+    "celery.backends.redis",
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,8 @@ class Preloaded:
 def warm() -> None:
     """Import and load, in this process, what a pool child would otherwise load on its first run."""
     for name in LAZY_MODULES:
-        importlib.import_module(name)
+        with contextlib.suppress(ModuleNotFoundError):
+            importlib.import_module(name)
 
 
 def prepare_fork() -> Preloaded:
