@@ -63,7 +63,7 @@ def warm() -> None:
 
 def prepare_fork() -> Preloaded:
     """Warm the process, collect its garbage and freeze what is left; call it once, right
-    before the pool forks. Garbage is collected first because frozen objects are never freed."""
+    before the pool forks. Garbage is collected first: cycles among frozen objects are never collected."""
     warm()
     gc.collect()
     gc.freeze()
