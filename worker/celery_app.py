@@ -145,4 +145,17 @@ def _worker_init(conf: Any = None, options: Any = None, **_: Any) -> None:
         conf.worker_send_task_events = settings.observability.tool_task_events
 
 
+@signals.celeryd_after_setup.connect
+def _before_pool_forks(instance: Any = None, **_: Any) -> None:
+    """Prefork workers ready their main process for the fork (worker/preload.py).
+
+    `celeryd_after_setup` is the last signal in the main process before the pool starts: the
+    worker's blueprint sends it from `on_start`, ahead of starting its steps, the pool among them.
+    """
+    from worker.preload import is_prefork, prepare_fork
+
+    if instance is not None and is_prefork(instance.pool_cls) and get_settings().runtime.prefork_preload:
+        prepare_fork()
+
+
 app = make_app(get_settings())

@@ -61,6 +61,10 @@ class RuntimeEnv(_Section):
 
 class RuntimeSection(_Section):
     env: RuntimeEnv = RuntimeEnv()
+    # Prefork workers import what a run needs and freeze the collector's objects in the main
+    # process before the pool forks, so the children share those pages (worker/preload.py).
+    # Off only to measure the difference (bench/bench_memory.py).
+    prefork_preload: bool = True
 
 
 class RetriesSection(_Section):
