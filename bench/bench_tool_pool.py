@@ -30,8 +30,8 @@ threads pool (celery #9191: a gevent worker that stopped consuming after a Redis
 a batch of calls in flight, Redis stopped for 2 s and started again, then a second batch; both
 batches must be answered, and the server must not see a call twice.
 
-Then, unless `--no-prototype`: a PROTOTYPE, not the fleet: one process that imports the tool
-worker's modules (`worker.tasks`) and then awaits N GETs to the same server on one
+Then, unless `--no-prototype`: a PROTOTYPE, not the fleet (`bench/proto_async_tools.py`): one
+process that imports the tool worker's modules and then awaits N GETs to the same server on one
 `httpx.AsyncClient` in an asyncio loop, with no Celery consumer, gateway checks or SSRF guard.
 It gives an asyncio design's memory figure beside the others.
 
@@ -47,6 +47,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import threading
@@ -73,6 +74,7 @@ TARGET_IN_FLIGHT = 1000  # issue 13: one tool-worker process keeps at least 1,00
 DEFAULT_BULKHEAD = 8  # tools.max_concurrency.default as shipped
 RESTART_DOWN_S = 2.0
 SAMPLE_EVERY_S = 0.25
+KEEP_LOGS: list[Path] = []  # --logs DIR: where each tool worker's log is copied before it is removed
 CALL_TIMEOUT_MARGIN_S = 26.0  # a call's timeout is wait_s + this: queueing never makes it time out
 CONFIG: dict[str, Any] = {"tools": {"allowlist": ["http.get"], "http": {"allow_hosts": ["127.0.0.1"]}}}
 ENV = {"FLEET_MAX_QUEUED": str(10**9), "FLEET_MAX_QUEUED_PER_TENANT": "0", "FLEET_LOG_FORMAT": "json"}
@@ -191,6 +193,25 @@ class PeakPss:
         return self.peak_mib
 
 
+_TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def error_lines(text: str) -> Counter[str]:
+    """The worker's JSON log lines at level error or critical, by level and event (task ids elided)."""
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError, AttributeError):
+            entry = json.loads(line)
+            if entry.get("level") in ("error", "critical"):
+                event = _TASK_ID.sub("<id>", str(entry.get("event")).split("\n", 1)[0])
+                counts[f"{entry['level']}: {event[:100]}"] += 1
+    return counts
+
+
+def errors_text(counts: Counter[str]) -> str:
+    return "; ".join(f"{n} x `{event}`" for event, n in counts.most_common(6))
+
+
 # -- sending calls as the gateway does ----------------------------------------------------------------
 
 
@@ -218,8 +239,10 @@ class Caller:
         """Send `count` calls (step `step` of the first `count` runs); their call ids."""
         call_ids = [f"{run_id}:{step}:0" for run_id in self.run_ids[:count]]
         for call_id in call_ids:
+            # One URL per call, so the server can tell a call that reaches it twice.
+            args = {"url": f"{self.url}?call={call_id}"}
             self.dispatcher.send(
-                call_id=call_id, attempt=0, tool="http.get", args={"url": self.url}, timeout_s=self.timeout_s
+                call_id=call_id, attempt=0, tool="http.get", args=args, timeout_s=self.timeout_s
             )
         return call_ids
 
@@ -234,8 +257,8 @@ class Caller:
                 for call_id in pending:
                     pipe.lpop(self.keys.call_reply(call_id, 0))
                 for call_id, raw in zip(pending, pipe.execute(), strict=True):
-                    if raw is not None:
-                        replies[call_id] = json.loads(raw)
+                    if raw is not None:  # {"settled": bool, "envelope": the attempt's envelope}
+                        replies[call_id] = json.loads(raw)["envelope"]
                 pending = [call_id for call_id in pending if call_id not in replies]
             if pending:
                 time.sleep(0.1)
@@ -316,6 +339,12 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def keep_log(name: str, proc: Proc) -> None:
+    if KEEP_LOGS:
+        KEEP_LOGS[0].mkdir(parents=True, exist_ok=True)
+        (KEEP_LOGS[0] / f"{name}.log").write_text(proc.text())
+
+
 def start_tool_worker(server: RedisServer, bulkhead: int, args: list[str]) -> tuple[Fleet, Proc]:
     config = deep_merge(CONFIG, {"tools": {"max_concurrency": {"default": bulkhead}}})
     fleet = Fleet(server, config=config, env_extra=ENV)
@@ -358,12 +387,13 @@ def measure_pool(
             row.notes.append(f"{twice} calls reached the server more than once")
         if proc.popen.poll() is not None:
             row.notes.append(f"the tool worker exited ({proc.popen.returncode})")
-        tracebacks = proc.text().count("Traceback")
-        if tracebacks:
-            row.notes.append(f"{tracebacks} tracebacks in its log")
-        troubled = twice or tracebacks or proc.popen.poll() is not None or counts["no reply"]
+        logged = error_lines(proc.text())
+        if logged:
+            row.notes.append(f"error lines in its log: {errors_text(logged)}")
+        troubled = twice or proc.popen.poll() is not None or counts["no reply"]
     finally:
         log_tail = proc.text()[-3000:]
+        keep_log(name.split()[0], proc)
         fleet.close()
     if troubled:
         row.notes.append("log tail:\n```\n" + log_tail + "\n```")
@@ -417,11 +447,9 @@ def restart_check(
         after = outcomes(caller.collect(second, slow.wait_s + CALL_TIMEOUT_MARGIN_S + 30), batch)
         twice = sum(1 for n in slow.paths.values() if n > 1)
         alive = proc.popen.poll() is None
-        text = proc.text()
-        notes = "\n".join(
-            line for line in text.splitlines() if "Traceback" in line or "rror" in line or "econnect" in line
-        )[-4000:]
+        notes = errors_text(error_lines(proc.text()))
     finally:
+        keep_log(f"restart-{pool}", proc)
         fleet.close()
     return Restart(pool, before, after, batch, twice, alive, notes)
 
@@ -429,33 +457,10 @@ def restart_check(
 # -- the asyncio prototype ----------------------------------------------------------------------------
 
 
-def prototype_child(calls: int, url: str) -> int:
-    """PROTOTYPE: await `calls` GETs on one httpx.AsyncClient; prints the outcomes as JSON."""
-    import worker.tasks  # noqa: F401  (the tool worker's modules, so the idle figure is comparable)
-
-    print("ready", flush=True)
-    sys.stdin.readline()
-
-    async def main() -> Counter[str]:
-        limits = httpx.Limits(max_connections=calls, max_keepalive_connections=0)
-        async with httpx.AsyncClient(limits=limits, timeout=CALL_TIMEOUT_MARGIN_S + 30) as client:
-
-            async def get() -> str:
-                try:
-                    return "ok" if (await client.get(url)).status_code == 200 else "http_error"
-                except httpx.HTTPError as exc:
-                    return type(exc).__name__
-
-            return Counter(await asyncio.gather(*(get() for _ in range(calls))))
-
-    print(json.dumps(asyncio.run(main())), flush=True)
-    return 0
-
-
 def measure_prototype(server: RedisServer, slow: SlowServer, calls: int, env: dict[str, str]) -> Row:
     row = Row("asyncio PROTOTYPE", "one loop, one httpx.AsyncClient (not the fleet)", calls)
     child = subprocess.Popen(
-        [sys.executable, __file__, "--prototype-child", str(calls), slow.url("/proto")],
+        [sys.executable, str(ROOT / "bench" / "proto_async_tools.py"), str(calls), slow.url("/proto")],
         env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -530,15 +535,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wait-s", type=float, default=4.0, help="the server's answer delay (4 s)")
     parser.add_argument("--restart-calls", type=int, default=50, help="calls per batch in the restart check")
     parser.add_argument("--no-restart", action="store_true", help="skip the Redis restart check")
+    parser.add_argument("--logs", type=Path, help="copy each tool worker's log into this folder")
     parser.add_argument("--no-prototype", action="store_true", help="skip the asyncio prototype")
-    parser.add_argument("--prototype-child", nargs=2, metavar=("N", "URL"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.prototype_child:
-        return prototype_child(int(args.prototype_child[0]), args.prototype_child[1])
+    if args.logs:
+        KEEP_LOGS.append(args.logs)
     try:
         import gevent  # noqa: F401
     except ImportError:
@@ -602,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             print(check.line())
         for check in restarts:
             if check.notes:
-                print(f"\n{check.pool} worker log, error lines:\n```\n{check.notes}\n```")
+                print(f"\n{check.pool}: error lines in its log: {check.notes}")
     return 0
 
 
