@@ -334,7 +334,8 @@ HEADER = [
 
 
 def render(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "| --- | --- |" + " ---: |" * 3 + " --- |" + " ---: |" * 7]
+    align = "| --- | --- | ---: | ---: | --- | ---: | --- |" + " ---: |" * 5
+    lines = ["| " + " | ".join(HEADER) + " |", align]
     lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
     return "\n".join(lines)
 
