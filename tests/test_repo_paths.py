@@ -70,7 +70,7 @@ def test_the_pattern_leaves_the_repositorys_own_paths_alone() -> None:
         "FLEET_HEARTBEAT_FILE=" + _TMP + "/fleet-worker.heartbeat",
         "mysql://root:p@ssw0rd@10.0.0.5/db",
         "tempfile.mkdtemp(prefix='fleet-redis-')",
-        "https://example.com/home/index.html",
+        "https://example.com" + _HOME + "/index.html",
         "/run/secrets/openai_api_key",
     ]
     for text in fine:
