@@ -302,3 +302,15 @@ def test_worst_case_64_kib_input_for_each_new_pattern_is_redacted_in_linear_time
     full_s = min(cpu_s(_fill(WORST_CASES[shape], size)) for _ in range(3))
     assert full_s < 2.0
     assert full_s <= 8 * quarter_s + 0.05, (quarter_s, full_s)
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("Connected to redis://:**@127.0.0.1:6379/0", "redis://:**@127.0.0.1:6379/0"),
+        ("broker redis://:***@redis:6379/0", "redis://:***@redis:6379/0"),
+    ],
+)
+def test_a_url_password_already_masked_with_asterisks_is_left_as_it_is(text: str, kept: str) -> None:
+    assert kept in redact_text(text)
+    assert redact_text("redis://:**x@h/0") == "redis://:[URL_PASSWORD]@h/0"  # not only asterisks

@@ -87,6 +87,8 @@ def test_environment_beats_yaml_beats_defaults(tmp_path: Path, monkeypatch: pyte
         ({"FLEET_API_PORT": "http"}, None, "api_port"),
         ({"FLEET_LOG_LEVEL": "LOUD"}, None, "log_level"),
         ({"FLEET_LOG_FORMAT": "xml"}, None, "log_format"),
+        ({"AGENT_MAX_COST_USD": "1e303"}, None, "AGENT_MAX_COST_USD"),
+        ({}, "runtime: {env: {AGENT_MAX_COST_USD: 1.0e+303}}\n", "AGENT_MAX_COST_USD"),
     ],
 )
 def test_a_bad_setting_is_an_error_that_names_it(

@@ -196,7 +196,7 @@ class ToolGateway:
         quota = (
             decision(self.agent, answer.max_actions, answer.max_spend_usd, answer.quota)
             if answer.quota
-            else Decision("allowed", "no quota")
+            else Decision("allowed", NO_QUOTA)
         )
         outcome: CallOutcome | None = None
         if answer.verdict == "killed":

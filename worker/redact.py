@@ -205,10 +205,11 @@ def _aws_pairs(s: str) -> str:
 
 
 # The password of URL userinfo runs to the last '@' before the host; it may hold '/', '?' or '#'
-# (not allowed there, but written), except when what follows the ':' is a port and a path.
+# (not allowed there, but written), except when what follows the ':' is a port and a path, or a
+# password already masked with asterisks (Celery logs its broker as `redis://:**@host`).
 _URL_PASSWORD_RE = re.compile(
     r"(?P<pre>\b[A-Za-z][A-Za-z0-9+.-]{0,20}://[^\s:/@?#]{0,256}:)"
-    r"(?!\d{1,5}(?:[/?#\s]|\Z))\S{1,256}?(?=@[^\s@/?#]{0,256}(?:[/?#\s]|\Z))"
+    r"(?!\d{1,5}(?:[/?#\s]|\Z))(?!\*{1,16}@)\S{1,256}?(?=@[^\s@/?#]{0,256}(?:[/?#\s]|\Z))"
 )
 _PEM_RE = re.compile(
     r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"

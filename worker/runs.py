@@ -36,7 +36,7 @@ class Budgets:
     max_tool_calls: int
     max_seconds: float
     max_tokens: int = 0  # model tokens (prompt + completion), reserved before each model call
-    max_cost_usd: float = 0.0  # model spend
+    max_cost_usd: float = 0.0  # model spend and declared tool costs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

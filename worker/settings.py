@@ -56,7 +56,7 @@ class RuntimeEnv(_Section):
     AGENT_MAX_TOOL_CALLS: int = Field(12, ge=0)
     AGENT_MAX_SECONDS: float = Field(60, gt=0)
     AGENT_MAX_TOKENS: int = Field(200_000, ge=0)
-    AGENT_MAX_COST_USD: float = Field(1.0, ge=0)
+    AGENT_MAX_COST_USD: float = Field(1.0, ge=0, le=1_000_000)
 
 
 class RuntimeSection(_Section):
@@ -210,7 +210,10 @@ class Settings(BaseSettings):
     )
     agent_max_seconds: float | None = Field(None, gt=0, validation_alias=AliasChoices("AGENT_MAX_SECONDS"))
     agent_max_tokens: int | None = Field(None, ge=0, validation_alias=AliasChoices("AGENT_MAX_TOKENS"))
-    agent_max_cost_usd: float | None = Field(None, ge=0, validation_alias=AliasChoices("AGENT_MAX_COST_USD"))
+    # At most 1e6, like an agent's daily spend: costs are counted in micro-USD integers in Redis.
+    agent_max_cost_usd: float | None = Field(
+        None, ge=0, le=1_000_000, validation_alias=AliasChoices("AGENT_MAX_COST_USD")
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, gt=0, lt=65536)
