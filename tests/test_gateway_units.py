@@ -144,3 +144,16 @@ def test_a_tool_call_the_broker_cannot_take_is_the_fleets_failure_not_the_agents
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert "unavailable could not send the tool call" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_call_refused_after_admission_is_recorded_as_denied_with_its_reason() -> None:
+    from worker.gateway import refusal_decision
+    from worker.tools.base import error_result
+
+    allowed = {"decision": "allowed", "reason": "no quota"}
+    killed = refusal_decision(allowed, error_result("killed", "incident 42"))
+    assert killed == {"decision": "denied", "reason": "kill switch: incident 42"}
+    limited = refusal_decision(allowed, error_result("rate_limited", "20/s"))
+    assert limited["decision"] == "denied" and limited["reason"] == "20/s"
+    assert refusal_decision(allowed, error_result("timeout", "8 s")) == allowed
+    assert refusal_decision(allowed, {"ok": True, "result": 1}) == allowed

@@ -226,13 +226,7 @@ class ToolGateway:
         self.budget.used = answer.used
         self._charge_tool_cost(call_id, spec)
         result = self._tool_attempts(call_id, spec, args, keys, answer)
-        decision_dict = quota.to_dict()
-        kind = None if result.get("ok") else (result.get("error") or {}).get("type")
-        if kind in ("rate_limited", "circuit_open", "killed"):
-            reason = result["error"]["message"]
-            reason = f"kill switch: {reason}" if kind == "killed" else reason
-            decision_dict = {**decision_dict, "decision": "denied", "reason": reason}
-        return CallOutcome(result, decision_dict)
+        return CallOutcome(result, refusal_decision(quota.to_dict(), result))
 
     def _charge_tool_cost(self, call_id: str, spec: Tool, *, check_only: bool = False) -> None:
         """Charge an admitted call's declared cost to the run's `max_cost_usd` (once per call), or
@@ -415,7 +409,7 @@ class ToolGateway:
         self.budget.record(call_id, result)
         kind = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
         self.r.hincrby(self.keys.stats_tools(), f"calls|{MODEL_TOOL}|{kind}", 1)
-        return CallOutcome(result, quota.to_dict())
+        return CallOutcome(result, refusal_decision(quota.to_dict(), result))
 
     def _tool_slots(self, spec: Tool) -> list[LimitSlot]:
         """The rate-limit slots a call of `spec` takes, as the admission script wants them."""
@@ -566,6 +560,20 @@ class ToolGateway:
                     return dict(data["envelope"]), bool(data.get("settled"))
                 return dict(data), False
             self.guard.check()
+
+
+def refusal_decision(decision_dict: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The decision record of a call whose attempts the gateway refused after admission (a kill
+    switch flipped, a rate limit or an open breaker): denied, with the refusal as its reason."""
+    kind = None if result.get("ok") else (result.get("error") or {}).get("type")
+    if kind not in ("rate_limited", "circuit_open", "killed"):
+        return decision_dict
+    reason = str(result["error"]["message"])
+    return {
+        **decision_dict,
+        "decision": "denied",
+        "reason": f"kill switch: {reason}" if kind == "killed" else reason,
+    }
 
 
 def _attempt_id(call_id: str, attempt: int) -> str:
