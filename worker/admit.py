@@ -159,10 +159,12 @@ local _, before, after, existing = settle(KEYS[1], KEYS[2], KEYS[3], '', ARGV[1]
 return {before, after, existing}
 """
 
-# The tool worker's reply. KEYS: 1 the reply list, 2-4 as _SETTLE. ARGV: 1 the envelope (JSON),
-# 2 the reply's TTL, 3 the attempt, 4 settle here (1/0: only when this attempt ran the tool),
-# 5-10 as _SETTLE's 1-6, 11-12 as its 8-9 (the result is the envelope). The reply says whether the
-# bookkeeping is done.
+# The tool worker's reply. KEYS: 1 the reply list, 2-4 as _SETTLE, 5 the run's hash, 6 the timers
+# zset, 7 the schedulers' bell. ARGV: 1 the envelope (JSON), 2 the reply's TTL, 3 the attempt,
+# 4 settle here (1/0: only when this attempt ran the tool), 5-10 as _SETTLE's 1-6, 11-12 as its
+# 8-9 (the result is the envelope), 13 the run id. The reply says whether the bookkeeping is done.
+# A run parked on this reply (worker/timers.py) is made due and the bell rung: a scheduler resumes
+# it at once.
 _REPLY = """
 local settled, before, after = 0, '', ''
 if ARGV[4] == '1' then
@@ -173,6 +175,12 @@ end
 redis.call('RPUSH', KEYS[1], '{"settled": ' .. (settled == 1 and 'true' or 'false') .. ', "envelope": ' ..
            ARGV[1] .. '}')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+local park = redis.call('HMGET', KEYS[5], 'parked', 'wait_reply')
+if park[1] == '1' and park[2] == KEYS[1] then
+  redis.call('ZADD', KEYS[6], 'XX', 0, ARGV[13])
+  redis.call('LPUSH', KEYS[7], ARGV[13])
+  redis.call('LTRIM', KEYS[7], 0, 63)
+end
 return {settled, before, after}
 """
 
@@ -339,6 +347,10 @@ class Replier:
         call_key: str,
         breaker_key: str,
         stats_key: str,
+        run_key: str,
+        timers_key: str,
+        bell_key: str,
+        run_id: str,
         envelope: str,
         reply_ttl_s: int,
         attempt: int,
@@ -351,7 +363,7 @@ class Replier:
     ) -> tuple[bool, str, str]:
         """Returns whether the call was settled here, and the breaker's states before and after."""
         settled, before, after = self._reply(
-            keys=[reply_key, call_key, breaker_key, stats_key],
+            keys=[reply_key, call_key, breaker_key, stats_key, run_key, timers_key, bell_key],
             args=[
                 envelope,
                 reply_ttl_s,
@@ -362,6 +374,7 @@ class Replier:
                 "1" if final else "0",
                 call_ttl_s,
                 stats_field,
+                run_id,
             ],
         )
         return bool(settled), str(before), str(after)

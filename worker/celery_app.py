@@ -92,11 +92,12 @@ def make_app(settings: Settings) -> Celery:
     return celery
 
 
-def send_run(celery: Celery, run_id: str, max_seconds: float) -> None:
-    """Enqueue a run on the agents queue with time limits derived from its own budget."""
+def send_run(celery: Celery, run_id: str, max_seconds: float, wake: str = "") -> None:
+    """Enqueue a run on the agents queue with time limits derived from its own budget (for a
+    resume, `max_seconds` is what is left of it; `wake` names the park it resumes)."""
     celery.send_task(
         RUN_TASK,
-        args=[run_id],
+        args=[run_id, wake] if wake else [run_id],
         queue=AGENT_QUEUE,
         ignore_result=True,  # else the result backend subscribes to the task's result channel
         headers={"sent_at": time.time()},  # the queue's oldest-message age, for /metrics

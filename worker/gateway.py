@@ -40,7 +40,7 @@ from worker import killswitch
 from worker.admit import Admitter, Answer, CallKeys, LimitSlot
 from worker.breaker import BreakerPolicy, CircuitBreaker
 from worker.budget import ToolCallBudget
-from worker.guard import SLICE_S, BudgetExceeded, RunGuard
+from worker.guard import SLICE_S, BudgetExceeded, Park, RunGuard
 from worker.keys import Keys
 from worker.llmconfig import llm_config
 from worker.logs import cap_bytes, sampled
@@ -157,10 +157,16 @@ class ToolGateway:
         self.retry_policy = RetryPolicy(**settings.tools.retry_budget.model_dump())
         self._slots: dict[str, list[LimitSlot]] = {}
 
-    def call(self, call_id: str, tool: str, args: dict[str, Any]) -> CallOutcome:
-        """One tool call. Raises RunStopped (kill, cancel, deadline, budget) to end the run. The
-        loop logs the call with its step (one `tool call` line per step)."""
-        outcome = self._call(call_id, tool, args)
+    def call(
+        self, call_id: str, tool: str, args: dict[str, Any], resume: dict[str, Any] | None = None
+    ) -> CallOutcome:
+        """One tool call. Raises RunStopped (kill, cancel, deadline, budget) to end the run, and
+        Park when it would wait long; `resume` is that Park's wait, when the run resumes the call.
+        The loop logs the call with its step (one `tool call` line per step)."""
+        if resume is not None:
+            outcome = self._resume_call(call_id, tool, args, resume)
+        else:
+            outcome = self._call(call_id, tool, args)
         result = outcome.result
         if not result.get("ok") and (result.get("error") or {}).get("type") == "killed":
             log.warning("kill-switch hit", tool=tool, reason=(result.get("error") or {}).get("message"))
@@ -225,8 +231,24 @@ class ToolGateway:
         assert spec is not None  # every verdict above that can pass has a spec
         self.budget.used = answer.used
         self._charge_tool_cost(call_id, spec)
-        result = self._tool_attempts(call_id, spec, args, keys, answer)
-        return CallOutcome(result, refusal_decision(quota.to_dict(), result))
+        decided = quota.to_dict()
+        result = self._tool_attempts(call_id, spec, args, keys, decided, answer=answer)
+        return CallOutcome(result, refusal_decision(decided, result))
+
+    def _resume_call(
+        self, call_id: str, tool: str, args: dict[str, Any], wait: dict[str, Any]
+    ) -> CallOutcome:
+        """Go on with an admitted call where its park left it (admission, quotas, budget and
+        cost were taken before the park, once)."""
+        if tool == MODEL_TOOL:
+            raise ValueError("a model call resumes through call_model")
+        spec = get_tool(tool)
+        if spec is None:
+            raise ValueError(f"a parked call of unknown tool {tool!r}")
+        decided = dict(wait.get("decision") or {})
+        keys = self._call_keys(call_id, tool)
+        result = self._tool_attempts(call_id, spec, args, keys, decided, resume=wait)
+        return CallOutcome(result, refusal_decision(decided, result))
 
     def _charge_tool_cost(self, call_id: str, spec: Tool, *, check_only: bool = False) -> None:
         """Charge an admitted call's declared cost to the run's `max_cost_usd` (once per call), or
@@ -291,33 +313,63 @@ class ToolGateway:
         )
 
     def _tool_attempts(
-        self, call_id: str, spec: Tool, args: dict[str, Any], keys: CallKeys, answer: Answer
+        self,
+        call_id: str,
+        spec: Tool,
+        args: dict[str, Any],
+        keys: CallKeys,
+        decided: dict[str, Any],
+        *,
+        answer: Answer | None = None,
+        resume: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The attempts of an admitted call; the final result is recorded and counted."""
+        """The attempts of an admitted call, as a state machine that can park between any two
+        states and resume in a later execution (`resume`: the Park's wait). States: `verdict`
+        (act on the admission script's answer), `go` (a reserved rate-limit slot is due), `retry`
+        (a backoff is over), `reply` (an attempt is out; wait for its reply). The final result is
+        recorded and counted."""
         timeout_s = self.settings.tools.timeout_s(spec.name, spec.timeout_ms)
-        attempt = 0
+        base = {"kind": "tool", "decision": decided}
+        attempt, state, give_up_ts = 0, "verdict", 0.0
+        if resume is not None:
+            attempt, state = int(resume["attempt"]), str(resume["at"])
+            give_up_ts = float(resume.get("give_up_ts", 0.0))
         while True:
-            if answer.verdict == "stop":
-                raise self.guard.stop(answer.detail, answer.detail2)
-            if answer.verdict == "killed":  # flipped while this call backed off or waited
-                return self._record(keys, spec.name, error_result("killed", answer.detail))
-            if answer.verdict == "wait":
-                rate = ", ".join(limit.rate for limit in self._tool_limits(spec))
-                log.info("rate-limit wait", tool=spec.name, wait_ms=round(answer.wait_s * 1000), rate=rate)
-                self.guard.sleep(answer.wait_s)
+            if state in ("go", "retry"):
+                if resume is not None:  # a parked pause: what is left of it
+                    self.guard.resume_pause(resume)
+                    resume = None
                 self.guard.check_local()
-                answer = self._admit("go", keys, call_id, spec.name, spec, attempt=attempt)
-                continue
-            if answer.verdict == "rate_limited":
-                message = _rate_message(self._tool_limits(spec)[int(answer.detail2)], answer.wait_s)
-                refused = error_result("rate_limited", message, retry_after_s=answer.wait_s)
-                return self._record(keys, spec.name, refused)
-            if answer.verdict == "circuit_open":
-                retry_in_s = int(answer.detail2) / 1000.0
-                message = _circuit_message(spec.name, answer.detail, retry_in_s)
-                refused = error_result("circuit_open", message, retry_after_s=retry_in_s)
-                return self._record(keys, spec.name, refused)
-            result, settled = self._send_and_wait(call_id, attempt, spec.name, args, timeout_s)
+                answer = self._admit(state, keys, call_id, spec.name, spec, attempt=attempt)
+                state = "verdict"
+            if state == "verdict":
+                assert answer is not None
+                if answer.verdict == "stop":
+                    raise self.guard.stop(answer.detail, answer.detail2)
+                if answer.verdict == "killed":  # flipped while this call backed off or waited
+                    return self._record(keys, spec.name, error_result("killed", answer.detail))
+                if answer.verdict == "wait":
+                    rate = ", ".join(limit.rate for limit in self._tool_limits(spec))
+                    log.info(
+                        "rate-limit wait", tool=spec.name, wait_ms=round(answer.wait_s * 1000), rate=rate
+                    )
+                    self.guard.pause(answer.wait_s, {**base, "at": "go", "attempt": attempt})
+                    state = "go"
+                    continue
+                if answer.verdict == "rate_limited":
+                    message = _rate_message(self._tool_limits(spec)[int(answer.detail2)], answer.wait_s)
+                    refused = error_result("rate_limited", message, retry_after_s=answer.wait_s)
+                    return self._record(keys, spec.name, refused)
+                if answer.verdict == "circuit_open":
+                    retry_in_s = int(answer.detail2) / 1000.0
+                    message = _circuit_message(spec.name, answer.detail, retry_in_s)
+                    refused = error_result("circuit_open", message, retry_after_s=retry_in_s)
+                    return self._record(keys, spec.name, refused)
+                give_up_ts = self._send(call_id, attempt, spec.name, args, timeout_s)
+                state = "reply"
+            wait = {**base, "at": "reply", "attempt": attempt, "give_up_ts": give_up_ts}
+            result, settled = self._await_reply(call_id, attempt, spec.name, timeout_s, wait)
+            resume = None
             final = is_final(spec, attempt, result, self.settings)
             if not settled:  # no reply, or the tool did not run: the bookkeeping is done here
                 before, after, recorded = self.controls.admitter.settle(
@@ -337,10 +389,9 @@ class ToolGateway:
             delay_s = self._retry_delay(spec.name, attempt, result)
             if delay_s is None:
                 return self._record(keys, spec.name, result)
-            self.guard.sleep(delay_s)
             attempt += 1
-            self.guard.check_local()
-            answer = self._admit("retry", keys, call_id, spec.name, spec, attempt=attempt)
+            self.guard.pause(delay_s, {**base, "at": "retry", "attempt": attempt})
+            state = "retry"
 
     def _retry_delay(self, scope: str, attempt: int, result: dict[str, Any]) -> float | None:
         """How long to wait before retrying a retryable failure, or None when it may not be
@@ -382,19 +433,22 @@ class ToolGateway:
         model: str,
         cost: ModelCallCost,
         timeout_s: float,
+        resume: dict[str, Any] | None = None,
     ) -> CallOutcome:
         """One model call of the `llm` agent: kill switches (`llm`, `llm:<model>`), the model's
         fleet-wide request and token rates, its breaker, retries. Each attempt's worst case is
         reserved from the run's budgets and the agent's spend quota before it is sent and settled
-        after it (worker/spend.py); a reservation the run's budgets cannot cover stops the run."""
+        after it (worker/spend.py); a reservation the run's budgets cannot cover stops the run.
+        Parks like a tool call (`resume`: the Park's wait, when the run resumes it)."""
         spec = get_tool(MODEL_TOOL)
         assert spec is not None
-        reason = killswitch.tool_kill_reason(self.r, self.keys, MODEL_TOOL, writes=False, model=model)
-        if reason is not None:
-            return _denied("killed", reason, f"kill switch: {reason}")
-        recorded = self.budget.recorded(call_id)
-        if recorded is not None:  # answered before this run's worker died: not asked again
-            return CallOutcome(recorded, Decision("allowed", "recorded").to_dict())
+        if resume is None:
+            reason = killswitch.tool_kill_reason(self.r, self.keys, MODEL_TOOL, writes=False, model=model)
+            if reason is not None:
+                return _denied("killed", reason, f"kill switch: {reason}")
+            recorded = self.budget.recorded(call_id)
+            if recorded is not None:  # answered before this run's worker died: not asked again
+                return CallOutcome(recorded, Decision("allowed", "recorded").to_dict())
         config = llm_config(self.settings)
         scope = f"{MODEL_TOOL}:{model}"
         limits = [
@@ -404,7 +458,7 @@ class ToolGateway:
             else None,
         ]
         result, quota = self._model_attempts(
-            call_id, spec, args, scope, [x for x in limits if x], timeout_s, cost
+            call_id, spec, args, scope, [x for x in limits if x], timeout_s, cost, resume
         )
         self.budget.record(call_id, result)
         kind = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
@@ -439,37 +493,69 @@ class ToolGateway:
         limits: list[Limit],
         timeout_s: float,
         cost: ModelCallCost,
+        resume: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], Decision]:
         """Attempts of a model call, each reserved and settled; `scope` (`llm:<model>`) names its
-        breaker and retry budget. Returns the last result and the last attempt's quota decision."""
+        breaker and retry budget. Returns the last result and the last attempt's quota decision.
+        The same state machine as a tool call's (`admit` from a limit on, `reply`, `backoff`),
+        parked and resumed the same way."""
         model = scope.removeprefix(f"{MODEL_TOOL}:")
         tools = self.settings.tools
         breaker_policy = self.breaker_policy
-        self.controls.retry_budget.note_call(scope, self.retry_policy)
         policy = self.controls.policies.get(self.agent)
         quota = Decision("allowed", NO_QUOTA)
-        # A resumed call goes on after the attempts an earlier execution made: they are reserved
-        # (or settled) already, and each attempt is reserved once.
-        last = self.r.hget(self.keys.call(call_id), "attempt")
-        attempt = 0 if last is None else int(last) + 1
+        base: dict[str, Any] = {"kind": "model"}
+        state, first_limit, give_up_ts = "admit", 0, 0.0
+        if resume is None:
+            self.controls.retry_budget.note_call(scope, self.retry_policy)
+            # A resumed call goes on after the attempts an earlier execution made: they are
+            # reserved (or settled) already, and each attempt is reserved once.
+            last = self.r.hget(self.keys.call(call_id), "attempt")
+            attempt = 0 if last is None else int(last) + 1
+        else:
+            attempt, state = int(resume["attempt"]), str(resume["at"])
+            first_limit = int(resume.get("limit", 0))
+            give_up_ts = float(resume.get("give_up_ts", 0.0))
+            if resume.get("quota"):
+                quota = Decision(**resume["quota"])
         while True:
-            refused = self._model_admit(scope, limits, breaker_policy)
-            if refused is not None:
-                return refused, quota
-            self.guard.check()
-            # every attempt, right before it is sent: a retry, or a send after a rate-limit wait
-            reason = killswitch.tool_kill_reason(self.r, self.keys, MODEL_TOOL, writes=False, model=model)
-            if reason is not None:
-                return error_result("killed", reason), quota
-            quota = self._reserve_attempt(call_id, attempt, cost, policy)
-            if not quota.allowed:
-                return error_result("denied", quota.reason), quota
-            pipe = self.r.pipeline(transaction=True)
-            pipe.hset(self.keys.call(call_id), "attempt", attempt)  # earlier attempts are stale now
-            pipe.expire(self.keys.call(call_id), self.budget.ttl_s)
-            pipe.execute()
+            if state == "backoff":
+                if resume is not None:
+                    self.guard.resume_pause(resume)
+                state = "admit"
+            if state == "admit":
+                if resume is not None and resume["at"] == "admit":
+                    self.guard.resume_pause(resume)  # the reserved slot of limit `limit` - 1
+                resume = None
+                refused = self._model_admit(scope, limits, breaker_policy, attempt, first_limit)
+                first_limit = 0
+                if refused is not None:
+                    return refused, quota
+                self.guard.check()
+                # every attempt, right before it is sent: a retry, or a send after a rate-limit wait
+                reason = killswitch.tool_kill_reason(self.r, self.keys, MODEL_TOOL, writes=False, model=model)
+                if reason is not None:
+                    return error_result("killed", reason), quota
+                quota = self._reserve_attempt(call_id, attempt, cost, policy)
+                if not quota.allowed:
+                    return error_result("denied", quota.reason), quota
+                pipe = self.r.pipeline(transaction=True)
+                pipe.hset(self.keys.call(call_id), "attempt", attempt)  # earlier attempts are stale now
+                pipe.expire(self.keys.call(call_id), self.budget.ttl_s)
+                pipe.execute()
+                give_up_ts = self._send(call_id, attempt, spec.name, args, timeout_s)
+            resume = None
+            wait = {
+                **base,
+                "at": "reply",
+                "attempt": attempt,
+                "give_up_ts": give_up_ts,
+                "quota": quota.to_dict(),
+            }
             try:
-                result, _ = self._send_and_wait(call_id, attempt, spec.name, args, timeout_s)
+                result, _ = self._await_reply(call_id, attempt, spec.name, timeout_s, wait)
+            except Park:
+                raise  # the request is still out: its reservation stays until its reply
             except BaseException:  # the run stops while the request is out: it may be billed
                 self._settle_attempt(call_id, attempt, cost, (cost.worst_tokens, cost.worst_micro), quota)
                 raise
@@ -482,8 +568,9 @@ class ToolGateway:
             delay_s = self._retry_delay(scope, attempt, result)
             if delay_s is None:
                 return result, quota
-            self.guard.sleep(delay_s)
             attempt += 1
+            self.guard.pause(delay_s, {**base, "at": "backoff", "attempt": attempt})
+            state = "admit"
 
     def _reserve_attempt(self, call_id: str, attempt: int, cost: ModelCallCost, policy: Policy) -> Decision:
         """Reserve one model attempt's worst case from the run's budgets (else stop the run with
@@ -517,10 +604,17 @@ class ToolGateway:
         )
 
     def _model_admit(
-        self, scope: str, limits: list[Limit], breaker_policy: BreakerPolicy
+        self,
+        scope: str,
+        limits: list[Limit],
+        breaker_policy: BreakerPolicy,
+        attempt: int = 0,
+        first_limit: int = 0,
     ) -> dict[str, Any] | None:
-        """Rate limits (waiting for a slot that fits in the run's time), then the breaker."""
-        for limit in limits:
+        """Rate limits from `first_limit` on (waiting for a slot that fits in the run's time,
+        parked when long: the resume goes on with the next limit), then the breaker."""
+        for index in range(first_limit, len(limits)):
+            limit = limits[index]
             slot = self.controls.limiter.acquire(
                 limit.key, parse_rate(limit.rate), self.guard.remaining_s(), limit.tenant, limit.cost
             )
@@ -530,7 +624,8 @@ class ToolGateway:
             if slot.wait_s > 0:
                 self.r.hincrby(self.keys.stats_tools(), f"rate_limit_waits|{scope}", 1)
                 log.info("rate-limit wait", tool=scope, wait_ms=round(slot.wait_s * 1000), rate=limit.rate)
-                self.guard.sleep(slot.wait_s)
+                wait = {"kind": "model", "at": "admit", "attempt": attempt, "limit": index + 1}
+                self.guard.pause(slot.wait_s, wait)
         admission = self.controls.breaker.allow(scope, breaker_policy)
         if not admission.allowed:
             return error_result(
@@ -540,26 +635,64 @@ class ToolGateway:
             )
         return None
 
-    def _send_and_wait(
-        self, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float
-    ) -> tuple[dict[str, Any], bool]:
-        """Send one (marked) attempt and wait for its reply, checking the run between slices.
-        Returns the envelope, and whether the tool worker settled the call (admit.Replier)."""
-        reply_key = self.keys.call_reply(call_id, attempt)
+    def _send(self, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> float:
+        """Send one (marked) attempt; returns when the run gives up on its reply (unix s)."""
         self.dispatcher.send(call_id=call_id, attempt=attempt, tool=tool, args=args, timeout_s=timeout_s)
-        give_up = time.monotonic() + timeout_s + REPLY_GRACE_S
+        return time.time() + timeout_s + REPLY_GRACE_S
+
+    def _await_reply(
+        self, call_id: str, attempt: int, tool: str, timeout_s: float, wait: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        """Wait for an attempt's reply until `wait["give_up_ts"]`, checking the run between
+        slices: in this process for up to the run's park_after_s (none when the tool is known
+        slow), then Park until the reply rings or the give-up time. Returns the envelope, and
+        whether the tool worker settled the call (admit.Replier)."""
+        reply_key = self.keys.call_reply(call_id, attempt)
+        give_up_ts = float(wait["give_up_ts"])
+        sent_ts = give_up_ts - timeout_s - REPLY_GRACE_S
+        parking = self.guard.park_after_s is not None
+        stay_s = 0.0 if _known_slow(tool, self.guard.park_after_s) else (self.guard.park_after_s or 0.0)
+        stay_until = time.time() + stay_s
         while True:
-            left = give_up - time.monotonic()
+            now = time.time()
+            left = give_up_ts - now
             if left <= 0:
                 return error_result("timeout", f"tool {tool!r} did not answer within {timeout_s:g} s"), False
-            wait = min(SLICE_S, left, max(self.guard.remaining_s(), 0.01))
-            reply = self.r.blpop([reply_key], timeout=wait)
+            if parking and now >= stay_until:
+                raw = self.r.lpop(reply_key)
+                if raw is not None:
+                    return _reply_envelope(raw, tool, sent_ts)
+                raise Park(min(give_up_ts, self.guard.deadline_ts), wait, reply_key)
+            window = min(SLICE_S, left, max(self.guard.remaining_s(), 0.01))
+            if parking:
+                window = min(window, stay_until - now)
+            reply = self.r.blpop([reply_key], timeout=max(window, 0.001))
             if reply is not None:  # BLPOP took the one reply; a late duplicate expires with the key
-                data = json.loads(reply[1])
-                if isinstance(data, dict) and "envelope" in data:
-                    return dict(data["envelope"]), bool(data.get("settled"))
-                return dict(data), False
+                return _reply_envelope(reply[1], tool, sent_ts)
             self.guard.check()
+
+
+# Reply latency of each tool, as seen by this process (an exponentially weighted mean): a tool
+# that answers slower than a few in-process waits parks its callers at once.
+_reply_latency_s: dict[str, float] = {}
+SLOW_FACTOR = 4.0
+
+
+def _known_slow(tool: str, park_after_s: float | None) -> bool:
+    if park_after_s is None:
+        return False
+    return _reply_latency_s.get(tool, 0.0) > SLOW_FACTOR * park_after_s
+
+
+def _reply_envelope(raw: Any, tool: str, sent_ts: float) -> tuple[dict[str, Any], bool]:
+    """The envelope of a reply (and whether the tool worker settled it); notes its latency."""
+    latency_s = max(0.0, time.time() - sent_ts)
+    previous = _reply_latency_s.get(tool)
+    _reply_latency_s[tool] = latency_s if previous is None else 0.8 * previous + 0.2 * latency_s
+    data = json.loads(raw)
+    if isinstance(data, dict) and "envelope" in data:
+        return dict(data["envelope"]), bool(data.get("settled"))
+    return dict(data), False
 
 
 def refusal_decision(decision_dict: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:

@@ -1,14 +1,19 @@
-"""What stops a run between steps: kill switches, a cancel request and the run's deadline.
+"""What stops a run between steps: kill switches, a cancel request and the run's deadline;
+and what ends an execution that would only wait: a park.
 
 `RunGuard.check()` is one MGET; the loop calls it before every step and tool call, and every
-`SLICE_S` while it waits (on a tool, or in think time), so a switch flipped with redis-cli
-stops a waiting run within a fraction of a second.
+`SLICE_S` while it waits in its process (on a tool, or in think time), so a switch flipped with
+redis-cli stops a waiting run within a fraction of a second. A wait longer than the run's
+`park_after_s` does not happen in the process: `pause` raises `Park`, the loop records the wait
+in the run and ends the execution, and a timer or the reply resumes the run (worker/timers.py),
+where the scheduler's sweep applies the same switches to it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -40,6 +45,20 @@ class LeaseLost(Exception):
     """Another execution took this run over (this one was presumed dead): stop without a word."""
 
 
+class Park(BaseException):
+    """The run waits longer than it should hold a process: record `wait` in the run, wake it at
+    `wake_ts` (unix s, at most its deadline), or when `reply_key` gets its reply, and end this
+    execution. A BaseException, so no `except Exception` on the way up treats it as a failure.
+
+    `wait` says where the waiting code resumes (the gateway's call state, or a Sleep's end)."""
+
+    def __init__(self, wake_ts: float, wait: dict[str, Any], reply_key: str = "") -> None:
+        super().__init__(f"park until {wake_ts:.3f}")
+        self.wake_ts = wake_ts
+        self.wait = wait
+        self.reply_key = reply_key
+
+
 class DeadlineExceeded(BaseException):
     """Raised into agent code at the run's deadline; a BaseException so `except Exception` can't eat it."""
 
@@ -57,10 +76,13 @@ class RunGuard:
         agent: str,
         deadline_ts: float,
         lease_lost: threading.Event | None = None,
+        park_after_s: float | None = None,
     ):
         self.r = r
         self.deadline_ts = deadline_ts
         self.lease_lost = lease_lost
+        # None: waits happen in this process (runtime.park_waits off, or a caller without a store)
+        self.park_after_s = park_after_s
         self._keys = [*killswitch.run_switch_keys(keys, tenant, agent), keys.run_cancel(run_id)]
 
     def remaining_s(self) -> float:
@@ -116,3 +138,24 @@ class RunGuard:
                     raise BudgetExceeded("max_seconds")
                 return
             time.sleep(min(SLICE_S, left))
+
+    def parks(self, seconds: float) -> bool:
+        """Whether a wait of `seconds` parks the run rather than hold the process."""
+        return self.park_after_s is not None and seconds > self.park_after_s
+
+    def pause(self, seconds: float, wait: dict[str, Any]) -> None:
+        """Wait `seconds`: here when the wait is short (or parking is off), else raise Park with
+        `wait` and its end (`until_ts`), woken at that end or the run's deadline if sooner."""
+        if not self.parks(seconds):
+            self.sleep(seconds)
+            return
+        self.check()
+        until_ts = time.time() + seconds
+        raise Park(min(until_ts, self.deadline_ts), {**wait, "until_ts": until_ts})
+
+    def resume_pause(self, wait: dict[str, Any]) -> None:
+        """Finish a parked pause: wait what is left of it (a run may be woken early, by a cancel
+        or a redelivery), parking again if that is long."""
+        left = float(wait.get("until_ts", 0.0)) - time.time()
+        if left > 0:
+            self.pause(left, wait)

@@ -70,6 +70,19 @@ class Keys:
         """Every started, unended run, scored by its deadline (unix seconds)."""
         return f"{self.prefix}:deadlines"
 
+    def timers(self) -> str:
+        """Parked runs (member: run id) scored by their wake-up time (unix s)."""
+        return f"{self.prefix}:timers"
+
+    def timers_bell(self) -> str:
+        """A short list a reply pushes to, so a scheduler wakes its parked run at once."""
+        return f"{self.prefix}:timers:bell"
+
+    def parked_owners(self, kind: str) -> str:
+        """Parked runs counted per tenant (`kind` tenant) or per agent (`kind` agent): the kill
+        sweep reads these switches only."""
+        return f"{self.prefix}:parked:{kind}"
+
     def run_cancel(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:cancel"
 

@@ -9,6 +9,7 @@ an attempt that resumes after a dead worker continues with what the run had alre
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ from pydantic import BaseModel
 from worker.agents import CallModel, CallTool, Fail, Finish, RunState, Sleep, get_agent_class
 from worker.budget import CALL_RECORD_TTL_S, ToolCallBudget
 from worker.gateway import Dispatcher, FleetControls, ToolGateway
-from worker.guard import BudgetExceeded, DeadlineExceeded, LeaseLost, RunGuard, RunStopped
+from worker.guard import BudgetExceeded, DeadlineExceeded, LeaseLost, Park, RunGuard, RunStopped
 from worker.keeper import Held, RunKeeper
 from worker.keys import Keys
 from worker.lease import Leases, holder_is_dead, new_token
@@ -37,9 +38,10 @@ from worker.llmconfig import llm_config
 from worker.policy import Policy
 from worker.redact import redact_text
 from worker.rollout import version_config
-from worker.runs import FAILED, STOPPED, SUCCEEDED, Budgets, RunStore
+from worker.runs import CANCELLED, FAILED, STOPPED, SUCCEEDED, Budgets, RunStore
 from worker.settings import Settings
-from worker.spend import ModelCallCost, SpendBudget
+from worker.spend import ModelCallCost, Prices, SpendBudget
+from worker.timers import Timers
 from worker.tools import MODEL_TOOL, get_tool
 
 log = structlog.get_logger("agentfleet.run")
@@ -69,15 +71,17 @@ class LoopDeps:
     # Called by the watchdog after it has recorded max_seconds: ends the process (os._exit) in a
     # worker child, so the pool replaces it; None disables the watchdog.
     hard_stop: Callable[[], None] | None = None
+    timers: Timers | None = None  # parks waiting runs (runtime.park_waits); None: waits hold the process
 
 
-def execute_run(run_id: str, deps: LoopDeps) -> str | None:
-    """Run (or resume) `run_id` until it ends; returns the final status, or None if not run here."""
+def execute_run(run_id: str, deps: LoopDeps, wake: str = "") -> str | None:
+    """Run (or resume) `run_id` until it ends or parks; returns the final status, or None if
+    not run here or parked. `wake`: the park a scheduler's resume delivery is for."""
     store = deps.store
     token = new_token()
-    started = store.start(run_id, token)  # one round trip: lease, start, first check's reads
+    started = store.start(run_id, token, wake=wake)  # one round trip: lease, start, first check's reads
     if started.holder is not None and holder_is_dead(started.holder):
-        started = store.start(run_id, token, takeover=started.holder)  # our host's dead child
+        started = store.start(run_id, token, takeover=started.holder, wake=wake)  # our host's dead child
     if started.raw is None:
         # missing, ended, or a live execution elsewhere holds it: this delivery is a duplicate
         return started.status if started.holder is None else None
@@ -131,7 +135,10 @@ def _execute(
     structlog.contextvars.bind_contextvars(
         run_id=run_id, tenant=raw["tenant"], agent=raw["agent"], trace_id=raw.get("trace_id")
     )
-    log.info("run started", attempt=int(raw.get("attempts", 1)), version=raw.get("version"))
+    if raw.get("pending"):
+        log.debug("run resumed", attempt=int(raw.get("attempts", 1)), version=raw.get("version"))
+    else:
+        log.info("run started", attempt=int(raw.get("attempts", 1)), version=raw.get("version"))
     budgets = Budgets.from_dict(json.loads(raw["budgets"]))
     deadline_ts = float(raw["started_ts"]) + budgets.max_seconds
     guard = RunGuard(
@@ -142,6 +149,7 @@ def _execute(
         agent=raw["agent"],
         deadline_ts=deadline_ts,
         lease_lost=attempt.held.lost,
+        park_after_s=deps.settings.runtime.park_after_ms / 1000.0 if deps.timers is not None else None,
     )
 
     def record_deadline() -> None:
@@ -184,7 +192,7 @@ def _steps(
     deps: LoopDeps,
     attempt: _Attempt,
     checks: tuple[str | None, str | None],
-) -> str:
+) -> str | None:
     store = deps.store
     agent_cls = get_agent_class(raw["agent"])
     if agent_cls is None:
@@ -224,69 +232,71 @@ def _steps(
     last_result: Any = json.loads(raw.get("last_result") or "null")
     input_data: Any = json.loads(raw["input"])
 
+    # A parked step resumes with its action and where its wait left off (worker/timers.py).
+    pending: dict[str, Any] | None = json.loads(raw["pending"]) if raw.get("pending") else None
+    resume: dict[str, Any] | None = json.loads(raw["wait"]) if raw.get("wait") else None
     prefetched: tuple[str | None, str | None] | None = checks
     while True:
         guard.check(prefetched)  # the first check uses the values the start script read
         prefetched = None
         step = cursor + 1
-        state = RunState(
-            run_id=run_id,
-            tenant=raw["tenant"],
-            agent=raw["agent"],
-            input=input_data,
-            step=step,
-            tool_calls=budget.used,
-            last_result=last_result,
-            memory=memory,
-            remaining_s=guard.remaining_s(),
-            tools=offered,
-        )
-        done = agent.finished(state)
-        if done is not None:
-            _finish(deps, attempt, SUCCEEDED, "finish", output=done.output)
-            return SUCCEEDED
-        if cursor >= budgets.max_steps:
-            raise BudgetExceeded("max_steps")
-        # The step has begun. It is written to the run before its action runs, or with the run's
-        # end when the action ends the run (or the agent's choice does): one round trip fewer for
-        # a run's last step. Either way a resumed step counts once.
-        attempt.unwritten_step = step
-        started = time.monotonic()
-        with deadline_alarm(guard.deadline_ts):
-            action = agent.next_action(state)
-
-        entry: dict[str, Any] = {"step": step, "action": _ACTION_NAMES.get(type(action), "unknown")}
-        if isinstance(action, Finish):
-            _finish(deps, attempt, SUCCEEDED, "finish", output=action.output)
-            return SUCCEEDED
-        if isinstance(action, Fail):
-            message = redact_text(str(action.message))[:ERROR_MESSAGE_MAX]
-            _finish(deps, attempt, FAILED, "error", error={"type": action.type, "message": message})
-            return FAILED
-        written = time.monotonic()
-        store.begin_step(run_id, step)
-        attempt.unwritten_step = None
-        started += time.monotonic() - written  # duration_ms stays the agent's choice + the action
-        if isinstance(action, Sleep):
-            guard.sleep(max(0.0, float(action.seconds)))
-            last_result = None
-        elif isinstance(action, CallTool):
-            outcome = gateway.call(f"{run_id}:{step}:0", action.tool, dict(action.args))
-            last_result = outcome.result
-            entry["tool"] = action.tool
-            entry["decision"] = outcome.decision
-            entry["ok"] = bool(last_result.get("ok"))
-            if not entry["ok"]:
-                entry["error_type"] = (last_result.get("error") or {}).get("type")
-        elif isinstance(action, CallModel):
-            last_result = _call_model(f"{run_id}:{step}:0", action, budgets, gateway, deps)
-            entry["tool"] = MODEL_TOOL
-            entry["ok"] = bool(last_result.get("ok"))
-            if not entry["ok"]:
-                entry["error_type"] = (last_result.get("error") or {}).get("type")
+        if pending is not None and int(pending.get("step", 0)) == step:
+            action = decode_action(pending)
+            started_ts = float(pending["started_ts"])
         else:
-            raise TypeError(f"agent returned {type(action).__name__}, not an action")
-        entry["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+            pending = resume = None
+            state = RunState(
+                run_id=run_id,
+                tenant=raw["tenant"],
+                agent=raw["agent"],
+                input=input_data,
+                step=step,
+                tool_calls=budget.used,
+                last_result=last_result,
+                memory=memory,
+                remaining_s=guard.remaining_s(),
+                tools=offered,
+            )
+            done = agent.finished(state)
+            if done is not None:
+                _finish(deps, attempt, SUCCEEDED, "finish", output=done.output)
+                return SUCCEEDED
+            if cursor >= budgets.max_steps:
+                raise BudgetExceeded("max_steps")
+            # The step has begun. It is written to the run before its action runs, or with the
+            # run's end when the action ends the run (or the agent's choice does): one round trip
+            # fewer for a run's last step. Either way a resumed step counts once.
+            attempt.unwritten_step = step
+            started_ts = time.time()
+            with deadline_alarm(guard.deadline_ts):
+                chosen = agent.next_action(state)
+            if isinstance(chosen, Finish):
+                _finish(deps, attempt, SUCCEEDED, "finish", output=chosen.output)
+                return SUCCEEDED
+            if isinstance(chosen, Fail):
+                message = redact_text(str(chosen.message))[:ERROR_MESSAGE_MAX]
+                _finish(deps, attempt, FAILED, "error", error={"type": chosen.type, "message": message})
+                return FAILED
+            if not isinstance(chosen, CallTool | CallModel | Sleep):
+                raise TypeError(f"agent returned {type(chosen).__name__}, not an action")
+            action = chosen
+            written = time.time()
+            store.begin_step(run_id, step)
+            attempt.unwritten_step = None
+            started_ts += time.time() - written  # duration_ms stays the agent's choice + the action
+
+        while True:
+            try:
+                last_result, entry = _act(run_id, step, action, resume, budgets, gateway, guard, deps)
+                break
+            except Park as park:
+                held = attempt.held
+                parked = _park(run_id, raw, held.token, park, action, step, started_ts, memory, deps)
+                if parked == "parked":
+                    held.released = True  # the park script released the lease
+                    return None
+                resume = park.wait  # the reply came as the run was parking: go on here
+        entry["duration_ms"] = round((time.time() - started_ts) * 1000, 1)
         outcome_name = "ok" if entry.get("ok", True) else entry.get("error_type")
         if isinstance(action, CallTool):  # one line per step: the call, with the gateway's decision
             log.info(
@@ -299,7 +309,98 @@ def _steps(
                 duration_ms=entry["duration_ms"],
             )  # fmt: skip
         cursor = step
+        pending = resume = None
         store.checkpoint(run_id, cursor=cursor, memory=memory, last_result=last_result, step_entry=entry)
+
+
+def _act(
+    run_id: str,
+    step: int,
+    action: CallTool | CallModel | Sleep,
+    resume: dict[str, Any] | None,
+    budgets: Budgets,
+    gateway: ToolGateway,
+    guard: RunGuard,
+    deps: LoopDeps,
+) -> tuple[Any, dict[str, Any]]:
+    """Run one step's action (or go on with it where its park left it): the result the agent
+    sees next, and the step's entry for the step log. Raises Park to wait without a process."""
+    entry: dict[str, Any] = {"step": step, "action": _ACTION_NAMES[type(action)]}
+    if isinstance(action, Sleep):
+        if resume is None:
+            guard.pause(max(0.0, float(action.seconds)), {"kind": "sleep", "at": "sleep"})
+        else:
+            guard.resume_pause(resume)
+        return None, entry
+    if isinstance(action, CallTool):
+        outcome = gateway.call(f"{run_id}:{step}:0", action.tool, dict(action.args), resume=resume)
+        result = outcome.result
+        entry["tool"] = action.tool
+        entry["decision"] = outcome.decision
+    else:
+        result = _call_model(f"{run_id}:{step}:0", action, budgets, gateway, deps, resume)
+        entry["tool"] = MODEL_TOOL
+    entry["ok"] = bool(result.get("ok"))
+    if not entry["ok"]:
+        entry["error_type"] = (result.get("error") or {}).get("type")
+    return result, entry
+
+
+def _park(
+    run_id: str,
+    raw: dict[str, str],
+    token: str,
+    park: Park,
+    action: CallTool | CallModel | Sleep,
+    step: int,
+    started_ts: float,
+    memory: dict[str, Any],
+    deps: LoopDeps,
+) -> str:
+    """Record the wait in the run and end this execution: `parked`, or `ready` when the reply it
+    would wait for is already there. A cancel or a lost lease raise, as a check would."""
+    assert deps.timers is not None  # a guard parks only with timers (LoopDeps.timers)
+    pending = {**encode_action(action), "step": step, "started_ts": started_ts}
+    outcome, detail = deps.timers.park(
+        run_id,
+        token,
+        tenant=raw["tenant"],
+        agent=raw["agent"],
+        wake_ts=park.wake_ts,
+        wait=json.dumps(park.wait),
+        pending=json.dumps(pending),
+        memory=json.dumps(memory),
+        reply_key=park.reply_key,
+    )
+    if outcome == "cancelled":
+        raise RunStopped(CANCELLED, "cancelled", detail)
+    if outcome in ("lost", "ended"):
+        raise LeaseLost()  # another execution holds the run, or it has ended: it reports the end
+    return outcome
+
+
+def encode_action(action: CallTool | CallModel | Sleep) -> dict[str, Any]:
+    """A step's action as JSON-safe data, kept in the run while it is parked."""
+    return {"type": _ACTION_NAMES[type(action)], **dataclasses.asdict(action)}
+
+
+def decode_action(data: dict[str, Any]) -> CallTool | CallModel | Sleep:
+    """The action `encode_action` wrote."""
+    kind = data.get("type")
+    if kind == "tool":
+        return CallTool(tool=str(data["tool"]), args=dict(data.get("args") or {}))
+    if kind == "sleep":
+        return Sleep(seconds=float(data["seconds"]))
+    if kind == "model":
+        return CallModel(
+            model=str(data["model"]),
+            messages=list(data["messages"]),
+            max_tokens=int(data["max_tokens"]),
+            prices=Prices(**data["prices"]),
+            tools=data.get("tools"),
+            temperature=data.get("temperature"),
+        )
+    raise ValueError(f"a parked step holds no known action: {kind!r}")
 
 
 def estimate_prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> int:
@@ -309,7 +410,12 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str,
 
 
 def _call_model(
-    call_id: str, action: CallModel, budgets: Budgets, gateway: ToolGateway, deps: LoopDeps
+    call_id: str,
+    action: CallModel,
+    budgets: Budgets,
+    gateway: ToolGateway,
+    deps: LoopDeps,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Call the model; the gateway reserves each attempt's worst case from the run's budgets
     first and settles it after (worker/spend.py)."""
@@ -337,6 +443,7 @@ def _call_model(
         model=action.model,
         cost=cost,
         timeout_s=timeout_s,
+        resume=resume,
     )
     return outcome.result
 

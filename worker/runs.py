@@ -25,6 +25,12 @@ QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, STOPPED, FAILED, CANCELLED = "succeeded", "stopped", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, STOPPED, FAILED, CANCELLED})
 STEP_LOG_MAX = 200  # steps kept in a run's step log; older ones are trimmed
+# Counts parked runs per tenant or agent (Keys.parked_owners) for the kill sweep.
+LUA_UNPARK_COUNT = """
+local function unpark_count(key, field)
+  if field and redis.call('HINCRBY', key, field, -1) <= 0 then redis.call('HDEL', key, field) end
+end
+"""
 _JSON_FIELDS = ("input", "output", "error", "budgets", "metadata", "memory", "last_result")
 
 
@@ -92,17 +98,25 @@ return {'ok', ''}
 )
 
 # KEYS: the run, its lease, the leases zset, the deadlines zset, the run's cancel key, the
-# queued-runs zset, then the run's kill switches (killswitch.run_switch_keys of its tenant and
-# agent, which never change). ARGV: now (s), lease token, lease ttl (ms), run id, the dead holder
-# this attempt takes over ('' for none), the tenant and agent the switch keys are for.
+# queued-runs zset, the timers zset, the parked-per-tenant and parked-per-agent hashes, then the
+# run's kill switches (killswitch.run_switch_keys of its tenant and agent, which never change).
+# ARGV: now (s), lease token, lease ttl (ms), run id, the dead holder this attempt takes over
+# ('' for none), the tenant and agent the switch keys are for, the park this delivery resumes
+# ('' for none: a first delivery or a requeue).
+# A resume whose park is over (another resume took it, or the run parked again since) is 'stale'.
+# Taking a parked run unparks it and is no new attempt: `attempts` counts the executions that
+# began without a park to resume, so a worker that died is counted once.
 _START = (
     LUA_KILL_REASON
+    + LUA_UNPARK_COUNT
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing'} end
 if s ~= 'queued' and s ~= 'running' then return {'terminal', s} end
 local owner = redis.call('HMGET', KEYS[1], 'tenant', 'agent')
 if owner[1] ~= ARGV[6] or owner[2] ~= ARGV[7] then return {'missing'} end
+local park = redis.call('HMGET', KEYS[1], 'parked', 'park_seq')
+if ARGV[8] ~= '' and (park[1] ~= '1' or park[2] ~= ARGV[8]) then return {'stale'} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[2] and holder ~= ARGV[5] then return {'leased', holder} end
 local t = redis.call('TIME')
@@ -112,7 +126,14 @@ redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[3]), ARGV[4])
 if s == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_ts', ARGV[1])
 end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if park[1] == '1' then
+  redis.call('HDEL', KEYS[1], 'parked')
+  redis.call('ZREM', KEYS[7], ARGV[4])
+  unpark_count(KEYS[8], ARGV[6])
+  unpark_count(KEYS[9], ARGV[7])
+else
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+end
 local raw = redis.call('HGETALL', KEYS[1])
 local run = {}
 for i = 1, #raw, 2 do run[raw[i]] = raw[i + 1] end
@@ -121,16 +142,23 @@ if s == 'queued' then
 end
 local deadline = tonumber(run['started_ts']) + tonumber(cjson.decode(run['budgets'])['max_seconds'])
 redis.call('ZADD', KEYS[4], string.format('%.6f', deadline), ARGV[4])
-return {'started', raw, {kill_reason({unpack(KEYS, 7)}), redis.call('GET', KEYS[5])}}
+return {'started', raw, {kill_reason({unpack(KEYS, 10)}), redis.call('GET', KEYS[5])}}
 """
 )
 
 # KEYS: the run, its ended channel, its step log, the run stats, its lease, the leases zset,
-# the deadlines zset, the queued-runs zset. ARGV: status, stop_reason, output, error, now (s),
-# ttl (s), the lease token to release ('' for none), the run id, the step count to write first ('' for none).
+# the deadlines zset, the queued-runs zset, the timers zset, the parked-per-tenant and -agent
+# hashes. ARGV: status, stop_reason, output, error, now (s), ttl (s), the lease token to release
+# ('' for none), the run id, the step count to write first ('' for none), '1' to end the run only
+# if it is parked (the kill sweep: an executing run checks its switches itself).
 # Returns {1 when this call ended the run else 0, agent, version, started_ts, finished_ts}.
-_FINISH = """
+_FINISH = (
+    LUA_UNPARK_COUNT
+    + """
+local parked = redis.call('HGET', KEYS[1], 'parked') == '1'
+if ARGV[10] == '1' and not parked then return {0} end
 redis.call('ZREM', KEYS[7], ARGV[8])
+redis.call('ZREM', KEYS[9], ARGV[8])
 if ARGV[7] ~= '' then
   if redis.call('GET', KEYS[5]) == ARGV[7] then redis.call('DEL', KEYS[5]) end
   redis.call('ZREM', KEYS[6], ARGV[8])
@@ -149,10 +177,15 @@ if not started and ARGV[1] ~= 'cancelled' then
   redis.call('HSET', KEYS[1], 'started_ts', started)
 end
 if ARGV[9] ~= '' then steps = ARGV[9] end
+if parked then
+  redis.call('HDEL', KEYS[1], 'parked')
+  unpark_count(KEYS[10], f[7])
+  unpark_count(KEYS[11], f[5])
+end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'stop_reason', ARGV[2], 'output', ARGV[3],
            'error', ARGV[4], 'finished_ts', ARGV[5], 'steps', steps)
 -- the working state (last tool result, agent memory) is of no use once the run has ended
-redis.call('HDEL', KEYS[1], 'last_result', 'memory')
+redis.call('HDEL', KEYS[1], 'last_result', 'memory', 'pending', 'wait', 'wait_reply')
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('HINCRBY', KEYS[4], 'runs|' .. ARGV[1] .. '|' .. ARGV[2], 1)
@@ -161,6 +194,7 @@ redis.call('HINCRBY', KEYS[4], 'usage|tool_calls', tonumber(f[4] or '0'))
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return {1, f[5], f[6], started, ARGV[5]}
 """
+)
 
 # Claims runs past their deadline that no live execution holds, for this reaper to end them.
 # KEYS: the deadlines zset, then the lease of each candidate run (RunStore.end_overdue read the
@@ -191,8 +225,9 @@ end
 return {claimed, held}
 """
 
-# KEYS: the run, its cancel key, its ended channel, the run stats, the queued-runs zset
-# ARGV: now (s), the cancel key's ttl (s), the run id
+# KEYS: the run, its cancel key, its ended channel, the run stats, the queued-runs zset, the
+# timers zset, the schedulers' bell. ARGV: now (s), the cancel key's ttl (s), the run id.
+# A parked run is made due at once, so a scheduler resumes it and it ends cancelled.
 _CANCEL = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'created_ts')
 local s = f[1]
@@ -204,6 +239,11 @@ if s == 'queued' then
   redis.call('PUBLISH', KEYS[3], 'cancelled')
 elseif s == 'running' then
   redis.call('SET', KEYS[2], 'cancelled by request', 'EX', ARGV[2])
+  if redis.call('HGET', KEYS[1], 'parked') == '1' then
+    redis.call('ZADD', KEYS[6], 0, ARGV[3])
+    redis.call('LPUSH', KEYS[7], ARGV[3])
+    redis.call('LTRIM', KEYS[7], 0, 63)
+  end
 end
 return s
 """
@@ -315,12 +355,13 @@ class RunStore:
         raw = self.r.hgetall(self.keys.run(run_id))
         return {str(k): str(v) for k, v in raw.items()} or None
 
-    def start(self, run_id: str, token: str, takeover: str = "") -> Started:
+    def start(self, run_id: str, token: str, takeover: str = "", wake: str = "") -> Started:
         """Start an attempt of a run in one round trip: take its lease for `token` (or from
         `takeover`, a holder known dead), mark a queued run running (keeping the first start
         time), count the attempt, add the run's deadline to the deadlines zset, and read its
         kill switches and cancel flag. A missing or ended run, or one leased by another holder,
-        is left as it is.
+        is left as it is. `wake`: the park this delivery resumes (a scheduler's resume); a resume
+        of a park that is over is dropped, like a duplicate delivery.
 
         One more round trip comes first: the run's tenant and agent, which name its switches
         (a script gets every key it touches in KEYS; the script checks they are still the run's)."""
@@ -336,9 +377,12 @@ class RunStore:
                 keys.deadlines(),
                 keys.run_cancel(run_id),
                 keys.queued_runs(),
+                keys.timers(),
+                keys.parked_owners("tenant"),
+                keys.parked_owners("agent"),
                 *run_switch_keys(keys, str(tenant), str(agent)),
             ],
-            args=[repr(time.time()), token, self.lease_ttl_ms, run_id, takeover, tenant, agent],
+            args=[repr(time.time()), token, self.lease_ttl_ms, run_id, takeover, tenant, agent, wake],
         )
         if verdict == "terminal":
             return Started(status=str(rest[0]))
@@ -363,13 +407,15 @@ class RunStore:
         last_result: Any,
         step_entry: dict[str, Any],
     ) -> None:
-        """Persist the loop's position after a step, with the step's entry in the step log."""
+        """Persist the loop's position after a step, with the step's entry in the step log; the
+        step's park record (worker/timers.py), if it parked, is done with."""
         key, log = self.keys.run(run_id), self.keys.run_steps(run_id)
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(
             key,
             mapping={"cursor": cursor, "memory": json.dumps(memory), "last_result": json.dumps(last_result)},
         )
+        pipe.hdel(key, "pending", "wait", "wait_reply")
         pipe.rpush(log, json.dumps(step_entry))
         pipe.ltrim(log, -STEP_LOG_MAX, -1)
         pipe.expire(log, self.ttl_s)
@@ -385,14 +431,50 @@ class RunStore:
         error: dict[str, Any] | None = None,
         lease_token: str = "",
         steps: int | None = None,
+        only_parked: bool = False,
     ) -> bool:
         """End a run unless it has already ended; True when this call ended it.
 
         In the same script: drop the run from the deadlines zset; given the token of the
         execution's lease, release that lease (also when the run had already ended); given
-        `steps`, write the run's step count first (the step that ended it, see begin_step)."""
+        `steps`, write the run's step count first (the step that ended it, see begin_step); with
+        `only_parked`, end it only if it is parked (worker/timers.py)."""
+        pipe = self.r.pipeline(transaction=False)
+        self.finish_in(
+            pipe,
+            run_id,
+            status,
+            stop_reason,
+            output=output,
+            error=error,
+            lease_token=lease_token,
+            steps=steps,
+            only_parked=only_parked,
+        )
+        ended, *fields = pipe.execute()[0]
+        if ended:
+            self.ended(run_id, status, stop_reason, fields)
+        return bool(ended)
+
+    def finish_in(
+        self,
+        pipe: redis.client.Pipeline,
+        run_id: str,
+        status: str,
+        stop_reason: str,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        lease_token: str = "",
+        steps: int | None = None,
+        only_parked: bool = False,
+        now: str | None = None,
+    ) -> None:
+        """Queue `finish`'s script on a pipeline (the kill sweep ends many runs in one round
+        trip); its answer is {1 if it ended the run, agent, version, started_ts, finished_ts},
+        to be passed to `ended`."""
         keys = self.keys
-        ended, *fields = self._finish(
+        self._finish(
             keys=[
                 keys.run(run_id),
                 keys.run_ended_channel(run_id),
@@ -402,24 +484,31 @@ class RunStore:
                 keys.leases(),
                 keys.deadlines(),
                 keys.queued_runs(),
+                keys.timers(),
+                keys.parked_owners("tenant"),
+                keys.parked_owners("agent"),
             ],
             args=[
                 status,
                 stop_reason,
                 json.dumps(output),
                 json.dumps(error),
-                repr(time.time()),
+                now or repr(time.time()),
                 self.ttl_s,
                 lease_token,
                 run_id,
                 "" if steps is None else steps,
+                "1" if only_parked else "",
             ],
+            client=pipe,
         )
-        if ended and self.on_end is not None:
+
+    def ended(self, run_id: str, status: str, stop_reason: str, fields: list[Any]) -> None:
+        """Tell the end hook that a run ended (once, by the call that ended it)."""
+        if self.on_end is not None:
             names = ("agent", "version", "started_ts", "finished_ts")
             known = {n: str(v) for n, v in zip(names, fields, strict=True) if v is not None}
             self.on_end(run_id, status, stop_reason, known)
-        return bool(ended)
 
     def end_overdue(self, now: float | None = None) -> list[str]:
         """End, as stopped / max_seconds, every run past its deadline that no live execution
@@ -454,6 +543,8 @@ class RunStore:
                 self.keys.run_ended_channel(run_id),
                 self.keys.stats_runs(),
                 self.keys.queued_runs(),
+                self.keys.timers(),
+                self.keys.timers_bell(),
             ],
             args=[repr(time.time()), 3600, run_id],
         )

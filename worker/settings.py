@@ -65,6 +65,14 @@ class RuntimeSection(_Section):
     # process before the pool forks, so the children share those pages (worker/preload.py).
     # Off only to measure the difference (bench/bench_memory.py).
     prefork_preload: bool = True
+    # A run that waits (a tool or model reply, a backoff, a rate-limit slot, a Sleep) longer than
+    # park_after_ms parks: its execution ends, its pool child is free, and a timer or the reply
+    # resumes it on any agent worker (worker/timers.py). False: a waiting run holds its child.
+    park_waits: bool = True
+    park_after_ms: int = Field(50, ge=0, le=60_000)
+    # How often each agent worker's scheduler looks for due timers and for kill switches that
+    # stop parked runs (a reply rings it at once).
+    timer_tick_ms: int = Field(50, ge=5, le=5_000)
 
 
 class RetriesSection(_Section):

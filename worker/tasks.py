@@ -23,10 +23,11 @@ from worker.keeper import RunKeeper
 from worker.keys import AGENT_QUEUE, Keys, tool_queue
 from worker.lease import Leases, reaper_loop
 from worker.loop import LoopDeps, execute_run, exit_process
-from worker.redis_conn import get_redis
+from worker.redis_conn import get_redis, make_redis
 from worker.rollout import end_recorder
 from worker.runs import STOPPED, TERMINAL, Budgets, RunStore, overdue
 from worker.settings import get_settings
+from worker.timers import Due, Scheduler, Timers
 from worker.toolexec import ToolExecutor
 
 agents.load_plugins(get_settings().plugins)
@@ -83,6 +84,7 @@ def _deps() -> LoopDeps:
         leases=leases,
         keeper=RunKeeper(leases),  # its thread starts in each pool child, on its first run
         hard_stop=exit_process,
+        timers=Timers(r, keys) if settings.runtime.park_waits else None,
     )
 
 
@@ -108,9 +110,9 @@ class RunTask(Task):  # type: ignore[type-arg]
 
 
 @app.task(name=RUN_TASK, base=RunTask, bind=True, send_events=get_settings().observability.run_task_events)
-def run_agent(self: RunTask, run_id: str) -> str | None:
-    """Execute (or resume) one run under its budgets."""
-    return execute_run(run_id, _deps())
+def run_agent(self: RunTask, run_id: str, wake: str = "") -> str | None:
+    """Execute (or resume) one run under its budgets; `wake`: the park a resume is for."""
+    return execute_run(run_id, _deps(), wake)
 
 
 @app.task(name=TOOL_TASK, bind=True)
@@ -159,6 +161,19 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
         name="run-reaper",
         daemon=True,
     ).start()
+    if deps.timers is not None:
+        scheduler = Scheduler(
+            deps.timers, deps.store, resume, tick_s=deps.settings.runtime.timer_tick_ms / 1000.0
+        )
+        bell = make_redis(deps.settings.redis_url)  # its own connection: the BLPOP blocks it
+        threading.Thread(
+            target=scheduler.run, args=(_reaper_stop, bell), name="run-timers", daemon=True
+        ).start()
+
+
+def resume(due: Due) -> None:
+    """Send the resume delivery of a parked run whose timer is due (timers.Scheduler)."""
+    send_run(app, due.run_id, max(0.1, due.deadline_ts - time.time()), wake=due.park)
 
 
 @worker_shutdown.connect

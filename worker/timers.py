@@ -1,0 +1,295 @@
+"""Parked runs and their timers: a waiting run is state in Redis, not a process.
+
+A run that would wait longer than `runtime.park_after_ms` (a tool or model reply, a backoff, a
+rate-limit slot, a Sleep) parks (`Timers.park`, one script): the run's hash records what it waits
+for (`wait`, `pending`: the step's action, `memory`), its wake-up time goes into the timers zset
+(at most its deadline), its lease is released, and its execution ends: the pool child is free.
+
+Every agent worker's main process runs `scheduler_loop`. Each tick it:
+
+1. claims the due timers (`claim_due`, one script): a claimed timer moves `RESEND_S` ahead, so
+   another scheduler does not claim it again, and a resume that gets lost is sent again later;
+   it sends one resume delivery (`fleet.run_agent(run_id, park)`) per claimed run, or ends a run
+   past its deadline at once;
+2. sweeps the kill switches of the parked runs' tenants and agents (`sweep_kills`) and ends the
+   parked runs a switch covers, in one pipeline, so a switch stops 1,000 parked runs within a tick.
+
+A reply (worker/admit.py, the tool worker's script) makes its parked run due and rings the bell
+(`Keys.timers_bell`), which wakes a scheduler at once; a cancel does the same (RunStore.cancel).
+
+The invariants: a park and its wake-up are written in one script; a resume carries its park's
+number, and a resume of a park that is over is dropped (RunStore.start), so two schedulers, or a
+reply that races the call's timeout, never resume a run twice; the step's begun state and its
+call's state survive in Redis, so a resumed run continues its call where the park left it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+import structlog
+
+from worker import killswitch
+from worker.keys import Keys
+from worker.runs import STOPPED, RunStore
+
+log = structlog.get_logger("agentfleet.timers")
+RESEND_S = 15.0  # a claimed timer fires again after this if its resume has not started the run
+CLAIM_BATCH = 500  # timers claimed per script call
+BELL_MAX = 63
+
+# KEYS: the run, its lease, the leases zset, the timers zset, the parked-per-tenant and -agent
+# hashes, the run's cancel key, the reply list the run waits for (the run's hash when none).
+# ARGV: the lease token, the wake-up time (unix s), the wait (JSON), the pending action (JSON),
+# the agent's memory (JSON), the run id, the tenant, the agent, '1' when the run waits for a
+# reply (KEYS[8]), the reply key to record ('' for none).
+# Returns {'parked', park number}, or {'ready'} (the reply is there: go on), {'cancelled', why},
+# {'lost'} (another execution holds the run) or {'ended', status}.
+_PARK = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost'} end
+local s = redis.call('HGET', KEYS[1], 'status')
+if s ~= 'running' then return {'ended', s or ''} end
+local cancel = redis.call('GET', KEYS[7])
+if cancel then return {'cancelled', cancel} end
+if ARGV[9] == '1' and redis.call('LLEN', KEYS[8]) > 0 then return {'ready'} end
+local seq = redis.call('HINCRBY', KEYS[1], 'park_seq', 1)
+redis.call('HSET', KEYS[1], 'parked', '1', 'wait', ARGV[3], 'pending', ARGV[4], 'memory', ARGV[5],
+           'wait_reply', ARGV[10])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[6])
+redis.call('HINCRBY', KEYS[5], ARGV[7], 1)
+redis.call('HINCRBY', KEYS[6], ARGV[8], 1)
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[6])
+return {'parked', seq}
+"""
+
+# Claims due timers. KEYS: the timers zset, then each candidate's run hash. ARGV: now (unix s),
+# the claim's length (s), then the candidates' run ids in KEYS order. A candidate that is not
+# parked any more (resumed or ended since) loses its timer.
+# Returns {run id, park number, deadline (unix s), ...} of the claimed runs.
+_CLAIM = """
+local now = tonumber(ARGV[1])
+local claimed = {}
+for i = 2, #KEYS do
+  local run_id = ARGV[i + 1]
+  local score = redis.call('ZSCORE', KEYS[1], run_id)
+  if score and tonumber(score) <= now then
+    local f = redis.call('HMGET', KEYS[i], 'parked', 'park_seq', 'started_ts', 'budgets')
+    if f[1] ~= '1' or not f[3] or not f[4] then
+      redis.call('ZREM', KEYS[1], run_id)
+    else
+      redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[2])), run_id)
+      local deadline = tonumber(f[3]) + tonumber(cjson.decode(f[4])['max_seconds'])
+      table.insert(claimed, run_id)
+      table.insert(claimed, f[2])
+      table.insert(claimed, string.format('%.6f', deadline))
+    end
+  end
+end
+return claimed
+"""
+
+
+@dataclass(frozen=True)
+class Due:
+    """A claimed timer: the run to resume, its park number and its deadline."""
+
+    run_id: str
+    park: str
+    deadline_ts: float
+
+
+class Timers:
+    """The parked runs of one fleet: park, claim due timers, sweep kill switches."""
+
+    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+        self.r = r
+        self.keys = keys
+        self._park = r.register_script(_PARK)
+        self._claim = r.register_script(_CLAIM)
+
+    def park(
+        self,
+        run_id: str,
+        token: str,
+        *,
+        tenant: str,
+        agent: str,
+        wake_ts: float,
+        wait: str,
+        pending: str,
+        memory: str,
+        reply_key: str = "",
+    ) -> tuple[str, str]:
+        """Park the run if this execution still holds it; returns (outcome, detail): `parked`
+        (detail: the park's number), `ready` (the reply came: do not park), `cancelled` (detail:
+        why), `lost` or `ended`."""
+        keys = self.keys
+        outcome, *rest = self._park(
+            keys=[
+                keys.run(run_id),
+                keys.run_lease(run_id),
+                keys.leases(),
+                keys.timers(),
+                keys.parked_owners("tenant"),
+                keys.parked_owners("agent"),
+                keys.run_cancel(run_id),
+                reply_key or keys.run(run_id),
+            ],
+            args=[
+                token,
+                repr(wake_ts),
+                wait,
+                pending,
+                memory,
+                run_id,
+                tenant,
+                agent,
+                "1" if reply_key else "0",
+                reply_key,
+            ],
+        )
+        return str(outcome), str(rest[0]) if rest else ""
+
+    def claim_due(self, now: float | None = None, limit: int = CLAIM_BATCH) -> list[Due]:
+        """Claim the timers due at `now`; a claimed timer is not claimed again for RESEND_S."""
+        now = time.time() if now is None else now
+        candidates = [str(x) for x in self.r.zrangebyscore(self.keys.timers(), "-inf", repr(now), 0, limit)]
+        if not candidates:
+            return []
+        flat = self._claim(
+            keys=[self.keys.timers(), *(self.keys.run(run_id) for run_id in candidates)],
+            args=[repr(now), RESEND_S, *candidates],
+        )
+        return [Due(str(flat[i]), str(flat[i + 1]), float(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+    def waiting(self) -> int:
+        """How many runs are parked (including those due and not yet resumed)."""
+        return int(self.r.zcard(self.keys.timers()))
+
+    def switched_on(self) -> tuple[str | None, dict[str, str], dict[str, str]]:
+        """The kill switches that cover parked runs: `kill:all`'s reason (or None), and the
+        reasons of the tenants' and agents' switches that are on, by name. Two round trips; one
+        when nothing is parked."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hkeys(self.keys.parked_owners("tenant"))
+        pipe.hkeys(self.keys.parked_owners("agent"))
+        tenants, agents = pipe.execute()
+        tenants, agents = [str(t) for t in tenants], [str(a) for a in agents]
+        if not tenants and not agents:
+            return None, {}, {}
+        names = [self.keys.kill_all()]
+        names += [self.keys.kill_tenant(t) for t in tenants] + [self.keys.kill_agent(a) for a in agents]
+        values = self.r.mget(names)
+        all_reason = killswitch.first_reason([values[0]])
+        on_tenants = {
+            t: reason
+            for t, v in zip(tenants, values[1 : 1 + len(tenants)], strict=True)
+            if (reason := killswitch.first_reason([v])) is not None
+        }
+        on_agents = {
+            a: reason
+            for a, v in zip(agents, values[1 + len(tenants) :], strict=True)
+            if (reason := killswitch.first_reason([v])) is not None
+        }
+        return all_reason, on_tenants, on_agents
+
+    def covered(
+        self, all_reason: str | None, tenants: dict[str, str], agents: dict[str, str]
+    ) -> list[tuple[str, str]]:
+        """The parked runs a switch covers, with the switch's reason (kill:all first, then the
+        tenant's, then the agent's: killswitch's order)."""
+        run_ids = [str(x) for x in self.r.zrange(self.keys.timers(), 0, -1)]
+        if all_reason is not None:
+            return [(run_id, all_reason) for run_id in run_ids]
+        pipe = self.r.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hmget(self.keys.run(run_id), ["tenant", "agent"])
+        found = []
+        for run_id, (tenant, agent) in zip(run_ids, pipe.execute(), strict=True):
+            reason = tenants.get(str(tenant)) or agents.get(str(agent))
+            if reason is not None:
+                found.append((run_id, reason))
+        return found
+
+
+def end_killed(store: RunStore, runs: list[tuple[str, str]]) -> list[str]:
+    """End the given parked runs as stopped / killed, each only if it is still parked (a resumed
+    run checks its switches itself); one pipeline. Returns the runs this call ended."""
+    if not runs:
+        return []
+    now = repr(time.time())
+    pipe = store.r.pipeline(transaction=False)
+    for run_id, reason in runs:
+        error = {"type": "killed", "message": reason}
+        store.finish_in(pipe, run_id, STOPPED, "killed", error=error, now=now, only_parked=True)
+    ended = []
+    for (run_id, _), answer in zip(runs, pipe.execute(), strict=True):
+        if answer and int(answer[0]) == 1:
+            ended.append(run_id)
+            store.ended(run_id, STOPPED, "killed", answer[1:])
+    return ended
+
+
+Resume = Callable[[Due], None]
+
+
+@dataclass
+class Scheduler:
+    """One agent worker's timer scheduler and kill sweep (see the module's docstring)."""
+
+    timers: Timers
+    store: RunStore
+    resume: Resume  # sends the resume delivery of a claimed run
+    tick_s: float = 0.05
+
+    def tick(self) -> tuple[int, int]:
+        """One round: resume due runs (ending those past their deadline), then end parked runs
+        that a kill switch covers. Returns (resumed, killed)."""
+        resumed = 0
+        now = time.time()
+        due = self.timers.claim_due(now)
+        for item in due:
+            if item.deadline_ts <= now:
+                self.store.finish(item.run_id, STOPPED, "max_seconds", only_parked=True)
+                continue
+            self.resume(item)
+            resumed += 1
+        killed = 0
+        all_reason, tenants, agents = self.timers.switched_on()
+        if all_reason is not None or tenants or agents:
+            covered = self.timers.covered(all_reason, tenants, agents)
+            ended = end_killed(self.store, covered)
+            killed = len(ended)
+            if ended:
+                log.warning(
+                    "kill-switch hit", parked_runs=killed, reason=all_reason or "tenant or agent switch"
+                )
+        if len(due) >= CLAIM_BATCH:
+            return self.tick_more(resumed, killed)
+        return resumed, killed
+
+    def tick_more(self, resumed: int, killed: int) -> tuple[int, int]:
+        """A full batch was due: claim the next batch now rather than a tick later."""
+        more, more_killed = self.tick()
+        return resumed + more, killed + more_killed
+
+    def run(self, stop: threading.Event, bell: redis.Redis | None = None) -> None:
+        """Tick until `stop` is set. With `bell` (a client of its own: the BLPOP blocks it), a
+        reply's ring starts a tick at once; else every tick_s."""
+        while not stop.is_set():
+            try:
+                self.tick()
+                if bell is None:
+                    stop.wait(self.tick_s)
+                else:
+                    rang = bell.blpop([self.timers.keys.timers_bell()], timeout=self.tick_s)
+                    if rang is not None:
+                        bell.delete(self.timers.keys.timers_bell())  # one tick answers every ring
+            except Exception as exc:  # a broken Redis or broker: try again a little later
+                log.warning("timer scheduler error", error=f"{type(exc).__name__}: {exc}"[:200])
+                stop.wait(1.0)
