@@ -101,9 +101,25 @@ class FleetCollector(Collector):
                 usage.add_metric([rest], float(value))
         yield runs
         yield usage
-        running = GaugeMetricFamily("fleet_runs_running", "Runs executing now (holding a lease)")
-        running.add_metric([], self.r.zcard(self.keys.leases()))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(self.keys.leases())
+        pipe.zcard(self.keys.timers())
+        executing_n, waiting_n = pipe.execute()
+        running = GaugeMetricFamily(
+            "fleet_runs_running", "Runs started and not ended: executing plus waiting"
+        )
+        running.add_metric([], executing_n + waiting_n)
         yield running
+        executing = GaugeMetricFamily(
+            "fleet_runs_executing", "Runs executing now in an agent worker (holding a lease)"
+        )
+        executing.add_metric([], executing_n)
+        yield executing
+        waiting = GaugeMetricFamily(
+            "fleet_runs_waiting", "Runs parked in Redis, waiting for a reply or a timer (no process)"
+        )
+        waiting.add_metric([], waiting_n)
+        yield waiting
 
         calls = CounterMetricFamily("fleet_tool_calls", "Tool calls by outcome", labels=["tool", "outcome"])
         waits = CounterMetricFamily(

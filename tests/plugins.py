@@ -25,6 +25,24 @@ class StubbornAgent(Agent):
                 time.sleep(60)
 
 
+@register_agent("busy")
+class BusyAgent(Agent):
+    """Agent code that computes: each step holds its pool child for `input.step_s` seconds (1 by
+    default), `input.steps` times (forever without), then finishes. A wait parks a run; this does
+    not, so tests of what happens to an executing run (a worker that dies, a queue behind busy
+    workers) use it."""
+
+    def next_action(self, state: RunState) -> Action:
+        from worker.agents import Finish, Sleep
+
+        config = state.input if isinstance(state.input, dict) else {}
+        time.sleep(float(config.get("step_s", 1.0)))
+        steps = config.get("steps")
+        if steps is not None and state.step >= int(steps):
+            return Finish(config.get("output", "done"))
+        return Sleep(0)  # a step that waits for nothing: it does not park
+
+
 @register_agent("suicidal")
 class SuicidalAgent(Agent):
     """Kills its own worker process at every step, like a poison run would."""

@@ -163,7 +163,7 @@ def test_submit_answers_202_with_location_and_the_run(api_only: Fleet) -> None:
 
 
 def test_cancel_of_a_queued_run_ends_it_at_once_and_the_worker_never_steps_it(busy_fleet: Fleet) -> None:
-    blocker = busy_fleet.submit(input=SLEEP_LOOP)
+    blocker = busy_fleet.submit("busy", input={"step_s": 0.3})  # agent code: it holds its process
     busy_fleet.wait_status(blocker["id"], "running")  # the only worker process is now busy
     victim = busy_fleet.submit(input={"plan": [{"final": "should never run"}]})
 

@@ -55,7 +55,10 @@ SOFT_SHUTDOWN_S = 15.0  # worker_soft_shutdown_timeout in worker/celery_app.py
 STOP_GRACE_S = 30.0  # stop_grace_period / terminationGracePeriodSeconds of the worker services
 WRITE_DELAY_S = 0.2  # POST /write answers this long after it took effect
 
+# Runs here hold their process while they wait, so that a killed worker kills executing runs;
+# parked runs under worker crashes are tests/test_parked.py's.
 CONFIG: dict[str, Any] = {
+    "runtime": {"park_waits": False},
     "tools": {
         "allowlist": ["echo", "http.get", "http.post"],
         "timeouts_ms": {"default": 3000, "http.get": GET_TIMEOUT_MS},

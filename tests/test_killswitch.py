@@ -144,7 +144,7 @@ def test_kill_all_stops_every_running_run_within_one_step_with_the_reason(fleet:
 
 def test_kill_all_stops_queued_runs_without_a_step(fleet: Fleet) -> None:
     # Four long runs fill the worker's four processes, so the next two queue behind them.
-    blockers = [fleet.submit(input={"plan": [{"sleep": 30}]}) for _ in range(4)]
+    blockers = [fleet.submit("busy", input={"steps": 30}) for _ in range(4)]
     for run in blockers:
         wait_steps(fleet, run["id"], 1)
     queued = [fleet.submit(input=LOOPING) for _ in range(2)]

@@ -984,6 +984,9 @@ class NativeStack:
         (secrets_dir / "redis_password").write_text(self.redis_password + "\n")
         config = yaml.safe_load((ROOT / "ops" / "fleet.yaml").read_text())
         config["tools"]["allowlist"] = [*config["tools"]["allowlist"], "echo"]
+        # sleep steps of 1 s stay in their process: the soft-shutdown test stops a worker under
+        # an executing run
+        config.setdefault("runtime", {})["park_after_ms"] = 2000
         (self.dir / "fleet.yaml").write_text(yaml.safe_dump(config))
         self.dotenv = {
             **read_env_file(ENV_EXAMPLE),

@@ -22,7 +22,9 @@ OVERRUN_BOUND_S = 3.0  # the reaper scans every 0.5 s; the rest is slack for a l
 def busy_fleet() -> Iterator[Fleet]:
     """Two agent workers with one process each; one of them stays busy with a 55 s run."""
     server = RedisServer()
-    f = Fleet(server)
+    # A run here must hold its process while it waits (these tests kill the worker under an
+    # executing run); parked runs' crashes are tests/test_parked.py's.
+    f = Fleet(server, {"runtime": {"park_waits": False}})
     try:
         f.start_api()
         f.start_worker(1)

@@ -30,7 +30,9 @@ def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def fleet(probe_dir: Path) -> Iterator[Fleet]:
     server = RedisServer()
-    config = {"plugins": ["tests.plugins", "tests.module_probe"]}
+    # A run here must hold its process while it waits (these tests kill the worker under an
+    # executing run); parked runs' crashes are tests/test_parked.py's.
+    config = {"plugins": ["tests.plugins", "tests.module_probe"], "runtime": {"park_waits": False}}
     f = Fleet(server, config, {"TEST_MODULE_PROBE_DIR": str(probe_dir)})
     try:
         f.start(workers=1, concurrency=CONCURRENCY)  # the preload is on by default
