@@ -593,6 +593,30 @@ def test_slow_answer_past_the_timeout_is_retried_and_the_run_goes_on(fleet: Flee
     assert second["t"] - first["t"] >= LLM_TIMEOUT_MS / 1000, second["t"] - first["t"]
 
 
+def test_a_slow_model_answer_parks_the_run_and_its_attempt_is_settled_once(
+    fleet: Fleet, fake: FakeOpenAI
+) -> None:
+    fake.load(
+        "parked",
+        [
+            {
+                "content": "after a while",
+                "delay_s": 1.5,
+                "usage": {"prompt_tokens": 30, "completion_tokens": 9},
+            }
+        ],
+    )
+    marker = new_marker("parked")
+    run_id = submit(fleet, f"Think slowly. {marker}")
+    wait_for(lambda: fleet.r.hget(f"fleet:run:{run_id}", "parked") == "1", 10, "the run did not park")
+    done = fleet.wait(run_id, timeout=30)
+
+    assert (done["status"], done["output"]) == ("succeeded", "after a while"), done
+    assert len(fake.requests(marker)) == 1
+    assert done["usage"]["tokens"] == 30 + 9  # settled at what it cost, once, by the resume
+    assert done["usage"]["cost_usd"] == pytest.approx(cost_micro(30, 9) / 1e6)
+
+
 @pytest.mark.parametrize("switch", ["llm", f"llm:{MODEL}"])
 def test_kill_switch_on_the_model_refuses_the_call_before_it_reaches_the_server(
     fleet: Fleet, fake: FakeOpenAI, switch: str
