@@ -24,12 +24,12 @@ as fast as 32 concurrent httpx connections go, waits until every run has ended (
 then reads every run with its steps through the API. While the row runs it samples the PSS of the
 agent worker's and the tool worker's process trees (every 0.5 s), `ZCARD <prefix>:timers` (every
 0.1 s) and the `fleet_runs_waiting` gauge of `/metrics` (every 1 s). Rows: A N, A 10 N (with
-`--big`, or by default when A N met its 30 s goal: then 10 N is expected within 10x that, the row
-cap), B N.
+`--big`, or by default when 10x the wall time of A N fits the row cap: with the default 300 s cap,
+when A N met its 30 s goal), B N.
 
 Then kill latency, per fleet: `--kill-runs` runs wait on a server that answers after 60 s
 (`max_seconds` 120); once 90 % of them wait at the server (B: as many as its N row held at once),
-or after 60 s, `SET <prefix>:kill:all bench`; each run's time to stop is its `finished_at` minus
+or after 30 s, `SET <prefix>:kill:all bench`; each run's time to stop is its `finished_at` minus
 the moment of the SET (one clock: this machine's).
 
 Prints Markdown tables, the ratios A / B and PASS/FAIL per goal. Exits 0 when the bench ran
