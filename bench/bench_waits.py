@@ -721,6 +721,10 @@ def run_design(
         if errors:
             notes.append(f"- fleet {design.name} error lines: {errors}")
         return versions_line(redis_server)
+    except Exception:
+        if stack is not None:  # why it could not run is most often in the fleet's own lines
+            say(stack.fleet.logs())
+        raise
     finally:
         if stack is not None:
             close_stack(stack)
