@@ -678,7 +678,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-baseline", action="store_true", help="no fleet B (no ratios)")
     parser.add_argument("--kill-runs", type=int, default=1000, help="runs of the kill phase (default 1000)")
     parser.add_argument("--max-wall-s", type=float, default=300.0, help="cap of each row (default 300)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.kill_runs < 1 or args.max_wall_s <= 0:
+        parser.error("--runs and --kill-runs must be at least 1, --max-wall-s above 0")
+    return args
 
 
 def raise_fd_limit() -> None:
