@@ -39,15 +39,17 @@ from worker.ratelimit import LUA_GCRA, LUA_NOW, Rate
 from worker.retrybudget import LUA_SPEND, RetryPolicy
 
 # KEYS: 1-3 the run's switches (all, tenant, agent), 4 the run's cancel flag, 5-6 the tool's
-# switches (killswitch.tool_switch_keys with writes: tool, writes; 6 is read only for a tool that
-# writes), 7 the agent's policy, 8-10 its quota keys (actions, today's spend, the call's decision),
+# switches (killswitch.tool_switch_keys: the tool's, then `writes` or `llm:<model>`; 6 is read only
+# when ARGV 4 is 1), 7 the agent's policy, 8-10 its quota keys (actions, today's spend, the call's decision),
 # 11 the run's hash, 12 the call's hash, 13 the tool's retry budget, 14 its breaker, 15 the tools'
 # stats hash, 16.. one rate-limit key per limit.
-# ARGV: 1 stage, 2 the Python verdict ('', 'allowlist', 'unknown', 'invalid'), 3 tool, 4 writes
-# (1/0), 5 call id, 6 cost (micro-USD), 7 max tool calls, 8 the call record's TTL, 9 the decision
-# TTL, 10-12 retry budget (ratio, min retries, window ms), 13-14 breaker (cooldown ms, probe ms),
-# 15 the run's remaining ms, 16 attempt, 17 the stats field of a rate-limit wait, then per limit:
-# interval ms, burst, cost.
+# ARGV: 1 stage, 2 the Python verdict ('', 'allowlist', 'unknown', 'invalid'), 3 tool, 4 read the
+# second tool switch (1/0: `writes` for a tool that writes, `llm:<model>` for a model call), 5 call
+# id, 6 cost (micro-USD), 7 max tool calls, 8 the call record's TTL, 9 the decision TTL, 10-12
+# retry budget (ratio, min retries, window ms), 13-14 breaker (cooldown ms, probe ms), 15 the
+# run's remaining ms, 16 attempt, 17 the stats field of a rate-limit wait, 18 the call's kind
+# ('tool', or 'model': no allowlist, policy, quota or tool-call budget at admission, as a model
+# attempt's spend is reserved per attempt, gateway.py), then per limit: interval ms, burst, cost.
 # Returns {verdict, quota decision ('' without quota), max actions, max spend micro, used, d1, d2}.
 _BODY = """
 local stage = ARGV[1]
@@ -67,7 +69,11 @@ local tool_switch = kill_reason(tool_switches)
 if tool_switch then return answer('killed', tool_switch) end
 
 local quota, max_a, max_s, used = '', -1, -1, 0
-if stage == 'admit' then
+if stage == 'admit' and ARGV[18] == 'model' then
+  local recorded = redis.call('HGET', KEYS[12], 'result')
+  if recorded then return answer('recorded', recorded) end
+  retry_budget(KEYS[13], 'call', tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), now_int)
+elseif stage == 'admit' then
   if ARGV[2] == 'allowlist' then return answer('denied', 'allowlist') end
   local tools
   tools, max_a, max_s = policy_read(KEYS[7])
@@ -91,7 +97,7 @@ end
 if stage ~= 'go' then
   local wait = 0
   for i = 16, #KEYS do
-    local a = 18 + (i - 16) * 3
+    local a = 19 + (i - 16) * 3
     local allowed, w = gcra(KEYS[i], tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[15]),
                             tonumber(ARGV[a + 2]), now)
     if allowed == 0 then return answer('rate_limited', tostring(w), i - 16, quota, max_a, max_s, used) end
@@ -204,7 +210,7 @@ class CallKeys:
     run_switches: list[str]  # all, tenant, agent
     cancel: str
     tool_switch: str
-    writes_switch: str
+    writes_switch: str  # the second tool switch: `writes`, or a model call's `llm:<model>`
     policy: str
     quota: list[str]  # actions, today's spend, the call's decision
     run: str
@@ -212,6 +218,7 @@ class CallKeys:
     retry_budget: str
     breaker: str
     stats: str
+    second_switch: bool = False  # whether the call reads `writes_switch`
 
 
 @dataclass(frozen=True)
@@ -258,6 +265,7 @@ class Admitter:
         attempt: int,
         wait_stat: str,
         limits: list[LimitSlot],
+        kind: str = "tool",
     ) -> Answer:
         script_keys = [
             *keys.run_switches,
@@ -291,6 +299,7 @@ class Admitter:
             max(0.0, remaining_s) * 1000.0,
             attempt,
             wait_stat,
+            kind,
         ]
         for limit in limits:
             args += [limit.rate.interval_ms, limit.rate.burst, max(1, limit.cost)]

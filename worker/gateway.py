@@ -21,8 +21,17 @@ Every call leaves a decision (allowed or denied, why, what is left of the quotas
 Steps 1-6 (and the per-attempt checks of 6) run in one Lua script, worker/admit.py, so a call
 costs one round trip before its subtask is sent. After the attempt the tool worker, in the script
 that pushes the reply, reports the outcome to the breaker and records the final result; the run's
-side does that bookkeeping only when the tool did not run or did not answer. Model calls (`llm`
-agent) take the same steps one by one, with the model's switches checked before every attempt.
+side does that bookkeeping only when the tool did not run or did not answer.
+
+Model calls (`llm` agent) take the same path (`Call`, `_attempts`): the same script, with
+`llm` and `llm:<model>` as the tool's switches, a recorded answer instead of the tool-call
+budget, and the model's request and token rates and breaker; each attempt's worst case is
+reserved from the run's token and cost budgets and the agent's spend quota right before it is
+sent, and settled after its reply.
+
+Any wait longer than the run's `park_after_s` (a reply, a backoff, a rate-limit slot) raises
+Park: the state machine's position (`wait`: its state, attempt, give-up time and decision) is
+kept in the run, and `resume` goes on from there in a later execution (worker/timers.py).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from typing import Any, Protocol
 
 import redis
 import structlog
+from pydantic import BaseModel
 
 from worker import killswitch
 from worker.admit import Admitter, Answer, CallKeys, LimitSlot
@@ -44,7 +54,7 @@ from worker.guard import SLICE_S, BudgetExceeded, Park, RunGuard
 from worker.keys import Keys
 from worker.llmconfig import llm_config
 from worker.logs import cap_bytes, sampled
-from worker.policy import DECISION_TTL_S, MICRO, NO_QUOTA, Decision, Policy, PolicyStore, decision
+from worker.policy import DECISION_TTL_S, MICRO, NO_QUOTA, Decision, PolicyStore, decision
 from worker.ratelimit import RateLimiter, parse_rate
 from worker.redact import redact
 from worker.retrybudget import RetryBudget, RetryPolicy
@@ -164,7 +174,7 @@ class ToolGateway:
         Park when it would wait long; `resume` is that Park's wait, when the run resumes the call.
         The loop logs the call with its step (one `tool call` line per step)."""
         if resume is not None:
-            outcome = self._resume_call(call_id, tool, args, resume)
+            outcome = self._resume(self._tool_call(call_id, tool, args), resume)
         else:
             outcome = self._call(call_id, tool, args)
         result = outcome.result
@@ -173,11 +183,87 @@ class ToolGateway:
         self._log_result(tool, result)
         return outcome
 
+    def call_model(
+        self,
+        call_id: str,
+        args: dict[str, Any],
+        *,
+        model: str,
+        cost: ModelCallCost,
+        timeout_s: float,
+        resume: dict[str, Any] | None = None,
+    ) -> CallOutcome:
+        """One model call of the `llm` agent, through the same admission script and attempts as
+        a tool call: kill switches (`llm`, `llm:<model>`), a recorded answer, the retry budget, the
+        model's fleet-wide request and token rates and its breaker (both scoped `llm:<model>`),
+        retries. It is no tool call (no allowlist, policy or tool-call budget); instead each
+        attempt's worst case is reserved from the run's budgets and the agent's spend quota before
+        it is sent and settled after it (worker/spend.py); a reservation the run's budgets cannot
+        cover stops the run. Parks like a tool call (`resume`: the Park's wait)."""
+        call = self._model_call(call_id, args, model, cost, timeout_s)
+        if resume is not None:
+            return self._resume(call, resume)
+        # A call resumed after its worker died goes on after the attempts that execution made:
+        # they are reserved (or settled) already, and each attempt is reserved once.
+        last = self.r.hget(call.keys.call, "attempt")
+        attempt = 0 if last is None else int(last) + 1
+        answer = self._admit("admit", call, attempt=attempt)
+        if answer.verdict == "stop":
+            raise self.guard.stop(answer.detail, answer.detail2)
+        if answer.verdict == "killed":
+            outcome = _denied("killed", answer.detail, f"kill switch: {answer.detail}")
+            self._record(call, outcome.result)
+            return outcome
+        if answer.verdict == "recorded":  # answered before this run's worker died: not asked again
+            return CallOutcome(dict(json.loads(answer.detail)), Decision("allowed", "recorded").to_dict())
+        decided = Decision("allowed", NO_QUOTA).to_dict()
+        return self._attempts(call, decided, attempt=attempt, answer=answer)
+
     def _log_result(self, tool: str, result: dict[str, Any]) -> None:
         """Tool results are logged only for sampled runs (a sampled run is whole), redacted, capped."""
         obs = self.settings.observability
         if obs.sampled_tool_results and sampled(self.run_id, obs.result_sample_rate):
             log.info("tool result", tool=tool, result=cap_bytes(redact(result), obs.result_max_bytes))
+
+    def _tool_call(self, call_id: str, tool: str, args: dict[str, Any]) -> Call:
+        spec = get_tool(tool)
+        if spec is None:
+            raise ValueError(f"a parked call of unknown tool {tool!r}")
+        return Call(
+            call_id=call_id,
+            spec=spec,
+            args=args,
+            keys=self._call_keys(call_id, tool, spec.name, writes=spec.writes),
+            scope=spec.name,
+            limits=self._tool_slots(spec),
+            timeout_s=self.settings.tools.timeout_s(spec.name, spec.timeout_ms),
+        )
+
+    def _model_call(
+        self, call_id: str, args: dict[str, Any], model: str, cost: ModelCallCost, timeout_s: float
+    ) -> Call:
+        spec = get_tool(MODEL_TOOL)
+        assert spec is not None
+        config = llm_config(self.settings)
+        scope = f"{MODEL_TOOL}:{model}"
+        limits = []
+        if config.requests_per_minute:
+            limits.append(Limit(scope, f"{config.requests_per_minute}/m"))
+        if config.tokens_per_minute:
+            limits.append(Limit(f"{scope}:tokens", f"{config.tokens_per_minute}/m", cost.worst_tokens))
+        return Call(
+            call_id=call_id,
+            spec=spec,
+            args=args,
+            keys=self._call_keys(call_id, MODEL_TOOL, scope, model=model),
+            scope=scope,
+            limits=[
+                LimitSlot(self.keys.rate_limit(x.key, x.tenant), parse_rate(x.rate), x.cost) for x in limits
+            ],
+            timeout_s=timeout_s,
+            rates=limits,
+            cost=cost,
+        )
 
     def _call(self, call_id: str, tool: str, args: dict[str, Any]) -> CallOutcome:
         """Admission (one script), then the attempts; every outcome is counted in the stats."""
@@ -192,11 +278,14 @@ class ToolGateway:
                 validate_args(spec, args)
             except ToolFailure as failure:
                 local_verdict, invalid = "invalid", failure.envelope()
-        keys = self._call_keys(call_id, tool)
+        if spec is None:  # nothing is called: only the run's and the tool's switches are read
+            call = Call(call_id, _UNKNOWN, args, self._call_keys(call_id, tool, tool), tool, [], 0.0)
+        else:
+            call = self._tool_call(call_id, tool, args)
         self.guard.check_local()
         if spec is not None and not local_verdict:  # before the call is admitted and counted
             self._charge_tool_cost(call_id, spec, check_only=True)
-        answer = self._admit("admit", keys, call_id, tool, spec, attempt=0, local_verdict=local_verdict)
+        answer = self._admit("admit", call, attempt=0, local_verdict=local_verdict, tool=tool)
         if answer.verdict == "stop":
             raise self.guard.stop(answer.detail, answer.detail2)
         quota = (
@@ -231,24 +320,13 @@ class ToolGateway:
         assert spec is not None  # every verdict above that can pass has a spec
         self.budget.used = answer.used
         self._charge_tool_cost(call_id, spec)
-        decided = quota.to_dict()
-        result = self._tool_attempts(call_id, spec, args, keys, decided, answer=answer)
-        return CallOutcome(result, refusal_decision(decided, result))
+        return self._attempts(call, quota.to_dict(), attempt=0, answer=answer)
 
-    def _resume_call(
-        self, call_id: str, tool: str, args: dict[str, Any], wait: dict[str, Any]
-    ) -> CallOutcome:
+    def _resume(self, call: Call, wait: dict[str, Any]) -> CallOutcome:
         """Go on with an admitted call where its park left it (admission, quotas, budget and
         cost were taken before the park, once)."""
-        if tool == MODEL_TOOL:
-            raise ValueError("a model call resumes through call_model")
-        spec = get_tool(tool)
-        if spec is None:
-            raise ValueError(f"a parked call of unknown tool {tool!r}")
-        decided = dict(wait.get("decision") or {})
-        keys = self._call_keys(call_id, tool)
-        result = self._tool_attempts(call_id, spec, args, keys, decided, resume=wait)
-        return CallOutcome(result, refusal_decision(decided, result))
+        decided = dict(wait.get("decision") or Decision("allowed", NO_QUOTA).to_dict())
+        return self._attempts(call, decided, attempt=int(wait["attempt"]), resume=wait)
 
     def _charge_tool_cost(self, call_id: str, spec: Tool, *, check_only: bool = False) -> None:
         """Charge an admitted call's declared cost to the run's `max_cost_usd` (once per call), or
@@ -262,44 +340,39 @@ class ToolGateway:
                 "max_cost", f"not enough money left for {spec.name!r} (${cost_micro / MICRO:g} a call)"
             )
 
-    def _call_keys(self, call_id: str, tool: str) -> CallKeys:
+    def _call_keys(
+        self, call_id: str, tool: str, scope: str, *, writes: bool = False, model: str | None = None
+    ) -> CallKeys:
         *run_switches, cancel = self.guard.switch_keys
-        tool_switch, writes_switch = killswitch.tool_switch_keys(self.keys, tool, writes=True)
+        switches = killswitch.tool_switch_keys(self.keys, tool, writes=writes, model=model)
         return CallKeys(
             run_switches=run_switches,
             cancel=cancel,
-            tool_switch=tool_switch,
-            writes_switch=writes_switch,
+            tool_switch=switches[0],
+            writes_switch=switches[1] if len(switches) > 1 else self.keys.kill_writes(),
+            second_switch=len(switches) > 1,
             policy=self.keys.policy(self.agent),
             quota=self.controls.policies.quota_keys(self.agent, call_id),
             run=self.budget.run_key,
             call=self.keys.call(call_id),
-            retry_budget=self.keys.retry_budget(tool),
-            breaker=self.keys.breaker(tool),
+            retry_budget=self.keys.retry_budget(scope),
+            breaker=self.keys.breaker(scope),
             stats=self.keys.stats_tools(),
         )
 
     def _admit(
-        self,
-        stage: str,
-        keys: CallKeys,
-        call_id: str,
-        tool: str,
-        spec: Tool | None,
-        *,
-        attempt: int,
-        local_verdict: str = "",
+        self, stage: str, call: Call, *, attempt: int, local_verdict: str = "", tool: str | None = None
     ) -> Answer:
         tools = self.settings.tools
-        cost = tools.costs_usd.get(tool, spec.cost_usd) if spec is not None else 0.0
-        limits = self._tool_slots(spec) if spec is not None else []
+        spec = call.spec
+        cost = tools.costs_usd.get(spec.name, spec.cost_usd) if call.cost is None else 0.0
         return self.controls.admitter(
             stage,
-            keys,
+            call.keys,
             local_verdict=local_verdict,
-            tool=tool,
-            writes=spec.writes if spec is not None else False,
-            call_id=call_id,
+            tool=tool or spec.name,
+            writes=call.keys.second_switch,
+            call_id=call.call_id,
             cost_micro=round(cost * MICRO),
             max_tool_calls=self.budget.max_tool_calls,
             call_ttl_s=self.budget.ttl_s,
@@ -308,31 +381,33 @@ class ToolGateway:
             breaker=self.breaker_policy,
             remaining_s=self.guard.remaining_s(),
             attempt=attempt,
-            wait_stat=f"rate_limit_waits|{tool}",
-            limits=limits,
+            wait_stat=f"rate_limit_waits|{call.scope}",
+            limits=call.limits,
+            kind="model" if call.cost is not None else "tool",
         )
 
-    def _tool_attempts(
+    def _attempts(
         self,
-        call_id: str,
-        spec: Tool,
-        args: dict[str, Any],
-        keys: CallKeys,
+        call: Call,
         decided: dict[str, Any],
         *,
+        attempt: int,
         answer: Answer | None = None,
         resume: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """The attempts of an admitted call, as a state machine that can park between any two
-        states and resume in a later execution (`resume`: the Park's wait). States: `verdict`
-        (act on the admission script's answer), `go` (a reserved rate-limit slot is due), `retry`
-        (a backoff is over), `reply` (an attempt is out; wait for its reply). The final result is
-        recorded and counted."""
-        timeout_s = self.settings.tools.timeout_s(spec.name, spec.timeout_ms)
-        base = {"kind": "tool", "decision": decided}
-        attempt, state, give_up_ts = 0, "verdict", 0.0
+    ) -> CallOutcome:
+        """The attempts of an admitted call, tool or model, as a state machine that can park
+        between any two states and resume in a later execution (`resume`: the Park's wait).
+
+        States: `verdict` (act on the admission script's answer), `go` (a reserved rate-limit
+        slot is due: admit again without the limits), `retry` (a backoff is over: admit again),
+        `reply` (an attempt is out: wait for its reply). A model attempt's worst case is reserved
+        right before it is sent and settled after its reply. The final result is recorded and
+        counted; the decision for the step log is the admission's (a tool's quota) or the last
+        attempt's reservation (a model's)."""
+        spec, keys = call.spec, call.keys
+        state, give_up_ts = "verdict", 0.0
         if resume is not None:
-            attempt, state = int(resume["attempt"]), str(resume["at"])
+            state = str(resume["at"])
             give_up_ts = float(resume.get("give_up_ts", 0.0))
         while True:
             if state in ("go", "retry"):
@@ -340,38 +415,44 @@ class ToolGateway:
                     self.guard.resume_pause(resume)
                     resume = None
                 self.guard.check_local()
-                answer = self._admit(state, keys, call_id, spec.name, spec, attempt=attempt)
+                answer = self._admit(state, call, attempt=attempt)
                 state = "verdict"
             if state == "verdict":
                 assert answer is not None
-                if answer.verdict == "stop":
-                    raise self.guard.stop(answer.detail, answer.detail2)
-                if answer.verdict == "killed":  # flipped while this call backed off or waited
-                    return self._record(keys, spec.name, error_result("killed", answer.detail))
+                refused = self._refusal(call, answer)
+                if refused is not None:
+                    return CallOutcome(self._record(call, refused), refusal_decision(decided, refused))
                 if answer.verdict == "wait":
-                    rate = ", ".join(limit.rate for limit in self._tool_limits(spec))
-                    log.info(
-                        "rate-limit wait", tool=spec.name, wait_ms=round(answer.wait_s * 1000), rate=rate
-                    )
-                    self.guard.pause(answer.wait_s, {**base, "at": "go", "attempt": attempt})
+                    rate = ", ".join(limit.rate for limit in self._rates(call))
+                    wait_ms = round(answer.wait_s * 1000)
+                    log.info("rate-limit wait", tool=call.scope, wait_ms=wait_ms, rate=rate)
+                    self.guard.pause(answer.wait_s, {"decision": decided, "at": "go", "attempt": attempt})
                     state = "go"
                     continue
-                if answer.verdict == "rate_limited":
-                    message = _rate_message(self._tool_limits(spec)[int(answer.detail2)], answer.wait_s)
-                    refused = error_result("rate_limited", message, retry_after_s=answer.wait_s)
-                    return self._record(keys, spec.name, refused)
-                if answer.verdict == "circuit_open":
-                    retry_in_s = int(answer.detail2) / 1000.0
-                    message = _circuit_message(spec.name, answer.detail, retry_in_s)
-                    refused = error_result("circuit_open", message, retry_after_s=retry_in_s)
-                    return self._record(keys, spec.name, refused)
-                give_up_ts = self._send(call_id, attempt, spec.name, args, timeout_s)
-                state = "reply"
-            wait = {**base, "at": "reply", "attempt": attempt, "give_up_ts": give_up_ts}
-            result, settled = self._await_reply(call_id, attempt, spec.name, timeout_s, wait)
+                if call.cost is not None:  # a model attempt: reserve its worst case first
+                    quota = self._reserve_attempt(call.call_id, attempt, call.cost)
+                    decided = quota.to_dict()
+                    if not quota.allowed:
+                        denied = error_result("denied", quota.reason)
+                        return CallOutcome(self._record(call, denied), decided)
+                give_up_ts = self._send(call.call_id, attempt, spec.name, call.args, call.timeout_s)
+            wait = {"decision": decided, "at": "reply", "attempt": attempt, "give_up_ts": give_up_ts}
             resume = None
+            try:
+                result, settled = self._await_reply(call.call_id, attempt, spec.name, call.timeout_s, wait)
+            except Park:
+                raise  # the attempt is still out: a model attempt's reservation stays until its reply
+            except BaseException:  # the run stops while a model request is out: it may be billed
+                if call.cost is not None:
+                    worst = (call.cost.worst_tokens, call.cost.worst_micro)
+                    self._settle_attempt(call.call_id, attempt, call.cost, worst, decided)
+                raise
+            if call.cost is not None:
+                self._settle_attempt(
+                    call.call_id, attempt, call.cost, attempt_charge(result, call.cost), decided
+                )
             final = is_final(spec, attempt, result, self.settings)
-            if not settled:  # no reply, or the tool did not run: the bookkeeping is done here
+            if not settled:  # no reply, a model call, or the tool did not run: the bookkeeping is here
                 before, after, recorded = self.controls.admitter.settle(
                     keys,
                     ok=not is_failure(result),
@@ -381,17 +462,36 @@ class ToolGateway:
                     stats_field=stats_field(spec.name, result),
                 )
                 if after != before:
-                    log.warning("breaker change", tool=spec.name, outcome=after, previous=before)
+                    log.warning("breaker change", tool=call.scope, outcome=after, previous=before)
                 if recorded is not None:  # the tool worker's result came in as this side gave up
                     result = dict(json.loads(recorded))
             if final:
-                return result
-            delay_s = self._retry_delay(spec.name, attempt, result)
+                return CallOutcome(result, refusal_decision(decided, result))
+            delay_s = self._retry_delay(call.scope, attempt, result)
             if delay_s is None:
-                return self._record(keys, spec.name, result)
+                return CallOutcome(self._record(call, result), refusal_decision(decided, result))
             attempt += 1
-            self.guard.pause(delay_s, {**base, "at": "retry", "attempt": attempt})
+            self.guard.pause(delay_s, {"decision": decided, "at": "retry", "attempt": attempt})
             state = "retry"
+
+    def _refusal(self, call: Call, answer: Answer) -> dict[str, Any] | None:
+        """The result of an attempt the admission script refused, or None when it may go on
+        (`go`, or `wait` for a slot); a switch or cancel on the run stops it."""
+        if answer.verdict == "stop":
+            raise self.guard.stop(answer.detail, answer.detail2)
+        if answer.verdict == "killed":  # flipped while this call backed off or waited
+            return error_result("killed", answer.detail)
+        if answer.verdict == "rate_limited":
+            message = _rate_message(self._rates(call)[int(answer.detail2)], answer.wait_s)
+            return error_result("rate_limited", message, retry_after_s=answer.wait_s)
+        if answer.verdict == "circuit_open":
+            retry_in_s = int(answer.detail2) / 1000.0
+            message = _circuit_message(call.scope, answer.detail, retry_in_s)
+            return error_result("circuit_open", message, retry_after_s=retry_in_s)
+        return None
+
+    def _rates(self, call: Call) -> list[Limit]:
+        return call.rates if call.cost is not None else self._tool_limits(call.spec)
 
     def _retry_delay(self, scope: str, attempt: int, result: dict[str, Any]) -> float | None:
         """How long to wait before retrying a retryable failure, or None when it may not be
@@ -416,54 +516,14 @@ class ToolGateway:
         )
         return delay_s
 
-    def _record(self, keys: CallKeys, tool: str, result: dict[str, Any]) -> dict[str, Any]:
+    def _record(self, call: Call, result: dict[str, Any]) -> dict[str, Any]:
         """Record a call's final result (a resumed run replays it) and count it."""
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(keys.call, mapping={"state": "done", "result": json.dumps(result)})
-        pipe.expire(keys.call, self.budget.ttl_s)
-        pipe.hincrby(keys.stats, stats_field(tool, result), 1)
+        pipe.hset(call.keys.call, mapping={"state": "done", "result": json.dumps(result)})
+        pipe.expire(call.keys.call, self.budget.ttl_s)
+        pipe.hincrby(call.keys.stats, stats_field(call.spec.name, result), 1)
         pipe.execute()
         return result
-
-    def call_model(
-        self,
-        call_id: str,
-        args: dict[str, Any],
-        *,
-        model: str,
-        cost: ModelCallCost,
-        timeout_s: float,
-        resume: dict[str, Any] | None = None,
-    ) -> CallOutcome:
-        """One model call of the `llm` agent: kill switches (`llm`, `llm:<model>`), the model's
-        fleet-wide request and token rates, its breaker, retries. Each attempt's worst case is
-        reserved from the run's budgets and the agent's spend quota before it is sent and settled
-        after it (worker/spend.py); a reservation the run's budgets cannot cover stops the run.
-        Parks like a tool call (`resume`: the Park's wait, when the run resumes it)."""
-        spec = get_tool(MODEL_TOOL)
-        assert spec is not None
-        if resume is None:
-            reason = killswitch.tool_kill_reason(self.r, self.keys, MODEL_TOOL, writes=False, model=model)
-            if reason is not None:
-                return _denied("killed", reason, f"kill switch: {reason}")
-            recorded = self.budget.recorded(call_id)
-            if recorded is not None:  # answered before this run's worker died: not asked again
-                return CallOutcome(recorded, Decision("allowed", "recorded").to_dict())
-        config = llm_config(self.settings)
-        scope = f"{MODEL_TOOL}:{model}"
-        limits = [
-            Limit(scope, f"{config.requests_per_minute}/m") if config.requests_per_minute else None,
-            Limit(f"{scope}:tokens", f"{config.tokens_per_minute}/m", cost.worst_tokens)
-            if config.tokens_per_minute
-            else None,
-        ]
-        result, quota = self._model_attempts(
-            call_id, spec, args, scope, [x for x in limits if x], timeout_s, cost, resume
-        )
-        self.budget.record(call_id, result)
-        kind = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
-        self.r.hincrby(self.keys.stats_tools(), f"calls|{MODEL_TOOL}|{kind}", 1)
-        return CallOutcome(result, refusal_decision(quota.to_dict(), result))
 
     def _tool_slots(self, spec: Tool) -> list[LimitSlot]:
         """The rate-limit slots a call of `spec` takes, as the admission script wants them."""
@@ -484,95 +544,7 @@ class ToolGateway:
             limits.append(Limit(spec.name, tools.tenant_rate_limits[spec.name], tenant=self.tenant))
         return limits
 
-    def _model_attempts(
-        self,
-        call_id: str,
-        spec: Tool,
-        args: dict[str, Any],
-        scope: str,
-        limits: list[Limit],
-        timeout_s: float,
-        cost: ModelCallCost,
-        resume: dict[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], Decision]:
-        """Attempts of a model call, each reserved and settled; `scope` (`llm:<model>`) names its
-        breaker and retry budget. Returns the last result and the last attempt's quota decision.
-        The same state machine as a tool call's (`admit` from a limit on, `reply`, `backoff`),
-        parked and resumed the same way."""
-        model = scope.removeprefix(f"{MODEL_TOOL}:")
-        tools = self.settings.tools
-        breaker_policy = self.breaker_policy
-        policy = self.controls.policies.get(self.agent)
-        quota = Decision("allowed", NO_QUOTA)
-        base: dict[str, Any] = {"kind": "model"}
-        state, first_limit, give_up_ts = "admit", 0, 0.0
-        if resume is None:
-            self.controls.retry_budget.note_call(scope, self.retry_policy)
-            # A resumed call goes on after the attempts an earlier execution made: they are
-            # reserved (or settled) already, and each attempt is reserved once.
-            last = self.r.hget(self.keys.call(call_id), "attempt")
-            attempt = 0 if last is None else int(last) + 1
-        else:
-            attempt, state = int(resume["attempt"]), str(resume["at"])
-            first_limit = int(resume.get("limit", 0))
-            give_up_ts = float(resume.get("give_up_ts", 0.0))
-            if resume.get("quota"):
-                quota = Decision(**resume["quota"])
-        while True:
-            if state == "backoff":
-                if resume is not None:
-                    self.guard.resume_pause(resume)
-                state = "admit"
-            if state == "admit":
-                if resume is not None and resume["at"] == "admit":
-                    self.guard.resume_pause(resume)  # the reserved slot of limit `limit` - 1
-                resume = None
-                refused = self._model_admit(scope, limits, breaker_policy, attempt, first_limit)
-                first_limit = 0
-                if refused is not None:
-                    return refused, quota
-                self.guard.check()
-                # every attempt, right before it is sent: a retry, or a send after a rate-limit wait
-                reason = killswitch.tool_kill_reason(self.r, self.keys, MODEL_TOOL, writes=False, model=model)
-                if reason is not None:
-                    return error_result("killed", reason), quota
-                quota = self._reserve_attempt(call_id, attempt, cost, policy)
-                if not quota.allowed:
-                    return error_result("denied", quota.reason), quota
-                pipe = self.r.pipeline(transaction=True)
-                pipe.hset(self.keys.call(call_id), "attempt", attempt)  # earlier attempts are stale now
-                pipe.expire(self.keys.call(call_id), self.budget.ttl_s)
-                pipe.execute()
-                give_up_ts = self._send(call_id, attempt, spec.name, args, timeout_s)
-            resume = None
-            wait = {
-                **base,
-                "at": "reply",
-                "attempt": attempt,
-                "give_up_ts": give_up_ts,
-                "quota": quota.to_dict(),
-            }
-            try:
-                result, _ = self._await_reply(call_id, attempt, spec.name, timeout_s, wait)
-            except Park:
-                raise  # the request is still out: its reservation stays until its reply
-            except BaseException:  # the run stops while the request is out: it may be billed
-                self._settle_attempt(call_id, attempt, cost, (cost.worst_tokens, cost.worst_micro), quota)
-                raise
-            self._settle_attempt(call_id, attempt, cost, attempt_charge(result, cost), quota)
-            before, after = self.controls.breaker.record_change(scope, not is_failure(result), breaker_policy)
-            if after != before:
-                log.warning("breaker change", tool=scope, outcome=after, previous=before)
-            if attempt >= tools.retries.max or not is_retryable(result):
-                return result, quota
-            delay_s = self._retry_delay(scope, attempt, result)
-            if delay_s is None:
-                return result, quota
-            attempt += 1
-            self.guard.pause(delay_s, {**base, "at": "backoff", "attempt": attempt})
-            state = "admit"
-
-    def _reserve_attempt(self, call_id: str, attempt: int, cost: ModelCallCost, policy: Policy) -> Decision:
+    def _reserve_attempt(self, call_id: str, attempt: int, cost: ModelCallCost) -> Decision:
         """Reserve one model attempt's worst case from the run's budgets (else stop the run with
         `max_tokens` or `max_cost`) and from the agent's spend quota (else a denied Decision)."""
         refused = self.spend.reserve(
@@ -583,6 +555,7 @@ class ToolGateway:
             raise BudgetExceeded(
                 refused, f"not enough {left} left for a model call of {cost.worst_tokens} tokens"
             )
+        policy = self.controls.policies.get(self.agent)
         quota = self.controls.policies.reserve(
             self.agent, _attempt_id(call_id, attempt), policy, cost.worst_micro / MICRO, count_action=False
         )
@@ -591,49 +564,17 @@ class ToolGateway:
         return quota
 
     def _settle_attempt(
-        self, call_id: str, attempt: int, cost: ModelCallCost, charge: tuple[int, int], quota: Decision
+        self, call_id: str, attempt: int, cost: ModelCallCost, charge: tuple[int, int], quota: dict[str, Any]
     ) -> None:
         """Settle one attempt at `charge` (tokens, micro-dollars) in the run and the agent's quota."""
         tokens, micro = charge
         self.spend.settle(call_id, attempt, tokens, micro)
-        if quota.reason == NO_QUOTA:  # nothing was reserved from a daily limit
+        if quota.get("reason") == NO_QUOTA:  # nothing was reserved from a daily limit
             return
         # Only an attempt charged under a spend quota is corrected, once (a Lua script keyed by it).
         self.controls.policies.adjust_spend(
             self.agent, _attempt_id(call_id, attempt), (micro - cost.worst_micro) / MICRO
         )
-
-    def _model_admit(
-        self,
-        scope: str,
-        limits: list[Limit],
-        breaker_policy: BreakerPolicy,
-        attempt: int = 0,
-        first_limit: int = 0,
-    ) -> dict[str, Any] | None:
-        """Rate limits from `first_limit` on (waiting for a slot that fits in the run's time,
-        parked when long: the resume goes on with the next limit), then the breaker."""
-        for index in range(first_limit, len(limits)):
-            limit = limits[index]
-            slot = self.controls.limiter.acquire(
-                limit.key, parse_rate(limit.rate), self.guard.remaining_s(), limit.tenant, limit.cost
-            )
-            if not slot.allowed:
-                message = _rate_message(limit, slot.wait_s)
-                return error_result("rate_limited", message, retry_after_s=slot.wait_s)
-            if slot.wait_s > 0:
-                self.r.hincrby(self.keys.stats_tools(), f"rate_limit_waits|{scope}", 1)
-                log.info("rate-limit wait", tool=scope, wait_ms=round(slot.wait_s * 1000), rate=limit.rate)
-                wait = {"kind": "model", "at": "admit", "attempt": attempt, "limit": index + 1}
-                self.guard.pause(slot.wait_s, wait)
-        admission = self.controls.breaker.allow(scope, breaker_policy)
-        if not admission.allowed:
-            return error_result(
-                "circuit_open",
-                _circuit_message(scope, admission.state, admission.retry_in_s),
-                retry_after_s=admission.retry_in_s,
-            )
-        return None
 
     def _send(self, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> float:
         """Send one (marked) attempt; returns when the run gives up on its reply (unix s)."""
@@ -670,6 +611,28 @@ class ToolGateway:
             if reply is not None:  # BLPOP took the one reply; a late duplicate expires with the key
                 return _reply_envelope(reply[1], tool, sent_ts)
             self.guard.check()
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call the gateway makes: a tool's, or a model's (`cost` set)."""
+
+    call_id: str
+    spec: Tool
+    args: dict[str, Any]
+    keys: CallKeys
+    scope: str  # its breaker's and retry budget's name: the tool, or `llm:<model>`
+    limits: list[LimitSlot]
+    timeout_s: float
+    rates: list[Limit] = field(default_factory=list)  # a model call's limits, for messages
+    cost: ModelCallCost | None = None  # a model call's worst case per attempt
+
+
+def _unknown_tool(args: Any, ctx: Any) -> dict[str, Any]:
+    raise AssertionError("an unknown tool is never called")
+
+
+_UNKNOWN = Tool(name="unknown", fn=_unknown_tool, args_model=BaseModel, description="")
 
 
 # Reply latency of each tool, as seen by this process (an exponentially weighted mean): a tool
