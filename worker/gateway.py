@@ -437,6 +437,8 @@ class ToolGateway:
                         return CallOutcome(self._record(call, denied), decided)
                 give_up_ts = self._send(call.call_id, attempt, spec.name, call.args, call.timeout_s)
             wait = {"decision": decided, "at": "reply", "attempt": attempt, "give_up_ts": give_up_ts}
+            if resume is not None and resume.get("resumed"):
+                wait["resumed"] = True  # the reply's ring woke the run: no stay to learn from
             resume = None
             try:
                 result, settled = self._await_reply(call.call_id, attempt, spec.name, call.timeout_s, wait)
@@ -590,9 +592,9 @@ class ToolGateway:
         whether the tool worker settled the call (admit.Replier)."""
         reply_key = self.keys.call_reply(call_id, attempt)
         give_up_ts = float(wait["give_up_ts"])
-        sent_ts = give_up_ts - timeout_s - REPLY_GRACE_S
         parking = self.guard.park_after_s is not None
-        stay_s = 0.0 if _known_slow(tool, self.guard.park_after_s) else (self.guard.park_after_s or 0.0)
+        first_wait = "resumed" not in wait  # a resume comes for the reply: no stay to learn from
+        stay_s = _stay_s(tool, self.guard.park_after_s) if first_wait else (self.guard.park_after_s or 0.0)
         stay_until = time.time() + stay_s
         while True:
             now = time.time()
@@ -602,14 +604,18 @@ class ToolGateway:
             if parking and now >= stay_until:
                 raw = self.r.lpop(reply_key)
                 if raw is not None:
-                    return _reply_envelope(raw, tool, sent_ts)
-                raise Park(min(give_up_ts, self.guard.deadline_ts), wait, reply_key)
+                    return _reply_envelope(raw)
+                if first_wait:
+                    _note_stay(tool, answered=False)
+                raise Park(min(give_up_ts, self.guard.deadline_ts), {**wait, "resumed": True}, reply_key)
             window = min(SLICE_S, left, max(self.guard.remaining_s(), 0.01))
             if parking:
                 window = min(window, stay_until - now)
             reply = self.r.blpop([reply_key], timeout=max(window, 0.001))
             if reply is not None:  # BLPOP took the one reply; a late duplicate expires with the key
-                return _reply_envelope(reply[1], tool, sent_ts)
+                if parking and first_wait:
+                    _note_stay(tool, answered=True)
+                return _reply_envelope(reply[1])
             self.guard.check()
 
 
@@ -635,23 +641,31 @@ def _unknown_tool(args: Any, ctx: Any) -> dict[str, Any]:
 _UNKNOWN = Tool(name="unknown", fn=_unknown_tool, args_model=BaseModel, description="")
 
 
-# Reply latency of each tool, as seen by this process (an exponentially weighted mean): a tool
-# that answers slower than a few in-process waits parks its callers at once.
-_reply_latency_s: dict[str, float] = {}
-SLOW_FACTOR = 4.0
+# Per tool, how many times in a row this process waited its in-process stay for a reply in vain.
+# A tool that keeps answering slower than that stay parks its callers at once (every
+# PROBE_EVERY-th call still waits, so a tool that became fast is noticed): a burst of calls to a
+# slow tool does not cost each run park_after_s of a pool child.
+_missed: dict[str, int] = {}
+SLOW_AFTER_MISSES = 3
+PROBE_EVERY = 20
 
 
-def _known_slow(tool: str, park_after_s: float | None) -> bool:
+def _stay_s(tool: str, park_after_s: float | None) -> float:
+    """How long to wait here for a reply before parking."""
     if park_after_s is None:
-        return False
-    return _reply_latency_s.get(tool, 0.0) > SLOW_FACTOR * park_after_s
+        return 0.0
+    missed = _missed.get(tool, 0)
+    if missed >= SLOW_AFTER_MISSES and missed % PROBE_EVERY != 0:
+        return 0.0
+    return park_after_s
 
 
-def _reply_envelope(raw: Any, tool: str, sent_ts: float) -> tuple[dict[str, Any], bool]:
-    """The envelope of a reply (and whether the tool worker settled it); notes its latency."""
-    latency_s = max(0.0, time.time() - sent_ts)
-    previous = _reply_latency_s.get(tool)
-    _reply_latency_s[tool] = latency_s if previous is None else 0.8 * previous + 0.2 * latency_s
+def _note_stay(tool: str, answered: bool) -> None:
+    _missed[tool] = 0 if answered else _missed.get(tool, 0) + 1
+
+
+def _reply_envelope(raw: Any) -> tuple[dict[str, Any], bool]:
+    """The envelope of a reply, and whether the tool worker settled the call."""
     data = json.loads(raw)
     if isinstance(data, dict) and "envelope" in data:
         return dict(data["envelope"]), bool(data.get("settled"))
