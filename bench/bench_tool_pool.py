@@ -41,7 +41,6 @@ Prints Markdown tables; exits 0 when the bench ran (whatever the figures), 2 whe
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -67,7 +66,7 @@ import psutil  # noqa: E402
 import redis  # noqa: E402
 
 from bench.bench_core import cpu_model  # noqa: E402
-from tests.harness import KEY_T1, Fleet, Proc, RedisServer, deep_merge, wait_for  # noqa: E402
+from tests.harness import KEY_T1, Fleet, Proc, RedisServer, SlowServer, deep_merge, wait_for  # noqa: E402
 
 EXIT_ERROR = 2
 TARGET_IN_FLIGHT = 1000  # issue 13: one tool-worker process keeps at least 1,000 I/O calls in flight
@@ -78,68 +77,6 @@ KEEP_LOGS: list[Path] = []  # --logs DIR: where each tool worker's log is copied
 CALL_TIMEOUT_MARGIN_S = 26.0  # a call's timeout is wait_s + this: queueing never makes it time out
 CONFIG: dict[str, Any] = {"tools": {"allowlist": ["http.get"], "http": {"allow_hosts": ["127.0.0.1"]}}}
 ENV = {"FLEET_MAX_QUEUED": str(10**9), "FLEET_MAX_QUEUED_PER_TENANT": "0", "FLEET_LOG_FORMAT": "json"}
-
-
-# -- the slow server ----------------------------------------------------------------------------------
-
-
-class SlowServer:
-    """A loopback HTTP/1.1 server that answers every request after `wait_s` and counts those it holds."""
-
-    def __init__(self, wait_s: float) -> None:
-        self.wait_s = wait_s
-        self.lock = threading.Lock()
-        self.in_flight = 0
-        self.peak = 0
-        self.served = 0
-        self.paths: Counter[str] = Counter()
-        self.port = 0
-        started = threading.Event()
-        threading.Thread(target=self._serve, args=(started,), name="slow-server", daemon=True).start()
-        if not started.wait(10):
-            raise RuntimeError("the slow server did not start")
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def reset(self) -> None:
-        with self.lock:
-            self.peak = self.in_flight
-            self.served = 0
-            self.paths.clear()
-
-    def _serve(self, started: threading.Event) -> None:
-        async def main() -> None:
-            server = await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=16384)
-            self.port = server.sockets[0].getsockname()[1]
-            started.set()
-            async with server:
-                await server.serve_forever()
-
-        asyncio.run(main())
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        counted = False
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            path = head.split(b" ", 2)[1].decode("ascii", "replace")
-            with self.lock:
-                self.in_flight += 1
-                self.peak = max(self.peak, self.in_flight)
-                self.paths[path] += 1
-            counted = True
-            await asyncio.sleep(self.wait_s)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
-            await writer.drain()
-            with self.lock:
-                self.served += 1
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, IndexError):
-            pass  # a client that went away: not served
-        finally:
-            if counted:
-                with self.lock:
-                    self.in_flight -= 1
-            writer.close()
 
 
 # -- process measurements -----------------------------------------------------------------------------

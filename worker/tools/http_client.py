@@ -52,31 +52,50 @@ class _Call:
         self.deadline = time.monotonic() + ctx.timeout_s
 
 
-_Clients = weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]
+CLIENT_SHARDS = 32
+_Clients = weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, "_Shards"]
 _clients: _Clients = weakref.WeakKeyDictionary()
 _dns_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
+class _Shards:
+    """The loop's HTTP clients, taken in turn. httpcore's pool walks all its connections and
+    queued requests on every request and every close: with 1,000 calls on one pool that costs
+    milliseconds of CPU per call, so the calls are spread over CLIENT_SHARDS small pools."""
+
+    def __init__(self, max_connections: int) -> None:
+        per_shard = max(1, -(-max_connections // CLIENT_SHARDS))
+        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=0)
+        tls = _ssl_context()
+        self.clients = [
+            httpx.AsyncClient(verify=tls, trust_env=False, limits=limits) for _ in range(CLIENT_SHARDS)
+        ]
+        self._next = 0
+
+    def next(self) -> httpx.AsyncClient:
+        self._next = (self._next + 1) % len(self.clients)
+        return self.clients[self._next]
+
+
 def shared_client(max_connections: int) -> httpx.AsyncClient:
-    """The running loop's client (made on first use): one connection pool for every HTTP tool call.
+    """A client of the running loop's shared set (made on first use), for one call.
 
     Keep-alive is off: a pooled connection is keyed by the checked address, and one made with
-    another host's SNI and certificate must never be reused. The pool bounds connections open at once.
+    another host's SNI and certificate must never be reused. Together the pools hold up to
+    `max_connections` (rounded up to a multiple of CLIENT_SHARDS) connections at once.
     """
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=0)
-        client = httpx.AsyncClient(verify=_ssl_context(), trust_env=False, limits=limits)
-        _clients[loop] = client
-    return client
+    shards = _clients.get(loop)
+    if shards is None:
+        shards = _clients[loop] = _Shards(max_connections)
+    return shards.next()
 
 
 async def close_shared_client() -> None:
-    """Close the running loop's client, if it made one (a loop that ends must not leave it behind)."""
-    client = _clients.pop(asyncio.get_running_loop(), None)
-    if client is not None:
-        await client.aclose()
+    """Close the running loop's clients, if it made them (a loop that ends must not leave them)."""
+    shards = _clients.pop(asyncio.get_running_loop(), None)
+    if shards is not None:
+        await asyncio.gather(*(client.aclose() for client in shards.clients))
 
 
 def _resolver() -> concurrent.futures.ThreadPoolExecutor:
