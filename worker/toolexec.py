@@ -42,7 +42,7 @@ from worker import killswitch, tools
 from worker.admit import Replier
 from worker.breaker import BreakerPolicy
 from worker.budget import CALL_RECORD_TTL_S
-from worker.gateway import REPLY_TTL_S, is_failure, is_final, stats_field
+from worker.gateway import REPLY_GRACE_S, REPLY_TTL_S, is_failure, is_final, stats_field
 from worker.keys import Keys
 from worker.logs import cap_bytes
 from worker.runs import TERMINAL
@@ -52,6 +52,8 @@ from worker.toolslots import ToolSlots, slot_member
 
 EXEC_TTL_S = 2 * 86400
 REDIS_THREADS = 16  # Redis round trips of one process at once (each well under a millisecond)
+REPLY_RETRY_FIRST_S = 0.1  # a reply that finds Redis down is pushed again after this, then doubling
+REPLY_RETRY_MAX_S = 1.0
 log = structlog.get_logger("agentfleet.tools")
 T = TypeVar("T")
 
@@ -153,7 +155,7 @@ class ToolExecutor:
                 stats_field=stats_field(tool, result),
             )
 
-        settled, before, after = await self._redis(reply)
+        settled, before, after = await self._reply_within(reply, started + timeout_s + REPLY_GRACE_S)
         # after the reply: the run does not wait for this line
         outcome = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
         log.info(
@@ -167,6 +169,22 @@ class ToolExecutor:
         )
         if settled and after != before:
             log.warning("breaker change", tool=tool, outcome=after, previous=before)
+
+    async def _reply_within(
+        self, reply: Callable[[], tuple[bool, str, str]], give_up: float
+    ) -> tuple[bool, str, str]:
+        """Push the reply; while Redis is unreachable (a restart), try again until the run stops
+        waiting for it (`give_up`, monotonic). A retried script may push the reply twice: the run
+        reads the first, and the settle script records a call's result once."""
+        pause_s = REPLY_RETRY_FIRST_S
+        while True:
+            try:
+                return await self._redis(reply)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() + pause_s > give_up:
+                    raise
+                await asyncio.sleep(pause_s)
+                pause_s = min(pause_s * 2, REPLY_RETRY_MAX_S)
 
     async def execute_async(
         self,
