@@ -52,7 +52,7 @@ from worker.toolslots import ToolSlots, slot_member
 
 EXEC_TTL_S = 2 * 86400
 REDIS_THREADS = 16  # Redis round trips of one process at once (each well under a millisecond)
-REPLY_RETRY_FIRST_S = 0.1  # a reply that finds Redis down is pushed again after this, then doubling
+REPLY_RETRY_FIRST_S = 0.1  # a round trip that finds Redis down is tried again after this, then doubling
 REPLY_RETRY_MAX_S = 1.0
 log = structlog.get_logger("agentfleet.tools")
 T = TypeVar("T")
@@ -155,7 +155,7 @@ class ToolExecutor:
                 stats_field=stats_field(tool, result),
             )
 
-        settled, before, after = await self._reply_within(reply, started + timeout_s + REPLY_GRACE_S)
+        settled, before, after = await self._redis_until(reply, started + timeout_s + REPLY_GRACE_S)
         # after the reply: the run does not wait for this line
         outcome = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
         log.info(
@@ -170,16 +170,16 @@ class ToolExecutor:
         if settled and after != before:
             log.warning("breaker change", tool=tool, outcome=after, previous=before)
 
-    async def _reply_within(
-        self, reply: Callable[[], tuple[bool, str, str]], give_up: float
-    ) -> tuple[bool, str, str]:
-        """Push the reply; while Redis is unreachable (a restart), try again until the run stops
-        waiting for it (`give_up`, monotonic). A retried script may push the reply twice: the run
-        reads the first, and the settle script records a call's result once."""
+    async def _redis_until(self, fn: Callable[[], T], give_up: float) -> T:
+        """A Redis round trip that, while Redis is unreachable (a restart), is tried again until
+        `give_up` (monotonic: when the run stops waiting for this attempt). A script retried after
+        a lost answer may have run twice: the reply is then pushed twice (the run reads the
+        first; the settle script records a call's result once), and a write's claim is found
+        taken (an idempotent write runs, any other answers `tool_error`: never twice)."""
         pause_s = REPLY_RETRY_FIRST_S
         while True:
             try:
-                return await self._redis(reply)
+                return await self._redis(fn)
             except (redis.ConnectionError, redis.TimeoutError):
                 if time.monotonic() + pause_s > give_up:
                     raise
@@ -208,11 +208,13 @@ class ToolExecutor:
     ) -> tuple[dict[str, Any], bool]:
         key, member = self.keys.tool_slots(tool), slot_member(call_id, attempt)
         limit = self.settings.tools.concurrency(tool)
-        if not await self._redis(self._slots.acquire, key, member, limit, timeout_s):
+        # Redis down at the start: wait for it no longer than the call's own time
+        start_by = time.monotonic() + timeout_s
+        if not await self._redis_until(lambda: self._slots.acquire(key, member, limit, timeout_s), start_by):
             busy = f"tool {tool!r} is busy: {limit} calls in flight in the fleet"
             return error_result("rate_limited", busy), False
         try:
-            return await self._run(call_id, attempt, tool, args, timeout_s)
+            return await self._run(call_id, attempt, tool, args, timeout_s, start_by)
         finally:
             try:
                 await self._redis(self._slots.release, key, member)
@@ -220,19 +222,21 @@ class ToolExecutor:
                 log.warning("tool slot not released", tool=tool, error=type(exc).__name__)
 
     async def _run(
-        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float
+        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float, start_by: float
     ) -> tuple[dict[str, Any], bool]:
         """The attempt's envelope, and whether the tool ran for it."""
         spec = tools.get_tool(tool)
         ctx = ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
-        refused = await self._redis(self._precheck, call_id, attempt, tool, spec, args)
+        refused = await self._redis_until(
+            lambda: self._precheck(call_id, attempt, tool, spec, args), start_by
+        )
         if refused is not None:
             return refused, False
         if spec is None or not spec.writes:
             return await tools.execute_async(tool, args, ctx, self._sync_pool), spec is not None
         exec_key = self.keys.call_exec(call_id)
-        state, detail = await self._redis(
-            lambda: self._claim(keys=[exec_key], args=[f"attempt {attempt}", EXEC_TTL_S])
+        state, detail = await self._redis_until(
+            lambda: self._claim(keys=[exec_key], args=[f"attempt {attempt}", EXEC_TTL_S]), start_by
         )
         if state == "done":
             return dict(json.loads(detail)), False
@@ -243,7 +247,8 @@ class ToolExecutor:
         if not (spec.idempotent and is_retryable(result)):
             # A retryable failure of an idempotent write stays open: its retry is sent again,
             # with the same idempotency key. Anything else is this write's one outcome.
-            await self._redis(self.r.hset, exec_key, "result", json.dumps(result))
+            record = json.dumps(result)
+            await self._redis_until(lambda: self.r.hset(exec_key, "result", record), start_by + REPLY_GRACE_S)
         return result, True
 
     def _precheck(
