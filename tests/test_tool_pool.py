@@ -1,6 +1,7 @@
 """The tool worker's event loop (worker/toolpool.py) with real parts: a redis-server, real
 `fleet tool-worker` processes and a slow loopback HTTP server that counts the requests it holds.
 
+The slot scripts of the fleet-wide per-tool limit are unit-tested at the end, on fakeredis.
 Most tests drive calls the way a run does, without one: a run record in Redis (a tool worker
 refuses a call of a run that does not exist), a `fleet.tool_call` message on the tool's queue,
 and the reply read from the call's reply list. The crash test runs through the whole fleet.
@@ -24,6 +25,7 @@ from celery import Celery
 from tests.harness import CountingServer, Fleet, Proc, RedisServer, SlowServer, deep_merge, wait_for
 from worker.keys import Keys, tool_queue
 from worker.runs import Budgets, RunStore
+from worker.toolslots import ToolSlots
 
 KEYS = Keys("fleet")
 CONFIG: dict[str, Any] = {
@@ -266,3 +268,27 @@ def test_a_write_in_flight_on_a_killed_tool_worker_has_one_effect_and_the_run_en
             assert step["ok"] is True, step
     finally:
         server.close()
+
+
+# -- the slot scripts (unit tests, fakeredis) ------------------------------------------------------------
+
+
+def test_tool_slots_refuse_past_the_limit_and_free_on_release(r: Any) -> None:
+    slots = ToolSlots(r)
+    key = KEYS.tool_slots("http.get")
+    assert [slots.acquire(key, f"c{i}#0", 2, 5.0) for i in range(3)] == [True, True, False]
+    assert slots.acquire(key, "c0#0", 2, 5.0) is True  # the same attempt again keeps its slot
+    slots.release(key, "c0#0")
+    assert slots.acquire(key, "c2#0", 2, 5.0) is True
+    assert r.zcard(key) == 2 and 0 < r.pttl(key) <= (5.0 + 1.0) * 1000
+
+
+def test_a_slot_lapses_after_the_calls_timeout_and_grace(r: Any) -> None:
+    """A worker that died holding a slot gives it back when the run has given up on the call."""
+    slots = ToolSlots(r)
+    key = KEYS.tool_slots("http.get")
+    assert slots.acquire(key, "dead#0", 1, 0.0) is True  # lives 1 s: the reply grace
+    assert slots.acquire(key, "next#0", 1, 5.0) is False
+    time.sleep(1.1)
+    assert slots.acquire(key, "next#0", 1, 5.0) is True
+    assert r.zrange(key, 0, -1) == ["next#0"]
