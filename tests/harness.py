@@ -6,6 +6,7 @@ child processes against a `RedisServer` of its own, with a YAML config written f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -363,6 +365,67 @@ class CountingServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class SlowServer:
+    """A loopback HTTP/1.1 server on an asyncio loop of its own that answers every request after
+    `wait_s` and counts the requests it holds at once (`in_flight`, `peak`); `paths` counts each
+    path, so a call that reaches it twice shows. Holds thousands of requests on one thread."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.peak = 0
+        self.served = 0
+        self.paths: Counter[str] = Counter()
+        self.port = 0
+        started = threading.Event()
+        threading.Thread(target=self._serve, args=(started,), name="slow-server", daemon=True).start()
+        if not started.wait(10):
+            raise RuntimeError("the slow server did not start")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def reset(self) -> None:
+        with self.lock:
+            self.peak = self.in_flight
+            self.served = 0
+            self.paths.clear()
+
+    def _serve(self, started: threading.Event) -> None:
+        async def main() -> None:
+            server = await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=16384)
+            self.port = server.sockets[0].getsockname()[1]
+            started.set()
+            async with server:
+                await server.serve_forever()
+
+        asyncio.run(main())
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        counted = False
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1].decode("ascii", "replace")
+            with self.lock:
+                self.in_flight += 1
+                self.peak = max(self.peak, self.in_flight)
+                self.paths[path] += 1
+            counted = True
+            await asyncio.sleep(self.wait_s)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
+            await writer.drain()
+            with self.lock:
+                self.served += 1
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, IndexError):
+            pass  # a client that went away: not served
+        finally:
+            if counted:
+                with self.lock:
+                    self.in_flight -= 1
+            writer.close()
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -61,6 +62,12 @@ class SleepArgs(BaseModel):
 def sleep_tool(args: SleepArgs, ctx: ToolContext) -> dict[str, Any]:
     time.sleep(args.seconds)
     return {"slept": args.seconds}
+
+
+@tool("test.asleep", args=SleepArgs, description="An async tool: awaits, then answers.")
+async def async_sleep_tool(args: SleepArgs, ctx: ToolContext) -> dict[str, Any]:
+    await asyncio.sleep(args.seconds)
+    return {"slept": args.seconds, "async": True}
 
 
 class WriteArgs(BaseModel):

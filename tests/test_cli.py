@@ -204,6 +204,30 @@ def test_worker_help_passes_through_to_celery_worker_help(command: str) -> None:
     assert "--concurrency" in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    ("extra", "pool", "concurrency"),
+    [((), "threads", "4"), (("--concurrency", "2"), "threads", "2"), (("-P", "solo"), "solo", "4")],
+)
+def test_tool_worker_defaults_to_a_few_threads_that_feed_its_event_loop(
+    redis_server: RedisServer, extra: tuple[str, ...], pool: str, concurrency: str
+) -> None:
+    """The exec'd `celery worker` of a real `fleet tool-worker`: threads x4 unless told otherwise
+    (the tasks only hand calls to the loop, worker/toolpool.py)."""
+    fleet = Fleet(redis_server)
+    try:
+        proc = fleet.start_tool_worker(*extra)
+        argv = psutil.Process(proc.popen.pid).cmdline()
+
+        def option(*names: str) -> str:
+            values = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in names]
+            assert len(values) == 1, argv  # a default never doubles an option the user gave
+            return values[0]
+
+        assert (option("-P", "--pool"), option("-c", "--concurrency")) == (pool, concurrency)
+    finally:
+        fleet.close()
+
+
 # -- fleet up -----------------------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ by what the server saw (request paths and timestamps) and by the runs' records a
 Two fleets, one per configuration:
 - `limited_fleet`: `http.get` limited to 10/s, 2 agent workers and 3 tool workers, one retry;
 - `breaker_fleet`: two retries within a 20 % retry budget, a breaker with a short cool-down and
-  a bulkhead of 2 on `test.sleep`; its tool workers change with the test (threads, queues), and
+  a fleet-wide limit of 2 on `test.sleep`; its tool workers change with the test (threads, queues), and
   a worker whose threads hang in `test.sleep` is SIGKILLed rather than waited for.
 """
 
@@ -460,7 +460,7 @@ def test_bulkhead_keeps_a_hanging_tool_from_taking_every_thread(breaker_fleet: F
     hanging = [{"tool": "test.sleep", "args": {"seconds": 30}}]
     a_runs = [submit_plan(fleet, hanging, max_seconds=30) for _ in range(SHARED_TOOL_THREADS + 1)]
     try:
-        # More hanging calls than the worker has threads: the bulkhead lets 2 run, refuses the rest.
+        # More hanging calls than the limit: 2 run, the rest are refused at once.
         def ended() -> list[dict[str, Any]]:
             runs = [fleet.get(run_id, steps="true") for run_id in a_runs]
             return [run for run in runs if run["status"] != "running" and run["status"] != "queued"]
@@ -486,7 +486,10 @@ def test_bulkhead_keeps_a_hanging_tool_from_taking_every_thread(breaker_fleet: F
         for run_id in a_runs:
             cancel(fleet, run_id)
         wait_all(fleet, a_runs)
-        kill_now(shared)  # its 2 threads sleep on; do not wait 30 s for them at shutdown
+        kill_now(shared)  # its 2 calls sleep on; do not wait 30 s for them at shutdown
+        # The killed worker's 2 slots of the fleet-wide limit would lapse after the calls' timeout
+        # + 1 s; the next test does not wait for that.
+        fleet.r.delete("fleet:toolslots:test.sleep")
 
 
 def test_per_tool_queues_keep_a_hanging_tools_backlog_off_other_tools(breaker_fleet: Fleet) -> None:
@@ -494,29 +497,33 @@ def test_per_tool_queues_keep_a_hanging_tools_backlog_off_other_tools(breaker_fl
     for proc in live_tool_workers(fleet):
         kill_now(proc)
     fleet.r.delete("tools.test.sleep")  # leftovers of an earlier test
-    sleep_worker, other_worker = start_together(
-        fleet,
-        tool_worker_argv("-Q", "tools.test.sleep", "--concurrency", "2"),
-        tool_worker_argv("-Q", "tools.echo,tools.http.get"),
-    )
+    # The sleep worker holds at most 2 calls (tools.worker_max_inflight); its one Celery thread
+    # then waits with a third call's message, unacked, and the fourth stays in the queue.
+    fleet.env["FLEET_TOOLS__WORKER_MAX_INFLIGHT"] = "2"
+    try:
+        sleep_argv = tool_worker_argv("-Q", "tools.test.sleep", "--concurrency", "1")
+        sleep_worker = fleet.spawn(sleep_argv[0], *sleep_argv)
+    finally:
+        del fleet.env["FLEET_TOOLS__WORKER_MAX_INFLIGHT"]
+    (other_worker,) = start_together(fleet, tool_worker_argv("-Q", "tools.echo,tools.http.get"))
+    wait_for(lambda: " ready." in sleep_worker.text(), 60, f"no sleep worker:\n{sleep_worker.text()}")
     hanging = [{"tool": "test.sleep", "args": {"seconds": 30}}]
     a_runs = [submit_plan(fleet, hanging, max_seconds=30) for _ in range(4)]
     try:
-        # 2 calls hang on the sleep worker's 2 threads, 2 wait in their own queue.
         wait_for(
             lambda: (
-                fleet.r.llen("tools.test.sleep") == 2
+                fleet.r.llen("tools.test.sleep") == 1
                 and all(fleet.get(run_id)["status"] == "running" for run_id in a_runs)
             ),
             30,
-            f"the sleep queue never held 2 calls:\n{fleet.logs()}",
+            f"the sleep queue never held 1 call:\n{fleet.logs()}",
         )
         b_run = fleet.wait(submit_plan(fleet, echo_plan(10)), timeout=30)
         assert b_run["status"] == "succeeded", b_run
         durations = [s["duration_ms"] for s in tool_steps(b_run, "echo")]
         assert len(durations) == 10 and all(s["ok"] for s in b_run["steps"]), b_run["steps"]
         assert max(durations) < 1000, durations
-        assert fleet.r.llen("tools.test.sleep") == 2  # A's backlog was still there, untouched
+        assert fleet.r.llen("tools.test.sleep") == 1  # A's backlog was still there, untouched
         assert all(fleet.get(run_id)["status"] == "running" for run_id in a_runs)
         assert '"tool executed"' in other_worker.text()  # B went to the other worker
         # the sleep worker finished nothing: its two calls still hang, and no echo went there
@@ -527,6 +534,6 @@ def test_per_tool_queues_keep_a_hanging_tools_backlog_off_other_tools(breaker_fl
         wait_all(fleet, a_runs)
         kill_now(sleep_worker)
         fleet.stop_proc(other_worker)
-        # The 2 queued calls outlive their cancelled runs (until their message expires): a later
-        # worker on this queue would still run them, so they go.
+        # The queued call outlives its cancelled run (until its message expires): a later
+        # worker on this queue would still run it, so it goes.
         fleet.r.delete("tools.test.sleep")

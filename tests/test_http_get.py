@@ -150,13 +150,13 @@ def server(running_server: RecordingServer) -> RecordingServer:
 def sends(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The URL of every request httpx sends, whichever server it is meant for."""
     sent: list[str] = []
-    real_send = httpx.Client.send
+    real_send = httpx.AsyncClient.send
 
-    def counting_send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+    async def counting_send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         sent.append(str(request.url))
-        return real_send(self, request, **kwargs)
+        return await real_send(self, request, **kwargs)
 
-    monkeypatch.setattr(httpx.Client, "send", counting_send)
+    monkeypatch.setattr(httpx.AsyncClient, "send", counting_send)
     return sent
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import ConfigError, load_settings, masked_url, parse_tenant_keys
+from worker.settings import ConfigError, Settings, load_settings, masked_url, parse_tenant_keys
 
 SAFE_DEFAULT = """\
 runtime:
@@ -89,6 +89,9 @@ def test_environment_beats_yaml_beats_defaults(tmp_path: Path, monkeypatch: pyte
         ({"FLEET_LOG_FORMAT": "xml"}, None, "log_format"),
         ({"AGENT_MAX_COST_USD": "1e303"}, None, "AGENT_MAX_COST_USD"),
         ({}, "runtime: {env: {AGENT_MAX_COST_USD: 1.0e+303}}\n", "AGENT_MAX_COST_USD"),
+        ({}, "tools: {max_concurrency: {http.get: 0}}\n", "max_concurrency.http.get"),
+        ({"FLEET_TOOLS__WORKER_MAX_INFLIGHT": "0"}, None, "worker_max_inflight"),
+        ({}, "tools: {sync_threads: -1}\n", "sync_threads"),
     ],
 )
 def test_a_bad_setting_is_an_error_that_names_it(
@@ -100,6 +103,13 @@ def test_a_bad_setting_is_an_error_that_names_it(
         monkeypatch.setenv("FLEET_CONFIG", write(tmp_path, yaml_text))
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_settings()
+
+
+def test_tool_limits_default_to_a_thousand_per_tool_fleet_wide() -> None:
+    tools = Settings().tools
+    assert (tools.concurrency("http.get"), tools.worker_max_inflight, tools.sync_threads) == (1000, 2000, 32)
+    tools = Settings(tools={"max_concurrency": {"http.get": 3}}).tools
+    assert (tools.concurrency("http.get"), tools.concurrency("echo")) == (3, 1000)
 
 
 def test_missing_config_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

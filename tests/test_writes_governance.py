@@ -71,9 +71,8 @@ CONFIG: dict[str, Any] = {
         "retry_budget": {"ratio": 10, "min_retries": 10_000},
         "breaker": {"failure_threshold": 10_000, "min_calls": 10_000},
         # After a tool worker died, its calls' retries pile up in the queue with the stale attempts
-        # and a fresh worker takes them all at once; the per-process bulkhead (default 8) would
-        # refuse some with `rate_limited`, which the gateway does not retry. Not under test here.
-        "max_concurrency": {"http.post": 32, COUNTED_WRITE: 32},
+        # and a fresh worker takes them all at once: the fleet-wide limit (default 1,000) lets
+        # them all run, as no `rate_limited` (which the gateway does not retry) is under test here.
         "costs_usd": {"echo": 0.10},
         "http": {"allow_hosts": ["127.0.0.1"]},
     },

@@ -70,6 +70,9 @@ def tool_queues(settings: Settings) -> list[str]:
     return [TOOL_QUEUE, *(tool_queue(name) for name in tools.tool_names())]
 
 
+TOOL_WORKER_THREADS = 4
+
+
 def celery_worker_argv(
     kind: str, passthrough: Sequence[str], log_level: str, queues: Sequence[str] = ("tools",)
 ) -> list[str]:
@@ -87,8 +90,11 @@ def celery_worker_argv(
         defaults = [
             (("-Q", "--queues"), ["-Q", ",".join(queues)]),
             (("-n", "--hostname"), ["-n", "tool@%h"]),
+            # The task only hands its call to the process's event loop (worker/toolpool.py) and
+            # returns: a few threads keep the loop fed (and may block on its backpressure without
+            # stalling the consumer); more threads only cost CPU (bench/README.md).
             (("-P", "--pool"), ["--pool", "threads"]),
-            (("-c", "--concurrency"), ["--concurrency", "32"]),
+            (("-c", "--concurrency"), ["--concurrency", str(TOOL_WORKER_THREADS)]),
         ]
     defaults.append((("-l", "--loglevel"), ["--loglevel", log_level]))
     for names, value in defaults:

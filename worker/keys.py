@@ -114,6 +114,10 @@ class Keys:
             return f"{self.prefix}:ratelimit:{tool}"
         return f"{self.prefix}:ratelimit:{tool}:tenant:{tenant}"
 
+    def tool_slots(self, tool: str) -> str:
+        """A sorted set of the tool's calls in flight, fleet-wide, scored by expiry (ms)."""
+        return f"{self.prefix}:toolslots:{tool}"
+
     def breaker(self, tool: str) -> str:
         return f"{self.prefix}:breaker:{tool}"
 

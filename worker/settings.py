@@ -110,14 +110,23 @@ class RetryBudgetSection(_Section):
     window_s: float = Field(60, gt=0)
 
 
+DEFAULT_TOOL_CONCURRENCY = 1000
+
+
 class ToolsSection(_Section):
     allowlist: list[str] = Field(default_factory=lambda: ["search.read", "http.get"])
     timeouts_ms: dict[str, int] = Field(default_factory=lambda: {"default": 8000})
     retries: RetriesSection = RetriesSection()
     rate_limits: dict[str, str] = Field(default_factory=dict)
     tenant_rate_limits: dict[str, str] = Field(default_factory=dict)
-    # Calls of one tool in flight at once, fleet-wide, so a hanging tool cannot take every tool thread.
-    max_concurrency: dict[str, int] = Field(default_factory=lambda: {"default": 8})
+    # Calls of one tool in flight at once, fleet-wide (a sorted set in Redis, worker/toolslots.py), so a
+    # hanging or slow dependency cannot take every tool worker's capacity; a call over it is rate_limited.
+    max_concurrency: dict[str, int] = Field(default_factory=lambda: {"default": DEFAULT_TOOL_CONCURRENCY})
+    # Calls one tool-worker process holds at once (worker/toolpool.py); past it, the Celery task waits
+    # for a free slot and its message stays unacked: backpressure, nothing lost.
+    worker_max_inflight: int = Field(2000, gt=0)
+    # Threads that run plain (non-async) tools in one tool-worker process.
+    sync_threads: int = Field(32, gt=0)
     costs_usd: dict[str, float] = Field(default_factory=dict)
     # A result over this is cut (marked truncated) on the tool worker, before Redis, the run and the logs.
     max_result_bytes: int = Field(1_048_576 + 65_536, ge=1024, le=64 * 1_048_576)
@@ -140,7 +149,7 @@ class ToolsSection(_Section):
         for name, n in value.items():
             if n <= 0:
                 raise ValueError(f"max_concurrency.{name} must be > 0")
-        return {"default": 8, **value}
+        return {"default": DEFAULT_TOOL_CONCURRENCY, **value}
 
     @field_validator("rate_limits", "tenant_rate_limits")
     @classmethod

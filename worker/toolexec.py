@@ -1,24 +1,39 @@
-"""How a tool worker executes one attempt of a call: bulkhead, exactly-once writes, the tool.
+"""How a tool worker executes one attempt of a call: fleet-wide slots, exactly-once writes, the tool.
+
+The executor is async: a tool-worker process runs it on one event loop (worker/toolpool.py) and
+holds thousands of attempts at once. Its Redis round trips (slot, pre-checks, claim, reply) run
+in a small thread pool of their own with the process's blocking client, not on the loop: the
+reply goes through `Replier` (admit.py), the agent side's synchronous script wrapper, and the
+checks through killswitch.py's; one client and one code path for both sides, and a round trip
+(well under a millisecond) holds a thread briefly, never the loop. Plain tools run in a second
+pool (`tools.sync_threads`), so a hanging plain tool cannot hold up replies.
 
 - Right before a tool executes (two round trips): a call whose run does not exist is refused
   (`denied`, logged); one whose run has ended (stopped, cancelled) while it waited in the queue,
   or whose run-level or tool switch is on (killswitch.py: the same keys and rule as every other
   path), answers `killed` and sends nothing, nor is an attempt the run has moved on from made.
-- Bulkhead: at most `tools.max_concurrency.<tool>` calls of one tool run at once in a worker
-  process, so a hanging tool cannot take every thread; a call over it is `rate_limited` at once.
+- Slots: at most `tools.max_concurrency.<tool>` attempts of one tool run at once in the whole
+  fleet (toolslots.py), so a slow dependency cannot take every tool worker's capacity; an attempt
+  over it is `rate_limited` at once and not reported to the breaker (the tool did not run).
 - Writes: the first attempt claims the call in Redis before it runs; its result is recorded.
-  A later attempt (a retry, a redelivery, a resumed run) gets the recorded result. If the claim
-  is taken but no result exists (the earlier attempt hangs or its worker died), an idempotent
-  write (one that sends the call id as its idempotency key) runs again, safely; any other write
-  is not run again and answers `tool_error`.
+  A later attempt (a retry, a resumed run) gets the recorded result. If the claim is taken but
+  no result exists (the earlier attempt hangs or its worker died), an idempotent write (one that
+  sends the call id as its idempotency key) runs again, safely; any other write is not run
+  again and answers `tool_error`.
+- A tool worker that dies mid-call: its Celery message was acked when the call was handed to
+  the loop, so Celery does not redeliver it. No reply comes; the run treats the attempt as a
+  timeout after its timeout plus `REPLY_GRACE_S` and retries it under the gateway's rules (a
+  non-idempotent write is refused by the claim above, a recorded result is replayed).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
-import threading
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis
 import structlog
@@ -27,15 +42,20 @@ from worker import killswitch, tools
 from worker.admit import Replier
 from worker.breaker import BreakerPolicy
 from worker.budget import CALL_RECORD_TTL_S
-from worker.gateway import REPLY_TTL_S, is_failure, is_final, stats_field
+from worker.gateway import REPLY_GRACE_S, REPLY_TTL_S, is_failure, is_final, stats_field
 from worker.keys import Keys
 from worker.logs import cap_bytes
 from worker.runs import TERMINAL
 from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result, is_retryable
+from worker.toolslots import ToolSlots, slot_member
 
 EXEC_TTL_S = 2 * 86400
+REDIS_THREADS = 16  # Redis round trips of one process at once (each well under a millisecond)
+REPLY_RETRY_FIRST_S = 0.1  # a round trip that finds Redis down is tried again after this, then doubling
+REPLY_RETRY_MAX_S = 1.0
 log = structlog.get_logger("agentfleet.tools")
+T = TypeVar("T")
 
 _CLAIM = """
 local done = redis.call('HGET', KEYS[1], 'result')
@@ -49,25 +69,58 @@ return {'claimed', redis.call('HGET', KEYS[1], 'claimed_by')}
 
 
 class ToolExecutor:
-    """Executes call attempts in one tool-worker process."""
+    """Executes call attempts in one tool-worker process (`answer_async` on its event loop).
 
-    def __init__(self, r: redis.Redis, keys: Keys, settings: Settings) -> None:
+    `answer` and `execute` run one attempt to the end on a loop of their own, for callers without
+    one (tests, scripts)."""
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        settings: Settings,
+        sync_pool: concurrent.futures.Executor | None = None,
+    ) -> None:
         self.r = r
         self.keys = keys
         self.settings = settings
         self._claim = r.register_script(_CLAIM)
         self._reply = Replier(r)
+        self._slots = ToolSlots(r)
         self._breaker = BreakerPolicy(**settings.tools.breaker.model_dump())
-        self._bulkheads: dict[str, threading.BoundedSemaphore] = {}
-        self._lock = threading.Lock()
+        self._redis_pool = concurrent.futures.ThreadPoolExecutor(REDIS_THREADS, "tool-redis")
+        self._sync_pool = sync_pool
 
-    def _bulkhead(self, tool: str) -> threading.BoundedSemaphore:
-        with self._lock:
-            if tool not in self._bulkheads:
-                self._bulkheads[tool] = threading.BoundedSemaphore(self.settings.tools.concurrency(tool))
-            return self._bulkheads[tool]
+    async def _redis(self, fn: Callable[..., T], *args: Any) -> T:
+        """A blocking Redis round trip, off the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._redis_pool, fn, *args)
 
     def answer(
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        trace_id: str | None = None,
+    ) -> None:
+        asyncio.run(self._closing(self.answer_async(call_id, attempt, tool, args, timeout_s, trace_id)))
+
+    def execute(
+        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float
+    ) -> tuple[dict[str, Any], bool]:
+        return asyncio.run(self._closing(self.execute_async(call_id, attempt, tool, args, timeout_s)))
+
+    @staticmethod
+    async def _closing(work: Awaitable[T]) -> T:
+        from worker.tools.http_client import close_shared_client
+
+        try:
+            return await work
+        finally:
+            await close_shared_client()
+
+    async def answer_async(
         self,
         call_id: str,
         attempt: int,
@@ -80,29 +133,33 @@ class ToolExecutor:
         script reports the outcome to the breaker and records a final result (the run's side
         would otherwise do it after the reply), so the run moves on as soon as it has the reply."""
         started = time.monotonic()
-        result, ran = self.execute(call_id, attempt, tool, args, timeout_s)
+        result, ran = await self.execute_async(call_id, attempt, tool, args, timeout_s)
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         spec = tools.get_tool(tool)
-        settled, before, after = self._reply(
-            reply_key=self.keys.call_reply(call_id, attempt),
-            call_key=self.keys.call(call_id),
-            breaker_key=self.keys.breaker(tool),
-            stats_key=self.keys.stats_tools(),
-            run_key=self.keys.run(call_id.split(":", 1)[0]),
-            timers_key=self.keys.timers(),
-            bell_key=self.keys.timers_bell(),
-            run_id=call_id.split(":", 1)[0],
-            envelope=json.dumps(result),
-            reply_ttl_s=REPLY_TTL_S,
-            attempt=attempt,
-            # a model call's breaker and record belong to its model (`llm:<model>`): the run's side
-            settle=ran and spec is not None and tool != tools.MODEL_TOOL,
-            ok=not is_failure(result),
-            breaker=self._breaker,
-            final=spec is not None and is_final(spec, attempt, result, self.settings),
-            call_ttl_s=CALL_RECORD_TTL_S,
-            stats_field=stats_field(tool, result),
-        )
+
+        def reply() -> tuple[bool, str, str]:
+            return self._reply(
+                reply_key=self.keys.call_reply(call_id, attempt),
+                call_key=self.keys.call(call_id),
+                breaker_key=self.keys.breaker(tool),
+                stats_key=self.keys.stats_tools(),
+                run_key=self.keys.run(call_id.split(":", 1)[0]),
+                timers_key=self.keys.timers(),
+                bell_key=self.keys.timers_bell(),
+                run_id=call_id.split(":", 1)[0],
+                envelope=json.dumps(result),
+                reply_ttl_s=REPLY_TTL_S,
+                attempt=attempt,
+                # a model call's breaker and record belong to its model (`llm:<model>`): the run's side
+                settle=ran and spec is not None and tool != tools.MODEL_TOOL,
+                ok=not is_failure(result),
+                breaker=self._breaker,
+                final=spec is not None and is_final(spec, attempt, result, self.settings),
+                call_ttl_s=CALL_RECORD_TTL_S,
+                stats_field=stats_field(tool, result),
+            )
+
+        settled, before, after = await self._redis_until(reply, started + timeout_s + REPLY_GRACE_S)
         # after the reply: the run does not wait for this line
         outcome = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
         log.info(
@@ -117,7 +174,23 @@ class ToolExecutor:
         if settled and after != before:
             log.warning("breaker change", tool=tool, outcome=after, previous=before)
 
-    def execute(
+    async def _redis_until(self, fn: Callable[[], T], give_up: float) -> T:
+        """A Redis round trip that, while Redis is unreachable (a restart), is tried again until
+        `give_up` (monotonic: when the run stops waiting for this attempt). A script retried after
+        a lost answer may have run twice: the reply is then pushed twice (the run reads the
+        first; the settle script records a call's result once), and a write's claim is found
+        taken (an idempotent write runs, any other answers `tool_error`: never twice)."""
+        pause_s = REPLY_RETRY_FIRST_S
+        while True:
+            try:
+                return await self._redis(fn)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() + pause_s > give_up:
+                    raise
+                await asyncio.sleep(pause_s)
+                pause_s = min(pause_s * 2, REPLY_RETRY_MAX_S)
+
+    async def execute_async(
         self,
         call_id: str,
         attempt: int,
@@ -128,31 +201,64 @@ class ToolExecutor:
         """The envelope of one attempt, at most tools.max_result_bytes of JSON (never raises for a
         tool's failure), and whether the tool ran (False: the attempt was refused, stale, or
         answered from a record, and the dependency was not asked)."""
-        envelope, ran = self._bulkheaded(call_id, attempt, tool, args, timeout_s)
+        envelope, ran = await self._in_slot(call_id, attempt, tool, args, timeout_s)
         limit = self.settings.tools.max_result_bytes
         if envelope.get("ok") and len(json.dumps(envelope["result"])) > limit:
             envelope = {"ok": True, "result": cap_bytes(envelope["result"], limit), "truncated": True}
         return envelope, ran
 
-    def _bulkheaded(
+    async def _in_slot(
         self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float
     ) -> tuple[dict[str, Any], bool]:
-        bulkhead = self._bulkhead(tool)
-        if not bulkhead.acquire(blocking=False):
-            limit = self.settings.tools.concurrency(tool)
-            busy = f"tool {tool!r} is busy: {limit} calls in flight on this worker"
+        key, member = self.keys.tool_slots(tool), slot_member(call_id, attempt)
+        limit = self.settings.tools.concurrency(tool)
+        # Redis down at the start: wait for it no longer than the call's own time
+        start_by = time.monotonic() + timeout_s
+        if not await self._redis_until(lambda: self._slots.acquire(key, member, limit, timeout_s), start_by):
+            busy = f"tool {tool!r} is busy: {limit} calls in flight in the fleet"
             return error_result("rate_limited", busy), False
         try:
-            return self._run(call_id, attempt, tool, args, timeout_s)
+            return await self._run(call_id, attempt, tool, args, timeout_s, start_by)
         finally:
-            bulkhead.release()
+            try:
+                await self._redis(self._slots.release, key, member)
+            except redis.RedisError as exc:  # the slot lapses by itself after timeout + grace
+                log.warning("tool slot not released", tool=tool, error=type(exc).__name__)
 
-    def _run(
-        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float
+    async def _run(
+        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float, start_by: float
     ) -> tuple[dict[str, Any], bool]:
         """The attempt's envelope, and whether the tool ran for it."""
         spec = tools.get_tool(tool)
         ctx = ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
+        refused = await self._redis_until(
+            lambda: self._precheck(call_id, attempt, tool, spec, args), start_by
+        )
+        if refused is not None:
+            return refused, False
+        if spec is None or not spec.writes:
+            return await tools.execute_async(tool, args, ctx, self._sync_pool), spec is not None
+        exec_key = self.keys.call_exec(call_id)
+        state, detail = await self._redis_until(
+            lambda: self._claim(keys=[exec_key], args=[f"attempt {attempt}", EXEC_TTL_S]), start_by
+        )
+        if state == "done":
+            return dict(json.loads(detail)), False
+        if state == "claimed" and not spec.idempotent:
+            refused_twice = f"an earlier attempt ({detail}) of this write may have run; it is not run twice"
+            return error_result("tool_error", refused_twice), False
+        result = await tools.execute_async(tool, args, ctx, self._sync_pool)
+        if not (spec.idempotent and is_retryable(result)):
+            # A retryable failure of an idempotent write stays open: its retry is sent again,
+            # with the same idempotency key. Anything else is this write's one outcome.
+            record = json.dumps(result)
+            await self._redis_until(lambda: self.r.hset(exec_key, "result", record), start_by + REPLY_GRACE_S)
+        return result, True
+
+    def _precheck(
+        self, call_id: str, attempt: int, tool: str, spec: tools.Tool | None, args: Any
+    ) -> dict[str, Any] | None:
+        """The envelope of an attempt that must not run (blocking: two round trips), else None."""
         run_id = call_id.split(":", 1)[0]
         pipe = self.r.pipeline(transaction=False)
         pipe.hmget(self.keys.run(run_id), ["status", "tenant", "agent"])
@@ -161,34 +267,20 @@ class ToolExecutor:
         if status is None or tenant is None or agent is None:
             # No run sent this (a forged or stray message, or a run long expired): nothing runs.
             log.warning("tool call refused: no such run", run_id=run_id, tool=tool, attempt=attempt)
-            return error_result("denied", "the call's run does not exist"), False
+            return error_result("denied", "the call's run does not exist")
         if status in TERMINAL:
             # The run was stopped, cancelled or ended while this call waited in the queue: a call
             # nobody waits for is not made (a killed run's writes must not fire later).
-            return error_result("killed", "the run ended before this call was made"), False
+            return error_result("killed", "the run ended before this call was made")
         reason = self._kill_reason(str(tenant), str(agent), tool, spec, args)
         if reason is not None:  # flipped while the call was queued: nothing leaves the fleet
-            return error_result("killed", reason), False
+            return error_result("killed", reason)
         if final is not None:
-            return dict(json.loads(final)), False  # the call is over; this is a late redelivery
+            return dict(json.loads(final))  # the call is over; this is a late redelivery
         if current is not None and int(current) > attempt:
             stale = f"attempt {attempt} is stale: the run moved on to attempt {current}"
-            return error_result("timeout", stale), False
-        if spec is None or not spec.writes:
-            return tools.execute(tool, args, ctx), spec is not None
-        exec_key = self.keys.call_exec(call_id)
-        state, detail = self._claim(keys=[exec_key], args=[f"attempt {attempt}", EXEC_TTL_S])
-        if state == "done":
-            return dict(json.loads(detail)), False
-        if state == "claimed" and not spec.idempotent:
-            refused = f"an earlier attempt ({detail}) of this write may have run; it is not run twice"
-            return error_result("tool_error", refused), False
-        result = tools.execute(tool, args, ctx)
-        if not (spec.idempotent and is_retryable(result)):
-            # A retryable failure of an idempotent write stays open: its retry is sent again,
-            # with the same idempotency key. Anything else is this write's one outcome.
-            self.r.hset(exec_key, "result", json.dumps(result))
-        return result, True
+            return error_result("timeout", stale)
+        return None
 
     def _kill_reason(
         self, tenant: str, agent: str, tool: str, spec: tools.Tool | None, args: Any

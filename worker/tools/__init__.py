@@ -1,8 +1,17 @@
-"""The tool registry: declare a tool with `@tool(...)`; built-ins register on import."""
+"""The tool registry: declare a tool with `@tool(...)`; built-ins register on import.
+
+A tool is `async def fn(args, ctx)` (it shares the tool worker's event loop: it must not block)
+or a plain `def fn(args, ctx)`, which the tool worker runs in a bounded thread pool
+(`tools.sync_threads`). Either way the call ends within its timeout: an async tool is cancelled,
+a plain one answers `timeout` and its thread finishes on its own.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -87,18 +96,57 @@ def validate_args(spec: Tool, args: Any) -> BaseModel:
         raise ToolFailure("invalid_args", f"{where}: {first['msg']}") from None
 
 
-def execute(name: str, args: Any, ctx: ToolContext) -> dict[str, Any]:
-    """Run a tool on the tool worker and return its envelope; never raises for a tool's failure."""
+# An async tool's own deadline (http_client's) answers first; this bound is for a tool that has none.
+OVERRUN_SLACK_S = 0.25
+
+
+async def execute_async(
+    name: str, args: Any, ctx: ToolContext, sync_pool: concurrent.futures.Executor | None = None
+) -> dict[str, Any]:
+    """Run a tool on the running event loop and return its envelope; never raises for a tool's
+    failure. A plain tool runs in `sync_pool` (the loop's default executor if None)."""
     spec = get_tool(name)
     if spec is None:
         return error_result("denied", f"unknown tool {name!r}")
     try:
         parsed = validate_args(spec, args)
-        return ok_result(spec.fn(parsed, ctx))
+        if inspect.iscoroutinefunction(spec.fn):
+            work = spec.fn(parsed, ctx)
+        else:
+            work = asyncio.get_running_loop().run_in_executor(sync_pool, spec.fn, parsed, ctx)
+        try:
+            return ok_result(await asyncio.wait_for(work, ctx.timeout_s + OVERRUN_SLACK_S))
+        except TimeoutError:
+            # A plain tool's thread cannot be stopped: it runs on and its result is dropped.
+            return error_result("timeout", f"{name} did not answer within {ctx.timeout_s:g} s")
     except ToolFailure as failure:
         return failure.envelope()
     except Exception as exc:
         return error_result("tool_error", f"{type(exc).__name__}: {exc}")
 
 
-__all__ = ["Tool", "ToolContext", "ToolFailure", "execute", "get_tool", "tool", "tool_names", "validate_args"]
+def execute(name: str, args: Any, ctx: ToolContext) -> dict[str, Any]:
+    """`execute_async` from code without an event loop (tests, scripts): a loop of its own."""
+    return asyncio.run(_execute_and_close(name, args, ctx))
+
+
+async def _execute_and_close(name: str, args: Any, ctx: ToolContext) -> dict[str, Any]:
+    from worker.tools.http_client import close_shared_client
+
+    try:
+        return await execute_async(name, args, ctx)
+    finally:
+        await close_shared_client()  # the loop ends here: its HTTP client must not outlive it
+
+
+__all__ = [
+    "Tool",
+    "ToolContext",
+    "ToolFailure",
+    "execute",
+    "execute_async",
+    "get_tool",
+    "tool",
+    "tool_names",
+    "validate_args",
+]

@@ -46,6 +46,7 @@ class ToolContext:
     settings: Settings
 
 
+# `def fn(args, ctx) -> result` or `async def fn(args, ctx) -> result`
 ToolFn = Callable[[Any, ToolContext], Any]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 
 from worker.tools.base import ToolFailure
 
@@ -65,6 +65,45 @@ def decoder_for(content_encoding: str | None) -> _Decoder:
     )
 
 
+class BodyReader:
+    """Accumulates a body chunk by chunk within the cap; `feed` says when reading may stop."""
+
+    def __init__(self, content_encoding: str | None, max_bytes: int) -> None:
+        self.decoder = decoder_for(content_encoding)
+        self.max_bytes = max_bytes
+        self.body = bytearray()
+
+    def feed(self, raw: bytes) -> bool:
+        """Decode one raw chunk; True once the decoded body has passed the cap."""
+        pending = raw
+        try:
+            while pending:
+                out, rest = self.decoder.decode(pending, self.max_bytes - len(self.body) + 1)
+                self.body += out
+                if len(self.body) > self.max_bytes:
+                    return True
+                if rest == pending and not out:
+                    break  # nothing consumed, nothing produced: the decoder needs more input
+                pending = rest
+        except zlib.error:
+            raise self._invalid() from None
+        return False
+
+    def result(self, cut: bool) -> tuple[bytes, bool]:
+        """The body and whether it was cut; `cut` False: the input ended, flush the decoder."""
+        if not cut:
+            try:
+                self.body += self.decoder.finish(self.max_bytes - len(self.body) + 1)
+            except zlib.error:
+                raise self._invalid() from None
+        if len(self.body) > self.max_bytes:
+            return bytes(self.body[: self.max_bytes]), True
+        return bytes(self.body), False
+
+    def _invalid(self) -> ToolFailure:
+        return ToolFailure("http_error", f"the body is not valid {self.decoder.encoding}")
+
+
 def read_body(
     raw_chunks: Iterable[bytes],
     content_encoding: str | None,
@@ -78,23 +117,24 @@ def read_body(
     compression ratio. `before_each_chunk` may raise (a deadline). A body that does not decode
     is ToolFailure('http_error').
     """
-    decoder = decoder_for(content_encoding)
-    body = bytearray()
-    try:
-        for raw in raw_chunks:
-            before_each_chunk()
-            pending = raw
-            while pending:
-                out, rest = decoder.decode(pending, max_bytes - len(body) + 1)
-                body += out
-                if len(body) > max_bytes:
-                    return bytes(body[:max_bytes]), True
-                if rest == pending and not out:
-                    break  # nothing consumed, nothing produced: the decoder needs more input
-                pending = rest
-        body += decoder.finish(max_bytes - len(body) + 1)
-    except zlib.error:
-        raise ToolFailure("http_error", f"the body is not valid {decoder.encoding}") from None
-    if len(body) > max_bytes:
-        return bytes(body[:max_bytes]), True
-    return bytes(body), False
+    reader = BodyReader(content_encoding, max_bytes)
+    for raw in raw_chunks:
+        before_each_chunk()
+        if reader.feed(raw):
+            return reader.result(cut=True)
+    return reader.result(cut=False)
+
+
+async def read_body_async(
+    raw_chunks: AsyncIterable[bytes],
+    content_encoding: str | None,
+    max_bytes: int,
+    before_each_chunk: Callable[[], None],
+) -> tuple[bytes, bool]:
+    """`read_body` over an async stream (the tool worker's shared httpx.AsyncClient)."""
+    reader = BodyReader(content_encoding, max_bytes)
+    async for raw in raw_chunks:
+        before_each_chunk()
+        if reader.feed(raw):
+            return reader.result(cut=True)
+    return reader.result(cut=False)

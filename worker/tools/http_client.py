@@ -1,7 +1,11 @@
 """One HTTP exchange for the HTTP tools: SSRF-guarded, pinned, within a deadline, body capped.
 
 `send` resolves and checks each hop's host with `netguard`, then connects to exactly the checked
-address, with `Host` and TLS SNI set to the host. The whole call, DNS included, ends within
+address, with `Host` and TLS SNI set to the host. It is async: every call of a tool-worker process
+shares one `httpx.AsyncClient` per event loop (`shared_client`), whose pool holds up to
+`tools.worker_max_inflight` connections (httpx's default is 100) and keeps none alive after its
+request, so a TLS connection made for one host never carries another host's request to the
+same address. The whole call, DNS included (in a thread of its own pool), ends within
 `ctx.timeout_s`; the body is cut at `tools.http.max_body_bytes` decoded bytes (default 1 MiB; a
 gzip or deflate body is decoded within that cap, other encodings are refused: `http_body`). Errors become
 `ToolFailure`s: `denied`, `timeout`, `http_error` (with `status` and `retry_after_s` when known).
@@ -9,12 +13,14 @@ gzip or deflate body is decoded within that cap, other encodings are refused: `h
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import concurrent.futures
 import math
 import re
 import ssl
-import threading
 import time
+import weakref
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
@@ -23,10 +29,11 @@ from typing import Any
 import httpx
 
 from worker.tools.base import ToolContext, ToolFailure
-from worker.tools.http_body import read_body
+from worker.tools.http_body import read_body_async
 from worker.tools.netguard import allowed_hosts, checked_addresses
 
 MAX_REDIRECTS = 5
+DNS_THREADS = 16  # lookups of one process at once; a slow resolver holds a thread, never the loop
 RESULT_HEADERS = ("content-type", "content-length", "etag", "last-modified")
 # Set by the client: the connection target is pinned, and a compressed body could expand past the cap.
 OWN_HEADERS = frozenset({"host", "accept-encoding", "content-length", "transfer-encoding", "connection"})
@@ -43,10 +50,62 @@ class _Call:
         self.follow_redirects = follow_redirects
         self.max_body_bytes = ctx.settings.tools.http.max_body_bytes
         self.deadline = time.monotonic() + ctx.timeout_s
-        self.cancelled = threading.Event()
 
 
-def send(
+CLIENT_SHARDS = 32
+_Clients = weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, "_Shards"]
+_clients: _Clients = weakref.WeakKeyDictionary()
+_dns_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+class _Shards:
+    """The loop's HTTP clients, taken in turn. httpcore's pool walks all its connections and
+    queued requests on every request and every close: with 1,000 calls on one pool that costs
+    milliseconds of CPU per call, so the calls are spread over CLIENT_SHARDS small pools."""
+
+    def __init__(self, max_connections: int) -> None:
+        per_shard = max(1, -(-max_connections // CLIENT_SHARDS))
+        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=0)
+        tls = _ssl_context()
+        self.clients = [
+            httpx.AsyncClient(verify=tls, trust_env=False, limits=limits) for _ in range(CLIENT_SHARDS)
+        ]
+        self._next = 0
+
+    def next(self) -> httpx.AsyncClient:
+        self._next = (self._next + 1) % len(self.clients)
+        return self.clients[self._next]
+
+
+def shared_client(max_connections: int) -> httpx.AsyncClient:
+    """A client of the running loop's shared set (made on first use), for one call.
+
+    Keep-alive is off: a pooled connection is keyed by the checked address, and one made with
+    another host's SNI and certificate must never be reused. Together the pools hold up to
+    `max_connections` (rounded up to a multiple of CLIENT_SHARDS) connections at once.
+    """
+    loop = asyncio.get_running_loop()
+    shards = _clients.get(loop)
+    if shards is None:
+        shards = _clients[loop] = _Shards(max_connections)
+    return shards.next()
+
+
+async def close_shared_client() -> None:
+    """Close the running loop's clients, if it made them (a loop that ends must not leave them)."""
+    shards = _clients.pop(asyncio.get_running_loop(), None)
+    if shards is not None:
+        await asyncio.gather(*(client.aclose() for client in shards.clients))
+
+
+def _resolver() -> concurrent.futures.ThreadPoolExecutor:
+    global _dns_pool
+    if _dns_pool is None:
+        _dns_pool = concurrent.futures.ThreadPoolExecutor(DNS_THREADS, thread_name_prefix="http-dns")
+    return _dns_pool
+
+
+async def send(
     method: str,
     url: httpx.URL,
     ctx: ToolContext,
@@ -68,29 +127,18 @@ def send(
         raise ValueError("a request with a body is never re-sent to a redirect target")
     call = _Call(ctx, method, content, follow_redirects)
     allowed = allowed_hosts([*ctx.settings.tools.http.allow_hosts, *([url.host] if trusted else [])])
-    # The exchange runs on its own thread so that a slow DNS answer or a server that trickles bytes
-    # cannot hold the call past its deadline; the thread stops by itself soon after.
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = _exchange(url, headers, allowed, call)
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=run, name=f"http {method} {ctx.call_id}", daemon=True)
-    worker.start()
-    worker.join(max(0.0, call.deadline - time.monotonic()))
-    if worker.is_alive():
-        call.cancelled.set()
-        raise _timeout(ctx.timeout_s)
-    if "error" in outcome:
-        error = outcome["error"]
-        if isinstance(error, ToolFailure) and error.type == "timeout":
+    client = shared_client(ctx.settings.tools.worker_max_inflight)
+    # One deadline over every hop, DNS included: a slow resolver or a server that trickles bytes
+    # cannot hold the call past it (a lookup's thread finishes on its own, its answer unused).
+    try:
+        async with asyncio.timeout(max(0.0, call.deadline - time.monotonic())):
+            return await _exchange(client, url, headers, allowed, call)
+    except TimeoutError:
+        raise _timeout(ctx.timeout_s) from None
+    except ToolFailure as failure:
+        if failure.type == "timeout":
             raise _timeout(ctx.timeout_s) from None
-        raise error
-    result: dict[str, Any] = outcome["result"]
-    return result
+        raise
 
 
 def parse_url(text: str, base: httpx.URL | None = None) -> httpx.URL:
@@ -139,11 +187,13 @@ def retry_after_s(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _exchange(
-    url: httpx.URL, headers: dict[str, str], allowed: frozenset[str], call: _Call
+async def _exchange(
+    client: httpx.AsyncClient, url: httpx.URL, headers: dict[str, str], allowed: frozenset[str], call: _Call
 ) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
     for _ in range(MAX_REDIRECTS + 1):
-        outcome = _request(url, checked_addresses(url, allowed), headers, call)
+        addresses = await loop.run_in_executor(_resolver(), checked_addresses, url, allowed)
+        outcome = await _request(client, url, addresses, headers, call)
         if isinstance(outcome, dict):
             return outcome
         status, location = outcome
@@ -159,43 +209,44 @@ def _exchange(
     raise ToolFailure("http_error", f"more than {MAX_REDIRECTS} redirects", status=status)
 
 
-def _request(
-    url: httpx.URL, addresses: list[str], headers: dict[str, str], call: _Call
+async def _request(
+    client: httpx.AsyncClient, url: httpx.URL, addresses: list[str], headers: dict[str, str], call: _Call
 ) -> dict[str, Any] | tuple[int, str]:
     """One request to the first address that accepts a connection: the result or (status, Location)."""
     failure = "no address"
     for ip in addresses:
         remaining_s = call.deadline - time.monotonic()
-        if remaining_s <= 0 or call.cancelled.is_set():
+        if remaining_s <= 0:
             raise ToolFailure("timeout", "deadline passed")
         extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
         own = {"Host": url.netloc.decode("ascii"), "Accept-Encoding": "identity"}
-        # A client per connection: a pooled TLS connection must never carry another host's request.
-        with httpx.Client(verify=_ssl_context(), trust_env=False, timeout=remaining_s) as client:
-            request = client.build_request(
-                call.method,
-                url.copy_with(host=ip),
-                headers={**headers, **own},
-                content=call.content,
-                extensions=extensions,
-            )
-            try:
-                response = client.send(request, stream=True)
-            except httpx.ConnectError as exc:
-                failure = str(exc) or type(exc).__name__
-                continue  # the host's next address
-            except httpx.HTTPError as exc:
-                raise _failure(exc, url) from None
-            try:
-                return _response(url, response, call)
-            except httpx.HTTPError as exc:
-                raise _failure(exc, url) from None
-            finally:
-                response.close()
+        request = client.build_request(
+            call.method,
+            url.copy_with(host=ip),
+            headers={**headers, **own},
+            content=call.content,
+            extensions=extensions,
+            timeout=remaining_s,
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.ConnectError as exc:
+            failure = str(exc) or type(exc).__name__
+            continue  # the host's next address
+        except httpx.HTTPError as exc:
+            raise _failure(exc, url) from None
+        try:
+            return await _response(url, response, call)
+        except httpx.HTTPError as exc:
+            raise _failure(exc, url) from None
+        finally:
+            await response.aclose()
     raise ToolFailure("http_error", f"connection failed: {_origin_text(url)}: {failure}")
 
 
-def _response(url: httpx.URL, response: httpx.Response, call: _Call) -> dict[str, Any] | tuple[int, str]:
+async def _response(
+    url: httpx.URL, response: httpx.Response, call: _Call
+) -> dict[str, Any] | tuple[int, str]:
     status = response.status_code
     if response.is_redirect and call.follow_redirects:
         return status, response.headers["location"]
@@ -205,12 +256,12 @@ def _response(url: httpx.URL, response: httpx.Response, call: _Call) -> dict[str
 
     def before_each_chunk() -> None:
         # The read timeout bounds each read; this bounds all of them together.
-        if call.cancelled.is_set() or time.monotonic() > call.deadline:
+        if time.monotonic() > call.deadline:
             raise ToolFailure("timeout", "deadline passed while reading the body")
 
-    # Raw bytes: a compressed body is decoded by read_body, which stops at the cap as it decodes.
-    body, truncated = read_body(
-        response.iter_raw(), response.headers.get("content-encoding"), call.max_body_bytes, before_each_chunk
+    # Raw bytes: a compressed body is decoded by read_body_async, which stops at the cap as it decodes.
+    body, truncated = await read_body_async(
+        response.aiter_raw(), response.headers.get("content-encoding"), call.max_body_bytes, before_each_chunk
     )
     names = RESULT_HEADERS if call.follow_redirects else (*RESULT_HEADERS, "location")
     return {

@@ -29,6 +29,6 @@ class HttpGetArgs(BaseModel):
     args=HttpGetArgs,
     description="GET an http(s) URL; returns status, a few headers and the body as text (capped).",
 )
-def http_get(args: HttpGetArgs, ctx: ToolContext) -> dict[str, Any]:
+async def http_get(args: HttpGetArgs, ctx: ToolContext) -> dict[str, Any]:
     url = parse_url(args.url)
-    return send("GET", url, ctx, headers=request_headers(args.headers or {}))
+    return await send("GET", url, ctx, headers=request_headers(args.headers or {}))

@@ -39,7 +39,7 @@ class HttpPostArgs(BaseModel):
     description="POST JSON to an http(s) URL with the call's Idempotency-Key; returns status, "
     "a few headers and the body as text (capped). Redirects are returned, not followed.",
 )
-def http_post(args: HttpPostArgs, ctx: ToolContext) -> dict[str, Any]:
+async def http_post(args: HttpPostArgs, ctx: ToolContext) -> dict[str, Any]:
     url = parse_url(args.url)
     try:
         content = json.dumps(args.body, ensure_ascii=False, allow_nan=False).encode("utf-8")
@@ -50,4 +50,4 @@ def http_post(args: HttpPostArgs, ctx: ToolContext) -> dict[str, Any]:
         "Content-Type": "application/json",
         "Idempotency-Key": ctx.call_id,
     }
-    return send("POST", url, ctx, headers=headers, content=content, follow_redirects=False)
+    return await send("POST", url, ctx, headers=headers, content=content, follow_redirects=False)

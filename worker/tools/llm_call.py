@@ -30,7 +30,7 @@ class ChatArgs(BaseModel):
 
 
 @tool("llm", args=ChatArgs, description="A chat-completions call to the configured model (internal).")
-def chat(args: ChatArgs, ctx: ToolContext) -> dict[str, Any]:
+async def chat(args: ChatArgs, ctx: ToolContext) -> dict[str, Any]:
     config = llm_config(ctx.settings)
     key = ctx.settings.secret("OPENAI_API_KEY")
     request: dict[str, Any] = {"model": args.model, "messages": args.messages, "max_tokens": args.max_tokens}
@@ -42,7 +42,7 @@ def chat(args: ChatArgs, ctx: ToolContext) -> dict[str, Any]:
     if key:
         headers["Authorization"] = f"Bearer {key}"
     url = parse_url(config.base_url.rstrip("/") + "/chat/completions")
-    answer = send(
+    answer = await send(
         "POST",
         url,
         ctx,

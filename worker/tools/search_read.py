@@ -32,7 +32,7 @@ class SearchReadArgs(BaseModel):
     description="Search the web through the fleet's search service; returns title, url and snippet "
     "of up to `limit` results.",
 )
-def search_read(args: SearchReadArgs, ctx: ToolContext) -> dict[str, Any]:
+async def search_read(args: SearchReadArgs, ctx: ToolContext) -> dict[str, Any]:
     configured = ctx.settings.tools.search.url
     if not configured:
         raise ToolFailure("tool_error", "no search service configured: set tools.search.url")
@@ -41,7 +41,7 @@ def search_read(args: SearchReadArgs, ctx: ToolContext) -> dict[str, Any]:
     except ToolFailure as failure:
         raise ToolFailure("tool_error", f"tools.search.url is not usable: {failure.message}") from None
     url = base.copy_merge_params({"q": args.query, "format": "json"})
-    answer = send("GET", url, ctx, headers={"Accept": "application/json"}, trusted=True)
+    answer = await send("GET", url, ctx, headers={"Accept": "application/json"}, trusted=True)
     if answer["truncated"]:
         raise ToolFailure(
             "tool_error", "the search service's answer is larger than tools.http.max_body_bytes"

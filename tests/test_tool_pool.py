@@ -1,0 +1,294 @@
+"""The tool worker's event loop (worker/toolpool.py) with real parts: a redis-server, real
+`fleet tool-worker` processes and a slow loopback HTTP server that counts the requests it holds.
+
+The slot scripts of the fleet-wide per-tool limit are unit-tested at the end, on fakeredis.
+Most tests drive calls the way a run does, without one: a run record in Redis (a tool worker
+refuses a call of a run that does not exist), a `fleet.tool_call` message on the tool's queue,
+and the reply read from the call's reply list. The crash test runs through the whole fleet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from tests.harness import CountingServer, Fleet, Proc, RedisServer, SlowServer, deep_merge, wait_for
+from worker.keys import Keys, tool_queue
+from worker.runs import Budgets, RunStore
+from worker.toolslots import ToolSlots
+
+KEYS = Keys("fleet")
+CONFIG: dict[str, Any] = {
+    "tools": {
+        "allowlist": ["echo", "http.get", "http.post", "test.sleep", "test.asleep"],
+        "http": {"allow_hosts": ["127.0.0.1"]},
+    },
+}
+ENV = {"FLEET_LOG_FORMAT": "json"}
+
+
+class Calls:
+    """Sends tool calls as the gateway does and reads their replies as a run does."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.client = Celery(broker=fleet.redis.url)
+        self.store = RunStore(fleet.r, KEYS)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def run(self) -> str:
+        """A queued run record the calls can belong to."""
+        run_id = f"tp-{uuid.uuid4().hex[:12]}"
+        budgets = Budgets(max_steps=5, max_tool_calls=5, max_seconds=120)
+        self.store.create(run_id, tenant="t1", agent="scripted", input={}, budgets=budgets, metadata={})
+        return run_id
+
+    def send(self, tool: str, args: dict[str, Any], timeout_s: float, count: int = 1) -> list[str]:
+        """`count` calls (one run each, step 1, attempt 0); their call ids."""
+        call_ids = [f"{self.run()}:1:0" for _ in range(count)]
+        for call_id in call_ids:
+            # the gateway's attempt marker: the tool worker settles (breaker, record) the current attempt
+            self.fleet.r.hset(KEYS.call(call_id), "attempt", 0)
+            self.client.send_task(
+                "fleet.tool_call", args=[call_id, 0, tool, args, timeout_s], queue=tool_queue(tool)
+            )
+        return call_ids
+
+    def replies(self, call_ids: list[str], within_s: float) -> dict[str, dict[str, Any]]:
+        """The envelope of each call that replied within `within_s`."""
+        got: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + within_s
+        while len(got) < len(call_ids) and time.monotonic() < deadline:
+            pending = [c for c in call_ids if c not in got]
+            with contextlib.suppress(OSError, Exception):
+                pipe = self.fleet.r.pipeline(transaction=False)
+                for call_id in pending:
+                    pipe.lpop(KEYS.call_reply(call_id, 0))
+                for call_id, raw in zip(pending, pipe.execute(), strict=True):
+                    if raw is not None:
+                        got[call_id] = json.loads(raw)["envelope"]
+            time.sleep(0.05)
+        return got
+
+
+def outcomes(replies: dict[str, dict[str, Any]]) -> Counter[str]:
+    return Counter("ok" if e["ok"] else e["error"]["type"] for e in replies.values())
+
+
+@pytest.fixture
+def slow() -> Iterator[SlowServer]:
+    server = SlowServer(wait_s=3.0)
+    yield server
+    # its loop thread is a daemon: it ends with the test process
+
+
+@contextlib.contextmanager
+def tool_fleet(
+    config: dict[str, Any] | None = None, appendonly: bool = False
+) -> Iterator[tuple[Fleet, Calls]]:
+    """A redis-server and a Fleet (no process started yet) with a Calls driver."""
+    server = RedisServer(appendonly=appendonly)
+    fleet = Fleet(server, deep_merge(CONFIG, config or {}), ENV)
+    calls = Calls(fleet)
+    try:
+        yield fleet, calls
+    finally:
+        calls.close()
+        fleet.close()
+        server.close()
+
+
+# -- 1,000 calls at once ---------------------------------------------------------------------------
+
+
+HELD_CALLS = 1000
+
+
+def test_one_tool_worker_holds_a_thousand_calls_at_once(slow: SlowServer) -> None:
+    # Each answer takes 20 s: the worker takes in calls at a few hundred a second on 2 cores
+    # (Celery's per-message work), so all of them are in flight together well before the first
+    # answer, on a loaded machine too. bench/bench_tool_pool.py measures 4 s calls.
+    slow.wait_s = 20.0
+    with tool_fleet() as (fleet, calls):
+        proc = fleet.start_tool_worker()
+        call_ids = calls.send("http.get", {"url": slow.url("/held")}, timeout_s=60.0, count=HELD_CALLS)
+        replies = calls.replies(call_ids, within_s=120)
+        assert outcomes(replies) == {"ok": HELD_CALLS}, (outcomes(replies), proc.text()[-3000:])
+        # one process held (nearly) all of them at once: a thread per call held about half
+        assert slow.peak >= 900, slow.peak
+        assert slow.paths["/held"] == HELD_CALLS  # none reached the server twice
+
+
+# -- plain, async and overrunning tools ----------------------------------------------------------------
+
+
+def test_plain_and_async_tools_answer_and_a_plain_tool_that_overruns_answers_timeout() -> None:
+    with tool_fleet() as (fleet, calls):
+        proc = fleet.start_tool_worker()
+        overrun = calls.send("test.sleep", {"seconds": 5}, timeout_s=0.5)
+        plain = calls.send("echo", {"x": 1}, timeout_s=3.0)
+        asleep = calls.send("test.asleep", {"seconds": 0.2}, timeout_s=3.0)
+        slow_async = calls.send("test.asleep", {"seconds": 5}, timeout_s=0.5)
+        started = time.monotonic()
+        replies = calls.replies(overrun + plain + asleep + slow_async, within_s=20)
+        assert len(replies) == 4, proc.text()[-3000:]
+        assert time.monotonic() - started < 4.5  # the overrunning calls did not wait for their tools
+        assert replies[plain[0]] == {"ok": True, "result": {"x": 1}}
+        assert replies[asleep[0]] == {"ok": True, "result": {"slept": 0.2, "async": True}}
+        for call_id in overrun + slow_async:
+            assert replies[call_id]["error"]["type"] == "timeout", replies[call_id]
+            assert "did not answer within 0.5 s" in replies[call_id]["error"]["message"]
+
+
+# -- the fleet-wide limit per tool ---------------------------------------------------------------------
+
+
+def test_a_tools_limit_holds_across_tool_workers(slow: SlowServer) -> None:
+    slow.wait_s = 2.0
+    with tool_fleet({"tools": {"max_concurrency": {"http.get": 3}}}) as (fleet, calls):
+        fleet.start_tool_worker()
+        fleet.start_tool_worker()
+        call_ids = calls.send("http.get", {"url": slow.url("/limited")}, timeout_s=10.0, count=12)
+        replies = calls.replies(call_ids, within_s=30)
+        counts = outcomes(replies)
+        assert slow.peak <= 3, slow.peak
+        assert counts["ok"] >= 3 and counts["ok"] + counts["rate_limited"] == 12, counts
+        assert counts["rate_limited"] >= 1, counts
+        limited = next(e for e in replies.values() if not e["ok"])
+        assert "3 calls in flight in the fleet" in limited["error"]["message"]
+        # a refused call is not reported to the breaker: only the calls that ran are counted
+        assert int(fleet.r.hget(KEYS.breaker("http.get"), "win_calls") or 0) == counts["ok"]
+        wait_for(lambda: fleet.r.zcard(KEYS.tool_slots("http.get")) == 0, 5, "slots left behind")
+
+
+# -- backpressure ---------------------------------------------------------------------------------------
+
+
+def test_past_worker_max_inflight_calls_wait_and_all_are_answered(slow: SlowServer) -> None:
+    slow.wait_s = 1.0
+    with tool_fleet({"tools": {"worker_max_inflight": 5}}) as (fleet, calls):
+        proc = fleet.start_tool_worker()
+        call_ids = calls.send("http.get", {"url": slow.url("/pressed")}, timeout_s=30.0, count=20)
+        replies = calls.replies(call_ids, within_s=40)
+        assert outcomes(replies) == {"ok": 20}, (outcomes(replies), proc.text()[-3000:])
+        assert 1 <= slow.peak <= 5, slow.peak  # never more than the process may hold
+
+
+# -- soft shutdown --------------------------------------------------------------------------------------
+
+
+def test_sigterm_finishes_calls_in_flight_and_takes_no_new_ones(slow: SlowServer) -> None:
+    with tool_fleet() as (fleet, calls):
+        proc = fleet.start_tool_worker()
+        held = calls.send("http.get", {"url": slow.url("/draining")}, timeout_s=20.0, count=10)
+        wait_for(lambda: slow.in_flight >= 10, 20, f"the calls never reached the server\n{proc.text()}")
+        os.killpg(proc.popen.pid, signal.SIGTERM)
+        # logged once Celery has stopped consuming, while the calls are still at the server
+        wait_for(lambda: "waiting for calls in flight" in proc.text(), 10, proc.text())
+        assert slow.in_flight == 10
+        later = calls.send("echo", {"late": True}, timeout_s=3.0)
+        proc.popen.wait(timeout=30)
+        replies = calls.replies(held, within_s=5)
+        assert outcomes(replies) == {"ok": 10}, (outcomes(replies), proc.text()[-3000:])
+        assert proc.popen.returncode == 0, proc.text()[-3000:]
+        assert calls.replies(later, within_s=0.5) == {}  # left in the queue, not lost
+        fleet.start_tool_worker()
+        assert calls.replies(later, within_s=20) == {later[0]: {"ok": True, "result": {"late": True}}}
+
+
+# -- a Redis restart ------------------------------------------------------------------------------------
+
+
+def test_the_tool_worker_answers_across_a_redis_restart_and_after_it(slow: SlowServer) -> None:
+    with tool_fleet(appendonly=True) as (fleet, calls):
+        proc = fleet.start_tool_worker()
+        held = calls.send("http.get", {"url": slow.url("/across")}, timeout_s=20.0, count=5)
+        wait_for(lambda: slow.in_flight >= 5, 20, f"the calls never reached the server\n{proc.text()}")
+        fleet.redis.stop()  # the answers come while Redis is down: their replies wait for it
+        time.sleep(4.0)
+        fleet.redis.start()
+        after = calls.send("echo", {"n": 2}, timeout_s=3.0)
+        # the consumer reconnects within seconds; its messages wait in Redis meanwhile
+        replies = calls.replies(held + after, within_s=60)
+        assert outcomes(replies) == {"ok": 6}, (outcomes(replies), proc.text()[-3000:])
+        assert replies[after[0]] == {"ok": True, "result": {"n": 2}}
+        assert slow.paths["/across"] == 5 and proc.popen.poll() is None
+
+
+# -- a tool worker killed in the middle of a write ------------------------------------------------------
+
+
+def kill_group(proc: Proc) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.popen.pid, signal.SIGKILL)
+    proc.popen.wait(timeout=10)
+
+
+def test_a_write_in_flight_on_a_killed_tool_worker_has_one_effect_and_the_run_ends() -> None:
+    server = CountingServer()
+    config = {
+        "tools": {
+            "timeouts_ms": {"http.post": 4000},
+            "retries": {"max": 3, "backoff_ms": [100]},
+        }
+    }
+    try:
+        with tool_fleet(config) as (fleet, _calls):
+            fleet.start_api()
+            fleet.start_worker(2)
+            tool_worker = fleet.start_tool_worker()
+            plan = [
+                {"tool": "http.post", "args": {"url": server.url("/sleep/2.5"), "json": {"amount": 1}}},
+                {"final": "paid"},
+            ]
+            run = fleet.submit("scripted", {"plan": plan})
+            wait_for(lambda: server.count("/sleep") >= 1, 30, fleet.logs())
+            kill_group(tool_worker)  # mid-call: the POST is at the server, its reply never comes
+            fleet.start_tool_worker()
+            ended = fleet.wait(run["id"], timeout=60)
+            assert ended["status"] == "succeeded", ended
+            with server.lock:
+                keys = [r["headers"].get("Idempotency-Key") for r in server.requests]
+            # The call was retried after its attempt timed out: every request carries the call's
+            # key, so a server that honours it applies the payment once.
+            assert 1 <= len(keys) <= 2 and len(set(keys)) == 1 and keys[0], keys
+            step = ended["steps"][0]
+            assert step["ok"] is True, step
+    finally:
+        server.close()
+
+
+# -- the slot scripts (unit tests, fakeredis) ------------------------------------------------------------
+
+
+def test_tool_slots_refuse_past_the_limit_and_free_on_release(r: Any) -> None:
+    slots = ToolSlots(r)
+    key = KEYS.tool_slots("http.get")
+    assert [slots.acquire(key, f"c{i}#0", 2, 5.0) for i in range(3)] == [True, True, False]
+    assert slots.acquire(key, "c0#0", 2, 5.0) is True  # the same attempt again keeps its slot
+    slots.release(key, "c0#0")
+    assert slots.acquire(key, "c2#0", 2, 5.0) is True
+    assert r.zcard(key) == 2 and 0 < r.pttl(key) <= (5.0 + 1.0) * 1000
+
+
+def test_a_slot_lapses_after_the_calls_timeout_and_grace(r: Any) -> None:
+    """A worker that died holding a slot gives it back when the run has given up on the call."""
+    slots = ToolSlots(r)
+    key = KEYS.tool_slots("http.get")
+    assert slots.acquire(key, "dead#0", 1, 0.0) is True  # lives 1 s: the reply grace
+    assert slots.acquire(key, "next#0", 1, 5.0) is False
+    time.sleep(1.1)
+    assert slots.acquire(key, "next#0", 1, 5.0) is True
+    assert r.zrange(key, 0, -1) == ["next#0"]
