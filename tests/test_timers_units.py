@@ -189,9 +189,14 @@ def test_the_scheduler_resumes_due_runs_and_ends_those_past_their_deadline(
     assert [d.run_id for d in sent] == ["due"]
     late = r.hmget(KEYS.run("late"), ["status", "stop_reason"])
     assert late == ["stopped", "max_seconds"]
+    store.create("queued", tenant="t9", agent="scripted", input=None, budgets=BUDGETS, metadata={})
+    r.set(KEYS.kill_tenant("t9"), "tenant off")
+    assert Scheduler(timers, store, sent.append).tick() == (0, 0)  # a queued run: refused at its start
     r.set(KEYS.kill_all(), "stop")
-    assert Scheduler(timers, store, sent.append).tick() == (0, 2)
-    assert timers.waiting() == 0
+    assert Scheduler(timers, store, sent.append).tick() == (0, 3)  # 2 parked, 1 queued
+    assert timers.waiting() == 0 and timers.queued() == []
+    queued = public_view(store.load("queued") or {})
+    assert (queued["status"], queued["stop_reason"], queued["usage"]["steps"]) == ("stopped", "killed", 0)
 
 
 def test_pause_sleeps_a_short_wait_and_parks_a_long_one_at_most_until_the_deadline(

@@ -149,14 +149,16 @@ return {'started', raw, {kill_reason({unpack(KEYS, 10)}), redis.call('GET', KEYS
 # KEYS: the run, its ended channel, its step log, the run stats, its lease, the leases zset,
 # the deadlines zset, the queued-runs zset, the timers zset, the parked-per-tenant and -agent
 # hashes. ARGV: status, stop_reason, output, error, now (s), ttl (s), the lease token to release
-# ('' for none), the run id, the step count to write first ('' for none), '1' to end the run only
-# if it is parked (the kill sweep: an executing run checks its switches itself).
+# ('' for none), the run id, the step count to write first ('' for none), 'parked' or 'queued' to
+# end the run only if it is parked or still queued (the kill sweep: an executing run checks its
+# switches itself).
 # Returns {1 when this call ended the run else 0, agent, version, started_ts, finished_ts}.
 _FINISH = (
     LUA_UNPARK_COUNT
     + """
 local parked = redis.call('HGET', KEYS[1], 'parked') == '1'
-if ARGV[10] == '1' and not parked then return {0} end
+if ARGV[10] == 'parked' and not parked then return {0} end
+if ARGV[10] == 'queued' and redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return {0} end
 redis.call('ZREM', KEYS[7], ARGV[8])
 redis.call('ZREM', KEYS[9], ARGV[8])
 if ARGV[7] ~= '' then
@@ -431,14 +433,15 @@ class RunStore:
         error: dict[str, Any] | None = None,
         lease_token: str = "",
         steps: int | None = None,
-        only_parked: bool = False,
+        only_if: str = "",
     ) -> bool:
         """End a run unless it has already ended; True when this call ended it.
 
         In the same script: drop the run from the deadlines zset; given the token of the
         execution's lease, release that lease (also when the run had already ended); given
         `steps`, write the run's step count first (the step that ended it, see begin_step); with
-        `only_parked`, end it only if it is parked (worker/timers.py)."""
+        `only_if` "parked" or "queued", end it only if it is parked or still queued (the kill
+        sweep, worker/timers.py)."""
         pipe = self.r.pipeline(transaction=False)
         self.finish_in(
             pipe,
@@ -449,7 +452,7 @@ class RunStore:
             error=error,
             lease_token=lease_token,
             steps=steps,
-            only_parked=only_parked,
+            only_if=only_if,
         )
         ended, *fields = pipe.execute()[0]
         if ended:
@@ -467,7 +470,7 @@ class RunStore:
         error: dict[str, Any] | None = None,
         lease_token: str = "",
         steps: int | None = None,
-        only_parked: bool = False,
+        only_if: str = "",
         now: str | None = None,
     ) -> None:
         """Queue `finish`'s script on a pipeline (the kill sweep ends many runs in one round
@@ -498,7 +501,7 @@ class RunStore:
                 lease_token,
                 run_id,
                 "" if steps is None else steps,
-                "1" if only_parked else "",
+                only_if,
             ],
             client=pipe,
         )

@@ -11,8 +11,10 @@ Every agent worker's main process runs `scheduler_loop`. Each tick it:
    another scheduler does not claim it again, and a resume that gets lost is sent again later;
    it sends one resume delivery (`fleet.run_agent(run_id, park)`) per claimed run, or ends a run
    past its deadline at once;
-2. sweeps the kill switches of the parked runs' tenants and agents (`sweep_kills`) and ends the
-   parked runs a switch covers, in one pipeline, so a switch stops 1,000 parked runs within a tick.
+2. reads the kill switches of the parked runs' tenants and agents (`switched_on`) and ends the
+   parked runs a switch covers, in one pipeline, so a switch stops 1,000 parked runs within a
+   tick; under `kill:all` it ends the runs still queued as well, so none waits for a worker to
+   be refused.
 
 A reply (worker/admit.py, the tool worker's script) makes its parked run due and rings the bell
 (`Keys.timers_bell`), which wakes a scheduler at once; a cancel does the same (RunStore.cancel).
@@ -167,6 +169,11 @@ class Timers:
         )
         return [Due(str(flat[i]), str(flat[i + 1]), float(flat[i + 2])) for i in range(0, len(flat), 3)]
 
+    def queued(self) -> list[str]:
+        """The runs still queued (RunStore's queued-runs zset, members `tenant|created_ts|id`)."""
+        members = self.r.zrange(self.keys.queued_runs(), 0, -1)
+        return [str(member).rsplit("|", 1)[-1] for member in members]
+
     def waiting(self) -> int:
         """How many runs are parked (including those due and not yet resumed)."""
         return int(self.r.zcard(self.keys.timers()))
@@ -217,16 +224,17 @@ class Timers:
         return found
 
 
-def end_killed(store: RunStore, runs: list[tuple[str, str]]) -> list[str]:
-    """End the given parked runs as stopped / killed, each only if it is still parked (a resumed
-    run checks its switches itself); one pipeline. Returns the runs this call ended."""
+def end_killed(store: RunStore, runs: list[tuple[str, str]], only_if: str = "parked") -> list[str]:
+    """End the given runs as stopped / killed, each only if it is still parked (or, with
+    `only_if` "queued", still queued): an executing run checks its switches itself. One
+    pipeline. Returns the runs this call ended."""
     if not runs:
         return []
     now = repr(time.time())
     pipe = store.r.pipeline(transaction=False)
     for run_id, reason in runs:
         error = {"type": "killed", "message": reason}
-        store.finish_in(pipe, run_id, STOPPED, "killed", error=error, now=now, only_parked=True)
+        store.finish_in(pipe, run_id, STOPPED, "killed", error=error, now=now, only_if=only_if)
     ended = []
     for (run_id, _), answer in zip(runs, pipe.execute(), strict=True):
         if answer and int(answer[0]) == 1:
@@ -255,7 +263,7 @@ class Scheduler:
         due = self.timers.claim_due(now)
         for item in due:
             if item.deadline_ts <= now:
-                self.store.finish(item.run_id, STOPPED, "max_seconds", only_parked=True)
+                self.store.finish(item.run_id, STOPPED, "max_seconds", only_if="parked")
                 continue
             self.resume(item)
             resumed += 1
@@ -264,6 +272,8 @@ class Scheduler:
         if all_reason is not None or tenants or agents:
             covered = self.timers.covered(all_reason, tenants, agents)
             ended = end_killed(self.store, covered)
+            if all_reason is not None:  # and the runs still queued: none of them may start
+                ended += end_killed(self.store, [(r, all_reason) for r in self.timers.queued()], "queued")
             killed = len(ended)
             if ended:
                 log.warning(
