@@ -17,7 +17,7 @@ from api.waitslots import WaitSlots
 from worker.keys import Keys
 from worker.policy import PolicyStore
 from worker.rollout import Rollouts
-from worker.runs import RunStore
+from worker.run.store import RunStore
 from worker.settings import Settings
 
 

@@ -22,7 +22,7 @@ from worker.keys import Keys
 from worker.policy import PolicyStore
 from worker.redis_conn import make_async_redis, make_redis
 from worker.rollout import Rollouts, end_recorder
-from worker.runs import RunStore
+from worker.run.store import RunStore
 from worker.settings import Settings, get_settings
 
 THREADPOOL_SIZE = 256  # sync routes run in threads; long-polls (?wait) are async and hold none

@@ -94,7 +94,7 @@ def run_wave(fleet: Fleet, size: int, think_s: float) -> set[int]:
         for run_id in list(pending):
             token = fleet.r.get(KEYS.run_lease(run_id))
             if token:
-                holders.add(int(token.split(":")[1]))  # host:pid:random (worker.lease.new_token)
+                holders.add(int(token.split(":")[1]))  # host:pid:random (worker.run.lease.new_token)
             if fleet.r.hget(KEYS.run(run_id), "status") in TERMINAL:
                 pending.discard(run_id)
         time.sleep(0.02)

@@ -16,7 +16,7 @@ counts the requests it holds at once. Then, for each row, one real `fleet tool-w
   threads pool (4 threads), per-tool limit `tools.max_concurrency` at its default (1,000);
 - `asyncio, gevent`: the same fed by `--pool gevent --concurrency C`;
 - `before: threads` and `before: gevent`: the tool worker of `--baseline` (default: the commit
-  before worker/toolpool.py existed), extracted with `git archive` and run from there: a call per
+  before worker/gateway/pool.py existed), extracted with `git archive` and run from there: a call per
   Celery thread or greenlet (`--pool threads|gevent --concurrency C`), its per-process bulkhead
   raised to max(N, C).
 
@@ -309,15 +309,15 @@ class BaselineFleet(Fleet):
 
 
 def baseline_tree(rev: str | None) -> tuple[str, Path]:
-    """The baseline commit (default: the parent of the one that added worker/toolpool.py),
+    """The baseline commit (default: the parent of the one that added worker/gateway/pool.py),
     extracted to a temporary folder."""
     if rev is None:
         added = subprocess.run(
-            ["git", "-C", str(ROOT), "log", "--diff-filter=A", "--format=%H", "--", "worker/toolpool.py"],
+            ["git", "-C", str(ROOT), "log", "--diff-filter=A", "--format=%H", "--", "worker/gateway/pool.py"],
             capture_output=True, text=True, check=True,
         ).stdout.split()  # fmt: skip
         if not added:
-            raise RuntimeError("no commit adds worker/toolpool.py: name the baseline with --baseline")
+            raise RuntimeError("no commit adds worker/gateway/pool.py: name the baseline with --baseline")
         rev = added[-1] + "^"
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True, check=True

@@ -7,7 +7,7 @@ import pytest
 
 from tests.harness import CountingServer, FakeOpenAI, Fleet, RedisServer
 from worker.keys import Keys
-from worker.runs import RunStore
+from worker.run.store import RunStore
 
 
 @pytest.fixture

@@ -239,7 +239,7 @@ NON_PII: list[str] = [
     "basic information about the password field",
     "ISBN 978-3-16-148410-0, order #12345, total $1,234,567.89",
     "dates 15.01.2024 and 01/15/2024 at 09:30",
-    "worker/loop.py:123 in run_step",
+    "worker/run/loop.py:123 in run_step",
     "offset +0530 from UTC, +05:30",
     "stop_reason=max_steps outcome=failed tool=http.get",
     # ids whose first characters read like a country code and check digits (an IBAN shape)

@@ -1,4 +1,4 @@
-"""Unit tests of the gateway's admission script (worker/admit.py) on fakeredis with Lua: it runs
+"""Unit tests of the gateway's admission script (worker/gateway/checks.py) on fakeredis with Lua: it runs
 the checks of every concern in one round trip, so it must decide exactly as they do."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import fakeredis
 import pytest
 
 from tests.test_store_units import KEYS, InlineDispatcher, gateway
-from worker.guard import BudgetExceeded, RunStopped
 from worker.policy import MICRO, Policy, PolicyStore
-from worker.runs import RunStore
+from worker.run.guard import BudgetExceeded, RunStopped
+from worker.run.store import RunStore
 from worker.settings import Settings
 
 
@@ -208,7 +208,7 @@ class ToolWorkerDispatcher:
     """Runs the tool worker's own code (ToolExecutor.answer) inline, on its own client."""
 
     def __init__(self, r: fakeredis.FakeRedis, settings: Settings) -> None:
-        from worker.toolexec import ToolExecutor
+        from worker.gateway.executor import ToolExecutor
 
         self.executor = ToolExecutor(r, KEYS, settings)
         self.sent: list[tuple[str, int, str]] = []
@@ -234,8 +234,8 @@ def test_the_tool_worker_settles_a_call_it_ran_so_the_run_needs_one_round_trip()
 
 
 def test_a_reply_for_a_stale_attempt_is_not_settled_by_the_tool_worker(r: fakeredis.FakeRedis) -> None:
-    from worker.admit import Replier
     from worker.breaker import BreakerPolicy
+    from worker.gateway.checks import Replier
 
     reply = Replier(r)
     r.hset(KEYS.call("c1"), mapping={"state": "started", "attempt": "1"})  # the run is on attempt 1
@@ -271,8 +271,8 @@ def test_a_reply_for_a_stale_attempt_is_not_settled_by_the_tool_worker(r: fakere
 def test_a_timeout_on_the_run_side_keeps_a_result_the_tool_worker_recorded_first(
     r: fakeredis.FakeRedis,
 ) -> None:
-    from worker.admit import Admitter, CallKeys
     from worker.breaker import BreakerPolicy
+    from worker.gateway.checks import Admitter, CallKeys
 
     keys = CallKeys(
         run_switches=[], cancel="", tool_switch="", writes_switch="", policy="", quota=[],
@@ -293,7 +293,7 @@ def test_the_tool_worker_runs_no_call_of_an_ended_or_missing_run(
     r: fakeredis.FakeRedis, store: RunStore
 ) -> None:
     import tests.plugins  # noqa: F401  (registers test.write)
-    from worker.toolexec import ToolExecutor
+    from worker.gateway.executor import ToolExecutor
 
     settings = Settings(tools={"allowlist": ["echo", "test.write"]})
     executor = ToolExecutor(r, KEYS, settings)
@@ -330,7 +330,7 @@ def test_the_tool_worker_checks_every_switch_right_before_a_tool_runs(
     r: fakeredis.FakeRedis, store: RunStore, switch: str, tool: str, args: dict[str, Any], refused: bool
 ) -> None:
     import tests.plugins  # noqa: F401  (registers test.write)
-    from worker.toolexec import ToolExecutor
+    from worker.gateway.executor import ToolExecutor
 
     # the model service is a closed loopback port: a model call that runs fails with a connection
     # error (`ran` all the same), one that is refused never tries
@@ -355,6 +355,6 @@ def test_the_tool_worker_checks_every_switch_right_before_a_tool_runs(
 
 
 def _budgets() -> Any:
-    from worker.runs import Budgets
+    from worker.run.store import Budgets
 
     return Budgets(max_steps=5, max_tool_calls=5, max_seconds=30)

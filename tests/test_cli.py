@@ -212,7 +212,7 @@ def test_tool_worker_defaults_to_a_few_threads_that_feed_its_event_loop(
     redis_server: RedisServer, extra: tuple[str, ...], pool: str, concurrency: str
 ) -> None:
     """The exec'd `celery worker` of a real `fleet tool-worker`: threads x4 unless told otherwise
-    (the tasks only hand calls to the loop, worker/toolpool.py)."""
+    (the tasks only hand calls to the loop, worker/gateway/pool.py)."""
     fleet = Fleet(redis_server)
     try:
         proc = fleet.start_tool_worker(*extra)

@@ -124,11 +124,11 @@ def test_a_tool_call_the_broker_cannot_take_is_the_fleets_failure_not_the_agents
     import redis
 
     from tests.harness import ROOT, free_port
-    from worker.gateway import BrokerUnavailable
+    from worker.gateway.calls import BrokerUnavailable
 
     assert issubclass(BrokerUnavailable, redis.RedisError)
     code = (
-        "from worker.gateway import BrokerUnavailable\n"
+        "from worker.gateway.calls import BrokerUnavailable\n"
         "from worker.tasks import CeleryDispatcher\n"
         "try:\n"
         "    CeleryDispatcher().send(call_id='r:1:0', attempt=0, tool='echo', args={}, timeout_s=1.0)\n"
@@ -147,7 +147,7 @@ def test_a_tool_call_the_broker_cannot_take_is_the_fleets_failure_not_the_agents
 
 
 def test_a_call_refused_after_admission_is_recorded_as_denied_with_its_reason() -> None:
-    from worker.gateway import refusal_decision
+    from worker.gateway.calls import refusal_decision
     from worker.tools.base import error_result
 
     allowed = {"decision": "allowed", "reason": "no quota"}

@@ -18,8 +18,8 @@ import pytest
 import worker
 from tests.test_store_units import KEYS, InlineDispatcher, gateway
 from worker import killswitch
-from worker.guard import RunStopped
-from worker.runs import AdmissionRefused, Budgets, RunStore
+from worker.run.guard import RunStopped
+from worker.run.store import AdmissionRefused, Budgets, RunStore
 from worker.settings import Settings
 
 STATES = (None, "", "incident 42")  # off, on without a reason, on with one
@@ -218,5 +218,9 @@ def test_the_key_scan_finds_keys_built_inside_a_script() -> None:
 
 def test_every_lua_script_takes_the_keys_it_touches_from_keys() -> None:
     scripts = _scripts()
-    assert {"worker.runs._START", "worker.lease._REAP", "worker.admit.SCRIPT"} <= scripts.keys()
+    assert {
+        "worker.run.store._START",
+        "worker.run.lease._REAP",
+        "worker.gateway.checks.SCRIPT",
+    } <= scripts.keys()
     assert {name: key_violations(text) for name, text in scripts.items() if key_violations(text)} == {}

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import fakeredis
 import pytest
 
-from worker.keeper import RunKeeper
 from worker.keys import Keys
-from worker.lease import Leases, holder_is_dead, new_token
-from worker.runs import Budgets, RunStore
+from worker.run.keeper import RunKeeper
+from worker.run.lease import Leases, holder_is_dead, new_token
+from worker.run.store import Budgets, RunStore
 
 KEYS = Keys("fleet")
 TTL_S = 0.3

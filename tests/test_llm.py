@@ -25,7 +25,7 @@ import redis
 import tests.plugins  # noqa: F401  (registers test.sleep, whose schema the model is offered)
 from tests.harness import TERMINAL, FakeOpenAI, Fleet, running_fleet, wait_for
 from worker.agents.llm import function_name
-from worker.loop import estimate_prompt_tokens
+from worker.run.loop import estimate_prompt_tokens
 from worker.tools import get_tool
 
 API_KEY = "sk-test-" + secrets.token_hex(16)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.harness import Fleet, Proc, RedisServer
-from worker.lease import LEASE_TTL_S
+from worker.run.lease import LEASE_TTL_S
 
 OVERRUN_BOUND_S = 3.0  # the reaper scans every 0.5 s; the rest is slack for a loaded machine
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from worker.keys import Keys
 from worker.policy import MAX_SPEND_USD_PER_DAY, Policy, PolicyStore
-from worker.runs import Budgets, RunStore, public_view
+from worker.run.store import Budgets, RunStore, public_view
 from worker.spend import ModelCallCost, Prices, SpendBudget, attempt_charge
 from worker.tools.base import error_result
 

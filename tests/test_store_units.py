@@ -10,10 +10,10 @@ import fakeredis
 import pytest
 
 from worker.budget import ToolCallBudget
-from worker.gateway import FleetControls, ToolGateway, is_retryable
-from worker.guard import BudgetExceeded, RunGuard, RunStopped
+from worker.gateway.calls import FleetControls, ToolGateway, is_retryable
 from worker.keys import Keys
-from worker.runs import AdmissionRefused, Budgets, RunStore, Started, public_view
+from worker.run.guard import BudgetExceeded, RunGuard, RunStopped
+from worker.run.store import AdmissionRefused, Budgets, RunStore, Started, public_view
 from worker.settings import Settings
 from worker.tools import ToolContext, execute
 

@@ -1,4 +1,4 @@
-"""Unit tests of the parked-run scripts (worker/timers.py and the run store's park handling) on
+"""Unit tests of the parked-run scripts (worker/run/timers.py and the run store's park handling) on
 fakeredis with Lua. Parking against real workers is tested in tests/test_parked.py."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import time
 import fakeredis
 
 from worker.agents import CallModel, CallTool, Sleep
-from worker.guard import Park, RunGuard
 from worker.keys import Keys
-from worker.loop import decode_action, encode_action
-from worker.runs import Budgets, RunStore, public_view
+from worker.run.guard import Park, RunGuard
+from worker.run.loop import decode_action, encode_action
+from worker.run.store import Budgets, RunStore, public_view
+from worker.run.timers import RESEND_S, Due, Scheduler, Timers, end_killed
 from worker.spend import Prices
-from worker.timers import RESEND_S, Due, Scheduler, Timers, end_killed
 
 KEYS = Keys("fleet")
 BUDGETS = Budgets(max_steps=5, max_tool_calls=2, max_seconds=30)
@@ -110,8 +110,8 @@ def test_a_resume_unparks_without_counting_an_attempt_and_a_stale_one_is_dropped
 
 
 def test_a_reply_makes_its_parked_run_due_and_rings_the_bell(r: fakeredis.FakeRedis, store: RunStore) -> None:
-    from worker.admit import Replier
     from worker.breaker import BreakerPolicy
+    from worker.gateway.checks import Replier
 
     timers = Timers(r, KEYS)
     reply_key = KEYS.call_reply("r1:1:0", 0)

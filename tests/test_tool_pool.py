@@ -1,4 +1,4 @@
-"""The tool worker's event loop (worker/toolpool.py) with real parts: a redis-server, real
+"""The tool worker's event loop (worker/gateway/pool.py) with real parts: a redis-server, real
 `fleet tool-worker` processes and a slow loopback HTTP server that counts the requests it holds.
 
 The slot scripts of the fleet-wide per-tool limit are unit-tested at the end, on fakeredis.
@@ -24,7 +24,7 @@ from celery import Celery
 
 from tests.harness import CountingServer, Fleet, Proc, RedisServer, SlowServer, deep_merge, wait_for
 from worker.keys import Keys, tool_queue
-from worker.runs import Budgets, RunStore
+from worker.run.store import Budgets, RunStore
 from worker.toolslots import ToolSlots
 
 KEYS = Keys("fleet")

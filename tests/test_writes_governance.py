@@ -40,10 +40,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import tests.plugins  # noqa: F401  (registers `test.write` in this process, for ToolExecutor)
 from tests.harness import KEY_T1, ROOT, CountingServer, Fleet, Proc, RedisServer, wait_for
+from worker.gateway.executor import ToolExecutor
 from worker.keys import Keys
-from worker.runs import Budgets, RunStore
+from worker.run.store import Budgets, RunStore
 from worker.settings import Settings
-from worker.toolexec import ToolExecutor
 from worker.tools import tool
 from worker.tools.base import ToolContext
 

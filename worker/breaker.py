@@ -17,7 +17,7 @@ from worker.keys import Keys
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
-# Lua functions, so the gateway's admission script (worker/admit.py) runs the same code.
+# Lua functions, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
 # breaker_allow(key, cooldown_ms, probe_timeout_ms, now_ms) -> allowed (0/1), state, retry_in_ms
 LUA_ALLOW = """
 local function breaker_allow(key, cooldown, probe_timeout, now)

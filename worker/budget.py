@@ -11,7 +11,7 @@ import redis
 from worker.keys import Keys
 
 # budget_reserve(run_key, call_key, max_tool_calls, ttl_s) -> counted (0/1), used, recorded result
-# or false. A Lua function, so the gateway's admission script (worker/admit.py) runs the same code.
+# or false. A Lua function, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
 LUA_RESERVE = """
 local function budget_reserve(k_run, k_call, max_calls, ttl)
   local used = tonumber(redis.call('HGET', k_run, 'tool_calls') or '0')
@@ -31,7 +31,7 @@ CALL_RECORD_TTL_S = 86400  # a call's recorded result, kept for a resumed run or
 
 class ToolCallBudget:
     """One run's tool-call budget and its calls' records. Tool calls are counted against
-    `max_tool_calls` by the gateway's admission script (worker/admit.py), with LUA_RESERVE."""
+    `max_tool_calls` by the gateway's admission script (worker/gateway/checks.py), with LUA_RESERVE."""
 
     def __init__(
         self, r: redis.Redis, keys: Keys, run_id: str, max_tool_calls: int, ttl_s: int, used: int = 0

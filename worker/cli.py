@@ -90,7 +90,7 @@ def celery_worker_argv(
         defaults = [
             (("-Q", "--queues"), ["-Q", ",".join(queues)]),
             (("-n", "--hostname"), ["-n", "tool@%h"]),
-            # The task only hands its call to the process's event loop (worker/toolpool.py) and
+            # The task only hands its call to the process's event loop (worker/gateway/pool.py) and
             # returns: a few threads keep the loop fed (and may block on its backpressure without
             # stalling the consumer); more threads only cost CPU (bench/README.md).
             (("-P", "--pool"), ["--pool", "threads"]),

@@ -25,7 +25,7 @@ MAX_SPEND_USD_PER_DAY = 1_000_000.0
 DECISION_TTL_S = 2 * 86400
 NO_QUOTA = "no quota"  # the reason of a Decision that reserved nothing (the agent has no quota)
 
-# Lua functions, so the gateway's admission script (worker/admit.py) runs the same code.
+# Lua functions, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
 # policy_read(key) -> allowed_tools (a set, or false: the fleet's allowlist alone), max_actions,
 # max_spend_micro (-1: no limit). A value that is not a valid policy denies every tool, as
 # PolicyStore.get does (pydantic's strict mode there; the same rules here).

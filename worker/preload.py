@@ -14,7 +14,7 @@ to pages it only inherited, and this module removes the cheap part of both:
 Reference counts still copy the pages of the objects a child uses: Python 3.11 has no immortal
 objects. Nothing here opens a connection or starts a thread. What a child inherits must stay its
 own to set up: Redis clients reset their pools in a new process, and the run keeper starts its
-thread per process (worker/keeper.py).
+thread per process (worker/run/keeper.py).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 _PERIOD_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 # gcra(key, interval_ms, burst, max_wait_ms, cost, now_ms) -> allowed (0/1), wait_ms. A Lua
-# function, so the gateway's admission script (worker/admit.py) runs the same code.
+# function, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
 LUA_GCRA = """
 local function gcra(key, interval, burst, max_wait, cost, now)
   local tat = tonumber(redis.call('GET', key) or '0')

@@ -12,7 +12,7 @@ import redis
 from worker.keys import Keys
 
 # retry_budget(key, op, ratio, min_retries, window_ms, now_ms) -> 1 (counted / granted) or 0. A Lua
-# function, so the gateway's admission script (worker/admit.py) runs the same code.
+# function, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
 LUA_SPEND = """
 local function retry_budget(key, op, ratio, min_retries, window, now)
   local bucket = math.floor(now / window)

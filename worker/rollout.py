@@ -23,7 +23,7 @@ import redis
 import structlog
 
 from worker.keys import Keys
-from worker.runs import EndHook
+from worker.run.store import EndHook
 from worker.settings import Settings
 
 log = logging.getLogger("agentfleet.rollout")

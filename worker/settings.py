@@ -67,7 +67,7 @@ class RuntimeSection(_Section):
     prefork_preload: bool = True
     # A run that waits (a tool or model reply, a backoff, a rate-limit slot, a Sleep) longer than
     # park_after_ms parks: its execution ends, its pool child is free, and a timer or the reply
-    # resumes it on any agent worker (worker/timers.py). False: a waiting run holds its child.
+    # resumes it on any agent worker (worker/run/timers.py). False: a waiting run holds its child.
     park_waits: bool = True
     park_after_ms: int = Field(50, ge=0, le=60_000)
     # How often each agent worker's scheduler looks for due timers and for kill switches that
@@ -122,7 +122,7 @@ class ToolsSection(_Section):
     # Calls of one tool in flight at once, fleet-wide (a sorted set in Redis, worker/toolslots.py), so a
     # hanging or slow dependency cannot take every tool worker's capacity; a call over it is rate_limited.
     max_concurrency: dict[str, int] = Field(default_factory=lambda: {"default": DEFAULT_TOOL_CONCURRENCY})
-    # Calls one tool-worker process holds at once (worker/toolpool.py); past it, the Celery task waits
+    # Calls one tool-worker process holds at once (worker/gateway/pool.py); past it, the Celery task waits
     # for a free slot and its message stays unacked: backpressure, nothing lost.
     worker_max_inflight: int = Field(2000, gt=0)
     # Threads that run plain (non-async) tools in one tool-worker process.

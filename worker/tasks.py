@@ -18,18 +18,18 @@ from kombu.exceptions import OperationalError
 
 from worker import agents, tools
 from worker.celery_app import RUN_TASK, TOOL_TASK, app, send_run
-from worker.gateway import REPLY_GRACE_S, BrokerUnavailable, FleetControls
-from worker.keeper import RunKeeper
+from worker.gateway.calls import REPLY_GRACE_S, BrokerUnavailable, FleetControls
+from worker.gateway.executor import ToolExecutor
+from worker.gateway.pool import ToolPool, sync_pool
 from worker.keys import AGENT_QUEUE, Keys, tool_queue
-from worker.lease import Leases, reaper_loop
-from worker.loop import LoopDeps, execute_run, exit_process
 from worker.redis_conn import get_redis, make_redis
 from worker.rollout import end_recorder
-from worker.runs import STOPPED, TERMINAL, Budgets, RunStore, overdue
+from worker.run.keeper import RunKeeper
+from worker.run.lease import Leases, reaper_loop
+from worker.run.loop import LoopDeps, execute_run, exit_process
+from worker.run.store import STOPPED, TERMINAL, Budgets, RunStore, overdue
+from worker.run.timers import Due, Scheduler, Timers
 from worker.settings import get_settings
-from worker.timers import Due, Scheduler, Timers
-from worker.toolexec import ToolExecutor
-from worker.toolpool import ToolPool, sync_pool
 
 agents.load_plugins(get_settings().plugins)
 tools.load_builtins()
@@ -135,7 +135,7 @@ def tool_call(
     args: dict[str, Any],
     timeout_s: float,
 ) -> None:
-    """Hand one attempt of a tool call to the process's event loop (worker/toolpool.py), which
+    """Hand one attempt of a tool call to the process's event loop (worker/gateway/pool.py), which
     executes it and pushes its envelope for the waiting run. Returns at once, so the message is
     acked; waits first while the process holds `tools.worker_max_inflight` calls."""
     trace_id = getattr(self.request, "trace_id", None)  # the dispatcher's headers
@@ -198,7 +198,7 @@ def _stop_reaper(**_: Any) -> None:
 def _drain_tool_calls(**_: Any) -> None:
     """A tool worker that stops (SIGTERM: Celery no longer consumes by now) finishes the calls it
     holds, up to `worker_soft_shutdown_timeout`; calls still running then are lost with the
-    process, and their runs time them out and retry (worker/toolpool.py)."""
+    process, and their runs time them out and retry (worker/gateway/pool.py)."""
     pool = _pool
     if pool is None or pool.inflight == 0:
         return

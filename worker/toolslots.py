@@ -12,7 +12,7 @@ import math
 
 import redis
 
-from worker.gateway import REPLY_GRACE_S
+from worker.gateway.calls import REPLY_GRACE_S
 
 # KEYS: 1 the tool's slots. ARGV: 1 the member (call id and attempt), 2 the limit, 3 the slot's
 # life in ms. Returns 1 (taken) or 0 (the tool is at its limit).

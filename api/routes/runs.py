@@ -21,7 +21,7 @@ from worker import killswitch
 from worker.agents import get_agent_class
 from worker.celery_app import send_run
 from worker.keys import AGENT_QUEUE
-from worker.runs import TERMINAL, AdmissionRefused, Budgets, public_view
+from worker.run.store import TERMINAL, AdmissionRefused, Budgets, public_view
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 log = structlog.get_logger("agentfleet.api")

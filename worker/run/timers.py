@@ -16,7 +16,7 @@ Every agent worker's main process runs `scheduler_loop`. Each tick it:
    tick; under `kill:all` it ends the runs still queued as well, so none waits for a worker to
    be refused.
 
-A reply (worker/admit.py, the tool worker's script) makes its parked run due and rings the bell
+A reply (worker/gateway/checks.py, the tool worker's script) makes its parked run due and rings the bell
 (`Keys.timers_bell`), which wakes a scheduler at once; a cancel does the same (RunStore.cancel).
 
 The invariants: a park and its wake-up are written in one script; a resume carries its park's
@@ -37,7 +37,7 @@ import structlog
 
 from worker import killswitch
 from worker.keys import Keys
-from worker.runs import STOPPED, RunStore
+from worker.run.store import STOPPED, RunStore
 
 log = structlog.get_logger("agentfleet.timers")
 RESEND_S = 15.0  # a claimed timer fires again after this if its resume has not started the run

@@ -29,19 +29,19 @@ from pydantic import BaseModel
 
 from worker.agents import CallModel, CallTool, Fail, Finish, RunState, Sleep, get_agent_class
 from worker.budget import CALL_RECORD_TTL_S, ToolCallBudget
-from worker.gateway import Dispatcher, FleetControls, ToolGateway
-from worker.guard import BudgetExceeded, DeadlineExceeded, LeaseLost, Park, RunGuard, RunStopped
-from worker.keeper import Held, RunKeeper
+from worker.gateway.calls import Dispatcher, FleetControls, ToolGateway
 from worker.keys import Keys
-from worker.lease import Leases, holder_is_dead, new_token
 from worker.llmconfig import llm_config
 from worker.policy import Policy
 from worker.redact import redact_text
 from worker.rollout import version_config
-from worker.runs import CANCELLED, FAILED, STOPPED, SUCCEEDED, Budgets, RunStore
+from worker.run.guard import BudgetExceeded, DeadlineExceeded, LeaseLost, Park, RunGuard, RunStopped
+from worker.run.keeper import Held, RunKeeper
+from worker.run.lease import Leases, holder_is_dead, new_token
+from worker.run.store import CANCELLED, FAILED, STOPPED, SUCCEEDED, Budgets, RunStore
+from worker.run.timers import Timers
 from worker.settings import Settings
 from worker.spend import ModelCallCost, Prices, SpendBudget
-from worker.timers import Timers
 from worker.tools import MODEL_TOOL, get_tool
 
 log = structlog.get_logger("agentfleet.run")
@@ -232,7 +232,7 @@ def _steps(
     last_result: Any = json.loads(raw.get("last_result") or "null")
     input_data: Any = json.loads(raw["input"])
 
-    # A parked step resumes with its action and where its wait left off (worker/timers.py).
+    # A parked step resumes with its action and where its wait left off (worker/run/timers.py).
     pending: dict[str, Any] | None = json.loads(raw["pending"]) if raw.get("pending") else None
     resume: dict[str, Any] | None = json.loads(raw["wait"]) if raw.get("wait") else None
     prefetched: tuple[str | None, str | None] | None = checks

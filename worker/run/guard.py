@@ -5,7 +5,7 @@ and what ends an execution that would only wait: a park.
 `SLICE_S` while it waits in its process (on a tool, or in think time), so a switch flipped with
 redis-cli stops a waiting run within a fraction of a second. A wait longer than the run's
 `park_after_s` does not happen in the process: `pause` raises `Park`, the loop records the wait
-in the run and ends the execution, and a timer or the reply resumes the run (worker/timers.py),
+in the run and ends the execution, and a timer or the reply resumes the run (worker/run/timers.py),
 where the scheduler's sweep applies the same switches to it.
 """
 
@@ -19,7 +19,7 @@ import redis
 
 from worker import killswitch
 from worker.keys import Keys
-from worker.runs import CANCELLED, STOPPED
+from worker.run.store import CANCELLED, STOPPED
 
 SLICE_S = 0.2  # longest wait between two checks
 

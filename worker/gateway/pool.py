@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from worker.toolexec import ToolExecutor
+from worker.gateway.executor import ToolExecutor
 
 log = structlog.get_logger("agentfleet.tools")
 

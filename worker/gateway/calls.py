@@ -18,7 +18,7 @@
 
 Every call leaves a decision (allowed or denied, why, what is left of the quotas) for the step log.
 
-Steps 1-6 (and the per-attempt checks of 6) run in one Lua script, worker/admit.py, so a call
+Steps 1-6 (and the per-attempt checks of 6) run in one Lua script, worker/gateway/checks.py, so a call
 costs one round trip before its subtask is sent. After the attempt the tool worker, in the script
 that pushes the reply, reports the outcome to the breaker and records the final result; the run's
 side does that bookkeeping only when the tool did not run or did not answer.
@@ -31,7 +31,7 @@ sent, and settled after its reply.
 
 Any wait longer than the run's `park_after_s` (a reply, a backoff, a rate-limit slot) raises
 Park: the state machine's position (`wait`: its state, attempt, give-up time and decision) is
-kept in the run, and `resume` goes on from there in a later execution (worker/timers.py).
+kept in the run, and `resume` goes on from there in a later execution (worker/run/timers.py).
 """
 
 from __future__ import annotations
@@ -47,10 +47,9 @@ import structlog
 from pydantic import BaseModel
 
 from worker import killswitch
-from worker.admit import Admitter, Answer, CallKeys, LimitSlot
 from worker.breaker import BreakerPolicy, CircuitBreaker
 from worker.budget import ToolCallBudget
-from worker.guard import SLICE_S, BudgetExceeded, Park, RunGuard
+from worker.gateway.checks import Admitter, Answer, CallKeys, LimitSlot
 from worker.keys import Keys
 from worker.llmconfig import llm_config
 from worker.logs import cap_bytes, sampled
@@ -58,6 +57,7 @@ from worker.policy import DECISION_TTL_S, MICRO, NO_QUOTA, Decision, PolicyStore
 from worker.ratelimit import RateLimiter, parse_rate
 from worker.redact import redact
 from worker.retrybudget import RetryBudget, RetryPolicy
+from worker.run.guard import SLICE_S, BudgetExceeded, Park, RunGuard
 from worker.settings import Settings
 from worker.spend import ModelCallCost, SpendBudget, attempt_charge
 from worker.tools import MODEL_TOOL, Tool, ToolFailure, get_tool, validate_args

@@ -19,7 +19,7 @@ import redis
 
 from worker.keys import Keys
 from worker.killswitch import LUA_KILL_REASON, run_switch_keys
-from worker.lease import LEASE_TTL_S, holder_is_dead
+from worker.run.lease import LEASE_TTL_S, holder_is_dead
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, STOPPED, FAILED, CANCELLED = "succeeded", "stopped", "failed", "cancelled"
@@ -410,7 +410,7 @@ class RunStore:
         step_entry: dict[str, Any],
     ) -> None:
         """Persist the loop's position after a step, with the step's entry in the step log; the
-        step's park record (worker/timers.py), if it parked, is done with."""
+        step's park record (worker/run/timers.py), if it parked, is done with."""
         key, log = self.keys.run(run_id), self.keys.run_steps(run_id)
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(
@@ -441,7 +441,7 @@ class RunStore:
         execution's lease, release that lease (also when the run had already ended); given
         `steps`, write the run's step count first (the step that ended it, see begin_step); with
         `only_if` "parked" or "queued", end it only if it is parked or still queued (the kill
-        sweep, worker/timers.py)."""
+        sweep, worker/run/timers.py)."""
         pipe = self.r.pipeline(transaction=False)
         self.finish_in(
             pipe,

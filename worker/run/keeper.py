@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from worker.lease import Leases
+from worker.run.lease import Leases
 
 log = logging.getLogger("agentfleet.keeper")
 IDLE_WAIT_S = 60.0  # the thread's longest sleep with nothing to do; any new hold wakes it

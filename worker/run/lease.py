@@ -2,7 +2,7 @@
 broker's visibility timeout.
 
 An executing run holds a lease in Redis (`run:<id>:lease`, value = the holder's token) that its
-process's keeper thread (worker/keeper.py) renews every `LEASE_TTL_S / 3`; the lease's expiry is
+process's keeper thread (worker/run/keeper.py) renews every `LEASE_TTL_S / 3`; the lease's expiry is
 also kept in one sorted set. Every agent worker's main process runs a reaper that ends runs past
 their deadline that nobody executes (RunStore.end_overdue), and claims expired leases
 (atomically, so several reapers never requeue one run twice) and requeues those runs. A delivery

@@ -1,6 +1,6 @@
 """How a tool worker executes one attempt of a call: fleet-wide slots, exactly-once writes, the tool.
 
-The executor is async: a tool-worker process runs it on one event loop (worker/toolpool.py) and
+The executor is async: a tool-worker process runs it on one event loop (worker/gateway/pool.py) and
 holds thousands of attempts at once. Its Redis round trips (slot, pre-checks, claim, reply) run
 in a small thread pool of their own with the process's blocking client, not on the loop: the
 reply goes through `Replier` (admit.py), the agent side's synchronous script wrapper, and the
@@ -39,13 +39,13 @@ import redis
 import structlog
 
 from worker import killswitch, tools
-from worker.admit import Replier
 from worker.breaker import BreakerPolicy
 from worker.budget import CALL_RECORD_TTL_S
-from worker.gateway import REPLY_GRACE_S, REPLY_TTL_S, is_failure, is_final, stats_field
+from worker.gateway.calls import REPLY_GRACE_S, REPLY_TTL_S, is_failure, is_final, stats_field
+from worker.gateway.checks import Replier
 from worker.keys import Keys
 from worker.logs import cap_bytes
-from worker.runs import TERMINAL
+from worker.run.store import TERMINAL
 from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result, is_retryable
 from worker.toolslots import ToolSlots, slot_member

@@ -169,7 +169,7 @@ return {before, after, existing}
 # zset, 7 the schedulers' bell. ARGV: 1 the envelope (JSON), 2 the reply's TTL, 3 the attempt,
 # 4 settle here (1/0: only when this attempt ran the tool), 5-10 as _SETTLE's 1-6, 11-12 as its
 # 8-9 (the result is the envelope), 13 the run id. The reply says whether the bookkeeping is done.
-# A run parked on this reply (worker/timers.py) is made due and the bell rung: a scheduler resumes
+# A run parked on this reply (worker/run/timers.py) is made due and the bell rung: a scheduler resumes
 # it at once.
 _REPLY = """
 local settled, before, after = 0, '', ''
