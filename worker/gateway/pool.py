@@ -11,7 +11,7 @@ lost). Plain (non-async) tools run in a pool of `tools.sync_threads` threads.
 A tool worker that dies takes its calls in flight with it, and Celery does not redeliver them
 (their messages were acked). That is safe: the run waits for a reply up to the call's timeout
 plus `REPLY_GRACE_S`, then treats the attempt as a timeout and retries under the gateway's rules;
-the exactly-once claim of toolexec.py refuses to run a non-idempotent write twice, and a recorded
+the exactly-once claim of executor.py refuses to run a non-idempotent write twice, and a recorded
 result is replayed.
 
 Shutdown: on SIGTERM Celery stops consuming, then `drain` waits for the calls in flight (up to
