@@ -87,8 +87,10 @@ def make_app(settings: Settings) -> Celery:
         worker_consumer=consumer_class(),  # Celery 5.7: reconnect after a Redis restart, see there
     )
     from worker.heartbeat import Heartbeat
+    from worker.toolpool import DrainToolCalls
 
     celery.steps["worker"].add(Heartbeat)
+    celery.steps["worker"].add(DrainToolCalls)  # a no-op but on a tool worker with calls in flight
     return celery
 
 
