@@ -526,7 +526,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-restart", action="store_true", help="skip the Redis restart check")
     parser.add_argument("--logs", type=Path, help="copy each tool worker's log into this folder")
     parser.add_argument("--prototype", action="store_true", help="add the standalone asyncio prototype")
-    parser.add_argument("--baseline", help="the commit of the `before` rows (default: before toolpool.py)")
+    parser.add_argument(
+        "--baseline", help="the commit of the `before` rows (default: before the asyncio tool worker)"
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the `before` rows")
     return parser.parse_args(argv)
 

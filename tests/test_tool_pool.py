@@ -96,11 +96,11 @@ def slow() -> Iterator[SlowServer]:
 
 @contextlib.contextmanager
 def tool_fleet(
-    config: dict[str, Any] | None = None, appendonly: bool = False
+    config: dict[str, Any] | None = None, appendonly: bool = False, env: dict[str, str] | None = None
 ) -> Iterator[tuple[Fleet, Calls]]:
     """A redis-server and a Fleet (no process started yet) with a Calls driver."""
     server = RedisServer(appendonly=appendonly)
-    fleet = Fleet(server, deep_merge(CONFIG, config or {}), ENV)
+    fleet = Fleet(server, deep_merge(CONFIG, config or {}), {**ENV, **(env or {})})
     calls = Calls(fleet)
     try:
         yield fleet, calls
@@ -189,8 +189,10 @@ def test_past_worker_max_inflight_calls_wait_and_all_are_answered(slow: SlowServ
 # -- soft shutdown --------------------------------------------------------------------------------------
 
 
-def test_sigterm_finishes_calls_in_flight_and_takes_no_new_ones(slow: SlowServer) -> None:
-    with tool_fleet() as (fleet, calls):
+@pytest.mark.parametrize("remap", ["", "SIGQUIT"], ids=["warm", "cold as in the image"])
+def test_sigterm_finishes_calls_in_flight_and_takes_no_new_ones(slow: SlowServer, remap: str) -> None:
+    # The worker image sets REMAP_SIGTERM=SIGQUIT: SIGTERM is then Celery's cold shutdown.
+    with tool_fleet(env={"REMAP_SIGTERM": remap} if remap else {}) as (fleet, calls):
         proc = fleet.start_tool_worker()
         held = calls.send("http.get", {"url": slow.url("/draining")}, timeout_s=20.0, count=10)
         wait_for(lambda: slow.in_flight >= 10, 20, f"the calls never reached the server\n{proc.text()}")
@@ -203,6 +205,7 @@ def test_sigterm_finishes_calls_in_flight_and_takes_no_new_ones(slow: SlowServer
         replies = calls.replies(held, within_s=5)
         assert outcomes(replies) == {"ok": 10}, (outcomes(replies), proc.text()[-3000:])
         assert proc.popen.returncode == 0, proc.text()[-3000:]
+        assert ("Cold shutdown" if remap else "Warm shutdown") in proc.text()
         assert calls.replies(later, within_s=0.5) == {}  # left in the queue, not lost
         fleet.start_tool_worker()
         assert calls.replies(later, within_s=20) == {later[0]: {"ok": True, "result": {"late": True}}}

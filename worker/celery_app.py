@@ -86,9 +86,11 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_consumer=consumer_class(),  # Celery 5.7: reconnect after a Redis restart, see there
     )
+    from worker.gateway.pool import DrainToolCalls
     from worker.heartbeat import Heartbeat
 
     celery.steps["worker"].add(Heartbeat)
+    celery.steps["worker"].add(DrainToolCalls)  # a no-op but on a tool worker with calls in flight
     return celery
 
 

@@ -20,7 +20,7 @@ from worker import agents, tools
 from worker.celery_app import RUN_TASK, TOOL_TASK, app, send_run
 from worker.gateway.calls import REPLY_GRACE_S, BrokerUnavailable, FleetControls
 from worker.gateway.executor import ToolExecutor
-from worker.gateway.pool import ToolPool, sync_pool
+from worker.gateway.pool import ToolPool, process_pool, sync_pool
 from worker.keys import AGENT_QUEUE, Keys, tool_queue
 from worker.redis_conn import get_redis, make_redis
 from worker.rollout import end_recorder
@@ -89,20 +89,11 @@ def _deps() -> LoopDeps:
     )
 
 
-_pool_lock = threading.Lock()
-_pool: ToolPool | None = None
-
-
-def _tool_pool() -> ToolPool:
-    """The process's tool pool, made on its first tool call (agent workers never make one)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            deps = _deps()
-            tools_settings = deps.settings.tools
-            executor = ToolExecutor(deps.r, deps.keys, deps.settings, sync_pool(tools_settings.sync_threads))
-            _pool = ToolPool(executor, tools_settings.worker_max_inflight)
-        return _pool
+def _new_tool_pool() -> ToolPool:
+    deps = _deps()
+    tools_settings = deps.settings.tools
+    executor = ToolExecutor(deps.r, deps.keys, deps.settings, sync_pool(tools_settings.sync_threads))
+    return ToolPool(executor, tools_settings.worker_max_inflight)
 
 
 class RunTask(Task):  # type: ignore[type-arg]
@@ -140,7 +131,7 @@ def tool_call(
     acked; waits first while the process holds `tools.worker_max_inflight` calls."""
     trace_id = getattr(self.request, "trace_id", None)  # the dispatcher's headers
     trace_id = trace_id if isinstance(trace_id, str) else None
-    _tool_pool().submit(call_id, attempt, tool, args, timeout_s, trace_id)
+    process_pool(_new_tool_pool).submit(call_id, attempt, tool, args, timeout_s, trace_id)
 
 
 def requeue(run_id: str) -> None:
@@ -192,22 +183,6 @@ def resume(due: Due) -> None:
 @worker_shutdown.connect
 def _stop_reaper(**_: Any) -> None:
     _reaper_stop.set()
-
-
-@worker_shutdown.connect
-def _drain_tool_calls(**_: Any) -> None:
-    """A tool worker that stops (SIGTERM: Celery no longer consumes by now) finishes the calls it
-    holds, up to `worker_soft_shutdown_timeout`; calls still running then are lost with the
-    process, and their runs time them out and retry (worker/gateway/pool.py)."""
-    pool = _pool
-    if pool is None or pool.inflight == 0:
-        return
-    timeout_s = float(app.conf.worker_soft_shutdown_timeout or 0)
-    log = structlog.get_logger("agentfleet.tools")
-    log.info("tool worker stopping: waiting for calls in flight", inflight=pool.inflight, timeout_s=timeout_s)
-    left = pool.drain(timeout_s)
-    if left:
-        log.warning("tool worker stopped with calls in flight", inflight=left)
 
 
 @worker_process_init.connect

@@ -14,8 +14,10 @@ plus `REPLY_GRACE_S`, then treats the attempt as a timeout and retries under the
 the exactly-once claim of executor.py refuses to run a non-idempotent write twice, and a recorded
 result is replayed.
 
-Shutdown: on SIGTERM Celery stops consuming, then `drain` waits for the calls in flight (up to
-the worker's `worker_soft_shutdown_timeout`) before the process exits.
+Shutdown: on SIGTERM (a warm shutdown; in the image, REMAP_SIGTERM makes it a cold one) Celery
+stops consuming, then the `DrainToolCalls` worker step waits for the calls in flight, up to the
+worker's `worker_soft_shutdown_timeout`, before the process exits; calls still running then are
+lost with the process, like a crash's.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from celery import bootsteps
 
-from worker.gateway.executor import ToolExecutor
+if TYPE_CHECKING:  # celery_app registers DrainToolCalls: importing it must stay light for the API
+    from worker.gateway.executor import ToolExecutor
 
 log = structlog.get_logger("agentfleet.tools")
 
@@ -121,3 +126,39 @@ class ToolPool:
 def sync_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
     """The threads that run plain (non-async) tools."""
     return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="tool-sync")
+
+
+_process_pool: ToolPool | None = None
+_process_lock = threading.Lock()
+
+
+def process_pool(make: Callable[[], ToolPool]) -> ToolPool:
+    """The process's pool, made by `make` on its first tool call (agent workers never make one)."""
+    global _process_pool
+    with _process_lock:
+        if _process_pool is None:
+            _process_pool = make()
+        return _process_pool
+
+
+class DrainToolCalls(bootsteps.StartStopStep):
+    """On shutdown, after the consumer and the Celery pool have stopped (this step starts before
+    them, so it stops after them), wait for the calls the loop still holds. Runs on a warm stop
+    and on a cold one (`terminate`) alike."""
+
+    requires = ("celery.worker.components:Timer",)
+
+    def stop(self, worker: Any) -> None:
+        pool = _process_pool
+        if pool is None or pool.inflight == 0:
+            return
+        timeout_s = float(worker.app.conf.worker_soft_shutdown_timeout or 0)
+        log.info(
+            "tool worker stopping: waiting for calls in flight", inflight=pool.inflight, timeout_s=timeout_s
+        )
+        left = pool.drain(timeout_s)
+        if left:
+            log.warning("tool worker stopped with calls in flight", inflight=left)
+
+    def terminate(self, worker: Any) -> None:
+        self.stop(worker)

@@ -1,11 +1,11 @@
 """One HTTP exchange for the HTTP tools: SSRF-guarded, pinned, within a deadline, body capped.
 
 `send` resolves and checks each hop's host with `netguard`, then connects to exactly the checked
-address, with `Host` and TLS SNI set to the host. It is async: every call of a tool-worker process
-shares one `httpx.AsyncClient` per event loop (`shared_client`), whose pool holds up to
-`tools.worker_max_inflight` connections (httpx's default is 100) and keeps none alive after its
-request, so a TLS connection made for one host never carries another host's request to the
-same address. The whole call, DNS included (in a thread of its own pool), ends within
+address, with `Host` and TLS SNI set to the host. It is async: the calls of a tool-worker process
+share the event loop's `httpx.AsyncClient`s (`shared_client`, a few small pools taken in turn),
+which together hold up to `tools.worker_max_inflight` connections (httpx's default is 100) and
+keep none alive after its request, so a TLS connection made for one host never carries another
+host's request to the same address. The whole call, DNS included (in a thread of its own pool), ends within
 `ctx.timeout_s`; the body is cut at `tools.http.max_body_bytes` decoded bytes (default 1 MiB; a
 gzip or deflate body is decoded within that cap, other encodings are refused: `http_body`). Errors become
 `ToolFailure`s: `denied`, `timeout`, `http_error` (with `status` and `retry_after_s` when known).
