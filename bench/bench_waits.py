@@ -49,6 +49,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -280,17 +281,27 @@ async def _fan_out(fleet: Fleet, count: int, call: Callable[[httpx.AsyncClient, 
 
 
 def post_runs(fleet: Fleet, bodies: list[dict[str, Any]]) -> list[str]:
-    """POST every body as fast as CONNECTIONS connections go; the run ids. A 429 is retried."""
+    """POST every body as fast as CONNECTIONS connections go; the run ids. A 429 or a dropped
+    connection is retried."""
+
+    batch = uuid.uuid4().hex[:8]
 
     async def post(client: httpx.AsyncClient, i: int) -> str:
+        # A connection the server closed as it was reused (keep-alive) is tried again: the
+        # Idempotency-Key makes a POST that did land answer with the same run.
+        headers = {"Idempotency-Key": f"bench-{batch}-{i}"}
         for _ in range(20):
-            resp = await client.post("/v1/runs", json=bodies[i])
+            try:
+                resp = await client.post("/v1/runs", json=bodies[i], headers=headers)
+            except httpx.TransportError:
+                await asyncio.sleep(0.2)
+                continue
             if resp.status_code == 202:
                 return str(resp.json()["id"])
             if resp.status_code != 429:
                 raise RuntimeError(f"POST /v1/runs answered {resp.status_code}: {resp.text[:300]}")
             await asyncio.sleep(float(resp.headers.get("Retry-After") or 1))
-        raise RuntimeError("POST /v1/runs answered 429 twenty times")
+        raise RuntimeError("POST /v1/runs failed twenty times (429 or a dropped connection)")
 
     return asyncio.run(_fan_out(fleet, len(bodies), post))
 
@@ -299,7 +310,14 @@ def read_runs(fleet: Fleet, ids: list[str]) -> list[dict[str, Any]]:
     """Every run with its steps (`GET /v1/runs/{id}?steps=true`)."""
 
     async def get(client: httpx.AsyncClient, i: int) -> dict[str, Any]:
-        resp = await client.get(f"/v1/runs/{ids[i]}", params={"steps": "true"})
+        for _ in range(5):  # a keep-alive connection the server closed as it was reused
+            try:
+                resp = await client.get(f"/v1/runs/{ids[i]}", params={"steps": "true"})
+                break
+            except httpx.TransportError:
+                await asyncio.sleep(0.2)
+        else:
+            raise RuntimeError(f"GET /v1/runs/{ids[i]}: the connection dropped five times")
         if resp.status_code != 200:
             raise RuntimeError(f"GET /v1/runs/{ids[i]} answered {resp.status_code}: {resp.text[:300]}")
         run: dict[str, Any] = resp.json()

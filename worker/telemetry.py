@@ -29,6 +29,11 @@ def setup_logging(settings: Settings) -> None:
     logging.captureWarnings(True)  # Python warnings become log lines too (JSON, redacted, capped)
     # At DEBUG Celery's pool logs every task message whole (tool arguments included): never.
     logging.getLogger("celery.pool").setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
+    # httpx logs every request at INFO: a line per tool call, with its URL (the tool worker's own
+    # `tool executed` line says what matters). At DEBUG they stay.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 SAFE_REQUEST_HEADERS = frozenset({"content-type", "content-length", "user-agent", "accept", "host"})

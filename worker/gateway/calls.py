@@ -602,11 +602,10 @@ class ToolGateway:
             if left <= 0:
                 return error_result("timeout", f"tool {tool!r} did not answer within {timeout_s:g} s"), False
             if parking and now >= stay_until:
-                raw = self.r.lpop(reply_key)
-                if raw is not None:
-                    return _reply_envelope(raw)
                 if first_wait:
                     _note_stay(tool, answered=False)
+                # The park script parks only if the reply is not there yet; if it is, the run
+                # goes on here, `resumed`: with a stay, so the reply is taken at once.
                 raise Park(min(give_up_ts, self.guard.deadline_ts), {**wait, "resumed": True}, reply_key)
             window = min(SLICE_S, left, max(self.guard.remaining_s(), 0.01))
             if parking:
