@@ -258,48 +258,57 @@ class Scheduler:
     def tick(self) -> tuple[int, int]:
         """One round: resume due runs (ending those past their deadline), then end parked runs
         that a kill switch covers. Returns (resumed, killed)."""
-        resumed = 0
-        now = time.time()
-        due = self.timers.claim_due(now)
-        for item in due:
-            if item.deadline_ts <= now:
-                self.store.finish(item.run_id, STOPPED, "max_seconds", only_if="parked")
-                continue
-            self.resume(item)
-            resumed += 1
-        killed = 0
-        all_reason, tenants, agents = self.timers.switched_on()
-        if all_reason is not None or tenants or agents:
-            covered = self.timers.covered(all_reason, tenants, agents)
-            ended = end_killed(self.store, covered)
-            if all_reason is not None:  # and the runs still queued: none of them may start
-                ended += end_killed(self.store, [(r, all_reason) for r in self.timers.queued()], "queued")
-            killed = len(ended)
-            if ended:
-                log.warning(
-                    "kill-switch hit", parked_runs=killed, reason=all_reason or "tenant or agent switch"
-                )
-        if len(due) >= CLAIM_BATCH:
-            return self.tick_more(resumed, killed)
-        return resumed, killed
+        return self.resume_due(), self.sweep()
 
-    def tick_more(self, resumed: int, killed: int) -> tuple[int, int]:
-        """A full batch was due: claim the next batch now rather than a tick later."""
-        more, more_killed = self.tick()
-        return resumed + more, killed + more_killed
+    def resume_due(self) -> int:
+        """Resume the runs whose timer is due (ending those past their deadline), batch after
+        batch while full batches are due. Returns how many resumes were sent."""
+        resumed = 0
+        while True:
+            now = time.time()
+            due = self.timers.claim_due(now)
+            for item in due:
+                if item.deadline_ts <= now:
+                    self.store.finish(item.run_id, STOPPED, "max_seconds", only_if="parked")
+                    continue
+                self.resume(item)
+                resumed += 1
+            if len(due) < CLAIM_BATCH:
+                return resumed
+
+    def sweep(self) -> int:
+        """End the parked runs a kill switch covers (and, under kill:all, the queued ones)."""
+        all_reason, tenants, agents = self.timers.switched_on()
+        if all_reason is None and not tenants and not agents:
+            return 0
+        covered = self.timers.covered(all_reason, tenants, agents)
+        ended = end_killed(self.store, covered)
+        if all_reason is not None:  # and the runs still queued: none of them may start
+            ended += end_killed(self.store, [(r, all_reason) for r in self.timers.queued()], "queued")
+        if ended:
+            log.warning(
+                "kill-switch hit", parked_runs=len(ended), reason=all_reason or "tenant or agent switch"
+            )
+        return len(ended)
 
     def run(self, stop: threading.Event, bell: redis.Redis | None = None) -> None:
-        """Tick until `stop` is set. With `bell` (a client of its own: the BLPOP blocks it), a
-        reply's ring starts a tick at once; else every tick_s."""
+        """Every tick_s: resume due runs and sweep the kill switches, until `stop` is set. With
+        `bell` (a client of its own: the BLPOP blocks it), a reply's ring resumes due runs at
+        once, between ticks (the sweep keeps its pace: a burst of replies costs no more of it)."""
+        next_sweep = 0.0
         while not stop.is_set():
             try:
-                self.tick()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.tick_s
+                    self.sweep()
+                self.resume_due()
+                wait_s = max(0.001, next_sweep - time.monotonic())
                 if bell is None:
-                    stop.wait(self.tick_s)
-                else:
-                    rang = bell.blpop([self.timers.keys.timers_bell()], timeout=self.tick_s)
-                    if rang is not None:
-                        bell.delete(self.timers.keys.timers_bell())  # one tick answers every ring
+                    stop.wait(wait_s)
+                    continue
+                rang = bell.blpop([self.timers.keys.timers_bell()], timeout=wait_s)
+                if rang is not None:
+                    bell.delete(self.timers.keys.timers_bell())  # one round answers every ring
             except Exception as exc:  # a broken Redis or broker: try again a little later
                 log.warning("timer scheduler error", error=f"{type(exc).__name__}: {exc}"[:200])
                 stop.wait(1.0)
