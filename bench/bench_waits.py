@@ -649,6 +649,10 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:,.2f}x" if a is not None and b else "—"
 
 
+GOAL_WAITING_SHARE = 0.9  # of the row's runs, waiting at the server at once
+GOAL_PER_GIB = 1_000
+
+
 def verdict(passed: bool) -> str:
     return "PASS" if passed else "FAIL"
 
@@ -661,6 +665,16 @@ def goals(first: Row | None, kill_a: KillResult | None) -> list[str]:
         all_ok = first.ok == first.runs
         out.append(
             f"- {verdict(all_ok)}: {n}: every run succeeded, tool step ok ({first.ok:,}/{first.runs:,})"
+        )
+        many = first.peak_waiting >= GOAL_WAITING_SHARE * first.runs
+        out.append(
+            f"- {verdict(many)}: {n}: at least {GOAL_WAITING_SHARE:.0%} of the runs waiting at the server at "
+            f"the same moment ({first.peak_waiting:,}; parked at once: {first.peak_parked:,})"
+        )
+        dense = first.per_gib() >= GOAL_PER_GIB
+        out.append(
+            f"- {verdict(dense)}: {n}: at least {GOAL_PER_GIB:,} waiting runs per GiB of worker PSS "
+            f"({first.per_gib():,.0f})"
         )
         in_time = first.wall_s is not None and first.wall_s <= GOAL_WALL_S
         wall = f"{first.wall_s:.1f} s" if first.wall_s is not None else f"not all ended in {first.cap_s:g} s"
