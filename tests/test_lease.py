@@ -3,6 +3,8 @@ real workers is in tests/test_recovery.py)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import subprocess
@@ -16,7 +18,7 @@ import pytest
 
 from worker.keys import Keys
 from worker.run.keeper import RunKeeper
-from worker.run.lease import Leases, holder_is_dead, new_token
+from worker.run.lease import Leases, holder_is_dead, lost_deliveries, new_token
 from worker.run.store import Budgets, RunStore
 
 KEYS = Keys("fleet")
@@ -162,3 +164,27 @@ def test_a_failing_watchdog_does_not_stop_the_keeper_renewing_other_leases(
         keeper.watch(held, time.time() + 0.05, broken)
         time.sleep(TTL_S * 3)
         assert r.get(KEYS.run_lease("alive")) == "host:1:b" and not other.lost.is_set()
+
+
+def _unacked_entry(run_id: str) -> str:
+    """A kombu Redis transport `unacked` value for a run's message, as a worker holds it."""
+    body = base64.b64encode(json.dumps([[run_id], {}, {}]).encode()).decode()
+    return json.dumps([{"headers": {"task": "fleet.run_agent"}, "body": body}, "", "agents"])
+
+
+def test_a_queued_run_whose_message_is_nowhere_is_found_once_when_the_queue_is_empty(
+    r: fakeredis.FakeRedis, store: RunStore
+) -> None:
+    # r1, dead and alive were created just now: none is old enough yet
+    assert lost_deliveries(r, KEYS, "fleet.run_agent") == []
+    found_now = lost_deliveries(r, KEYS, "fleet.run_agent", min_age_s=-1)
+    assert sorted(found_now) == ["alive", "dead", "r1"]
+    assert lost_deliveries(r, KEYS, "fleet.run_agent", min_age_s=-1) == []  # claimed once
+    for run_id in ("r1", "dead", "alive"):
+        r.delete(KEYS.run_redelivery(run_id))
+    r.hset("unacked", "tag-1", _unacked_entry("r1"))  # a worker holds r1's message
+    store.start("dead", "host:1:x")  # started since: not queued any more
+    assert lost_deliveries(r, KEYS, "fleet.run_agent", min_age_s=-1) == ["alive"]
+    r.delete(KEYS.run_redelivery("alive"))
+    r.rpush("agents", "a message")  # messages still queued: nothing is judged lost
+    assert lost_deliveries(r, KEYS, "fleet.run_agent", min_age_s=-1) == []

@@ -169,6 +169,46 @@ def stuck_deliveries(
     return found
 
 
+def lost_deliveries(
+    r: redis.Redis, keys: Keys, task_name: str, queue: str = "agents", min_age_s: float = STUCK_DELIVERY_S
+) -> list[str]:
+    """Runs still queued after `min_age_s` whose message is nowhere: the agents queue is empty
+    and no worker holds it unacked. kombu takes a message off the list and records it as unacked
+    in two steps; a Redis that stops between them (a restart, a failover) loses it, and the run
+    would stay queued for ever. Each is claimed once, for a few minutes, like stuck_deliveries'.
+    Looked for only while the queue is empty (one LLEN otherwise): then every queued run's
+    message must be unacked somewhere."""
+    if r.llen(queue) > 0:
+        return []
+    members = [str(m) for m in r.zrange(keys.queued_runs(), 0, -1)]
+    old: list[str] = []
+    before = time.time() - min_age_s
+    for member in members:
+        _, created, run_id = member.rsplit("|", 2) if member.count("|") >= 2 else ("", "", "")
+        try:
+            if run_id and float(created) < before:
+                old.append(run_id)
+        except ValueError:
+            continue
+    if not old:
+        return []
+    held = set()
+    for raw in r.hvals(KOMBU_UNACKED):
+        try:
+            payload = json.loads(raw)[0]
+            if payload.get("headers", {}).get("task") == task_name:
+                held.add(str(json.loads(base64.b64decode(payload["body"]))[0][0]))
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+    found = []
+    for run_id in old:
+        if run_id in held or r.hget(keys.run(run_id), "status") != "queued":
+            continue
+        if r.set(keys.run_redelivery(run_id), "1", nx=True, ex=int(REAP_CLAIM_S * 10)):
+            found.append(run_id)
+    return found
+
+
 def reaper_loop(
     leases: Leases,
     requeue: Callable[[str], None],
@@ -177,8 +217,8 @@ def reaper_loop(
     task_name: str = "fleet.run_agent",
 ) -> None:
     """Every DEADLINE_SCAN_S, end the runs past their deadline that nobody executes; every
-    REAP_INTERVAL_S, requeue the runs whose lease expired, and the queued runs whose delivery is
-    stuck with a dead worker (runs until `stop` is set)."""
+    REAP_INTERVAL_S, requeue the runs whose lease expired, the queued runs whose delivery is
+    stuck with a dead worker, and those whose message was lost (runs until `stop` is set)."""
     next_reap = time.monotonic() + REAP_INTERVAL_S
     while not stop.wait(DEADLINE_SCAN_S):
         try:
@@ -189,6 +229,8 @@ def reaper_loop(
             for run_id in leases.reap():
                 requeue(run_id)
             for run_id in stuck_deliveries(leases.r, leases.keys, task_name):
+                requeue(run_id)
+            for run_id in lost_deliveries(leases.r, leases.keys, task_name):
                 requeue(run_id)
         except Exception:  # a broken Redis or broker: try again next round
             time.sleep(REAP_INTERVAL_S)
