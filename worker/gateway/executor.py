@@ -131,33 +131,41 @@ class ToolExecutor:
     ) -> None:
         """Execute one attempt and push its reply for the waiting run. When the tool ran, the same
         script reports the outcome to the breaker and records a final result (the run's side
-        would otherwise do it after the reply), so the run moves on as soon as it has the reply."""
+        would otherwise do it after the reply), so the run moves on as soon as it has the reply.
+        The call's slot (tools.max_concurrency) is given back after the reply, in the same trip
+        off the loop: the run does not wait for it."""
         started = time.monotonic()
-        result, ran = await self.execute_async(call_id, attempt, tool, args, timeout_s)
+        result, ran, slot = await self._attempt(call_id, attempt, tool, args, timeout_s)
+        result = self._capped(result)
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         spec = tools.get_tool(tool)
+        answered: list[tuple[bool, str, str]] = []
 
         def reply() -> tuple[bool, str, str]:
-            return self._reply(
-                reply_key=self.keys.call_reply(call_id, attempt),
-                call_key=self.keys.call(call_id),
-                breaker_key=self.keys.breaker(tool),
-                stats_key=self.keys.stats_tools(),
-                run_key=self.keys.run(call_id.split(":", 1)[0]),
-                timers_key=self.keys.timers(),
-                bell_key=self.keys.timers_bell(),
-                run_id=call_id.split(":", 1)[0],
-                envelope=json.dumps(result),
-                reply_ttl_s=REPLY_TTL_S,
-                attempt=attempt,
-                # a model call's breaker and record belong to its model (`llm:<model>`): the run's side
-                settle=ran and spec is not None and tool != tools.MODEL_TOOL,
-                ok=not is_failure(result),
-                breaker=self._breaker,
-                final=spec is not None and is_final(spec, attempt, result, self.settings),
-                call_ttl_s=CALL_RECORD_TTL_S,
-                stats_field=stats_field(tool, result),
-            )
+            if not answered:  # a retry after Redis failed under the release pushes no second reply
+                answer = self._reply(
+                    reply_key=self.keys.call_reply(call_id, attempt),
+                    call_key=self.keys.call(call_id),
+                    breaker_key=self.keys.breaker(tool),
+                    stats_key=self.keys.stats_tools(),
+                    run_key=self.keys.run(call_id.split(":", 1)[0]),
+                    timers_key=self.keys.timers(),
+                    bell_key=self.keys.timers_bell(),
+                    run_id=call_id.split(":", 1)[0],
+                    envelope=json.dumps(result),
+                    reply_ttl_s=REPLY_TTL_S,
+                    attempt=attempt,
+                    # a model call's breaker and record belong to its model (`llm:<model>`): the run's side
+                    settle=ran and spec is not None and tool != tools.MODEL_TOOL,
+                    ok=not is_failure(result),
+                    breaker=self._breaker,
+                    final=spec is not None and is_final(spec, attempt, result, self.settings),
+                    call_ttl_s=CALL_RECORD_TTL_S,
+                    stats_field=stats_field(tool, result),
+                )
+                answered.append(answer)
+            self._release(slot)
+            return answered[0]
 
         settled, before, after = await self._redis_until(reply, started + timeout_s + REPLY_GRACE_S)
         # after the reply: the run does not wait for this line
@@ -201,41 +209,70 @@ class ToolExecutor:
         """The envelope of one attempt, at most tools.max_result_bytes of JSON (never raises for a
         tool's failure), and whether the tool ran (False: the attempt was refused, stale, or
         answered from a record, and the dependency was not asked)."""
-        envelope, ran = await self._in_slot(call_id, attempt, tool, args, timeout_s)
+        envelope, ran, slot = await self._attempt(call_id, attempt, tool, args, timeout_s)
+        await self._redis(self._release, slot)
+        return self._capped(envelope), ran
+
+    def _capped(self, envelope: dict[str, Any]) -> dict[str, Any]:
         limit = self.settings.tools.max_result_bytes
         if envelope.get("ok") and len(json.dumps(envelope["result"])) > limit:
-            envelope = {"ok": True, "result": cap_bytes(envelope["result"], limit), "truncated": True}
-        return envelope, ran
+            return {"ok": True, "result": cap_bytes(envelope["result"], limit), "truncated": True}
+        return envelope
 
-    async def _in_slot(
+    async def _attempt(
         self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[dict[str, Any], bool, tuple[str, str] | None]:
+        """The attempt's envelope, whether the tool ran, and the slot it holds (key, member; to
+        give back with `_release`), if it took one. The checks before the tool and the slot are
+        one trip off the loop: an attempt that must not run takes no slot."""
+        spec = tools.get_tool(tool)
         key, member = self.keys.tool_slots(tool), slot_member(call_id, attempt)
         limit = self.settings.tools.concurrency(tool)
         # Redis down at the start: wait for it no longer than the call's own time
         start_by = time.monotonic() + timeout_s
-        if not await self._redis_until(lambda: self._slots.acquire(key, member, limit, timeout_s), start_by):
-            busy = f"tool {tool!r} is busy: {limit} calls in flight in the fleet"
-            return error_result("rate_limited", busy), False
+
+        def admit() -> dict[str, Any] | None:
+            refused = self._precheck(call_id, attempt, tool, spec, args)
+            if refused is not None:
+                return refused
+            if not self._slots.acquire(key, member, limit, timeout_s):
+                busy = f"tool {tool!r} is busy: {limit} calls in flight in the fleet"
+                return error_result("rate_limited", busy)
+            return None
+
+        refused = await self._redis_until(admit, start_by)
+        if refused is not None:
+            return refused, False, None
+        slot = (key, member)
         try:
-            return await self._run(call_id, attempt, tool, args, timeout_s, start_by)
-        finally:
-            try:
-                await self._redis(self._slots.release, key, member)
-            except redis.RedisError as exc:  # the slot lapses by itself after timeout + grace
-                log.warning("tool slot not released", tool=tool, error=type(exc).__name__)
+            envelope, ran = await self._run(call_id, attempt, tool, spec, args, timeout_s, start_by)
+        except BaseException:
+            await self._redis(self._release, slot)
+            raise
+        return envelope, ran, slot
+
+    def _release(self, slot: tuple[str, str] | None) -> None:
+        """Give a call's slot back (blocking); a slot that cannot be given back now lapses by
+        itself after the call's timeout and grace."""
+        if slot is None:
+            return
+        try:
+            self._slots.release(*slot)
+        except redis.RedisError as exc:
+            log.warning("tool slot not released", tool=slot[0].rsplit(":", 1)[-1], error=type(exc).__name__)
 
     async def _run(
-        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float, start_by: float
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        spec: tools.Tool | None,
+        args: Any,
+        timeout_s: float,
+        start_by: float,
     ) -> tuple[dict[str, Any], bool]:
-        """The attempt's envelope, and whether the tool ran for it."""
-        spec = tools.get_tool(tool)
+        """The attempt's envelope, and whether the tool ran for it (the checks have passed)."""
         ctx = ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
-        refused = await self._redis_until(
-            lambda: self._precheck(call_id, attempt, tool, spec, args), start_by
-        )
-        if refused is not None:
-            return refused, False
         if spec is None or not spec.writes:
             return await tools.execute_async(tool, args, ctx, self._sync_pool), spec is not None
         exec_key = self.keys.call_exec(call_id)

@@ -15,5 +15,5 @@ class EchoArgs(BaseModel):
 
 
 @tool("echo", args=EchoArgs, description="Returns its arguments.")
-def echo(args: EchoArgs, ctx: ToolContext) -> dict[str, Any]:
+async def echo(args: EchoArgs, ctx: ToolContext) -> dict[str, Any]:  # on the loop: no thread
     return args.model_dump()
