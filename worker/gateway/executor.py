@@ -33,6 +33,7 @@ import concurrent.futures
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -66,6 +67,16 @@ if redis.call('HSETNX', KEYS[1], 'claimed_by', ARGV[1]) == 1 then
 end
 return {'claimed', redis.call('HGET', KEYS[1], 'claimed_by')}
 """
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What `ToolExecutor.admit` decided: the envelope of an attempt that must not run, or the
+    slot it took; `start_by` (monotonic) bounds waiting for a Redis that is down."""
+
+    refused: dict[str, Any] | None
+    slot: tuple[str, str] | None
+    start_by: float
 
 
 class ToolExecutor:
@@ -128,14 +139,16 @@ class ToolExecutor:
         args: Any,
         timeout_s: float,
         trace_id: str | None = None,
+        admitted: Admitted | None = None,
     ) -> None:
-        """Execute one attempt and push its reply for the waiting run. When the tool ran, the same
+        """Execute one attempt and push its reply for the waiting run (`admitted`: its checks and
+        slot, taken already by the caller, off the loop: see `admit`). When the tool ran, the same
         script reports the outcome to the breaker and records a final result (the run's side
         would otherwise do it after the reply), so the run moves on as soon as it has the reply.
         The call's slot (tools.max_concurrency) is given back after the reply, in the same trip
         off the loop: the run does not wait for it."""
         started = time.monotonic()
-        result, ran, slot = await self._attempt(call_id, attempt, tool, args, timeout_s)
+        result, ran, slot = await self._attempt(call_id, attempt, tool, args, timeout_s, admitted)
         result = self._capped(result)
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         spec = tools.get_tool(tool)
@@ -219,37 +232,53 @@ class ToolExecutor:
             return {"ok": True, "result": cap_bytes(envelope["result"], limit), "truncated": True}
         return envelope
 
-    async def _attempt(
-        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float
-    ) -> tuple[dict[str, Any], bool, tuple[str, str] | None]:
-        """The attempt's envelope, whether the tool ran, and the slot it holds (key, member; to
-        give back with `_release`), if it took one. The checks before the tool and the slot are
-        one trip off the loop: an attempt that must not run takes no slot."""
+    def admit(self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float) -> Admitted:
+        """The checks before the tool and the call's slot (blocking; a Redis that is down is
+        waited for, no longer than the call's own time). An attempt that must not run takes no
+        slot. The tool worker's Celery thread calls this before it hands the call to the loop,
+        so the loop's first step is the tool itself."""
         spec = tools.get_tool(tool)
         key, member = self.keys.tool_slots(tool), slot_member(call_id, attempt)
         limit = self.settings.tools.concurrency(tool)
-        # Redis down at the start: wait for it no longer than the call's own time
         start_by = time.monotonic() + timeout_s
+        pause_s = REPLY_RETRY_FIRST_S
+        while True:
+            try:
+                refused = self._precheck(call_id, attempt, tool, spec, args)
+                if refused is not None:
+                    return Admitted(refused, None, start_by)
+                if not self._slots.acquire(key, member, limit, timeout_s):
+                    busy = f"tool {tool!r} is busy: {limit} calls in flight in the fleet"
+                    return Admitted(error_result("rate_limited", busy), None, start_by)
+                return Admitted(None, (key, member), start_by)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() + pause_s > start_by:
+                    raise
+                time.sleep(pause_s)
+                pause_s = min(pause_s * 2, REPLY_RETRY_MAX_S)
 
-        def admit() -> dict[str, Any] | None:
-            refused = self._precheck(call_id, attempt, tool, spec, args)
-            if refused is not None:
-                return refused
-            if not self._slots.acquire(key, member, limit, timeout_s):
-                busy = f"tool {tool!r} is busy: {limit} calls in flight in the fleet"
-                return error_result("rate_limited", busy)
-            return None
-
-        refused = await self._redis_until(admit, start_by)
-        if refused is not None:
-            return refused, False, None
-        slot = (key, member)
+    async def _attempt(
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        admitted: Admitted | None = None,
+    ) -> tuple[dict[str, Any], bool, tuple[str, str] | None]:
+        """The attempt's envelope, whether the tool ran, and the slot it holds (key, member; to
+        give back with `_release`), if it took one."""
+        if admitted is None:
+            admitted = await self._redis(self.admit, call_id, attempt, tool, args, timeout_s)
+        if admitted.refused is not None:
+            return admitted.refused, False, None
+        spec = tools.get_tool(tool)
         try:
-            envelope, ran = await self._run(call_id, attempt, tool, spec, args, timeout_s, start_by)
+            envelope, ran = await self._run(call_id, attempt, tool, spec, args, timeout_s, admitted.start_by)
         except BaseException:
-            await self._redis(self._release, slot)
+            await self._redis(self._release, admitted.slot)
             raise
-        return envelope, ran, slot
+        return envelope, ran, admitted.slot
 
     def _release(self, slot: tuple[str, str] | None) -> None:
         """Give a call's slot back (blocking); a slot that cannot be given back now lapses by

@@ -33,7 +33,7 @@ import structlog
 from celery import bootsteps
 
 if TYPE_CHECKING:  # celery_app registers DrainToolCalls: importing it must stay light for the API
-    from worker.gateway.executor import ToolExecutor
+    from worker.gateway.executor import Admitted, ToolExecutor
 
 log = structlog.get_logger("agentfleet.tools")
 
@@ -64,13 +64,21 @@ class ToolPool:
         timeout_s: float,
         trace_id: str | None = None,
     ) -> None:
-        """Hand one call to the loop; blocks while the process already holds its maximum."""
+        """Take the call's checks and slot here (the caller's thread: the loop's first step is
+        then the tool), and hand it to the loop; blocks while the process already holds its
+        maximum."""
         self._slots.acquire()
         try:
             loop = self._started()
             with self._lock:
                 self._inflight += 1
-            coro = self._one(call_id, attempt, tool, args, timeout_s, trace_id)
+            try:
+                admitted = self._executor.admit(call_id, attempt, tool, args, timeout_s)
+            except Exception as exc:  # Redis down past the call's time: as a failure in _one
+                log.error("tool call failed", tool=tool, attempt=attempt, error=type(exc).__name__)
+                self._done()
+                return
+            coro = self._one(call_id, attempt, tool, args, timeout_s, trace_id, admitted)
             asyncio.run_coroutine_threadsafe(coro, loop)
         except BaseException:
             self._done()
@@ -105,10 +113,17 @@ class ToolPool:
             return self._loop
 
     async def _one(
-        self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float, trace_id: str | None
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        trace_id: str | None,
+        admitted: Admitted | None = None,
     ) -> None:
         try:
-            await self._executor.answer_async(call_id, attempt, tool, args, timeout_s, trace_id)
+            await self._executor.answer_async(call_id, attempt, tool, args, timeout_s, trace_id, admitted)
         except Exception as exc:
             # A Redis outage, most likely: no reply was pushed, so the run times the attempt out
             # and retries it under the gateway's rules.
