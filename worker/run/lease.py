@@ -144,6 +144,31 @@ STUCK_DELIVERY_S = 30.0  # a live worker starts a run within milliseconds of tak
 KOMBU_UNACKED, KOMBU_UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport
 
 
+def queued_runs(r: redis.Redis, keys: Keys) -> list[tuple[float, str]]:
+    """The runs still queued, as (created_ts, run id), from the queued-runs zset (its members
+    are `tenant|created_ts|run id`, written by worker/run/store.py's create script)."""
+    found = []
+    for member in r.zrange(keys.queued_runs(), 0, -1):
+        parts = str(member).rsplit("|", 2)
+        if len(parts) == 3:
+            try:
+                found.append((float(parts[1]), parts[2]))
+            except ValueError:
+                continue
+    return found
+
+
+def unacked_run_id(raw: str | bytes | None, task_name: str) -> str | None:
+    """The run id of a kombu `unacked` entry holding a `task_name` message, else None."""
+    try:
+        payload = json.loads(raw)[0] if raw else None
+        if payload is None or payload.get("headers", {}).get("task") != task_name:
+            return None
+        return str(json.loads(base64.b64decode(payload["body"]))[0][0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
 def stuck_deliveries(
     r: redis.Redis, keys: Keys, task_name: str, min_age_s: float = STUCK_DELIVERY_S
 ) -> list[str]:
@@ -154,13 +179,8 @@ def stuck_deliveries(
         return []
     found = []
     for raw in r.hmget(KOMBU_UNACKED, [str(tag) for tag in tags]):
-        try:
-            payload = json.loads(raw)[0] if raw else None
-            if payload is None or payload.get("headers", {}).get("task") != task_name:
-                continue
-            body = json.loads(base64.b64decode(payload["body"]))
-            run_id = str(body[0][0])
-        except (ValueError, KeyError, IndexError, TypeError):
+        run_id = unacked_run_id(raw, task_name)
+        if run_id is None:
             continue
         if r.hget(keys.run(run_id), "status") == "queued" and r.set(
             keys.run_redelivery(run_id), "1", nx=True, ex=int(REAP_CLAIM_S * 10)
@@ -180,26 +200,11 @@ def lost_deliveries(
     message must be unacked somewhere."""
     if r.llen(queue) > 0:
         return []
-    members = [str(m) for m in r.zrange(keys.queued_runs(), 0, -1)]
-    old: list[str] = []
     before = time.time() - min_age_s
-    for member in members:
-        _, created, run_id = member.rsplit("|", 2) if member.count("|") >= 2 else ("", "", "")
-        try:
-            if run_id and float(created) < before:
-                old.append(run_id)
-        except ValueError:
-            continue
+    old = [run_id for created, run_id in queued_runs(r, keys) if created < before]
     if not old:
         return []
-    held = set()
-    for raw in r.hvals(KOMBU_UNACKED):
-        try:
-            payload = json.loads(raw)[0]
-            if payload.get("headers", {}).get("task") == task_name:
-                held.add(str(json.loads(base64.b64decode(payload["body"]))[0][0]))
-        except (ValueError, KeyError, IndexError, TypeError):
-            continue
+    held = {unacked_run_id(raw, task_name) for raw in r.hvals(KOMBU_UNACKED)}
     found = []
     for run_id in old:
         if run_id in held or r.hget(keys.run(run_id), "status") != "queued":

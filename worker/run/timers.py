@@ -37,6 +37,7 @@ import structlog
 
 from worker import killswitch
 from worker.keys import Keys
+from worker.run.lease import queued_runs
 from worker.run.store import STOPPED, RunStore
 
 log = structlog.get_logger("agentfleet.timers")
@@ -171,8 +172,7 @@ class Timers:
 
     def queued(self) -> list[str]:
         """The runs still queued (RunStore's queued-runs zset, members `tenant|created_ts|id`)."""
-        members = self.r.zrange(self.keys.queued_runs(), 0, -1)
-        return [str(member).rsplit("|", 1)[-1] for member in members]
+        return [run_id for _, run_id in queued_runs(self.r, self.keys)]
 
     def waiting(self) -> int:
         """How many runs are parked (including those due and not yet resumed)."""
