@@ -213,9 +213,18 @@ class ToolWorkerDispatcher:
         self.executor = ToolExecutor(r, KEYS, settings)
         self.sent: list[tuple[str, int, str]] = []
 
-    def send(self, *, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
+    def send(
+        self,
+        *,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: dict[str, Any],
+        timeout_s: float,
+        owner: tuple[str, str] = ("", ""),
+    ) -> None:
         self.sent.append((call_id, attempt, tool))
-        self.executor.answer(call_id, attempt, tool, args, timeout_s)
+        self.executor.answer(call_id, attempt, tool, args, timeout_s, owner=owner)
 
 
 def test_the_tool_worker_settles_a_call_it_ran_so_the_run_needs_one_round_trip() -> None:

@@ -85,8 +85,17 @@ class FlippingDispatcher(InlineDispatcher):
         super().__init__(r, settings, replies=[FAILURE] * 5)
         self.switch = switch
 
-    def send(self, *, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
-        super().send(call_id=call_id, attempt=attempt, tool=tool, args=args, timeout_s=timeout_s)
+    def send(
+        self,
+        *,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: dict[str, Any],
+        timeout_s: float,
+        owner: tuple[str, str] = ("", ""),
+    ) -> None:
+        super().send(call_id=call_id, attempt=attempt, tool=tool, args=args, timeout_s=timeout_s, owner=owner)
         self.r.set(self.switch, "flipped mid-call")
 
 

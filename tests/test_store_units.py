@@ -178,7 +178,16 @@ class InlineDispatcher:
         self.r, self.settings, self.replies = r, settings, replies
         self.sent: list[tuple[str, int, str]] = []
 
-    def send(self, *, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
+    def send(
+        self,
+        *,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: dict[str, Any],
+        timeout_s: float,
+        owner: tuple[str, str] = ("", ""),
+    ) -> None:
         self.sent.append((call_id, attempt, tool))
         if self.replies is not None:
             result = self.replies.pop(0)

@@ -25,6 +25,7 @@ from celery import Celery
 from tests.harness import CountingServer, Fleet, Proc, RedisServer, SlowServer, deep_merge, wait_for
 from worker.keys import Keys, tool_queue
 from worker.run.store import Budgets, RunStore
+from worker.settings import Settings
 from worker.toolslots import ToolSlots
 
 KEYS = Keys("fleet")
@@ -295,3 +296,85 @@ def test_a_slot_lapses_after_the_calls_timeout_and_grace(r: Any) -> None:
     time.sleep(1.1)
     assert slots.acquire(key, "next#0", 1, 5.0) is True
     assert r.zrange(key, 0, -1) == ["next#0"]
+
+
+# -- the tool worker's checks before the tool (unit tests, fakeredis) -------------------------------------
+
+
+def _executor_on(r: Any) -> tuple[Any, Any]:
+    from tests.test_admit_units import CountingRedis
+    from worker.gateway.executor import ToolExecutor
+
+    counting = CountingRedis(server=r.connection_pool.connection_kwargs["server"], decode_responses=True)
+    return counting, ToolExecutor(counting, KEYS, Settings())
+
+
+@pytest.fixture
+def shared_r() -> Any:
+    import fakeredis
+
+    server = fakeredis.FakeServer()
+    return fakeredis.FakeRedis(server=server, decode_responses=True)
+
+
+def test_the_checks_and_the_slot_take_one_round_trip_with_the_senders_owner(shared_r: Any) -> None:
+    counting, executor = _executor_on(shared_r)
+    shared_r.hset(KEYS.run("r1"), mapping={"status": "running", "tenant": "t1", "agent": "scripted"})
+    executor.admit("r1:1:0", 0, "echo", {}, 5.0, ("t1", "scripted"))  # registers the script once
+    counting.round_trips = 0
+    admitted = executor.admit("r1:2:0", 0, "echo", {}, 5.0, ("t1", "scripted"))
+    assert admitted.refused is None and admitted.slot == (KEYS.tool_slots("echo"), "r1:2:0#0")
+    assert counting.round_trips == 1
+    assert shared_r.zscore(KEYS.tool_slots("echo"), "r1:2:0#0") is not None
+
+
+def test_a_wrong_or_missing_owner_still_checks_the_runs_own_switches(shared_r: Any) -> None:
+    """The sender's owner names the switches; the script refuses one that is not the run's."""
+    _, executor = _executor_on(shared_r)
+    shared_r.hset(KEYS.run("r1"), mapping={"status": "running", "tenant": "t1", "agent": "scripted"})
+    shared_r.set(KEYS.kill_tenant("t1"), "tenant t1 stopped")
+    for owner in [("t2", "scripted"), ("t1", "other"), None]:
+        admitted = executor.admit("r1:1:0", 0, "echo", {}, 5.0, owner)
+        assert admitted.refused == {
+            "ok": False,
+            "error": {"type": "killed", "message": "tenant t1 stopped"},
+        }, owner
+        assert admitted.slot is None
+    assert shared_r.zcard(KEYS.tool_slots("echo")) == 0  # a refused attempt takes no slot
+
+
+@pytest.mark.parametrize(
+    ("status", "call_attempt", "limit", "expected_type"),
+    [
+        (None, None, 1000, "denied"),  # no run sent this
+        ("cancelled", None, 1000, "killed"),  # the run ended while the call was queued
+        ("running", "2", 1000, "timeout"),  # the run moved on to attempt 2
+        ("running", None, 1, "rate_limited"),  # the tool's one slot is taken
+    ],
+)
+def test_the_checks_refuse_what_must_not_run(
+    shared_r: Any, status: str | None, call_attempt: str | None, limit: int, expected_type: str
+) -> None:
+    from worker.gateway.executor import ToolExecutor
+
+    if status is not None:
+        shared_r.hset(KEYS.run("r1"), mapping={"status": status, "tenant": "t1", "agent": "a"})
+    if call_attempt is not None:
+        shared_r.hset(KEYS.call("r1:1:0"), "attempt", call_attempt)
+    shared_r.zadd(KEYS.tool_slots("echo"), {"other:1:0#0": time.time() * 1000 + 60_000})
+    executor = ToolExecutor(shared_r, KEYS, Settings(tools={"max_concurrency": {"echo": limit}}))
+    admitted = executor.admit("r1:1:0", 0, "echo", {}, 5.0, ("t1", "a"))
+    assert admitted.refused is not None and admitted.refused["error"]["type"] == expected_type
+    assert admitted.slot is None and shared_r.zrange(KEYS.tool_slots("echo"), 0, -1) == ["other:1:0#0"]
+
+
+def test_the_reply_gives_the_slot_back_in_its_own_trip(shared_r: Any) -> None:
+    counting, executor = _executor_on(shared_r)
+    shared_r.hset(KEYS.run("r1"), mapping={"status": "running", "tenant": "t1", "agent": "a"})
+    executor.answer("r1:1:0", 0, "echo", {"n": 0}, 5.0, owner=("t1", "a"))  # registers the scripts
+    counting.round_trips = 0
+    executor.answer("r1:2:0", 0, "echo", {"n": 1}, 5.0, owner=("t1", "a"))
+    assert counting.round_trips == 2  # the checks with the slot, then the reply with its release
+    assert shared_r.zcard(KEYS.tool_slots("echo")) == 0
+    reply = json.loads(shared_r.lpop(KEYS.call_reply("r1:2:0", 0)) or "{}")
+    assert reply["envelope"] == {"ok": True, "result": {"n": 1}}

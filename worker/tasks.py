@@ -47,7 +47,16 @@ def _trace_id() -> str | None:
 class CeleryDispatcher:
     """Sends tool-call attempts to their tool's queue, `tools.<tool>`."""
 
-    def send(self, *, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> None:
+    def send(
+        self,
+        *,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: dict[str, Any],
+        timeout_s: float,
+        owner: tuple[str, str],
+    ) -> None:
         try:
             app.send_task(
                 TOOL_TASK,
@@ -57,8 +66,8 @@ class CeleryDispatcher:
                 queue=tool_queue(tool),
                 ignore_result=True,  # the reply comes through its own list, never the result backend
                 # sent_at: the queue's oldest-message age (/metrics); the run's trace id, for the
-                # tool worker's log line
-                headers={"sent_at": time.time(), "trace_id": _trace_id()},
+                # tool worker's log line; its tenant and agent, to name the run's switches
+                headers={"sent_at": time.time(), "trace_id": _trace_id(), "owner": list(owner)},
                 # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S)
                 # is dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ by host.
                 expires=timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
@@ -131,7 +140,11 @@ def tool_call(
     acked; waits first while the process holds `tools.worker_max_inflight` calls."""
     trace_id = getattr(self.request, "trace_id", None)  # the dispatcher's headers
     trace_id = trace_id if isinstance(trace_id, str) else None
-    process_pool(_new_tool_pool).submit(call_id, attempt, tool, args, timeout_s, trace_id)
+    sent_owner = getattr(self.request, "owner", None)  # checked against the run: see ToolExecutor.admit
+    owner = None
+    if isinstance(sent_owner, list) and len(sent_owner) == 2 and all(isinstance(x, str) for x in sent_owner):
+        owner = (sent_owner[0], sent_owner[1])
+    process_pool(_new_tool_pool).submit(call_id, attempt, tool, args, timeout_s, trace_id, owner)
 
 
 def requeue(run_id: str) -> None:

@@ -14,20 +14,31 @@ import redis
 
 from worker.gateway.calls import REPLY_GRACE_S
 
-# KEYS: 1 the tool's slots. ARGV: 1 the member (call id and attempt), 2 the limit, 3 the slot's
-# life in ms. Returns 1 (taken) or 0 (the tool is at its limit).
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  return 0
+# One slot of a tool's slots zset `key` for `member` (the call id and attempt), unless `limit`
+# attempts hold one; it lapses `life_ms` from now. Returns true when taken (or held already).
+# Shared by the script below and the tool worker's checks (worker/gateway/checks.py).
+LUA_ACQUIRE_SLOT = """
+local function acquire_slot(key, member, limit, life_ms)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if redis.call('ZSCORE', key, member) == false and redis.call('ZCARD', key) >= limit then
+    return false
+  end
+  redis.call('ZADD', key, now + life_ms, member)
+  if redis.call('PTTL', key) < life_ms then redis.call('PEXPIRE', key, life_ms) end
+  return true
 end
-local expiry = now + tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], expiry, ARGV[1])
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-return 1
 """
+
+# KEYS: 1 the tool's slots. ARGV: 1 the member, 2 the limit, 3 the slot's life in ms.
+# Returns 1 (taken) or 0 (the tool is at its limit).
+_ACQUIRE = (
+    LUA_ACQUIRE_SLOT
+    + """
+return acquire_slot(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])) and 1 or 0
+"""
+)
 
 # KEYS: 1 the tool's slots. ARGV: 1 the member.
 _RELEASE = """
@@ -44,8 +55,7 @@ class ToolSlots:
 
     def acquire(self, key: str, member: str, limit: int, timeout_s: float) -> bool:
         """Take a slot unless `limit` attempts of the tool are in flight fleet-wide."""
-        life_ms = math.ceil((timeout_s + REPLY_GRACE_S) * 1000)
-        return bool(self._acquire(keys=[key], args=[member, limit, life_ms]))
+        return bool(self._acquire(keys=[key], args=[member, limit, slot_life_ms(timeout_s)]))
 
     def release(self, key: str, member: str) -> None:
         self._release(keys=[key], args=[member])
@@ -53,3 +63,8 @@ class ToolSlots:
 
 def slot_member(call_id: str, attempt: int) -> str:
     return f"{call_id}#{attempt}"
+
+
+def slot_life_ms(timeout_s: float) -> int:
+    """How long an attempt's slot is held at most: its timeout and the grace the run allows it."""
+    return math.ceil((timeout_s + REPLY_GRACE_S) * 1000)

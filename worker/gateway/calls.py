@@ -77,8 +77,18 @@ class Dispatcher(Protocol):
     """Sends one attempt of a tool call to a tool worker."""
 
     def send(
-        self, *, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float
-    ) -> None: ...
+        self,
+        *,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: dict[str, Any],
+        timeout_s: float,
+        owner: tuple[str, str],
+    ) -> None:
+        """`owner`: the run's tenant and agent, so the tool worker names the run's switches
+        without reading the run first."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -580,7 +590,14 @@ class ToolGateway:
 
     def _send(self, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> float:
         """Send one (marked) attempt; returns when the run gives up on its reply (unix s)."""
-        self.dispatcher.send(call_id=call_id, attempt=attempt, tool=tool, args=args, timeout_s=timeout_s)
+        self.dispatcher.send(
+            call_id=call_id,
+            attempt=attempt,
+            tool=tool,
+            args=args,
+            timeout_s=timeout_s,
+            owner=(self.tenant, self.agent),
+        )
         return time.time() + timeout_s + REPLY_GRACE_S
 
     def _await_reply(

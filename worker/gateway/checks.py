@@ -166,11 +166,12 @@ return {before, after, existing}
 """
 
 # The tool worker's reply. KEYS: 1 the reply list, 2-4 as _SETTLE, 5 the run's hash, 6 the timers
-# zset, 7 the schedulers' bell. ARGV: 1 the envelope (JSON), 2 the reply's TTL, 3 the attempt,
-# 4 settle here (1/0: only when this attempt ran the tool), 5-10 as _SETTLE's 1-6, 11-12 as its
-# 8-9 (the result is the envelope), 13 the run id. The reply says whether the bookkeeping is done.
+# zset, 7 the schedulers' bell, 8 the tool's slots (toolslots.py). ARGV: 1 the envelope (JSON),
+# 2 the reply's TTL, 3 the attempt, 4 settle here (1/0: only when this attempt ran the tool), 5-10
+# as _SETTLE's 1-6, 11-12 as its 8-9 (the result is the envelope), 13 the run id, 14 the slot's
+# member ('' when the attempt took none). The reply says whether the bookkeeping is done.
 # A run parked on this reply (worker/run/timers.py) is made due and the bell rung: a scheduler resumes
-# it at once.
+# it at once. The attempt's slot is given back in the same trip.
 _REPLY = """
 local settled, before, after = 0, '', ''
 if ARGV[4] == '1' then
@@ -187,6 +188,7 @@ if park[1] == '1' and park[2] == KEYS[1] then
   redis.call('LPUSH', KEYS[7], ARGV[13])
   redis.call('LTRIM', KEYS[7], 0, 63)
 end
+if ARGV[14] ~= '' then redis.call('ZREM', KEYS[8], ARGV[14]) end
 return {settled, before, after}
 """
 
@@ -369,10 +371,14 @@ class Replier:
         final: bool,
         call_ttl_s: int,
         stats_field: str,
+        slot: tuple[str, str] | None = None,
     ) -> tuple[bool, str, str]:
-        """Returns whether the call was settled here, and the breaker's states before and after."""
+        """Returns whether the call was settled here, and the breaker's states before and after.
+        `slot` (the tool's slots key and the attempt's member) is given back in the same trip."""
+        # without a slot, KEYS[8] is a key the script leaves alone
+        slots_key, member = slot if slot is not None else (stats_key, "")
         settled, before, after = self._reply(
-            keys=[reply_key, call_key, breaker_key, stats_key, run_key, timers_key, bell_key],
+            keys=[reply_key, call_key, breaker_key, stats_key, run_key, timers_key, bell_key, slots_key],
             args=[
                 envelope,
                 reply_ttl_s,
@@ -384,6 +390,7 @@ class Replier:
                 call_ttl_s,
                 stats_field,
                 run_id,
+                member,
             ],
         )
         return bool(settled), str(before), str(after)

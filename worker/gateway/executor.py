@@ -8,10 +8,13 @@ checks through killswitch.py's; one client and one code path for both sides, and
 (well under a millisecond) holds a thread briefly, never the loop. Plain tools run in a second
 pool (`tools.sync_threads`), so a hanging plain tool cannot hold up replies.
 
-- Right before a tool executes (two round trips): a call whose run does not exist is refused
-  (`denied`, logged); one whose run has ended (stopped, cancelled) while it waited in the queue,
-  or whose run-level or tool switch is on (killswitch.py: the same keys and rule as every other
-  path), answers `killed` and sends nothing, nor is an attempt the run has moved on from made.
+- Right before a tool executes (one round trip, `BeforeTool`, which also takes the slot below):
+  a call whose run does not exist is refused (`denied`, logged); one whose run has ended
+  (stopped, cancelled) while it waited in the queue, or whose run-level or tool switch is on
+  (killswitch.py: the same keys and rule as every other path), answers `killed` and sends
+  nothing, nor is an attempt the run has moved on from made. The message names the run's tenant
+  and agent (its `owner` header) so the script can name their switches; the script checks them
+  against the run's own.
 - Slots: at most `tools.max_concurrency.<tool>` attempts of one tool run at once in the whole
   fleet (toolslots.py), so a slow dependency cannot take every tool worker's capacity; an attempt
   over it is `rate_limited` at once and not reported to the breaker (the tool did not run).
@@ -49,7 +52,7 @@ from worker.logs import cap_bytes
 from worker.run.store import TERMINAL
 from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result, is_retryable
-from worker.toolslots import ToolSlots, slot_member
+from worker.toolslots import LUA_ACQUIRE_SLOT, ToolSlots, slot_life_ms, slot_member
 
 EXEC_TTL_S = 2 * 86400
 REDIS_THREADS = 16  # Redis round trips of one process at once (each well under a millisecond)
@@ -67,6 +70,64 @@ if redis.call('HSETNX', KEYS[1], 'claimed_by', ARGV[1]) == 1 then
 end
 return {'claimed', redis.call('HGET', KEYS[1], 'claimed_by')}
 """
+
+
+# The tool worker's checks right before a tool runs, and the attempt's slot, in one trip.
+# KEYS: 1 the run's hash, 2 the call's hash, 3 the tool's slots, 4.. the switches
+# (killswitch.run_switch_keys for the tenant and agent in ARGV, then tool_switch_keys).
+# ARGV: 1 tenant, 2 agent (what the sender said; the run's own must match, or the switch keys are
+# not the run's), 3 the attempt, 4 the slot's member, 5 the tool's limit, 6 the slot's life in ms,
+# 7.. the statuses of a run that has ended.
+# Returns {'norun'}, {'other'} (the run's tenant and agent are not ARGV's: read them, call again),
+# {'ended'}, {'killed', reason}, {'final', result}, {'stale', current attempt}, {'busy'} or {'go'}.
+_BEFORE_TOOL = (
+    killswitch.LUA_KILL_REASON
+    + LUA_ACQUIRE_SLOT
+    + """
+local run = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'agent')
+if not run[1] or not run[2] or not run[3] then return {'norun'} end
+if run[2] ~= ARGV[1] or run[3] ~= ARGV[2] then return {'other', run[2], run[3]} end
+for i = 7, #ARGV do
+  if run[1] == ARGV[i] then return {'ended'} end
+end
+local reason = kill_reason({unpack(KEYS, 4)})
+if reason then return {'killed', reason} end
+local call = redis.call('HMGET', KEYS[2], 'attempt', 'result')
+if call[2] then return {'final', call[2]} end
+if call[1] and tonumber(call[1]) > tonumber(ARGV[3]) then return {'stale', call[1]} end
+if not acquire_slot(KEYS[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])) then return {'busy'} end
+return {'go'}
+"""
+)
+
+
+class BeforeTool:
+    """The tool worker's side, before the tool: the run and its switches, the call, the slot."""
+
+    def __init__(self, r: redis.Redis, ended: frozenset[str]) -> None:
+        self._script = r.register_script(_BEFORE_TOOL)
+        self._ended = sorted(ended)
+
+    def __call__(
+        self,
+        *,
+        run_key: str,
+        call_key: str,
+        slots_key: str,
+        switch_keys: list[str],
+        tenant: str,
+        agent: str,
+        attempt: int,
+        member: str,
+        limit: int,
+        life_ms: int,
+    ) -> list[str]:
+        """The script's answer (see _BEFORE_TOOL), as text."""
+        answer = self._script(
+            keys=[run_key, call_key, slots_key, *switch_keys],
+            args=[tenant, agent, attempt, member, limit, life_ms, *self._ended],
+        )
+        return [str(part) for part in answer]
 
 
 @dataclass(frozen=True)
@@ -98,6 +159,7 @@ class ToolExecutor:
         self._claim = r.register_script(_CLAIM)
         self._reply = Replier(r)
         self._slots = ToolSlots(r)
+        self._before = BeforeTool(r, TERMINAL)
         self._breaker = BreakerPolicy(**settings.tools.breaker.model_dump())
         self._redis_pool = concurrent.futures.ThreadPoolExecutor(REDIS_THREADS, "tool-redis")
         self._sync_pool = sync_pool
@@ -114,8 +176,12 @@ class ToolExecutor:
         args: Any,
         timeout_s: float,
         trace_id: str | None = None,
+        owner: tuple[str, str] | None = None,
     ) -> None:
-        asyncio.run(self._closing(self.answer_async(call_id, attempt, tool, args, timeout_s, trace_id)))
+        admitted = self.admit(call_id, attempt, tool, args, timeout_s, owner)
+        asyncio.run(
+            self._closing(self.answer_async(call_id, attempt, tool, args, timeout_s, trace_id, admitted))
+        )
 
     def execute(
         self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float
@@ -145,40 +211,35 @@ class ToolExecutor:
         slot, taken already by the caller, off the loop: see `admit`). When the tool ran, the same
         script reports the outcome to the breaker and records a final result (the run's side
         would otherwise do it after the reply), so the run moves on as soon as it has the reply.
-        The call's slot (tools.max_concurrency) is given back after the reply, in the same trip
-        off the loop: the run does not wait for it."""
+        The call's slot (tools.max_concurrency) is given back by the reply's own script."""
         started = time.monotonic()
         result, ran, slot = await self._attempt(call_id, attempt, tool, args, timeout_s, admitted)
         result = self._capped(result)
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         spec = tools.get_tool(tool)
-        answered: list[tuple[bool, str, str]] = []
 
         def reply() -> tuple[bool, str, str]:
-            if not answered:  # a retry after Redis failed under the release pushes no second reply
-                answer = self._reply(
-                    reply_key=self.keys.call_reply(call_id, attempt),
-                    call_key=self.keys.call(call_id),
-                    breaker_key=self.keys.breaker(tool),
-                    stats_key=self.keys.stats_tools(),
-                    run_key=self.keys.run(call_id.split(":", 1)[0]),
-                    timers_key=self.keys.timers(),
-                    bell_key=self.keys.timers_bell(),
-                    run_id=call_id.split(":", 1)[0],
-                    envelope=json.dumps(result),
-                    reply_ttl_s=REPLY_TTL_S,
-                    attempt=attempt,
-                    # a model call's breaker and record belong to its model (`llm:<model>`): the run's side
-                    settle=ran and spec is not None and tool != tools.MODEL_TOOL,
-                    ok=not is_failure(result),
-                    breaker=self._breaker,
-                    final=spec is not None and is_final(spec, attempt, result, self.settings),
-                    call_ttl_s=CALL_RECORD_TTL_S,
-                    stats_field=stats_field(tool, result),
-                )
-                answered.append(answer)
-            self._release(slot)
-            return answered[0]
+            return self._reply(
+                reply_key=self.keys.call_reply(call_id, attempt),
+                call_key=self.keys.call(call_id),
+                breaker_key=self.keys.breaker(tool),
+                stats_key=self.keys.stats_tools(),
+                run_key=self.keys.run(call_id.split(":", 1)[0]),
+                timers_key=self.keys.timers(),
+                bell_key=self.keys.timers_bell(),
+                run_id=call_id.split(":", 1)[0],
+                envelope=json.dumps(result),
+                reply_ttl_s=REPLY_TTL_S,
+                attempt=attempt,
+                # a model call's breaker and record belong to its model (`llm:<model>`): the run's side
+                settle=ran and spec is not None and tool != tools.MODEL_TOOL,
+                ok=not is_failure(result),
+                breaker=self._breaker,
+                final=spec is not None and is_final(spec, attempt, result, self.settings),
+                call_ttl_s=CALL_RECORD_TTL_S,
+                stats_field=stats_field(tool, result),
+                slot=slot,
+            )
 
         settled, before, after = await self._redis_until(reply, started + timeout_s + REPLY_GRACE_S)
         # after the reply: the run does not wait for this line
@@ -232,30 +293,105 @@ class ToolExecutor:
             return {"ok": True, "result": cap_bytes(envelope["result"], limit), "truncated": True}
         return envelope
 
-    def admit(self, call_id: str, attempt: int, tool: str, args: Any, timeout_s: float) -> Admitted:
-        """The checks before the tool and the call's slot (blocking; a Redis that is down is
-        waited for, no longer than the call's own time). An attempt that must not run takes no
-        slot. The tool worker's Celery thread calls this before it hands the call to the loop,
-        so the loop's first step is the tool itself."""
-        spec = tools.get_tool(tool)
-        key, member = self.keys.tool_slots(tool), slot_member(call_id, attempt)
-        limit = self.settings.tools.concurrency(tool)
+    def admit(
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        owner: tuple[str, str] | None = None,
+    ) -> Admitted:
+        """The checks before the tool and the call's slot, in one round trip (blocking; a Redis
+        that is down is waited for, no longer than the call's own time). `owner` is the run's
+        tenant and agent as the sender said them (the message's headers): the script needs them
+        to name the run's switches, and it refuses names that are not the run's own, so a wrong
+        or missing `owner` costs one more round trip, never a wrong check. An attempt that must not
+        run takes no slot. The tool worker's Celery thread calls this before it hands the call to
+        the loop, so the loop's first step is the tool itself."""
         start_by = time.monotonic() + timeout_s
         pause_s = REPLY_RETRY_FIRST_S
         while True:
             try:
-                refused = self._precheck(call_id, attempt, tool, spec, args)
-                if refused is not None:
-                    return Admitted(refused, None, start_by)
-                if not self._slots.acquire(key, member, limit, timeout_s):
-                    busy = f"tool {tool!r} is busy: {limit} calls in flight in the fleet"
-                    return Admitted(error_result("rate_limited", busy), None, start_by)
-                return Admitted(None, (key, member), start_by)
+                return self._admit(call_id, attempt, tool, args, timeout_s, owner, start_by)
             except (redis.ConnectionError, redis.TimeoutError):
                 if time.monotonic() + pause_s > start_by:
                     raise
                 time.sleep(pause_s)
                 pause_s = min(pause_s * 2, REPLY_RETRY_MAX_S)
+
+    def _admit(
+        self,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: Any,
+        timeout_s: float,
+        owner: tuple[str, str] | None,
+        start_by: float,
+    ) -> Admitted:
+        run_id = call_id.split(":", 1)[0]
+        spec = tools.get_tool(tool)
+        model = args.get("model") if tool == tools.MODEL_TOOL and isinstance(args, dict) else None
+        tool_switches = killswitch.tool_switch_keys(
+            self.keys,
+            tool,
+            writes=spec is not None and spec.writes,
+            model=model if isinstance(model, str) else None,
+        )
+        slot = (self.keys.tool_slots(tool), slot_member(call_id, attempt))
+        limit = self.settings.tools.concurrency(tool)
+        if owner is None:
+            tenant, agent = self.r.hmget(self.keys.run(run_id), ["tenant", "agent"])
+            owner = (str(tenant or ""), str(agent or ""))
+        for _ in range(2):
+            answer = self._before(
+                run_key=self.keys.run(run_id),
+                call_key=self.keys.call(call_id),
+                slots_key=slot[0],
+                switch_keys=[*killswitch.run_switch_keys(self.keys, *owner), *tool_switches],
+                tenant=owner[0],
+                agent=owner[1],
+                attempt=attempt,
+                member=slot[1],
+                limit=limit,
+                life_ms=slot_life_ms(timeout_s),
+            )
+            if answer[0] != "other":
+                break
+            owner = (answer[1], answer[2])  # the sender named another run's owner: the run's own
+        refused = self._refusal(answer, run_id, tool, attempt, limit)
+        return Admitted(refused, None if refused is not None else slot, start_by)
+
+    @staticmethod
+    def _refusal(
+        answer: list[str], run_id: str, tool: str, attempt: int, limit: int
+    ) -> dict[str, Any] | None:
+        """The envelope of an attempt that must not run (BeforeTool's answer), else None."""
+        verdict = answer[0]
+        if verdict == "go":
+            return None
+        if verdict == "norun":
+            # No run sent this (a forged or stray message, or a run long expired): nothing runs.
+            log.warning("tool call refused: no such run", run_id=run_id, tool=tool, attempt=attempt)
+            return error_result("denied", "the call's run does not exist")
+        if verdict == "ended":
+            # The run was stopped, cancelled or ended while this call waited in the queue: a call
+            # nobody waits for is not made (a killed run's writes must not fire later).
+            return error_result("killed", "the run ended before this call was made")
+        if verdict == "killed":  # flipped while the call was queued: nothing leaves the fleet
+            return error_result("killed", answer[1])
+        if verdict == "final":
+            return dict(json.loads(answer[1]))  # the call is over; this is a late redelivery
+        if verdict == "stale":
+            return error_result(
+                "timeout", f"attempt {attempt} is stale: the run moved on to attempt {answer[1]}"
+            )
+        if verdict == "busy":
+            return error_result(
+                "rate_limited", f"tool {tool!r} is busy: {limit} calls in flight in the fleet"
+            )
+        raise RuntimeError(f"the tool worker's checks answered {answer!r}")  # 'other' twice: a bug
 
     async def _attempt(
         self,
@@ -320,46 +456,3 @@ class ToolExecutor:
             record = json.dumps(result)
             await self._redis_until(lambda: self.r.hset(exec_key, "result", record), start_by + REPLY_GRACE_S)
         return result, True
-
-    def _precheck(
-        self, call_id: str, attempt: int, tool: str, spec: tools.Tool | None, args: Any
-    ) -> dict[str, Any] | None:
-        """The envelope of an attempt that must not run (blocking: two round trips), else None."""
-        run_id = call_id.split(":", 1)[0]
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hmget(self.keys.run(run_id), ["status", "tenant", "agent"])
-        pipe.hmget(self.keys.call(call_id), ["attempt", "result"])
-        (status, tenant, agent), (current, final) = pipe.execute()
-        if status is None or tenant is None or agent is None:
-            # No run sent this (a forged or stray message, or a run long expired): nothing runs.
-            log.warning("tool call refused: no such run", run_id=run_id, tool=tool, attempt=attempt)
-            return error_result("denied", "the call's run does not exist")
-        if status in TERMINAL:
-            # The run was stopped, cancelled or ended while this call waited in the queue: a call
-            # nobody waits for is not made (a killed run's writes must not fire later).
-            return error_result("killed", "the run ended before this call was made")
-        reason = self._kill_reason(str(tenant), str(agent), tool, spec, args)
-        if reason is not None:  # flipped while the call was queued: nothing leaves the fleet
-            return error_result("killed", reason)
-        if final is not None:
-            return dict(json.loads(final))  # the call is over; this is a late redelivery
-        if current is not None and int(current) > attempt:
-            stale = f"attempt {attempt} is stale: the run moved on to attempt {current}"
-            return error_result("timeout", stale)
-        return None
-
-    def _kill_reason(
-        self, tenant: str, agent: str, tool: str, spec: tools.Tool | None, args: Any
-    ) -> str | None:
-        """The reason of the first run-level or tool switch that refuses this call, in one MGET."""
-        model = args.get("model") if tool == tools.MODEL_TOOL and isinstance(args, dict) else None
-        switches = [
-            *killswitch.run_switch_keys(self.keys, tenant, agent),
-            *killswitch.tool_switch_keys(
-                self.keys,
-                tool,
-                writes=spec is not None and spec.writes,
-                model=model if isinstance(model, str) else None,
-            ),
-        ]
-        return killswitch.kill_reason(self.r, switches)

@@ -63,6 +63,7 @@ class ToolPool:
         args: Any,
         timeout_s: float,
         trace_id: str | None = None,
+        owner: tuple[str, str] | None = None,
     ) -> None:
         """Take the call's checks and slot here (the caller's thread: the loop's first step is
         then the tool), and hand it to the loop; blocks while the process already holds its
@@ -73,7 +74,7 @@ class ToolPool:
             with self._lock:
                 self._inflight += 1
             try:
-                admitted = self._executor.admit(call_id, attempt, tool, args, timeout_s)
+                admitted = self._executor.admit(call_id, attempt, tool, args, timeout_s, owner)
             except Exception as exc:  # Redis down past the call's time: as a failure in _one
                 log.error("tool call failed", tool=tool, attempt=attempt, error=type(exc).__name__)
                 self._done()
