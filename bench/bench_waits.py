@@ -19,7 +19,7 @@ server in this process answers `/wait/<seconds>/<tag>` after that many seconds a
 the requests it holds at once (a request whose client went away stops counting).
 
 Each row POSTs N runs of the scripted agent (one `http.get` that answers after 4 s, then `final`)
-as fast as 32 concurrent httpx connections go, waits until every run has ended (at most
+as fast as 32 concurrent keep-alive connections go, waits until every run has ended (at most
 `--max-wall-s`; what is left then is stopped with the kill switch and reported as not finished),
 then reads every run with its steps through the API. While the row runs it samples the PSS of the
 agent worker's and the tool worker's process trees (every 0.5 s), `ZCARD <prefix>:timers` (every
@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
 import re
 import resource
@@ -51,10 +52,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -89,7 +91,7 @@ END_WAIT_S = 180.0  # how long runs may take to end after a kill switch
 BASELINE_CONCURRENCY = 32
 BASELINE_BULKHEAD = 8
 PSS_EVERY_S, TIMERS_EVERY_S, METRICS_EVERY_S = 0.5, 0.1, 1.0
-CONNECTIONS = 32  # concurrent httpx connections for the POSTs and the reads
+CONNECTIONS = 32  # concurrent keep-alive connections for the POSTs and the reads (`ApiConnection`)
 PREFIX = "fleet"
 KEYS = Keys(PREFIX)
 # `Keys.timers()` when the parked-runs design is there; the same name otherwise (then always empty)
@@ -264,20 +266,119 @@ class Sampler:
 # -- the API, concurrently ----------------------------------------------------------------------------
 
 
-async def _fan_out(fleet: Fleet, count: int, call: Callable[[httpx.AsyncClient, int], Any]) -> list[Any]:
-    """`call(client, i)` for i in range(count) on CONNECTIONS concurrent connections; results in order."""
+class ApiConnection:
+    """One HTTP/1.1 keep-alive connection to the fleet's API, on `asyncio.open_connection`.
+
+    Why not httpx: the load generator must not take the CPU the measured fleet needs, and on a
+    2-core machine it shares those cores. Measured with `getrusage` around `post_runs` (1,000
+    runs, 32 connections, 2 cores, three runs each): with httpx's AsyncClient the bench process
+    spent 7.1-7.3 ms of CPU per POST /v1/runs (5.9-6.1 ms in the posting thread itself), with
+    this client 0.55-0.96 ms (0.20-0.30 ms in the posting thread; the rest is the slow server's
+    and the samplers' threads). The reads went from 4.6-5.8 ms to 0.20-0.26 ms per GET.
+
+    It speaks only what the API answers: a status line and headers, then exactly Content-Length
+    bytes of body. A chunked body or one without Content-Length is a RuntimeError, not a guess.
+    A `Connection: close` answer closes the connection; the next request opens a new one. Any
+    error during a request closes it too (the stream may be half-read), and is raised.
+    """
+
+    TIMEOUT_S = 60.0  # one request, connecting included; a TimeoutError is an OSError
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"not an http:// URL: {url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.host_header = parts.netloc.encode("ascii")
+        self.auth_line = f"\r\nAuthorization: Bearer {KEY_T1}\r\n".encode("ascii")
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    def message(self, method: str, target: str, extra: bytes = b"", body: bytes | None = None) -> bytes:
+        """A whole request as bytes, built once and sent as is on every try; `extra` holds more
+        header lines (each ending in CRLF)."""
+        length = b"" if body is None else b"Content-Length: %d\r\n" % len(body)
+        return (
+            f"{method} {target} HTTP/1.1\r\nHost: ".encode("ascii")
+            + self.host_header
+            + self.auth_line
+            + extra
+            + length
+            + b"\r\n"
+            + (body or b"")
+        )
+
+    async def request(self, message: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        """Send `message` (from `message()`); the status, the headers (names lowercased) and the
+        body. What a dropped connection raises (`asyncio.IncompleteReadError`, `OSError`) is
+        raised, after closing it."""
+        try:
+            async with asyncio.timeout(self.TIMEOUT_S):
+                if self._writer is None or self._reader is None:
+                    self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+                reader, writer = self._reader, self._writer
+                writer.write(message)
+                await writer.drain()
+                raw = await reader.readuntil(b"\r\n\r\n")
+                status, headers = self._parse_head(raw)
+                if b"transfer-encoding" in headers:
+                    te = headers[b"transfer-encoding"].decode("latin-1")
+                    raise RuntimeError(
+                        f"the API answered {status} with Transfer-Encoding: {te}; this client reads "
+                        "only Content-Length bodies"
+                    )
+                length = headers.get(b"content-length")
+                if length is None or not length.isdigit():
+                    raise RuntimeError(f"the API answered {status} without a valid Content-Length")
+                payload = await reader.readexactly(int(length))
+        except BaseException:
+            self.close()
+            raise
+        if headers.get(b"connection", b"").lower() == b"close" or raw.startswith(b"HTTP/1.0"):
+            self.close()
+        return status, headers, payload
+
+    @staticmethod
+    def _parse_head(raw: bytes) -> tuple[int, dict[bytes, bytes]]:
+        lines = raw[:-4].split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise RuntimeError(f"the API answered with a malformed status line: {lines[0][:100]!r}")
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        return int(parts[1]), headers
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
+async def _fan_out(
+    fleet: Fleet, count: int, call: Callable[[ApiConnection, int], Awaitable[Any]]
+) -> list[Any]:
+    """`call(connection, i)` for i in range(count) on CONNECTIONS connections, one per worker
+    coroutine; results in order."""
     results: list[Any] = [None] * count
     next_index = iter(range(count))
-    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
-    headers = {"Authorization": f"Bearer {KEY_T1}"}
-    async with httpx.AsyncClient(base_url=fleet.url, headers=headers, timeout=60, limits=limits) as client:
 
-        async def worker() -> None:
+    async def worker() -> None:
+        connection = ApiConnection(fleet.url)
+        try:
             for i in next_index:
-                results[i] = await call(client, i)
+                results[i] = await call(connection, i)
+        finally:
+            connection.close()
 
-        await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
+    await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
     return results
+
+
+def _text(body: bytes) -> str:
+    return body.decode("utf-8", "replace")[:300]
 
 
 def post_runs(fleet: Fleet, bodies: list[dict[str, Any]]) -> list[str]:
@@ -286,21 +387,23 @@ def post_runs(fleet: Fleet, bodies: list[dict[str, Any]]) -> list[str]:
 
     batch = uuid.uuid4().hex[:8]
 
-    async def post(client: httpx.AsyncClient, i: int) -> str:
-        # A connection the server closed as it was reused (keep-alive) is tried again: the
-        # Idempotency-Key makes a POST that did land answer with the same run.
-        headers = {"Idempotency-Key": f"bench-{batch}-{i}"}
+    async def post(connection: ApiConnection, i: int) -> str:
+        # A connection the server closed as it was reused (keep-alive) is tried again on a new
+        # one: the Idempotency-Key makes a POST that did land answer with the same run.
+        extra = f"Content-Type: application/json\r\nIdempotency-Key: bench-{batch}-{i}\r\n".encode("ascii")
+        body = json.dumps(bodies[i], separators=(",", ":")).encode()
+        message = connection.message("POST", "/v1/runs", extra, body)
         for _ in range(20):
             try:
-                resp = await client.post("/v1/runs", json=bodies[i], headers=headers)
-            except httpx.TransportError:
+                status, headers, answer = await connection.request(message)
+            except (asyncio.IncompleteReadError, OSError):  # ConnectionError is an OSError
                 await asyncio.sleep(0.2)
                 continue
-            if resp.status_code == 202:
-                return str(resp.json()["id"])
-            if resp.status_code != 429:
-                raise RuntimeError(f"POST /v1/runs answered {resp.status_code}: {resp.text[:300]}")
-            await asyncio.sleep(float(resp.headers.get("Retry-After") or 1))
+            if status == 202:
+                return str(json.loads(answer)["id"])
+            if status != 429:
+                raise RuntimeError(f"POST /v1/runs answered {status}: {_text(answer)}")
+            await asyncio.sleep(float(headers.get(b"retry-after") or 1))
         raise RuntimeError("POST /v1/runs failed twenty times (429 or a dropped connection)")
 
     return asyncio.run(_fan_out(fleet, len(bodies), post))
@@ -309,18 +412,19 @@ def post_runs(fleet: Fleet, bodies: list[dict[str, Any]]) -> list[str]:
 def read_runs(fleet: Fleet, ids: list[str]) -> list[dict[str, Any]]:
     """Every run with its steps (`GET /v1/runs/{id}?steps=true`)."""
 
-    async def get(client: httpx.AsyncClient, i: int) -> dict[str, Any]:
+    async def get(connection: ApiConnection, i: int) -> dict[str, Any]:
+        message = connection.message("GET", f"/v1/runs/{ids[i]}?steps=true")
         for _ in range(5):  # a keep-alive connection the server closed as it was reused
             try:
-                resp = await client.get(f"/v1/runs/{ids[i]}", params={"steps": "true"})
+                status, _, answer = await connection.request(message)
                 break
-            except httpx.TransportError:
+            except (asyncio.IncompleteReadError, OSError):  # ConnectionError is an OSError
                 await asyncio.sleep(0.2)
         else:
             raise RuntimeError(f"GET /v1/runs/{ids[i]}: the connection dropped five times")
-        if resp.status_code != 200:
-            raise RuntimeError(f"GET /v1/runs/{ids[i]} answered {resp.status_code}: {resp.text[:300]}")
-        run: dict[str, Any] = resp.json()
+        if status != 200:
+            raise RuntimeError(f"GET /v1/runs/{ids[i]} answered {status}: {_text(answer)}")
+        run: dict[str, Any] = json.loads(answer)
         return run
 
     return asyncio.run(_fan_out(fleet, len(ids), get))
