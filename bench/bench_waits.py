@@ -143,6 +143,8 @@ class SlowServer:
         self.peak = 0
         self.seen: Counter[str] = Counter()
         self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._released: asyncio.Event | None = None  # set: answer every held request now
         started = threading.Event()
         threading.Thread(target=self._serve, args=(started,), name="slow-server", daemon=True).start()
         if not started.wait(10):
@@ -168,8 +170,27 @@ class SlowServer:
         with self.lock:
             return sum(n - 1 for n in self.seen.values() if n > 1)
 
+    def release(self, timeout_s: float = 30.0) -> int:
+        """Answer every request it holds now, and wait (at most `timeout_s`) until none is held:
+        what the next phase measures does not share the fleet with calls nobody waits for. The
+        number still held then."""
+        loop, released = self._loop, self._released
+        if loop is not None and released is not None:
+            loop.call_soon_threadsafe(released.set)
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if loop is not None:
+            loop.call_soon_threadsafe(self._rearm)
+        return self.in_flight()
+
+    def _rearm(self) -> None:
+        """On the server's loop: later requests wait their time again."""
+        self._released = asyncio.Event()
+
     def _serve(self, started: threading.Event) -> None:
         async def main() -> None:
+            self._loop, self._released = asyncio.get_running_loop(), asyncio.Event()
             server = await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=16384)
             self.port = server.sockets[0].getsockname()[1]
             started.set()
@@ -188,11 +209,16 @@ class SlowServer:
                 self.holding[tag] += 1
                 self.peak = max(self.peak, self.holding.total())
                 self.seen[path] += 1
-            try:  # wait, unless the client closes first (then it no longer waits here)
-                await asyncio.wait_for(reader.read(1), timeout=float(wait_s or 0))
+            # wait, unless the client closes first (then it no longer waits here) or release() is called
+            closed = asyncio.ensure_future(reader.read(1))
+            released = asyncio.ensure_future(self._released.wait()) if self._released else None
+            waits = [closed] if released is None else [closed, released]
+            first = asyncio.FIRST_COMPLETED
+            done, pending = await asyncio.wait(waits, timeout=float(wait_s or 0), return_when=first)
+            for task in pending:
+                task.cancel()
+            if closed in done:
                 return
-            except TimeoutError:
-                pass
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
             await writer.drain()
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, IndexError):
@@ -728,6 +754,9 @@ def measure_kill(stack: Stack, runs: int, trigger: int) -> KillResult:
         records = read_runs(fleet, [ids[i] for i in live])
     finally:
         fleet.r.delete(KEYS.kill_all())
+        held = server.release()  # the killed runs' calls on the wire: answered now, not in 60 s
+        if held:
+            say(f"  {held} requests still held at the server 30 s after their release")
     for i, run in zip(live, records, strict=True):
         if run["status"] not in TERMINAL:  # a failure of the kill switch, shown in the table
             result.outcomes[f"not ended {END_WAIT_S:g} s after the SET"] += 1
@@ -840,6 +869,13 @@ def run_design(
         say(f"fleet {design.name}: {args.runs} runs …")
         first = measure_row(stack, args.runs, args.max_wall_s, "row")
         rows.append(first)
+        # Kill latency next, from the state a row of N runs leaves, before the big row's backlog
+        # (a row that outgrows the fleet leaves queues of dead calls that would be measured instead).
+        trigger = max(1, int(args.kill_runs * KILL_TRIGGER_SHARE))
+        if design is BASELINE:  # B holds at most what its row held at once
+            trigger = max(1, min(trigger, first.peak_waiting))
+        say(f"fleet {design.name}: kill latency, {args.kill_runs} runs …")
+        kills.append(measure_kill(stack, args.kill_runs, trigger))
         if design is PARKED:
             fits = first.wall_s is not None and first.wall_s * BIG_FACTOR <= args.max_wall_s
             if args.big or (fits and not args.skip_big):
@@ -851,11 +887,6 @@ def run_design(
                     f"- row A N={args.runs * BIG_FACTOR:,} skipped: A N={args.runs:,} took {took}, so "
                     f"{BIG_FACTOR}x the runs would not fit the {args.max_wall_s:g} s cap (`--big` runs it)"
                 )
-        trigger = max(1, int(args.kill_runs * KILL_TRIGGER_SHARE))
-        if design is BASELINE:  # B holds at most what its row held at once
-            trigger = max(1, min(trigger, first.peak_waiting))
-        say(f"fleet {design.name}: kill latency, {args.kill_runs} runs …")
-        kills.append(measure_kill(stack, args.kill_runs, trigger))
         errors = stack.error_text()
         if errors:
             notes.append(f"- fleet {design.name} error lines: {errors}")

@@ -291,7 +291,7 @@ def test_a_timeout_on_the_run_side_keeps_a_result_the_tool_worker_recorded_first
     recorded = json.dumps({"ok": True, "result": "late"})
     r.hset(KEYS.call("c1"), mapping={"attempt": "0", "state": "done", "result": recorded})
     timeout = json.dumps({"ok": False, "error": {"type": "timeout", "message": "no answer"}})
-    _, _, existing = Admitter(r).settle(
+    _, _, existing, _ = Admitter(r).settle(
         keys, ok=False, breaker=BreakerPolicy(), final_result=timeout, call_ttl_s=60, stats_field="x"
     )
     assert existing == recorded

@@ -274,6 +274,37 @@ def test_a_write_in_flight_on_a_killed_tool_worker_has_one_effect_and_the_run_en
         server.close()
 
 
+def test_a_call_no_tool_worker_takes_times_out_without_telling_the_breaker() -> None:
+    """A call that waits in its queue past its timeout (no tool worker consumes it here) is the
+    fleet's timeout, not the tool's: its breaker, which one failure would open, stays closed."""
+    config = {
+        "tools": {
+            "allowlist": ["echo"],
+            "timeouts_ms": {"default": 8000, "echo": 500},
+            "retries": {"max": 0},
+            "breaker": {"failure_threshold": 1, "min_calls": 1},
+        }
+    }
+    server = RedisServer()
+    fleet = Fleet(server, config)
+    try:
+        fleet.start_api()
+        fleet.start_worker(1)  # and no tool worker
+        plan = {"plan": [{"tool": "echo", "args": {"n": 1}}, {"final": "done"}]}
+        run = fleet.submit(input=plan, budgets={"max_seconds": 60})
+        ended = fleet.wait(run["id"], timeout=30)
+        step = fleet.get(run["id"], steps="true")["steps"][0]
+        assert ended["status"] == "succeeded" and step["ok"] is False, (ended, step)
+        assert step["error_type"] == "timeout", step
+        recorded = json.loads(fleet.r.hget(KEYS.call(f"{run['id']}:1:0"), "result") or "{}")
+        assert "no tool worker took the call" in recorded["error"]["message"], recorded
+        assert fleet.r.hget(KEYS.breaker("echo"), "state") in (None, "closed")
+        assert fleet.r.hget(KEYS.breaker("echo"), "win_calls") is None  # nothing was counted
+    finally:
+        fleet.close()
+        server.close()
+
+
 # -- the slot scripts (unit tests, fakeredis) ------------------------------------------------------------
 
 
@@ -378,3 +409,24 @@ def test_the_reply_gives_the_slot_back_in_its_own_trip(shared_r: Any) -> None:
     assert shared_r.zcard(KEYS.tool_slots("echo")) == 0
     reply = json.loads(shared_r.lpop(KEYS.call_reply("r1:2:0", 0)) or "{}")
     assert reply["envelope"] == {"ok": True, "result": {"n": 1}}
+
+
+def test_an_unheard_attempt_tells_the_breaker_only_if_a_tool_worker_took_it(shared_r: Any) -> None:
+    from worker.breaker import BreakerPolicy
+    from worker.gateway.checks import Admitter, CallKeys
+
+    keys = CallKeys(
+        run_switches=[], cancel="", tool_switch="", writes_switch="", policy="", quota=[],
+        run=KEYS.run("r1"), call=KEYS.call("r1:1:0"), retry_budget="", breaker=KEYS.breaker("echo"),
+        stats=KEYS.stats_tools(),
+    )  # fmt: skip
+    admitter = Admitter(shared_r)
+    shared_r.hset(KEYS.call("r1:1:0"), mapping={"state": "started", "attempt": "0"})
+    common: dict[str, Any] = {
+        "ok": False, "breaker": BreakerPolicy(), "final_result": None, "call_ttl_s": 60, "stats_field": "x"
+    }  # fmt: skip
+    assert admitter.settle(keys, unheard_attempt=0, **common)[3] is False  # queued past its time
+    assert not shared_r.exists(KEYS.breaker("echo"))
+    shared_r.hset(KEYS.call("r1:1:0"), "taken", "0")  # what the tool worker's checks write
+    assert admitter.settle(keys, unheard_attempt=0, **common)[3] is True  # the tool was asked
+    assert shared_r.hget(KEYS.breaker("echo"), "win_calls") == "1"

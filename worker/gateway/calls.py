@@ -50,7 +50,7 @@ from worker import killswitch
 from worker.breaker import BreakerPolicy, CircuitBreaker
 from worker.budget import ToolCallBudget
 from worker.gateway.checks import Admitter, Answer, CallKeys, LimitSlot
-from worker.keys import Keys
+from worker.keys import Keys, tool_queue
 from worker.llmconfig import llm_config
 from worker.logs import cap_bytes, sampled
 from worker.policy import DECISION_TTL_S, MICRO, NO_QUOTA, Decision, PolicyStore, decision
@@ -452,6 +452,11 @@ class ToolGateway:
             resume = None
             try:
                 result, settled = self._await_reply(call.call_id, attempt, spec.name, call.timeout_s, wait)
+                heard = result is not _NO_REPLY
+                if not heard:
+                    result = error_result(
+                        "timeout", f"tool {spec.name!r} did not answer within {call.timeout_s:g} s"
+                    )
             except Park:
                 raise  # the attempt is still out: a model attempt's reservation stays until its reply
             except BaseException:  # the run stops while a model request is out: it may be billed
@@ -465,14 +470,19 @@ class ToolGateway:
                 )
             final = is_final(spec, attempt, result, self.settings)
             if not settled:  # no reply, a model call, or the tool did not run: the bookkeeping is here
-                before, after, recorded = self.controls.admitter.settle(
+                queued_too_long = error_result("timeout", _queued_too_long(spec.name, call.timeout_s))
+                before, after, recorded, taken = self.controls.admitter.settle(
                     keys,
                     ok=not is_failure(result),
                     breaker=self.breaker_policy,
                     final_result=json.dumps(result) if final else None,
                     call_ttl_s=self.budget.ttl_s,
                     stats_field=stats_field(spec.name, result),
+                    unheard_attempt=None if heard else attempt,
+                    untaken_result=None if heard else json.dumps(queued_too_long),
                 )
+                if not taken:  # the breaker was not told: the tool was never asked
+                    result = queued_too_long
                 if after != before:
                     log.warning("breaker change", tool=call.scope, outcome=after, previous=before)
                 if recorded is not None:  # the tool worker's result came in as this side gave up
@@ -617,7 +627,7 @@ class ToolGateway:
             now = time.time()
             left = give_up_ts - now
             if left <= 0:
-                return error_result("timeout", f"tool {tool!r} did not answer within {timeout_s:g} s"), False
+                return _NO_REPLY, False
             if parking and now >= stay_until:
                 if first_wait:
                     _note_stay(tool, answered=False)
@@ -678,6 +688,17 @@ def _stay_s(tool: str, park_after_s: float | None) -> float:
 
 def _note_stay(tool: str, answered: bool) -> None:
     _missed[tool] = 0 if answered else _missed.get(tool, 0) + 1
+
+
+# What _await_reply returns when no reply came in time (compared by identity, never sent).
+_NO_REPLY: dict[str, Any] = {"ok": False, "error": {"type": "timeout", "message": "no reply"}}
+
+
+def _queued_too_long(tool: str, timeout_s: float) -> str:
+    return (
+        f"tool {tool!r} did not answer within {timeout_s:g} s: no tool worker took the call "
+        f"(its queue {tool_queue(tool)} is backed up, or no tool worker consumes it)"
+    )
 
 
 def _reply_envelope(raw: Any) -> tuple[dict[str, Any], bool]:

@@ -130,20 +130,24 @@ SCRIPT = (
 )
 
 # settle(call_key, breaker_key, stats_key, guard_attempt, ok, threshold, rate, min_calls, window_ms,
-# final, result, ttl_s, stats_field) -> settled (0/1), breaker before, after, the call's result if
-# it was already recorded. With `guard_attempt` (the tool worker's side) nothing happens unless
-# that attempt is still the call's current one and the call has no result yet: the agent may have
-# moved on (a retry) or given up (a timeout), and then it does the bookkeeping itself.
+# final, result, ttl_s, stats_field, report) -> settled (0/1), breaker before, after, the call's
+# result if it was already recorded. With `guard_attempt` (the tool worker's side) nothing happens
+# unless that attempt is still the call's current one and the call has no result yet: the agent
+# may have moved on (a retry) or given up (a timeout), and then it does the bookkeeping itself.
+# `report` false leaves the breaker alone (before and after are then '').
 LUA_SETTLE = """
 local function settle(k_call, k_breaker, k_stats, guard_attempt, ok, threshold, rate, min_calls, window,
-                      final, result, ttl, stats_field)
+                      final, result, ttl, stats_field, report)
   if guard_attempt ~= '' then
     if redis.call('HGET', k_call, 'attempt') ~= guard_attempt then return 0, '', '', false end
     if redis.call('HEXISTS', k_call, 'result') == 1 then return 0, '', '', false end
   end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local before, after = breaker_record(k_breaker, ok, threshold, rate, min_calls, window, now)
+  local before, after = '', ''
+  if report then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    before, after = breaker_record(k_breaker, ok, threshold, rate, min_calls, window, now)
+  end
   if final then
     local existing = redis.call('HGET', k_call, 'result')
     if existing then return 1, before, after, existing end
@@ -157,12 +161,19 @@ end
 
 # KEYS: 1 the call's hash, 2 the breaker, 3 the tools' stats hash. ARGV: 1 ok (1/0), 2-5 the
 # breaker's threshold, rate, min calls, window ms; 6 final (1/0), 7 the result, 8 its TTL,
-# 9 the stats field.
+# 9 the stats field, 10 the attempt when no reply came for it ('' otherwise), 11 the result to
+# record instead of 7 if no tool worker took that attempt. An attempt no tool worker took (the
+# call's `taken`, set by the tool worker's checks) timed out in the fleet's own queue: the
+# dependency was never asked, so the breaker does not count it. Returns the breaker's states
+# before and after, a result recorded already, and whether a tool worker took the attempt.
 _SETTLE = """
+local taken = ARGV[10] == '' or redis.call('HGET', KEYS[1], 'taken') == ARGV[10]
+local result = ARGV[7]
+if not taken then result = ARGV[11] end
 local _, before, after, existing = settle(KEYS[1], KEYS[2], KEYS[3], '', ARGV[1] == '1', tonumber(ARGV[2]),
                                           tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
-                                          ARGV[6] == '1', ARGV[7], ARGV[8], ARGV[9])
-return {before, after, existing}
+                                          ARGV[6] == '1', result, ARGV[8], ARGV[9], taken)
+return {before, after, existing, taken and 1 or 0}
 """
 
 # The tool worker's reply. KEYS: 1 the reply list, 2-4 as _SETTLE, 5 the run's hash, 6 the timers
@@ -177,7 +188,7 @@ local settled, before, after = 0, '', ''
 if ARGV[4] == '1' then
   settled, before, after = settle(KEYS[2], KEYS[3], KEYS[4], ARGV[3], ARGV[5] == '1', tonumber(ARGV[6]),
                                   tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]),
-                                  ARGV[10] == '1', ARGV[1], ARGV[11], ARGV[12])
+                                  ARGV[10] == '1', ARGV[1], ARGV[11], ARGV[12], true)
 end
 redis.call('RPUSH', KEYS[1], '{"settled": ' .. (settled == 1 and 'true' or 'false') .. ', "envelope": ' ..
            ARGV[1] .. '}')
@@ -325,12 +336,17 @@ class Admitter:
         final_result: str | None,
         call_ttl_s: int,
         stats_field: str,
-    ) -> tuple[str, str, str | None]:
+        unheard_attempt: int | None = None,
+        untaken_result: str | None = None,
+    ) -> tuple[str, str, str | None, bool]:
         """Report an attempt's outcome to the breaker; with `final_result` (JSON), also record the
         call's result and count it, unless a result is recorded already (the tool worker's, just
-        before a timeout here): that one is returned, and stands. Returns the breaker's states
-        before and after, and that recorded result."""
-        before, after, existing = self._settle(
+        before a timeout here): that one is returned, and stands. `unheard_attempt`: the attempt
+        when no reply came for it; if no tool worker took it, the breaker is not told and
+        `untaken_result` (JSON) is recorded instead of `final_result`, when final. Returns the
+        breaker's states before and after, that recorded result, and whether a tool worker took
+        the attempt (always true without `unheard_attempt`)."""
+        before, after, existing, taken = self._settle(
             keys=[keys.call, keys.breaker, keys.stats],
             args=[
                 "1" if ok else "0",
@@ -339,9 +355,11 @@ class Admitter:
                 final_result or "",
                 call_ttl_s,
                 stats_field,
+                "" if unheard_attempt is None else unheard_attempt,
+                untaken_result or final_result or "",
             ],
         )
-        return str(before), str(after), (str(existing) if existing else None)
+        return str(before), str(after), (str(existing) if existing else None), bool(taken)
 
 
 class Replier:

@@ -80,6 +80,8 @@ return {'claimed', redis.call('HGET', KEYS[1], 'claimed_by')}
 # 7.. the statuses of a run that has ended.
 # Returns {'norun'}, {'other'} (the run's tenant and agent are not ARGV's: read them, call again),
 # {'ended'}, {'killed', reason}, {'final', result}, {'stale', current attempt}, {'busy'} or {'go'}.
+# On 'go' the call's `taken` names the attempt: a tool worker has it (the run's side tells a
+# timeout of the tool from one in the queue by it, checks.py _SETTLE).
 _BEFORE_TOOL = (
     killswitch.LUA_KILL_REASON
     + LUA_ACQUIRE_SLOT
@@ -96,6 +98,7 @@ local call = redis.call('HMGET', KEYS[2], 'attempt', 'result')
 if call[2] then return {'final', call[2]} end
 if call[1] and tonumber(call[1]) > tonumber(ARGV[3]) then return {'stale', call[1]} end
 if not acquire_slot(KEYS[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])) then return {'busy'} end
+if call[1] then redis.call('HSET', KEYS[2], 'taken', ARGV[3]) end  -- the run's call record, if any
 return {'go'}
 """
 )
