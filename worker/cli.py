@@ -8,12 +8,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from worker.logs import PROCESS_ENV
 from worker.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from agentfleet_client import Fleet, Run
 
 USAGE_ERROR = 2
 
@@ -345,54 +348,48 @@ def _usage(message: str) -> int:
     return USAGE_ERROR
 
 
+# The CLI answers a person at a terminal: 429s and lost connections are retried for a few seconds,
+# a 503 of a kill switch (Retry-After 30) ends the command at once with its message.
+SUBMIT_RETRIES_TOTAL_S = 15.0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    import httpx
+    try:
+        from agentfleet_client import Fleet, FleetConnectionError, FleetError, Retries
+    except ImportError:
+        return _usage("the Python client is not installed: pip install -e ./client (beside -e .)")
 
     settings = _settings()
-    body: dict[str, Any] = {"agent": args.agent, "input": _json_arg(args.input, "input")}
-    if args.budgets:
-        body["budgets"] = _json_arg(args.budgets, "budgets")
-    if args.metadata:
-        body["metadata"] = _json_arg(args.metadata, "metadata")
+    run_input = _json_arg(args.input, "input")
+    budgets = _json_arg(args.budgets, "budgets") if args.budgets else None
+    metadata = _json_arg(args.metadata, "metadata") if args.metadata else None
     key = settings.api_key.get_secret_value() if settings.api_key else settings.secret("FLEET_API_KEY")
     if not key:
         return _usage("set FLEET_API_KEY to an API key of your tenant")
-    headers = {"Authorization": f"Bearer {key}"}
-    if args.idempotency_key:
-        headers["Idempotency-Key"] = args.idempotency_key
-    base = settings.api_url.rstrip("/")
+    retries = Retries(max_total_s=SUBMIT_RETRIES_TOTAL_S)
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=40.0) as client:
-            response = client.post("/v1/runs", json=body)
-            if response.status_code not in (200, 202):
-                return _usage(f"{response.status_code} {_error_text(response)}")
-            run = response.json()
+        with Fleet(settings.api_url, key, timeout=40.0, retries=retries) as fleet:
+            run = fleet.submit(args.agent, run_input, budgets, metadata, idempotency_key=args.idempotency_key)
             if not args.wait:
-                print(json.dumps(run, indent=2))
+                print(json.dumps(run.raw, indent=2))
                 return 0
-            return _follow(client, run, args.timeout)
-    except httpx.HTTPError as exc:
-        return _usage(f"cannot reach the API at {base}: {type(exc).__name__}")
+            return _follow(fleet, run, args.timeout)
+    except FleetConnectionError as exc:
+        return _usage(exc.message)
+    except FleetError as exc:
+        return _usage(f"{exc.status} {exc.type}: {exc.message}")
 
 
-def _error_text(response: Any) -> str:
-    try:
-        error = response.json()["error"]
-        return f"{error['type']}: {error['message']}"
-    except Exception:
-        return str(response.text[:200])
-
-
-def _progress_line(run: dict[str, Any]) -> str:
-    usage, budgets = run["usage"], run["budgets"]
+def _progress_line(run: Run) -> str:
+    usage, budgets = run.usage, run.budgets
     return (
-        f"run {run['id']} {run['status']}: step {usage['steps']}/{budgets['max_steps']}, "
-        f"tool calls {usage['tool_calls']}/{budgets['max_tool_calls']}, "
-        f"{usage['seconds']:.1f}/{budgets['max_seconds']:g} s"
+        f"run {run.id} {run.status}: step {usage.steps}/{budgets.get('max_steps')}, "
+        f"tool calls {usage.tool_calls}/{budgets.get('max_tool_calls')}, "
+        f"{usage.seconds:.1f}/{budgets.get('max_seconds', 0):g} s"
     )
 
 
-def _follow(client: Any, run: dict[str, Any], timeout_s: float | None) -> int:
+def _follow(fleet: Fleet, run: Run, timeout_s: float | None) -> int:
     """Show progress on stderr until the run ends; print its output on stdout."""
     tty = sys.stderr.isatty()
     last = ""
@@ -402,23 +399,20 @@ def _follow(client: Any, run: dict[str, Any], timeout_s: float | None) -> int:
         if line != last:
             print(("\r\033[K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
             last = line
-        if run["status"] not in ("queued", "running"):
+        if run.status not in ("queued", "running"):
             break
         if give_up is not None and time.monotonic() > give_up:
             print("\nfleet submit: gave up waiting; the run goes on", file=sys.stderr)
             return 1
-        response = client.get(f"/v1/runs/{run['id']}", params={"wait": 1})
-        if response.status_code != 200:
-            return _usage(f"{response.status_code} {_error_text(response)}")
-        run = response.json()
+        run = fleet.wait(run.id, timeout=1.0)  # one long-poll of up to 1 s, then the next progress line
     if tty:
         print(file=sys.stderr)
-    print(f"ended: {run['status']} ({run['stop_reason']})", file=sys.stderr)
-    if run.get("error"):
-        print(f"error: {run['error']['type']}: {run['error']['message']}", file=sys.stderr)
-    output = run.get("output")
+    print(f"ended: {run.status} ({run.stop_reason})", file=sys.stderr)
+    if run.error is not None:
+        print(f"error: {run.error.type}: {run.error.message}", file=sys.stderr)
+    output = run.output
     print(output if isinstance(output, str) else json.dumps(output))
-    return 0 if run["status"] == "succeeded" else 1
+    return 0 if run.status == "succeeded" else 1
 
 
 # -- entry point ----------------------------------------------------------------------------------
