@@ -1,9 +1,10 @@
-"""Caps each tenant's open `?wait` requests fleet-wide (FLEET_MAX_WAITERS_PER_TENANT).
+"""Caps each tenant's open `?wait` requests and event streams fleet-wide
+(FLEET_MAX_WAITERS_PER_TENANT).
 
-One sorted set per tenant holds a member per open wait, scored by the Redis-clock time at which
-the slot lapses on its own (the wait's length plus a grace). A request frees its slot when it
-answers; a slot left by a process that crashed lapses at its score, so no slot is held for ever,
-and every API replica counts against the same set.
+One sorted set per tenant holds a member per open wait or stream, scored by the Redis-clock time
+at which the slot lapses on its own (the wait's length plus a grace; a stream renews its slot as
+it goes). A request frees its slot when it answers; a slot left by a process that crashed lapses
+at its score, so no slot is held for ever, and every API replica counts against the same set.
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(last[2]) - now) + 1)
 return {1, held + 1}
 """
 
+# KEYS[1] = the tenant's waiters zset. ARGV: the slot's new length (s), its member.
+# Returns 1 when the slot was still held (and now lapses later), 0 when it had lapsed.
+_RENEW = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[1])), ARGV[2])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(last[2]) - now) + 1)
+return 1
+"""
+
 
 class WaitersFull(Exception):
     """The tenant already holds `held` wait slots, its limit."""
@@ -42,6 +55,29 @@ class WaitersFull(Exception):
     def __init__(self, held: int) -> None:
         super().__init__(held)
         self.held = held
+
+
+class Slot:
+    """One held slot (`member` of `key`); with no limit, no slot is kept (`key` is empty)."""
+
+    def __init__(self, slots: WaitSlots, key: str = "", member: str = "") -> None:
+        self.slots = slots
+        self.key = key
+        self.member = member
+
+    async def renew(self, hold_s: float) -> bool:
+        """Make the slot lapse `hold_s` (+ the grace) from now; False when it had lapsed already
+        (its holder was away from Redis for longer than its length)."""
+        if not self.key:
+            return True
+        return await self.slots.renew(self.key, self.member, hold_s)
+
+    async def release(self) -> None:
+        """Free the slot now (once); if Redis does not answer, it lapses at its score."""
+        if self.key:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self.slots.r.zrem(self.key, self.member)
+            self.key = ""
 
 
 class WaitSlots:
@@ -52,19 +88,28 @@ class WaitSlots:
         self.keys = keys
         self.limit = limit
         self._acquire = r.register_script(_ACQUIRE)
+        self._renew = r.register_script(_RENEW)
+
+    async def take(self, tenant: str, hold_s: float) -> Slot:
+        """Take one of the tenant's slots for `hold_s` (renewable); WaitersFull when none is free.
+        The caller releases it."""
+        if self.limit <= 0:
+            return Slot(self)
+        key, member = self.keys.waiters(tenant), uuid.uuid4().hex
+        taken, held = await self._acquire(keys=[key], args=[self.limit, hold_s + GRACE_S, member])
+        if not taken:
+            raise WaitersFull(int(held))
+        return Slot(self, key, member)
+
+    async def renew(self, key: str, member: str, hold_s: float) -> bool:
+        """Push a held slot's lapse to `hold_s` (+ the grace) from now; False if it had lapsed."""
+        return bool(await self._renew(keys=[key], args=[hold_s + GRACE_S, member]))
 
     @asynccontextmanager
     async def slot(self, tenant: str, wait_s: float) -> AsyncIterator[None]:
         """Hold one of the tenant's slots for a wait of `wait_s`; WaitersFull when none is free."""
-        if self.limit <= 0:
-            yield
-            return
-        key, member = self.keys.waiters(tenant), uuid.uuid4().hex
-        taken, held = await self._acquire(keys=[key], args=[self.limit, wait_s + GRACE_S, member])
-        if not taken:
-            raise WaitersFull(int(held))
+        held = await self.take(tenant, wait_s)
         try:
             yield
         finally:
-            with contextlib.suppress(redis.RedisError, OSError):  # else the slot lapses at its score
-                await self.r.zrem(key, member)
+            await held.release()
