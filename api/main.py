@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin_keys=settings.admin_key_set(),
         policies=PolicyStore(r, keys),
         rollouts=Rollouts(r, keys, settings),
-        waiter=EndWaiter(ar, keys.run_ended_channel("*")),
+        waiter=EndWaiter(ar, keys.run_ended_channel("*"), keys.run_events_channel("*")),
         ar=ar,
         probe=make_async_redis(settings.redis_url, timeout_s=1.0),
         wait_slots=WaitSlots(ar, keys, settings.max_waiters_per_tenant),
