@@ -235,6 +235,29 @@ def test_an_event_whose_notification_is_lost_arrives_when_the_subscription_is_ba
         assert [e.name for e in reader.take()] == ["status", END]
 
 
+def test_stopping_the_api_ends_its_open_streams_so_it_exits(events_fleet: Fleet) -> None:
+    """uvicorn waits for open requests before it exits: `fleet api` ends its streams first (their
+    clients resume with Last-Event-ID elsewhere), so SIGTERM stops it promptly."""
+    other = Fleet(events_fleet.redis, {}, {"FLEET_MAX_WAITERS_PER_TENANT": str(MAX_WAITERS)})
+    try:
+        api = other.start_api()
+        run_id = submit(events_fleet, [{"sleep": 30}], budgets={"max_seconds": 45})
+        with stream_client() as c, c.stream("GET", f"{other.url}/v1/runs/{run_id}/events") as resp:
+            reader = EventReader(resp)
+            assert [e.name for e in reader.take(1)] == ["status"]
+            started = time.monotonic()
+            api.popen.terminate()
+            rest = reader.take()  # the server closes the stream (no `end`: the run goes on)
+            api.popen.wait(timeout=30)
+            assert time.monotonic() - started < 10  # not the 15 s of Fleet.stop_proc's patience
+        assert "Application shutdown complete" in api.text()  # a graceful stop, not a kill
+        assert END not in [e.name for e in rest]
+    finally:
+        other.close()
+        with httpx.Client(headers={"Authorization": f"Bearer {KEY_T1}"}) as c:
+            c.post(f"{events_fleet.url}/v1/runs/{run_id}/cancel")
+
+
 # -- refusals ----------------------------------------------------------------------------------------
 
 
