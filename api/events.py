@@ -18,7 +18,7 @@ after the `end` gets `204 No Content`, which tells an EventSource to stop reconn
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import random
 import re
 from dataclasses import dataclass, field
 
@@ -155,6 +155,8 @@ class EventStream(Response):
         self.events = RunEvents(state, run_id, after)
         self.slot = slot
         self.started = False  # the 200 and its headers have gone out
+        self.client_left = False
+        self._wake: asyncio.Event | None = None  # the stream's watch event, while it is open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         serve = asyncio.ensure_future(self._serve(scope, receive, send))
@@ -162,13 +164,18 @@ class EventStream(Response):
         try:
             await asyncio.wait({serve, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            client_left = gone.done()
+            # The flag and the wake-up end the loop even if the cancel is lost on its way: redis-py
+            # can swallow one (seen in the slot renewal's script call, with 1,000 streams closing
+            # at once). The slot is freed before waiting for the loop to end.
+            self.client_left = gone.done()
+            if self._wake is not None:
+                self._wake.set()
             for task in (serve, gone):
                 task.cancel()
-            await asyncio.gather(serve, gone, return_exceptions=True)
             await self.slot.release()  # at once, also when the client left mid-stream
+            await asyncio.gather(serve, gone, return_exceptions=True)
         failure = None if serve.cancelled() else serve.exception()
-        if failure is not None and not client_left:
+        if failure is not None and not self.client_left:
             raise failure
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -177,9 +184,12 @@ class EventStream(Response):
         waiter, keys, loop = self.state.waiter, self.state.keys, asyncio.get_running_loop()
         channels = (keys.run_events_channel(self.run_id), keys.run_ended_channel(self.run_id))
         with waiter.watch(*channels) as wake:
-            next_keepalive = next_renewal = loop.time() + KEEPALIVE_S
+            self._wake = wake
+            # the first keep-alive and renewal at a random point of the interval: streams opened
+            # together (clients reconnecting after a restart) do not renew together for ever
+            next_keepalive = next_renewal = loop.time() + KEEPALIVE_S * random.uniform(0.5, 1.0)
             must_read, checked = True, -1
-            while True:
+            while not self.client_left:
                 if must_read:
                     checked = waiter.generation
                     wake.clear()  # before the read: an event written during it wakes us again
@@ -217,9 +227,9 @@ class EventStream(Response):
                 timeout_s = min(next_keepalive, next_renewal) - loop.time()
                 if not (waiter.subscribed and checked == waiter.generation):
                     timeout_s = min(timeout_s, RECHECK_S)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout_s):
-                        await wake.wait()
+                await _woken_or_after(wake, timeout_s)
+                if self.client_left:
+                    return
                 must_read = wake.is_set() or not waiter.subscribed or checked != waiter.generation
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -237,6 +247,16 @@ class EventStream(Response):
             return
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+
+
+async def _woken_or_after(wake: asyncio.Event, timeout_s: float) -> None:
+    """Wait until `wake` is set or `timeout_s` passes; a cancel comes through as CancelledError
+    (no TimeoutError to tell apart from it)."""
+    woken = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({woken}, timeout=max(0.0, timeout_s))
+    finally:
+        woken.cancel()
 
 
 async def _write(send: Send, body: bytes) -> None:
