@@ -6,7 +6,8 @@ with the API's asyncio client, and sleeps until the process's one pattern subscr
 the last one it sent (`XRANGE` from `(<id>`, with the run's status, in one MULTI), so a
 notification says only "look": a lost one costs latency, never an event. It reads again at every
 (re)subscription and every RECHECK_S while the subscription is down, sends a comment every
-KEEPALIVE_S so proxies keep the connection, and renews its wait slot (api/waitslots.py) as it goes.
+KEEPALIVE_S so proxies keep the connection, and holds a wait slot that the process renews with
+every other stream's in one round trip (api/waitslots.py).
 
 Each event is `id: <stream entry id>`, `event: <name>`, `data: <JSON>`. `Last-Event-ID` resumes
 after that id: nothing lost, nothing repeated. `end` carries the run as `GET /v1/runs/{id}` shows
@@ -35,7 +36,6 @@ from worker.run.events import END
 from worker.run.store import TERMINAL, public_view
 
 KEEPALIVE_S = 15.0  # a comment line after this long without a write
-SLOT_HOLD_S = 2 * KEEPALIVE_S  # a stream's slot lapses this long (+ grace) after its last renewal
 READ_BATCH = 100  # entries per XRANGE; a longer backlog is read in several
 
 EventId = tuple[int, int]  # (milliseconds, sequence), as Redis orders stream ids
@@ -165,8 +165,8 @@ class EventStream(Response):
             await asyncio.wait({serve, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             # The flag and the wake-up end the loop even if the cancel is lost on its way: redis-py
-            # can swallow one (seen in the slot renewal's script call, with 1,000 streams closing
-            # at once). The slot is freed before waiting for the loop to end.
+            # can swallow one (seen in a slot renewal's script call, with 1,000 streams closing at
+            # once). The slot is freed before waiting for the loop to end.
             self.client_left = gone.done()
             if self._wake is not None:
                 self._wake.set()
@@ -185,9 +185,9 @@ class EventStream(Response):
         channels = (keys.run_events_channel(self.run_id), keys.run_ended_channel(self.run_id))
         with waiter.watch(*channels) as wake:
             self._wake = wake
-            # the first keep-alive and renewal at a random point of the interval: streams opened
-            # together (clients reconnecting after a restart) do not renew together for ever
-            next_keepalive = next_renewal = loop.time() + KEEPALIVE_S * random.uniform(0.5, 1.0)
+            # the first keep-alive at a random point of the interval: streams opened together
+            # (clients reconnecting after a restart) do not write together for ever
+            next_keepalive = loop.time() + KEEPALIVE_S * random.uniform(0.5, 1.0)
             must_read, checked = True, -1
             while not self.client_left:
                 if must_read:
@@ -216,15 +216,12 @@ class EventStream(Response):
                         break  # after `end`; or the server stops: the client resumes elsewhere
                     if batch.more:
                         continue
-                now = loop.time()
-                if now >= next_renewal:
-                    next_renewal = now + KEEPALIVE_S
-                    if not await self._renew():
-                        break  # the slot lapsed while Redis was away: the client reconnects for one
-                if now >= next_keepalive:
-                    next_keepalive = now + KEEPALIVE_S
+                if self.slot.lapsed:
+                    break  # the slot lapsed while Redis was away: the client reconnects for one
+                if loop.time() >= next_keepalive:
+                    next_keepalive = loop.time() + KEEPALIVE_S
                     await _write(send, b": keep-alive\n\n")
-                timeout_s = min(next_keepalive, next_renewal) - loop.time()
+                timeout_s = next_keepalive - loop.time()
                 if not (waiter.subscribed and checked == waiter.generation):
                     timeout_s = min(timeout_s, RECHECK_S)
                 await _woken_or_after(wake, timeout_s)
@@ -232,12 +229,6 @@ class EventStream(Response):
                     return
                 must_read = wake.is_set() or not waiter.subscribed or checked != waiter.generation
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _renew(self) -> bool:
-        try:
-            return await self.slot.renew(SLOT_HOLD_S)
-        except (redis.RedisError, OSError):
-            return True  # tried again at the next renewal, well before the slot lapses
 
     async def _answer_without_stream(self, scope: Scope, receive: Receive, send: Send, gone: bool) -> None:
         """Nothing to stream: the run went away since the route read it (404), or the client has

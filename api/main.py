@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADPOOL_SIZE
         yield
         await state.waiter.close()
+        await state.wait_slots.close()
 
     app = FastAPI(
         title="agentfleet",

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from api.deps import AppState, State, Tenant, is_admin_key
 from api.errors import ApiError, FleetJSONResponse, validation_message
-from api.events import SLOT_HOLD_S, EventStream, parse_event_id
+from api.events import EventStream, parse_event_id
 from api.schemas import ErrorBody, RunOut, RunRequest
 from api.waitslots import WaitersFull
 from worker import killswitch
@@ -289,7 +289,7 @@ async def run_events(
     await _load_owned(state, run_id, tenant)
     after = parse_event_id(last_event_id)
     try:
-        slot = await state.wait_slots.take(tenant, SLOT_HOLD_S)
+        slot = await state.wait_slots.take_kept(tenant)
     except WaitersFull as full:
         raise _too_many_waiters(state, tenant, full) from None
     return EventStream(state, run_id, after, slot)
