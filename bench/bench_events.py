@@ -20,7 +20,8 @@ load). Before each N-streams round the holder opens the streams anew and the ben
 tenant's wait slots (`ZCARD fleet:waiters:t1`) number N; after it, that they are back to 0. The
 streams are opened together; each one's first keep-alive falls at a random moment 7.5 to 15 s
 later, then every 15 s, so the default round (about 22 s) includes all N of them at least once.
-The API's CPU time, RSS and TCP connections to Redis are measured per side. The load generator is
+The API's CPU time (also over IDLE_S seconds with no request at the start of each round), RSS and
+TCP connections to Redis are measured per side. The load generator is
 a raw asyncio client (like bench_core.py's), so the API is measured, not httpx.
 
 Goal: with N streams open, POST is slowed by at most 20 %: latency p50 and p99 at most 1.2x,
@@ -38,6 +39,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +64,7 @@ EXIT_ERROR = 2
 SLOWDOWN_MAX = 1.2  # the goal: at most 20 % slower with the streams open
 RUN_BODY = json.dumps({"agent": "scripted", "input": {"plan": [{"final": "ok"}]}}, separators=(",", ":"))
 OPEN_CONCURRENCY = 100  # streams the holder opens at once
+IDLE_S = 5.0  # the API's CPU with no request, measured at the start of each round
 KEYS = Keys("fleet")
 
 
@@ -362,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         "FLEET_MAX_WAITERS_PER_TENANT": str(args.streams + 100),
     }
     totals = {"idle": (Load(), Load()), "streams": (Load(), Load())}  # (sequential, concurrent)
-    notes: dict[str, list[float]] = {"idle_conns": [], "streams_conns": [], "streams_rss": [], "idle_rss": []}
+    notes: dict[str, list[float]] = {
+        f"{side}_{what}": [] for side in ("idle", "streams") for what in ("conns", "rss", "quiet_cpu")
+    }
     with contextlib.ExitStack() as stack:
         server = RedisServer()
         stack.callback(server.close)
@@ -392,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
                             raise RuntimeError(f"{held} wait slots held, not {args.streams}")
                     notes[f"{side}_conns"].append(redis_connections(api, server.port))
                     notes[f"{side}_rss"].append(api.memory_info().rss / 2**20)
+                    cpu0 = sum(api.cpu_times()[:2])
+                    time.sleep(IDLE_S)
+                    notes[f"{side}_quiet_cpu"].append((sum(api.cpu_times()[:2]) - cpu0) / IDLE_S)
                     sequential = measure(port, api, posts=args.latency_posts)
                     concurrent = measure(port, api, args.connections, seconds=args.round_s)
                     totals[side][0].add(sequential)
@@ -427,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             percentile(idle_conc.latencies_ms, 99), percentile(str_conc.latencies_ms, 99)),
         Row("API CPU per POST (ms), under load", 1000 * idle_conc.cpu_s / max(1, idle_conc.ok),
             1000 * str_conc.cpu_s / max(1, str_conc.ok), digits=3),
+        Row("API CPU with no request (% of a core)", 100 * statistics.mean(notes["idle_quiet_cpu"]),
+            100 * statistics.mean(notes["streams_quiet_cpu"]), digits=1),
         Row("API TCP connections to Redis", notes["idle_conns"][0], max(notes["streams_conns"]), digits=0),
         Row("API RSS (MiB)", max(notes["idle_rss"]), max(notes["streams_rss"]), digits=1),
     ]  # fmt: skip
