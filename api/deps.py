@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import redis
@@ -39,6 +40,13 @@ class AppState:
     probe: redis.asyncio.Redis  # /readyz: short timeouts, its own connections
     wait_slots: WaitSlots
     metrics_token: str | None
+    closing: asyncio.Event = field(default_factory=asyncio.Event)  # set when the server stops
+
+    def close_streams(self) -> None:
+        """The server stops: end every event stream now (each client resumes with Last-Event-ID
+        elsewhere) and answer every long-poll with the run as it is."""
+        self.closing.set()
+        self.waiter.wake_all()
 
 
 async def _state(request: Request) -> AppState:  # async: no I/O, so no thread-pool hop

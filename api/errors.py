@@ -25,12 +25,17 @@ _STATUS_TYPES = {
 }
 
 
+def dump_json(content: Any) -> str:
+    """The API's JSON text: one line, non-ASCII escaped, so any string a client or an agent
+    produced can be sent back (a lone UTF-16 surrogate cannot be encoded as UTF-8)."""
+    return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
 class FleetJSONResponse(JSONResponse):
-    """JSON with non-ASCII escaped, so any string a client or an agent produced can be sent back
-    (a lone UTF-16 surrogate cannot be encoded as UTF-8)."""
+    """JSON as `dump_json` writes it."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+        return dump_json(content).encode()
 
 
 class ApiError(Exception):

@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin_keys=settings.admin_key_set(),
         policies=PolicyStore(r, keys),
         rollouts=Rollouts(r, keys, settings),
-        waiter=EndWaiter(ar, keys.run_ended_channel("*")),
+        waiter=EndWaiter(ar, keys.run_ended_channel("*"), keys.run_events_channel("*")),
         ar=ar,
         probe=make_async_redis(settings.redis_url, timeout_s=1.0),
         wait_slots=WaitSlots(ar, keys, settings.max_waiters_per_tenant),
@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADPOOL_SIZE
         yield
         await state.waiter.close()
+        await state.wait_slots.close()
 
     app = FastAPI(
         title="agentfleet",

@@ -1,13 +1,18 @@
-"""Long-polls (`GET /v1/runs/{id}?wait=S`) share one Redis pattern subscription per API process.
+"""Long-polls (`GET /v1/runs/{id}?wait=S`) and event streams (`GET /v1/runs/{id}/events`) share
+one Redis pattern subscription per API process.
 
 Everything here runs on the event loop with the asyncio Redis client, so a waiting request holds
 no thread: the health routes and every other request stay served however many clients wait.
 A waiting request registers an event for its run's channel; one task reads every published run
 end and sets the events. Redis delivers every message to a subscription while it stays connected,
 so a request re-reads its run only when that may have missed one: each time the subscription is
-(re)established, which wakes every waiting request, and every RECHECK_S while it is down. A wait
+(re)established (also when redis-py re-subscribes a dropped connection by itself: every subscribe
+confirmation counts), which wakes every waiting request, and every RECHECK_S while it is down. A wait
 whose client disconnects ends at once. In between, a wait costs the event loop nothing: 500 of
 them leave the health probes as fast as none.
+
+An event stream `watch`es its run's channels (the events channel and the ended channel) the same
+way and reads its new events when its event is set (api/events.py).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import redis
 import redis.asyncio
@@ -24,11 +29,12 @@ RECHECK_S = 1.0  # re-read interval while the subscription is down
 
 
 class EndWaiter:
-    """Wakes requests waiting for runs to end."""
+    """Wakes requests waiting for runs to end (or for their events): one subscription to
+    `patterns`."""
 
-    def __init__(self, r: redis.asyncio.Redis, pattern: str) -> None:
+    def __init__(self, r: redis.asyncio.Redis, *patterns: str) -> None:
         self.r = r
-        self.pattern = pattern
+        self.patterns = patterns
         self._events: dict[str, list[asyncio.Event]] = defaultdict(list)
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -36,19 +42,21 @@ class EndWaiter:
 
     async def _listen(self) -> None:
         while True:
-            pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+            # Subscribe confirmations are kept: redis-py reconnects a dropped subscription by
+            # itself and subscribes again, and each confirmation marks a (re)subscription.
+            pubsub = self.r.pubsub(ignore_subscribe_messages=False)
             try:
-                await pubsub.psubscribe(self.pattern)
-                self.generation += 1
-                self._subscribed.set()
-                for events in list(self._events.values()):  # a run may have ended unheard: re-read
-                    for event in events:
-                        event.set()
+                await pubsub.psubscribe(*self.patterns)
                 while True:
                     message = await pubsub.get_message(timeout=RECHECK_S)
-                    if message and message.get("type") == "pmessage":
+                    kind = message.get("type") if message else None
+                    if kind == "pmessage":
                         for event in self._events.get(str(message["channel"]), ()):
                             event.set()
+                    elif kind == "psubscribe":
+                        self.generation += 1
+                        self._subscribed.set()
+                        self.wake_all()  # a run may have ended (or written an event) unheard: re-read
             except (redis.RedisError, OSError):
                 self._subscribed.clear()
                 await asyncio.sleep(RECHECK_S)  # Redis is away: waiters fall back on their re-checks
@@ -56,6 +64,29 @@ class EndWaiter:
                 self._subscribed.clear()
                 with contextlib.suppress(redis.RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    @property
+    def subscribed(self) -> bool:
+        """True while the subscription is established (no message can be missed)."""
+        return self._subscribed.is_set()
+
+    @contextlib.contextmanager
+    def watch(self, *channels: str) -> Iterator[asyncio.Event]:
+        """An event set by every message on `channels` and at every (re)subscription, for the
+        duration of the block. Clear it before reading the state it guards: a message during the
+        read sets it again."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._listen(), name="run-end-waiter")
+        event = asyncio.Event()
+        for channel in channels:
+            self._events[channel].append(event)
+        try:
+            yield event
+        finally:
+            for channel in channels:
+                self._events[channel].remove(event)
+                if not self._events[channel]:
+                    del self._events[channel]
 
     async def wait(
         self,
@@ -67,10 +98,16 @@ class EndWaiter:
         """Return when a message arrives on `channel`, `ended()` is true, `gone()` returns (the
         client left) or `timeout_s` passes. `ended` reads Redis, so it is called only when the
         subscription may have missed the run's end."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._listen(), name="run-end-waiter")
-        event = asyncio.Event()
-        self._events[channel].append(event)
+        with self.watch(channel) as event:
+            await self._wait(event, ended, timeout_s, gone)
+
+    async def _wait(
+        self,
+        event: asyncio.Event,
+        ended: Callable[[], Awaitable[bool]],
+        timeout_s: float,
+        gone: Callable[[], Awaitable[None]] | None,
+    ) -> None:
         watcher = asyncio.create_task(_set_after(gone, event)) if gone is not None else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -94,9 +131,12 @@ class EndWaiter:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            self._events[channel].remove(event)
-            if not self._events[channel]:
-                del self._events[channel]
+
+    def wake_all(self) -> None:
+        """Set every watcher's event (the server stops)."""
+        for events in list(self._events.values()):
+            for event in events:
+                event.set()
 
     async def close(self) -> None:
         """Stop the subscription task (at the app's shutdown)."""

@@ -1,13 +1,16 @@
-"""Caps each tenant's open `?wait` requests fleet-wide (FLEET_MAX_WAITERS_PER_TENANT).
+"""Caps each tenant's open `?wait` requests and event streams fleet-wide
+(FLEET_MAX_WAITERS_PER_TENANT).
 
-One sorted set per tenant holds a member per open wait, scored by the Redis-clock time at which
-the slot lapses on its own (the wait's length plus a grace). A request frees its slot when it
-answers; a slot left by a process that crashed lapses at its score, so no slot is held for ever,
-and every API replica counts against the same set.
+One sorted set per tenant holds a member per open wait or stream, scored by the Redis-clock time
+at which the slot lapses on its own: the wait's length plus a grace; an event stream's slot is
+renewed while the stream is open, with every other stream's of the process in one round trip. A
+request frees its slot when it answers; a slot left by a process that crashed lapses at its
+score, so no slot is held for ever, and every API replica counts against the same set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +22,8 @@ import redis.asyncio
 from worker.keys import Keys
 
 GRACE_S = 5.0  # a slot outlives its wait by this much, for a request that is slow to answer
+RENEW_EVERY_S = 15.0  # the keeper renews the kept slots (event streams) this often
+KEPT_HOLD_S = 2 * RENEW_EVERY_S  # a kept slot lapses this long (+ the grace) after its renewal
 
 # KEYS[1] = the tenant's waiters zset. ARGV: the limit, the slot's length (s), its member.
 # Returns 1 when the slot was taken, else the number of slots held.
@@ -35,6 +40,18 @@ redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(last[2]) - now) + 1)
 return {1, held + 1}
 """
 
+# KEYS[1] = the tenant's waiters zset. ARGV: the slot's new length (s), its member.
+# Returns 1 when the slot was still held (and now lapses later), 0 when it had lapsed.
+_RENEW = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[1])), ARGV[2])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(last[2]) - now) + 1)
+return 1
+"""
+
 
 class WaitersFull(Exception):
     """The tenant already holds `held` wait slots, its limit."""
@@ -44,6 +61,26 @@ class WaitersFull(Exception):
         self.held = held
 
 
+class Slot:
+    """One held slot (`member` of `key`); with no limit, no slot is kept (`key` is empty).
+    `lapsed` turns true when the keeper found it gone (its holder was away from Redis for
+    longer than the slot's length)."""
+
+    def __init__(self, slots: WaitSlots, key: str = "", member: str = "") -> None:
+        self.slots = slots
+        self.key = key
+        self.member = member
+        self.lapsed = False
+
+    async def release(self) -> None:
+        """Free the slot now (once); if Redis does not answer, it lapses at its score."""
+        self.slots.kept.discard(self)
+        if self.key:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self.slots.r.zrem(self.key, self.member)
+            self.key = ""
+
+
 class WaitSlots:
     """Per-tenant wait slots in Redis; `limit` 0 means no limit (and no Redis round trips)."""
 
@@ -51,20 +88,63 @@ class WaitSlots:
         self.r = r
         self.keys = keys
         self.limit = limit
+        self.kept: set[Slot] = set()  # slots the keeper renews (open event streams)
         self._acquire = r.register_script(_ACQUIRE)
+        self._renew = r.register_script(_RENEW)
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def take(self, tenant: str, hold_s: float) -> Slot:
+        """Take one of the tenant's slots for `hold_s`; WaitersFull when none is free. The caller
+        releases it."""
+        if self.limit <= 0:
+            return Slot(self)
+        key, member = self.keys.waiters(tenant), uuid.uuid4().hex
+        taken, held = await self._acquire(keys=[key], args=[self.limit, hold_s + GRACE_S, member])
+        if not taken:
+            raise WaitersFull(int(held))
+        return Slot(self, key, member)
+
+    async def take_kept(self, tenant: str) -> Slot:
+        """Take a slot for as long as its holder wants (an event stream): the process's keeper
+        renews it with all the others every RENEW_EVERY_S, in one round trip, until it is
+        released. A slot of a process that crashed lapses KEPT_HOLD_S + GRACE_S after its last
+        renewal."""
+        slot = await self.take(tenant, KEPT_HOLD_S)
+        if slot.key:
+            self.kept.add(slot)
+            if self._keeper is None or self._keeper.done():
+                self._keeper = asyncio.create_task(self._keep(), name="wait-slot-keeper")
+        return slot
+
+    async def renew_kept(self) -> None:
+        """Renew every kept slot (one pipeline); mark those found lapsed."""
+        slots = [slot for slot in self.kept if slot.key]
+        if not slots:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for slot in slots:
+            await self._renew(keys=[slot.key], args=[KEPT_HOLD_S + GRACE_S, slot.member], client=pipe)
+        for slot, renewed in zip(slots, await pipe.execute(), strict=True):
+            slot.lapsed = slot.lapsed or (not renewed and bool(slot.key))
+
+    async def _keep(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY_S)
+            with contextlib.suppress(redis.RedisError, OSError):  # tried again before any lapses
+                await self.renew_kept()
+
+    async def close(self) -> None:
+        """Stop the keeper (at the app's shutdown)."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
 
     @asynccontextmanager
     async def slot(self, tenant: str, wait_s: float) -> AsyncIterator[None]:
         """Hold one of the tenant's slots for a wait of `wait_s`; WaitersFull when none is free."""
-        if self.limit <= 0:
-            yield
-            return
-        key, member = self.keys.waiters(tenant), uuid.uuid4().hex
-        taken, held = await self._acquire(keys=[key], args=[self.limit, wait_s + GRACE_S, member])
-        if not taken:
-            raise WaitersFull(int(held))
+        held = await self.take(tenant, wait_s)
         try:
             yield
         finally:
-            with contextlib.suppress(redis.RedisError, OSError):  # else the slot lapses at its score
-                await self.r.zrem(key, member)
+            await held.release()

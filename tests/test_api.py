@@ -535,6 +535,8 @@ def test_readyz_is_503_with_a_reason_while_redis_is_down_and_200_again_after(api
         assert_error(post_run(api_only, {"agent": "scripted", "input": FINAL}), 503)
         with api_only.client() as c:
             assert_error(c.get(f"/v1/runs/{'0123456789abcdef' * 2}"), 503)  # a well-formed id
+        with api_only.client() as c:  # a connection of its own: uvicorn closes one after a 503
+            assert_error(c.get(f"/v1/runs/{'0123456789abcdef' * 2}/events"), 503)
     finally:
         api_only.redis.start()
     deadline = time.monotonic() + 15

@@ -13,7 +13,7 @@ import pytest
 from api.metrics import known_models, switch_scopes
 from api.routes.runs import _not_found
 from api.waiter import EndWaiter
-from api.waitslots import WaitersFull, WaitSlots
+from api.waitslots import KEPT_HOLD_S, WaitersFull, WaitSlots
 from worker.heartbeat import count_kinds
 from worker.keys import Keys
 from worker.settings import Settings
@@ -87,6 +87,27 @@ def test_no_limit_takes_no_slot() -> None:
         r = fakeredis.FakeAsyncRedis(decode_responses=True)
         async with WaitSlots(r, KEYS, limit=0).slot("acme", 10):
             assert await r.exists(KEYS.waiters("acme")) == 0
+
+    asyncio.run(scenario())
+
+
+def test_kept_slots_are_renewed_together_and_a_lapsed_one_is_marked() -> None:
+    async def scenario() -> None:
+        r = fakeredis.FakeAsyncRedis(decode_responses=True)
+        slots = WaitSlots(r, KEYS, limit=3)
+        first, second = await slots.take_kept("acme"), await slots.take_kept("acme")
+        key = KEYS.waiters("acme")
+        await r.zadd(key, {first.member: time.time() + 1, second.member: time.time() + 1})
+        await r.zrem(key, second.member)  # as if its holder had been away past its length
+        await slots.renew_kept()
+        assert await r.zscore(key, first.member) > time.time() + KEPT_HOLD_S  # type: ignore[operator]
+        assert not first.lapsed and second.lapsed
+        assert await r.zscore(key, second.member) is None  # a lapsed slot is not taken back
+        await first.release()
+        await second.release()
+        assert slots.kept == set() and await r.zcard(key) == 0
+        await slots.renew_kept()  # nothing kept: nothing to do
+        await slots.close()
 
     asyncio.run(scenario())
 

@@ -59,6 +59,7 @@ OPERATIONS = [
     ("GET", "/metrics"),
     ("POST", "/v1/runs"),
     ("GET", "/v1/runs/{run_id}"),
+    ("GET", "/v1/runs/{run_id}/events"),
     ("POST", "/v1/runs/{run_id}/cancel"),
     ("GET", "/v1/admin/policies/{agent}"),
     ("PUT", "/v1/admin/policies/{agent}"),

@@ -665,6 +665,8 @@ def redis_text(r: redis.Redis) -> Iterator[str]:
             yield json.dumps(sorted(r.smembers(key)))
         elif kind == "zset":
             yield json.dumps(r.zrange(key, 0, -1))
+        elif kind == "stream":
+            yield json.dumps(r.xrange(key))
 
 
 def test_api_key_is_sent_to_the_model_and_never_appears_in_runs_logs_or_redis(

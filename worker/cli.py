@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -139,10 +140,20 @@ def cmd_api(args: argparse.Namespace) -> int:
         print(
             "fleet api: no API keys configured (FLEET_API_KEYS); every /v1 call will get 401", file=sys.stderr
         )
+    state = app.state.fleet
+
+    class ApiServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # uvicorn waits for open requests before it stops; an event stream never ends by
+            # itself, so the streams end first (their clients resume with Last-Event-ID)
+            state.close_streams()
+            await super().shutdown(sockets)
+
     # log_config=None: uvicorn's loggers go through the fleet's chain (JSON lines, redacted, capped)
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False, log_config=None
     )
+    ApiServer(config).run()
     return 0
 
 

@@ -89,6 +89,15 @@ class Keys:
     def run_ended_channel(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:ended"
 
+    def run_events(self, run_id: str) -> str:
+        """A run's events (GET /v1/runs/{id}/events): a stream, capped and expiring with the run
+        (worker/run/events.py)."""
+        return f"{self.prefix}:run:{run_id}:events"
+
+    def run_events_channel(self, run_id: str) -> str:
+        """Where a write to the run's events stream is announced (a pub/sub channel, not a key)."""
+        return f"{self.prefix}:run:{run_id}:events:new"
+
     def queued_runs(self) -> str:
         """Every queued run as a member `<tenant>|<created_ts>|<run id>` of one zset (scores 0),
         so ZLEXCOUNT counts one tenant's queued runs in O(log n)."""

@@ -1,4 +1,4 @@
-"""/v1/runs: submit, read (with long-poll) and cancel runs."""
+"""/v1/runs: submit, read (with long-poll), stream the events of, and cancel runs."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from api.deps import AppState, State, Tenant, is_admin_key
 from api.errors import ApiError, FleetJSONResponse, validation_message
+from api.events import EventStream, parse_event_id
 from api.schemas import ErrorBody, RunOut, RunRequest
 from api.waitslots import WaitersFull
 from worker import killswitch
@@ -240,10 +241,7 @@ async def get_run(
             async with state.wait_slots.slot(tenant, wait):
                 await _wait_for_end(state, request, run_id, wait)
         except WaitersFull as full:
-            message = f"tenant {tenant} has {full.held} waits open (limit {state.wait_slots.limit})"
-            raise ApiError(
-                429, "too_many_waiters", message, {"Retry-After": str(WAITERS_RETRY_AFTER_S)}
-            ) from None
+            raise _too_many_waiters(state, tenant, full) from None
         raw = await _load_owned(state, run_id, tenant)
     body = public_view(raw)
     if steps:
@@ -251,6 +249,50 @@ async def get_run(
             json.loads(item) for item in await state.ar.lrange(state.keys.run_steps(run_id), 0, -1)
         ]
     return FleetJSONResponse(body, status_code=200, headers={"Location": f"/v1/runs/{run_id}"})
+
+
+def _too_many_waiters(state: AppState, tenant: str, full: WaitersFull) -> ApiError:
+    message = f"tenant {tenant} has {full.held} waits or event streams open (limit {state.wait_slots.limit})"
+    return ApiError(429, "too_many_waiters", message, {"Retry-After": str(WAITERS_RETRY_AFTER_S)})
+
+
+_EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the run's events as Server-Sent Events: `status`, `step`, `approval_requested`, "
+        "`approval_decided`, then `end` (the run as GET /v1/runs/{id} shows it), after which it closes",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    204: {"description": "Last-Event-ID is the run's `end`: there is nothing more (EventSource stops)"},
+    # errors are JSON, unlike the stream: name their media type, or FastAPI documents the stream's
+    **{
+        code: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+        for code in (401, 404, 422, 429, 503)
+    },
+}
+
+
+@router.get("/{run_id}/events", status_code=200, response_class=EventStream, responses=_EVENTS_RESPONSES)
+async def run_events(
+    run_id: str,
+    state: State,
+    tenant: Tenant,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="resume after this event id")
+    ] = None,
+) -> EventStream:
+    """Stream the run's events (`text/event-stream`); every event has an `id:`, and a reconnect
+    with `Last-Event-ID` gets exactly the events after it.
+
+    Async, like `?wait`: an open stream holds no thread, and counts against
+    FLEET_MAX_WAITERS_PER_TENANT with the waits (429 with Retry-After when the tenant's are all
+    taken); it frees its slot when it ends or its client disconnects."""
+    await _load_owned(state, run_id, tenant)
+    after = parse_event_id(last_event_id)
+    try:
+        slot = await state.wait_slots.take_kept(tenant)
+    except WaitersFull as full:
+        raise _too_many_waiters(state, tenant, full) from None
+    return EventStream(state, run_id, after, slot)
 
 
 async def _wait_for_end(state: AppState, request: Request, run_id: str, wait_s: float) -> None:

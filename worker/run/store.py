@@ -19,6 +19,8 @@ import redis
 
 from worker.keys import Keys
 from worker.killswitch import LUA_KILL_REASON, run_switch_keys
+from worker.run import events
+from worker.run.events import EVENTS_MAX, LUA_EMIT, status_data
 from worker.run.lease import LEASE_TTL_S, holder_is_dead
 
 QUEUED, RUNNING = "queued", "running"
@@ -69,14 +71,16 @@ def _finite(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-# KEYS: the run, the agents queue, the queued-runs zset, then the kill switches that cover the
-# submission. ARGV: ttl, max_queued (-1: no limit), max queued per tenant (-1: no limit), the
-# tenant, the run's queued-runs member, the created_ts before which a member's run has expired,
-# then the run's fields as name, value, ...
+# KEYS: the run, the agents queue, the queued-runs zset, the run's events, then the kill switches
+# that cover the submission. ARGV: ttl, max_queued (-1: no limit), max queued per tenant (-1: no
+# limit), the tenant, the run's queued-runs member, the created_ts before which a member's run has
+# expired, the `queued` status event's data, the events' cap, then the run's fields as name,
+# value, ...
 _CREATE = (
     LUA_KILL_REASON
+    + LUA_EMIT
     + """
-local reason = kill_reason({unpack(KEYS, 4)})
+local reason = kill_reason({unpack(KEYS, 5)})
 if reason then return {'killed', reason} end
 if tonumber(ARGV[2]) >= 0 then
   local depth = redis.call('LLEN', KEYS[2])
@@ -90,25 +94,29 @@ if tonumber(ARGV[3]) >= 0 then
   local queued = redis.call('ZLEXCOUNT', KEYS[3], first, '(' .. ARGV[4] .. '}')
   if queued >= tonumber(ARGV[3]) then return {'tenant_queue_full', tostring(queued)} end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
+emit(KEYS[4], false, ARGV[8], ARGV[1], 'status', ARGV[7])
 return {'ok', ''}
 """
 )
 
 # KEYS: the run, its lease, the leases zset, the deadlines zset, the run's cancel key, the
-# queued-runs zset, the timers zset, the parked-per-tenant and parked-per-agent hashes, then the
-# run's kill switches (killswitch.run_switch_keys of its tenant and agent, which never change).
+# queued-runs zset, the timers zset, the parked-per-tenant and parked-per-agent hashes, the run's
+# events and their channel, then the run's kill switches (killswitch.run_switch_keys of its
+# tenant and agent, which never change).
 # ARGV: now (s), lease token, lease ttl (ms), run id, the dead holder this attempt takes over
 # ('' for none), the tenant and agent the switch keys are for, the park this delivery resumes
-# ('' for none: a first delivery or a requeue).
+# ('' for none: a first delivery or a requeue), the `running` status event's data, the events'
+# cap, the run's ttl (s).
 # A resume whose park is over (another resume took it, or the run parked again since) is 'stale'.
 # Taking a parked run unparks it and is no new attempt: `attempts` counts the executions that
 # began without a park to resume, so a worker that died is counted once.
 _START = (
     LUA_KILL_REASON
     + LUA_UNPARK_COUNT
+    + LUA_EMIT
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing'} end
@@ -125,6 +133,7 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[3]), ARGV[4])
 if s == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_ts', ARGV[1])
+  emit(KEYS[10], KEYS[11], ARGV[10], ARGV[11], 'status', ARGV[9])
 end
 if park[1] == '1' then
   redis.call('HDEL', KEYS[1], 'parked')
@@ -142,19 +151,21 @@ if s == 'queued' then
 end
 local deadline = tonumber(run['started_ts']) + tonumber(cjson.decode(run['budgets'])['max_seconds'])
 redis.call('ZADD', KEYS[4], string.format('%.6f', deadline), ARGV[4])
-return {'started', raw, {kill_reason({unpack(KEYS, 10)}), redis.call('GET', KEYS[5])}}
+return {'started', raw, {kill_reason({unpack(KEYS, 12)}), redis.call('GET', KEYS[5])}}
 """
 )
 
 # KEYS: the run, its ended channel, its step log, the run stats, its lease, the leases zset,
 # the deadlines zset, the queued-runs zset, the timers zset, the parked-per-tenant and -agent
-# hashes. ARGV: status, stop_reason, output, error, now (s), ttl (s), the lease token to release
-# ('' for none), the run id, the step count to write first ('' for none), 'parked' or 'queued' to
-# end the run only if it is parked or still queued (the kill sweep: an executing run checks its
-# switches itself).
+# hashes, the run's events. ARGV: status, stop_reason, output, error, now (s), ttl (s), the lease
+# token to release ('' for none), the run id, the step count to write first ('' for none),
+# 'parked' or 'queued' to end the run only if it is parked or still queued (the kill sweep: an
+# executing run checks its switches itself), the terminal status event's data, the events' cap.
+# The status and `end` events are announced by the PUBLISH on the ended channel.
 # Returns {1 when this call ended the run else 0, agent, version, started_ts, finished_ts}.
 _FINISH = (
     LUA_UNPARK_COUNT
+    + LUA_EMIT
     + """
 local parked = redis.call('HGET', KEYS[1], 'parked') == '1'
 if ARGV[10] == 'parked' and not parked then return {0} end
@@ -193,6 +204,8 @@ redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('HINCRBY', KEYS[4], 'runs|' .. ARGV[1] .. '|' .. ARGV[2], 1)
 redis.call('HINCRBY', KEYS[4], 'usage|steps', tonumber(steps))
 redis.call('HINCRBY', KEYS[4], 'usage|tool_calls', tonumber(f[4] or '0'))
+emit(KEYS[12], false, ARGV[12], ARGV[6], 'status', ARGV[11])
+emit(KEYS[12], false, ARGV[12], ARGV[6], 'end', '')
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return {1, f[5], f[6], started, ARGV[5]}
 """
@@ -228,9 +241,12 @@ return {claimed, held}
 """
 
 # KEYS: the run, its cancel key, its ended channel, the run stats, the queued-runs zset, the
-# timers zset, the schedulers' bell. ARGV: now (s), the cancel key's ttl (s), the run id.
+# timers zset, the schedulers' bell, the run's events. ARGV: now (s), the cancel key's ttl (s),
+# the run id, the `cancelled` status event's data, the events' cap, the run's ttl (s).
 # A parked run is made due at once, so a scheduler resumes it and it ends cancelled.
-_CANCEL = """
+_CANCEL = (
+    LUA_EMIT
+    + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'created_ts')
 local s = f[1]
 if not s then return nil end
@@ -238,6 +254,8 @@ if s == 'queued' then
   if f[2] and f[3] then redis.call('ZREM', KEYS[5], f[2] .. '|' .. f[3] .. '|' .. ARGV[3]) end
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'stop_reason', 'cancelled', 'finished_ts', ARGV[1])
   redis.call('HINCRBY', KEYS[4], 'runs|cancelled|cancelled', 1)
+  emit(KEYS[8], false, ARGV[5], ARGV[6], 'status', ARGV[4])
+  emit(KEYS[8], false, ARGV[5], ARGV[6], 'end', '')
   redis.call('PUBLISH', KEYS[3], 'cancelled')
 elseif s == 'running' then
   redis.call('SET', KEYS[2], 'cancelled by request', 'EX', ARGV[2])
@@ -249,6 +267,7 @@ elseif s == 'running' then
 end
 return s
 """
+)
 
 
 class AdmissionRefused(Exception):
@@ -345,8 +364,24 @@ class RunStore:
         member = f"{tenant}|{created_ts}|{run_id}"
         expired_before = repr(float(created_ts) - self.ttl_s)
         verdict, detail = self._create(
-            keys=[self.keys.run(run_id), queue or self.keys.run(run_id), self.keys.queued_runs(), *switches],
-            args=[self.ttl_s, max_queued, max_queued_per_tenant, tenant, member, expired_before, *flat],
+            keys=[
+                self.keys.run(run_id),
+                queue or self.keys.run(run_id),
+                self.keys.queued_runs(),
+                self.keys.run_events(run_id),
+                *switches,
+            ],
+            args=[
+                self.ttl_s,
+                max_queued,
+                max_queued_per_tenant,
+                tenant,
+                member,
+                expired_before,
+                status_data(QUEUED),
+                EVENTS_MAX,
+                *flat,
+            ],
         )
         if verdict != "ok":
             raise AdmissionRefused(str(verdict), str(detail))
@@ -382,9 +417,23 @@ class RunStore:
                 keys.timers(),
                 keys.parked_owners("tenant"),
                 keys.parked_owners("agent"),
+                keys.run_events(run_id),
+                keys.run_events_channel(run_id),
                 *run_switch_keys(keys, str(tenant), str(agent)),
             ],
-            args=[repr(time.time()), token, self.lease_ttl_ms, run_id, takeover, tenant, agent, wake],
+            args=[
+                repr(time.time()),
+                token,
+                self.lease_ttl_ms,
+                run_id,
+                takeover,
+                tenant,
+                agent,
+                wake,
+                status_data(RUNNING),
+                EVENTS_MAX,
+                self.ttl_s,
+            ],
         )
         if verdict == "terminal":
             return Started(status=str(rest[0]))
@@ -409,18 +458,21 @@ class RunStore:
         last_result: Any,
         step_entry: dict[str, Any],
     ) -> None:
-        """Persist the loop's position after a step, with the step's entry in the step log; the
-        step's park record (worker/run/timers.py), if it parked, is done with."""
+        """Persist the loop's position after a step, with the step's entry in the step log and as
+        the run's `step` event (the same JSON text); the step's park record
+        (worker/run/timers.py), if it parked, is done with. One transaction, one round trip."""
         key, log = self.keys.run(run_id), self.keys.run_steps(run_id)
+        entry = json.dumps(step_entry)
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(
             key,
             mapping={"cursor": cursor, "memory": json.dumps(memory), "last_result": json.dumps(last_result)},
         )
         pipe.hdel(key, "pending", "wait", "wait_reply")
-        pipe.rpush(log, json.dumps(step_entry))
+        pipe.rpush(log, entry)
         pipe.ltrim(log, -STEP_LOG_MAX, -1)
         pipe.expire(log, self.ttl_s)
+        events.emit_in(pipe, self.keys, run_id, events.STEP, entry, self.ttl_s)
         pipe.execute()
 
     def finish(
@@ -490,6 +542,7 @@ class RunStore:
                 keys.timers(),
                 keys.parked_owners("tenant"),
                 keys.parked_owners("agent"),
+                keys.run_events(run_id),
             ],
             args=[
                 status,
@@ -502,6 +555,8 @@ class RunStore:
                 run_id,
                 "" if steps is None else steps,
                 only_if,
+                status_data(status, stop_reason),
+                EVENTS_MAX,
             ],
             client=pipe,
         )
@@ -548,8 +603,16 @@ class RunStore:
                 self.keys.queued_runs(),
                 self.keys.timers(),
                 self.keys.timers_bell(),
+                self.keys.run_events(run_id),
             ],
-            args=[repr(time.time()), 3600, run_id],
+            args=[
+                repr(time.time()),
+                3600,
+                run_id,
+                status_data(CANCELLED, "cancelled"),
+                EVENTS_MAX,
+                self.ttl_s,
+            ],
         )
         if status == QUEUED and self.on_end is not None:
             self.on_end(run_id, CANCELLED, "cancelled", None)
