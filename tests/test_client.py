@@ -119,6 +119,27 @@ def test_cancel_stops_a_running_run(fleet: FleetProcesses, client: Fleet) -> Non
     assert (done.status, done.stop_reason) == ("cancelled", "cancelled"), done
 
 
+def test_events_stream_a_run_to_its_end_and_a_resume_after_the_end_yields_nothing(client: Fleet) -> None:
+    """`events()` against the real endpoint: statuses, one `step` per step log entry, `end` with
+    the run as GET shows it; resumed with the `end`'s id (the API answers 204), it ends at once."""
+    plan = {"plan": [{"tool": "echo", "args": {"n": 1}}, {"sleep": 0.2}, {"final": "streamed"}]}
+    run = client.submit("scripted", plan)
+    events = list(client.events(run.id))
+    kinds = [event.type for event in events]
+    assert kinds[0] == "status" and kinds[-1] == "end", kinds
+    assert kinds.count("step") == 2, kinds
+    assert len({event.id for event in events}) == len(events)  # every event has its own id
+    final = client.get(run.id)
+    assert events[-1].data == final.raw, (events[-1].data, final.raw)
+    assert list(client.events(run.id, last_event_id=events[-1].id)) == []
+
+    async def resumed() -> list[Any]:
+        async with AsyncFleet(client.base_url, KEY_T1, retries=FAST) as c:
+            return [event async for event in c.events(run.id, last_event_id=events[-2].id)]
+
+    assert [event.type for event in asyncio.run(resumed())] == ["end"]
+
+
 def test_async_client_submits_waits_gets_and_cancels(fleet: FleetProcesses) -> None:
     async def main() -> None:
         async with AsyncFleet(fleet.url, KEY_T1, retries=FAST) as c:

@@ -129,6 +129,8 @@ class AsyncFleet:
                         if not response.is_success:
                             await response.aread()
                             raise error_from_response(response)
+                        if response.status_code == 204:  # resumed after the end: nothing follows
+                            return
                         connected = True
                         parser = SSEParser(last_id)
                         async for chunk in response.aiter_bytes():

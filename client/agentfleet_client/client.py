@@ -127,6 +127,8 @@ class Fleet:
                         if not response.is_success:
                             response.read()
                             raise error_from_response(response)
+                        if response.status_code == 204:  # resumed after the end: nothing follows
+                            return
                         connected = True
                         parser = SSEParser(last_id)
                         for chunk in response.iter_bytes():
