@@ -303,7 +303,9 @@ FLEET_ENV = {
     "FLEET_OBSERVABILITY__RESULT_SAMPLE_RATE": "1.0",
     "FLEET_OBSERVABILITY__TRACES_SAMPLE_RATE": "1.0",
 }
-FLEET_CONFIG = {"tools": {"timeouts_ms": {"test.big": 30000}}}
+# 100 calls of a 20 MB result on two tool workers, beside the rest of the suite: on a loaded 2-core
+# machine the last of them took over 30 s (a timeout, not what the incident test is about: memory).
+FLEET_CONFIG = {"tools": {"timeouts_ms": {"test.big": 90000}}}
 AGENT_CONCURRENCY = 4
 TOOL_WORKERS = 2  # a 20 MB result costs a tool worker CPU under one GIL; two use both cores
 
