@@ -451,12 +451,13 @@ class ToolGateway:
                 wait["resumed"] = True  # the reply's ring woke the run: no stay to learn from
             resume = None
             try:
-                result, settled = self._await_reply(call.call_id, attempt, spec.name, call.timeout_s, wait)
-                heard = result is not _NO_REPLY
-                if not heard:
-                    result = error_result(
-                        "timeout", f"tool {spec.name!r} did not answer within {call.timeout_s:g} s"
-                    )
+                replied, settled = self._await_reply(call.call_id, attempt, spec.name, call.timeout_s, wait)
+                heard = replied is not None
+                result = (
+                    replied
+                    if replied is not None
+                    else error_result("timeout", _unanswered(spec.name, call.timeout_s))
+                )
             except Park:
                 raise  # the attempt is still out: a model attempt's reservation stays until its reply
             except BaseException:  # the run stops while a model request is out: it may be billed
@@ -470,7 +471,6 @@ class ToolGateway:
                 )
             final = is_final(spec, attempt, result, self.settings)
             if not settled:  # no reply, a model call, or the tool did not run: the bookkeeping is here
-                queued_too_long = error_result("timeout", _queued_too_long(spec.name, call.timeout_s))
                 before, after, recorded, taken = self.controls.admitter.settle(
                     keys,
                     ok=not is_failure(result),
@@ -479,10 +479,10 @@ class ToolGateway:
                     call_ttl_s=self.budget.ttl_s,
                     stats_field=stats_field(spec.name, result),
                     unheard_attempt=None if heard else attempt,
-                    untaken_result=None if heard else json.dumps(queued_too_long),
+                    untaken_result=None if heard else json.dumps(_queued_too_long(spec.name, call.timeout_s)),
                 )
                 if not taken:  # the breaker was not told: the tool was never asked
-                    result = queued_too_long
+                    result = _queued_too_long(spec.name, call.timeout_s)
                 if after != before:
                     log.warning("breaker change", tool=call.scope, outcome=after, previous=before)
                 if recorded is not None:  # the tool worker's result came in as this side gave up
@@ -612,8 +612,8 @@ class ToolGateway:
 
     def _await_reply(
         self, call_id: str, attempt: int, tool: str, timeout_s: float, wait: dict[str, Any]
-    ) -> tuple[dict[str, Any], bool]:
-        """Wait for an attempt's reply until `wait["give_up_ts"]`, checking the run between
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """Wait for an attempt's reply until `wait["give_up_ts"]` (None: none came), checking the run between
         slices: in this process for up to the run's park_after_s (none when the tool is known
         slow), then Park until the reply rings or the give-up time. Returns the envelope, and
         whether the tool worker settled the call (admit.Replier)."""
@@ -627,7 +627,7 @@ class ToolGateway:
             now = time.time()
             left = give_up_ts - now
             if left <= 0:
-                return _NO_REPLY, False
+                return None, False
             if parking and now >= stay_until:
                 if first_wait:
                     _note_stay(tool, answered=False)
@@ -690,15 +690,17 @@ def _note_stay(tool: str, answered: bool) -> None:
     _missed[tool] = 0 if answered else _missed.get(tool, 0) + 1
 
 
-# What _await_reply returns when no reply came in time (compared by identity, never sent).
-_NO_REPLY: dict[str, Any] = {"ok": False, "error": {"type": "timeout", "message": "no reply"}}
+def _unanswered(tool: str, timeout_s: float) -> str:
+    return f"tool {tool!r} did not answer within {timeout_s:g} s"
 
 
-def _queued_too_long(tool: str, timeout_s: float) -> str:
-    return (
-        f"tool {tool!r} did not answer within {timeout_s:g} s: no tool worker took the call "
+def _queued_too_long(tool: str, timeout_s: float) -> dict[str, Any]:
+    """The result of an attempt no tool worker took before its run gave up on it."""
+    message = (
+        f"{_unanswered(tool, timeout_s)}: no tool worker took the call "
         f"(its queue {tool_queue(tool)} is backed up, or no tool worker consumes it)"
     )
+    return error_result("timeout", message)
 
 
 def _reply_envelope(raw: Any) -> tuple[dict[str, Any], bool]:
