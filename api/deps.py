@@ -15,6 +15,7 @@ from fastapi import Depends, Header, Request
 from api.errors import ApiError
 from api.waiter import EndWaiter
 from api.waitslots import WaitSlots
+from worker.approvals import Approvals
 from worker.keys import Keys
 from worker.policy import PolicyStore
 from worker.rollout import Rollouts
@@ -34,6 +35,7 @@ class AppState:
     tenant_keys: dict[str, str]  # api key -> tenant
     admin_keys: frozenset[str]
     policies: PolicyStore
+    approvals: Approvals
     rollouts: Rollouts
     waiter: EndWaiter
     ar: redis.asyncio.Redis  # the event loop's client: waits, and reads of the async routes

@@ -13,10 +13,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.deps import AppState
-from api.routes import admin, health, runs
+from api.routes import admin, approvals, health, runs
 from api.waiter import EndWaiter
 from api.waitslots import WaitSlots
 from worker.agents import load_plugins
+from worker.approvals import Approvals
 from worker.celery_app import make_app
 from worker.keys import Keys
 from worker.policy import PolicyStore
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tenant_keys=settings.tenant_keys(),
         admin_keys=settings.admin_key_set(),
         policies=PolicyStore(r, keys),
+        approvals=Approvals(r, keys, settings.run_ttl_s),
         rollouts=Rollouts(r, keys, settings),
         waiter=EndWaiter(ar, keys.run_ended_channel("*"), keys.run_events_channel("*")),
         ar=ar,
@@ -137,5 +139,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(runs.router)
     app.include_router(admin.router)
+    app.include_router(approvals.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -99,6 +99,11 @@ class RunOut(BaseModel):
     created_at: str | None
     started_at: str | None
     finished_at: str | None
+    waiting: dict[str, Any] | None = Field(
+        None,
+        description='what a running run waits for: {"type": "approval", "call_id", "tool", '
+        '"args" (redacted), "since", "expires_at"}, else null',
+    )
     steps: list[dict[str, Any]] | None = Field(None, description="the step log, with ?steps=true")
 
 

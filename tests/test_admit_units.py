@@ -31,13 +31,16 @@ class CountingRedis(fakeredis.FakeRedis):
 
 
 POLICY_READ = """
-local tools, max_a, max_s = policy_read(KEYS[1])
-local names = {}
-if tools then
-  for name in pairs(tools) do table.insert(names, name) end
-  table.sort(names)
+local tools, max_a, max_s, approve = policy_read(KEYS[1])
+local function sorted(set)
+  local names = {}
+  if set then
+    for name in pairs(set) do table.insert(names, name) end
+    table.sort(names)
+  end
+  return cjson.encode(names)
 end
-return {tools and 1 or 0, cjson.encode(names), max_a, max_s}
+return {tools and 1 or 0, sorted(tools), max_a, max_s, approve and 1 or 0, sorted(approve)}
 """
 
 
@@ -67,6 +70,11 @@ return {tools and 1 or 0, cjson.encode(names), max_a, max_s}
         '{"max_spend_usd_per_day": "1"}',
         '{"max_spend": 1}',
         '{"allowed_tools": {"echo": true}}',
+        Policy(approve_tools=["test.write", "http.get"]).model_dump_json(),
+        '{"allowed_tools": ["echo"], "approve_tools": []}',
+        '{"approve_tools": "echo"}',
+        '{"approve_tools": [1]}',
+        '{"approve_tools": ["bad tool"]}',
     ],
 )
 def test_the_script_reads_a_policy_as_the_policy_store_does(r: fakeredis.FakeRedis, raw: str) -> None:
@@ -74,8 +82,12 @@ def test_the_script_reads_a_policy_as_the_policy_store_does(r: fakeredis.FakeRed
 
     r.set(KEYS.policy("a"), raw)
     expected = PolicyStore(r, KEYS).get("a")
-    has_tools, names, max_a, max_s = r.eval(LUA_POLICY + POLICY_READ, 1, KEYS.policy("a"))
+    has_tools, names, max_a, max_s, has_approve, approve = r.eval(
+        LUA_POLICY + POLICY_READ, 1, KEYS.policy("a")
+    )
     tools = sorted(json.loads(names)) if has_tools else None
+    approve_tools = sorted(json.loads(approve)) if has_approve else None
+    assert approve_tools == (None if expected.approve_tools is None else sorted(expected.approve_tools))
     assert tools == (None if expected.allowed_tools is None else sorted(expected.allowed_tools))
     assert max_a == (-1 if expected.max_actions_per_hour is None else expected.max_actions_per_hour)
     spend = expected.max_spend_usd_per_day

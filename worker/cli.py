@@ -246,6 +246,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
             changes["allowed_tools"] = [t.strip() for t in args.allowed_tools.split(",") if t.strip()]
         if args.all_tools:
             changes["allowed_tools"] = None
+        if args.approve_tools is not None:
+            names = [t.strip() for t in args.approve_tools.split(",") if t.strip()]
+            changes["approve_tools"] = names or None
         for name in ("max_actions_per_hour", "max_spend_usd_per_day"):
             value = getattr(args, name)
             if value is not None:
@@ -391,6 +394,34 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _usage(f"{exc.status} {exc.type}: {exc.message}")
 
 
+def cmd_approvals(args: argparse.Namespace) -> int:
+    """`fleet approvals`: the tenant's tool calls that wait for a decision; `fleet approve RUN
+    CALL [--deny] [--comment C]`: decide one (POST /v1/runs/{id}/approvals/{call_id})."""
+    try:
+        from agentfleet_client import Fleet, FleetConnectionError, FleetError
+    except ImportError:
+        return _usage("the Python client is not installed: pip install -e ./client (beside -e .)")
+
+    settings = _settings()
+    key = settings.api_key.get_secret_value() if settings.api_key else settings.secret("FLEET_API_KEY")
+    if not key:
+        return _usage("set FLEET_API_KEY to an API key of your tenant")
+    try:
+        with Fleet(settings.api_url, key, timeout=30.0) as fleet:
+            if args.command == "approvals":
+                print(json.dumps([a.raw for a in fleet.approvals()], indent=2))
+                return 0
+            decide = fleet.deny if args.deny else fleet.approve
+            run = decide(args.run_id, args.call_id, comment=args.comment)
+            print(json.dumps(run.raw, indent=2))
+            return 0
+    except FleetConnectionError as exc:
+        return _usage(exc.message)
+    except FleetError as exc:
+        print(f"fleet {args.command}: {exc.status} {exc.type}: {exc.message}", file=sys.stderr)
+        return 1
+
+
 def _progress_line(run: Run) -> str:
     usage, budgets = run.usage, run.budgets
     return (
@@ -472,8 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("agent")
     policy.add_argument("--allowed-tools", help="comma-separated tools the agent may call")
     policy.add_argument("--all-tools", action="store_true", help="drop allowed_tools (the allowlist applies)")
+    policy.add_argument("--approve-tools", help="comma-separated tools whose calls need a human's approval")
     policy.add_argument("--max-actions-per-hour", help="an integer, or 'none'")
     policy.add_argument("--max-spend-usd-per-day", help="dollars, or 'none'")
+
+    sub.add_parser("approvals", help="list the tool calls waiting for approval (FLEET_API_KEY's tenant)")
+    approve = sub.add_parser("approve", help="approve (or --deny) a tool call that waits for approval")
+    approve.add_argument("run_id")
+    approve.add_argument("call_id")
+    approve.add_argument("--deny", action="store_true", help="deny the call instead")
+    approve.add_argument("--comment", help="why; kept in the run's step log")
 
     rollout = sub.add_parser("rollout", help="canary rollouts: status, set --percent, promote, rollback")
     rollout.add_argument("action", choices=["status", "set", "promote", "rollback"])
@@ -527,6 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": cmd_config,
         "submit": cmd_submit,
         "policy": cmd_policy,
+        "approvals": cmd_approvals,
+        "approve": cmd_approvals,
         "healthcheck": cmd_healthcheck,
         "rollout": cmd_rollout,
     }

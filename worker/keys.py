@@ -107,6 +107,16 @@ class Keys:
         """A tenant's open `?wait` requests, fleet-wide, scored by when each slot expires."""
         return f"{self.prefix}:waiters:{tenant}"
 
+    def approvals(self, tenant: str) -> str:
+        """A tenant's runs waiting for an approval (member: run id), scored by when it was asked
+        (worker/approvals.py); entries of runs no longer waiting are dropped when listed."""
+        return f"{self.prefix}:approvals:{tenant}"
+
+    def approval_decided(self, call_id: str) -> str:
+        """A list that gets the decision on a call's approval: a run parked for it waits on this
+        key like a tool reply, so a decision that comes while the run parks is not missed."""
+        return f"{self.prefix}:call:{call_id}:decided"
+
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}:idem:{tenant}:{key}"
 

@@ -1,7 +1,8 @@
-"""Governance per agent: which tools it may call, and quotas reserved before each call.
+"""Governance per agent: which tools it may call, which need a human's approval, and quotas
+reserved before each call.
 
-A policy (`allowed_tools`, `max_actions_per_hour`, `max_spend_usd_per_day`) lives in Redis, set
-with `fleet policy set` or `PUT /v1/admin/policies/{agent}`. Before a tool call the gateway
+A policy (`allowed_tools`, `approve_tools`, `max_actions_per_hour`, `max_spend_usd_per_day`) lives
+in Redis, set with `fleet policy set` or `PUT /v1/admin/policies/{agent}`. Before a tool call the gateway
 reserves one action and the call's cost in one Lua script, so concurrent runs cannot overshoot
 together. Actions count over a sliding hour; spend over the UTC day. A reservation is made once
 per call id: a resumed or retried call gets the same decision and is not charged again.
@@ -27,30 +28,34 @@ NO_QUOTA = "no quota"  # the reason of a Decision that reserved nothing (the age
 
 # Lua functions, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
 # policy_read(key) -> allowed_tools (a set, or false: the fleet's allowlist alone), max_actions,
-# max_spend_micro (-1: no limit). A value that is not a valid policy denies every tool, as
-# PolicyStore.get does (pydantic's strict mode there; the same rules here).
+# max_spend_micro (-1: no limit), approve_tools (a set, or false: none). A value that is not a
+# valid policy denies every tool, as PolicyStore.get does (pydantic's strict mode there; the same
+# rules here).
 LUA_POLICY = """
 local function policy_read(key)
   local raw = redis.call('GET', key)
-  if not raw or raw == '' then return false, -1, -1 end
-  local deny = function() return {}, 0, -1 end
+  if not raw or raw == '' then return false, -1, -1, false end
+  local deny = function() return {}, 0, -1, false end
   local ok, p = pcall(cjson.decode, raw)
   if not ok or type(p) ~= 'table' or not string.match(raw, '^%s*{') then return deny() end
-  local tools, max_actions, max_spend = false, -1, -1
+  local tools, max_actions, max_spend, approve = false, -1, -1, false
+  local function names(v)
+    if type(v) ~= 'table' then return nil end
+    local n, set = 0, {}
+    for _, tool in pairs(v) do
+      if type(tool) ~= 'string' or #tool > 200 or not string.match(tool, '^[%w_.:-]+$') then return nil end
+      set[tool] = true
+      n = n + 1
+    end
+    if n ~= #v then return nil end
+    return set
+  end
   for name, v in pairs(p) do
-    if name == 'allowed_tools' then
+    if name == 'allowed_tools' or name == 'approve_tools' then
       if v ~= cjson.null then
-        if type(v) ~= 'table' then return deny() end
-        local n = 0
-        tools = {}
-        for _, tool in pairs(v) do
-          if type(tool) ~= 'string' or #tool > 200 or not string.match(tool, '^[%w_.:-]+$') then
-            return deny()
-          end
-          tools[tool] = true
-          n = n + 1
-        end
-        if n ~= #v then return deny() end
+        local set = names(v)
+        if not set then return deny() end
+        if name == 'allowed_tools' then tools = set else approve = set end
       end
     elseif name == 'max_actions_per_hour' then
       if v ~= cjson.null then
@@ -66,7 +71,7 @@ local function policy_read(key)
       return deny()
     end
   end
-  return tools, max_actions, max_spend
+  return tools, max_actions, max_spend, approve
 end
 """
 
@@ -146,6 +151,8 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     allowed_tools: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")]] | None = None
+    # Tools whose calls by this agent wait for a human's approval, besides tools.approval.required.
+    approve_tools: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,200}$")]] | None = None
     max_actions_per_hour: int | None = Field(None, ge=0)
     max_spend_usd_per_day: float | None = Field(None, ge=0, le=MAX_SPEND_USD_PER_DAY, allow_inf_nan=False)
 

@@ -113,6 +113,14 @@ class RetryBudgetSection(_Section):
 DEFAULT_TOOL_CONCURRENCY = 1000
 
 
+class ApprovalSection(_Section):
+    # Tools whose every call waits for a human's decision (POST /v1/runs/{id}/approvals/{call_id});
+    # an agent's policy `approve_tools` adds to it. The run parks meanwhile (worker/approvals.py).
+    required: list[str] = Field(default_factory=list)
+    # An approval not decided within this many seconds expires: the call is denied.
+    timeout_s: int = Field(86400, gt=0, le=30 * 86400)
+
+
 class ToolsSection(_Section):
     allowlist: list[str] = Field(default_factory=lambda: ["search.read", "http.get"])
     timeouts_ms: dict[str, int] = Field(default_factory=lambda: {"default": 8000})
@@ -134,6 +142,7 @@ class ToolsSection(_Section):
     retry_budget: RetryBudgetSection = RetryBudgetSection()
     http: HttpSection = HttpSection()
     search: SearchSection = SearchSection()
+    approval: ApprovalSection = ApprovalSection()
 
     @field_validator("timeouts_ms")
     @classmethod

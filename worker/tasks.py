@@ -90,7 +90,7 @@ def _deps() -> LoopDeps:
         settings=settings,
         store=RunStore(r, keys, settings.run_ttl_s, on_end=end_recorder(r, keys, settings)),
         dispatcher=CeleryDispatcher(),
-        controls=FleetControls.build(r, keys),
+        controls=FleetControls.build(r, keys, settings.run_ttl_s),
         leases=leases,
         keeper=RunKeeper(leases),  # its thread starts in each pool child, on its first run
         hard_stop=exit_process,

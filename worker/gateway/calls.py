@@ -36,6 +36,7 @@ kept in the run, and `resume` goes on from there in a later execution (worker/ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -47,6 +48,7 @@ import structlog
 from pydantic import BaseModel
 
 from worker import killswitch
+from worker.approvals import APPROVE, Approvals, Pending, denial_message
 from worker.breaker import BreakerPolicy, CircuitBreaker
 from worker.budget import ToolCallBudget
 from worker.gateway.checks import Admitter, Answer, CallKeys, LimitSlot
@@ -57,7 +59,7 @@ from worker.policy import DECISION_TTL_S, MICRO, NO_QUOTA, Decision, PolicyStore
 from worker.ratelimit import RateLimiter, parse_rate
 from worker.redact import redact
 from worker.retrybudget import RetryBudget, RetryPolicy
-from worker.run.guard import SLICE_S, BudgetExceeded, Park, RunGuard
+from worker.run.guard import SLICE_S, BudgetExceeded, LeaseLost, Park, RunGuard
 from worker.settings import Settings
 from worker.spend import ModelCallCost, SpendBudget, attempt_charge
 from worker.tools import MODEL_TOOL, Tool, ToolFailure, get_tool, validate_args
@@ -100,15 +102,17 @@ class FleetControls:
     retry_budget: RetryBudget
     policies: PolicyStore
     admitter: Admitter
+    approvals: Approvals
 
     @classmethod
-    def build(cls, r: redis.Redis, keys: Keys) -> FleetControls:
+    def build(cls, r: redis.Redis, keys: Keys, run_ttl_s: int = 7 * 86400) -> FleetControls:
         return cls(
             RateLimiter(r, keys),
             CircuitBreaker(r, keys),
             RetryBudget(r, keys),
             PolicyStore(r, keys),
             Admitter(r),
+            Approvals(r, keys, run_ttl_s),
         )
 
 
@@ -128,6 +132,7 @@ class CallOutcome:
 
     result: dict[str, Any]
     decision: dict[str, Any] = field(default_factory=dict)
+    approval: dict[str, Any] | None = None  # the human's decision, for a call that needed one
 
 
 def is_failure(result: dict[str, Any]) -> bool:
@@ -139,6 +144,15 @@ def is_failure(result: dict[str, Any]) -> bool:
 
 def _denied(type: ErrorType, message: str, reason: str | None = None) -> CallOutcome:
     return CallOutcome(error_result(type, message), Decision("denied", reason or message).to_dict())
+
+
+APPROVAL_AT = "approval"  # the park's `at` of a call waiting for a human's decision
+
+
+def _not_approved(decision: dict[str, Any]) -> CallOutcome:
+    """The outcome of a call whose approval was denied or expired."""
+    message = denial_message(decision)
+    return CallOutcome(error_result("denied", message), Decision("denied", message).to_dict(), decision)
 
 
 class ToolGateway:
@@ -183,7 +197,13 @@ class ToolGateway:
         """One tool call. Raises RunStopped (kill, cancel, deadline, budget) to end the run, and
         Park when it would wait long; `resume` is that Park's wait, when the run resumes the call.
         The loop logs the call with its step (one `tool call` line per step)."""
-        if resume is not None:
+        if resume is not None and resume.get("at") == APPROVAL_AT:
+            # decided (or expired, or woken early): admission again, at this moment
+            outcome = self._call(call_id, tool, args)
+            if outcome.approval is None:
+                decided = self.r.hget(self.keys.run(self.run_id), f"approval:{call_id}")
+                outcome = dataclasses.replace(outcome, approval=json.loads(decided) if decided else None)
+        elif resume is not None:
             outcome = self._resume(self._tool_call(call_id, tool, args), resume)
         else:
             outcome = self._call(call_id, tool, args)
@@ -324,6 +344,10 @@ class ToolGateway:
         elif answer.verdict == "recorded":
             self.budget.used = answer.used
             outcome = CallOutcome(dict(json.loads(answer.detail)), quota.to_dict())
+        elif answer.verdict == "approval":
+            outcome = self._approval(call, answer.detail)
+            if outcome is None:  # approved as it expired: admitted like any approved call
+                return self._call(call_id, tool, args)
         if outcome is not None:
             self.r.hincrby(self.keys.stats_tools(), stats_field(tool, outcome.result), 1)
             return outcome
@@ -331,6 +355,37 @@ class ToolGateway:
         self.budget.used = answer.used
         self._charge_tool_cost(call_id, spec)
         return self._attempts(call, quota.to_dict(), attempt=0, answer=answer)
+
+    def _approval(self, call: Call, decided: str) -> CallOutcome | None:
+        """A call that needs a human's approval (worker/approvals.py): the denial when it was
+        denied or has expired, None when it was approved just now; else ask for the approval
+        (once per call) and raise Park until it is decided or expires."""
+        if decided:
+            return _not_approved(json.loads(decided))
+        tool = call.spec.name
+        if self.guard.park_after_s is None:
+            message = (
+                f"tool {tool!r} needs a human's approval, and this fleet's runs cannot wait for one "
+                "without holding a process (runtime.park_waits is off)"
+            )
+            return _denied("denied", message, "approval needs runtime.park_waits")
+        now = time.time()
+        timeout_s = self.settings.tools.approval.timeout_s
+        asked = Pending(call.call_id, tool, redact(call.args), now, now + timeout_s)
+        # the reaper's deadline while the clock is stopped: the approval's expiry + what is left
+        reaper_deadline = asked.expires_ts + max(0.0, self.guard.remaining_s()) + 60.0
+        outcome, detail = self.controls.approvals.request(self.run_id, self.tenant, asked, reaper_deadline)
+        if outcome == "ended":
+            raise LeaseLost()  # the run was ended by a kill sweep or a cancel; that call reported it
+        if outcome == "decided":
+            decision = json.loads(detail)
+            return None if decision.get("decision") == APPROVE else _not_approved(decision)
+        pending = Pending.from_json(detail)
+        if time.time() >= pending.expires_ts:
+            decision = self.controls.approvals.expire(self.run_id, call.call_id)
+            return None if decision.get("decision") == APPROVE else _not_approved(decision)
+        wait = {"at": APPROVAL_AT, "call_id": call.call_id}
+        raise Park(pending.expires_ts, wait, reply_key=self.keys.approval_decided(call.call_id))
 
     def _resume(self, call: Call, wait: dict[str, Any]) -> CallOutcome:
         """Go on with an admitted call where its park left it (admission, quotas, budget and
@@ -394,6 +449,7 @@ class ToolGateway:
             wait_stat=f"rate_limit_waits|{call.scope}",
             limits=call.limits,
             kind="model" if call.cost is not None else "tool",
+            approval=spec.name in self.settings.tools.approval.required,
         )
 
     def _attempts(

@@ -9,6 +9,9 @@ order, atomically, so a call costs one round trip before it is sent instead of o
    at every stage, so a retry or a send after a rate-limit wait is refused like a first attempt
 2. the fleet's allowlist (decided in Python, passed in), then the agent's `allowed_tools`
 3. an unknown tool or bad arguments (decided in Python, passed in)
+3a. a tool that needs a human's approval (`tools.approval.required`, passed in, or the agent's
+   `approve_tools`): `approval` until the call's decision (in the run's hash) is `approve`, so an
+   approved call meets every later check at the moment it is approved (worker/approvals.py)
 4. the agent's quotas, reserved once per call id
 5. the run's tool-call budget (the reservation above is given back when it is spent), or the
    recorded result of a call an earlier attempt already finished
@@ -49,7 +52,8 @@ from worker.retrybudget import LUA_SPEND, RetryPolicy
 # retry budget (ratio, min retries, window ms), 13-14 breaker (cooldown ms, probe ms), 15 the
 # run's remaining ms, 16 attempt, 17 the stats field of a rate-limit wait, 18 the call's kind
 # ('tool', or 'model': no allowlist, policy, quota or tool-call budget at admission, as a model
-# attempt's spend is reserved per attempt, gateway.py), then per limit: interval ms, burst, cost.
+# attempt's spend is reserved per attempt, gateway.py), 19 the fleet's config makes the tool need
+# an approval (1/0), then per limit: interval ms, burst, cost.
 # Returns {verdict, quota decision ('' without quota), max actions, max spend micro, used, d1, d2}.
 _BODY = """
 local stage = ARGV[1]
@@ -75,10 +79,18 @@ if stage == 'admit' and ARGV[18] == 'model' then
   retry_budget(KEYS[13], 'call', tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), now_int)
 elseif stage == 'admit' then
   if ARGV[2] == 'allowlist' then return answer('denied', 'allowlist') end
-  local tools
-  tools, max_a, max_s = policy_read(KEYS[7])
+  local tools, approve
+  tools, max_a, max_s, approve = policy_read(KEYS[7])
   if tools and not tools[ARGV[3]] then return answer('denied', 'policy') end
   if ARGV[2] ~= '' then return answer('denied', ARGV[2]) end
+  if ARGV[19] == '1' or (approve and approve[ARGV[3]]) then
+    local decided = redis.call('HGET', KEYS[11], 'approval:' .. ARGV[5])
+    local ok, d = false, nil
+    if decided then ok, d = pcall(cjson.decode, decided) end
+    if not (ok and type(d) == 'table' and d['decision'] == 'approve') then
+      return answer('approval', decided or '')
+    end
+  end
   if max_a >= 0 or max_s >= 0 then
     quota = quota_reserve(KEYS[8], KEYS[9], KEYS[10], ARGV[5], max_a, max_s, tonumber(ARGV[6]),
                           ARGV[9], now_int)
@@ -97,7 +109,7 @@ end
 if stage ~= 'go' then
   local wait = 0
   for i = 16, #KEYS do
-    local a = 19 + (i - 16) * 3
+    local a = 20 + (i - 16) * 3
     local allowed, w = gcra(KEYS[i], tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[15]),
                             tonumber(ARGV[a + 2]), now)
     if allowed == 0 then return answer('rate_limited', tostring(w), i - 16, quota, max_a, max_s, used) end
@@ -279,6 +291,7 @@ class Admitter:
         wait_stat: str,
         limits: list[LimitSlot],
         kind: str = "tool",
+        approval: bool = False,
     ) -> Answer:
         script_keys = [
             *keys.run_switches,
@@ -313,6 +326,7 @@ class Admitter:
             attempt,
             wait_stat,
             kind,
+            "1" if approval else "0",
         ]
         for limit in limits:
             args += [limit.rate.interval_ms, limit.rate.burst, max(1, limit.cost)]

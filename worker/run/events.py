@@ -9,8 +9,9 @@ entry's id (`<ms>-<seq>`, Redis' clock) is the event's SSE `id:`. The names:
   Parking and resuming change no status and write no event.
 - `step`: a step's entry, the same JSON text that the run's step log holds (already redacted by
   the loop), written in the checkpoint's transaction.
-- `approval_requested`, `approval_decided`: reserved for approvals; a change that adds them
-  emits each with one call (`emit_in` on its pipeline, or `emit` in its script).
+- `approval_requested`, `approval_decided`: written by the approval scripts
+  (worker/approvals.py) when a call asks for a human's approval and when it is decided or expires;
+  their data is the approval and the decision.
 - `end`: written right after the terminal status, in the same script; its stored data is empty,
   and the API sends the run as `GET /v1/runs/{id}` shows it (a run that has ended no longer
   changes). The stream closes after it.

@@ -140,7 +140,7 @@ def _execute(
     else:
         log.info("run started", attempt=int(raw.get("attempts", 1)), version=raw.get("version"))
     budgets = Budgets.from_dict(json.loads(raw["budgets"]))
-    deadline_ts = float(raw["started_ts"]) + budgets.max_seconds
+    deadline_ts = run_deadline(raw, budgets.max_seconds)
     guard = RunGuard(
         deps.r,
         deps.keys,
@@ -337,6 +337,8 @@ def _act(
         result = outcome.result
         entry["tool"] = action.tool
         entry["decision"] = outcome.decision
+        if outcome.approval is not None:  # who decided, when, and the comment
+            entry["approval"] = outcome.approval
     else:
         result = _call_model(f"{run_id}:{step}:0", action, budgets, gateway, deps, resume)
         entry["tool"] = MODEL_TOOL
@@ -377,6 +379,15 @@ def _park(
     if outcome in ("lost", "ended"):
         raise LeaseLost()  # another execution holds the run, or it has ended: it reports the end
     return outcome
+
+
+def run_deadline(raw: dict[str, str], max_seconds: float, now: float | None = None) -> float:
+    """When the run's time is up: its first start + max_seconds + the time it waited for humans
+    (`paused_s`, and since `approval_since` while it still waits; worker/approvals.py)."""
+    deadline = float(raw["started_ts"]) + max_seconds + float(raw.get("paused_s") or 0.0)
+    if raw.get("approval_since"):
+        deadline += max(0.0, (time.time() if now is None else now) - float(raw["approval_since"]))
+    return deadline
 
 
 def encode_action(action: CallTool | CallModel | Sleep) -> dict[str, Any]:

@@ -149,7 +149,12 @@ for i = 1, #raw, 2 do run[raw[i]] = raw[i + 1] end
 if s == 'queued' then
   redis.call('ZREM', KEYS[6], run['tenant'] .. '|' .. (run['created_ts'] or '') .. '|' .. ARGV[4])
 end
+-- the time waiting for a human is not the run's: paused_s, and the clock stops while it waits
 local deadline = tonumber(run['started_ts']) + tonumber(cjson.decode(run['budgets'])['max_seconds'])
+  + tonumber(run['paused_s'] or '0')
+if run['approval_since'] then
+  deadline = deadline + math.max(0, tonumber(ARGV[1]) - tonumber(run['approval_since']))
+end
 redis.call('ZADD', KEYS[4], string.format('%.6f', deadline), ARGV[4])
 return {'started', raw, {kill_reason({unpack(KEYS, 12)}), redis.call('GET', KEYS[5])}}
 """
@@ -624,9 +629,30 @@ class RunStore:
 
 
 def overdue(raw: dict[str, str], max_seconds: float, now: float) -> bool:
-    """True when a started run's deadline (first start + max_seconds) has passed."""
+    """True when a started run's deadline (first start + max_seconds + the time it waited for
+    humans, worker/approvals.py) has passed."""
     started = _finite(raw.get("started_ts"))
-    return started is not None and started + max_seconds <= now
+    paused = _finite(raw.get("paused_s")) or 0.0
+    return started is not None and started + max_seconds + paused <= now
+
+
+def waiting_view(raw_approval: str | None) -> dict[str, Any] | None:
+    """A running run's `waiting` in the API: `{"type": "approval", "call_id", "tool", "args",
+    "since", "expires_at"}`, or None when it waits for no approval."""
+    if not raw_approval:
+        return None
+    try:
+        data = json.loads(raw_approval)
+        return {
+            "type": "approval",
+            "call_id": data["call_id"],
+            "tool": data["tool"],
+            "args": data.get("args"),
+            "since": data.get("since"),
+            "expires_at": data.get("expires_at"),
+        }
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def public_view(raw: dict[str, str], *, now: float | None = None) -> dict[str, Any]:
@@ -658,6 +684,7 @@ def public_view(raw: dict[str, str], *, now: float | None = None) -> dict[str, A
         },
         "budgets": data["budgets"],
         "metadata": data["metadata"] or {},
+        "waiting": waiting_view(raw.get("approval")) if raw["status"] == RUNNING else None,
         "created_at": iso(_finite(raw.get("created_ts"))),
         "started_at": iso(started),
         "finished_at": iso(finished),

@@ -1,0 +1,262 @@
+"""Approval of tool calls by a human: the call waits, the run parks, a decision resumes it.
+
+A tool needs approval when it is in `tools.approval.required` or in the agent's policy
+`approve_tools`. The admission script (worker/gateway/checks.py) answers `approval` for such a
+call until the call's decision, in the run's hash, is `approve`; only then does the call go on to
+the quotas, budgets, rate limits and breaker, so those are checked when it is approved, not when
+it was asked for. A call is asked for once:
+
+- `request` (one script) records the pending approval in the run's hash (`approval`: call id,
+  tool, redacted args, since, expires_at; `approval_since`), lists the run among its tenant's
+  pending approvals (`Keys.approvals`), writes the `approval_requested` event and moves the run's
+  reaper deadline past the approval's expiry;
+- the run parks (worker/run/timers.py) until the approval expires, waiting on
+  `Keys.approval_decided(call_id)` as it would on a tool's reply;
+- `decide` (one script, from `POST /v1/runs/{id}/approvals/{call_id}`, or the run itself when the
+  approval has expired) writes the decision once (`approval:<call_id>` in the run's hash), adds
+  the time the run waited to its `paused_s`, which the run's deadline excludes (time waiting for
+  a human does not count against max_seconds), drops the pending approval, pushes the decision
+  to the list the parked run waits on, makes the parked run due, rings the schedulers' bell and
+  writes the `approval_decided` event.
+
+A run's deadline is `started_ts + max_seconds + paused_s`, and while it waits for a decision the
+clock is stopped: the timers' claim adds the time since `approval_since`.
+
+A denied or expired approval reaches the agent as `{"ok": false, "error": {"type": "denied",
+"message": "approval denied: ..." | "approval expired"}}`. Kill switches and cancel end a run
+that waits for approval like any parked run: at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.keys import Keys
+from worker.run.events import EVENTS_MAX, LUA_EMIT
+from worker.run.store import iso, waiting_view
+
+APPROVE, DENY, EXPIRED = "approve", "deny", "expired"
+COMMENT_MAX = 2000
+
+# KEYS: the run, its tenant's pending approvals, the deadlines zset, the run's events and their
+# channel. ARGV: the call id, the request (JSON), now (s), the run id, the reaper deadline while
+# it waits (s), the events' cap, the run's ttl (s).
+# Returns the call's pending request (this one, or the one asked before for the same call), or
+# {'decided', decision} if the call was decided already, or {'ended', status}.
+_REQUEST = (
+    LUA_EMIT
+    + """
+local decided = redis.call('HGET', KEYS[1], 'approval:' .. ARGV[1])
+if decided then return {'decided', decided} end
+local f = redis.call('HMGET', KEYS[1], 'status', 'approval')
+if f[1] ~= 'running' then return {'ended', f[1] or ''} end
+if f[2] then
+  local ok, cur = pcall(cjson.decode, f[2])
+  if ok and type(cur) == 'table' and cur['call_id'] == ARGV[1] then return {'pending', f[2]} end
+end
+redis.call('HSET', KEYS[1], 'approval', ARGV[2], 'approval_since', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+emit(KEYS[4], KEYS[5], ARGV[6], ARGV[7], 'approval_requested', ARGV[2])
+return {'pending', ARGV[2]}
+"""
+)
+
+# KEYS: the run, its tenant's pending approvals, the call's decided list, the timers zset, the
+# schedulers' bell, the run's events and their channel. ARGV: the call id, the decision (JSON),
+# now (s), the run id, the tenant who decides ('' for the run itself: an expiry), the events'
+# cap, the run's ttl (s).
+# Returns {'ok', decision}, {'decided', the decision taken before}, {'missing'} (no such run for
+# this tenant), {'unknown'} (no such call waits for approval) or {'ended', status}.
+_DECIDE = (
+    LUA_EMIT
+    + """
+local f = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'approval', 'approval_since', 'parked',
+                    'wait_reply')
+if not f[1] or (ARGV[5] ~= '' and f[2] ~= ARGV[5]) then return {'missing'} end
+local decided = redis.call('HGET', KEYS[1], 'approval:' .. ARGV[1])
+if decided then return {'decided', decided} end
+if not f[3] then return {'unknown'} end
+local ok, cur = pcall(cjson.decode, f[3])
+if not ok or type(cur) ~= 'table' or cur['call_id'] ~= ARGV[1] then return {'unknown'} end
+if f[1] ~= 'running' then return {'ended', f[1]} end
+redis.call('HSET', KEYS[1], 'approval:' .. ARGV[1], ARGV[2])
+local waited = tonumber(ARGV[3]) - (tonumber(f[4] or ARGV[3]) or tonumber(ARGV[3]))
+if waited > 0 then redis.call('HINCRBYFLOAT', KEYS[1], 'paused_s', string.format('%.6f', waited)) end
+redis.call('HDEL', KEYS[1], 'approval', 'approval_since')
+redis.call('ZREM', KEYS[2], ARGV[4])
+redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+if f[5] == '1' and f[6] == KEYS[3] then
+  redis.call('ZADD', KEYS[4], 'XX', 0, ARGV[4])
+  redis.call('LPUSH', KEYS[5], ARGV[4])
+  redis.call('LTRIM', KEYS[5], 0, 63)
+end
+emit(KEYS[6], KEYS[7], ARGV[6], ARGV[7], 'approval_decided', ARGV[2])
+return {'ok', ARGV[2]}
+"""
+)
+
+
+class DecisionRefused(Exception):
+    """A decision that cannot be taken: `reason` is `missing` (no such run for the tenant),
+    `unknown` (the call waits for no approval), `decided` (`detail`: the decision taken before)
+    or `ended` (`detail`: the run's status)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An approval the run waits for (the run hash's `approval`), as the API shows it."""
+
+    call_id: str
+    tool: str
+    args: Any
+    since: float
+    expires_ts: float
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "call_id": self.call_id,
+                "tool": self.tool,
+                "args": self.args,
+                "since": iso(self.since),
+                "expires_at": iso(self.expires_ts),
+                "since_ts": self.since,
+                "expires_ts": self.expires_ts,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str) -> Pending:
+        data = json.loads(raw)
+        since, expires = float(data["since_ts"]), float(data["expires_ts"])
+        return cls(str(data["call_id"]), str(data["tool"]), data.get("args"), since, expires)
+
+
+def decision_data(decision: str, *, by: str | None, comment: str | None, now: float) -> dict[str, Any]:
+    """A decision as the run's hash, the step log and the `approval_decided` event keep it."""
+    return {"decision": decision, "by": by, "at": iso(now), "comment": comment}
+
+
+def denial_message(decision: dict[str, Any]) -> str:
+    """The message the agent gets for a call that was not approved."""
+    if decision.get("decision") == EXPIRED:
+        return "approval expired"
+    comment = decision.get("comment")
+    return f"approval denied: {comment}" if comment else "approval denied"
+
+
+class Approvals:
+    """Asks for, decides and lists the approvals of one fleet (one key prefix)."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, run_ttl_s: int) -> None:
+        self.r = r
+        self.keys = keys
+        self.run_ttl_s = run_ttl_s
+        self._request = r.register_script(_REQUEST)
+        self._decide = r.register_script(_DECIDE)
+
+    def request(
+        self, run_id: str, tenant: str, pending: Pending, reaper_deadline_ts: float
+    ) -> tuple[str, str]:
+        """Ask for the call's approval, once: returns (`pending`, the request as recorded: the
+        first one for this call), (`decided`, the decision JSON) or (`ended`, the run's status)."""
+        keys = self.keys
+        outcome, detail = self._request(
+            keys=[
+                keys.run(run_id),
+                keys.approvals(tenant),
+                keys.deadlines(),
+                keys.run_events(run_id),
+                keys.run_events_channel(run_id),
+            ],
+            args=[
+                pending.call_id,
+                pending.to_json(),
+                repr(pending.since),
+                run_id,
+                f"{reaper_deadline_ts:.6f}",
+                EVENTS_MAX,
+                self.run_ttl_s,
+            ],
+        )
+        return str(outcome), str(detail)
+
+    def decide(
+        self,
+        run_id: str,
+        call_id: str,
+        decision: str,
+        *,
+        tenant: str,
+        comment: str | None = None,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """Take a decision (`approve`, `deny`; `expired` with tenant '' by the run itself) on the
+        call's approval, once. Returns the decision; raises DecisionRefused."""
+        now = time.time() if now is None else now
+        data = decision_data(decision, by=tenant or None, comment=comment, now=now)
+        keys = self.keys
+        outcome, *rest = self._decide(
+            keys=[
+                keys.run(run_id),
+                keys.approvals(tenant) if tenant else keys.approvals(self._tenant(run_id)),
+                keys.approval_decided(call_id),
+                keys.timers(),
+                keys.timers_bell(),
+                keys.run_events(run_id),
+                keys.run_events_channel(run_id),
+            ],
+            args=[call_id, json.dumps(data), repr(now), run_id, tenant, EVENTS_MAX, self.run_ttl_s],
+        )
+        if outcome != "ok":
+            raise DecisionRefused(str(outcome), str(rest[0]) if rest else "")
+        return dict(json.loads(rest[0]))
+
+    def expire(self, run_id: str, call_id: str) -> dict[str, Any]:
+        """Record that the call's approval expired, unless a decision came first: returns the
+        decision that stands."""
+        try:
+            return self.decide(run_id, call_id, EXPIRED, tenant="")
+        except DecisionRefused as refused:
+            if refused.reason == "decided":
+                return dict(json.loads(refused.detail))
+            raise
+
+    def pending(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The tenant's pending approvals, oldest first: each `{"run_id", "agent", "call_id",
+        "tool", "args", "since", "expires_at"}`. Entries of runs that no longer wait (decided,
+        ended, expired with the run) are dropped from the list on the way."""
+        key = self.keys.approvals(tenant)
+        run_ids = [str(x) for x in self.r.zrange(key, 0, max(0, limit - 1))]
+        if not run_ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hmget(self.keys.run(run_id), ["status", "agent", "approval"])
+        found, stale = [], []
+        for run_id, (status, agent, approval) in zip(run_ids, pipe.execute(), strict=True):
+            view = waiting_view(approval) if status == "running" else None
+            if view is None:
+                stale.append(run_id)
+                continue
+            view.pop("type")
+            found.append({"run_id": run_id, "agent": agent, **view})
+        if stale:
+            self.r.zrem(key, *stale)
+        return found
+
+    def _tenant(self, run_id: str) -> str:
+        tenant = self.r.hget(self.keys.run(run_id), "tenant")
+        return str(tenant) if tenant is not None else ""
