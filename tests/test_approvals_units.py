@@ -45,12 +45,13 @@ def test_a_call_is_asked_for_once_and_shows_as_the_runs_waiting(
     now = time.time()
     outcome, first = ask(approvals, now)
     assert outcome == "pending"
+    r.zadd(KEYS.deadlines(), {"r1": now + 10})  # a resume's start script sets it from its clock
     outcome, again = ask(approvals, now + 5)  # a resumed or repeated step asks again
     assert (outcome, again) == ("pending", first), "a second request replaced the first"
+    assert r.zscore(KEYS.deadlines(), "r1") == pytest.approx(now + 95), "the reaper would end the waiting run"
     waiting = public_view(store.load("r1") or {})["waiting"]
     assert waiting["type"] == "approval" and waiting["call_id"] == CALL and waiting["tool"] == "echo"
     assert r.xlen(KEYS.run_events("r1")) == 3  # queued, running, one approval_requested
-    assert r.zscore(KEYS.deadlines(), "r1") == pytest.approx(now + 90)  # the reaper waits past the expiry
     assert [a["call_id"] for a in approvals.pending("t1")] == [CALL]
     assert approvals.pending("t2") == []
 
