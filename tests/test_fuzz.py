@@ -61,6 +61,8 @@ OPERATIONS = [
     ("GET", "/v1/runs/{run_id}"),
     ("GET", "/v1/runs/{run_id}/events"),
     ("POST", "/v1/runs/{run_id}/cancel"),
+    ("POST", "/v1/runs/{run_id}/approvals/{call_id}"),
+    ("GET", "/v1/approvals"),
     ("GET", "/v1/admin/policies/{agent}"),
     ("PUT", "/v1/admin/policies/{agent}"),
     ("DELETE", "/v1/admin/policies/{agent}"),
@@ -68,7 +70,13 @@ OPERATIONS = [
 V1_OPERATIONS = [op for op in OPERATIONS if op[1].startswith("/v1/")]
 # Negative mode needs something the schema constrains (a body, a typed query); a bare string path
 # parameter or an optional string header cannot be made invalid, so Hypothesis would find no case.
-NEGATABLE = [("POST", "/v1/runs"), ("GET", "/v1/runs/{run_id}"), ("PUT", "/v1/admin/policies/{agent}")]
+NEGATABLE = [
+    ("POST", "/v1/runs"),
+    ("GET", "/v1/runs/{run_id}"),
+    ("PUT", "/v1/admin/policies/{agent}"),
+    ("POST", "/v1/runs/{run_id}/approvals/{call_id}"),
+    ("GET", "/v1/approvals"),
+]
 
 # POST /v1/runs refuses schema-valid bodies for reasons a static schema cannot state: the agent must
 # be registered (plugins add agents at start), the input must fit that agent's own model, and
@@ -395,7 +403,7 @@ def test_a_method_the_schema_does_not_list_is_405_with_allow_naming_the_document
     fuzz_fleet: Fleet, path: str
 ) -> None:
     documented = {m for m, p in OPERATIONS if p == path}
-    url = fuzz_fleet.url + path.format(run_id="r" * 32, agent="fuzzed-agent")
+    url = fuzz_fleet.url + path.format(run_id="r" * 32, agent="fuzzed-agent", call_id="c1")
     for method in sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - documented):
         resp = httpx.request(method, url, headers=bearer(key_for(path)), timeout=40)
         assert resp.status_code == 405, (method, resp.text)

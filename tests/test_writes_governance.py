@@ -673,7 +673,12 @@ def test_admin_api_sets_shows_validates_and_deletes_a_policy_for_admin_keys_only
     fleet: Fleet, http_server: CountingServer
 ) -> None:
     path = "/v1/admin/policies/scripted"
-    body = {"allowed_tools": ["echo"], "max_actions_per_hour": 5, "max_spend_usd_per_day": 2.5}
+    body = {
+        "allowed_tools": ["echo"],
+        "approve_tools": ["http.get"],
+        "max_actions_per_hour": 5,
+        "max_spend_usd_per_day": 2.5,
+    }
     expected = {"agent": "scripted", **body}
     with httpx.Client(base_url=fleet.url, timeout=30) as c:
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -696,6 +701,7 @@ def test_admin_api_sets_shows_validates_and_deletes_a_policy_for_admin_keys_only
         for bad, named in (
             ({"max_actions_per_hour": -1}, "max_actions_per_hour"),
             ({"max_actions_per_hour": 5, "colour": "red"}, "colour"),
+            ({"approve_tools": "echo"}, "approve_tools"),
         ):
             resp = c.put(path, headers=admin, json=bad)
             assert resp.status_code == 422, resp.text
@@ -710,8 +716,8 @@ def test_admin_api_sets_shows_validates_and_deletes_a_policy_for_admin_keys_only
 
         resp = c.delete(path, headers=admin)
         assert resp.status_code == 200, resp.text
-        cleared = {"agent": "scripted", "allowed_tools": None, "max_actions_per_hour": None,
-                   "max_spend_usd_per_day": None}  # fmt: skip
+        cleared = {"agent": "scripted", "allowed_tools": None, "approve_tools": None,
+                   "max_actions_per_hour": None, "max_spend_usd_per_day": None}  # fmt: skip
         assert c.get(path, headers=admin).json() == cleared
         assert not fleet.r.exists("fleet:policy:scripted")
         assert json.loads(fleet_cli(fleet, "policy", "get", "scripted").stdout) == cleared

@@ -44,7 +44,8 @@ def get_policy(agent: AgentName, state: State, _: Admin) -> dict[str, Any]:
 
 @router.put("/policies/{agent}", responses=_ERRORS)
 def put_policy(agent: AgentName, policy: PolicyIn, state: State, _: Admin) -> dict[str, Any]:
-    """Replace an agent's policy: `allowed_tools`, `max_actions_per_hour`, `max_spend_usd_per_day`."""
+    """Replace an agent's policy: `allowed_tools`, `approve_tools`, `max_actions_per_hour`,
+    `max_spend_usd_per_day`."""
     _check(agent)
     state.policies.set(agent, Policy(**policy.model_dump()))  # a plain Policy: is_empty compares types
     return {"agent": agent, **state.policies.get(agent).model_dump()}
