@@ -8,13 +8,14 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
 import pytest
 
-from tests.harness import CountingServer
+from tests.harness import ROOT, CountingServer
 from worker.keys import Keys
 from worker.run.store import Budgets, RunStore, public_view
 from worker.settings import ConfigError, Settings, parse_webhook_secrets
@@ -85,6 +86,20 @@ def test_verify_refuses_another_secret_a_changed_body_and_a_stale_timestamp(
 ) -> None:
     header = signing.signature_header(SECRET, b'{"id":"e1"}', ts=1700000000)
     assert not signing.verify(secret, header, body, now=now)
+
+
+def test_the_readmes_receiver_snippet_accepts_a_delivery_and_refuses_a_forgery() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Webhooks") :]
+    snippet = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert snippet is not None
+    scope: dict[str, Any] = {}
+    exec(snippet.group(1), scope)
+    body = b'{"id":"e1","event":"end"}'
+    header = signing.signature_header(SECRET, body)
+    assert scope["verify"](SECRET, header, body)
+    assert not scope["verify"](SECRET, header, body + b" ")
+    assert not scope["verify"](SECRET, signing.signature_header(SECRET, body, ts=1700000000), body)
 
 
 @pytest.mark.parametrize("header", ["", "t=abc,v1=00", "v1=00", "t=1700000000"])
