@@ -310,6 +310,40 @@ def test_the_end_body_is_the_run_as_the_api_shows_it(
     assert delivery.body_of(delivery_id, raw, lambda _: None) is None  # the run is gone
 
 
+def test_prepare_fixes_the_body_once_and_skips_a_superseded_claim(
+    store: RunStore, outbox: Outbox, r: fakeredis.FakeRedis
+) -> None:
+    new_run(store)
+    store.finish("r1", "succeeded", "finish", output="done")
+    (claimed,) = outbox.claim_due(lead_s=40, max_age_s=3600)
+    attempt = delivery.prepare(
+        outbox, store.load, settings(), {"t1": SECRET}, claimed.delivery_id, claimed.claim
+    )
+    assert attempt is not None and attempt.url == "https://hooks.example.com/in?token=abc"
+    assert SECRET not in repr(attempt)
+    assert json.loads(attempt.body)["data"]["output"] == "done"
+    r.hset(KEYS.run("r1"), "output", json.dumps("changed"))  # a retry sends the same bytes
+    again = delivery.prepare(
+        outbox, store.load, settings(), {"t1": SECRET}, claimed.delivery_id, claimed.claim
+    )
+    assert again is not None and again.body == attempt.body
+    assert delivery.prepare(outbox, store.load, settings(), {"t1": SECRET}, claimed.delivery_id, "0") is None
+
+
+@pytest.mark.parametrize(
+    ("allowed", "secrets"), [(["other.example.com"], {"t1": SECRET}), (["hooks.example.com"], {})]
+)
+def test_a_host_no_longer_allowed_or_a_secret_removed_ends_the_delivery_as_refused(
+    store: RunStore, outbox: Outbox, allowed: list[str], secrets: dict[str, str]
+) -> None:
+    new_run(store)
+    store.finish("r1", "succeeded", "finish")
+    (claimed,) = outbox.claim_due(lead_s=40, max_age_s=3600)
+    s = Settings(webhooks={"allow_hosts": allowed})
+    assert delivery.prepare(outbox, store.load, s, secrets, claimed.delivery_id, claimed.claim) is None
+    assert outbox.load(claimed.delivery_id) is None and outbox.counts()["refused"] == 1
+
+
 # -- the target -----------------------------------------------------------------------------------
 
 

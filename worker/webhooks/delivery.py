@@ -23,7 +23,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import structlog
@@ -51,8 +51,8 @@ class Attempt:
     run_id: str
     event: str
     url: str
-    body: bytes
-    secret: str
+    body: bytes = field(repr=False)
+    secret: str = field(repr=False)  # never in a log line or an error
     failures: int  # the delivery's failed attempts before this one
 
 
