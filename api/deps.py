@@ -42,6 +42,7 @@ class AppState:
     probe: redis.asyncio.Redis  # /readyz: short timeouts, its own connections
     wait_slots: WaitSlots
     metrics_token: str | None
+    webhook_tenants: frozenset[str]  # tenants with a webhook secret (FLEET_WEBHOOK_SECRETS)
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set when the server stops
 
     def close_streams(self) -> None:

@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         probe=make_async_redis(settings.redis_url, timeout_s=1.0),
         wait_slots=WaitSlots(ar, keys, settings.max_waiters_per_tenant),
         metrics_token=settings.metrics_bearer(),
+        webhook_tenants=frozenset(settings.tenant_webhook_secrets()),
     )
 
     @asynccontextmanager

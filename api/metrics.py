@@ -21,14 +21,15 @@ from prometheus_client.registry import Collector
 from worker import tools
 from worker.agents import agent_names
 from worker.heartbeat import live_workers
-from worker.keys import AGENT_QUEUE, TOOL_QUEUE, Keys, tool_queue
+from worker.keys import AGENT_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
 from worker.llmconfig import LlmConfig
 from worker.settings import Settings
 from worker.tools import MODEL_TOOL
+from worker.webhooks.outbox import Outbox
 
 
 def queue_names() -> list[str]:
-    return [AGENT_QUEUE, TOOL_QUEUE, *(tool_queue(name) for name in tools.tool_names())]
+    return [AGENT_QUEUE, TOOL_QUEUE, *(tool_queue(name) for name in tools.tool_names()), WEBHOOK_QUEUE]
 
 
 def known_models(settings: Settings) -> list[str]:
@@ -75,6 +76,7 @@ class FleetCollector(Collector):
         self.keys = keys
         self.tenants = sorted(set(tenants))
         self.models = sorted(set(models))
+        self.outbox = Outbox(r, keys)
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
@@ -184,7 +186,30 @@ class FleetCollector(Collector):
         yield versions
         yield rollbacks
 
+        yield from self._webhooks(now)
+
         workers = GaugeMetricFamily("fleet_workers_alive", "Workers with a fresh heartbeat", labels=["kind"])
         for kind, count in live_workers(self.r, self.keys).items():
             workers.add_metric([kind], count)
         yield workers
+
+    def _webhooks(self, now: float) -> Iterator[Metric]:
+        """Webhook deliveries by outcome, and the pending ones (worker/webhooks/outbox.py)."""
+        deliveries = CounterMetricFamily(
+            "fleet_webhook_deliveries",
+            "Webhook delivery attempts by outcome (failed: an attempt to be retried)",
+            labels=["outcome"],
+        )
+        for outcome, count in self.outbox.counts().items():
+            deliveries.add_metric([outcome], float(count))
+        yield deliveries
+        pending, oldest_age_s = self.outbox.backlog(now)
+        undelivered = GaugeMetricFamily("fleet_webhook_undelivered", "Webhook deliveries not yet made")
+        undelivered.add_metric([], pending)
+        yield undelivered
+        oldest = GaugeMetricFamily(
+            "fleet_webhook_oldest_undelivered_seconds",
+            "Age of the oldest undelivered webhook event (0: none)",
+        )
+        oldest.add_metric([], oldest_age_s)
+        yield oldest

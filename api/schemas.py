@@ -54,6 +54,15 @@ class BudgetsIn(BaseModel):
         return json_number(value)
 
 
+class WebhookIn(BaseModel):
+    """Where the run's events go (README, "Webhooks"); the host must be allowed for the tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2048, description="http(s) URL; its host must be allowed")
+    events: list[Literal["end", "approval_requested"]] = Field(min_length=1)
+
+
 class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +73,7 @@ class RunRequest(BaseModel):
     version: Literal["stable", "canary"] | None = Field(
         None, description="pin the agent's version; needs the X-Fleet-Admin-Key header"
     )
+    webhook: WebhookIn | None = Field(None, description="POST these events of the run, signed, to a URL")
 
 
 class Usage(BaseModel):
@@ -105,6 +115,7 @@ class RunOut(BaseModel):
         '"args" (redacted), "since", "expires_at"}, else null',
     )
     steps: list[dict[str, Any]] | None = Field(None, description="the step log, with ?steps=true")
+    webhook: WebhookIn | None = Field(None, description="the run's webhook, when it has one")
 
 
 class ErrorBody(BaseModel):

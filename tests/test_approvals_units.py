@@ -52,6 +52,9 @@ def test_a_call_is_asked_for_once_and_shows_as_the_runs_waiting(
     waiting = public_view(store.load("r1") or {})["waiting"]
     assert waiting["type"] == "approval" and waiting["call_id"] == CALL and waiting["tool"] == "echo"
     assert r.xlen(KEYS.run_events("r1")) == 3  # queued, running, one approval_requested
+    ((_, event),) = r.xrevrange(KEYS.run_events("r1"), count=1)
+    assert event["event"] == "approval_requested"
+    assert json.loads(event["data"]) == {k: v for k, v in json.loads(first).items() if not k.endswith("_ts")}
     assert [a["call_id"] for a in approvals.pending("t1")] == [CALL]
     assert approvals.pending("t2") == []
 

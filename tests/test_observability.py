@@ -228,6 +228,7 @@ def quiet_hostname(tap: EventTap) -> str:
         ("tools", True),
         ("tools,tools.echo", True),
         (["tools", "tools.http.get"], True),
+        ("tools,tools.echo,webhooks", True),  # tool workers make the webhook deliveries too
         ("agents", False),
         ("agents,tools", False),
         ("toolsx", False),

@@ -39,7 +39,7 @@ import yaml
 from pydantic import BaseModel
 
 from tests.harness import ROOT, TERMINAL, free_port, redis_server_binary, wait_for
-from worker.keys import AGENT_QUEUE, Keys, tool_queue
+from worker.keys import AGENT_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
 from worker.settings import Settings
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -908,14 +908,14 @@ def test_keda_scales_tool_workers_on_every_tool_queue() -> None:
     from worker import tools
 
     lists = {t["listName"] for t in redis_triggers("tool-worker")}
-    assert lists and all(name == "tools" or name.startswith("tools.") for name in lists)
+    assert lists and all(name in ("tools", WEBHOOK_QUEUE) or name.startswith("tools.") for name in lists)
     # the built-in tools (a test run may also have registered the test plugins' tools)
     builtin = [
         n
         for n in tools.tool_names()
         if (tools.get_tool(n) or tools.get_tool("echo")).fn.__module__.startswith("worker.")
     ]
-    assert {"tools", *(tool_queue(n) for n in builtin)} <= lists
+    assert {"tools", *(tool_queue(n) for n in builtin), WEBHOOK_QUEUE} <= lists
 
 
 # == the compose topology, run natively ============================================================

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,17 +40,21 @@ import redis
 from worker.keys import Keys
 from worker.run.events import EVENTS_MAX, LUA_EMIT
 from worker.run.store import iso, waiting_view
+from worker.webhooks.outbox import LUA_ENQUEUE
 
 APPROVE, DENY, EXPIRED = "approve", "deny", "expired"
 COMMENT_MAX = 2000
 
 # KEYS: the run, its tenant's pending approvals, the deadlines zset, the run's events and their
-# channel. ARGV: the call id, the request (JSON), now (s), the run id, the reaper deadline while
-# it waits (s), the events' cap, the run's ttl (s).
+# channel, then a webhook delivery's hash, due and born zsets (worker/webhooks/outbox.py). ARGV:
+# the call id, the request (JSON), now (s), the run id, the reaper deadline while it waits (s),
+# the events' cap, the run's ttl (s), the delivery's id, the tenant, the request as the event and
+# the webhook show it (JSON).
 # Returns the call's pending request (this one, or the one asked before for the same call), or
 # {'decided', decision} if the call was decided already, or {'ended', status}.
 _REQUEST = (
     LUA_EMIT
+    + LUA_ENQUEUE
     + """
 local decided = redis.call('HGET', KEYS[1], 'approval:' .. ARGV[1])
 if decided then return {'decided', decided} end
@@ -64,7 +69,9 @@ if f[2] then
 end
 redis.call('HSET', KEYS[1], 'approval', ARGV[2], 'approval_since', ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-emit(KEYS[4], KEYS[5], ARGV[6], ARGV[7], 'approval_requested', ARGV[2])
+emit(KEYS[4], KEYS[5], ARGV[6], ARGV[7], 'approval_requested', ARGV[10])
+webhook_enqueue(KEYS[1], KEYS[6], KEYS[7], KEYS[8], 'approval_requested', ARGV[8], ARGV[4], ARGV[9], ARGV[3],
+                ARGV[10])
 return {'pending', ARGV[2]}
 """
 )
@@ -126,18 +133,19 @@ class Pending:
     since: float
     expires_ts: float
 
+    def public(self) -> dict[str, Any]:
+        """As the `approval_requested` event and webhook show it."""
+        return {
+            "call_id": self.call_id,
+            "tool": self.tool,
+            "args": self.args,
+            "since": iso(self.since),
+            "expires_at": iso(self.expires_ts),
+        }
+
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "call_id": self.call_id,
-                "tool": self.tool,
-                "args": self.args,
-                "since": iso(self.since),
-                "expires_at": iso(self.expires_ts),
-                "since_ts": self.since,
-                "expires_ts": self.expires_ts,
-            }
-        )
+        """As the run's hash keeps it."""
+        return json.dumps({**self.public(), "since_ts": self.since, "expires_ts": self.expires_ts})
 
     @classmethod
     def from_json(cls, raw: str) -> Pending:
@@ -173,8 +181,11 @@ class Approvals:
         self, run_id: str, tenant: str, pending: Pending, reaper_deadline_ts: float
     ) -> tuple[str, str]:
         """Ask for the call's approval, once: returns (`pending`, the request as recorded: the
-        first one for this call), (`decided`, the decision JSON) or (`ended`, the run's status)."""
+        first one for this call), (`decided`, the decision JSON) or (`ended`, the run's status).
+        The first ask also writes the `approval_requested` event, and a webhook delivery when the
+        run's webhook subscribes to it."""
         keys = self.keys
+        delivery_id = uuid.uuid4().hex
         outcome, detail = self._request(
             keys=[
                 keys.run(run_id),
@@ -182,6 +193,9 @@ class Approvals:
                 keys.deadlines(),
                 keys.run_events(run_id),
                 keys.run_events_channel(run_id),
+                keys.webhook(delivery_id),
+                keys.webhooks_due(),
+                keys.webhooks_born(),
             ],
             args=[
                 pending.call_id,
@@ -191,6 +205,9 @@ class Approvals:
                 f"{reaper_deadline_ts:.6f}",
                 EVENTS_MAX,
                 self.run_ttl_s,
+                delivery_id,
+                tenant,
+                json.dumps(pending.public()),
             ],
         )
         return str(outcome), str(detail)

@@ -27,6 +27,7 @@ def _settings() -> Settings:
         settings = load_settings()
         settings.tenant_keys()  # a bad key list stops every process, not only the API
         settings.admin_key_set()
+        settings.tenant_webhook_secrets()
         _check_agents(settings)
         return settings
     except ConfigError as exc:
@@ -66,12 +67,13 @@ def _has_option(args: Sequence[str], *names: str) -> bool:
 
 
 def tool_queues(settings: Settings) -> list[str]:
-    """`tools` and `tools.<name>` of every tool this process knows (built-ins and plugins)."""
+    """`tools` and `tools.<name>` of every tool this process knows (built-ins and plugins), and
+    `webhooks`: tool workers make the webhook deliveries too (no process kind of their own)."""
     from worker import agents, tools
-    from worker.keys import TOOL_QUEUE, tool_queue
+    from worker.keys import TOOL_QUEUE, WEBHOOK_QUEUE, tool_queue
 
     agents.load_plugins(settings.plugins)  # plugin modules register tools as well as agents
-    return [TOOL_QUEUE, *(tool_queue(name) for name in tools.tool_names())]
+    return [TOOL_QUEUE, *(tool_queue(name) for name in tools.tool_names()), WEBHOOK_QUEUE]
 
 
 TOOL_WORKER_THREADS = 4

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 AGENT_QUEUE = "agents"
 TOOL_QUEUE = "tools"
+WEBHOOK_QUEUE = "webhooks"  # webhook deliveries, served by tool workers
 
 
 def tool_queue(tool: str) -> str:
@@ -154,6 +155,23 @@ class Keys:
     def call_exec(self, call_id: str) -> str:
         """The tool worker's claim on executing a call, and its result."""
         return f"{self.prefix}:call:{call_id}:exec"
+
+    # webhooks (worker/webhooks/) -------------------------------------------------------------------
+    def webhook(self, delivery_id: str) -> str:
+        """One pending webhook delivery (a hash: run, tenant, url, event, data, first_ts, ...)."""
+        return f"{self.prefix}:webhook:{delivery_id}"
+
+    def webhooks_due(self) -> str:
+        """Pending deliveries (member: delivery id) scored by when their next attempt is due (unix s)."""
+        return f"{self.prefix}:webhooks:due"
+
+    def webhooks_born(self) -> str:
+        """Pending deliveries scored by when their event happened (unix s): the oldest's age."""
+        return f"{self.prefix}:webhooks:born"
+
+    def stats_webhooks(self) -> str:
+        """Deliveries counted by outcome (`deliveries|<outcome>`), for /metrics."""
+        return f"{self.prefix}:stats:webhooks"
 
     # rollout ------------------------------------------------------------------------------------
     def rollout(self, agent: str) -> str:

@@ -202,6 +202,26 @@ class RolloutSection(_Section):
     window_s: float = Field(600, ge=60)  # the sliding window of ended runs, per agent and version
 
 
+class WebhooksSection(_Section):
+    """Signed webhooks of runs (worker/webhooks/): where they may go and how they are retried."""
+
+    # Hosts every tenant's webhooks may target; a host listed here or for the tenant is also
+    # exempt from the private-address block, as `tools.http.allow_hosts` is for http.get.
+    allow_hosts: list[str] = Field(default_factory=list)
+    tenant_allow_hosts: dict[str, list[str]] = Field(default_factory=dict)
+    # Seconds before each retry of a failed delivery, the last repeating; jitter is added.
+    retry_backoff_s: list[float] = Field(default_factory=lambda: [1.0, 5.0, 30.0, 300.0, 1800.0])
+    max_age_s: int = Field(86400, gt=0)  # a delivery not made by then is dropped (`expired`)
+    timeout_s: float = Field(10.0, gt=0, le=300)  # one attempt, DNS and body included
+
+    @field_validator("retry_backoff_s")
+    @classmethod
+    def _positive_backoffs(cls, value: list[float]) -> list[float]:
+        if not value or any(not v > 0 for v in value):
+            raise ValueError("retry_backoff_s needs at least one value, each > 0")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything a fleet process reads at start. Invalid values stop the process."""
 
@@ -216,6 +236,7 @@ class Settings(BaseSettings):
     tools: ToolsSection = ToolsSection()
     observability: ObservabilitySection = ObservabilitySection()
     rollout: RolloutSection = RolloutSection()
+    webhooks: WebhooksSection = WebhooksSection()
     # Per-agent settings, keyed by agent name (the `llm` agent's model and prices live here).
     agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Modules imported by every process at start; they register user agents and tools.
@@ -259,6 +280,11 @@ class Settings(BaseSettings):
     run_ttl_s: int = Field(7 * 86400, gt=0)
     max_attempts: int = Field(3, gt=0, le=20)
 
+    # `tenant:secret,...`: the key each tenant's webhooks are signed with (or the file, or
+    # /run/secrets/fleet_webhook_secrets).
+    webhook_secrets: SecretStr | None = None
+    webhook_secrets_file: Path | None = None
+
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
 
@@ -285,7 +311,15 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
 
-    @field_validator("api_keys", "api_key", "sentry_dsn", "flower_password", "admin_keys", "metrics_token")
+    @field_validator(
+        "api_keys",
+        "api_key",
+        "sentry_dsn",
+        "flower_password",
+        "admin_keys",
+        "metrics_token",
+        "webhook_secrets",
+    )
     @classmethod
     def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
@@ -371,6 +405,21 @@ class Settings(BaseSettings):
                     raise ConfigError(f"FLEET_API_KEYS_FILE: cannot read {path}: {exc.strerror}") from None
         return parse_tenant_keys(raw, source)
 
+    def tenant_webhook_secrets(self) -> dict[str, str]:
+        """Tenant -> webhook signing secret, from FLEET_WEBHOOK_SECRETS, FLEET_WEBHOOK_SECRETS_FILE or
+        /run/secrets/fleet_webhook_secrets (`tenant:secret`, commas or newlines)."""
+        raw = self.webhook_secrets.get_secret_value() if self.webhook_secrets else ""
+        source = "FLEET_WEBHOOK_SECRETS"
+        if not raw:
+            path = self.webhook_secrets_file or SECRETS_DIR / "fleet_webhook_secrets"
+            source = "FLEET_WEBHOOK_SECRETS_FILE"
+            if self.webhook_secrets_file is not None or path.is_file():
+                try:
+                    raw = path.read_text()
+                except OSError as exc:
+                    raise ConfigError(f"{source}: cannot read {path}: {exc.strerror}") from None
+        return parse_webhook_secrets(raw, source)
+
     def admin_key_set(self) -> frozenset[str]:
         """Keys that may call /v1/admin: FLEET_ADMIN_KEYS or /run/secrets/fleet_admin_keys."""
         raw = self.admin_keys.get_secret_value() if self.admin_keys else self.secret("FLEET_ADMIN_KEYS") or ""
@@ -423,6 +472,36 @@ def parse_tenant_keys(raw: str, source: str = "FLEET_API_KEYS") -> dict[str, str
         keys[key] = tenant
         positions[key] = position
     return keys
+
+
+WEBHOOK_SECRET_MIN_CHARS = 16
+
+
+def parse_webhook_secrets(raw: str, source: str = "FLEET_WEBHOOK_SECRETS") -> dict[str, str]:
+    """Parse ``tenant:secret,tenant:secret`` (commas or newlines) into tenant -> secret.
+
+    A message names an entry's position, never its secret."""
+    secrets: dict[str, str] = {}
+    for position, item in enumerate(re.split(r"[,\n]", raw), start=1):
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        tenant, sep, secret = item.partition(":")
+        tenant, secret = tenant.strip(), secret.strip()
+        if not sep or not tenant or not secret:
+            raise ConfigError(f"{source}: entry {position} is not 'tenant:secret'")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", tenant):
+            raise ConfigError(f"{source}: entry {position}: tenant may hold only letters, digits, '_.-'")
+        if len(secret) < WEBHOOK_SECRET_MIN_CHARS or secret.lower() in PLACEHOLDER_SECRETS:
+            raise ConfigError(
+                f"{source}: entry {position}: a secret needs at least {WEBHOOK_SECRET_MIN_CHARS} characters"
+            )
+        if tenant in secrets:
+            raise ConfigError(
+                f"{source}: entry {position} repeats tenant {tenant}; give each tenant one secret"
+            )
+        secrets[tenant] = secret
+    return secrets
 
 
 def url_with_password(url: str, password: str) -> str:

@@ -1,4 +1,4 @@
-"""The fleet's two Celery tasks, kept thin: the logic lives in plain modules."""
+"""The fleet's Celery tasks, kept thin: the logic lives in plain modules."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from kombu.exceptions import OperationalError
 
 from worker import agents, tools
-from worker.celery_app import RUN_TASK, TOOL_TASK, app, send_run
+from worker.celery_app import RUN_TASK, TOOL_TASK, WEBHOOK_TASK, app, send_run
 from worker.gateway.calls import REPLY_GRACE_S, BrokerUnavailable, FleetControls
 from worker.gateway.executor import ToolExecutor
 from worker.gateway.pool import ToolPool, process_pool, sync_pool
-from worker.keys import AGENT_QUEUE, Keys, tool_queue
+from worker.keys import AGENT_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
 from worker.redis_conn import get_redis, make_redis
 from worker.rollout import end_recorder
 from worker.run.keeper import RunKeeper
@@ -30,6 +30,7 @@ from worker.run.loop import LoopDeps, execute_run, exit_process
 from worker.run.store import STOPPED, TERMINAL, Budgets, RunStore, overdue
 from worker.run.timers import Due, Scheduler, Timers
 from worker.settings import get_settings
+from worker.webhooks import delivery, outbox
 
 agents.load_plugins(get_settings().plugins)
 tools.load_builtins()
@@ -147,6 +148,56 @@ def tool_call(
     process_pool(_new_tool_pool).submit(call_id, attempt, tool, args, timeout_s, trace_id, owner)
 
 
+@lru_cache(maxsize=1)
+def _outbox() -> outbox.Outbox:
+    deps = _deps()
+    return outbox.Outbox(deps.r, deps.keys)
+
+
+@lru_cache(maxsize=1)
+def _webhook_secrets() -> dict[str, str]:
+    """Tenant -> webhook secret, read once per process like the API keys (a rotation restarts)."""
+    return get_settings().tenant_webhook_secrets()
+
+
+@app.task(name=WEBHOOK_TASK)
+def deliver_webhook(delivery_id: str, claim: str) -> None:
+    """Make one attempt of a webhook delivery (worker/webhooks/delivery.py): checked and prepared
+    here, POSTed on the process's event loop, so the message is acked at once and a slow receiver
+    holds no thread. An attempt lost with its process is claimed again (outbox.CLAIM_GRACE_S)."""
+    deps = _deps()
+    attempt = delivery.prepare(
+        _outbox(), deps.store.load, deps.settings, _webhook_secrets(), delivery_id, claim
+    )
+    if attempt is not None:
+        work = delivery.deliver(_outbox(), deps.settings, attempt)
+        process_pool(_new_tool_pool).spawn(work, "webhook delivery")
+
+
+def send_webhook(claimed: outbox.Claimed) -> None:
+    """Send one attempt of a claimed delivery to the webhooks queue (outbox.Scheduler). A message
+    still queued when its claim lapses expires: the next claim sends a fresh one."""
+    lead_s = _webhook_lead_s()
+    app.send_task(
+        WEBHOOK_TASK,
+        args=[claimed.delivery_id, claimed.claim],
+        queue=WEBHOOK_QUEUE,
+        ignore_result=True,
+        headers={"sent_at": time.time()},  # the queue's oldest-message age, for /metrics
+        expires=lead_s,
+    )
+
+
+def _webhook_lead_s() -> float:
+    return get_settings().webhooks.timeout_s + outbox.CLAIM_GRACE_S
+
+
+def _webhook_scheduler(deps: LoopDeps) -> outbox.Scheduler:
+    section = deps.settings.webhooks
+    tick_s = deps.settings.runtime.timer_tick_ms / 1000.0
+    return outbox.Scheduler(_outbox(), send_webhook, _webhook_lead_s(), section.max_age_s, tick_s)
+
+
 def requeue(run_id: str) -> None:
     """Send a run whose lease expired (its worker died) back to the agents queue; a run already
     past its deadline ends as stopped / max_seconds instead of waiting in the queue for nothing."""
@@ -177,6 +228,9 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
         args=(deps.leases, requeue, _reaper_stop, deps.store.end_overdue),
         name="run-reaper",
         daemon=True,
+    ).start()
+    threading.Thread(
+        target=_webhook_scheduler(deps).run, args=(_reaper_stop,), name="webhooks", daemon=True
     ).start()
     if deps.timers is not None:
         scheduler = Scheduler(

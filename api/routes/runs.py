@@ -23,6 +23,7 @@ from worker.agents import get_agent_class
 from worker.celery_app import send_run
 from worker.keys import AGENT_QUEUE
 from worker.run.store import TERMINAL, AdmissionRefused, Budgets, public_view
+from worker.webhooks import target
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 log = structlog.get_logger("agentfleet.api")
@@ -82,6 +83,21 @@ def _validate_input(request: RunRequest) -> None:
             raise ApiError(422, "invalid_request", validation_message(errors)) from None
 
 
+def _webhook(state: AppState, request: RunRequest, tenant: str) -> str | None:
+    """The run's webhook as stored (JSON text), checked against the tenant's allowed hosts and
+    secret; a 422 naming the field otherwise."""
+    if request.webhook is None:
+        return None
+    try:
+        webhook = request.webhook
+        checked = target.check(
+            webhook.url, list(webhook.events), tenant, state.settings, state.webhook_tenants
+        )
+    except target.WebhookRefused as refused:
+        raise ApiError(422, "invalid_request", str(refused)) from None
+    return checked.to_json()
+
+
 def _refusal(refused: AdmissionRefused, state: AppState, tenant: str) -> ApiError:
     """503 under a kill switch, 429 with Retry-After when the agents queue or the tenant's share
     of it is full."""
@@ -126,6 +142,7 @@ def submit_run(
     """Submit a run. With `Idempotency-Key`, a repeat of the same body returns the same run."""
     _validate_input(request)
     budgets = _budgets(state, request)
+    webhook = _webhook(state, request, tenant)
     if idempotency_key is not None and not _IDEM_KEY_RE.match(idempotency_key):
         raise ApiError(422, "invalid_request", "Idempotency-Key: 1-200 characters of [A-Za-z0-9_.:-]")
     run_id = uuid.uuid4().hex
@@ -157,6 +174,7 @@ def submit_run(
             trace_id=current_trace_id(),
             admission=(AGENT_QUEUE, switches, state.settings.max_queued),  # one round trip
             max_queued_per_tenant=state.settings.max_queued_per_tenant or -1,
+            webhook=webhook,
         )
     except AdmissionRefused as refused:
         if idem_key:

@@ -26,7 +26,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -84,6 +84,33 @@ class ToolPool:
         except BaseException:
             self._done()
             raise
+
+    def spawn(self, work: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run `work` (I/O that is not a tool call: a webhook delivery) on the loop, under the same
+        slots as the calls and waited for by `drain` like them; blocks while all slots are taken."""
+        self._slots.acquire()
+        counted = False
+        try:
+            loop = self._started()
+            with self._lock:
+                self._inflight += 1
+            counted = True
+            asyncio.run_coroutine_threadsafe(self._spawned(work, what), loop)
+        except BaseException:
+            work.close()
+            if counted:
+                self._done()
+            else:
+                self._slots.release()
+            raise
+
+    async def _spawned(self, work: Coroutine[Any, Any, Any], what: str) -> None:
+        try:
+            await work
+        except Exception as exc:  # Redis down: the work's own claim brings it back later
+            log.error("task on the tool loop failed", what=what, error=type(exc).__name__)
+        finally:
+            self._done()
 
     def drain(self, timeout_s: float) -> int:
         """Wait until no call is in flight, at most `timeout_s`; the number still in flight."""

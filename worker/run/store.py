@@ -22,6 +22,7 @@ from worker.killswitch import LUA_KILL_REASON, run_switch_keys
 from worker.run import events
 from worker.run.events import EVENTS_MAX, LUA_EMIT, status_data
 from worker.run.lease import LEASE_TTL_S, holder_is_dead
+from worker.webhooks.outbox import LUA_ENQUEUE as LUA_WEBHOOK_ENQUEUE
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, STOPPED, FAILED, CANCELLED = "succeeded", "stopped", "failed", "cancelled"
@@ -162,15 +163,18 @@ return {'started', raw, {kill_reason({unpack(KEYS, 12)}), redis.call('GET', KEYS
 
 # KEYS: the run, its ended channel, its step log, the run stats, its lease, the leases zset,
 # the deadlines zset, the queued-runs zset, the timers zset, the parked-per-tenant and -agent
-# hashes, the run's events. ARGV: status, stop_reason, output, error, now (s), ttl (s), the lease
+# hashes, the run's events, then the webhook outbox's delivery hash, due and born zsets.
+# ARGV: status, stop_reason, output, error, now (s), ttl (s), the lease
 # token to release ('' for none), the run id, the step count to write first ('' for none),
 # 'parked' or 'queued' to end the run only if it is parked or still queued (the kill sweep: an
-# executing run checks its switches itself), the terminal status event's data, the events' cap.
+# executing run checks its switches itself), the terminal status event's data, the events' cap,
+# the id of the `end` webhook delivery (used when the run has a webhook subscribed to `end`).
 # The status and `end` events are announced by the PUBLISH on the ended channel.
 # Returns {1 when this call ended the run else 0, agent, version, started_ts, finished_ts}.
 _FINISH = (
     LUA_UNPARK_COUNT
     + LUA_EMIT
+    + LUA_WEBHOOK_ENQUEUE
     + """
 local parked = redis.call('HGET', KEYS[1], 'parked') == '1'
 if ARGV[10] == 'parked' and not parked then return {0} end
@@ -211,6 +215,7 @@ redis.call('HINCRBY', KEYS[4], 'usage|steps', tonumber(steps))
 redis.call('HINCRBY', KEYS[4], 'usage|tool_calls', tonumber(f[4] or '0'))
 emit(KEYS[12], false, ARGV[12], ARGV[6], 'status', ARGV[11])
 emit(KEYS[12], false, ARGV[12], ARGV[6], 'end', '')
+webhook_enqueue(KEYS[1], KEYS[13], KEYS[14], KEYS[15], 'end', ARGV[13], ARGV[8], f[7] or '', ARGV[5], '')
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return {1, f[5], f[6], started, ARGV[5]}
 """
@@ -246,11 +251,13 @@ return {claimed, held}
 """
 
 # KEYS: the run, its cancel key, its ended channel, the run stats, the queued-runs zset, the
-# timers zset, the schedulers' bell, the run's events. ARGV: now (s), the cancel key's ttl (s),
-# the run id, the `cancelled` status event's data, the events' cap, the run's ttl (s).
+# timers zset, the schedulers' bell, the run's events, then the webhook outbox's delivery hash,
+# due and born zsets. ARGV: now (s), the cancel key's ttl (s), the run id, the `cancelled` status
+# event's data, the events' cap, the run's ttl (s), the id of the `end` webhook delivery.
 # A parked run is made due at once, so a scheduler resumes it and it ends cancelled.
 _CANCEL = (
     LUA_EMIT
+    + LUA_WEBHOOK_ENQUEUE
     + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'created_ts')
 local s = f[1]
@@ -261,6 +268,7 @@ if s == 'queued' then
   redis.call('HINCRBY', KEYS[4], 'runs|cancelled|cancelled', 1)
   emit(KEYS[8], false, ARGV[5], ARGV[6], 'status', ARGV[4])
   emit(KEYS[8], false, ARGV[5], ARGV[6], 'end', '')
+  webhook_enqueue(KEYS[1], KEYS[9], KEYS[10], KEYS[11], 'end', ARGV[7], ARGV[3], f[2] or '', ARGV[1], '')
   redis.call('PUBLISH', KEYS[3], 'cancelled')
 elseif s == 'running' then
   redis.call('SET', KEYS[2], 'cancelled by request', 'EX', ARGV[2])
@@ -339,6 +347,7 @@ class RunStore:
         trace_id: str | None = None,
         admission: tuple[str, list[str], int] | None = None,
         max_queued_per_tenant: int = -1,
+        webhook: str | None = None,
     ) -> dict[str, str]:
         """Write a new queued run and return its record (as stored).
 
@@ -346,6 +355,8 @@ class RunStore:
         AdmissionRefused when a switch is on or the queue holds max queued messages.
         `max_queued_per_tenant` (-1: no limit): refuse it too when the tenant already has that many
         runs in status `queued` (counted in the queued-runs zset, see Keys.queued_runs).
+        `webhook`: the run's checked webhook as JSON text (worker/webhooks/target.py), stored only
+        when given.
         """
         created_ts = repr(time.time())
         fields = {
@@ -363,6 +374,7 @@ class RunStore:
             "tool_calls": 0,
             "cursor": 0,
             "attempts": 0,
+            **({"webhook": webhook} if webhook else {}),
         }
         queue, switches, max_queued = admission or ("", [], -1)
         flat = [str(x) for item in fields.items() for x in item]
@@ -534,6 +546,7 @@ class RunStore:
         trip); its answer is {1 if it ended the run, agent, version, started_ts, finished_ts},
         to be passed to `ended`."""
         keys = self.keys
+        delivery_id = uuid.uuid4().hex  # the `end` webhook's, if the run has one subscribed to it
         self._finish(
             keys=[
                 keys.run(run_id),
@@ -548,6 +561,7 @@ class RunStore:
                 keys.parked_owners("tenant"),
                 keys.parked_owners("agent"),
                 keys.run_events(run_id),
+                *self._webhook_keys(delivery_id),
             ],
             args=[
                 status,
@@ -562,9 +576,14 @@ class RunStore:
                 only_if,
                 status_data(status, stop_reason),
                 EVENTS_MAX,
+                delivery_id,
             ],
             client=pipe,
         )
+
+    def _webhook_keys(self, delivery_id: str) -> list[str]:
+        """The keys an `end` webhook delivery is written to (worker/webhooks/outbox.py)."""
+        return [self.keys.webhook(delivery_id), self.keys.webhooks_due(), self.keys.webhooks_born()]
 
     def ended(self, run_id: str, status: str, stop_reason: str, fields: list[Any]) -> None:
         """Tell the end hook that a run ended (once, by the call that ended it)."""
@@ -599,6 +618,7 @@ class RunStore:
 
     def cancel(self, run_id: str) -> str | None:
         """Cancel a run: a queued one ends now, a running one at its next check. Returns the old status."""
+        delivery_id = uuid.uuid4().hex  # the `end` webhook's, if the run has one subscribed to it
         status: str | None = self._cancel(
             keys=[
                 self.keys.run(run_id),
@@ -609,6 +629,7 @@ class RunStore:
                 self.keys.timers(),
                 self.keys.timers_bell(),
                 self.keys.run_events(run_id),
+                *self._webhook_keys(delivery_id),
             ],
             args=[
                 repr(time.time()),
@@ -617,6 +638,7 @@ class RunStore:
                 status_data(CANCELLED, "cancelled"),
                 EVENTS_MAX,
                 self.ttl_s,
+                delivery_id,
             ],
         )
         if status == QUEUED and self.on_end is not None:
@@ -688,4 +710,5 @@ def public_view(raw: dict[str, str], *, now: float | None = None) -> dict[str, A
         "created_at": iso(_finite(raw.get("created_ts"))),
         "started_at": iso(started),
         "finished_at": iso(finished),
+        **({"webhook": json.loads(raw["webhook"])} if raw.get("webhook") else {}),
     }

@@ -1,0 +1,325 @@
+"""The webhook outbox in Redis: pending deliveries, their due times, and the claim of due ones.
+
+A delivery is a hash (`Keys.webhook(id)`: run_id, tenant, url, event, data, first_ts, attempts,
+claims, and body once built) with a member in two sorted sets: `Keys.webhooks_due` (when its next
+attempt is due) and `Keys.webhooks_born` (when its event happened: the oldest's age is a metric).
+The three are written together and removed together, each time in one script or transaction, so
+waiting for a retry holds nothing but these entries.
+
+- Enqueue: in the script or transaction that records the event (`LUA_ENQUEUE` for scripts,
+  `enqueue_in` for a pipeline; one definition per language, side by side here). Only a run whose
+  record holds a `webhook` subscribed to the event gets a delivery.
+- Claim: each agent worker's main process runs `Scheduler` (worker/tasks.py). `Outbox.claim_due`
+  moves each due delivery `lead_s` ahead (the attempt's timeout + CLAIM_GRACE_S) and counts the
+  claim, so another scheduler does not claim it again and a lost send is claimed again later; the
+  scheduler sends `fleet.deliver_webhook(id, claim)` on the `webhooks` queue. A delivery older
+  than `webhooks.max_age_s` is dropped (`expired`) instead.
+- Settle: after one attempt (worker/webhooks/delivery.py), `Outbox.settle` in one script drops the
+  delivery (`delivered` on a 2xx; `gone` on a 410, which also removes the run's webhook so its
+  later events send nothing; `refused` when its host or secret is no longer configured;
+  `expired` when the next attempt would be past max_age_s), or sets its next due time
+  (`failed`). Each outcome is counted in `Keys.stats_webhooks` (`deliveries|<outcome>`).
+
+For approvals: the code that requests an approval calls, on the pipeline that records it,
+
+    enqueue_in(pipe, keys, run_id, tenant, run["webhook"], "approval_requested",
+               {"call_id": ..., "tool": ..., "args": <redacted args>, "since": <ISO time>})
+
+with the run record's `webhook` field as read (None or "" when the run has none); it queues
+nothing for a run without a webhook or not subscribed to the event, and returns the delivery's
+id (also its `X-Fleet-Event-Id`) or None.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import structlog
+
+from worker.keys import Keys
+
+log = structlog.get_logger("agentfleet.webhooks")
+
+CLAIM_BATCH = 500  # deliveries claimed per script call
+CLAIM_GRACE_S = 30.0  # a claim lasts the attempt's timeout plus this, then may be claimed again
+JITTER_RATIO = 0.25  # a retry waits its backoff plus up to this share of it more
+OUTCOMES = ("delivered", "failed", "gone", "expired", "refused")
+
+# webhook_enqueue(run hash, delivery hash, due zset, born zset, event, delivery id, run id,
+# tenant, now (unix s), data (JSON text; '' for `end`: the run, built at the first attempt)):
+# one pending delivery when the run's webhook subscribes to `event`. Costs one HGET for a run
+# without a webhook.
+LUA_ENQUEUE = """
+local function webhook_enqueue(run, hook, due, born, event, id, run_id, tenant, now, data)
+  local spec = redis.call('HGET', run, 'webhook')
+  if not spec then return end
+  local ok, parsed = pcall(cjson.decode, spec)
+  if not ok or type(parsed) ~= 'table' or type(parsed['events']) ~= 'table' then return end
+  local wanted = false
+  for _, name in ipairs(parsed['events']) do
+    if name == event then wanted = true end
+  end
+  if not wanted then return end
+  redis.call('HSET', hook, 'run_id', run_id, 'tenant', tenant, 'url', parsed['url'], 'event', event,
+             'data', data, 'first_ts', now, 'attempts', 0, 'claims', 0)
+  redis.call('ZADD', due, now, id)
+  redis.call('ZADD', born, now, id)
+end
+"""
+
+
+def subscribed(webhook_json: str | None, event: str) -> dict[str, Any] | None:
+    """The run's webhook when it subscribes to `event`, else None; LUA_ENQUEUE's test."""
+    if not webhook_json:
+        return None
+    try:
+        spec = json.loads(webhook_json)
+    except ValueError:
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("events"), list):
+        return None
+    return spec if event in spec["events"] else None
+
+
+def enqueue_in(
+    pipe: redis.client.Pipeline,
+    keys: Keys,
+    run_id: str,
+    tenant: str,
+    webhook_json: str | None,
+    event: str,
+    data: Any,
+    *,
+    now: float | None = None,
+) -> str | None:
+    """Queue one delivery of `event` (its `data`, any JSON value) on `pipe`, in the transaction
+    that records the event, when the run's webhook (`webhook_json`, the run record's field)
+    subscribes to it; LUA_ENQUEUE's twin. Returns the delivery's id (its event id) or None."""
+    spec = subscribed(webhook_json, event)
+    if spec is None:
+        return None
+    delivery_id = uuid.uuid4().hex
+    now = time.time() if now is None else now
+    pipe.hset(
+        keys.webhook(delivery_id),
+        mapping={
+            "run_id": run_id,
+            "tenant": tenant,
+            "url": str(spec["url"]),
+            "event": event,
+            "data": json.dumps(data, separators=(",", ":")),
+            "first_ts": repr(now),
+            "attempts": 0,
+            "claims": 0,
+        },
+    )
+    pipe.zadd(keys.webhooks_due(), {delivery_id: now})
+    pipe.zadd(keys.webhooks_born(), {delivery_id: now})
+    return delivery_id
+
+
+# Removes a delivery and counts its outcome: drop(hook, due, born, stats, id, outcome).
+_LUA_DROP = """
+local function drop(hook, due, born, stats, id, outcome)
+  redis.call('DEL', hook)
+  redis.call('ZREM', due, id)
+  redis.call('ZREM', born, id)
+  redis.call('HINCRBY', stats, 'deliveries|' .. outcome, 1)
+end
+"""
+
+# Claims due deliveries. KEYS: the due zset, the born zset, the stats hash, then each
+# candidate's hash. ARGV: now (unix s), the claim's length (s), max_age_s, then the candidates'
+# ids in KEYS order. A candidate whose hash is gone loses its entries; one older than max_age_s
+# is dropped as `expired`. Returns {id, claim number, ...} of the claimed deliveries.
+_CLAIM = (
+    _LUA_DROP
+    + """
+local now = tonumber(ARGV[1])
+local claimed = {}
+for i = 4, #KEYS do
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) <= now then
+    local first = redis.call('HGET', KEYS[i], 'first_ts')
+    if not first then
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZREM', KEYS[2], id)
+    elseif now - tonumber(first) >= tonumber(ARGV[3]) then
+      drop(KEYS[i], KEYS[1], KEYS[2], KEYS[3], id, 'expired')
+    else
+      redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[2])), id)
+      table.insert(claimed, id)
+      table.insert(claimed, tostring(redis.call('HINCRBY', KEYS[i], 'claims', 1)))
+    end
+  end
+end
+return claimed
+"""
+)
+
+# Settles one attempt. KEYS: the delivery's hash, the due zset, the born zset, the stats hash,
+# the run's hash. ARGV: the delivery id, the attempt's claim number, the outcome (delivered, gone,
+# refused or failed), the next attempt's due time (unix s; for failed), max_age_s.
+# An attempt whose claim is no longer the delivery's latest (it ran past its claim, and a newer
+# attempt was sent) changes nothing unless it delivered. Returns the outcome counted, or
+# 'stale' / 'missing'.
+_SETTLE = (
+    _LUA_DROP
+    + """
+local f = redis.call('HMGET', KEYS[1], 'claims', 'first_ts')
+if not f[2] then return 'missing' end
+local outcome = ARGV[3]
+if outcome ~= 'delivered' and f[1] ~= ARGV[2] then return 'stale' end
+if outcome == 'failed' and tonumber(ARGV[4]) >= tonumber(f[2]) + tonumber(ARGV[5]) then
+  outcome = 'expired'
+end
+if outcome ~= 'failed' then
+  drop(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], outcome)
+  if outcome == 'gone' then redis.call('HDEL', KEYS[5], 'webhook') end
+  return outcome
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'deliveries|failed', 1)
+return 'failed'
+"""
+)
+
+# Stores the body of a delivery's first attempt, so every retry sends the same bytes. KEYS: the
+# delivery's hash. ARGV: the body. Returns the body stored (this one or an earlier one), or nil
+# when the delivery is gone.
+_FREEZE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSETNX', KEYS[1], 'body', ARGV[1])
+return redis.call('HGET', KEYS[1], 'body')
+"""
+
+
+def retry_delay_s(
+    failed_attempts: int, backoff_s: list[float], rng: Callable[[], float] = random.random
+) -> float:
+    """Seconds before the next attempt after `failed_attempts` (>= 1) failures: the backoff list's
+    entry for it (the last repeating) plus up to JITTER_RATIO of it more, so the deliveries that
+    failed together do not all come back together."""
+    base = backoff_s[min(failed_attempts, len(backoff_s)) - 1]
+    return base * (1.0 + JITTER_RATIO * rng())
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed delivery: its id and the claim's number (an attempt carries it)."""
+
+    delivery_id: str
+    claim: str
+
+
+class Outbox:
+    """The pending webhook deliveries of one fleet (see the module's docstring)."""
+
+    def __init__(self, r: redis.Redis, keys: Keys) -> None:
+        self.r = r
+        self.keys = keys
+        self._claim = r.register_script(_CLAIM)
+        self._settle = r.register_script(_SETTLE)
+        self._freeze = r.register_script(_FREEZE)
+
+    def claim_due(self, lead_s: float, max_age_s: float, now: float | None = None,
+                  limit: int = CLAIM_BATCH) -> list[Claimed]:  # fmt: skip
+        """Claim the deliveries due at `now` for `lead_s`; drop those older than `max_age_s`."""
+        now = time.time() if now is None else now
+        due = self.keys.webhooks_due()
+        candidates = [str(x) for x in self.r.zrangebyscore(due, "-inf", repr(now), 0, limit)]
+        if not candidates:
+            return []
+        flat = self._claim(
+            keys=[due, self.keys.webhooks_born(), self.keys.stats_webhooks(),
+                  *(self.keys.webhook(d) for d in candidates)],
+            args=[repr(now), lead_s, max_age_s, *candidates],
+        )  # fmt: skip
+        return [Claimed(str(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def load(self, delivery_id: str) -> dict[str, str] | None:
+        """The delivery's hash, or None once it is settled."""
+        raw = self.r.hgetall(self.keys.webhook(delivery_id))
+        return {str(k): str(v) for k, v in raw.items()} or None
+
+    def freeze_body(self, delivery_id: str, body: str) -> str | None:
+        """Store `body` as the delivery's body unless it has one; the body to send, or None when
+        the delivery is gone."""
+        stored = self._freeze(keys=[self.keys.webhook(delivery_id)], args=[body])
+        return None if stored is None else str(stored)
+
+    def settle(self, delivery_id: str, claim: str, outcome: str, run_id: str, *,
+               next_ts: float = 0.0, max_age_s: float = 0.0) -> str:  # fmt: skip
+        """Record one attempt's outcome (delivered, gone, refused, or failed with the next
+        attempt at `next_ts`); returns the outcome counted (failed becomes expired past
+        max_age_s), or 'stale' / 'missing'."""
+        keys = self.keys
+        return str(
+            self._settle(
+                keys=[keys.webhook(delivery_id), keys.webhooks_due(), keys.webhooks_born(),
+                      keys.stats_webhooks(), keys.run(run_id)],
+                args=[delivery_id, claim, outcome, repr(next_ts), max_age_s],
+            )
+        )  # fmt: skip
+
+    def counts(self) -> dict[str, int]:
+        """Deliveries by outcome since the fleet's Redis began."""
+        raw = self.r.hgetall(self.keys.stats_webhooks())
+        found = {str(k).partition("|")[2]: int(v) for k, v in raw.items() if str(k).startswith("deliveries|")}
+        return {outcome: found.get(outcome, 0) for outcome in OUTCOMES}
+
+    def backlog(self, now: float | None = None) -> tuple[int, float]:
+        """(pending deliveries, age in s of the oldest one's event; 0 when none). One round trip."""
+        now = time.time() if now is None else now
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(self.keys.webhooks_born())
+        pipe.zrange(self.keys.webhooks_born(), 0, 0, withscores=True)
+        count, oldest = pipe.execute()
+        age = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
+        return int(count), age
+
+
+Send = Callable[[Claimed], None]
+
+
+@dataclass
+class Scheduler:
+    """Claims due deliveries and sends each one's attempt, every `tick_s`, in a thread of an agent
+    worker's main process (worker/tasks.py): waiting holds no process."""
+
+    outbox: Outbox
+    send: Send  # sends the attempt's message (fleet.deliver_webhook on the webhooks queue)
+    lead_s: float
+    max_age_s: float
+    tick_s: float = 0.05
+
+    def tick(self) -> int:
+        """Send every due delivery, batch after batch while full batches are due; how many."""
+        sent = 0
+        while True:
+            claimed = self.outbox.claim_due(self.lead_s, self.max_age_s)
+            for item in claimed:
+                self.send(item)
+            sent += len(claimed)
+            if len(claimed) < CLAIM_BATCH:
+                return sent
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until `stop` is set; after an error (Redis or the broker down) go on a second later."""
+        while not stop.is_set():
+            try:
+                self.tick()
+                stop.wait(self.tick_s)
+            except Exception as exc:
+                log.warning("webhook scheduler error", error=f"{type(exc).__name__}: {exc}"[:200])
+                stop.wait(1.0)
