@@ -42,8 +42,13 @@ def outbox(r: fakeredis.FakeRedis) -> Outbox:
     return Outbox(r, KEYS)
 
 
-def settings(**webhooks: Any) -> Settings:
-    return Settings(webhooks={"allow_hosts": ["hooks.example.com"], **webhooks})
+def settings(http_allow_hosts: tuple[str, ...] = (), **webhooks: Any) -> Settings:
+    """Settings with these webhook settings; `http_allow_hosts`: the SSRF guard's exceptions
+    (tools.http.allow_hosts), which webhooks share with http.get."""
+    return Settings(
+        webhooks={"allow_hosts": ["hooks.example.com"], **webhooks},
+        tools={"http": {"allow_hosts": list(http_allow_hosts)}},
+    )
 
 
 def new_run(store: RunStore, run_id: str = "r1", webhook: str | None = END_HOOK) -> None:
@@ -440,7 +445,7 @@ def post(attempt: delivery.Attempt, s: Settings) -> tuple[str, str]:
 def test_one_attempt_is_delivered_on_2xx_gone_on_410_and_failed_otherwise(
     receiver: CountingServer, path: str, outcome: str
 ) -> None:
-    s = settings(allow_hosts=["127.0.0.1"])
+    s = settings(("127.0.0.1",), allow_hosts=["127.0.0.1"])
     assert post(attempt_to(receiver.url(path)), s)[0] == outcome
     (request,) = receiver.requests
     headers = {k.lower(): v for k, v in request["headers"].items()}
@@ -450,10 +455,18 @@ def test_one_attempt_is_delivered_on_2xx_gone_on_410_and_failed_otherwise(
 
 
 def test_a_timeout_and_a_refused_connection_are_failures_to_retry(receiver: CountingServer) -> None:
-    s = settings(allow_hosts=["127.0.0.1"], timeout_s=0.3)
+    s = settings(("127.0.0.1",), allow_hosts=["127.0.0.1"], timeout_s=0.3)
     outcome, detail = post(attempt_to(receiver.url("/sleep/2")), s)
     assert (outcome, detail.split(":")[0]) == ("failed", "timeout")
     closed = CountingServer()
     closed.close()
     outcome, detail = post(attempt_to(closed.url("/ok")), s)
     assert (outcome, detail.split(":")[0]) == ("failed", "http_error")
+
+
+def test_a_webhook_host_must_pass_the_ssrf_guard_of_http_get_too(receiver: CountingServer) -> None:
+    s = settings(allow_hosts=["127.0.0.1"])  # allowed for webhooks, not past the private-address block
+    outcome, detail = post(attempt_to(receiver.url("/ok")), s)
+    assert outcome == "failed" and detail.startswith("denied: address 127.0.0.1"), detail
+    assert "tools.http.allow_hosts" in detail
+    assert receiver.requests == [], "the guard let a request to a loopback address through"

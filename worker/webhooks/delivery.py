@@ -122,10 +122,11 @@ async def post(attempt: Attempt, settings: Settings) -> tuple[str, str]:
     }
     ctx = ToolContext(call_id=attempt.delivery_id, timeout_s=settings.webhooks.timeout_s, settings=settings)
     try:
-        # trusted: the host is in the webhook allow lists (prepare checked it), which exempt it
-        # from the private-address block as tools.http.allow_hosts does for http.get
+        # the same SSRF guard as http.get: a host in the webhook allow lists (prepare checked it)
+        # may still not resolve to a private or metadata address, unless tools.http.allow_hosts
+        # lists it; the connection goes to the checked address
         result = await send("POST", httpx.URL(attempt.url), ctx, headers=headers, content=attempt.body,
-                            follow_redirects=False, trusted=True)  # fmt: skip
+                            follow_redirects=False)  # fmt: skip
     except ToolFailure as failure:
         return ("gone" if failure.status == 410 else "failed"), f"{failure.type}: {failure.message}"
     status = int(result["status"])
