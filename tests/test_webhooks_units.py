@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,10 +25,10 @@ from worker.webhooks import delivery, signing, target
 from worker.webhooks.outbox import (
     CLAIM_BATCH,
     JITTER_RATIO,
+    LUA_ENQUEUE,
     Claimed,
     Outbox,
     Scheduler,
-    enqueue_in,
     retry_delay_s,
 )
 
@@ -57,13 +58,32 @@ def new_run(store: RunStore, run_id: str = "r1", webhook: str | None = END_HOOK)
     )
 
 
-def enqueue(r: fakeredis.FakeRedis, event: str = "approval_requested", now: float = 1000.0) -> str:
-    pipe = r.pipeline(transaction=True)
-    hook = target.Webhook("https://hooks.example.com/in", ("end", "approval_requested")).to_json()
-    delivery_id = enqueue_in(pipe, KEYS, "r1", "t1", hook, event, {"call_id": "c1"}, now=now)
-    pipe.execute()
-    assert delivery_id is not None
+# LUA_ENQUEUE as the scripts that record events call it (the end script, the approval's ask)
+ENQUEUE = (
+    LUA_ENQUEUE
+    + """
+webhook_enqueue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+"""
+)
+BOTH_HOOK = target.Webhook("https://hooks.example.com/in", ("end", "approval_requested")).to_json()
+
+
+def enqueue_for(
+    r: fakeredis.FakeRedis, webhook: str | None, event: str = "approval_requested", now: float = 1000.0
+) -> str:
+    """Run the enqueue for run r1 holding `webhook` (None: no webhook field); the delivery's id."""
+    if webhook is not None:
+        r.hset(KEYS.run("r1"), "webhook", webhook)
+    delivery_id = uuid.uuid4().hex
+    r.eval(
+        ENQUEUE, 4, KEYS.run("r1"), KEYS.webhook(delivery_id), KEYS.webhooks_due(), KEYS.webhooks_born(),
+        event, delivery_id, "r1", "t1", repr(now), json.dumps({"call_id": "c1"}),
+    )  # fmt: skip
     return delivery_id
+
+
+def enqueue(r: fakeredis.FakeRedis, event: str = "approval_requested", now: float = 1000.0) -> str:
+    return enqueue_for(r, BOTH_HOOK, event, now)
 
 
 # -- the signature --------------------------------------------------------------------------------
@@ -156,12 +176,10 @@ def test_enqueue_writes_the_delivery_and_both_zset_entries(r: fakeredis.FakeRedi
 @pytest.mark.parametrize(
     "webhook", [None, "", "not json", json.dumps({"url": "https://hooks.example.com/", "events": ["end"]})]
 )
-def test_enqueue_in_queues_nothing_without_a_webhook_subscribed_to_the_event(
+def test_enqueue_queues_nothing_without_a_webhook_subscribed_to_the_event(
     r: fakeredis.FakeRedis, webhook: str | None
 ) -> None:
-    pipe = r.pipeline(transaction=True)
-    assert enqueue_in(pipe, KEYS, "r1", "t1", webhook, "approval_requested", {}) is None
-    pipe.execute()
+    enqueue_for(r, webhook)
     assert r.zcard(KEYS.webhooks_due()) == 0 and not r.keys("fleet:webhook:*")
 
 

@@ -6,9 +6,9 @@ attempt is due) and `Keys.webhooks_born` (when its event happened: the oldest's 
 The three are written together and removed together, each time in one script or transaction, so
 waiting for a retry holds nothing but these entries.
 
-- Enqueue: in the script or transaction that records the event (`LUA_ENQUEUE` for scripts,
-  `enqueue_in` for a pipeline; one definition per language, side by side here). Only a run whose
-  record holds a `webhook` subscribed to the event gets a delivery.
+- Enqueue: in the script that records the event (`LUA_ENQUEUE`: the end script and the cancel
+  of a queued run in worker/run/store.py, the approval's ask in worker/approvals.py). Only a run
+  whose record holds a `webhook` subscribed to the event gets a delivery.
 - Claim: each agent worker's main process runs `Scheduler` (worker/tasks.py). `Outbox.claim_due`
   moves each due delivery `lead_s` ahead (the attempt's timeout + CLAIM_GRACE_S) and counts the
   claim, so another scheduler does not claim it again and a lost send is claimed again later; the
@@ -19,27 +19,15 @@ waiting for a retry holds nothing but these entries.
   later events send nothing; `refused` when its host or secret is no longer configured;
   `expired` when the next attempt would be past max_age_s), or sets its next due time
   (`failed`). Each outcome is counted in `Keys.stats_webhooks` (`deliveries|<outcome>`).
-
-For approvals: the code that requests an approval calls, on the pipeline that records it,
-
-    enqueue_in(pipe, keys, run_id, tenant, run["webhook"], "approval_requested",
-               {"call_id": ..., "tool": ..., "args": <redacted args>, "since": <ISO time>})
-
-with the run record's `webhook` field as read (None or "" when the run has none); it queues
-nothing for a run without a webhook or not subscribed to the event, and returns the delivery's
-id (also its `X-Fleet-Event-Id`) or None.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 import structlog
@@ -74,56 +62,6 @@ local function webhook_enqueue(run, hook, due, born, event, id, run_id, tenant, 
   redis.call('ZADD', born, now, id)
 end
 """
-
-
-def subscribed(webhook_json: str | None, event: str) -> dict[str, Any] | None:
-    """The run's webhook when it subscribes to `event`, else None; LUA_ENQUEUE's test."""
-    if not webhook_json:
-        return None
-    try:
-        spec = json.loads(webhook_json)
-    except ValueError:
-        return None
-    if not isinstance(spec, dict) or not isinstance(spec.get("events"), list):
-        return None
-    return spec if event in spec["events"] else None
-
-
-def enqueue_in(
-    pipe: redis.client.Pipeline,
-    keys: Keys,
-    run_id: str,
-    tenant: str,
-    webhook_json: str | None,
-    event: str,
-    data: Any,
-    *,
-    now: float | None = None,
-) -> str | None:
-    """Queue one delivery of `event` (its `data`, any JSON value) on `pipe`, in the transaction
-    that records the event, when the run's webhook (`webhook_json`, the run record's field)
-    subscribes to it; LUA_ENQUEUE's twin. Returns the delivery's id (its event id) or None."""
-    spec = subscribed(webhook_json, event)
-    if spec is None:
-        return None
-    delivery_id = uuid.uuid4().hex
-    now = time.time() if now is None else now
-    pipe.hset(
-        keys.webhook(delivery_id),
-        mapping={
-            "run_id": run_id,
-            "tenant": tenant,
-            "url": str(spec["url"]),
-            "event": event,
-            "data": json.dumps(data, separators=(",", ":")),
-            "first_ts": repr(now),
-            "attempts": 0,
-            "claims": 0,
-        },
-    )
-    pipe.zadd(keys.webhooks_due(), {delivery_id: now})
-    pipe.zadd(keys.webhooks_born(), {delivery_id: now})
-    return delivery_id
 
 
 # Removes a delivery and counts its outcome: drop(hook, due, born, stats, id, outcome).
