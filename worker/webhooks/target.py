@@ -3,9 +3,10 @@
 A webhook is `{"url", "events"}`. The URL is absolute http(s) with a host and no user or password
 (a credential would sit in the run record); its host, as the SSRF guard compares hosts
 (`netguard.allowed_hosts`), must be in `webhooks.allow_hosts` or in
-`webhooks.tenant_allow_hosts.<tenant>`, and the tenant must have a signing secret. A host so
-listed is exempt from the guard's private-address block, as a host in `tools.http.allow_hosts`
-is for `http.get`: the delivery still resolves it once and connects to exactly that address.
+`webhooks.tenant_allow_hosts.<tenant>`, and the tenant must have a signing secret. The delivery
+then passes the SSRF guard of `http.get` too (worker/webhooks/delivery.py): the host is resolved
+once, its addresses must be global unless `tools.http.allow_hosts` lists it, and the connection
+goes to exactly that address.
 """
 
 from __future__ import annotations
