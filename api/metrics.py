@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from worker import tools
 from worker.agents import agent_names
 from worker.heartbeat import live_workers
-from worker.keys import AGENT_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
+from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
 from worker.llmconfig import LlmConfig
 from worker.settings import Settings
 from worker.tools import MODEL_TOOL
@@ -29,7 +29,13 @@ from worker.webhooks.outbox import Outbox
 
 
 def queue_names() -> list[str]:
-    return [AGENT_QUEUE, TOOL_QUEUE, *(tool_queue(name) for name in tools.tool_names()), WEBHOOK_QUEUE]
+    return [
+        AGENT_QUEUE,
+        TOOL_QUEUE,
+        *(tool_queue(name) for name in tools.tool_names()),
+        WEBHOOK_QUEUE,
+        ARCHIVE_QUEUE,
+    ]
 
 
 def known_models(settings: Settings) -> list[str]:
