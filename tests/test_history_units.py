@@ -238,16 +238,40 @@ def test_migrations_make_exactly_the_schema_on_sqlite(sqlite_engine: Engine) -> 
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
-def test_migrations_make_exactly_the_schema_on_postgresql() -> None:
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgresServer]:
     server = PostgresServer()
-    try:
-        engine = make_engine(server.url)
-        upgrade(engine)
-        upgrade(engine)
-        assert _schema_differences(engine) == []
-        engine.dispose()
-    finally:
-        server.close()
+    yield server
+    server.close()
+
+
+def test_migrations_make_exactly_the_schema_on_postgresql(pg: PostgresServer) -> None:
+    engine = make_engine(pg.url)
+    upgrade(engine)
+    upgrade(engine)
+    assert _schema_differences(engine) == []
+    engine.dispose()
+
+
+def test_a_run_the_database_refuses_does_not_hold_back_its_batch(
+    r: fakeredis.FakeRedis, pg: PostgresServer
+) -> None:
+    from worker.history.archiver import Archiver
+
+    good, bad = "b" * 32, "c" * 32
+    for run_id, tenant in ((good, "t1"), (bad, "t" * 300)):  # run tenants are 200 characters at most
+        r.hset(KEYS.run(run_id), mapping=raw_run(run_id, tenant=tenant))
+        r.expire(KEYS.run(run_id), 7 * 86400)
+        r.zadd(KEYS.archive_due(), {run_id: 1.0})
+        r.zadd(KEYS.archive_ended(), {run_id: 1.0})
+    db = HistoryDB(pg.url)
+    archiver = Archiver(r, KEYS, ArchiveQueue(r, KEYS), db, Settings(hot_ttl_s=300))
+    assert archiver.archive_runs([good, bad]) == 1
+    assert archive.load_run(db.engine(), good) is not None and archive.load_run(db.engine(), bad) is None
+    assert 0 < r.ttl(KEYS.run(good)) <= 300 and r.ttl(KEYS.run(bad)) > 300
+    assert r.zrange(KEYS.archive_ended(), 0, -1) == [bad], "the refused run waits for a retry"
+    assert r.zscore(KEYS.archive_due(), bad) > 1.0, "after a backoff"
+    db.dispose()
 
 
 def test_a_batch_written_twice_is_stored_once(sqlite_engine: Engine) -> None:

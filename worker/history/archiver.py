@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from worker.history import archive
 from worker.history.db import HistoryDB, describe_error
@@ -61,16 +61,19 @@ class Archiver:
         if not batch:
             return 0
         try:
-            archive.write_batch(self.db.engine(), batch)
+            written, refused = self._write(batch)
         except (SQLAlchemyError, OSError) as exc:
-            section = self.settings.archive
-            self.queue.retry([rows.run["id"] for rows in batch], section.retry_min_s, section.retry_max_s)
+            written, refused = [], batch
             log.warning(
                 "archive batch failed; retried later",
                 runs=len(batch),
                 database=self.db.display_url,
                 error=describe_error(exc, self.db.url),
             )
+        if refused:
+            section = self.settings.archive
+            self.queue.retry([rows.run["id"] for rows in refused], section.retry_min_s, section.retry_max_s)
+        if not written:
             return 0
         self.queue.settle(
             [
@@ -79,11 +82,37 @@ class Archiver:
                     "archived",
                     hot_keys(self.keys, rows.run["id"], min(rows.run["steps"], STEP_LOG_MAX)),
                 )
-                for rows in batch
+                for rows in written
             ],
             self.settings.hot_ttl_s,
         )
-        return len(batch)
+        return len(written)
+
+    def _write(self, batch: list[archive.RunRows]) -> tuple[list[archive.RunRows], list[archive.RunRows]]:
+        """Write the batch in one transaction: (written, refused). When the database refuses the
+        batch's data (not its connection), each run is written alone, so one run it cannot take
+        does not hold back the others; the runs it refuses are retried like a failed batch."""
+        engine = self.db.engine()
+        try:
+            archive.write_batch(engine, batch)
+            return batch, []
+        except (DataError, IntegrityError) as exc:
+            log.warning(
+                "archive batch refused; writing its runs one by one", error=describe_error(exc, self.db.url)
+            )
+        written, refused = [], []
+        for rows in batch:
+            try:
+                archive.write_batch(engine, [rows])
+                written.append(rows)
+            except (DataError, IntegrityError) as exc:
+                refused.append(rows)
+                log.warning(
+                    "run refused by the run history",
+                    run_id=rows.run["id"],
+                    error=describe_error(exc, self.db.url),
+                )
+        return written, refused
 
     def purge_due(self, holder: str) -> int | None:
         """The daily purge, done by one agent worker: the one that takes the purge lock (for
