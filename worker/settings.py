@@ -491,7 +491,7 @@ class Settings(BaseSettings):
 
 def default_data_dir() -> Path:
     """Where a process keeps files of its own (the SQLite run history): $XDG_DATA_HOME/agentfleet,
-    else ~/.local/share/agentfleet."""
+    else .local/share/agentfleet in the user's home folder."""
     base = os.environ.get("XDG_DATA_HOME")
     if not base:
         try:
