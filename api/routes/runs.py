@@ -345,13 +345,13 @@ async def run_events(
     FLEET_MAX_WAITERS_PER_TENANT with the waits (429 with Retry-After when the tenant's are all
     taken); it frees its slot when it ends or its client disconnects. A run that only the run
     history holds gets its `end` at once (or 204 after it)."""
-    after = parse_event_id(last_event_id)
     raw = await _load_live(state, run_id)
     if raw is None:
         record, _ = await _archived_owned(state, run_id, tenant)
-        return archived_end(record, after)
+        return archived_end(record, parse_event_id(last_event_id))
     if raw.get("tenant") != tenant:
         raise _not_found(run_id)
+    after = parse_event_id(last_event_id)
     try:
         slot = await state.wait_slots.take_kept(tenant)
     except WaitersFull as full:
