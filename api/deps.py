@@ -16,6 +16,7 @@ from api.errors import ApiError
 from api.waiter import EndWaiter
 from api.waitslots import WaitSlots
 from worker.approvals import Approvals
+from worker.history.db import HistoryDB
 from worker.keys import Keys
 from worker.policy import PolicyStore
 from worker.rollout import Rollouts
@@ -43,6 +44,7 @@ class AppState:
     wait_slots: WaitSlots
     metrics_token: str | None
     webhook_tenants: frozenset[str]  # tenants with a webhook secret (FLEET_WEBHOOK_SECRETS)
+    history: HistoryDB  # archived runs (worker/history/): read when Redis no longer holds a run
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set when the server stops
 
     def close_streams(self) -> None:

@@ -22,6 +22,8 @@ import asyncio
 import random
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import redis
 import structlog
@@ -140,6 +142,24 @@ class RunEvents:
             return Batch(over=True)
         self.after = end_id
         return Batch([frame(format_event_id(end_id), END, dump_json(public_view(raw)))], over=True)
+
+
+def archived_end(record: dict[str, Any], after: EventId | None) -> Response:
+    """The answer for a run that only the history holds (its events expired with its Redis
+    keys): its `end` alone, with the id made from its end time; 204 when `after` is at or past
+    it (the client has had it)."""
+    finished = record.get("finished_at") or record.get("created_at") or ""
+    try:
+        finished_ts = datetime.fromisoformat(str(finished).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        finished_ts = 0.0
+    end_id = end_id_for(None, finished_ts)
+    if after is not None and after >= end_id:
+        return Response(status_code=204)
+    body = frame(format_event_id(end_id), END, dump_json(record))
+    return Response(
+        body, status_code=200, headers={"cache-control": "no-cache"}, media_type=EventStream.media_type
+    )
 
 
 class EventStream(Response):

@@ -19,6 +19,7 @@ from api.waitslots import WaitSlots
 from worker.agents import load_plugins
 from worker.approvals import Approvals
 from worker.celery_app import make_app
+from worker.history.db import HistoryDB
 from worker.keys import Keys
 from worker.policy import PolicyStore
 from worker.redis_conn import make_async_redis, make_redis
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         wait_slots=WaitSlots(ar, keys, settings.max_waiters_per_tenant),
         metrics_token=settings.metrics_bearer(),
         webhook_tenants=frozenset(settings.tenant_webhook_secrets()),
+        history=HistoryDB(settings.history_database_url()),
     )
 
     @asynccontextmanager
@@ -127,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await state.waiter.close()
         await state.wait_slots.close()
+        state.history.dispose()
 
     app = FastAPI(
         title="agentfleet",

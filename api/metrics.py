@@ -21,7 +21,8 @@ from prometheus_client.registry import Collector
 from worker import tools
 from worker.agents import agent_names
 from worker.heartbeat import live_workers
-from worker.keys import AGENT_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
+from worker.history.queue import ArchiveQueue
+from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
 from worker.llmconfig import LlmConfig
 from worker.settings import Settings
 from worker.tools import MODEL_TOOL
@@ -29,7 +30,13 @@ from worker.webhooks.outbox import Outbox
 
 
 def queue_names() -> list[str]:
-    return [AGENT_QUEUE, TOOL_QUEUE, *(tool_queue(name) for name in tools.tool_names()), WEBHOOK_QUEUE]
+    return [
+        AGENT_QUEUE,
+        TOOL_QUEUE,
+        *(tool_queue(name) for name in tools.tool_names()),
+        WEBHOOK_QUEUE,
+        ARCHIVE_QUEUE,
+    ]
 
 
 def known_models(settings: Settings) -> list[str]:
@@ -77,6 +84,7 @@ class FleetCollector(Collector):
         self.tenants = sorted(set(tenants))
         self.models = sorted(set(models))
         self.outbox = Outbox(r, keys)
+        self.archive = ArchiveQueue(r, keys)
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
@@ -187,6 +195,8 @@ class FleetCollector(Collector):
         yield rollbacks
 
         yield from self._webhooks(now)
+        yield from self._archive(now)
+        yield from self._redis_memory()
 
         workers = GaugeMetricFamily("fleet_workers_alive", "Workers with a fresh heartbeat", labels=["kind"])
         for kind, count in live_workers(self.r, self.keys).items():
@@ -213,3 +223,34 @@ class FleetCollector(Collector):
         )
         oldest.add_metric([], oldest_age_s)
         yield oldest
+
+    def _archive(self, now: float) -> Iterator[Metric]:
+        """Ended runs archived to the run history, and those still waiting (worker/history/queue.py)."""
+        pending_n, lag_s = self.archive.backlog(now)
+        pending = GaugeMetricFamily("fleet_archive_pending", "Ended runs not yet archived to the run history")
+        pending.add_metric([], pending_n)
+        yield pending
+        lag = GaugeMetricFamily(
+            "fleet_archive_lag_seconds", "Age of the oldest ended run not yet archived (0: none)"
+        )
+        lag.add_metric([], lag_s)
+        yield lag
+        counts = self.archive.counts()
+        archived = CounterMetricFamily("fleet_runs_archived", "Runs written to the run history")
+        archived.add_metric([], float(counts["archived"]))
+        yield archived
+        failed = CounterMetricFamily(
+            "fleet_archive_failed_batches", "Archive batches the database refused (each retried)"
+        )
+        failed.add_metric([], float(counts["failed"]))
+        yield failed
+
+    def _redis_memory(self) -> Iterator[Metric]:
+        """Redis memory in use and its cap (`maxmemory`; 0: no cap), from INFO memory."""
+        info = self.r.info("memory")
+        used = GaugeMetricFamily("fleet_redis_memory_used_bytes", "Memory Redis uses (used_memory)")
+        used.add_metric([], float(info.get("used_memory", 0)))
+        yield used
+        cap = GaugeMetricFamily("fleet_redis_maxmemory_bytes", "Redis maxmemory (0: no cap)")
+        cap.add_metric([], float(info.get("maxmemory", 0)))
+        yield cap

@@ -172,6 +172,8 @@ class Fleet:
             "FLEET_API_PORT": str(self.api_port),
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
+            # the run history: a SQLite file of the fleet's own, unless the test names a database
+            "FLEET_DATABASE_URL": f"sqlite:///{self.dir / 'history.db'}",
             **self.env_extra,
         }
         self.url = f"http://127.0.0.1:{self.api_port}"

@@ -26,7 +26,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.harness import FLEET_CMD, KEY_T1, ROOT, TERMINAL, Fleet, RedisServer, free_port
+from tests.harness import FLEET_CMD, KEY_T1, ROOT, TERMINAL, Fleet, RedisServer, free_port, wait_for
 
 BANNER_END = "Ctrl-C stops everything."
 UP_READY_TIMEOUT_S = 120.0
@@ -374,6 +374,7 @@ def fleet_up(
         REDIS_URL=redis_url,
         FLEET_API_PORT=str(api_port or free_port()),
         FLEET_FLOWER_PORT=str(free_port()),
+        FLEET_DATA_DIR=str(tmp_path / "data"),  # the SQLite run history; the folder does not exist yet
     )
     up = FleetUp(args, env, tmp_path, terminal)
     try:
@@ -479,6 +480,19 @@ def assert_json_lines_then_the_banner_last(up: FleetUp, processes: set[str]) -> 
     assert_banner_is_last(up)
 
 
+def history_holds(path: Path, run_id: str) -> bool:
+    """True when the SQLite run history at `path` holds the run."""
+    import sqlite3
+
+    if not path.exists():
+        return False
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        try:
+            return db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None
+        except sqlite3.OperationalError:  # not migrated yet
+            return False
+
+
 def stack_processes(api_port: int) -> list[psutil.Process]:
     """Every process of the stack that `fleet up` started on `api_port` (found by its environment)."""
     found = []
@@ -562,6 +576,8 @@ def test_up_without_redis_starts_its_own_stack_serves_the_printed_curl_and_sigin
         assert done["status"] == "succeeded", f"{done['error']}\n{done}\n{stderr_tail}"
         assert done["output"] == "hello from agentfleet"
         assert done["tenant"] == "dev"
+        history = tmp_path / "data" / "history.db"  # the SQLite default, in a folder made for it
+        wait_for(lambda: history_holds(history, run["id"]), 30, f"run not archived:\n{stderr_tail}")
 
         if with_flower:
             assert banner.flower is not None, up.output()

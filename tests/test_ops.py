@@ -39,7 +39,7 @@ import yaml
 from pydantic import BaseModel
 
 from tests.harness import ROOT, TERMINAL, free_port, redis_server_binary, wait_for
-from worker.keys import AGENT_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
+from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
 from worker.settings import Settings
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -908,14 +908,16 @@ def test_keda_scales_tool_workers_on_every_tool_queue() -> None:
     from worker import tools
 
     lists = {t["listName"] for t in redis_triggers("tool-worker")}
-    assert lists and all(name in ("tools", WEBHOOK_QUEUE) or name.startswith("tools.") for name in lists)
+    assert lists and all(
+        name in ("tools", WEBHOOK_QUEUE, ARCHIVE_QUEUE) or name.startswith("tools.") for name in lists
+    )
     # the built-in tools (a test run may also have registered the test plugins' tools)
     builtin = [
         n
         for n in tools.tool_names()
         if (tools.get_tool(n) or tools.get_tool("echo")).fn.__module__.startswith("worker.")
     ]
-    assert {"tools", *(tool_queue(n) for n in builtin), WEBHOOK_QUEUE} <= lists
+    assert {"tools", *(tool_queue(n) for n in builtin), WEBHOOK_QUEUE, ARCHIVE_QUEUE} <= lists
 
 
 # == the compose topology, run natively ============================================================
@@ -951,6 +953,7 @@ class NativeStack:
     What a container provides is mapped to this host, and nothing else is changed:
     - `redis` (redis://redis:6379) is a redis-server started with the compose service's command
       and its mounted ops/redis.conf, on a free loopback port;
+    - `postgres` (the run history) is a SQLite file, named by the fleet_database_url secret;
     - each container path (bind mounts, /run/secrets/<name>, the /tmp tmpfs) is a host path
       (per replica for /tmp); an env value naming such a path names the host path instead;
     - a secret the compose file mounts without a *_FILE variable pointing at it is one the code
@@ -982,6 +985,8 @@ class NativeStack:
         (secrets_dir / "openai_api_key").write_text("")
         self.redis_password = "rp-" + secrets.token_urlsafe(24)
         (secrets_dir / "redis_password").write_text(self.redis_password + "\n")
+        # the run history: a SQLite file of this stack's own stands in for the postgres service
+        (secrets_dir / "fleet_database_url").write_text(f"sqlite:///{self.dir / 'history.db'}\n")
         config = yaml.safe_load((ROOT / "ops" / "fleet.yaml").read_text())
         config["tools"]["allowlist"] = [*config["tools"]["allowlist"], "echo"]
         # sleep steps of 1 s stay in their process: the soft-shutdown test stops a worker under

@@ -16,7 +16,7 @@ from celery import Celery, signals
 from celery.exceptions import SecurityWarning
 from kombu import Exchange, Queue
 
-from worker.keys import AGENT_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE
+from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE
 from worker.settings import DEV_STACK_ENV, Settings, get_settings
 
 if os.environ.get(DEV_STACK_ENV) == "1":
@@ -28,6 +28,7 @@ if os.environ.get(DEV_STACK_ENV) == "1":
 RUN_TASK = "fleet.run_agent"
 TOOL_TASK = "fleet.tool_call"
 WEBHOOK_TASK = "fleet.deliver_webhook"
+ARCHIVE_TASK = "fleet.archive_runs"
 SOFT_LIMIT_GRACE_S = 0.5  # Celery's soft limit, past the run's own deadline
 HARD_LIMIT_GRACE_S = 2.0  # Celery's hard limit, past the run's own deadline
 
@@ -74,11 +75,13 @@ def make_app(settings: Settings) -> Celery:
             Queue(AGENT_QUEUE, Exchange(AGENT_QUEUE), routing_key=AGENT_QUEUE),
             Queue(TOOL_QUEUE, Exchange(TOOL_QUEUE), routing_key=TOOL_QUEUE),
             Queue(WEBHOOK_QUEUE, Exchange(WEBHOOK_QUEUE), routing_key=WEBHOOK_QUEUE),
+            Queue(ARCHIVE_QUEUE, Exchange(ARCHIVE_QUEUE), routing_key=ARCHIVE_QUEUE),
         ],
         task_routes={
             RUN_TASK: {"queue": AGENT_QUEUE},
             TOOL_TASK: {"queue": TOOL_QUEUE},
             WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
+            ARCHIVE_TASK: {"queue": ARCHIVE_QUEUE},
         },
         worker_max_memory_per_child=512_000,  # KiB; checked after each task (prefork)
         worker_max_tasks_per_child=1000,
@@ -136,11 +139,12 @@ def _logging(**_: Any) -> None:
 
 def serves_only_tools(queues: Any) -> bool:
     """True for a worker whose `-Q` names only tool queues (`tools`, `tools.<name>`, and
-    `webhooks`, whose deliveries tool workers make)."""
+    `webhooks` and `archive`, whose deliveries and history batches tool workers make)."""
     names = queues.split(",") if isinstance(queues, str) else list(queues or [])
     names = [str(name).strip() for name in names if str(name).strip()]
     return bool(names) and all(
-        name in (TOOL_QUEUE, WEBHOOK_QUEUE) or name.startswith(TOOL_QUEUE + ".") for name in names
+        name in (TOOL_QUEUE, WEBHOOK_QUEUE, ARCHIVE_QUEUE) or name.startswith(TOOL_QUEUE + ".")
+        for name in names
     )
 
 

@@ -28,11 +28,22 @@ def _settings() -> Settings:
         settings.tenant_keys()  # a bad key list stops every process, not only the API
         settings.admin_key_set()
         settings.tenant_webhook_secrets()
+        _check_database_url(settings)
         _check_agents(settings)
         return settings
     except ConfigError as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
+
+
+def _check_database_url(settings: Settings) -> None:
+    """The run history's URL parses and names a supported database (the message shows no URL)."""
+    from worker.history.db import parse_url
+
+    try:
+        parse_url(settings.history_database_url())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_agents(settings: Settings) -> None:
@@ -67,13 +78,14 @@ def _has_option(args: Sequence[str], *names: str) -> bool:
 
 
 def tool_queues(settings: Settings) -> list[str]:
-    """`tools` and `tools.<name>` of every tool this process knows (built-ins and plugins), and
-    `webhooks`: tool workers make the webhook deliveries too (no process kind of their own)."""
+    """`tools` and `tools.<name>` of every tool this process knows (built-ins and plugins),
+    `webhooks` and `archive`: tool workers make the webhook deliveries and write the run history
+    too (no process kind of their own)."""
     from worker import agents, tools
-    from worker.keys import TOOL_QUEUE, WEBHOOK_QUEUE, tool_queue
+    from worker.keys import ARCHIVE_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE, tool_queue
 
     agents.load_plugins(settings.plugins)  # plugin modules register tools as well as agents
-    return [TOOL_QUEUE, *(tool_queue(name) for name in tools.tool_names()), WEBHOOK_QUEUE]
+    return [TOOL_QUEUE, *(tool_queue(name) for name in tools.tool_names()), WEBHOOK_QUEUE, ARCHIVE_QUEUE]
 
 
 TOOL_WORKER_THREADS = 4
@@ -336,6 +348,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         "max_seconds": settings.max_seconds,
     }
     data["redis_url"] = mask_url(settings.redis_url)
+    data["database_url"] = masked_database_url(settings)
     print(yaml.safe_dump(data, sort_keys=False), end="")
     return 0
 
@@ -345,6 +358,13 @@ def mask_url(url: str) -> str:
     from worker.settings import masked_url
 
     return masked_url(url)
+
+
+def masked_database_url(settings: Settings) -> str:
+    """The run history's URL (FLEET_DATABASE_URL, its file, or the SQLite default), password masked."""
+    from worker.history.db import masked
+
+    return masked(settings.history_database_url())
 
 
 # -- submitting -----------------------------------------------------------------------------------

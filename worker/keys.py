@@ -7,6 +7,7 @@ from dataclasses import dataclass
 AGENT_QUEUE = "agents"
 TOOL_QUEUE = "tools"
 WEBHOOK_QUEUE = "webhooks"  # webhook deliveries, served by tool workers
+ARCHIVE_QUEUE = "archive"  # batches of ended runs to write to the run history, served by tool workers
 
 
 def tool_queue(tool: str) -> str:
@@ -172,6 +173,28 @@ class Keys:
     def stats_webhooks(self) -> str:
         """Deliveries counted by outcome (`deliveries|<outcome>`), for /metrics."""
         return f"{self.prefix}:stats:webhooks"
+
+    # the run history (worker/history/) -----------------------------------------------------------
+    def archive_due(self) -> str:
+        """Ended runs not yet archived (member: run id), scored by when a batch may next take
+        them (unix s): their end, or a claim's or a retry's time."""
+        return f"{self.prefix}:archive:due"
+
+    def archive_ended(self) -> str:
+        """The same runs scored by when they ended (unix s): the archive's lag is the oldest's age."""
+        return f"{self.prefix}:archive:ended"
+
+    def archive_failures(self) -> str:
+        """Failed archive attempts per run id (a hash), for the retry's backoff."""
+        return f"{self.prefix}:archive:failures"
+
+    def stats_archive(self) -> str:
+        """Archive counters (`archived`, `lost`, `failed`), for /metrics."""
+        return f"{self.prefix}:stats:archive"
+
+    def history_purge_lock(self) -> str:
+        """Held (SET NX EX) by the agent worker that purges expired history this period."""
+        return f"{self.prefix}:history:purge"
 
     # rollout ------------------------------------------------------------------------------------
     def rollout(self, agent: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -222,6 +223,23 @@ class WebhooksSection(_Section):
         return value
 
 
+class ArchiveSection(_Section):
+    """How ended runs move from Redis to the run history's database (worker/history/)."""
+
+    batch: int = Field(200, gt=0, le=5_000)  # runs claimed, read and written per transaction
+    # A batch the database refused is retried after retry_min_s, doubling up to retry_max_s.
+    retry_min_s: float = Field(1.0, gt=0, le=3600)
+    retry_max_s: float = Field(60.0, gt=0, le=3600)
+    purge_batch: int = Field(1_000, gt=0, le=100_000)  # runs deleted per transaction by the purge
+    purge_every_s: int = Field(86_400, ge=60)  # how often one agent worker purges expired history
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ArchiveSection:
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must be >= retry_min_s")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything a fleet process reads at start. Invalid values stop the process."""
 
@@ -237,6 +255,7 @@ class Settings(BaseSettings):
     observability: ObservabilitySection = ObservabilitySection()
     rollout: RolloutSection = RolloutSection()
     webhooks: WebhooksSection = WebhooksSection()
+    archive: ArchiveSection = ArchiveSection()
     # Per-agent settings, keyed by agent name (the `llm` agent's model and prices live here).
     agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Modules imported by every process at start; they register user agents and tools.
@@ -278,6 +297,13 @@ class Settings(BaseSettings):
     # Bearer token that /metrics asks for when set (tenant names appear in its labels).
     metrics_token: SecretStr | None = None
     run_ttl_s: int = Field(7 * 86400, gt=0)
+    # The run history (worker/history/): a SQLAlchemy URL, PostgreSQL (postgresql+psycopg://) in
+    # production, or the file, or /run/secrets/fleet_database_url; none: SQLite in data_dir.
+    database_url: SecretStr | None = None
+    database_url_file: Path | None = None
+    data_dir: Path = Field(default_factory=lambda: default_data_dir())
+    hot_ttl_s: int = Field(3600, gt=0)  # what an archived run keeps in Redis: its keys' new TTL
+    history_retention_days: int = Field(90, gt=0, le=36_500)  # archived runs older than this are purged
     max_attempts: int = Field(3, gt=0, le=20)
 
     # `tenant:secret,...`: the key each tenant's webhooks are signed with (or the file, or
@@ -319,6 +345,7 @@ class Settings(BaseSettings):
         "admin_keys",
         "metrics_token",
         "webhook_secrets",
+        "database_url",
     )
     @classmethod
     def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
@@ -420,6 +447,22 @@ class Settings(BaseSettings):
                     raise ConfigError(f"{source}: cannot read {path}: {exc.strerror}") from None
         return parse_webhook_secrets(raw, source)
 
+    def history_database_url(self) -> str:
+        """The run history's SQLAlchemy URL: FLEET_DATABASE_URL, FLEET_DATABASE_URL_FILE or
+        /run/secrets/fleet_database_url, else SQLite at `<data_dir>/history.db`. Secret: show it
+        only through worker.history.db.masked."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value().strip()
+        path = self.database_url_file or SECRETS_DIR / "fleet_database_url"
+        if self.database_url_file is not None or path.is_file():
+            try:
+                url = path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"FLEET_DATABASE_URL_FILE: cannot read {path}: {exc.strerror}") from None
+            if url:
+                return url
+        return f"sqlite:///{self.data_dir / 'history.db'}"
+
     def admin_key_set(self) -> frozenset[str]:
         """Keys that may call /v1/admin: FLEET_ADMIN_KEYS or /run/secrets/fleet_admin_keys."""
         raw = self.admin_keys.get_secret_value() if self.admin_keys else self.secret("FLEET_ADMIN_KEYS") or ""
@@ -444,6 +487,18 @@ class Settings(BaseSettings):
         if path.is_file():
             return path.read_text().strip() or None
         return None
+
+
+def default_data_dir() -> Path:
+    """Where a process keeps files of its own (the SQLite run history): $XDG_DATA_HOME/agentfleet,
+    else .local/share/agentfleet in the user's home folder."""
+    base = os.environ.get("XDG_DATA_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".local" / "share")
+        except (KeyError, RuntimeError):  # a user without a home (an arbitrary container uid)
+            base = str(Path(tempfile.gettempdir()))
+    return Path(base) / "agentfleet"
 
 
 def parse_tenant_keys(raw: str, source: str = "FLEET_API_KEYS") -> dict[str, str]:

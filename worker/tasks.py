@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from functools import lru_cache
@@ -17,11 +19,14 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from kombu.exceptions import OperationalError
 
 from worker import agents, tools
-from worker.celery_app import RUN_TASK, TOOL_TASK, WEBHOOK_TASK, app, send_run
+from worker.celery_app import ARCHIVE_TASK, RUN_TASK, TOOL_TASK, WEBHOOK_TASK, app, send_run
 from worker.gateway.calls import REPLY_GRACE_S, BrokerUnavailable, FleetControls
 from worker.gateway.executor import ToolExecutor
 from worker.gateway.pool import ToolPool, process_pool, sync_pool
-from worker.keys import AGENT_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
+from worker.history import queue as archive_queue
+from worker.history.archiver import Archiver
+from worker.history.db import HistoryDB
+from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
 from worker.redis_conn import get_redis, make_redis
 from worker.rollout import end_recorder
 from worker.run.keeper import RunKeeper
@@ -37,6 +42,8 @@ tools.load_builtins()
 
 
 EXPIRES_SKEW_S = 5.0
+PURGE_LOOK_S = 60.0  # how often an agent worker looks whether the history purge is due
+log = structlog.get_logger("agentfleet.worker")
 
 
 def _trace_id() -> str | None:
@@ -198,6 +205,46 @@ def _webhook_scheduler(deps: LoopDeps) -> outbox.Scheduler:
     return outbox.Scheduler(_outbox(), send_webhook, _webhook_lead_s(), section.max_age_s, tick_s)
 
 
+@lru_cache(maxsize=1)
+def _archiver() -> Archiver:
+    deps = _deps()
+    db = HistoryDB(deps.settings.history_database_url())
+    return Archiver(deps.r, deps.keys, archive_queue.ArchiveQueue(deps.r, deps.keys), db, deps.settings)
+
+
+@app.task(name=ARCHIVE_TASK)
+def archive_runs(run_ids: list[str]) -> int:
+    """Write a claimed batch of ended runs to the run history (worker/history/archiver.py); a
+    batch the database refused is retried with backoff, a lost one claimed again."""
+    return _archiver().archive_runs([str(run_id) for run_id in run_ids])
+
+
+def send_archive(run_ids: list[str]) -> None:
+    """Send a claimed batch to the archive queue (queue.Scheduler). A message still queued when
+    its claim lapses expires: the next claim sends a fresh one."""
+    app.send_task(
+        ARCHIVE_TASK,
+        args=[run_ids],
+        argsrepr=f"(<{len(run_ids)} runs>)",
+        queue=ARCHIVE_QUEUE,
+        ignore_result=True,
+        headers={"sent_at": time.time()},  # the queue's oldest-message age, for /metrics
+        expires=archive_queue.CLAIM_S,
+    )
+
+
+def _purge_loop(stop: threading.Event) -> None:
+    """Purge expired run history once per `archive.purge_every_s`, fleet-wide (a lock in Redis);
+    every agent worker looks once a minute whether the period's purge is still to be done."""
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    while not stop.is_set():
+        try:
+            _archiver().purge_due(holder)
+        except Exception as exc:  # Redis away: try again at the next look
+            log.warning("history purge error", error=f"{type(exc).__name__}: {exc}"[:200])
+        stop.wait(PURGE_LOOK_S)
+
+
 def requeue(run_id: str) -> None:
     """Send a run whose lease expired (its worker died) back to the agents queue; a run already
     past its deadline ends as stopped / max_seconds instead of waiting in the queue for nothing."""
@@ -232,6 +279,11 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
     threading.Thread(
         target=_webhook_scheduler(deps).run, args=(_reaper_stop,), name="webhooks", daemon=True
     ).start()
+    archiving = archive_queue.Scheduler(
+        archive_queue.ArchiveQueue(deps.r, deps.keys), send_archive, deps.settings.archive.batch
+    )
+    threading.Thread(target=archiving.run, args=(_reaper_stop,), name="archive", daemon=True).start()
+    threading.Thread(target=_purge_loop, args=(_reaper_stop,), name="history-purge", daemon=True).start()
     if deps.timers is not None:
         scheduler = Scheduler(
             deps.timers, deps.store, resume, tick_s=deps.settings.runtime.timer_tick_ms / 1000.0

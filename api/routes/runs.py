@@ -9,18 +9,23 @@ import time
 import uuid
 from typing import Annotated, Any
 
+import anyio.to_thread
 import structlog
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.responses import Response
 
 from api.deps import AppState, State, Tenant, is_admin_key
 from api.errors import ApiError, FleetJSONResponse, validation_message
-from api.events import EventStream, parse_event_id
+from api.events import EventStream, archived_end, parse_event_id
 from api.schemas import ErrorBody, RunOut, RunRequest
 from api.waitslots import WaitersFull
 from worker import killswitch
 from worker.agents import get_agent_class
 from worker.celery_app import send_run
+from worker.history.archive import load_run
+from worker.history.db import describe_error
 from worker.keys import AGENT_QUEUE
 from worker.run.store import TERMINAL, AdmissionRefused, Budgets, public_view
 from worker.webhooks import target
@@ -232,10 +237,38 @@ def _owned(state: AppState, run_id: str, tenant: str) -> dict[str, str]:
 async def _load_owned(state: AppState, run_id: str, tenant: str) -> dict[str, str]:
     """The run's raw hash, read on the event loop; 404 for a malformed id or another tenant's run.
     (A malformed id never reaches Redis: `<id>:steps` would name the step log, a list.)"""
-    raw = await state.ar.hgetall(state.keys.run(run_id)) if _RUN_ID_RE.fullmatch(run_id) else None
-    if not raw or raw.get("tenant") != tenant:
+    raw = await _load_live(state, run_id)
+    if raw is None or raw.get("tenant") != tenant:
         raise _not_found(run_id)
-    return {str(k): str(v) for k, v in raw.items()}
+    return raw
+
+
+async def _load_live(state: AppState, run_id: str) -> dict[str, str] | None:
+    """The run's raw hash in Redis, or None (a malformed id, or a run Redis no longer holds)."""
+    raw = await state.ar.hgetall(state.keys.run(run_id)) if _RUN_ID_RE.fullmatch(run_id) else None
+    return {str(k): str(v) for k, v in raw.items()} if raw else None
+
+
+async def _archived_owned(
+    state: AppState, run_id: str, tenant: str, with_steps: bool = False
+) -> tuple[dict[str, Any], list[Any]]:
+    """A run that Redis no longer holds, from the run history (in a thread: the database driver
+    blocks): its record and, when asked, its step log. 404 as for a live run; 503 while the
+    history's database does not answer."""
+    if not _RUN_ID_RE.fullmatch(run_id):
+        raise _not_found(run_id)
+
+    def read() -> tuple[dict[str, Any], list[Any]] | None:
+        return load_run(state.history.engine(), run_id, with_steps)
+
+    try:
+        found = await anyio.to_thread.run_sync(read)
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("run history unreachable", error=describe_error(exc, state.history.url))
+        raise ApiError(503, "unavailable", "the run history is unreachable; try again") from None
+    if found is None or found[0].get("tenant") != tenant:
+        raise _not_found(run_id)
+    return found
 
 
 @router.get("/{run_id}", responses={200: {"model": RunOut}, **_ERRORS})
@@ -252,8 +285,15 @@ async def get_run(
     """Read a run; with `?wait=S` the answer waits until the run ends or S seconds pass.
 
     Async: a wait holds no thread. At most FLEET_MAX_WAITERS_PER_TENANT waits per tenant are open
-    at once, fleet-wide; past it, 429 with Retry-After."""
-    raw = await _load_owned(state, run_id, tenant)
+    at once, fleet-wide; past it, 429 with Retry-After. A run that Redis no longer holds (archived,
+    past FLEET_HOT_TTL_S) is read from the run history, at once: it has ended."""
+    raw = await _load_live(state, run_id)
+    if raw is None:
+        record, logged = await _archived_owned(state, run_id, tenant, steps)
+        archived = {**record, "steps": logged} if steps else record
+        return FleetJSONResponse(archived, status_code=200, headers={"Location": f"/v1/runs/{run_id}"})
+    if raw.get("tenant") != tenant:
+        raise _not_found(run_id)
     if wait > 0 and raw["status"] not in TERMINAL:
         try:
             async with state.wait_slots.slot(tenant, wait):
@@ -297,14 +337,20 @@ async def run_events(
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", description="resume after this event id")
     ] = None,
-) -> EventStream:
+) -> Response:
     """Stream the run's events (`text/event-stream`); every event has an `id:`, and a reconnect
     with `Last-Event-ID` gets exactly the events after it.
 
     Async, like `?wait`: an open stream holds no thread, and counts against
     FLEET_MAX_WAITERS_PER_TENANT with the waits (429 with Retry-After when the tenant's are all
-    taken); it frees its slot when it ends or its client disconnects."""
-    await _load_owned(state, run_id, tenant)
+    taken); it frees its slot when it ends or its client disconnects. A run that only the run
+    history holds gets its `end` at once (or 204 after it)."""
+    raw = await _load_live(state, run_id)
+    if raw is None:
+        record, _ = await _archived_owned(state, run_id, tenant)
+        return archived_end(record, parse_event_id(last_event_id))
+    if raw.get("tenant") != tenant:
+        raise _not_found(run_id)
     after = parse_event_id(last_event_id)
     try:
         slot = await state.wait_slots.take_kept(tenant)

@@ -342,10 +342,21 @@ def _act(
     else:
         result = _call_model(f"{run_id}:{step}:0", action, budgets, gateway, deps, resume)
         entry["tool"] = MODEL_TOOL
+        entry.update(model_usage(action, result))
     entry["ok"] = bool(result.get("ok"))
     if not entry["ok"]:
         entry["error_type"] = (result.get("error") or {}).get("type")
     return result, entry
+
+
+def model_usage(action: CallModel, result: dict[str, Any]) -> dict[str, Any]:
+    """A model step's model, tokens and cost (USD) for its step-log entry, from the answer's
+    usage at the action's prices (the run history's usage per model sums these)."""
+    usage = (result.get("result") or {}).get("usage") if result.get("ok") else None
+    prompt = int((usage or {}).get("prompt_tokens") or 0)
+    completion = int((usage or {}).get("completion_tokens") or 0)
+    micro = action.prices.cost_micro(prompt, completion)
+    return {"model": action.model, "tokens": prompt + completion, "cost_usd": round(micro / 1_000_000, 6)}
 
 
 def _park(

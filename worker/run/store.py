@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from worker.history.queue import LUA_ENQUEUE as LUA_ARCHIVE_ENQUEUE
 from worker.keys import Keys
 from worker.killswitch import LUA_KILL_REASON, run_switch_keys
 from worker.run import events
@@ -163,7 +164,8 @@ return {'started', raw, {kill_reason({unpack(KEYS, 12)}), redis.call('GET', KEYS
 
 # KEYS: the run, its ended channel, its step log, the run stats, its lease, the leases zset,
 # the deadlines zset, the queued-runs zset, the timers zset, the parked-per-tenant and -agent
-# hashes, the run's events, then the webhook outbox's delivery hash, due and born zsets.
+# hashes, the run's events, then the webhook outbox's delivery hash, due and born zsets, then the
+# archive's due and ended zsets (worker/history/queue.py).
 # ARGV: status, stop_reason, output, error, now (s), ttl (s), the lease
 # token to release ('' for none), the run id, the step count to write first ('' for none),
 # 'parked' or 'queued' to end the run only if it is parked or still queued (the kill sweep: an
@@ -175,6 +177,7 @@ _FINISH = (
     LUA_UNPARK_COUNT
     + LUA_EMIT
     + LUA_WEBHOOK_ENQUEUE
+    + LUA_ARCHIVE_ENQUEUE
     + """
 local parked = redis.call('HGET', KEYS[1], 'parked') == '1'
 if ARGV[10] == 'parked' and not parked then return {0} end
@@ -216,6 +219,7 @@ redis.call('HINCRBY', KEYS[4], 'usage|tool_calls', tonumber(f[4] or '0'))
 emit(KEYS[12], false, ARGV[12], ARGV[6], 'status', ARGV[11])
 emit(KEYS[12], false, ARGV[12], ARGV[6], 'end', '')
 webhook_enqueue(KEYS[1], KEYS[13], KEYS[14], KEYS[15], 'end', ARGV[13], ARGV[8], f[7] or '', ARGV[5], '')
+archive_enqueue(KEYS[16], KEYS[17], ARGV[8], ARGV[5])
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return {1, f[5], f[6], started, ARGV[5]}
 """
@@ -252,12 +256,14 @@ return {claimed, held}
 
 # KEYS: the run, its cancel key, its ended channel, the run stats, the queued-runs zset, the
 # timers zset, the schedulers' bell, the run's events, then the webhook outbox's delivery hash,
-# due and born zsets. ARGV: now (s), the cancel key's ttl (s), the run id, the `cancelled` status
-# event's data, the events' cap, the run's ttl (s), the id of the `end` webhook delivery.
+# due and born zsets, then the archive's due and ended zsets. ARGV: now (s), the cancel key's
+# ttl (s), the run id, the `cancelled` status event's data, the events' cap, the run's ttl (s),
+# the id of the `end` webhook delivery.
 # A parked run is made due at once, so a scheduler resumes it and it ends cancelled.
 _CANCEL = (
     LUA_EMIT
     + LUA_WEBHOOK_ENQUEUE
+    + LUA_ARCHIVE_ENQUEUE
     + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'created_ts')
 local s = f[1]
@@ -269,6 +275,7 @@ if s == 'queued' then
   emit(KEYS[8], false, ARGV[5], ARGV[6], 'status', ARGV[4])
   emit(KEYS[8], false, ARGV[5], ARGV[6], 'end', '')
   webhook_enqueue(KEYS[1], KEYS[9], KEYS[10], KEYS[11], 'end', ARGV[7], ARGV[3], f[2] or '', ARGV[1], '')
+  archive_enqueue(KEYS[12], KEYS[13], ARGV[3], ARGV[1])
   redis.call('PUBLISH', KEYS[3], 'cancelled')
 elseif s == 'running' then
   redis.call('SET', KEYS[2], 'cancelled by request', 'EX', ARGV[2])
@@ -562,6 +569,7 @@ class RunStore:
                 keys.parked_owners("agent"),
                 keys.run_events(run_id),
                 *self._webhook_keys(delivery_id),
+                *self._archive_keys(),
             ],
             args=[
                 status,
@@ -584,6 +592,10 @@ class RunStore:
     def _webhook_keys(self, delivery_id: str) -> list[str]:
         """The keys an `end` webhook delivery is written to (worker/webhooks/outbox.py)."""
         return [self.keys.webhook(delivery_id), self.keys.webhooks_due(), self.keys.webhooks_born()]
+
+    def _archive_keys(self) -> list[str]:
+        """The archive queue's keys an ended run is added to (worker/history/queue.py)."""
+        return [self.keys.archive_due(), self.keys.archive_ended()]
 
     def ended(self, run_id: str, status: str, stop_reason: str, fields: list[Any]) -> None:
         """Tell the end hook that a run ended (once, by the call that ended it)."""
@@ -630,6 +642,7 @@ class RunStore:
                 self.keys.timers_bell(),
                 self.keys.run_events(run_id),
                 *self._webhook_keys(delivery_id),
+                *self._archive_keys(),
             ],
             args=[
                 repr(time.time()),

@@ -1,0 +1,1 @@
+"""Alembic migrations of the run history (worker/history/db.py runs them)."""
