@@ -13,12 +13,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.deps import AppState
-from api.routes import admin, approvals, health, runs
+from api.routes import admin, approvals, health, history, runs
 from api.waiter import EndWaiter
 from api.waitslots import WaitSlots
 from worker.agents import load_plugins
 from worker.approvals import Approvals
 from worker.celery_app import make_app
+from worker.history.engine import database_url, engine_for
 from worker.keys import Keys
 from worker.policy import PolicyStore
 from worker.redis_conn import make_async_redis, make_redis
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         wait_slots=WaitSlots(ar, keys, settings.max_waiters_per_tenant),
         metrics_token=settings.metrics_bearer(),
         webhook_tenants=frozenset(settings.tenant_webhook_secrets()),
+        history_engine=engine_for(database_url(settings)),
     )
 
     @asynccontextmanager
@@ -127,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await state.waiter.close()
         await state.wait_slots.close()
+        state.history_engine.dispose()
 
     app = FastAPI(
         title="agentfleet",
@@ -138,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.fleet = state
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(history.router)
     app.include_router(runs.router)
     app.include_router(admin.router)
     app.include_router(approvals.router)

@@ -7,8 +7,9 @@ same on page 1 and page 10,000:
 
 - no metadata filter: `runs_tenant_agent_created`, `runs_tenant_status_created` or
   `runs_tenant_created` (the planner picks; `stop_reason` is checked on the rows it reads);
-- a `metadata.<key>=<value>` filter: `run_metadata_lookup` drives, in (created_at, id) order,
-  joined to `runs` by primary key; further metadata filters are checked per row.
+- a `metadata.<key>=<value>` filter alone: `run_metadata_lookup` drives, in (created_at, id)
+  order, joined to `runs` by primary key; further metadata filters are checked per row;
+- metadata with an agent or status filter: the planner picks the rarer side (`_runs_query`).
 
 Times are compared in UTC. A bad input raises `QueryError` naming the parameter.
 """
@@ -150,7 +151,7 @@ def list_runs(
         raise QueryError("limit", f"between 1 and {MAX_LIMIT}")
     after = decode_cursor(cursor) if cursor is not None else None
     matches = check_metadata(metadata or {})
-    query, created, ident = _runs_query(tenant, matches)
+    query, created, ident = _runs_query(tenant, matches, drive=agent is None and status is None)
     runs = schema.runs
     for column, value in ((runs.c.agent, agent), (runs.c.status, status), (runs.c.stop_reason, stop_reason)):
         if value is not None:
@@ -172,25 +173,28 @@ def list_runs(
 
 
 def _runs_query(
-    tenant: str, matches: dict[str, str]
+    tenant: str, matches: dict[str, str], *, drive: bool
 ) -> tuple[Select[Any], ColumnElement[datetime], ColumnElement[str]]:
-    """The select of a page before filters, with the (created_at, id) columns it is ordered by:
-    those of `run_metadata` when a metadata filter drives, else those of `runs`."""
+    """The select of a page before the other filters, with the (created_at, id) columns it is
+    ordered by. With `drive`, the first metadata filter's rows of `run_metadata_lookup` lead, in
+    order, joined to `runs`: a page of a rare value or a common one reads about `limit` rows.
+    Without it (an agent or status filter is given too), every metadata filter is an EXISTS, so
+    the planner may lead with whichever side its statistics say is rarer."""
     runs = schema.runs
-    if not matches:
-        created, ident = runs.c.created_at, runs.c.id
-        query = select(runs.c.record, created, ident.label("run_id")).where(runs.c.tenant == tenant)
-        return query, created, ident
-    (key, value), *others = matches.items()
-    lookup = schema.run_metadata
-    created, ident = lookup.c.created_at, lookup.c.run_id
-    query = (
-        select(runs.c.record, created, ident)
-        .select_from(lookup.join(runs, runs.c.id == lookup.c.run_id))
-        .where(lookup.c.tenant == tenant, lookup.c.key == key, lookup.c.value == value)
-        .where(runs.c.tenant == tenant)
-    )
-    for key, value in others:
+    query = select(runs.c.record, runs.c.created_at, runs.c.id.label("run_id")).where(runs.c.tenant == tenant)
+    created, ident = runs.c.created_at, runs.c.id
+    if drive and matches:
+        (key, value), *rest = matches.items()
+        lookup = schema.run_metadata
+        created, ident = lookup.c.created_at, lookup.c.run_id
+        query = (
+            select(runs.c.record, created, ident)
+            .select_from(lookup.join(runs, runs.c.id == lookup.c.run_id))
+            .where(lookup.c.tenant == tenant, lookup.c.key == key, lookup.c.value == value)
+            .where(runs.c.tenant == tenant)
+        )
+        matches = dict(rest)
+    for key, value in matches.items():
         other = aliased(schema.run_metadata)
         query = query.where(
             exists().where(other.c.run_id == runs.c.id, other.c.key == key, other.c.value == value)
