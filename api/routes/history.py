@@ -3,11 +3,12 @@ and delete a run for good (`DELETE /v1/runs/{id}`). The queries: worker/history/
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import QueryParams
 
@@ -33,6 +34,20 @@ StopReason = Literal[
     "cancelled",
     "error",
 ]
+
+
+def _iso_day(value: Any) -> Any:
+    """Only `YYYY-MM-DD` is a day here (pydantic would also take unix seconds, which the schema
+    does not promise)."""
+    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("a UTC day as YYYY-MM-DD")
+    return value
+
+
+IsoDay = Annotated[date, BeforeValidator(_iso_day)]
+# ISO 8601 with a zone, or unix seconds (pydantic reads most numbers as a datetime already; a float
+# it could not, such as 1e5, arrives as a float).
+Moment = AwareDatetime | float
 METADATA_PREFIX = "metadata."
 USAGE_DAYS = 30  # the default span of GET /v1/usage, ending today (UTC)
 _NAME = r"^[A-Za-z0-9_.:-]{1,200}$"
@@ -97,6 +112,16 @@ def _metadata_filters(params: QueryParams) -> dict[str, str]:
     return filters
 
 
+def _instant(value: datetime | float | None, param: str) -> datetime | None:
+    """A `since` / `until` as a datetime; unix seconds out of range are a 422 naming it."""
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ApiError(422, "invalid_request", f"{param}: unix seconds out of range") from None
+
+
 @router.get("/v1/runs", responses={200: {"model": RunsPage}, **_HISTORY_ERRORS})
 def list_runs(
     request: Request,
@@ -106,11 +131,10 @@ def list_runs(
     status: Annotated[EndedStatus | None, Query(description="runs that ended so")] = None,
     stop_reason: Annotated[StopReason | None, Query(description="runs that stopped for this reason")] = None,
     since: Annotated[
-        AwareDatetime | None,
-        Query(description="created at or after: ISO 8601 with a zone, or unix seconds"),
+        Moment | None, Query(description="created at or after: ISO 8601 with a zone, or unix seconds")
     ] = None,
     until: Annotated[
-        AwareDatetime | None, Query(description="created before: ISO 8601 with a zone, or unix seconds")
+        Moment | None, Query(description="created before: ISO 8601 with a zone, or unix seconds")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=query.MAX_LIMIT, description="runs per page")] = query.DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the page before")] = None,
@@ -129,8 +153,8 @@ def list_runs(
             agent=agent,
             status=status,
             stop_reason=stop_reason,
-            since=since,
-            until=until,
+            since=_instant(since, "since"),
+            until=_instant(until, "until"),
             metadata=_metadata_filters(request.query_params),
             limit=limit,
             cursor=cursor,
@@ -156,9 +180,9 @@ def usage(
     state: State,
     caller: CallerOf,
     from_: Annotated[
-        date | None, Query(alias="from", description=f"first UTC day (default: {USAGE_DAYS} days to `to`)")
+        IsoDay | None, Query(alias="from", description=f"first UTC day (default: {USAGE_DAYS} days to `to`)")
     ] = None,
-    to: Annotated[date | None, Query(description="last UTC day, included (default: today)")] = None,
+    to: Annotated[IsoDay | None, Query(description="last UTC day, included (default: today)")] = None,
     group_by: Literal["agent", "day", "model"] = "agent",
     tenant: Annotated[
         str | None, Query(pattern=_NAME, description="admin keys: whose usage (default: every tenant's)")
