@@ -96,10 +96,6 @@ class Caller:
 
     tenant: str | None
 
-    @property
-    def is_admin(self) -> bool:
-        return self.tenant is None
-
 
 async def _caller(state: State, authorization: Annotated[str | None, Header()] = None) -> Caller:
     token = _bearer(authorization)

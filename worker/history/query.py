@@ -69,7 +69,8 @@ def metadata_match(text: str) -> str:
 
 def utc(moment: datetime) -> datetime:
     """`moment` in UTC (a time without a zone is taken as UTC, as SQLite returns them); clamped to
-    the representable range, so an extreme input compares instead of overflowing."""
+    the representable range, so an extreme input compares instead of overflowing. Every bound time
+    goes through it: SQLite stores the wall clock, so UTC it must be."""
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     try:
@@ -77,11 +78,6 @@ def utc(moment: datetime) -> datetime:
     except OverflowError:
         edge = datetime.max if moment.year > 1 else datetime.min
         return edge.replace(tzinfo=UTC)
-
-
-def _bound(moment: datetime) -> datetime:
-    """A time as a bound parameter: aware UTC (SQLite stores the wall clock, so UTC it must be)."""
-    return utc(moment)
 
 
 # -- the cursor -----------------------------------------------------------------------------------
@@ -157,11 +153,11 @@ def list_runs(
         if value is not None:
             query = query.where(column == value)
     if since is not None:
-        query = query.where(created >= _bound(since))
+        query = query.where(created >= utc(since))
     if until is not None:
-        query = query.where(created < _bound(until))
+        query = query.where(created < utc(until))
     if after is not None:
-        query = query.where(tuple_(created, ident) < tuple_(_bound(after[0]), after[1]))
+        query = query.where(tuple_(created, ident) < tuple_(utc(after[0]), after[1]))
     query = query.order_by(created.desc(), ident.desc()).limit(limit + 1)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
