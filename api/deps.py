@@ -71,16 +71,43 @@ async def _tenant(state: State, authorization: Annotated[str | None, Header()] =
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "unauthorized", "use Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"})
-    tenant = None
-    for key, owner in state.tenant_keys.items():  # compare every key, in constant time each
-        if hmac.compare_digest(key.encode(), token.encode()):
-            tenant = owner
+    tenant = _tenant_of(state, token)
     if tenant is None:
         raise ApiError(401, "unauthorized", "unknown API key", {"WWW-Authenticate": "Bearer"})
     return tenant
 
 
+def _tenant_of(state: AppState, token: str) -> str | None:
+    """The tenant whose key `token` is, or None."""
+    tenant = None
+    for key, owner in state.tenant_keys.items():  # compare every key, in constant time each
+        if hmac.compare_digest(key.encode(), token.encode()):
+            tenant = owner
+    return tenant
+
+
 Tenant = Annotated[str, Depends(_tenant)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls a route that tenants and admins share: a tenant's key, or (tenant None) an
+    admin key of FLEET_ADMIN_KEYS."""
+
+    tenant: str | None
+
+
+async def _caller(state: State, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    token = _bearer(authorization)
+    if is_admin_key(state, token):
+        return Caller(None)
+    tenant = _tenant_of(state, token)
+    if tenant is None:
+        raise ApiError(401, "unauthorized", "unknown API key", {"WWW-Authenticate": "Bearer"})
+    return Caller(tenant)
+
+
+CallerOf = Annotated[Caller, Depends(_caller)]
 
 
 def _bearer(authorization: str | None) -> str:

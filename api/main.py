@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.deps import AppState
-from api.routes import admin, approvals, health, runs
+from api.routes import admin, approvals, health, history, runs
 from api.waiter import EndWaiter
 from api.waitslots import WaitSlots
 from worker.agents import load_plugins
@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.fleet = state
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(history.router)
     app.include_router(runs.router)
     app.include_router(admin.router)
     app.include_router(approvals.router)

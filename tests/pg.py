@@ -88,6 +88,13 @@ class PostgresServer:
             self.proc = subprocess.Popen(
                 self._as_owner(argv), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop(signal.SIGKILL)  # a server that did not come up is not left behind
+            raise
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             ready = subprocess.run(
@@ -96,7 +103,7 @@ class PostgresServer:
             )
             if ready.returncode == 0:
                 return
-            if self.proc.poll() is not None:
+            if self.proc is None or self.proc.poll() is not None:
                 break
             time.sleep(0.1)
         raise RuntimeError(f"postgres did not start:\n{self.log.read_text()[-2000:]}")

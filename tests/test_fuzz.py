@@ -26,6 +26,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,11 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sqlalchemy import create_engine
 
 from tests.harness import KEY_T1, TERMINAL, Fleet, RedisServer
+from tests.history_rows import insert_runs, make_record
+from worker.history.db import upgrade
 
 ADMIN_KEY = "admin-key-for-fuzzing-0001"
 WRONG_KEY = "key-nobody-holds-0000"
@@ -58,11 +62,14 @@ OPERATIONS = [
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("POST", "/v1/runs"),
+    ("GET", "/v1/runs"),
     ("GET", "/v1/runs/{run_id}"),
+    ("DELETE", "/v1/runs/{run_id}"),
     ("GET", "/v1/runs/{run_id}/events"),
     ("POST", "/v1/runs/{run_id}/cancel"),
     ("POST", "/v1/runs/{run_id}/approvals/{call_id}"),
     ("GET", "/v1/approvals"),
+    ("GET", "/v1/usage"),
     ("GET", "/v1/admin/policies/{agent}"),
     ("PUT", "/v1/admin/policies/{agent}"),
     ("DELETE", "/v1/admin/policies/{agent}"),
@@ -72,6 +79,8 @@ V1_OPERATIONS = [op for op in OPERATIONS if op[1].startswith("/v1/")]
 # parameter or an optional string header cannot be made invalid, so Hypothesis would find no case.
 NEGATABLE = [
     ("POST", "/v1/runs"),
+    ("GET", "/v1/runs"),
+    ("GET", "/v1/usage"),
     ("GET", "/v1/runs/{run_id}"),
     ("PUT", "/v1/admin/policies/{agent}"),
     ("POST", "/v1/runs/{run_id}/approvals/{call_id}"),
@@ -83,8 +92,12 @@ NEGATABLE = [
 # budgets must not exceed the fleet's caps, which come from the runtime config. Such a 422 is the
 # contract's answer, so `positive_data_acceptance` does not apply to that operation; every other
 # check does, and `positive_data_acceptance` stays on for every other operation.
+#
+# GET /v1/runs takes a `cursor` only as the API gave it out (a string the schema cannot describe
+# further); any other string is the 422 naming `cursor` that the contract asks for.
 EXCLUDED_CHECKS: dict[tuple[str, str], list[Callable[..., Any]]] = {
     ("POST", "/v1/runs"): [positive_data_acceptance],
+    ("GET", "/v1/runs"): [positive_data_acceptance],
 }
 # What every answer must satisfy where no generation mode applies (hand-built cases).
 RESPONSE_CHECKS = [
@@ -109,16 +122,33 @@ def fuzz_settings(max_examples: int) -> settings:
 
 
 @pytest.fixture(scope="module")
-def fuzz_fleet() -> Iterator[Fleet]:
-    """API, one agent worker (2 processes), one tool worker, with an admin key set."""
+def fuzz_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """API, one agent worker (2 processes), one tool worker, with an admin key set; the run
+    history is an SQLite file with the tables and a few runs of each tenant."""
     server = RedisServer()
-    fleet = Fleet(server, {}, {"FLEET_ADMIN_KEYS": ADMIN_KEY})
+    fleet = Fleet(
+        server, {}, {"FLEET_ADMIN_KEYS": ADMIN_KEY, "FLEET_DATABASE_URL": history_db(tmp_path_factory)}
+    )
     try:
         fleet.start(workers=1, concurrency=2)
         yield fleet
     finally:
         fleet.close()
         server.close()
+
+
+def history_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URL of an SQLite history with ended runs of t1 and t2, so lists and usage have rows."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('history') / 'history.db'}"
+    engine = create_engine(url)
+    upgrade(engine)  # as the API would: its first use finds the schema at the newest revision
+    now = datetime.now(UTC)
+    insert_runs(engine, [
+        make_record(tenant, created_at=now - timedelta(hours=i), metadata={"n": i}, tokens=10, cost_usd=0.01)
+        for tenant in ("t1", "t2") for i in range(5)
+    ])  # fmt: skip
+    engine.dispose()
+    return url
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +238,11 @@ headers = {{ Authorization = "Bearer {admin_key}" }}
 [[operations]]
 include-path = "/v1/runs"
 include-method = "POST"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/v1/runs"
+include-method = "GET"
 checks.positive_data_acceptance.enabled = false
 """
 
@@ -429,6 +464,7 @@ def test_every_answer_while_redis_is_down_is_documented(api_schema: BaseSchema) 
         ("POST", "/v1/runs", encode(SCRIPTED_OK)),
         ("GET", "/v1/runs/{run_id}", None),
         ("POST", "/v1/runs/{run_id}/cancel", None),
+        ("DELETE", "/v1/runs/{run_id}", None),
         ("GET", "/v1/admin/policies/{agent}", None),
         ("PUT", "/v1/admin/policies/{agent}", b'{"max_actions_per_hour": 1}'),
         ("DELETE", "/v1/admin/policies/{agent}", None),

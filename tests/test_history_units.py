@@ -68,12 +68,12 @@ def test_settle_gives_hot_ttl_once_and_counts_once(r: fakeredis.FakeRedis) -> No
     _ended(r, "run0", 100.0)
     r.set(KEYS.run_cancel("run0"), "x", ex=60)  # already shorter than the hot TTL: left alone
     run_keys = [KEYS.run("run0"), KEYS.run_steps("run0"), KEYS.run_cancel("run0"), KEYS.run_events("run0")]
-    assert queue.settle([("run0", "archived", run_keys)], hot_ttl_s=300) == 1
+    assert queue.settle([("run0", "archived", run_keys)], hot_ttl_s=300) == []
     assert 0 < r.ttl(KEYS.run("run0")) <= 300 and 0 < r.ttl(KEYS.run_steps("run0")) <= 300
     assert r.ttl(KEYS.run_cancel("run0")) <= 60
     assert not r.exists(KEYS.run_events("run0")), "a missing key is not created"
     assert r.zcard(KEYS.archive_due()) == 0 and r.zcard(KEYS.archive_ended()) == 0
-    assert queue.settle([("run0", "archived", run_keys)], hot_ttl_s=300) == 0, "a second batch with it"
+    assert queue.settle([("run0", "archived", run_keys)], hot_ttl_s=300) == ["run0"], "a second batch with it"
     assert queue.counts() == {"archived": 1, "lost": 0, "failed": 0}
 
 
@@ -81,7 +81,7 @@ def test_settle_of_a_lost_run_drops_it_and_counts_it(r: fakeredis.FakeRedis) -> 
     queue = ArchiveQueue(r, KEYS)
     r.zadd(KEYS.archive_due(), {"gone": 1.0})
     r.zadd(KEYS.archive_ended(), {"gone": 1.0})
-    assert queue.settle([("gone", "lost", [])], hot_ttl_s=300) == 1
+    assert queue.settle([("gone", "lost", [])], hot_ttl_s=300) == []
     assert queue.backlog(now=10.0) == (0, 0.0)
     assert queue.counts()["lost"] == 1
 
@@ -387,3 +387,33 @@ def test_alerts_use_only_metrics_the_api_exports() -> None:
         names = set(re.findall(r"\bfleet_[a-z_]+", rule["expr"]))
         assert names and names <= exported, f"{rule['alert']}: {names - exported} not exported"
         assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"]
+
+
+def test_a_run_erased_while_its_batch_is_written_is_not_left_in_the_history(
+    r: fakeredis.FakeRedis, tmp_path: Path
+) -> None:
+    from worker.history.archiver import Archiver
+    from worker.run.erase import erase_run
+
+    erased, kept = "d" * 32, "e" * 32
+    for run_id in (erased, kept):
+        r.hset(KEYS.run(run_id), mapping=raw_run(run_id))
+        r.zadd(KEYS.archive_due(), {run_id: 1.0})
+        r.zadd(KEYS.archive_ended(), {run_id: 1.0})
+
+    class ErasedMeanwhile(ArchiveQueue):
+        def settle(self, outcomes: Any, hot_ttl_s: int) -> list[str]:
+            erase_run(r, KEYS, erased)  # DELETE /v1/runs/{id} between the batch's write and its settle
+            return super().settle(outcomes, hot_ttl_s)
+
+    db = HistoryDB(f"sqlite:///{tmp_path / 'history.db'}")
+    assert (
+        Archiver(r, KEYS, ErasedMeanwhile(r, KEYS), db, Settings(hot_ttl_s=300)).archive_runs([erased, kept])
+        == 2
+    )
+    assert archive.load_run(db.engine(), erased) is None, "an erased run came back into the history"
+    assert archive.load_run(db.engine(), kept) is not None
+    # a second batch of a run already settled (a claim that lapsed) keeps its rows
+    assert Archiver(r, KEYS, ArchiveQueue(r, KEYS), db, Settings(hot_ttl_s=300)).archive_runs([kept]) == 1
+    assert archive.load_run(db.engine(), kept) is not None
+    db.dispose()

@@ -444,6 +444,75 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    """`fleet runs`: a page of the tenant's ended runs, newest first (GET /v1/runs), one line each,
+    and on stderr the option that shows the next page; `fleet usage`: the tenant's steps, tool
+    calls, tokens and cost per agent, day or model (GET /v1/usage). `--json`: the API's answer."""
+    try:
+        from agentfleet_client import Fleet, FleetConnectionError, FleetError
+    except ImportError:
+        return _usage("the Python client is not installed: pip install -e ./client (beside -e .)")
+
+    settings = _settings()
+    key = settings.api_key.get_secret_value() if settings.api_key else settings.secret("FLEET_API_KEY")
+    if not key:
+        return _usage("set FLEET_API_KEY to an API key of your tenant")
+    try:
+        with Fleet(settings.api_url, key, timeout=30.0) as fleet:
+            if args.command == "runs":
+                return _print_runs(fleet, args)
+            report = fleet.usage(args.start, args.end, group_by=args.group_by, tenant=args.tenant)
+    except FleetConnectionError as exc:
+        return _usage(exc.message)
+    except FleetError as exc:
+        print(f"fleet {args.command}: {exc.status} {exc.type}: {exc.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.raw, indent=2))
+        return 0
+    print(f"{report.group_by:<32} {'steps':>10} {'tool calls':>10} {'tokens':>12} {'cost USD':>12}")
+    for row in [*report.rows, report.total]:
+        name = row.key if row.key or report.group_by != "model" else "(no model)"
+        print(f"{name[:32]:<32} {row.steps:>10} {row.tool_calls:>10} {row.tokens:>12} {row.cost_usd:>12.6f}")
+    return 0
+
+
+def _metadata_filters(pairs: list[str]) -> dict[str, Any]:
+    """`--metadata k=v` options as key -> value, read as the API reads `metadata.k=v`: JSON when
+    it parses (`priority=2` is the number), else a string (`tier=gold`)."""
+    filters: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(_usage(f"--metadata {pair!r}: use KEY=VALUE"))
+        try:
+            filters[key] = json.loads(value)
+        except ValueError:
+            filters[key] = value
+    return filters
+
+
+def _print_runs(fleet: Fleet, args: argparse.Namespace) -> int:
+    page = fleet.runs(
+        agent=args.agent, status=args.status, stop_reason=args.stop_reason, since=args.since,
+        until=args.until, metadata=_metadata_filters(args.metadata or []), limit=args.limit,
+        cursor=args.cursor,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps({"runs": [run.raw for run in page.runs], "next_cursor": page.next_cursor}, indent=2))
+        return 0
+    for run in page.runs:
+        created = run.raw.get("created_at") or "-"
+        ended = f"{run.status}/{run.stop_reason}" if run.stop_reason else run.status
+        usage = run.usage
+        print(
+            f"{created}  {run.id}  {run.agent:<20} {ended:<24} steps={usage.steps} cost=${usage.cost_usd:g}"
+        )
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
+    return 0
+
+
 def _progress_line(run: Run) -> str:
     usage, budgets = run.usage, run.budgets
     return (
@@ -536,6 +605,25 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--deny", action="store_true", help="deny the call instead")
     approve.add_argument("--comment", help="why; kept in the run's step log")
 
+    runs = sub.add_parser("runs", help="list the tenant's ended runs, newest first (FLEET_API_KEY's tenant)")
+    runs.add_argument("--agent")
+    runs.add_argument("--status", help="succeeded, stopped, failed or cancelled")
+    runs.add_argument("--stop-reason", help="finish, max_steps, killed, error, ...")
+    runs.add_argument("--since", help="created at or after: ISO 8601 with a zone, or unix seconds")
+    runs.add_argument("--until", help="created before: ISO 8601 with a zone, or unix seconds")
+    runs.add_argument(
+        "--metadata", action="append", metavar="KEY=VALUE", help="repeatable; VALUE as JSON or text"
+    )
+    runs.add_argument("--limit", type=int, help="runs per page, 1-1000 (default 100)")
+    runs.add_argument("--cursor", help="the next page's cursor, as printed after a page")
+    runs.add_argument("--json", action="store_true", help="print the API's answer")
+    usage = sub.add_parser("usage", help="steps, tool calls, tokens and cost per agent, day or model")
+    usage.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days to --to)")
+    usage.add_argument("--to", dest="end", help="last UTC day, included (default: today)")
+    usage.add_argument("--group-by", choices=["agent", "day", "model"], default="agent")
+    usage.add_argument("--tenant", help="whose usage (admin keys only; default: every tenant's)")
+    usage.add_argument("--json", action="store_true", help="print the API's answer")
+
     rollout = sub.add_parser("rollout", help="canary rollouts: status, set --percent, promote, rollback")
     rollout.add_argument("action", choices=["status", "set", "promote", "rollback"])
     rollout.add_argument("agent", nargs="?")
@@ -590,6 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "policy": cmd_policy,
         "approvals": cmd_approvals,
         "approve": cmd_approvals,
+        "runs": cmd_history,
+        "usage": cmd_history,
         "healthcheck": cmd_healthcheck,
         "rollout": cmd_rollout,
     }

@@ -100,6 +100,23 @@ class Keys:
         """Where a write to the run's events stream is announced (a pub/sub channel, not a key)."""
         return f"{self.prefix}:run:{run_id}:events:new"
 
+    def run_keys(self, run_id: str) -> list[str]:
+        """Every key named after one run: its hash, step log, lease, cancel flag, redelivery claim
+        and events (DELETE /v1/runs/{id} removes them all, worker/run/erase.py)."""
+        return [
+            self.run(run_id),
+            self.run_steps(run_id),
+            self.run_lease(run_id),
+            self.run_cancel(run_id),
+            self.run_redelivery(run_id),
+            self.run_events(run_id),
+        ]
+
+    def run_call_patterns(self, run_id: str) -> list[str]:
+        """Glob patterns of the keys of a run's tool and model calls: a call id is
+        `<run id>:<step>:<n>` (worker/run/loop.py), so each call's keys start with one of these."""
+        return [f"{self.prefix}:call:{run_id}:*", f"{self.prefix}:quota:call:{run_id}:*"]
+
     def queued_runs(self) -> str:
         """Every queued run as a member `<tenant>|<created_ts>|<run id>` of one zset (scores 0),
         so ZLEXCOUNT counts one tenant's queued runs in O(log n)."""

@@ -27,6 +27,7 @@ from worker.celery_app import send_run
 from worker.history.archive import load_run
 from worker.history.db import describe_error
 from worker.keys import AGENT_QUEUE
+from worker.run.events import NAMES as EVENT_NAMES
 from worker.run.store import TERMINAL, AdmissionRefused, Budgets, public_view
 from worker.webhooks import target
 
@@ -318,7 +319,20 @@ _EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the run's events as Server-Sent Events: `status`, `step`, `approval_requested`, "
         "`approval_decided`, then `end` (the run as GET /v1/runs/{id} shows it), after which it closes",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # one Server-Sent Event, as a client parses it: `data` is the event's JSON text
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "event": {"type": "string", "enum": sorted(EVENT_NAMES)},
+                        "data": {"type": "string"},
+                    },
+                    "required": ["data"],
+                }
+            }
+        },
     },
     204: {"description": "Last-Event-ID is the run's `end`: there is nothing more (EventSource stops)"},
     # errors are JSON, unlike the stream: name their media type, or FastAPI documents the stream's

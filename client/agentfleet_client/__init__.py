@@ -27,7 +27,17 @@ from agentfleet_client.errors import (
     ServerError,
     ServiceUnavailableError,
 )
-from agentfleet_client.models import TERMINAL_STATUSES, Approval, ErrorInfo, Event, Run, Usage
+from agentfleet_client.models import (
+    TERMINAL_STATUSES,
+    Approval,
+    ErrorInfo,
+    Event,
+    Run,
+    RunPage,
+    Usage,
+    UsageReport,
+    UsageRow,
+)
 from agentfleet_client.retry import NO_RETRIES, Retries
 from agentfleet_client.sse import SSEParser
 
@@ -51,9 +61,12 @@ __all__ = [
     "RateLimitError",
     "Retries",
     "Run",
+    "RunPage",
     "SSEParser",
     "ServerError",
     "ServiceUnavailableError",
     "Usage",
+    "UsageReport",
+    "UsageRow",
     "__version__",
 ]

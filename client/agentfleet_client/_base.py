@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from agentfleet_client.errors import FleetConnectionError, FleetError, error_from_response
-from agentfleet_client.models import Approval, Run
+from agentfleet_client.models import Approval, Run, RunPage, UsageReport
 from agentfleet_client.retry import Retries
 
 __version__ = "0.1.0"
@@ -93,6 +95,70 @@ def wait_params(wait_s: float, steps: bool) -> dict[str, str]:
     if steps:
         params["steps"] = "true"
     return params
+
+
+def _time_param(value: datetime | str | float) -> str:
+    """A time for `since` / `until`: an aware datetime as ISO 8601, unix seconds, or text as given."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("since / until: a datetime needs a zone (e.g. tzinfo=timezone.utc)")
+        return value.isoformat()
+    return str(value)
+
+
+def runs_params(
+    agent: str | None,
+    status: str | None,
+    stop_reason: str | None,
+    since: datetime | str | float | None,
+    until: datetime | str | float | None,
+    metadata: Mapping[str, Any] | None,
+    limit: int | None,
+    cursor: str | None,
+) -> dict[str, str]:
+    """The query of `GET /v1/runs`; metadata values go as JSON, so `"5"` and `5` stay apart."""
+    params: dict[str, str] = {}
+    for name, value in (
+        ("agent", agent),
+        ("status", status),
+        ("stop_reason", stop_reason),
+        ("cursor", cursor),
+    ):
+        if value is not None:
+            params[name] = value
+    for name, moment in (("since", since), ("until", until)):
+        if moment is not None:
+            params[name] = _time_param(moment)
+    for key, value in (metadata or {}).items():
+        params[f"metadata.{key}"] = json.dumps(value)
+    if limit is not None:
+        params["limit"] = str(limit)
+    return params
+
+
+def usage_params(
+    start: date | str | None, end: date | str | None, group_by: str, tenant: str | None
+) -> dict[str, str]:
+    """The query of `GET /v1/usage`."""
+    params = {"group_by": group_by}
+    for name, day in (("from", start), ("to", end), ("tenant", tenant)):
+        if day is not None:
+            params[name] = day.isoformat() if isinstance(day, date) else str(day)
+    return params
+
+
+def page_from(response: httpx.Response) -> RunPage:
+    body = json_body(response)
+    if not isinstance(body, dict) or not isinstance(body.get("runs"), list):
+        raise FleetError(response.status_code, "invalid_answer", "the API's answer is not a page of runs")
+    return RunPage.from_dict(body)
+
+
+def usage_from(response: httpx.Response) -> UsageReport:
+    body = json_body(response)
+    if not isinstance(body, dict) or not isinstance(body.get("usage"), list):
+        raise FleetError(response.status_code, "invalid_answer", "the API's answer is not a usage report")
+    return UsageReport.from_dict(body)
 
 
 def checked(response: httpx.Response) -> httpx.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any
 
@@ -11,7 +12,7 @@ import httpx
 
 from agentfleet_client import _base
 from agentfleet_client.errors import error_from_response, retry_after_s
-from agentfleet_client.models import Approval, Event, Run
+from agentfleet_client.models import Approval, Event, Run, RunPage, UsageReport
 from agentfleet_client.retry import RETRY_ERRORS, RETRY_STATUSES, Retries
 from agentfleet_client.sse import SSEParser
 
@@ -154,6 +155,46 @@ class Fleet:
             if delay is None:
                 raise _base.given_up(self._config.base_url, failure)
             time.sleep(delay)
+
+    # -- history ------------------------------------------------------------------------------------
+
+    def runs(
+        self,
+        *,
+        agent: str | None = None,
+        status: str | None = None,
+        stop_reason: str | None = None,
+        since: datetime | str | float | None = None,
+        until: datetime | str | float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """A page of this tenant's ended runs, newest first (`GET /v1/runs`); pass
+        `page.next_cursor` as `cursor` for the next. Filters combine with AND: `since` <= created
+        < `until` (aware datetimes, ISO 8601 text or unix seconds); `metadata` values match the
+        run's metadata values exactly (`"5"` is not `5`). `limit`: 1..1000 (100)."""
+        params = _base.runs_params(agent, status, stop_reason, since, until, metadata, limit, cursor)
+        return _base.page_from(self._request("GET", "/v1/runs", params=params))
+
+    def usage(
+        self,
+        start: date | str | None = None,
+        end: date | str | None = None,
+        *,
+        group_by: str = "agent",
+        tenant: str | None = None,
+    ) -> UsageReport:
+        """Steps, tool calls, tokens and cost in USD over the UTC days [`start`, `end`] (default:
+        the 30 days to today), per `group_by` (agent, day or model) and in total (`GET /v1/usage`).
+        `tenant` is for admin keys; a tenant key reads its own."""
+        params = _base.usage_params(start, end, group_by, tenant)
+        return _base.usage_from(self._request("GET", "/v1/usage", params=params))
+
+    def delete(self, id: str) -> None:
+        """Delete an ended run for good, from the fleet and its history (`DELETE /v1/runs/{id}`);
+        a queued or running run is a `ConflictError` (cancel it first)."""
+        self._request("DELETE", _base.run_path(id))
 
     # -- approvals ----------------------------------------------------------------------------------
 

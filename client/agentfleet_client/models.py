@@ -196,3 +196,74 @@ class Approval:
             agent=None if agent is None else str(agent),
             raw=dict(data),
         )
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """A page of `GET /v1/runs`: ended runs, newest first; `next_cursor` asks for the next page
+    (None on the last)."""
+
+    runs: list[Run]
+    next_cursor: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunPage:
+        runs = data.get("runs")
+        cursor = data.get("next_cursor")
+        items = runs if isinstance(runs, list) else []
+        return cls(
+            runs=[Run.from_dict(r) for r in items if isinstance(r, dict) and "id" in r and "status" in r],
+            next_cursor=cursor if isinstance(cursor, str) and cursor else None,
+        )
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """What one group spent: `key` is the agent, the day (YYYY-MM-DD) or the model ("" for steps
+    and tool calls no model made), as `group_by` asked."""
+
+    key: str
+    steps: int = 0
+    tool_calls: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: Any, group_by: str) -> UsageRow:
+        data = _dict(data)
+        return cls(
+            key=str(data.get(group_by) or ""),
+            steps=_int(data.get("steps")),
+            tool_calls=_int(data.get("tool_calls")),
+            tokens=_int(data.get("tokens")),
+            cost_usd=_float(data.get("cost_usd")),
+        )
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """`GET /v1/usage`: a tenant's (None: every tenant's) usage over the UTC days [`start`, `end`],
+    one row per agent, day or model, and the total (a row with key "total")."""
+
+    tenant: str | None
+    start: str
+    end: str
+    group_by: str
+    rows: list[UsageRow]
+    total: UsageRow
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UsageReport:
+        group_by = str(data.get("group_by") or "agent")
+        rows = data.get("usage")
+        tenant = data.get("tenant")
+        return cls(
+            tenant=None if tenant is None else str(tenant),
+            start=str(data.get("from") or ""),
+            end=str(data.get("to") or ""),
+            group_by=group_by,
+            rows=[UsageRow.from_dict(row, group_by) for row in (rows if isinstance(rows, list) else [])],
+            total=UsageRow.from_dict({**_dict(data.get("total")), group_by: "total"}, group_by),
+            raw=dict(data),
+        )

@@ -8,7 +8,6 @@ are its step log, both already redacted. Every insert is `ON CONFLICT DO NOTHING
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from sqlalchemy import Engine, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
+from worker.history.query import metadata_text
 from worker.history.schema import run_metadata, run_steps, run_usage, runs
 from worker.run.store import public_view
 from worker.tools import MODEL_TOOL
@@ -70,7 +70,7 @@ def rows_for(raw: dict[str, str], steps: list[dict[str, Any]], now: float) -> Ru
     rows = RunRows(run)
     rows.steps = [{"run_id": view["id"], "position": i, "entry": entry} for i, entry in enumerate(steps)]
     for key, value in (view["metadata"] or {}).items():
-        text = json.dumps(value, separators=(",", ":"), sort_keys=True)
+        text = metadata_text(value)  # as the metadata filters of GET /v1/runs compare it
         if len(key) <= METADATA_KEY_MAX and len(text) <= METADATA_VALUE_MAX:
             rows.metadata.append(
                 {

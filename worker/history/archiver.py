@@ -18,7 +18,7 @@ import redis
 import structlog
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from worker.history import archive
+from worker.history import archive, query
 from worker.history.db import HistoryDB, describe_error
 from worker.history.queue import ArchiveQueue, hot_keys
 from worker.keys import Keys
@@ -75,7 +75,7 @@ class Archiver:
             self.queue.retry([rows.run["id"] for rows in refused], section.retry_min_s, section.retry_max_s)
         if not written:
             return 0
-        self.queue.settle(
+        absent = self.queue.settle(
             [
                 (
                     rows.run["id"],
@@ -86,7 +86,22 @@ class Archiver:
             ],
             self.settings.hot_ttl_s,
         )
+        self._forget_erased(absent)
         return len(written)
+
+    def _forget_erased(self, run_ids: list[str]) -> None:
+        """Delete the rows just written of runs that DELETE /v1/runs/{id} erased while this batch
+        was in flight (their record is gone from Redis; a run another batch settled still has it)."""
+        if not run_ids:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.exists(self.keys.run(run_id))
+        erased = [run_id for run_id, exists in zip(run_ids, pipe.execute(), strict=True) if not exists]
+        for run_id in erased:
+            query.delete_run(self.db.engine(), run_id)
+        if erased:
+            log.info("rows of runs erased while archived deleted", runs=len(erased))
 
     def _write(self, batch: list[archive.RunRows]) -> tuple[list[archive.RunRows], list[archive.RunRows]]:
         """Write the batch in one transaction: (written, refused). When the database refuses the

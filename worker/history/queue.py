@@ -115,17 +115,22 @@ class ArchiveQueue:
         ids = self._claim(keys=[self.keys.archive_due()], args=[repr(now), claim_s, limit])
         return [str(run_id) for run_id in ids]
 
-    def settle(self, outcomes: Sequence[tuple[str, str, list[str]]], hot_ttl_s: int) -> int:
+    def settle(self, outcomes: Sequence[tuple[str, str, list[str]]], hot_ttl_s: int) -> list[str]:
         """Settle runs after their batch: (run id, 'archived' or 'lost', the run's keys to give
-        `hot_ttl_s`), one script each in one round trip; how many this call settled."""
+        `hot_ttl_s`), one script each in one round trip. Returns the runs that were no longer in
+        the queue (settled by another batch, or erased by DELETE /v1/runs/{id} meanwhile)."""
         if not outcomes:
-            return 0
+            return []
         keys = self.keys
         head = [keys.archive_due(), keys.archive_ended(), keys.archive_failures(), keys.stats_archive()]
         pipe = self.r.pipeline(transaction=False)
         for run_id, outcome, run_keys in outcomes:
             self._settle(keys=[*head, *run_keys], args=[run_id, outcome, hot_ttl_s], client=pipe)
-        return sum(int(x) for x in pipe.execute())
+        return [
+            run_id
+            for (run_id, _, _), settled in zip(outcomes, pipe.execute(), strict=True)
+            if not int(settled)
+        ]
 
     def retry(
         self, run_ids: Sequence[str], first_s: float, longest_s: float, now: float | None = None
