@@ -159,9 +159,12 @@ NO_KEY_COMMANDS = {"TIME", "PUBLISH"}  # no key (PUBLISH names a channel)
 
 
 def _scripts() -> dict[str, str]:
-    """Every Lua text in the worker package: module-level strings that call Redis."""
+    """Every Lua text in the worker package: module-level strings that call Redis. The history's
+    Alembic migrations are scripts Alembic runs (importing env.py runs a migration), not modules."""
     found: dict[str, str] = {}
     for info in pkgutil.walk_packages(worker.__path__, "worker."):
+        if info.name.startswith("worker.history.migrations"):
+            continue
         module = importlib.import_module(info.name)
         for name, value in vars(module).items():
             if isinstance(value, str) and "redis.call(" in value:
