@@ -379,3 +379,26 @@ def _budgets() -> Any:
     from worker.run.store import Budgets
 
     return Budgets(max_steps=5, max_tool_calls=5, max_seconds=30)
+
+
+def test_a_call_that_needs_approval_runs_only_once_approved_and_keeps_the_decision(
+    r: fakeredis.FakeRedis, store: RunStore
+) -> None:
+    settings = Settings(tools={"allowlist": ["echo"], "approval": {"required": ["echo"]}})
+    dispatcher = InlineDispatcher(r, settings)
+    gw = gateway(r, store, settings, dispatcher)  # its guard does not park (runtime.park_waits off)
+    undecided = gw.call("r1:1:0", "echo", {"a": 1})
+    assert (
+        undecided.result["error"]["type"] == "denied" and "park_waits" in undecided.result["error"]["message"]
+    )
+    assert dispatcher.sent == [] and r.hget(KEYS.run("r1"), "tool_calls") == "0"
+    # a redelivered step whose approval was decided meanwhile: no park to resume, the decision stands
+    approved = {"decision": "approve", "by": "t1", "at": "2026-12-02T10:00:00Z", "comment": "ok"}
+    r.hset(KEYS.run("r1"), "approval:r1:2:0", json.dumps(approved))
+    outcome = gw.call("r1:2:0", "echo", {"a": 2})
+    assert outcome.result == {"ok": True, "result": {"a": 2}} and outcome.approval == approved
+    denied = {"decision": "deny", "by": "t1", "at": "2026-12-02T10:00:00Z", "comment": "no"}
+    r.hset(KEYS.run("r1"), "approval:r1:3:0", json.dumps(denied))
+    refused = gw.call("r1:3:0", "echo", {"a": 3})
+    assert refused.result["error"] == {"type": "denied", "message": "approval denied: no"}
+    assert refused.approval == denied and len(dispatcher.sent) == 1

@@ -265,9 +265,10 @@ def test_a_write_in_flight_on_a_killed_tool_worker_has_one_effect_and_the_run_en
             assert ended["status"] == "succeeded", ended
             with server.lock:
                 keys = [r["headers"].get("Idempotency-Key") for r in server.requests]
-            # The call was retried after its attempt timed out: every request carries the call's
+            # The call was retried after its attempt timed out (on a loaded machine a retry may
+            # time out too: at most 1 + retries.max attempts): every request carries the call's
             # key, so a server that honours it applies the payment once.
-            assert 1 <= len(keys) <= 2 and len(set(keys)) == 1 and keys[0], keys
+            assert 1 <= len(keys) <= 4 and len(set(keys)) == 1 and keys[0], keys
             step = ended["steps"][0]
             assert step["ok"] is True, step
     finally:

@@ -200,7 +200,7 @@ class ToolGateway:
         if resume is not None and resume.get("at") == APPROVAL_AT:
             # decided (or expired, or woken early): admission again, at this moment
             outcome = self._call(call_id, tool, args)
-            if outcome.approval is None:
+            if outcome.approval is None:  # refused before its approval was read (a switch)
                 decided = self.r.hget(self.keys.run(self.run_id), f"approval:{call_id}")
                 outcome = dataclasses.replace(outcome, approval=json.loads(decided) if decided else None)
         elif resume is not None:
@@ -348,13 +348,17 @@ class ToolGateway:
             outcome = self._approval(call, answer.detail)
             if outcome is None:  # approved as it expired: admitted like any approved call
                 return self._call(call_id, tool, args)
+        # a call that passed its approval keeps the human's decision for the step log (also when a
+        # redelivered step finds it decided already, without a park to resume)
+        approval = json.loads(answer.approval) if answer.approval else None
         if outcome is not None:
             self.r.hincrby(self.keys.stats_tools(), stats_field(tool, outcome.result), 1)
-            return outcome
+            return outcome if approval is None else dataclasses.replace(outcome, approval=approval)
         assert spec is not None  # every verdict above that can pass has a spec
         self.budget.used = answer.used
         self._charge_tool_cost(call_id, spec)
-        return self._attempts(call, quota.to_dict(), attempt=0, answer=answer)
+        outcome = self._attempts(call, quota.to_dict(), attempt=0, answer=answer)
+        return outcome if approval is None else dataclasses.replace(outcome, approval=approval)
 
     def _approval(self, call: Call, decided: str) -> CallOutcome | None:
         """A call that needs a human's approval (worker/approvals.py): the denial when it was

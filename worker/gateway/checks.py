@@ -54,13 +54,15 @@ from worker.retrybudget import LUA_SPEND, RetryPolicy
 # ('tool', or 'model': no allowlist, policy, quota or tool-call budget at admission, as a model
 # attempt's spend is reserved per attempt, gateway.py), 19 the fleet's config makes the tool need
 # an approval (1/0), then per limit: interval ms, burst, cost.
-# Returns {verdict, quota decision ('' without quota), max actions, max spend micro, used, d1, d2}.
+# Returns {verdict, quota decision ('' without quota), max actions, max spend micro, used, d1, d2,
+# the approval's decision (JSON) when the call needed one and it was approved, else ''}.
 _BODY = """
 local stage = ARGV[1]
 local now = now_ms()
 local now_int = math.floor(now)
+local approved = ''  -- the human's decision, once the call has passed its approval
 local function answer(verdict, d1, d2, quota, max_a, max_s, used)
-  return {verdict, quota or '', max_a or -1, max_s or -1, used or 0, d1 or '', d2 or ''}
+  return {verdict, quota or '', max_a or -1, max_s or -1, used or 0, d1 or '', d2 or '', approved}
 end
 local run_switch = kill_reason({KEYS[1], KEYS[2], KEYS[3]})
 if run_switch then return answer('stop', 'killed', run_switch) end
@@ -90,6 +92,7 @@ elseif stage == 'admit' then
     if not (ok and type(d) == 'table' and d['decision'] == 'approve') then
       return answer('approval', decided or '')
     end
+    approved = decided
   end
   if max_a >= 0 or max_s >= 0 then
     quota = quota_reserve(KEYS[8], KEYS[9], KEYS[10], ARGV[5], max_a, max_s, tonumber(ARGV[6]),
@@ -257,6 +260,7 @@ class Answer:
     used: int
     detail: str
     detail2: str
+    approval: str = ""  # the human's decision (JSON) on a call that needed approval and got it
 
     @property
     def wait_s(self) -> float:
@@ -330,7 +334,7 @@ class Admitter:
         ]
         for limit in limits:
             args += [limit.rate.interval_ms, limit.rate.burst, max(1, limit.cost)]
-        verdict, quota, max_a, max_s, used, d1, d2 = self._script(keys=script_keys, args=args)
+        verdict, quota, max_a, max_s, used, d1, d2, approved = self._script(keys=script_keys, args=args)
         return Answer(
             verdict=str(verdict),
             quota=str(quota),
@@ -339,6 +343,7 @@ class Admitter:
             used=int(used),
             detail=str(d1),
             detail2=str(d2),
+            approval=str(approved),
         )
 
     def settle(
