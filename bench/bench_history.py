@@ -254,6 +254,9 @@ def verdicts(res: Result) -> None:
             top <= FLAT_FACTOR * base.redis_bytes,
         )
     )
+    res.checks.append(
+        ("agents queue: max over the last half (runs)", f"{max(s.queued for s in last_half):,}", "—", None)
+    )
     end = during[-1]
     res.checks.append(
         (

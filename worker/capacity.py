@@ -1,9 +1,10 @@
 """Redis capacity: the bytes a run takes in each of its states, and whether Redis' `maxmemory`
 holds FLEET_MAX_QUEUED queued runs, the live runs and the hot set (README "Capacity").
 
-The bytes are measured by bench/bench_run_bytes.py (1,000 runs a state on Redis 7; the larger of
-MEMORY USAGE and used_memory's growth, rounded up). Two thirds of each is the run's events stream:
-a Redis stream allocates a 4 KiB node for its first entry.
+The bytes are measured by bench/bench_run_bytes.py (1,000 runs a state on Redis 7, 8 running;
+the larger of MEMORY USAGE and used_memory's growth, rounded up; running: MEMORY USAGE, as 8 runs'
+growth of used_memory is mostly the pool children's new connections). Two thirds of each is the
+run's events stream: a Redis stream allocates a 4 KiB node for its first entry.
 
 The hot set (ended runs whose keys live on for FLEET_HOT_TTL_S) is estimated from the archive's
 rate: `ArchiveRate` reads the `archived` counter at most once a RATE_WINDOW_S and keeps the last
@@ -25,8 +26,8 @@ from worker.settings import Settings
 QUEUED_RUN_BYTES = 7_200  # run hash, events stream, agents-queue message, queued-set entry
 RUNNING_RUN_BYTES = 7_700  # run hash, events stream, unacked message, lease, deadline
 WAITING_RUN_BYTES = 7_600  # run hash, events stream, timer, deadline (and a call record on a tool)
-HOT_RUN_BYTES = 6_400  # run hash, events stream (one step)
-HOT_STEP_BYTES = 900  # each further step of a hot run: its step-log entry and call records
+# run hash, events stream, a step log of three steps and two tool calls' records (6,600 with one step)
+HOT_RUN_BYTES = 7_700
 HEADROOM = 1.25  # allocator fragmentation, connection buffers, the fleet's other keys
 RATE_WINDOW_S = 60.0
 MIB = 2**20
