@@ -16,6 +16,7 @@ from api.errors import ApiError
 from api.waiter import EndWaiter
 from api.waitslots import WaitSlots
 from worker.approvals import Approvals
+from worker.capacity import ArchiveRate
 from worker.history.db import HistoryDB
 from worker.keys import Keys
 from worker.policy import PolicyStore
@@ -46,6 +47,7 @@ class AppState:
     webhook_tenants: frozenset[str]  # tenants with a webhook secret (FLEET_WEBHOOK_SECRETS)
     history: HistoryDB  # archived runs (worker/history/): read when Redis no longer holds a run
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set when the server stops
+    archive_rate: ArchiveRate = field(default_factory=ArchiveRate)  # the hot set's estimate (/readyz)
 
     def close_streams(self) -> None:
         """The server stops: end every event stream now (each client resumes with Last-Event-ID

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
+import structlog
 from celery import Celery
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import errors
 from api.deps import AppState
 from api.routes import admin, approvals, health, history, runs
+from api.routes.health import capacity_warning
 from api.waiter import EndWaiter
 from api.waitslots import WaitSlots
 from worker.agents import load_plugins
@@ -28,6 +30,7 @@ from worker.run.store import RunStore
 from worker.settings import Settings, get_settings
 
 THREADPOOL_SIZE = 256  # sync routes run in threads; long-polls (?wait) are async and hold none
+log = structlog.get_logger("agentfleet.api")
 
 
 class BodyLimit:
@@ -126,6 +129,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADPOOL_SIZE
+        warning = await capacity_warning(state)
+        if warning:
+            log.warning("redis capacity", message=warning)
         yield
         await state.waiter.close()
         await state.wait_slots.close()

@@ -123,9 +123,13 @@ class ErrorBody(BaseModel):
 
 
 class Readiness(BaseModel):
-    """GET /readyz: 200 `{"ok": true, "redis": "ok", "workers": {...}}`, 503 `{"ok": false, "error"}`."""
+    """GET /readyz: 200 `{"ok": true, "redis": "ok", "workers": {...}, "warnings": [...]}`, 503
+    `{"ok": false, "error"}`."""
 
     ok: bool
     redis: str | None = None
     workers: dict[str, int] | None = None
+    warnings: list[str] | None = Field(
+        None, description="what does not make the API unready but needs an operator (200 only)"
+    )
     error: ErrorOut | None = None

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Header
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from api.deps import State
+from api.deps import AppState, State
 from api.errors import ApiError, FleetJSONResponse
 from api.metrics import FleetCollector, known_models
 from api.schemas import Readiness
+from worker.capacity import read_capacity
 from worker.heartbeat import live_workers_async
 
 PROBE_TIMEOUT_S = 2.0
@@ -41,7 +42,8 @@ async def healthz() -> dict[str, bool]:
 
 @router.get("/readyz", responses={200: {"model": Readiness}, 503: {"model": Readiness}})
 async def readyz(state: State) -> FleetJSONResponse:
-    """200 when Redis answers, else 503 with the reason; reports the live agent and tool workers.
+    """200 when Redis answers, else 503 with the reason; reports the live agent and tool workers
+    and `warnings` that do not make it unready (Redis' maxmemory too small, worker/capacity.py).
 
     Async on a client of its own with 1 s timeouts, so neither waiting requests nor a dead Redis
     keep a probe from answering within seconds."""
@@ -53,7 +55,22 @@ async def readyz(state: State) -> FleetJSONResponse:
         return FleetJSONResponse(
             {"ok": False, "error": {"type": "unavailable", "message": reason}}, status_code=503
         )
-    return FleetJSONResponse({"ok": True, "redis": "ok", "workers": workers})
+    found = await capacity_warning(state)
+    return FleetJSONResponse(
+        {"ok": True, "redis": "ok", "workers": workers, "warnings": [found] if found else []}
+    )
+
+
+async def capacity_warning(state: AppState) -> str | None:
+    """The capacity warning, or None; also None when Redis will not tell (a managed Redis may
+    refuse INFO): a warning must not make the probe fail."""
+    try:
+        capacity = await asyncio.wait_for(
+            read_capacity(state.probe, state.keys, state.settings, state.archive_rate), PROBE_TIMEOUT_S
+        )
+    except (redis.RedisError, OSError, TimeoutError):
+        return None
+    return capacity.warning()
 
 
 @router.get("/metrics", response_class=PlainTextResponse, responses=_METRICS_RESPONSES)
