@@ -389,19 +389,31 @@ def _usage(message: str) -> int:
 SUBMIT_RETRIES_TOTAL_S = 15.0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def _api_access() -> tuple[Settings, str] | int:
+    """The settings and the tenant's API key (FLEET_API_KEY) of a command that goes through the
+    API with the Python client, or the usage error's exit code when the client or the key is
+    missing."""
     try:
-        from agentfleet_client import Fleet, FleetConnectionError, FleetError, Retries
+        import agentfleet_client  # noqa: F401  # installed beside the fleet (pip install -e ./client)
     except ImportError:
         return _usage("the Python client is not installed: pip install -e ./client (beside -e .)")
-
     settings = _settings()
-    run_input = _json_arg(args.input, "input")
-    budgets = _json_arg(args.budgets, "budgets") if args.budgets else None
-    metadata = _json_arg(args.metadata, "metadata") if args.metadata else None
     key = settings.api_key.get_secret_value() if settings.api_key else settings.secret("FLEET_API_KEY")
     if not key:
         return _usage("set FLEET_API_KEY to an API key of your tenant")
+    return settings, key
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    found = _api_access()
+    if isinstance(found, int):
+        return found
+    settings, key = found
+    from agentfleet_client import Fleet, FleetConnectionError, FleetError, Retries
+
+    run_input = _json_arg(args.input, "input")
+    budgets = _json_arg(args.budgets, "budgets") if args.budgets else None
+    metadata = _json_arg(args.metadata, "metadata") if args.metadata else None
     retries = Retries(max_total_s=SUBMIT_RETRIES_TOTAL_S)
     try:
         with Fleet(settings.api_url, key, timeout=40.0, retries=retries) as fleet:
@@ -419,15 +431,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_approvals(args: argparse.Namespace) -> int:
     """`fleet approvals`: the tenant's tool calls that wait for a decision; `fleet approve RUN
     CALL [--deny] [--comment C]`: decide one (POST /v1/runs/{id}/approvals/{call_id})."""
-    try:
-        from agentfleet_client import Fleet, FleetConnectionError, FleetError
-    except ImportError:
-        return _usage("the Python client is not installed: pip install -e ./client (beside -e .)")
+    found = _api_access()
+    if isinstance(found, int):
+        return found
+    settings, key = found
+    from agentfleet_client import Fleet, FleetConnectionError, FleetError
 
-    settings = _settings()
-    key = settings.api_key.get_secret_value() if settings.api_key else settings.secret("FLEET_API_KEY")
-    if not key:
-        return _usage("set FLEET_API_KEY to an API key of your tenant")
     try:
         with Fleet(settings.api_url, key, timeout=30.0) as fleet:
             if args.command == "approvals":
@@ -448,15 +457,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     """`fleet runs`: a page of the tenant's ended runs, newest first (GET /v1/runs), one line each,
     and on stderr the option that shows the next page; `fleet usage`: the tenant's steps, tool
     calls, tokens and cost per agent, day or model (GET /v1/usage). `--json`: the API's answer."""
-    try:
-        from agentfleet_client import Fleet, FleetConnectionError, FleetError
-    except ImportError:
-        return _usage("the Python client is not installed: pip install -e ./client (beside -e .)")
+    found = _api_access()
+    if isinstance(found, int):
+        return found
+    settings, key = found
+    from agentfleet_client import Fleet, FleetConnectionError, FleetError
 
-    settings = _settings()
-    key = settings.api_key.get_secret_value() if settings.api_key else settings.secret("FLEET_API_KEY")
-    if not key:
-        return _usage("set FLEET_API_KEY to an API key of your tenant")
     try:
         with Fleet(settings.api_url, key, timeout=30.0) as fleet:
             if args.command == "runs":

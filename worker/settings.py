@@ -420,48 +420,21 @@ class Settings(BaseSettings):
 
     def tenant_keys(self) -> dict[str, str]:
         """API key -> tenant, from FLEET_API_KEYS, FLEET_API_KEYS_FILE or /run/secrets/fleet_api_keys."""
-        raw = self.api_keys.get_secret_value() if self.api_keys else ""
-        source = "FLEET_API_KEYS"
-        if not raw:
-            path = self.api_keys_file or SECRETS_DIR / "fleet_api_keys"
-            source = "FLEET_API_KEYS_FILE"
-            if self.api_keys_file is not None or path.is_file():
-                try:
-                    raw = path.read_text()
-                except OSError as exc:
-                    raise ConfigError(f"FLEET_API_KEYS_FILE: cannot read {path}: {exc.strerror}") from None
+        raw, source = _env_or_file(self.api_keys, self.api_keys_file, "FLEET_API_KEYS")
         return parse_tenant_keys(raw, source)
 
     def tenant_webhook_secrets(self) -> dict[str, str]:
         """Tenant -> webhook signing secret, from FLEET_WEBHOOK_SECRETS, FLEET_WEBHOOK_SECRETS_FILE or
         /run/secrets/fleet_webhook_secrets (`tenant:secret`, commas or newlines)."""
-        raw = self.webhook_secrets.get_secret_value() if self.webhook_secrets else ""
-        source = "FLEET_WEBHOOK_SECRETS"
-        if not raw:
-            path = self.webhook_secrets_file or SECRETS_DIR / "fleet_webhook_secrets"
-            source = "FLEET_WEBHOOK_SECRETS_FILE"
-            if self.webhook_secrets_file is not None or path.is_file():
-                try:
-                    raw = path.read_text()
-                except OSError as exc:
-                    raise ConfigError(f"{source}: cannot read {path}: {exc.strerror}") from None
+        raw, source = _env_or_file(self.webhook_secrets, self.webhook_secrets_file, "FLEET_WEBHOOK_SECRETS")
         return parse_webhook_secrets(raw, source)
 
     def history_database_url(self) -> str:
         """The run history's SQLAlchemy URL: FLEET_DATABASE_URL, FLEET_DATABASE_URL_FILE or
         /run/secrets/fleet_database_url, else SQLite at `<data_dir>/history.db`. Secret: show it
         only through worker.history.db.masked."""
-        if self.database_url is not None:
-            return self.database_url.get_secret_value().strip()
-        path = self.database_url_file or SECRETS_DIR / "fleet_database_url"
-        if self.database_url_file is not None or path.is_file():
-            try:
-                url = path.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"FLEET_DATABASE_URL_FILE: cannot read {path}: {exc.strerror}") from None
-            if url:
-                return url
-        return f"sqlite:///{self.data_dir / 'history.db'}"
+        url, _ = _env_or_file(self.database_url, self.database_url_file, "FLEET_DATABASE_URL")
+        return url.strip() or f"sqlite:///{self.data_dir / 'history.db'}"
 
     def admin_key_set(self) -> frozenset[str]:
         """Keys that may call /v1/admin: FLEET_ADMIN_KEYS or /run/secrets/fleet_admin_keys."""
@@ -487,6 +460,22 @@ class Settings(BaseSettings):
         if path.is_file():
             return path.read_text().strip() or None
         return None
+
+
+def _env_or_file(value: SecretStr | None, path: Path | None, name: str) -> tuple[str, str]:
+    """A secret's text and where it came from: the setting `name` (the environment or the config),
+    else the file `<name>_FILE` names, else /run/secrets/<lowercase name> when it exists ('' when
+    none). A named file that cannot be read is a ConfigError naming it, never its content."""
+    if value is not None and value.get_secret_value():
+        return value.get_secret_value(), name
+    source = f"{name}_FILE"
+    file = path or SECRETS_DIR / name.lower()
+    if path is None and not file.is_file():
+        return "", source
+    try:
+        return file.read_text(), source
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read {file}: {exc.strerror}") from None
 
 
 def default_data_dir() -> Path:
