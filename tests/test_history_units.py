@@ -417,3 +417,25 @@ def test_a_run_erased_while_its_batch_is_written_is_not_left_in_the_history(
     assert Archiver(r, KEYS, ArchiveQueue(r, KEYS), db, Settings(hot_ttl_s=300)).archive_runs([kept]) == 1
     assert archive.load_run(db.engine(), kept) is not None
     db.dispose()
+
+
+def test_the_daily_purge_applies_the_retention_setting_once_per_period(
+    r: fakeredis.FakeRedis, tmp_path: Path
+) -> None:
+    from worker.history.archiver import Archiver
+
+    now = datetime.now(UTC).timestamp()
+    db = HistoryDB(f"sqlite:///{tmp_path / 'history.db'}")
+    old, recent = (
+        raw_run("f" * 32, finished_ts=repr(now - 40 * 86400)),
+        raw_run("0" * 32, finished_ts=repr(now)),
+    )
+    archive.write_batch(db.engine(), [archive.rows_for(raw, STEPS, now) for raw in (old, recent)])
+    settings = Settings(history_retention_days=30)
+    first = Archiver(r, KEYS, ArchiveQueue(r, KEYS), db, settings)
+    assert first.purge_due("worker-a") == 1
+    assert archive.load_run(db.engine(), old["id"]) is None and archive.load_run(db.engine(), recent["id"])
+    # another agent worker in the same period finds the purge done: it does not purge again
+    assert Archiver(r, KEYS, ArchiveQueue(r, KEYS), db, settings).purge_due("worker-b") is None
+    assert 0 < r.ttl(KEYS.history_purge_lock()) <= settings.archive.purge_every_s
+    db.dispose()
