@@ -455,11 +455,14 @@ class ToolExecutor:
             return error_result("tool_error", refused_twice), False
         if state == "run" and not durable:
             # A claim that a failover may lose would let a later attempt run the write again:
-            # withdraw it and do not run the write; the attempt is retryable.
+            # withdraw it and do not run the write. Retryable, and no failure of the tool's
+            # dependency (its breaker is not told): `rate_limited`, like a busy tool worker.
             await self._redis_until(lambda: self.r.hdel(exec_key, "claimed_by"), start_by + REPLY_GRACE_S)
             log.warning("write not run: no replica confirmed its claim", tool=tool, call_id=call_id)
             unconfirmed = f"no replica confirmed the claim within {self.settings.redis.wait_timeout_ms} ms"
-            return error_result("timeout", f"the write was not run: {unconfirmed}"), False
+            return error_result(
+                "rate_limited", f"the write was not run: {unconfirmed}", retry_after_s=1.0
+            ), False
         result = await tools.execute_async(tool, args, ctx, self._sync_pool)
         if not (spec.idempotent and is_retryable(result)):
             # A retryable failure of an idempotent write stays open: its retry is sent again,
