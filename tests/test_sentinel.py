@@ -6,7 +6,8 @@ through `http.post` to a counting server. Then the primary is SIGKILLed.
 Judged from the outside: every run the API accepted (202) ends, and ends `succeeded`; the counting
 server saw each write's Idempotency-Key once; a new run is accepted and finishes within a bound
 that holds on any machine (FAILOVER_BOUND_S). bench/bench_failover.py prints the times against the
-goal (15 s) and what the replica WAIT costs a POST.
+goal (15 s) and what the replica WAIT costs a POST. Marked `failover` (about 90 s): .ci/run skips
+it; `.venv/bin/python -m pytest -m failover tests/test_sentinel.py` runs it.
 
 Two replicas, so that one is left to acknowledge writes after the failover: with one, the new
 primary has no replica until the old one returns, and (with redis.wait_replicas 1) the API answers
@@ -32,6 +33,7 @@ from worker.keys import Keys
 from worker.redis_conn import make_redis
 
 KEYS = Keys("fleet")
+pytestmark = pytest.mark.failover  # about 90 s: `pytest -m failover tests/test_sentinel.py`
 
 PARKED_RUNS = 8  # runs parked on a slow GET when the primary dies
 WRITE_RUNS = 16  # runs that each make two writes
