@@ -50,8 +50,8 @@ def test_the_ha_profile_has_two_replicas_of_redis_and_three_sentinels_with_a_quo
     for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
         script = services[name]["command"][2]
         assert services[name]["profiles"] == ["ha"]
-        assert "sentinel monitor fleet redis 6379 2" in script, name
-        assert "auth-pass fleet $$(cat /run/secrets/redis_password)" in script
+        assert "sentinel monitor agentfleet redis 6379 2" in script, name
+        assert "auth-pass agentfleet $$(cat /run/secrets/redis_password)" in script
         assert "ports" not in services[name], "no Sentinel port is published"
         assert services[name]["environment"]["SENTINEL_ANNOUNCE_NAME"] == name
 
@@ -60,7 +60,7 @@ def test_env_example_names_the_sentinel_url_that_the_fleet_parses() -> None:
     text = ENV_EXAMPLE.read_text()
     (line,) = [ln for ln in text.splitlines() if "REDIS_URL=redis+sentinel://" in ln]
     parsed = parse_sentinel_url(line.split("REDIS_URL=", 1)[1].strip())
-    assert parsed.master == "fleet" and [h for h, _ in parsed.sentinels] == [
+    assert parsed.master == "agentfleet" and [h for h, _ in parsed.sentinels] == [
         "sentinel-1",
         "sentinel-2",
         "sentinel-3",
@@ -85,7 +85,7 @@ def test_the_sentinel_overlay_points_the_fleet_at_three_sentinels() -> None:
     objects = overlay_objects()
     url = find(objects, "ConfigMap", "fleet-env")["data"]["REDIS_URL"]
     parsed = parse_sentinel_url(url)
-    assert parsed.master == "fleet" and len(parsed.sentinels) == 3
+    assert parsed.master == "agentfleet" and len(parsed.sentinels) == 3
     sentinels = find(objects, "StatefulSet", "redis-sentinel")
     assert sentinels["spec"]["replicas"] == 3
     script = sentinels["spec"]["template"]["spec"]["containers"][0]["command"][2]
