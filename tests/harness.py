@@ -125,13 +125,25 @@ class RedisServer:
 class SentinelServer(RedisServer):
     """`redis-server <conf> --sentinel` on a free port, monitoring `master` at `primary_port`."""
 
-    def __init__(self, master: str, primary_port: int, quorum: int, down_after_ms: int) -> None:
+    def __init__(
+        self,
+        master: str,
+        primary_port: int,
+        quorum: int,
+        down_after_ms: int,
+        password: str | None = None,
+        node_password: str | None = None,
+    ) -> None:
         self.conf_lines = [
             f"sentinel monitor {master} 127.0.0.1 {primary_port} {quorum}",
             f"sentinel down-after-milliseconds {master} {down_after_ms}",
             f"sentinel failover-timeout {master} {max(3000, down_after_ms * 3)}",
         ]
-        super().__init__()
+        if node_password:
+            self.conf_lines.append(f"sentinel auth-pass {master} {node_password}")
+        if password:  # the Sentinels' own; they use it among themselves too
+            self.conf_lines += [f"requirepass {password}", f"sentinel sentinel-pass {password}"]
+        super().__init__(password=password)
 
     def start(self) -> None:
         conf = Path(self.dir) / "sentinel.conf"  # Sentinel rewrites it: a file of its own
@@ -142,12 +154,12 @@ class SentinelServer(RedisServer):
              "--bind", "127.0.0.1", "--dir", self.dir, "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_for(lambda: _pings(self.port), 10, "redis-server --sentinel did not start")
+        wait_for(lambda: _pings(self.port, self.password), 10, "redis-server --sentinel did not start")
 
 
-def _pings(port: int) -> bool:
+def _pings(port: int, password: str | None = None) -> bool:
     with contextlib.suppress(redis.RedisError):
-        return bool(redis.Redis(port=port, socket_timeout=1).ping())
+        return bool(redis.Redis(port=port, password=password, socket_timeout=1).ping())
     return False
 
 
@@ -158,15 +170,27 @@ class SentinelGroup:
 
     MASTER = "fleet-primary"
 
-    def __init__(self, replicas: int = 2, sentinels: int = 3, down_after_ms: int = 1000) -> None:
-        self.primary = RedisServer()
+    def __init__(
+        self,
+        replicas: int = 2,
+        sentinels: int = 3,
+        down_after_ms: int = 1000,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
+        auth = ("--masterauth", password) if password else ()
+        self.primary = RedisServer(password=password, args=auth)
         primary_at = ("--replicaof", "127.0.0.1", str(self.primary.port))
         sync = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
-        self.replicas = [RedisServer(args=(*primary_at, *sync)) for _ in range(replicas)]
+        self.replicas = [
+            RedisServer(password=password, args=(*primary_at, *sync, *auth)) for _ in range(replicas)
+        ]
         self.nodes = [self.primary, *self.replicas]
+        self.sentinel_password = sentinel_password
         quorum = sentinels // 2 + 1
         self.sentinels = [
-            SentinelServer(self.MASTER, self.primary.port, quorum, down_after_ms) for _ in range(sentinels)
+            SentinelServer(self.MASTER, self.primary.port, quorum, down_after_ms, sentinel_password, password)
+            for _ in range(sentinels)
         ]
         wait_for(lambda: self._replicas_online() == replicas, 30, "the replicas did not sync")
 
@@ -184,7 +208,12 @@ class SentinelGroup:
         """The primary's port as the Sentinels report it (the first that answers)."""
         for sentinel in self.sentinels:
             with contextlib.suppress(redis.RedisError):
-                client = redis.Redis(port=sentinel.port, socket_timeout=1, decode_responses=True)
+                client = redis.Redis(
+                    port=sentinel.port,
+                    password=self.sentinel_password,
+                    socket_timeout=1,
+                    decode_responses=True,
+                )
                 addr = client.execute_command("SENTINEL", "get-master-addr-by-name", self.MASTER)
                 if addr:
                     return int(addr[1])

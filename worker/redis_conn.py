@@ -133,6 +133,48 @@ def get_redis() -> redis.Redis:
     return redis_for(get_settings())
 
 
+def sentinel_password_problem(settings: Settings) -> str | None:
+    """Why a Sentinel refuses this process's Sentinel password (or its lack of one), else None.
+
+    redis-py takes a Sentinel that refuses the password for one that is down (it tries the next,
+    then reports no primary), so each Sentinel is asked here; one that does not answer is no
+    problem. The message names the password's setting, never the password."""
+    target = settings.sentinel
+    if target is None:
+        return None
+    password = settings.sentinel_password()
+    for host, port in target.sentinels:
+        client = redis.Redis(
+            host=host,
+            port=port,
+            password=password,
+            socket_connect_timeout=CHECK_TIMEOUT_S,
+            socket_timeout=CHECK_TIMEOUT_S,
+        )
+        try:
+            client.ping()
+        except (redis.AuthenticationError, redis.exceptions.AuthenticationWrongNumberOfArgsError):
+            break
+        except redis.ResponseError as exc:
+            if str(exc).startswith(("NOAUTH", "WRONGPASS")):
+                break
+        except redis.RedisError:
+            pass
+        finally:
+            client.close()
+    else:
+        return None
+    if password is None:
+        return (
+            f"Sentinel {host}:{port} needs a password: set FLEET_REDIS_SENTINEL_PASSWORD, "
+            "FLEET_REDIS_SENTINEL_PASSWORD_FILE or /run/secrets/redis_sentinel_password"
+        )
+    return (
+        f"Sentinel {host}:{port} refused the Sentinel password (FLEET_REDIS_SENTINEL_PASSWORD, "
+        "its _FILE or /run/secrets/redis_sentinel_password)"
+    )
+
+
 def password_problem(settings: Settings) -> str | None:
     """Why Redis refuses this process's password (or its lack of one), else None.
 
@@ -140,6 +182,9 @@ def password_problem(settings: Settings) -> str | None:
     message names the password's source, never the password.
     """
     url = settings.redis_url
+    refused = sentinel_password_problem(settings)
+    if refused:
+        return refused
     client = redis_for(settings, timeout_s=CHECK_TIMEOUT_S, connect_timeout_s=CHECK_TIMEOUT_S)
     try:
         client.ping()
