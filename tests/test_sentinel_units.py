@@ -4,10 +4,14 @@ tests/test_sentinel.py runs a fleet on real Sentinels."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.harness import ROOT, free_port
 from worker.celery_app import celery_redis_url, make_app, sentinel_options
 from worker.settings import ConfigError, SentinelURL, load_settings, masked_url, parse_sentinel_url
 
@@ -125,3 +129,22 @@ def test_on_sentinel_a_write_waits_for_one_replica_unless_set_otherwise(
     monkeypatch.setenv("FLEET_REDIS__WAIT_TIMEOUT_MS", "0")
     with pytest.raises(ConfigError, match=r"redis\.wait_timeout_ms"):
         load_settings()
+
+
+def test_fleet_up_starts_no_redis_for_a_sentinel_url_whose_primary_does_not_answer(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FLEET_")},
+        "REDIS_URL": f"redis+sentinel://:node-pw-123@127.0.0.1:{free_port()}/mymaster/0",
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "up", "--no-flower"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "no primary answers at redis+sentinel://:***@127.0.0.1:" in done.stderr
+    assert "node-pw-123" not in done.stdout + done.stderr
