@@ -142,8 +142,8 @@ def assert_no_secret(result: Result) -> None:
 def test_a_healthy_stack_passes_every_check(redis_auth: RedisServer, model: ModelStub) -> None:
     result = doctor_run(redis_auth, config=llm_config(model.base_url), env={"OPENAI_API_KEY": MODEL_KEY})
     assert result.code == 0, result.out + result.err
-    for name in ("config", "redis", "redis.appendonly", "redis.maxmemory-policy", "clock", "database",
-                 "secrets.api_keys", "secrets.model_key", "upstream.llm"):  # fmt: skip
+    for name in ("config", "redis", "redis.appendonly", "redis.maxmemory-policy", "redis.capacity",
+                 "clock", "database", "secrets.api_keys", "secrets.model_key", "upstream.llm"):  # fmt: skip
         assert result.line(name).startswith("ok "), result.out
     assert "GET /models 200" in result.line("upstream.llm")
     assert "connect ok" in result.line("upstream.llm")
@@ -221,16 +221,18 @@ def test_the_kind_picks_the_checks(redis_auth: RedisServer, model: ModelStub) ->
     assert doctor_run(redis_auth, "--kind", "tool-worker", config=config).code == 1
 
 
-def test_redis_without_aof_is_a_warning_naming_the_setting() -> None:
+def test_redis_without_aof_or_room_for_the_queue_is_a_warning_naming_the_setting() -> None:
     server = RedisServer(appendonly=False, password=REDIS_PASSWORD)
     try:
+        server.client().config_set("maxmemory", "1mb")
         result = doctor_run(server, "--kind", "worker")
     finally:
         server.close()
     assert result.code == 0, "a warning passes"
-    assert result.line("redis.appendonly").startswith("warn") and "appendonly" in result.line(
-        "redis.appendonly"
-    )
+    line = result.line("redis.appendonly")
+    assert line.startswith("warn") and "appendonly" in line
+    capacity = result.line("redis.capacity")
+    assert capacity.startswith("warn") and "maxmemory" in capacity and "FLEET_MAX_QUEUED" in capacity
 
 
 def test_an_invalid_config_fails_naming_the_setting(redis_auth: RedisServer) -> None:

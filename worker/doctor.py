@@ -172,6 +172,7 @@ def check_redis(settings: Settings) -> list[Check]:
     try:
         checks = [Check("redis", "ok", f"Redis at {where} answers (PING {rtt_ms:.1f} ms)")]
         checks += check_redis_config(client)
+        checks.append(check_capacity(settings))
         checks.append(check_clock(client))
         return checks
     finally:
@@ -213,6 +214,39 @@ def check_redis_config(client: redis.Redis) -> list[Check]:
                 )
             )
     return checks
+
+
+def check_capacity(settings: Settings) -> Check:
+    """Whether Redis' maxmemory holds FLEET_MAX_QUEUED queued runs, the live runs and the hot set
+    (worker/capacity.py, the warning /readyz shows); a warning, never a failure."""
+    import asyncio
+
+    from worker.capacity import MIB, ArchiveRate, read_capacity
+    from worker.keys import Keys
+    from worker.redis_conn import make_async_redis
+
+    async def read() -> Any:
+        client = make_async_redis(settings.redis_url, timeout_s=STAGE_TIMEOUT_S)
+        try:
+            return await read_capacity(client, Keys(settings.key_prefix), settings, ArchiveRate())
+        finally:
+            await client.aclose()
+
+    try:
+        capacity = asyncio.run(read())
+    except (redis.RedisError, OSError) as exc:
+        return Check("redis.capacity", "warn", f"cannot read INFO memory: {type(exc).__name__}")
+    warning = capacity.warning()
+    if warning:
+        return Check("redis.capacity", "warn", warning)
+    if not capacity.maxmemory:
+        return Check("redis.capacity", "ok", "maxmemory unlimited (ops/redis.conf sets 1gb)")
+    return Check(
+        "redis.capacity",
+        "ok",
+        f"maxmemory {capacity.maxmemory / MIB:.0f} MiB holds FLEET_MAX_QUEUED={capacity.max_queued} "
+        f"queued runs and the live and hot runs (about {capacity.needed() / MIB:.0f} MiB)",
+    )
 
 
 def clock_skew_s(client: redis.Redis, now: Callable[[], float] = time.time) -> tuple[float, float]:
