@@ -7,9 +7,13 @@ functions are also called directly where that is cheap.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
+import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -311,3 +315,55 @@ def test_webhooks_need_a_secret_for_each_tenant_that_may_send_them(monkeypatch: 
     assert partial.status == "fail" and "beta" in partial.detail and secret not in partial.detail
     both = Settings.model_validate({**hooks, "webhook_secrets": f"acme:{secret},beta:{secret}"})
     assert [c.status for c in doctor.check_webhook_secrets(both)] == ["ok"]
+
+
+def test_the_search_service_is_checked_up_to_its_connect(model: ModelStub) -> None:
+    url = f"http://127.0.0.1:{model.port}/search?token=abc"
+    check = doctor.check_url_upstream("upstream.search", url, Settings())
+    assert check.status == "ok" and "connect ok" in check.detail, "operator config: the guard exempts it"
+    assert "token=abc" not in check.detail, "a query may carry a token"
+    closed = doctor.check_url_upstream("upstream.search", f"http://127.0.0.1:{free_port()}/", Settings())
+    assert closed.status == "fail" and closed.detail.split(": ")[1] == "connect"
+
+
+@pytest.fixture
+def untrusted_tls(tmp_path: Path) -> Iterator[int]:
+    """A TLS server on loopback with a self-signed certificate (made by the openssl command)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-days", "1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(5)
+                context.wrap_socket(conn, server_side=True).close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_an_untrusted_certificate_fails_at_the_tls_stage(untrusted_tls: int) -> None:
+    with pytest.raises(doctor.StageFailed) as failed:
+        doctor.reach(httpx.URL(f"https://127.0.0.1:{untrusted_tls}/v1"), Settings(), trusted=True)
+    assert failed.value.stage == "tls" and "certificate" in str(failed.value)
