@@ -143,3 +143,40 @@ def test_fleet_config_shows_neither_password(env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
     assert NODE_PASSWORD not in done.stdout and SENTINEL_PASSWORD not in done.stdout
     assert "redis+sentinel://:***@" in done.stdout
+
+
+def doctor(env: dict[str, str], tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    child_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FLEET_")},
+        **env,
+        "FLEET_API_KEYS": "t1:key-tenant-one-0001",
+        "FLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'history.db'}",
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", "doctor", "--kind", "worker"],
+        env=child_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_fleet_doctor_reaches_redis_through_the_sentinels_and_names_a_refused_sentinel_password(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    healthy = doctor(env, tmp_path)
+    (redis_line,) = [ln for ln in healthy.stdout.splitlines() if ln.split()[1:2] == ["redis"]]
+    assert redis_line.startswith("ok "), healthy.stdout + healthy.stderr
+
+    wrong = "wrong-" + secrets.token_urlsafe(12)
+    refused = doctor(
+        env, tmp_path, FLEET_REDIS_SENTINEL_PASSWORD_FILE=secret_file(tmp_path, "wrong_doc", wrong)
+    )
+    assert refused.returncode == 1
+    (redis_line,) = [ln for ln in refused.stdout.splitlines() if ln.split()[1:2] == ["redis"]]
+    assert redis_line.startswith("FAIL") and "refused the Sentinel password" in redis_line
+    for secret in (wrong, NODE_PASSWORD, SENTINEL_PASSWORD):
+        assert secret not in refused.stdout + refused.stderr

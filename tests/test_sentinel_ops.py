@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_ops import COMPOSE_FILE, ENV_EXAMPLE, ROOT, compose_command, load_compose, tool_binary
+from tests.test_ops import (
+    COMPOSE_FILE,
+    ENV_EXAMPLE,
+    K8S_SCHEMA_VERSION,
+    ROOT,
+    compose_command,
+    load_compose,
+    tool_binary,
+)
 from worker.settings import parse_sentinel_url
 
 OVERLAY = ROOT / "ops" / "overlays" / "sentinel"
@@ -122,3 +130,25 @@ def test_the_overlay_files_are_only_kubernetes_objects_and_its_kustomization() -
     for path in sorted(Path(OVERLAY).glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             assert doc and doc.get("apiVersion") and doc.get("kind"), path.name
+
+
+def test_the_sentinel_overlay_passes_the_strict_schema_check() -> None:
+    """kubernetes-validate --strict, as tests/test_ops.py checks ops/k8s (KEDA's resources have no
+    schema there)."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    checked = 0
+    for obj in overlay_objects():
+        if obj["apiVersion"].startswith("keda.sh/"):
+            continue
+        kubernetes_validate.validate(obj, K8S_SCHEMA_VERSION, strict=True)
+        checked += 1
+    assert checked >= 20
+
+
+def test_the_fleets_pods_may_reach_the_sentinels() -> None:
+    policy = find(overlay_objects(), "NetworkPolicy", "fleet-egress-sentinel")["spec"]
+    components = policy["podSelector"]["matchExpressions"][0]["values"]
+    assert {"api", "worker", "tool-worker", "flower"} <= set(components)
+    (rule,) = policy["egress"]
+    assert rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis-sentinel"
+    assert rule["ports"] == [{"port": 26379, "protocol": "TCP"}]
