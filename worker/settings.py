@@ -225,7 +225,8 @@ class WebhooksSection(_Section):
 
 
 class RedisSection(_Section):
-    """What a write to Redis waits for before the fleet relies on it (README "Durability")."""
+    """What a write to Redis waits for before the fleet relies on it (README "Redis Sentinel and
+    durability")."""
 
     # Replicas that must acknowledge a run's creation (before the 202) and a write tool's claim
     # and result (before the tool runs, before the run sees the result): Redis WAIT. None: 1
@@ -233,7 +234,7 @@ class RedisSection(_Section):
     wait_replicas: int | None = Field(None, ge=0, le=16)
     # How long one WAIT may take. A run's creation that no replica acknowledged in time is
     # answered 503 with Retry-After (its Idempotency-Key makes the retry safe); a write tool's
-    # claim that none acknowledged is not run (a retryable `unavailable` result).
+    # claim that none acknowledged is not run (a retryable `rate_limited` result).
     wait_timeout_ms: int = Field(500, gt=0, le=60_000)
 
 
