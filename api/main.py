@@ -24,7 +24,7 @@ from worker.celery_app import make_app
 from worker.history.db import HistoryDB
 from worker.keys import Keys
 from worker.policy import PolicyStore
-from worker.redis_conn import make_async_redis, make_redis
+from worker.redis_conn import async_redis_for, redis_for
 from worker.rollout import Rollouts, end_recorder
 from worker.run.store import RunStore
 from worker.settings import Settings, get_settings
@@ -103,8 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The API app; reads settings and API keys now, so a bad setting stops the process at start."""
     settings = settings or get_settings()
     load_plugins(settings.plugins)
-    r = make_redis(settings.redis_url)
-    ar = make_async_redis(settings.redis_url)
+    r = redis_for(settings)
+    ar = async_redis_for(settings)
     keys = Keys(settings.key_prefix)
     state = AppState(
         settings=settings,
@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rollouts=Rollouts(r, keys, settings),
         waiter=EndWaiter(ar, keys.run_ended_channel("*"), keys.run_events_channel("*")),
         ar=ar,
-        probe=make_async_redis(settings.redis_url, timeout_s=1.0),
+        probe=async_redis_for(settings, timeout_s=1.0),
         wait_slots=WaitSlots(ar, keys, settings.max_waiters_per_tenant),
         metrics_token=settings.metrics_bearer(),
         webhook_tenants=frozenset(settings.tenant_webhook_secrets()),

@@ -77,11 +77,14 @@ class RedisServer:
     to the fleet some other way), `client()` uses it.
     """
 
-    def __init__(self, appendonly: bool = False, password: str | None = None) -> None:
+    def __init__(
+        self, appendonly: bool = False, password: str | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="fleet-redis-")
         self.appendonly = appendonly
         self.password = password
+        self.args = args  # more redis-server arguments (`--replicaof host port`, ...)
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -101,6 +104,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.password is not None:
             argv += ["--requirepass", self.password]
+        argv += self.args
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -121,6 +125,118 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelServer(RedisServer):
+    """`redis-server <conf> --sentinel` on a free port, monitoring `master` at `primary_port`."""
+
+    def __init__(
+        self,
+        master: str,
+        primary_port: int,
+        quorum: int,
+        down_after_ms: int,
+        password: str | None = None,
+        node_password: str | None = None,
+    ) -> None:
+        self.conf_lines = [
+            f"sentinel monitor {master} 127.0.0.1 {primary_port} {quorum}",
+            f"sentinel down-after-milliseconds {master} {down_after_ms}",
+            f"sentinel failover-timeout {master} {max(3000, down_after_ms * 3)}",
+        ]
+        if node_password:
+            self.conf_lines.append(f"sentinel auth-pass {master} {node_password}")
+        if password:  # the Sentinels' own; they use it among themselves too
+            self.conf_lines += [f"requirepass {password}", f"sentinel sentinel-pass {password}"]
+        super().__init__(password=password)
+
+    def start(self) -> None:
+        conf = Path(self.dir) / "sentinel.conf"  # Sentinel rewrites it: a file of its own
+        if not conf.exists():
+            conf.write_text("\n".join(self.conf_lines) + "\n")
+        self.proc = subprocess.Popen(
+            [redis_server_binary(), str(conf), "--sentinel", "--port", str(self.port),
+             "--bind", "127.0.0.1", "--dir", self.dir, "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: _pings(self.port, self.password), 10, "redis-server --sentinel did not start")
+
+
+def _pings(port: int, password: str | None = None) -> bool:
+    with contextlib.suppress(redis.RedisError):
+        return bool(redis.Redis(port=port, password=password, socket_timeout=1).ping())
+    return False
+
+
+class SentinelGroup:
+    """A primary, `replicas` replicas and `sentinels` Sentinels (`redis-server --sentinel`) on free
+    loopback ports, with a short `down_after_ms` so a failover takes seconds. `url` is the
+    fleet's redis+sentinel:// REDIS_URL for them; `kill_primary` SIGKILLs the current primary."""
+
+    MASTER = "fleet-primary"
+
+    def __init__(
+        self,
+        replicas: int = 2,
+        sentinels: int = 3,
+        down_after_ms: int = 1000,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
+        auth = ("--masterauth", password) if password else ()
+        self.primary = RedisServer(password=password, args=auth)
+        primary_at = ("--replicaof", "127.0.0.1", str(self.primary.port))
+        sync = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
+        self.replicas = [
+            RedisServer(password=password, args=(*primary_at, *sync, *auth)) for _ in range(replicas)
+        ]
+        self.nodes = [self.primary, *self.replicas]
+        self.sentinel_password = sentinel_password
+        quorum = sentinels // 2 + 1
+        self.sentinels = [
+            SentinelServer(self.MASTER, self.primary.port, quorum, down_after_ms, sentinel_password, password)
+            for _ in range(sentinels)
+        ]
+        wait_for(lambda: self._replicas_online() == replicas, 30, "the replicas did not sync")
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.MASTER}/0"
+
+    def _replicas_online(self) -> int:
+        with contextlib.suppress(redis.RedisError):
+            return int(self.current_primary().client().info("replication").get("connected_slaves", 0))
+        return 0
+
+    def primary_port(self) -> int | None:
+        """The primary's port as the Sentinels report it (the first that answers)."""
+        for sentinel in self.sentinels:
+            with contextlib.suppress(redis.RedisError):
+                client = redis.Redis(
+                    port=sentinel.port,
+                    password=self.sentinel_password,
+                    socket_timeout=1,
+                    decode_responses=True,
+                )
+                addr = client.execute_command("SENTINEL", "get-master-addr-by-name", self.MASTER)
+                if addr:
+                    return int(addr[1])
+        return None
+
+    def current_primary(self) -> RedisServer:
+        port = self.primary_port()
+        return next(node for node in self.nodes if node.port == port)
+
+    def kill_primary(self) -> RedisServer:
+        """SIGKILL the current primary; returns it (stopped)."""
+        node = self.current_primary()
+        node.stop(signal.SIGKILL)
+        return node
+
+    def close(self) -> None:
+        for server in [*self.sentinels, *self.nodes]:
+            server.close()
 
 
 BASE_CONFIG: dict[str, Any] = {
@@ -162,6 +278,7 @@ class Fleet:
     redis: RedisServer
     config: dict[str, Any] = field(default_factory=dict)
     env_extra: dict[str, str] = field(default_factory=dict)
+    redis_url: str | None = None  # REDIS_URL for the processes (a Sentinel URL); else redis.url
 
     def __post_init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fleet-test-"))
@@ -171,7 +288,7 @@ class Fleet:
         config_path.write_text(yaml.safe_dump(deep_merge(BASE_CONFIG, self.config)))
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "AGENT_MAX_"))},
-            "REDIS_URL": self.redis.url,
+            "REDIS_URL": self.redis_url or self.redis.url,
             "FLEET_CONFIG": str(config_path),
             "FLEET_API_KEYS": f"t1:{KEY_T1},t2:{KEY_T2}",
             "FLEET_API_PORT": str(self.api_port),

@@ -10,6 +10,7 @@ import os
 import time
 import warnings
 from typing import Any
+from urllib.parse import quote
 
 import celery as celery_pkg
 from celery import Celery, signals
@@ -46,16 +47,45 @@ def consumer_class(version: tuple[int, int] = (celery_pkg.VERSION.major, celery_
     return "celery.worker.consumer:Consumer"
 
 
-def make_app(settings: Settings) -> Celery:
-    celery = Celery(
-        "agentfleet", broker=settings.redis_url, backend=settings.redis_url, include=["worker.tasks"]
+def celery_redis_url(settings: Settings) -> str:
+    """REDIS_URL as kombu and Celery's result backend spell it: itself, or for a Sentinel URL one
+    `sentinel://[:password@]host:port/db` per Sentinel joined by `;` (the master's name and the
+    Sentinels' password go in the transport options, `sentinel_options`)."""
+    target = settings.sentinel
+    if target is None:
+        return settings.redis_url
+    userinfo = ""
+    if target.password is not None:
+        userinfo = f"{quote(target.username or '', safe='')}:{quote(target.password, safe='')}@"
+    hosts = [f"[{host}]" if ":" in host else host for host, _ in target.sentinels]
+    return ";".join(
+        f"sentinel://{userinfo}{host}:{port}/{target.db}"
+        for host, (_, port) in zip(hosts, target.sentinels, strict=True)
     )
+
+
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """The transport options a Sentinel broker and result backend need (none for a plain Redis):
+    the master's name, and how to reach the Sentinels (their password, short timeouts)."""
+    if settings.sentinel is None:
+        return {}
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    password = settings.sentinel_password()
+    if password:
+        sentinel_kwargs["password"] = password
+    return {"master_name": settings.sentinel.master, "sentinel_kwargs": sentinel_kwargs}
+
+
+def make_app(settings: Settings) -> Celery:
+    url = celery_redis_url(settings)
+    celery = Celery("agentfleet", broker=url, backend=url, include=["worker.tasks"])
     vt = visibility_timeout_s(settings)
     transport: dict[str, Any] = {
         "visibility_timeout": vt,
         "socket_timeout": 10,
         "socket_connect_timeout": 5,
         "health_check_interval": 25,
+        **sentinel_options(settings),
     }
     celery.conf.update(
         task_serializer="json",
@@ -65,7 +95,7 @@ def make_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,
-        result_backend_transport_options={"visibility_timeout": vt},
+        result_backend_transport_options={"visibility_timeout": vt, **sentinel_options(settings)},
         broker_connection_retry_on_startup=True,
         result_expires=86400,
         task_ignore_result=True,

@@ -223,10 +223,10 @@ def cmd_flower(args: argparse.Namespace, passthrough: list[str]) -> int:
 def cmd_kill(args: argparse.Namespace) -> int:
     from worker import killswitch
     from worker.keys import Keys
-    from worker.redis_conn import make_redis
+    from worker.redis_conn import redis_for
 
     settings = _settings()
-    r = make_redis(settings.redis_url)
+    r = redis_for(settings)
     keys = Keys(settings.key_prefix)
     if args.scope is None:
         switches = killswitch.active(r, keys)
@@ -256,10 +256,10 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
     from worker.keys import Keys
     from worker.policy import Policy, PolicyStore
-    from worker.redis_conn import make_redis
+    from worker.redis_conn import redis_for
 
     settings = _settings()
-    store = PolicyStore(make_redis(settings.redis_url), Keys(settings.key_prefix))
+    store = PolicyStore(redis_for(settings), Keys(settings.key_prefix))
     if args.action == "set":
         changes: dict[str, Any] = {}
         if args.allowed_tools is not None:
@@ -288,11 +288,11 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     from worker.keys import Keys
-    from worker.redis_conn import make_redis
+    from worker.redis_conn import redis_for
     from worker.rollout import CANARY, STABLE, Rollouts, has_versions
 
     settings = _settings()
-    rollouts = Rollouts(make_redis(settings.redis_url), Keys(settings.key_prefix), settings)
+    rollouts = Rollouts(redis_for(settings), Keys(settings.key_prefix), settings)
     now = time.time()
     if args.action != "status":
         if not args.agent or not has_versions(rollouts.agent_config(args.agent)):

@@ -155,15 +155,18 @@ def check_config(settings: Settings) -> Check:
 def check_redis(settings: Settings) -> list[Check]:
     """Redis answers with the configured URL and password (through the fleet's own client
     factory, so every URL form the fleet supports), then its persistence settings and the clock."""
-    from worker.redis_conn import make_redis, password_problem
+    from worker.redis_conn import password_problem, redis_for, sentinel_password_problem
 
     where = masked_url(settings.redis_url)
-    client = make_redis(settings.redis_url)
+    client = redis_for(settings)  # with the Sentinels' password on a Sentinel URL
     try:
         started = time.monotonic()
         client.ping()
         rtt_ms = (time.monotonic() - started) * 1000
     except redis.RedisError as exc:
+        refused = sentinel_password_problem(settings)  # redis-py reports it as no primary found
+        if refused:
+            return [Check("redis", "fail", refused)]
         if _auth_problem(exc):
             problem = password_problem(settings) or _scrub(f"Redis at {where}: {exc}", settings.redis_url)
             return [Check("redis", "fail", problem)]
@@ -223,10 +226,10 @@ def check_capacity(settings: Settings) -> Check:
 
     from worker.capacity import MIB, ArchiveRate, read_capacity
     from worker.keys import Keys
-    from worker.redis_conn import make_async_redis
+    from worker.redis_conn import async_redis_for
 
     async def read() -> Any:
-        client = make_async_redis(settings.redis_url, timeout_s=STAGE_TIMEOUT_S)
+        client = async_redis_for(settings, timeout_s=STAGE_TIMEOUT_S)
         try:
             return await read_capacity(client, Keys(settings.key_prefix), settings, ArchiveRate())
         finally:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import (
     AliasChoices,
@@ -223,6 +224,20 @@ class WebhooksSection(_Section):
         return value
 
 
+class RedisSection(_Section):
+    """What a write to Redis waits for before the fleet relies on it (README "Redis Sentinel and
+    durability")."""
+
+    # Replicas that must acknowledge a run's creation (before the 202) and a write tool's claim
+    # and result (before the tool runs, before the run sees the result): Redis WAIT. None: 1
+    # when REDIS_URL is a Sentinel URL, else 0 (a single Redis has no replica to wait for).
+    wait_replicas: int | None = Field(None, ge=0, le=16)
+    # How long one WAIT may take. A run's creation that no replica acknowledged in time is
+    # answered 503 with Retry-After (its Idempotency-Key makes the retry safe); a write tool's
+    # claim that none acknowledged is not run (a retryable `rate_limited` result).
+    wait_timeout_ms: int = Field(500, gt=0, le=60_000)
+
+
 class ArchiveSection(_Section):
     """How ended runs move from Redis to the run history's database (worker/history/)."""
 
@@ -256,6 +271,7 @@ class Settings(BaseSettings):
     rollout: RolloutSection = RolloutSection()
     webhooks: WebhooksSection = WebhooksSection()
     archive: ArchiveSection = ArchiveSection()
+    redis: RedisSection = RedisSection()
     # Per-agent settings, keyed by agent name (the `llm` agent's model and prices live here).
     agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Modules imported by every process at start; they register user agents and tools.
@@ -264,6 +280,11 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL"))
     # The Redis password when REDIS_URL has none: this file, else /run/secrets/redis_password.
     redis_password_file: Path | None = None
+    # The Sentinels' own password (their `requirepass`), for a redis+sentinel:// REDIS_URL: this,
+    # else the file FLEET_REDIS_SENTINEL_PASSWORD_FILE names, else /run/secrets/redis_sentinel_password;
+    # none: the Sentinels take no password. The data nodes' password is the URL's (or the file above).
+    redis_sentinel_password: SecretStr | None = None
+    redis_sentinel_password_file: Path | None = None
     key_prefix: str = Field("fleet", pattern=r"^[A-Za-z0-9_.-]+$")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # Console lines on a terminal and JSON lines otherwise (auto), or always one of them.
@@ -346,6 +367,7 @@ class Settings(BaseSettings):
         "metrics_token",
         "webhook_secrets",
         "database_url",
+        "redis_sentinel_password",
     )
     @classmethod
     def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
@@ -357,6 +379,7 @@ class Settings(BaseSettings):
 
     # Where the password in `redis_url` came from, for messages: "REDIS_URL", a file, or None.
     _redis_password_source: str | None = PrivateAttr(None)
+    _sentinel: SentinelURL | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _secret_files(self) -> Settings:
@@ -366,6 +389,7 @@ class Settings(BaseSettings):
             if from_file:
                 self.sentry_dsn = SecretStr(from_file)
         self._add_redis_password()
+        self._sentinel = parse_sentinel_url(self.redis_url) if is_sentinel_url(self.redis_url) else None
         return self
 
     def _add_redis_password(self) -> None:
@@ -389,6 +413,32 @@ class Settings(BaseSettings):
     def redis_password_source(self) -> str | None:
         """Where the Redis password comes from (REDIS_URL or a file's path); None: no password."""
         return self._redis_password_source
+
+    @property
+    def sentinel(self) -> SentinelURL | None:
+        """REDIS_URL's parts when it is a redis+sentinel:// URL, else None (a plain Redis)."""
+        return self._sentinel
+
+    def sentinel_password(self) -> str | None:
+        """The Sentinels' password: FLEET_REDIS_SENTINEL_PASSWORD, FLEET_REDIS_SENTINEL_PASSWORD_FILE
+        or /run/secrets/redis_sentinel_password; None: none (or REDIS_URL is no Sentinel URL)."""
+        if self._sentinel is None:
+            return None
+        raw, _ = _env_or_file(
+            self.redis_sentinel_password, self.redis_sentinel_password_file, "FLEET_REDIS_SENTINEL_PASSWORD"
+        )
+        if not raw.strip() and self.redis_sentinel_password_file is None:
+            # the default secret file is /run/secrets/redis_sentinel_password (no FLEET_ prefix)
+            default = SECRETS_DIR / "redis_sentinel_password"
+            raw = default.read_text() if default.is_file() else ""
+        return raw.strip() or None
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas a durable write waits for (redis.wait_replicas; default 1 on Sentinel, else 0)."""
+        if self.redis.wait_replicas is not None:
+            return self.redis.wait_replicas
+        return 1 if self._sentinel is not None else 0
 
     # -- derived values -------------------------------------------------------------------------
 
@@ -554,6 +604,70 @@ def url_with_password(url: str, password: str) -> str:
     user = parts.username or ""  # as written in the URL, already percent-encoded
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_DEFAULT_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """The parts of `redis+sentinel://[[user]:password@]host:port,host:port/<master>[/<db>]`.
+
+    `password` (and `username`) are the data nodes' (the primary's and the replicas'); the
+    Sentinels' own password is a setting of its own (Settings.sentinel_password)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() == SENTINEL_SCHEME
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """The parts of a Sentinel REDIS_URL, or a ConfigError that says what is wrong with it (and
+    never shows the password)."""
+    shown = masked_url(url)
+    problem = f"REDIS_URL: {shown}: "
+    form = f" (the form is {SENTINEL_SCHEME}://[:password@]host:port,host:port/<master>/<db>)"
+    rest = url.split("://", 1)[1]
+    netloc, _, path = rest.partition("/")
+    path, _, _query = path.partition("?")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        item = item.strip()
+        if not item:
+            raise ConfigError(problem + "empty Sentinel host in the host list" + form)
+        host, colon, port_text = item.rpartition(":")  # an IPv6 address goes in brackets
+        if not colon or (host.startswith("[") and not host.endswith("]")):
+            host, port_text = item, str(SENTINEL_DEFAULT_PORT)
+        host = host.removeprefix("[").removesuffix("]")
+        if not host:
+            raise ConfigError(problem + f"Sentinel {item!r} has no host" + form)
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigError(problem + f"Sentinel {item!r} has a bad port (1-65535)" + form)
+        sentinels.append((host, int(port_text)))
+    parts = [unquote(p) for p in path.split("/")] if path else []
+    if parts and parts[-1] == "":
+        parts.pop()  # a trailing slash
+    if not parts or not parts[0]:
+        raise ConfigError(problem + "no master name (the Sentinels' name for the primary)" + form)
+    if len(parts) > 2:
+        raise ConfigError(problem + "too many path parts after the master name" + form)
+    db_text = parts[1] if len(parts) == 2 else "0"
+    if not db_text.isdigit():
+        raise ConfigError(problem + f"database {db_text!r} is not a number" + form)
+    return SentinelURL(tuple(sentinels), parts[0], int(db_text), username, password)
 
 
 def masked_url(url: str) -> str:

@@ -27,7 +27,7 @@ from worker.history import queue as archive_queue
 from worker.history.archiver import Archiver
 from worker.history.db import HistoryDB
 from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
-from worker.redis_conn import get_redis, make_redis
+from worker.redis_conn import get_redis, redis_for
 from worker.rollout import end_recorder
 from worker.run.keeper import RunKeeper
 from worker.run.lease import Leases, reaper_loop
@@ -288,7 +288,7 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
         scheduler = Scheduler(
             deps.timers, deps.store, resume, tick_s=deps.settings.runtime.timer_tick_ms / 1000.0
         )
-        bell = make_redis(deps.settings.redis_url)  # its own connection: the BLPOP blocks it
+        bell = redis_for(deps.settings)  # its own connection: the BLPOP blocks it
         threading.Thread(
             target=scheduler.run, args=(_reaper_stop, bell), name="run-timers", daemon=True
         ).start()

@@ -38,8 +38,10 @@ def free_port() -> int:
         return port
 
 
-def redis_answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+def redis_answers(url: str, sentinel_password: str | None = None) -> bool:
+    from worker.redis_conn import make_redis
+
+    client = make_redis(url, sentinel_password=sentinel_password, timeout_s=0.5, connect_timeout_s=0.5)
     try:
         return bool(client.ping())
     except (redis.RedisError, OSError):
@@ -120,16 +122,22 @@ def _workers_ready(probe: Any) -> set[str]:
 
 
 def wait_ready(
-    stack: Stack, redis_url: str, api_url: str, flower_url: str | None, timeout_s: float
+    stack: Stack,
+    broker: tuple[str, dict[str, Any]],
+    api_url: str,
+    flower_url: str | None,
+    timeout_s: float,
 ) -> tuple[list[str], list[tuple[str, int]]]:
     """Wait until the API is ready, an agent worker and a tool worker answer a ping and Flower
     answers; returns (the parts still not ready, the children that died) when all are ready (both
-    empty), when a child dies, or after `timeout_s`."""
+    empty), when a child dies, or after `timeout_s`. `broker`: Celery's broker URL and transport
+    options."""
     from celery import Celery
 
     parts = ["api", "agent worker", "tool worker", *(["flower"] if flower_url else [])]
     ready: set[str] = set()
-    probe = Celery("fleet-up-probe", broker=redis_url)
+    probe = Celery("fleet-up-probe", broker=broker[0])
+    probe.conf.broker_transport_options = broker[1]  # the master's name on Sentinel
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -168,8 +176,12 @@ def run_up(
     workdir = tempfile.mkdtemp(prefix="fleet-up-")
     try:
         redis_url = settings.redis_url
-        if redis_answers(redis_url):
+        if redis_answers(redis_url, settings.sentinel_password()):
             print(f"redis:   {masked_url(redis_url)} (already running)", flush=True)
+        elif settings.sentinel is not None:
+            # `fleet up` starts only a plain Redis; it never stands in for a Sentinel setup.
+            print(f"fleet up: no primary answers at {masked_url(redis_url)}", file=sys.stderr)
+            return 1
         else:
             binary = find_redis_server()
             if binary is None:
@@ -233,7 +245,12 @@ def run_up(
 
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         flower_url = f"http://127.0.0.1:{settings.flower_port}" if flower else None
-        missing, dead = wait_ready(stack, redis_url, api_url, flower_url, ready_timeout_s)
+        from worker.celery_app import celery_redis_url, sentinel_options
+
+        broker = (celery_redis_url(settings), sentinel_options(settings))
+        if redis_url != settings.redis_url:  # the Redis this command started
+            broker = (redis_url, {})
+        missing, dead = wait_ready(stack, broker, api_url, flower_url, ready_timeout_s)
         if dead:
             for name, code in dead:
                 print(f"fleet up: {name} exited with code {code} before the stack was ready", file=sys.stderr)

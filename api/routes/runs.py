@@ -10,6 +10,7 @@ import uuid
 from typing import Annotated, Any
 
 import anyio.to_thread
+import redis
 import structlog
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import ValidationError
@@ -27,6 +28,7 @@ from worker.celery_app import send_run
 from worker.history.archive import load_run
 from worker.history.db import describe_error
 from worker.keys import AGENT_QUEUE
+from worker.redis_conn import write_durably
 from worker.run.events import NAMES as EVENT_NAMES
 from worker.run.store import TERMINAL, AdmissionRefused, Budgets, public_view
 from worker.webhooks import target
@@ -196,8 +198,40 @@ def submit_run(
         if idem_key:
             state.r.delete(idem_key)
         raise ApiError(503, "unavailable", "the queue is unreachable; the run was not queued") from None
+    _confirm_replicated(state, run_id, idem_key is not None)
     headers = {"Location": f"/v1/runs/{run_id}"}
     return FleetJSONResponse(public_view(record), status_code=202, headers=headers)  # as written
+
+
+def _confirm_replicated(state: AppState, run_id: str, keyed: bool) -> None:
+    """Wait until `redis.wait_replicas` replicas have the run's record and its queue message (so a
+    failover of the primary keeps an accepted run); a 503 with Retry-After when they do not
+    confirm within `redis.wait_timeout_ms`. The run stays queued: a retry with the same
+    Idempotency-Key gets it back rather than a second run."""
+    settings = state.settings
+    if settings.wait_replicas <= 0:
+        return
+    # The write on this connection comes after the message's LPUSH (on Celery's connection), so
+    # WAIT covers both; re-setting the run's TTL is a write that changes nothing.
+    run_key = state.keys.run(run_id)
+    try:
+        _, durable = write_durably(
+            state.r,
+            lambda pipe: pipe.expire(run_key, settings.run_ttl_s),
+            settings.wait_replicas,
+            settings.redis.wait_timeout_ms,
+        )
+    except redis.RedisError:
+        durable = False
+    if durable:
+        return
+    log.warning("run not confirmed by a replica", run_id=run_id, replicas=settings.wait_replicas)
+    retry = "retry with the same Idempotency-Key" if keyed else "retry with an Idempotency-Key"
+    message = (
+        f"run {run_id} was queued but no replica confirmed it within {settings.redis.wait_timeout_ms} ms, "
+        f"so a failover could lose it; {retry}"
+    )
+    raise ApiError(503, "unavailable", message, {"Retry-After": "1"})
 
 
 def _version(state: AppState, request: RunRequest, run_id: str, admin_key: str | None) -> str | None:

@@ -49,6 +49,7 @@ from worker.gateway.calls import REPLY_GRACE_S, REPLY_TTL_S, is_failure, is_fina
 from worker.gateway.checks import Replier
 from worker.keys import Keys
 from worker.logs import cap_bytes
+from worker.redis_conn import write_durably
 from worker.run.store import TERMINAL
 from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result, is_retryable
@@ -444,18 +445,48 @@ class ToolExecutor:
         if spec is None or not spec.writes:
             return await tools.execute_async(tool, args, ctx, self._sync_pool), spec is not None
         exec_key = self.keys.call_exec(call_id)
-        state, detail = await self._redis_until(
-            lambda: self._claim(keys=[exec_key], args=[f"attempt {attempt}", EXEC_TTL_S]), start_by
+        (state, detail), durable = await self._redis_until(
+            lambda: self._claim_durably(exec_key, attempt), start_by
         )
         if state == "done":
             return dict(json.loads(detail)), False
         if state == "claimed" and not spec.idempotent:
             refused_twice = f"an earlier attempt ({detail}) of this write may have run; it is not run twice"
             return error_result("tool_error", refused_twice), False
+        if state == "run" and not durable:
+            # A claim that a failover may lose would let a later attempt run the write again:
+            # withdraw it and do not run the write. Retryable, and no failure of the tool's
+            # dependency (its breaker is not told): `rate_limited`, like a busy tool worker.
+            await self._redis_until(lambda: self.r.hdel(exec_key, "claimed_by"), start_by + REPLY_GRACE_S)
+            log.warning("write not run: no replica confirmed its claim", tool=tool, call_id=call_id)
+            unconfirmed = f"no replica confirmed the claim within {self.settings.redis.wait_timeout_ms} ms"
+            return error_result(
+                "rate_limited", f"the write was not run: {unconfirmed}", retry_after_s=1.0
+            ), False
         result = await tools.execute_async(tool, args, ctx, self._sync_pool)
         if not (spec.idempotent and is_retryable(result)):
             # A retryable failure of an idempotent write stays open: its retry is sent again,
             # with the same idempotency key. Anything else is this write's one outcome.
             record = json.dumps(result)
-            await self._redis_until(lambda: self.r.hset(exec_key, "result", record), start_by + REPLY_GRACE_S)
+            _, durable = await self._redis_until(
+                lambda: write_durably(
+                    self.r,
+                    lambda pipe: pipe.hset(exec_key, "result", record),
+                    self.settings.wait_replicas,
+                    self.settings.redis.wait_timeout_ms,
+                ),
+                start_by + REPLY_GRACE_S,
+            )
+            if not durable:  # the claim is: a later attempt is refused, never run twice
+                log.warning("write result not confirmed by a replica", tool=tool, call_id=call_id)
         return result, True
+
+    def _claim_durably(self, exec_key: str, attempt: int) -> tuple[list[str], bool]:
+        """The claim script's answer, and whether `redis.wait_replicas` replicas have the claim."""
+        results, durable = write_durably(
+            self.r,
+            lambda pipe: self._claim(keys=[exec_key], args=[f"attempt {attempt}", EXEC_TTL_S], client=pipe),
+            self.settings.wait_replicas,
+            self.settings.redis.wait_timeout_ms,
+        )
+        return results[0], durable
