@@ -525,6 +525,11 @@ def main(argv: list[str] | None = None) -> int:
             f"≥ {1 / HISTOGRAMS_OVERHEAD_MAX:.2f}x",
             lambda ratio: ratio >= 1 / HISTOGRAMS_OVERHEAD_MAX,
         ),
+        Row(
+            "API server CPU per accepted POST (ms)",
+            fleet_load.cpu_ms_per_request,
+            off_load.cpu_ms_per_request,
+        ),
     ]
     # Every accepted POST (warm-up included) put exactly one message on its queue: nothing consumed.
     sane = (
