@@ -132,6 +132,17 @@ def test_with_histograms_off_nothing_is_recorded(r: fakeredis.FakeRedis) -> None
     assert Settings().metrics == MetricsSection(histograms=True, cost_by_tenant=False)  # on by default
 
 
+def test_the_metrics_settings_come_from_the_environment_beside_the_metrics_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLEET_METRICS__HISTOGRAMS", "false")
+    monkeypatch.setenv("FLEET_METRICS__COST_BY_TENANT", "true")
+    monkeypatch.setenv("FLEET_METRICS_TOKEN", "a-real-metrics-token")
+    settings = Settings()
+    assert settings.metrics == MetricsSection(histograms=False, cost_by_tenant=True)
+    assert settings.metrics_token is not None
+
+
 def reply_args(**extra: Any) -> dict[str, Any]:
     return {
         "reply_key": "reply:0",
