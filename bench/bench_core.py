@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"- throughput: {args.connections} keep-alive connections, {fleet_load.seconds:.1f} s vs "
-        f"{bare_load.seconds:.1f} s in alternating rounds after 1 s warm-up each; workers stopped, "
+        f"{bare_load.seconds:.1f} s in rotating rounds after 1 s warm-up each; workers stopped, "
         f"so neither side's tasks are consumed; bare = one `def` endpoint calling `send_task` "
         f"(ignore_result) under uvicorn, served like `fleet api`"
     )
