@@ -3,7 +3,8 @@ package, installed by .ci/run) scraping a real fleet's /metrics every second.
 
 The rules Prometheus loads are ops/prometheus/alerts.yml with one change: FleetKillSwitchOn's
 `for:` is 1 s instead of 15 minutes (the test's copy, written by `rules_for_test`), so flipping
-`fleet:kill:all` fires it within seconds. Everything else is the committed file."""
+`fleet:kill:all` fires it within seconds. Everything else is the committed file. Each alert's
+expression is also unit-tested by `promtool test rules` (tests/prometheus/alerts_test.yml)."""
 
 from __future__ import annotations
 
@@ -295,3 +296,22 @@ def test_the_rules_pass_promtool_and_every_alert_links_to_its_runbook_section() 
         path, _, anchor = url.partition("#")
         assert path == "ops/runbook.md" and anchor in anchors, (name, url)
     assert alerts["FleetKillSwitchOn"]["for"] == "15m"  # the test's copy shortens it, not the file
+
+
+def test_each_alert_fires_on_synthetic_series_as_promtool_evaluates_it() -> None:
+    """tests/prometheus/alerts_test.yml: each operator alert on series it must fire on (and, for
+    some, series or times it must not), with two API replicas scraped, annotations rendered."""
+    result = subprocess.run(
+        [binary("promtool"), "test", "rules", "alerts_test.yml"],
+        cwd=ROOT / "tests" / "prometheus",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tested = set(
+        re.findall(r"alertname: (\w+)", (ROOT / "tests" / "prometheus" / "alerts_test.yml").read_text())
+    )
+    rules = yaml.safe_load(RULES.read_text())
+    operator = {rule["alert"] for rule in rules["groups"][1]["rules"]}
+    assert operator <= tested, operator - tested

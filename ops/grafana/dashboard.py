@@ -5,7 +5,8 @@
 Plain dicts in Grafana's dashboard JSON model (schemaVersion 39), no library: the dashboard is a
 few panel kinds, and tests/test_metrics_prometheus.py regenerates it, compares it with the
 committed file and checks every query names a metric the fleet exports. Every API replica
-serves the same fleet-wide values, so queries take max() across scraped replicas.
+serves the same fleet-wide values: a count takes max() across scraped replicas, a quantile or a
+ratio sums them (the same whatever their number).
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ def panel(
 
 
 def quantiles(title: str, metric: str, by: str) -> dict[str, Any]:
-    """p50, p95 and p99 of a histogram over 5 minutes, per `by` label."""
+    """p50, p95 and p99 of a histogram over 5 minutes, per `by` label (a sum over the other labels
+    and the replicas: a quantile is the same whatever the number of replicas scraped)."""
     return panel(
         title,
         [
             (
-                f"histogram_quantile({q}, max by ({by}, le) (rate({metric}_bucket[5m])))",
+                f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket[5m])))",
                 f"p{round(q * 100)} {{{{{by}}}}}",
             )
             for q in (0.5, 0.95, 0.99)
@@ -82,7 +84,7 @@ PANELS: list[dict[str, Any]] = [
         [
             ("max by (queue) (fleet_queue_oldest_age_seconds)", "oldest {{queue}}"),
             (
-                "histogram_quantile(0.95, max by (queue, le) (rate(fleet_queue_wait_seconds_bucket[5m])))",
+                "histogram_quantile(0.95, sum by (queue, le) (rate(fleet_queue_wait_seconds_bucket[5m])))",
                 "p95 wait {{queue}}",
             ),
         ],
@@ -123,8 +125,8 @@ PANELS: list[dict[str, Any]] = [
         "Canary error rate by version",
         [
             (
-                'max by (agent, version) (rate(fleet_version_runs_total{outcome="error"}[10m])) / sum by'
-                " (agent, version) (max by (agent, version, outcome) (rate(fleet_version_runs_total[10m])))",
+                'sum by (agent, version) (rate(fleet_version_runs_total{outcome="error"}[10m]))'
+                " / sum by (agent, version) (rate(fleet_version_runs_total[10m]))",
                 "{{agent}} {{version}}",
             ),
             ("max by (agent) (increase(fleet_canary_rollbacks_total[1h]))", "rollbacks {{agent}}"),
