@@ -15,16 +15,16 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import redis
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from worker import tools
+from worker import histograms, tools
 from worker.agents import agent_names
 from worker.heartbeat import live_workers
+from worker.histograms import known_models as known_models  # the API builds the collector with them
 from worker.history.queue import ArchiveQueue
 from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
-from worker.llmconfig import LlmConfig
-from worker.settings import Settings
+from worker.policy import MICRO, Policy
 from worker.tools import MODEL_TOOL
 from worker.webhooks.outbox import Outbox
 
@@ -37,15 +37,6 @@ def queue_names() -> list[str]:
         WEBHOOK_QUEUE,
         ARCHIVE_QUEUE,
     ]
-
-
-def known_models(settings: Settings) -> list[str]:
-    """Every model named in the agents' config (and their versions), and the llm agent's default."""
-    found = {str(LlmConfig.model_fields["model"].default)}
-    for config in settings.agents.values():
-        variants = [config, *dict(config.get("versions") or {}).values()] if isinstance(config, dict) else []
-        found.update(str(v["model"]) for v in variants if isinstance(v, dict) and v.get("model"))
-    return sorted(found)
 
 
 def switch_scopes(tools: Iterable[str], models: Iterable[str], agents: Iterable[str],
@@ -73,13 +64,29 @@ def oldest_age_s(r: redis.Redis, queue: str, now: float) -> float:
     return max(0.0, now - sent_at)
 
 
+def _daily_spend_limit(raw: str | None) -> float | None:
+    """An agent's `max_spend_usd_per_day` from its stored policy (worker/policy.py), or None."""
+    if not raw:
+        return None
+    try:
+        return Policy.model_validate_json(raw, strict=True).max_spend_usd_per_day
+    except ValueError:
+        return None
+
+
 class FleetCollector(Collector):
     """Reads the fleet's queues, counters, breakers, switches and heartbeats from Redis."""
 
     def __init__(
-        self, r: redis.Redis, keys: Keys, tenants: Iterable[str] = (), models: Iterable[str] = ()
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        tenants: Iterable[str] = (),
+        models: Iterable[str] = (),
+        max_seconds: float | None = None,
     ) -> None:
         self.r = r
+        self.max_seconds = max_seconds  # the fleet's cap of a run's max_seconds (AGENT_MAX_SECONDS)
         self.keys = keys
         self.tenants = sorted(set(tenants))
         self.models = sorted(set(models))
@@ -120,6 +127,12 @@ class FleetCollector(Collector):
         )
         running.add_metric([], executing_n + waiting_n)
         yield running
+        if self.max_seconds is not None:
+            cap = GaugeMetricFamily(
+                "fleet_run_max_seconds", "The fleet's cap of a run's max_seconds (AGENT_MAX_SECONDS)"
+            )
+            cap.add_metric([], self.max_seconds)
+            yield cap
         executing = GaugeMetricFamily(
             "fleet_runs_executing", "Runs executing now in an agent worker (holding a lease)"
         )
@@ -194,6 +207,8 @@ class FleetCollector(Collector):
         yield versions
         yield rollbacks
 
+        yield from self._histograms()
+        yield from self._spend(now)
         yield from self._webhooks(now)
         yield from self._archive(now)
         yield from self._redis_memory()
@@ -202,6 +217,89 @@ class FleetCollector(Collector):
         for kind, count in live_workers(self.r, self.keys).items():
             workers.add_metric([kind], count)
         yield workers
+
+    def _histograms(self) -> Iterator[Metric]:
+        """The latency histograms (worker/histograms.py), one HGETALL each in one pipeline. A label
+        value the fleet does not know (an agent no longer registered, a model no longer in the
+        config) is rendered as "other", so a scrape's series stay bounded by the fleet's names."""
+        known: dict[str, list[str]] = {
+            "agent": agent_names(),
+            "tool": tools.tool_names(),
+            "model": self.models,
+        }
+        pipe = self.r.pipeline(transaction=False)
+        for name in histograms.FAMILIES:
+            pipe.hgetall(self.keys.histogram(name))
+        for raw, (name, help_text, labels) in zip(pipe.execute(), histograms.FAMILIES.values(), strict=True):
+            merged: dict[tuple[str, ...], histograms.Series] = {}
+            for values, one in histograms.parse(raw, len(labels)).items():
+                shown = tuple(
+                    histograms.label_or_other(v, known[n]) if n in known else v
+                    for n, v in zip(labels, values, strict=True)
+                )
+                merged.setdefault(shown, histograms.Series()).add(one)
+            found = HistogramMetricFamily(name, help_text, labels=list(labels))
+            for shown, one in sorted(merged.items()):
+                found.add_metric(list(shown), one.cumulative(), one.sum_s)
+            yield found
+
+    def _spend(self, now: float) -> Iterator[Metric]:
+        """Model tokens and cost counted where they are charged (worker/spend.py), and each
+        agent's spend today against its daily quota (policy `max_spend_usd_per_day`)."""
+        names = agent_names()
+        day = time.strftime("%Y%m%d", time.gmtime(now))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.stats_spend())
+        pipe.mget([self.keys.quota_spend(agent, day) for agent in names] or [self.keys.stats_spend()])
+        for agent in names:
+            pipe.get(self.keys.policy(agent))
+        stats, spent, *policies = pipe.execute()
+        tokens = CounterMetricFamily(
+            "fleet_model_tokens", "Model tokens the models reported, by kind (input, output)",
+            labels=["model", "kind"],
+        )  # fmt: skip
+        token_counts: dict[tuple[str, str], float] = {}
+        # `cost|<agent>`, or `cost|<agent>|<tenant>` while settings.metrics.cost_by_tenant is on:
+        # each charge counts in one of them, so their sum is the fleet's spend either way
+        costs: dict[tuple[str, str], float] = {}
+        for field, value in stats.items():
+            parts = str(field).split("|")
+            if parts[0] == "tokens" and len(parts) == 3:
+                model = (histograms.label_or_other(parts[1], self.models), parts[2])
+                token_counts[model] = token_counts.get(model, 0.0) + float(value)
+            elif parts[0] == "cost" and len(parts) in (2, 3):
+                who = (histograms.label_or_other(parts[1], names), parts[2] if len(parts) == 3 else "")
+                costs[who] = costs.get(who, 0.0) + int(value) / MICRO
+        for (model_name, kind), count in sorted(token_counts.items()):
+            tokens.add_metric([model_name, kind], count)
+        yield tokens
+        cost = CounterMetricFamily(
+            "fleet_cost_usd",
+            "Model and tool spend charged to runs, in USD (tenant: with metrics.cost_by_tenant)",
+            labels=["agent", "tenant"],
+        )
+        for (agent, tenant), usd in sorted(costs.items()):
+            cost.add_metric([agent, tenant], usd)
+        yield cost
+
+        today = GaugeMetricFamily(
+            "fleet_agent_spend_today_usd",
+            "An agent's spend today (UTC) under its daily quota",
+            labels=["agent"],
+        )
+        limit = GaugeMetricFamily(
+            "fleet_agent_spend_limit_usd",
+            "An agent's daily spend quota (max_spend_usd_per_day)",
+            labels=["agent"],
+        )
+        for agent, used, raw in zip(names, spent, policies, strict=False):
+            max_usd = _daily_spend_limit(raw)
+            if max_usd is None:
+                continue
+            today.add_metric([agent], int(used or 0) / MICRO)
+            limit.add_metric([agent], max_usd)
+        yield today
+        yield limit
 
     def _webhooks(self, now: float) -> Iterator[Metric]:
         """Webhook deliveries by outcome, and the pending ones (worker/webhooks/outbox.py)."""

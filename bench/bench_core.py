@@ -11,7 +11,10 @@ delivery settings; bench/bare_api.py served by uvicorn like `fleet api`), all ag
   against N sequential `noop.delay().get()`, interleaved sample by sample so background load hits
   both alike;
 - throughput: POST /v1/runs from the same number of keep-alive connections against both APIs,
-  interleaved in rounds, with every worker stopped (neither side's tasks are consumed).
+  interleaved in rounds, with every worker stopped (neither side's tasks are consumed);
+- the latency histograms' cost: a second fleet with `metrics.histograms: false` (its own API and
+  workers, on db 2) takes part in both, interleaved with the first, and the ratio on/off is shown
+  (goal: within 5 %).
 
 Prints a Markdown table and exits 1 if a requirement fails (2 if the bench itself could not run).
 """
@@ -38,6 +41,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -56,6 +60,8 @@ from worker.keys import AGENT_QUEUE  # noqa: E402
 RUN_BODY = {"agent": "scripted", "input": {"plan": [{"final": "ok"}]}}
 LATENCY_RATIO_MAX = 3.0  # run latency p50 <= 3x bare Celery round trip p50
 THROUGHPUT_RATIO_MIN = 0.7  # POST /v1/runs throughput >= 0.7x the bare endpoint's
+HISTOGRAMS_OVERHEAD_MAX = 1.05  # with the latency histograms on, within 5 % of them off
+OFF_DB = 2  # the Redis db of the fleet without histograms
 EXIT_FAILED, EXIT_ERROR = 1, 2
 
 
@@ -169,24 +175,39 @@ class LatencyResult:
     get_ms: list[float]  # the fleet's GET ?wait round trip
     queued_ms: list[float]  # created_at -> started_at (queue, pickup, child start)
     loop_ms: list[float]  # started_at -> finished_at (the budgeted loop)
+    off_ms: list[float] = field(default_factory=list)  # the fleet without histograms
 
 
-def measure_latency(fleet: Fleet, bare: celery.Celery, runs: int, warmup: int) -> LatencyResult:
-    """Sequential 1-step runs against sequential no-op round trips, alternating which goes first."""
+def run_once(http: httpx.Client) -> tuple[float, float, float, dict[str, Any]]:
+    """One 1-step run: POST, then GET ?wait. Returns (start, posted, ended) perf-counter times and the run."""
+    t0 = time.perf_counter()
+    posted = http.post("/v1/runs", json=RUN_BODY)
+    t1 = time.perf_counter()
+    if posted.status_code != 202:
+        raise RuntimeError(f"POST /v1/runs answered {posted.status_code}: {posted.text}")
+    got = http.get(f"/v1/runs/{posted.json()['id']}", params={"wait": 10})
+    t2 = time.perf_counter()
+    run: dict[str, Any] = got.json()
+    if got.status_code != 200 or run.get("status") != "succeeded" or run.get("output") != "ok":
+        raise RuntimeError(f"the run did not succeed within the wait: {got.status_code} {run}")
+    return t0, t1, t2, run
+
+
+def measure_latency(
+    fleet: Fleet, bare: celery.Celery, runs: int, warmup: int, fleet_off: Fleet
+) -> LatencyResult:
+    """Sequential 1-step runs against sequential no-op round trips, alternating which goes first;
+    each fleet run is followed by one of the fleet without histograms (`fleet_off`)."""
     noop = bare.tasks["bare.noop"]
     result = LatencyResult([], [], [], [], [], [])
 
+    def off_once(http: httpx.Client, record: bool) -> None:
+        t0, _, t2, _ = run_once(http)
+        if record:
+            result.off_ms.append((t2 - t0) * 1000)
+
     def fleet_once(http: httpx.Client, record: bool) -> None:
-        t0 = time.perf_counter()
-        posted = http.post("/v1/runs", json=RUN_BODY)
-        t1 = time.perf_counter()
-        if posted.status_code != 202:
-            raise RuntimeError(f"POST /v1/runs answered {posted.status_code}: {posted.text}")
-        got = http.get(f"/v1/runs/{posted.json()['id']}", params={"wait": 10})
-        t2 = time.perf_counter()
-        run = got.json()
-        if got.status_code != 200 or run.get("status") != "succeeded" or run.get("output") != "ok":
-            raise RuntimeError(f"the run did not succeed within the wait: {got.status_code} {run}")
+        t0, t1, t2, run = run_once(http)
         if record:
             result.fleet_ms.append((t2 - t0) * 1000)
             result.post_ms.append((t1 - t0) * 1000)
@@ -204,14 +225,16 @@ def measure_latency(fleet: Fleet, bare: celery.Celery, runs: int, warmup: int) -
         if record:
             result.bare_ms.append(elapsed * 1000)
 
-    with fleet.client() as http:
+    with fleet.client() as http, fleet_off.client() as http_off:
         for i in range(warmup + runs):
             record = i >= warmup
             if i % 2:
                 fleet_once(http, record)
+                off_once(http_off, record)
                 bare_once(record)
             else:
                 bare_once(record)
+                off_once(http_off, record)
                 fleet_once(http, record)
     return result
 
@@ -289,20 +312,20 @@ def drive(port: int, key: str, connections: int, seconds: float) -> Load:
 
 
 def measure_throughput(
-    fleet: tuple[int, int], bare: tuple[int, int], connections: int, seconds: float, round_s: float
-) -> tuple[Load, Load]:
-    """Alternating rounds against both APIs (after one warm-up second each); totals per side.
-
-    `fleet` and `bare` are (port, pid) of each API server; its CPU time is measured per round.
-    """
-    ports = {"fleet": fleet[0], "bare": bare[0]}
-    servers = {"fleet": psutil.Process(fleet[1]), "bare": psutil.Process(bare[1])}
-    totals = {"fleet": Load(), "bare": Load()}
-    for side in ("bare", "fleet"):
+    apis: dict[str, tuple[int, int]], connections: int, seconds: float, round_s: float
+) -> dict[str, Load]:
+    """Rounds against every API (after one warm-up second each), in an order that turns each
+    round; totals per side. `apis` maps a side to the (port, pid) of its API server, whose CPU
+    time is measured per round."""
+    ports = {side: port for side, (port, _) in apis.items()}
+    servers = {side: psutil.Process(pid) for side, (_, pid) in apis.items()}
+    totals = {side: Load() for side in apis}
+    for side in apis:
         totals[side].accepted += drive(ports[side], KEY_T1, connections, 1.0).ok
     rounds = max(1, round(seconds / round_s))
+    sides = list(apis)
     for i in range(rounds):
-        order = ("bare", "fleet") if i % 2 == 0 else ("fleet", "bare")
+        order = sides[i % len(sides) :] + sides[: i % len(sides)]
         for side in order:
             cpu0 = _cpu_s(servers[side])
             load = drive(ports[side], KEY_T1, connections, seconds / rounds)
@@ -312,7 +335,7 @@ def measure_throughput(
             total.accepted += load.ok
             total.seconds += load.seconds
             total.statuses.update(load.statuses)
-    return totals["fleet"], totals["bare"]
+    return totals
 
 
 def _cpu_s(proc: psutil.Process) -> float:
@@ -350,9 +373,11 @@ class Row:
         return "pass" if self.check(self.ratio) else "FAIL"
 
 
-def render(rows: list[Row], digits: int = 1) -> str:
+def render(
+    rows: list[Row], digits: int = 1, columns: tuple[str, str] = ("agentfleet", "bare baseline")
+) -> str:
     lines = [
-        "| metric | agentfleet | bare baseline | ratio | required | pass/fail |",
+        f"| metric | {columns[0]} | {columns[1]} | ratio | required | pass/fail |",
         "| --- | ---: | ---: | ---: | --- | --- |",
     ]
     for row in rows:
@@ -392,8 +417,14 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         server = RedisServer()
         stack.callback(server.close)
-        fleet = Fleet(server, env_extra={"FLEET_MAX_QUEUED": str(10**9), "FLEET_MAX_QUEUED_PER_TENANT": "0"})
+        limits = {"FLEET_MAX_QUEUED": str(10**9), "FLEET_MAX_QUEUED_PER_TENANT": "0"}
+        fleet = Fleet(server, env_extra=limits)
         stack.callback(fleet.close)
+        off_url = f"redis://127.0.0.1:{server.port}/{OFF_DB}"
+        fleet_off = Fleet(
+            server, env_extra={**limits, "REDIS_URL": off_url, "FLEET_METRICS__HISTOGRAMS": "false"}
+        )
+        stack.callback(fleet_off.close)
         baselines = Baselines(
             f"redis://127.0.0.1:{server.port}/1", concurrency=args.concurrency, events=args.bare_events
         )
@@ -404,39 +435,53 @@ def main(argv: list[str] | None = None) -> int:
             fleet_api = fleet.start_api()
             agent_worker = fleet.start_worker(args.concurrency)
             tool_worker = fleet.start_tool_worker()
+            off_api = fleet_off.start_api()
+            off_workers = (fleet_off.start_worker(args.concurrency), fleet_off.start_tool_worker())
             baselines.wait_ready(bare_worker, bare_api_proc)
 
             from bench.bare_app import API_QUEUE, make_app
 
             bare_client = make_app(baselines.redis_url, events=args.bare_events)
             print(f"latency: {args.warmup} + {args.runs} samples per side …", file=sys.stderr, flush=True)
-            lat = measure_latency(fleet, bare_client, args.runs, args.warmup)
+            lat = measure_latency(fleet, bare_client, args.runs, args.warmup, fleet_off)
+            # the histograms were recorded by the one fleet, and not by the other
+            recorded = bool(fleet.r.exists("fleet:hist:run_duration"))
+            off_recorded = _exists(server.port, OFF_DB, "fleet:hist:run_duration")
 
             # Throughput: only the APIs and Redis run. Stopping both sides' workers keeps the machine's
             # two cores for the servers and the client; the bare side's tasks are not consumed either.
             for proc in (agent_worker, tool_worker):
                 fleet.stop_proc(proc)
+            for proc in off_workers:
+                fleet_off.stop_proc(proc)
             baselines.stop(bare_worker)
             fleet_depth0 = fleet.r.llen(AGENT_QUEUE)
+            off_depth0 = _llen(server.port, OFF_DB, AGENT_QUEUE)
             bare_depth0 = _llen(server.port, 1, API_QUEUE)
             print(
                 f"throughput: {args.connections} connections, {args.seconds:g} s per side …",
                 file=sys.stderr,
                 flush=True,
             )
-            fleet_load, bare_load = measure_throughput(
-                (fleet.api_port, fleet_api.popen.pid),
-                (baselines.api_port, bare_api_proc.popen.pid),
+            loads = measure_throughput(
+                {
+                    "bare": (baselines.api_port, bare_api_proc.popen.pid),
+                    "fleet": (fleet.api_port, fleet_api.popen.pid),
+                    "off": (fleet_off.api_port, off_api.popen.pid),
+                },
                 args.connections,
                 args.seconds,
                 args.round,
             )
+            fleet_load, bare_load, off_load = loads["fleet"], loads["bare"], loads["off"]
             fleet_enqueued = fleet.r.llen(AGENT_QUEUE) - fleet_depth0
+            off_enqueued = _llen(server.port, OFF_DB, AGENT_QUEUE) - off_depth0
             bare_enqueued = _llen(server.port, 1, API_QUEUE) - bare_depth0
             redis_version = server.client().info("server")["redis_version"]
         except Exception as exc:
             print(f"bench_core: {type(exc).__name__}: {exc}", file=sys.stderr)
             print(fleet.logs(), file=sys.stderr)
+            print(fleet_off.logs(), file=sys.stderr)
             for proc in baselines.procs:
                 print(f"==== {proc.name} ====\n{proc.text()[-4000:]}", file=sys.stderr)
             return EXIT_ERROR
@@ -464,8 +509,37 @@ def main(argv: list[str] | None = None) -> int:
             bare_load.cpu_ms_per_request,
         ),
     ]
+    overhead = [
+        Row(
+            "run latency p50 (ms)",
+            statistics.median(lat.fleet_ms),
+            statistics.median(lat.off_ms),
+            f"≤ {HISTOGRAMS_OVERHEAD_MAX:g}x",
+            lambda ratio: ratio <= HISTOGRAMS_OVERHEAD_MAX,
+        ),
+        Row("run latency p90 (ms)", percentile(lat.fleet_ms, 90), percentile(lat.off_ms, 90)),
+        Row(
+            "POST /v1/runs throughput (req/s)",
+            fleet_load.rps,
+            off_load.rps,
+            f"≥ {1 / HISTOGRAMS_OVERHEAD_MAX:.2f}x",
+            lambda ratio: ratio >= 1 / HISTOGRAMS_OVERHEAD_MAX,
+        ),
+        Row(
+            "API server CPU per accepted POST (ms)",
+            fleet_load.cpu_ms_per_request,
+            off_load.cpu_ms_per_request,
+        ),
+    ]
     # Every accepted POST (warm-up included) put exactly one message on its queue: nothing consumed.
-    sane = fleet_enqueued == fleet_load.accepted and bare_enqueued == bare_load.accepted
+    sane = (
+        fleet_enqueued == fleet_load.accepted
+        and bare_enqueued == bare_load.accepted
+        and off_enqueued == off_load.accepted
+        and recorded
+        and not off_recorded
+    )
+    off_other = {s: n for s, n in off_load.statuses.items() if s != 202}
     load_after = os.getloadavg()
     fleet_other = {s: n for s, n in fleet_load.statuses.items() if s != 202}
     bare_other = {s: n for s, n in bare_load.statuses.items() if s != 202}
@@ -475,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"`{command}`")
     print()
     print(render(rows))
+    print()
+    print("The latency histograms' cost (`metrics.histograms` on, the default, against off; same run):")
+    print()
+    print(render(overhead, columns=("histograms on", "histograms off")))
     print()
     print(
         f"- machine: `{platform.machine()}`, {cpu_model()}, {os.cpu_count()} cores, "
@@ -503,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"- throughput: {args.connections} keep-alive connections, {fleet_load.seconds:.1f} s vs "
-        f"{bare_load.seconds:.1f} s in alternating rounds after 1 s warm-up each; workers stopped, "
+        f"{bare_load.seconds:.1f} s in rotating rounds after 1 s warm-up each; workers stopped, "
         f"so neither side's tasks are consumed; bare = one `def` endpoint calling `send_task` "
         f"(ignore_result) under uvicorn, served like `fleet api`"
     )
@@ -511,16 +589,32 @@ def main(argv: list[str] | None = None) -> int:
         f"- checks (warm-up included): agentfleet {fleet_load.accepted} x 202 (other: "
         f"{fleet_other or 'none'}), {fleet_enqueued} new messages on `agents`; bare "
         f"{bare_load.accepted} x 202 (other: {bare_other or 'none'}), {bare_enqueued} new messages "
-        f"on `{API_QUEUE}`"
+        f"on `{API_QUEUE}`; without histograms {off_load.accepted} x 202 (other: {off_other or 'none'}), "
+        f"{off_enqueued} new messages; histograms recorded with them on: {recorded}, off: {off_recorded}"
     )
-    failed = [row.metric for row in rows if row.verdict == "FAIL"]
-    if not sane or fleet_other or bare_other:
+    print(
+        "- histograms off: a second fleet (API, agent worker, tool worker) with "
+        f"`FLEET_METRICS__HISTOGRAMS=false` on db {OFF_DB} of the same Redis, its latency samples "
+        "interleaved with the first fleet's and its throughput rounds with both APIs'"
+    )
+    failed = [row.metric for row in [*rows, *overhead] if row.verdict == "FAIL"]
+    if not sane or fleet_other or bare_other or off_other:
         print("\nbench_core: a sanity check failed (non-202 answers or missing messages)", file=sys.stderr)
         return EXIT_FAILED
     if failed:
         print(f"\nbench_core: requirement failed: {', '.join(failed)}", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _exists(port: int, db: int, key: str) -> bool:
+    import redis
+
+    client = redis.Redis(port=port, db=db, socket_timeout=5)
+    try:
+        return bool(client.exists(key))
+    finally:
+        client.close()
 
 
 def _llen(port: int, db: int, key: str) -> int:

@@ -59,6 +59,14 @@ class Keys:
     def stats_tools(self) -> str:
         return f"{self.prefix}:stats:tools"
 
+    def histogram(self, family: str) -> str:
+        """A latency histogram's buckets and sums (worker/histograms.py)."""
+        return f"{self.prefix}:hist:{family}"
+
+    def stats_spend(self) -> str:
+        """Model tokens and cost counted fleet-wide (worker/histograms.py, worker/spend.py)."""
+        return f"{self.prefix}:stats:spend"
+
     def breaker_pattern(self) -> str:
         return f"{self.prefix}:breaker:*"
 

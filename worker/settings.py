@@ -197,6 +197,16 @@ class ObservabilitySection(_Section):
     tool_task_events: bool = False
 
 
+class MetricsSection(_Section):
+    """What the fleet counts for /metrics beyond its counters and gauges (worker/histograms.py)."""
+
+    # Latency histograms (run, queue wait, step, tool and model calls), counted in Redis inside
+    # the scripts that run at those moments. Off only to measure their cost (bench/bench_core.py).
+    histograms: bool = True
+    # fleet_cost_usd_total gets a `tenant` label: one series per agent and tenant (cardinality).
+    cost_by_tenant: bool = False
+
+
 class RolloutSection(_Section):
     canary_percent: float = Field(10, ge=0, le=100)
     rollback_on_error_rate: float = Field(0.05, ge=0, le=1)
@@ -268,6 +278,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSection = RuntimeSection()
     tools: ToolsSection = ToolsSection()
     observability: ObservabilitySection = ObservabilitySection()
+    metrics: MetricsSection = MetricsSection()
     rollout: RolloutSection = RolloutSection()
     webhooks: WebhooksSection = WebhooksSection()
     archive: ArchiveSection = ArchiveSection()

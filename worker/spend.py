@@ -46,7 +46,24 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 'reserved'
 """
 
-_SETTLE = """
+# Counts a charge in the fleet's spend stats (KEYS[3] of the scripts below, worker/histograms.py):
+# `cost|<agent>`, or `cost|<agent>|<tenant>` when by_tenant is '1', in micro-dollars.
+_LUA_COUNT_COST = """
+local function count_cost(k_run, k_stats, micro, by_tenant)
+  if tonumber(micro) <= 0 then return end
+  local owner = redis.call('HMGET', k_run, 'agent', 'tenant')
+  if not owner[1] then return end
+  local field = 'cost|' .. string.gsub(owner[1], '|', '_')
+  if by_tenant == '1' then field = field .. '|' .. string.gsub(owner[2] or '', '|', '_') end
+  redis.call('HINCRBY', k_stats, field, micro)
+end
+"""
+
+# KEYS: the run, the attempt's reservation, the fleet's spend stats. ARGV: tokens and micro-dollars
+# charged, cost by tenant ('1'/'0'), the model's label, the input and output tokens it reported.
+_SETTLE = (
+    _LUA_COUNT_COST
+    + """
 local tokens = redis.call('HGET', KEYS[2], 'tokens')
 if not tokens or redis.call('HGET', KEYS[2], 'settled') then return 0 end
 redis.call('HINCRBY', KEYS[1], 'tokens_reserved', -tonumber(tokens))
@@ -54,12 +71,21 @@ redis.call('HINCRBY', KEYS[1], 'cost_reserved', -tonumber(redis.call('HGET', KEY
 redis.call('HINCRBY', KEYS[1], 'tokens', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'cost_micro', ARGV[2])
 redis.call('HSET', KEYS[2], 'settled', 1)
+count_cost(KEYS[1], KEYS[3], ARGV[2], ARGV[3])
+if ARGV[4] ~= '' then
+  if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[3], 'tokens|' .. ARGV[4] .. '|input', ARGV[5]) end
+  if tonumber(ARGV[6]) > 0 then redis.call('HINCRBY', KEYS[3], 'tokens|' .. ARGV[4] .. '|output', ARGV[6]) end
+end
 return 1
 """
+)
 
 # A tool call's declared cost, charged once per call id unless it would pass max_cost_usd;
-# ARGV[4] = 1 only checks that it would fit (before the call is admitted and counted).
-_CHARGE = """
+# ARGV[4] = 1 only checks that it would fit (before the call is admitted and counted). KEYS[3] and
+# ARGV[5]: the fleet's spend stats and cost by tenant, as _SETTLE's.
+_CHARGE = (
+    _LUA_COUNT_COST
+    + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'charged' end
 local cost = tonumber(redis.call('HGET', KEYS[1], 'cost_micro') or '0')
   + tonumber(redis.call('HGET', KEYS[1], 'cost_reserved') or '0')
@@ -67,8 +93,10 @@ if cost + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 'max_cost' end
 if ARGV[4] == '1' then return 'fits' end
 redis.call('HINCRBY', KEYS[1], 'cost_micro', ARGV[1])
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+count_cost(KEYS[1], KEYS[3], ARGV[1], ARGV[5])
 return 'charged'
 """
+)
 
 
 @dataclass(frozen=True)
@@ -94,6 +122,14 @@ class ModelCallCost:
     max_cost_usd: float
 
 
+def reported_usage(result: dict[str, Any]) -> tuple[int, int]:
+    """The input and output tokens a model attempt's result reports (0, 0 without an answer)."""
+    if not result.get("ok"):
+        return 0, 0
+    usage = (result.get("result") or {}).get("usage") or {}
+    return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+
+
 def attempt_charge(result: dict[str, Any], cost: ModelCallCost) -> tuple[int, int]:
     """(tokens, micro-dollars) one model attempt is settled at, from its result envelope.
 
@@ -113,10 +149,13 @@ def attempt_charge(result: dict[str, Any], cost: ModelCallCost) -> tuple[int, in
 class SpendBudget:
     """Reserves and settles the model spend of one run, and charges its tool costs."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, run_id: str, ttl_s: int) -> None:
+    def __init__(
+        self, r: redis.Redis, keys: Keys, run_id: str, ttl_s: int, cost_by_tenant: bool = False
+    ) -> None:
         self.keys = keys
         self.run_key = keys.run(run_id)
         self.ttl_s = ttl_s
+        self.cost_by_tenant = "1" if cost_by_tenant else "0"  # settings.metrics.cost_by_tenant
         self._reserve = r.register_script(_RESERVE)
         self._settle = r.register_script(_SETTLE)
         self._charge = r.register_script(_CHARGE)
@@ -131,11 +170,23 @@ class SpendBudget:
         )
         return None if verdict == "reserved" else str(verdict)
 
-    def settle(self, call_id: str, attempt: int, tokens: int, cost_micro: int) -> bool:
-        """Replace the attempt's reservation by what it is charged; True the one time it does."""
+    def settle(
+        self,
+        call_id: str,
+        attempt: int,
+        tokens: int,
+        cost_micro: int,
+        usage: tuple[str, int, int] = ("", 0, 0),
+    ) -> bool:
+        """Replace the attempt's reservation by what it is charged; True the one time it does.
+        The same time, the charge counts in the fleet's cost by agent and `usage` (the model's
+        label, the input and output tokens it reported) in its tokens (fleet_cost_usd_total,
+        fleet_model_tokens_total)."""
+        model, input_tokens, output_tokens = usage
         return bool(
             self._settle(
-                keys=[self.run_key, self.keys.attempt_spend(call_id, attempt)], args=[tokens, cost_micro]
+                keys=[self.run_key, self.keys.attempt_spend(call_id, attempt), self.keys.stats_spend()],
+                args=[tokens, cost_micro, self.cost_by_tenant, model, input_tokens, output_tokens],
             )
         )
 
@@ -146,7 +197,7 @@ class SpendBudget:
         "max_cost". With `check_only`, None when it would fit (or was charged), and nothing changes.
         """
         verdict = self._charge(
-            keys=[self.run_key, self.keys.call_spend(call_id)],
-            args=[cost_micro, round(max_cost_usd * MICRO), self.ttl_s, int(check_only)],
+            keys=[self.run_key, self.keys.call_spend(call_id), self.keys.stats_spend()],
+            args=[cost_micro, round(max_cost_usd * MICRO), self.ttl_s, int(check_only), self.cost_by_tenant],
         )
         return None if verdict in ("charged", "fits") else str(verdict)

@@ -87,7 +87,11 @@ def metrics(state: State, authorization: Annotated[str | None, Header()] = None)
             )  # fmt: skip
     registry = CollectorRegistry()
     collector = FleetCollector(
-        state.r, state.keys, tenants=state.tenant_keys.values(), models=known_models(state.settings)
+        state.r,
+        state.keys,
+        tenants=state.tenant_keys.values(),
+        models=known_models(state.settings),
+        max_seconds=state.settings.max_seconds,
     )
     registry.register(collector)
     return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

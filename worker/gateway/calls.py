@@ -47,7 +47,7 @@ import redis
 import structlog
 from pydantic import BaseModel
 
-from worker import killswitch
+from worker import histograms, killswitch
 from worker.approvals import APPROVE, Approvals, Pending, denial_message
 from worker.breaker import BreakerPolicy, CircuitBreaker
 from worker.budget import ToolCallBudget
@@ -61,7 +61,7 @@ from worker.redact import redact
 from worker.retrybudget import RetryBudget, RetryPolicy
 from worker.run.guard import SLICE_S, BudgetExceeded, LeaseLost, Park, RunGuard
 from worker.settings import Settings
-from worker.spend import ModelCallCost, SpendBudget, attempt_charge
+from worker.spend import ModelCallCost, SpendBudget, attempt_charge, reported_usage
 from worker.tools import MODEL_TOOL, Tool, ToolFailure, get_tool, validate_args
 from worker.tools.base import ErrorType, error_result, is_retryable
 
@@ -184,7 +184,9 @@ class ToolGateway:
         self.tenant = tenant
         self.agent = agent
         self.run_id = run_id
-        self.spend = spend or SpendBudget(r, keys, run_id, budget.ttl_s)
+        self.spend = spend or SpendBudget(
+            r, keys, run_id, budget.ttl_s, cost_by_tenant=settings.metrics.cost_by_tenant
+        )
         self.max_cost_usd = settings.max_cost_usd if max_cost_usd is None else max_cost_usd
         # the settings do not change in a process: built once per run, not per call
         self.breaker_policy = BreakerPolicy(**settings.tools.breaker.model_dump())
@@ -526,9 +528,9 @@ class ToolGateway:
                     self._settle_attempt(call.call_id, attempt, call.cost, worst, decided)
                 raise
             if call.cost is not None:
-                self._settle_attempt(
-                    call.call_id, attempt, call.cost, attempt_charge(result, call.cost), decided
-                )
+                charge = attempt_charge(result, call.cost)
+                usage = (model_label(call.args.get("model"), self.settings), *reported_usage(result))
+                self._settle_attempt(call.call_id, attempt, call.cost, charge, decided, usage)
             final = is_final(spec, attempt, result, self.settings)
             if not settled:  # no reply, a model call, or the tool did not run: the bookkeeping is here
                 before, after, recorded, taken = self.controls.admitter.settle(
@@ -646,11 +648,18 @@ class ToolGateway:
         return quota
 
     def _settle_attempt(
-        self, call_id: str, attempt: int, cost: ModelCallCost, charge: tuple[int, int], quota: dict[str, Any]
+        self,
+        call_id: str,
+        attempt: int,
+        cost: ModelCallCost,
+        charge: tuple[int, int],
+        quota: dict[str, Any],
+        usage: tuple[str, int, int] = ("", 0, 0),
     ) -> None:
-        """Settle one attempt at `charge` (tokens, micro-dollars) in the run and the agent's quota."""
+        """Settle one attempt at `charge` (tokens, micro-dollars) in the run and the agent's quota;
+        `usage` (the model's label, its reported input and output tokens) counts in the fleet's."""
         tokens, micro = charge
-        self.spend.settle(call_id, attempt, tokens, micro)
+        self.spend.settle(call_id, attempt, tokens, micro, usage)
         if quota.get("reason") == NO_QUOTA:  # nothing was reserved from a daily limit
             return
         # Only an attempt charged under a spend quota is corrected, once (a Lua script keyed by it).
@@ -796,6 +805,11 @@ def is_final(spec: Tool, attempt: int, result: dict[str, Any], settings: Setting
     retry budget); the tool worker uses the same rule to settle a call it ran."""
     may_retry = not spec.writes or spec.idempotent
     return not (may_retry and attempt < settings.tools.retries.max and is_retryable(result))
+
+
+def model_label(model: Any, settings: Settings) -> str:
+    """A model's label in /metrics: its name when the fleet's config names it, else "other"."""
+    return histograms.label_or_other(str(model), histograms.known_models(settings))
 
 
 def stats_field(tool: str, result: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ import redis
 
 from worker.breaker import LUA_ALLOW, LUA_RECORD, BreakerPolicy
 from worker.budget import LUA_RESERVE as LUA_BUDGET
+from worker.histograms import LUA_OBSERVE
 from worker.killswitch import LUA_KILL_REASON
 from worker.policy import LUA_POLICY, LUA_REFUND, LUA_RESERVE
 from worker.ratelimit import LUA_GCRA, LUA_NOW, Rate
@@ -195,7 +196,9 @@ return {before, after, existing, taken and 1 or 0}
 # zset, 7 the schedulers' bell, 8 the tool's slots (toolslots.py). ARGV: 1 the envelope (JSON),
 # 2 the reply's TTL, 3 the attempt, 4 settle here (1/0: only when this attempt ran the tool), 5-10
 # as _SETTLE's 1-6, 11-12 as its 8-9 (the result is the envelope), 13 the run id, 14 the slot's
-# member ('' when the attempt took none). The reply says whether the bookkeeping is done.
+# member ('' when the attempt took none), 15 the series of the attempt's duration in the histogram
+# KEYS[9] ('' for none: the tool did not run, or histograms are off), 16 that duration (s). The reply
+# says whether the bookkeeping is done.
 # A run parked on this reply (worker/run/timers.py) is made due and the bell rung: a scheduler resumes
 # it at once. The attempt's slot is given back in the same trip.
 _REPLY = """
@@ -215,11 +218,12 @@ if park[1] == '1' and park[2] == KEYS[1] then
   redis.call('LTRIM', KEYS[7], 0, 63)
 end
 if ARGV[14] ~= '' then redis.call('ZREM', KEYS[8], ARGV[14]) end
+if ARGV[15] ~= '' then observe(KEYS[9], ARGV[15], tonumber(ARGV[16])) end
 return {settled, before, after}
 """
 
 SETTLE_SCRIPT = LUA_RECORD + LUA_SETTLE + _SETTLE
-REPLY_SCRIPT = LUA_RECORD + LUA_SETTLE + _REPLY
+REPLY_SCRIPT = LUA_RECORD + LUA_SETTLE + LUA_OBSERVE + _REPLY
 
 
 @dataclass(frozen=True)
@@ -409,13 +413,26 @@ class Replier:
         call_ttl_s: int,
         stats_field: str,
         slot: tuple[str, str] | None = None,
+        duration: tuple[str, str, float] | None = None,
     ) -> tuple[bool, str, str]:
         """Returns whether the call was settled here, and the breaker's states before and after.
-        `slot` (the tool's slots key and the attempt's member) is given back in the same trip."""
-        # without a slot, KEYS[8] is a key the script leaves alone
+        `slot` (the tool's slots key and the attempt's member) is given back in the same trip, and
+        `duration` (a histogram's key, the series, seconds; worker/histograms.py) observed."""
+        # without a slot, KEYS[8] is a key the script leaves alone; so is KEYS[9] without a duration
         slots_key, member = slot if slot is not None else (stats_key, "")
+        hist_key, labels, seconds = duration if duration is not None else (stats_key, "", 0.0)
         settled, before, after = self._reply(
-            keys=[reply_key, call_key, breaker_key, stats_key, run_key, timers_key, bell_key, slots_key],
+            keys=[
+                reply_key,
+                call_key,
+                breaker_key,
+                stats_key,
+                run_key,
+                timers_key,
+                bell_key,
+                slots_key,
+                hist_key,
+            ],
             args=[
                 envelope,
                 reply_ttl_s,
@@ -428,6 +445,8 @@ class Replier:
                 stats_field,
                 run_id,
                 member,
+                labels,
+                f"{seconds:.6f}",
             ],
         )
         return bool(settled), str(before), str(after)

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import redis
 import structlog
 
-from worker import killswitch, tools
+from worker import histograms, killswitch, tools
 from worker.breaker import BreakerPolicy
 from worker.budget import CALL_RECORD_TTL_S
 from worker.gateway.calls import REPLY_GRACE_S, REPLY_TTL_S, is_failure, is_final, stats_field
@@ -167,6 +167,7 @@ class ToolExecutor:
         self._breaker = BreakerPolicy(**settings.tools.breaker.model_dump())
         self._redis_pool = concurrent.futures.ThreadPoolExecutor(REDIS_THREADS, "tool-redis")
         self._sync_pool = sync_pool
+        self._models = frozenset(histograms.known_models(settings))
 
     async def _redis(self, fn: Callable[..., T], *args: Any) -> T:
         """A blocking Redis round trip, off the loop."""
@@ -219,8 +220,10 @@ class ToolExecutor:
         started = time.monotonic()
         result, ran, slot = await self._attempt(call_id, attempt, tool, args, timeout_s, admitted)
         result = self._capped(result)
-        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        duration_s = time.monotonic() - started
+        duration_ms = round(duration_s * 1000, 1)
         spec = tools.get_tool(tool)
+        duration = self._histogram(tool, args, result, duration_s) if ran else None
 
         def reply() -> tuple[bool, str, str]:
             return self._reply(
@@ -243,6 +246,7 @@ class ToolExecutor:
                 call_ttl_s=CALL_RECORD_TTL_S,
                 stats_field=stats_field(tool, result),
                 slot=slot,
+                duration=duration,
             )
 
         settled, before, after = await self._redis_until(reply, started + timeout_s + REPLY_GRACE_S)
@@ -259,6 +263,23 @@ class ToolExecutor:
         )
         if settled and after != before:
             log.warning("breaker change", tool=tool, outcome=after, previous=before)
+
+    def _histogram(
+        self, tool: str, args: Any, result: dict[str, Any], duration_s: float
+    ) -> tuple[str, str, float] | None:
+        """Where the reply observes an attempt that ran: the tool's or the model's duration
+        histogram, its series (a name the fleet does not know counts as "other"), the seconds."""
+        if not self.settings.metrics.histograms:
+            return None
+        outcome = "ok" if result.get("ok") else str((result.get("error") or {}).get("type", "tool_error"))
+        if tool == tools.MODEL_TOOL:
+            model = args.get("model") if isinstance(args, dict) else None
+            label = histograms.label_or_other(str(model), self._models)
+            family = histograms.MODEL_CALL
+        else:
+            label = tool if tools.get_tool(tool) is not None else histograms.OTHER
+            family = histograms.TOOL_CALL
+        return self.keys.histogram(family), histograms.series(label, outcome), duration_s
 
     async def _redis_until(self, fn: Callable[[], T], give_up: float) -> T:
         """A Redis round trip that, while Redis is unreachable (a restart), is tried again until

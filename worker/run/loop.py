@@ -208,7 +208,13 @@ def _steps(
         CALL_RECORD_TTL_S,
         used=int(raw.get("tool_calls", 0)),
     )
-    spend = SpendBudget(deps.r, deps.keys, run_id, deps.settings.run_ttl_s)
+    spend = SpendBudget(
+        deps.r,
+        deps.keys,
+        run_id,
+        deps.settings.run_ttl_s,
+        cost_by_tenant=deps.settings.metrics.cost_by_tenant,
+    )
     gateway = ToolGateway(
         deps.r,
         deps.keys,
@@ -310,7 +316,14 @@ def _steps(
             )  # fmt: skip
         cursor = step
         pending = resume = None
-        store.checkpoint(run_id, cursor=cursor, memory=memory, last_result=last_result, step_entry=entry)
+        store.checkpoint(
+            run_id,
+            cursor=cursor,
+            memory=memory,
+            last_result=last_result,
+            step_entry=entry,
+            agent=raw["agent"],
+        )
 
 
 def _act(

@@ -17,8 +17,10 @@ from typing import Any
 
 import redis
 
+from worker import histograms
+from worker.histograms import LUA_OBSERVE
 from worker.history.queue import LUA_ENQUEUE as LUA_ARCHIVE_ENQUEUE
-from worker.keys import Keys
+from worker.keys import AGENT_QUEUE, Keys
 from worker.killswitch import LUA_KILL_REASON, run_switch_keys
 from worker.run import events
 from worker.run.events import EVENTS_MAX, LUA_EMIT, status_data
@@ -106,12 +108,12 @@ return {'ok', ''}
 
 # KEYS: the run, its lease, the leases zset, the deadlines zset, the run's cancel key, the
 # queued-runs zset, the timers zset, the parked-per-tenant and parked-per-agent hashes, the run's
-# events and their channel, then the run's kill switches (killswitch.run_switch_keys of its
-# tenant and agent, which never change).
+# events and their channel, the queue-wait histogram (worker/histograms.py), then the run's kill
+# switches (killswitch.run_switch_keys of its tenant and agent, which never change).
 # ARGV: now (s), lease token, lease ttl (ms), run id, the dead holder this attempt takes over
 # ('' for none), the tenant and agent the switch keys are for, the park this delivery resumes
 # ('' for none: a first delivery or a requeue), the `running` status event's data, the events'
-# cap, the run's ttl (s).
+# cap, the run's ttl (s), the queue whose wait (created to first started) is observed ('': none).
 # A resume whose park is over (another resume took it, or the run parked again since) is 'stale'.
 # Taking a parked run unparks it and is no new attempt: `attempts` counts the executions that
 # began without a park to resume, so a worker that died is counted once.
@@ -119,6 +121,7 @@ _START = (
     LUA_KILL_REASON
     + LUA_UNPARK_COUNT
     + LUA_EMIT
+    + LUA_OBSERVE
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing'} end
@@ -136,6 +139,8 @@ redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[3]), ARGV[4])
 if s == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_ts', ARGV[1])
   emit(KEYS[10], KEYS[11], ARGV[10], ARGV[11], 'status', ARGV[9])
+  local created = tonumber(redis.call('HGET', KEYS[1], 'created_ts') or '')
+  if ARGV[12] ~= '' and created then observe(KEYS[12], ARGV[12], math.max(0, tonumber(ARGV[1]) - created)) end
 end
 if park[1] == '1' then
   redis.call('HDEL', KEYS[1], 'parked')
@@ -158,24 +163,26 @@ if run['approval_since'] then
   deadline = deadline + math.max(0, tonumber(ARGV[1]) - tonumber(run['approval_since']))
 end
 redis.call('ZADD', KEYS[4], string.format('%.6f', deadline), ARGV[4])
-return {'started', raw, {kill_reason({unpack(KEYS, 12)}), redis.call('GET', KEYS[5])}}
+return {'started', raw, {kill_reason({unpack(KEYS, 13)}), redis.call('GET', KEYS[5])}}
 """
 )
 
 # KEYS: the run, its ended channel, its step log, the run stats, its lease, the leases zset,
 # the deadlines zset, the queued-runs zset, the timers zset, the parked-per-tenant and -agent
 # hashes, the run's events, then the webhook outbox's delivery hash, due and born zsets, then the
-# archive's due and ended zsets (worker/history/queue.py).
+# archive's due and ended zsets (worker/history/queue.py), then the run-duration histogram.
 # ARGV: status, stop_reason, output, error, now (s), ttl (s), the lease
 # token to release ('' for none), the run id, the step count to write first ('' for none),
 # 'parked' or 'queued' to end the run only if it is parked or still queued (the kill sweep: an
 # executing run checks its switches itself), the terminal status event's data, the events' cap,
-# the id of the `end` webhook delivery (used when the run has a webhook subscribed to `end`).
+# the id of the `end` webhook delivery (used when the run has a webhook subscribed to `end`),
+# '1' to observe the run's duration (first start to end) in the histogram.
 # The status and `end` events are announced by the PUBLISH on the ended channel.
 # Returns {1 when this call ended the run else 0, agent, version, started_ts, finished_ts}.
 _FINISH = (
     LUA_UNPARK_COUNT
     + LUA_EMIT
+    + LUA_OBSERVE
     + LUA_WEBHOOK_ENQUEUE
     + LUA_ARCHIVE_ENQUEUE
     + """
@@ -220,6 +227,10 @@ emit(KEYS[12], false, ARGV[12], ARGV[6], 'status', ARGV[11])
 emit(KEYS[12], false, ARGV[12], ARGV[6], 'end', '')
 webhook_enqueue(KEYS[1], KEYS[13], KEYS[14], KEYS[15], 'end', ARGV[13], ARGV[8], f[7] or '', ARGV[5], '')
 archive_enqueue(KEYS[16], KEYS[17], ARGV[8], ARGV[5])
+if ARGV[14] == '1' and f[2] and f[5] then
+  local agent = string.gsub(f[5], '|', '_')
+  observe(KEYS[18], agent .. '|' .. ARGV[1], math.max(0, tonumber(ARGV[5]) - tonumber(f[2])))
+end
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return {1, f[5], f[6], started, ARGV[5]}
 """
@@ -329,8 +340,10 @@ class RunStore:
         ttl_s: int = 7 * 86400,
         on_end: EndHook | None = None,
         lease_ttl_s: float = LEASE_TTL_S,
+        histograms: bool = True,
     ) -> None:
         self.r = r
+        self.histograms = histograms  # settings.metrics.histograms: record latencies (worker/histograms.py)
         self.keys = keys
         self.ttl_s = ttl_s
         self.on_end = on_end
@@ -443,6 +456,7 @@ class RunStore:
                 keys.parked_owners("agent"),
                 keys.run_events(run_id),
                 keys.run_events_channel(run_id),
+                keys.histogram(histograms.QUEUE_WAIT),
                 *run_switch_keys(keys, str(tenant), str(agent)),
             ],
             args=[
@@ -457,6 +471,7 @@ class RunStore:
                 status_data(RUNNING),
                 EVENTS_MAX,
                 self.ttl_s,
+                AGENT_QUEUE if self.histograms else "",
             ],
         )
         if verdict == "terminal":
@@ -481,10 +496,12 @@ class RunStore:
         memory: dict[str, Any],
         last_result: Any,
         step_entry: dict[str, Any],
+        agent: str = "",
     ) -> None:
         """Persist the loop's position after a step, with the step's entry in the step log and as
         the run's `step` event (the same JSON text); the step's park record
-        (worker/run/timers.py), if it parked, is done with. One transaction, one round trip."""
+        (worker/run/timers.py), if it parked, is done with. One transaction, one round trip.
+        Given the run's `agent`, the step's `duration_ms` is observed in the step histogram."""
         key, log = self.keys.run(run_id), self.keys.run_steps(run_id)
         entry = json.dumps(step_entry)
         pipe = self.r.pipeline(transaction=True)
@@ -497,6 +514,11 @@ class RunStore:
         pipe.ltrim(log, -STEP_LOG_MAX, -1)
         pipe.expire(log, self.ttl_s)
         events.emit_in(pipe, self.keys, run_id, events.STEP, entry, self.ttl_s)
+        if self.histograms and agent and "duration_ms" in step_entry:
+            labels = histograms.series(agent, str(step_entry.get("action", "")))
+            histograms.observe_in(
+                pipe, self.keys.histogram(histograms.STEP), labels, float(step_entry["duration_ms"]) / 1000
+            )
         pipe.execute()
 
     def finish(
@@ -570,6 +592,7 @@ class RunStore:
                 keys.run_events(run_id),
                 *self._webhook_keys(delivery_id),
                 *self._archive_keys(),
+                keys.histogram(histograms.RUN),
             ],
             args=[
                 status,
@@ -585,6 +608,7 @@ class RunStore:
                 status_data(status, stop_reason),
                 EVENTS_MAX,
                 delivery_id,
+                "1" if self.histograms else "",
             ],
             client=pipe,
         )
