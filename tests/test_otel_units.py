@@ -36,6 +36,7 @@ def test_every_string_of_a_span_is_redacted_before_export() -> None:
         span.set_attribute("url.query", "who=alice%40example.com")
         span.set_attribute("api_key", "plain-looking-value")  # a key named like a secret
         span.set_attribute("fleet.step", 3)
+        span.set_attributes({"client.address": "203.0.113.7", "client.port": 50123})
         span.add_event("note", {"detail": corpus[1]})
         span.set_status(Status(StatusCode.ERROR, corpus[2]))
     (out,) = memory.get_finished_spans()
@@ -53,6 +54,7 @@ def test_every_string_of_a_span_is_redacted_before_export() -> None:
     assert attributes["url.query"] == "who=[EMAIL]"
     assert attributes["api_key"] == "[REDACTED]"
     assert attributes["fleet.step"] == 3  # numbers, ids and names stay
+    assert "client.address" not in attributes and "client.port" not in attributes
     assert out.status.status_code is StatusCode.ERROR
 
 

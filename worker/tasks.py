@@ -35,7 +35,7 @@ from worker.run.loop import LoopDeps, execute_run, exit_process
 from worker.run.store import STOPPED, TERMINAL, Budgets, RunStore, overdue
 from worker.run.timers import Due, Scheduler, Timers
 from worker.settings import get_settings
-from worker.tracing import TRACEPARENT, current_traceparent
+from worker.tracing import TRACEPARENT, trace_headers
 from worker.webhooks import delivery, outbox
 
 agents.load_plugins(get_settings().plugins)
@@ -76,12 +76,12 @@ class CeleryDispatcher:
                 ignore_result=True,  # the reply comes through its own list, never the result backend
                 # sent_at: the queue's oldest-message age (/metrics); the run's trace id, for the
                 # tool worker's log line; its tenant and agent, to name the run's switches
-                # and the step's span context, which the tool worker's span continues
+                # and, with traces on, the step's span context (worker/tracing.py)
                 headers={
                     "sent_at": time.time(),
                     "trace_id": _trace_id(),
                     "owner": list(owner),
-                    TRACEPARENT: current_traceparent(),
+                    **trace_headers(),
                 },
                 # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S)
                 # is dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ by host.

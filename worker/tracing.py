@@ -130,6 +130,12 @@ def current_traceparent() -> str | None:
     return carrier.get(TRACEPARENT)
 
 
+def trace_headers() -> dict[str, str]:
+    """The current span's context as message headers (`traceparent`); none while off."""
+    traceparent = current_traceparent()
+    return {TRACEPARENT: traceparent} if traceparent else {}
+
+
 def current_trace_id() -> str | None:
     """The current span's trace id (32 hex), for the run's `trace_id`; None when off or none."""
     if _tracer is None:
@@ -213,6 +219,7 @@ class RunTrace:
         }
         self._span: Span | None = None
         self._token: object = None
+        self._thread = 0  # the thread whose context holds the step's span (the run's)
 
     def __enter__(self) -> RunTrace:
         return self
@@ -247,6 +254,7 @@ class RunTrace:
         attributes: dict[str, Any] = {**self._attributes, "fleet.step": step, "fleet.step.resumed": resumed}
         self._span = _tracer.start_span("step", context=self._parent, attributes=attributes)
         self._token = context.attach(trace.set_span_in_context(self._span))
+        self._thread = threading.get_ident()
 
     def end_step(self, entry: dict[str, Any]) -> None:
         """The step is done: its step-log entry gives the action, tool and outcome."""
@@ -280,9 +288,11 @@ class RunTrace:
         from opentelemetry import context
 
         span, self._span = self._span, None
-        if self._token is not None:
-            context.detach(self._token)  # type: ignore[arg-type]
-            self._token = None
+        token, self._token = self._token, None
+        # The watchdog (another thread) may end a run at its deadline: only the run's own thread
+        # can take the span out of its context.
+        if token is not None and threading.get_ident() == self._thread:
+            context.detach(token)  # type: ignore[arg-type]
         span.end()
 
 

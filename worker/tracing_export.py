@@ -24,12 +24,31 @@ def _text(value: str) -> str:
     return redact_text(unquote(value) if "%" in value else value)
 
 
+# The caller's address, which the HTTP instrumentation records on the API's spans: personal data
+# that Sentry (send_default_pii=False) and the logs leave out too.
+PEER_ATTRIBUTES = frozenset(
+    {
+        "client.address",
+        "client.port",
+        "network.peer.address",
+        "network.peer.port",
+        "net.peer.ip",
+        "net.peer.port",
+        "net.sock.peer.addr",
+        "net.sock.peer.port",
+        "http.client_ip",
+    }
+)
+
+
 def redact_attributes(attributes: Attributes) -> dict[str, Any]:
-    """A span's attributes as the logs would show them: a value under a secret-looking key is
-    `[REDACTED]` whole, every other string (alone or in a list) passes `redact_text`, decoded
-    from percent-encoding first."""
+    """A span's attributes as the logs would show them: no caller's address; a value under a
+    secret-looking key is `[REDACTED]` whole; every other string (alone or in a list) passes
+    `redact_text`, decoded from percent-encoding first."""
     out: dict[str, Any] = {}
     for key, value in (attributes or {}).items():
+        if key in PEER_ATTRIBUTES:
+            continue
         if is_secret_key(key):
             out[key] = REDACTED
         elif isinstance(value, str):
