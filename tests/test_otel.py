@@ -5,7 +5,8 @@ each body as an ExportTraceServiceRequest) and a fake Sentry on the same server;
 redis-server, the API, a prefork agent worker, a tool worker) with OTEL_EXPORTER_OTLP_ENDPOINT
 pointing at it, SENTRY_DSN too, and `observability.otel_content` on. One `llm` run against
 tests/fake_openai.py: the model asks for one `http.get` (of a page on the receiver, full of PII),
-then answers. Its spans form one trace: the API request, the queue wait and the steps under it,
+then answers; the model and the page answer slowly, so each step parks and resumes in a new
+delivery. Its spans form one trace: the API request, the queue wait and the steps under it,
 the tool call and the model calls (GenAI attributes, token counts) under their steps, each from
 the process that did the work; the PII corpus appears nowhere in the exported bytes; Sentry still
 receives the run's transaction. Without the variable, nothing starts (cheap, in a subprocess).
@@ -40,6 +41,9 @@ from worker.keys import Keys
 MODEL = "fake-model"
 USAGE = [{"prompt_tokens": 21, "completion_tokens": 7}, {"prompt_tokens": 43, "completion_tokens": 3}]
 SENTRY_KEY = "0a1b2c3d4e5f40718293a4b5c6d7e8f9"
+# The model and the page answer this late, well past runtime.park_after_ms (50 ms): every step
+# parks for its reply and resumes in a new execution, which must stay in the run's trace.
+SLOW_S = 0.5
 
 
 def _value(v: AnyValue) -> Any:
@@ -103,7 +107,8 @@ class Receiver:
                         outer.other.append(self.path)
                     self._answer(b"", "text/plain", 404)
 
-            def do_GET(self) -> None:  # the page the run's http.get fetches: the corpus
+            def do_GET(self) -> None:  # the page the run's http.get fetches: the corpus, slowly
+                time.sleep(SLOW_S)
                 page = json.dumps({"texts": [c.value for c in CORPUS]}, ensure_ascii=False).encode()
                 self._answer(page, "application/json")
 
@@ -189,8 +194,9 @@ def run(fleet: Fleet, fake: FakeOpenAI, receiver: Receiver) -> dict[str, Any]:
             {
                 "tool_calls": [{"id": "call_1", "name": "http__get", "arguments": {"url": page}}],
                 "usage": USAGE[0],
+                "delay_s": SLOW_S,
             },
-            {"content": "Found: " + " | ".join(pii[:20]), "usage": USAGE[1]},
+            {"content": "Found: " + " | ".join(pii[:20]), "usage": USAGE[1], "delay_s": SLOW_S},
         ],
     )
     prompt = "Look these up:\n" + "\n".join(pii) + "\nscenario:otel:one"
@@ -223,8 +229,9 @@ def _trace(receiver: Receiver, run_id: str, expected: int) -> list[Span]:
 def test_one_run_is_one_trace_from_request_to_model_call(
     fleet: Fleet, run: dict[str, Any], receiver: Receiver
 ) -> None:
-    # the request, the queue wait, 4 steps (model, tool, model, the answer), 1 tool call, 2 model calls
-    spans = _trace(receiver, run["id"], expected=9)
+    # the request, the queue wait, 3 steps parked and resumed (model, tool, model), the answer's
+    # step, 1 tool call, 2 model calls
+    spans = _trace(receiver, run["id"], expected=12)
     assert len({s.trace_id for s in spans}) == 1, "the run's spans span more than one trace"
     by_id = {s.span_id: s for s in spans}
 
@@ -236,8 +243,8 @@ def test_one_run_is_one_trace_from_request_to_model_call(
     assert wait.parent_id == request.span_id
     assert request.start_ns <= wait.start_ns <= wait.end_ns
 
-    # One span per execution of a step: a step that parked for its reply has a second one, from
-    # the execution that resumed it (on any child of the agent worker).
+    # One span per execution of a step: each step parked for its slow reply, and has a second
+    # span from the execution that resumed it (a new delivery, on any child of the agent worker).
     steps: dict[int, list[Span]] = {}
     for s in sorted((s for s in spans if s.name == "step"), key=lambda s: s.start_ns):
         steps.setdefault(int(s.attributes["fleet.step"]), []).append(s)
@@ -246,14 +253,14 @@ def test_one_run_is_one_trace_from_request_to_model_call(
     assert last.attributes["fleet.run.status"] == "succeeded"
     assert "fleet.action" not in last.attributes
     for number, action in ((1, "model"), (2, "tool"), (3, "model")):
-        first, *resumed = steps[number]
-        assert len(resumed) <= 1
+        first, resumed = steps[number]
         assert first.attributes["fleet.action"] == action
         assert first.attributes["fleet.step.resumed"] is False
-        assert first.attributes.get("fleet.step.parked", False) is bool(resumed)
-        if resumed:
-            assert resumed[0].attributes["fleet.step.resumed"] is True
-            assert resumed[0].attributes["fleet.outcome"] == "ok"
+        assert first.attributes["fleet.step.parked"] is True
+        assert resumed.attributes["fleet.step.resumed"] is True
+        assert resumed.attributes["fleet.action"] == action
+        assert resumed.attributes["fleet.outcome"] == "ok"
+        assert first.end_ns <= resumed.start_ns
     step_spans = [s for group in steps.values() for s in group]
     assert all(s.parent_id == request.span_id for s in step_spans)
     # the steps ran in the agent worker's prefork children, which exported them themselves
@@ -286,7 +293,7 @@ def test_one_run_is_one_trace_from_request_to_model_call(
 def test_content_is_exported_redacted_and_no_pii_leaves_the_fleet(
     run: dict[str, Any], receiver: Receiver
 ) -> None:
-    spans = _trace(receiver, run["id"], expected=9)
+    spans = _trace(receiver, run["id"], expected=12)
     (tool,) = [s for s in spans if s.name == "execute_tool http.get"]
     chats = [s for s in spans if s.name.startswith("chat ")]
     # content on: exported, with the corpus's placeholders where its values were
