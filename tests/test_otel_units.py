@@ -107,3 +107,20 @@ tracing.shutdown()
     (line,) = [x for x in out.stdout.splitlines() if x.startswith('{"sentry"')]
     seen = json.loads(line)
     assert seen == {"sentry": True, "otel": True, "global": "ProxyTracerProvider"}, seen
+
+
+def test_a_run_stored_without_a_span_context_still_has_one_trace_its_own_trace_id() -> None:
+    """A run created by an API that did not trace: its spans hang from a parent made from its
+    own ids, the same for every execution, so they still share one trace (the run's trace_id)."""
+    from opentelemetry import trace
+
+    run_id, trace_id = "7f" * 16, "3c" * 16
+    contexts = [tracing.run_context(run_id, {"trace_id": trace_id}) for _ in range(2)]
+    parents = [trace.get_current_span(c).get_span_context() for c in contexts]
+    assert parents[0] == parents[1]
+    assert trace.format_trace_id(parents[0].trace_id) == trace_id and parents[0].is_remote
+    stored = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    raw = {"trace_id": trace_id, "traceparent": stored}
+    request = trace.get_current_span(tracing.run_context(run_id, raw))
+    assert trace.format_span_id(request.get_span_context().span_id) == "cd" * 8  # the stored one
+    assert tracing.run_context(run_id, {"trace_id": "not hex"}) is None
