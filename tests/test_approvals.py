@@ -104,6 +104,14 @@ def test_an_approved_call_runs_and_the_wait_does_not_count_against_max_seconds(f
 
     again = decide(fleet, run["id"], waiting["call_id"], {"decision": "deny"})
     refused(again, 409, "conflict")
+    # The same decision again, as a client's retry after a lost answer sends it: 200, nothing changes.
+    repeat = decide(fleet, run["id"], waiting["call_id"], {"decision": "approve", "comment": "ok by ops"})
+    assert repeat.status_code == 200, repeat.text
+    assert fleet.get(run["id"], steps=True)["steps"][0]["approval"] == step["approval"]
+    other_comment = decide(fleet, run["id"], waiting["call_id"], {"decision": "approve", "comment": "again"})
+    refused(other_comment, 409, "conflict")
+    other_tenant = decide(fleet, run["id"], waiting["call_id"], {"decision": "approve"}, KEY_T2)
+    refused(other_tenant, 404, "not_found")
 
 
 def test_a_denied_call_reaches_the_agent_as_denied_with_the_comment(fleet: Fleet) -> None:

@@ -713,6 +713,28 @@ def test_every_environment_name_is_one_the_code_reads() -> None:
             assert var in names or var.startswith(sections) or f'"{var}"' in source, f"{name}: {var}"
 
 
+def test_compose_preflight_runs_fleet_doctor_once_before_every_fleet_service() -> None:
+    services = load_compose()["services"]
+    preflight = services["preflight"]
+    assert preflight["command"][:2] == ["doctor", "--kind"] and preflight["command"][2] == "all"
+    assert preflight["image"] == services["worker"]["image"], "the worker image"
+    assert preflight["restart"] == "no", "a one-shot"
+    assert preflight["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "preflight" not in preflight["depends_on"]
+    for name in FLEET_SERVICES:
+        assert services[name]["depends_on"]["preflight"]["condition"] == "service_completed_successfully", (
+            name
+        )
+    # the secrets of every service whose checks it makes: API keys, the model key, the database URL
+    mounted = set(preflight["secrets"])
+    assert {"fleet_api_keys", "openai_api_key", "fleet_database_url", "redis_password"} <= mounted
+    assert (
+        preflight["environment"]["FLEET_API_KEYS_FILE"]
+        == services["api"]["environment"]["FLEET_API_KEYS_FILE"]
+    )
+    assert preflight["environment"]["FLEET_REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password"
+
+
 def test_published_ports_are_the_ports_the_processes_listen_on() -> None:
     services = load_compose()["services"]
     api_port = image_env(image_of(services["api"]))["FLEET_API_PORT"]
@@ -920,6 +942,177 @@ def test_keda_scales_tool_workers_on_every_tool_queue() -> None:
     assert {"tools", *(tool_queue(n) for n in builtin), WEBHOOK_QUEUE, ARCHIVE_QUEUE} <= lists
 
 
+# -- the preflight and the NetworkPolicies ---------------------------------------------------------
+
+PREFLIGHT_KINDS = {"api": "api", "worker": "worker", "tool-worker": "tool-worker"}
+
+
+@pytest.mark.parametrize("name", sorted(PREFLIGHT_KINDS))
+def test_k8s_deployment_runs_fleet_doctor_of_its_kind_as_an_init_container(name: str) -> None:
+    deployment = k8s_object("Deployment", name)
+    container = only_container(deployment)
+    [init] = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert init["image"] == container["image"], "the same image"
+    assert init["args"] == ["doctor", "--kind", PREFLIGHT_KINDS[name]]
+    assert init["envFrom"] == container["envFrom"], "the same environment"
+    assert [e for e in container.get("env", []) if e["name"].endswith("_FILE")] == [
+        e for e in init.get("env", []) if e["name"].endswith("_FILE")
+    ], "the same secret files"
+    assert init["volumeMounts"] == container["volumeMounts"], "the same secrets and config"
+    assert init["securityContext"] == container["securityContext"]
+    assert init["resources"]["limits"]["memory"]
+
+
+def pod_labels(component: str) -> dict[str, str]:
+    kind = "StatefulSet" if component == "redis" else "Deployment"
+    labels: dict[str, str] = k8s_object(kind, component)["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector's verdict (matchLabels and the In / NotIn / Exists operators)."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]  # fmt: skip
+        if not ok:
+            return False
+    return True
+
+
+def policies_of(component: str, direction: str) -> list[dict[str, Any]]:
+    """The NetworkPolicies that select the component's pods for `Ingress` or `Egress`."""
+    labels = pod_labels(component)
+    return [
+        o
+        for o in k8s_objects()
+        if o["kind"] == "NetworkPolicy"
+        and selects(o["spec"]["podSelector"], labels)
+        and direction in o["spec"]["policyTypes"]
+    ]
+
+
+def egress_peers(component: str) -> list[tuple[dict[str, Any], list[Any]]]:
+    """Every (peer, ports) a component's pods may send to; an empty peer list is "anywhere"."""
+    peers = []
+    for policy in policies_of(component, "Egress"):
+        for rule in policy["spec"].get("egress", []):
+            ports = [p["port"] for p in rule.get("ports", [])]
+            assert rule.get("to"), f"{policy['metadata']['name']}: an egress rule to anywhere"
+            peers += [(peer, ports) for peer in rule["to"]]
+    return peers
+
+
+def is_dns(peer: dict[str, Any], ports: list[Any]) -> bool:
+    return (
+        peer.get("namespaceSelector", {}).get("matchLabels") == {"kubernetes.io/metadata.name": "kube-system"}
+        and peer.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"}
+        and set(ports) == {53}
+    )
+
+
+def is_redis(peer: dict[str, Any], ports: list[Any]) -> bool:
+    return (
+        "namespaceSelector" not in peer
+        and "podSelector" in peer
+        and selects(peer["podSelector"], pod_labels("redis"))
+        and not selects(peer["podSelector"], pod_labels("api"))
+        and ports == [6379]
+    )
+
+
+def is_database(peer: dict[str, Any], ports: list[Any]) -> bool:
+    import ipaddress
+
+    block = peer.get("ipBlock")
+    return bool(block) and ipaddress.ip_network(block["cidr"]).is_private and ports == [5432]
+
+
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8",
+                  "100.64.0.0/10", "fc00::/7", "fe80::/10", "::1/128")  # fmt: skip
+
+
+def test_network_policies_are_in_the_kustomization_and_every_fleet_pod_is_egress_isolated() -> None:
+    kustomization = k8s_object_file("kustomization.yaml")
+    assert "network.yaml" in kustomization["resources"]
+    assert {p.name for p in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"} <= set(
+        kustomization["resources"]
+    )
+    for name in FLEET_SERVICES:
+        assert policies_of(name, "Egress"), f"{name}: no egress policy selects its pods"
+
+
+@pytest.mark.parametrize("name", ["worker", "api", "flower"])
+def test_agent_workers_api_and_flower_reach_only_dns_redis_and_the_database(name: str) -> None:
+    peers = egress_peers(name)
+    assert any(is_dns(p, ports) for p, ports in peers) and any(is_redis(p, ports) for p, ports in peers)
+    for peer, ports in peers:
+        assert (
+            is_dns(peer, ports) or is_redis(peer, ports) or (name != "flower" and is_database(peer, ports))
+        ), f"{name} may reach {peer} {ports}"
+
+
+def test_tool_workers_reach_the_internet_but_no_private_range() -> None:
+    import ipaddress
+
+    peers = egress_peers("tool-worker")
+    open_blocks = [p["ipBlock"] for p, ports in peers if "ipBlock" in p and not ports]
+    assert {b["cidr"] for b in open_blocks} == {"0.0.0.0/0", "::/0"}, "the internet, any port"
+    excluded = [ipaddress.ip_network(c) for b in open_blocks for c in b.get("except", [])]
+    for private in map(ipaddress.ip_network, PRIVATE_RANGES):
+        assert any(private.subnet_of(e) for e in excluded if e.version == private.version), private  # type: ignore[arg-type]
+    # beyond the internet: DNS, Redis, the database and the documented list (empty as shipped)
+    for peer, ports in peers:
+        if "ipBlock" in peer and not ports:
+            continue
+        assert is_dns(peer, ports) or is_redis(peer, ports) or is_database(peer, ports), peer
+    documented = k8s_object("NetworkPolicy", "tool-worker-internal-upstreams")
+    assert selects(documented["spec"]["podSelector"], pod_labels("tool-worker"))
+    assert not selects(documented["spec"]["podSelector"], pod_labels("worker"))
+
+
+def test_the_api_admits_only_the_ingress_controller_and_prometheus() -> None:
+    [policy] = policies_of("api", "Ingress")
+    [rule] = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == ["http"]
+    namespaces = set()
+    for peer in rule["from"]:
+        assert "namespaceSelector" in peer and "podSelector" in peer, "a named namespace and pods"
+        namespaces.add(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
+    assert namespaces == {"ingress-nginx", "monitoring"}
+    [redis_policy] = policies_of("redis", "Ingress")
+    assert redis_policy["metadata"]["name"] == "redis", "one ingress policy for Redis (redis.yaml)"
+
+
+def test_k8s_manifests_pass_the_strict_schema_check() -> None:
+    """kubernetes-validate --strict against the Kubernetes 1.31 schemas: an unknown or misspelt
+    field fails (KEDA's custom resources and the Kustomization have no schema there)."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    checked = 0
+    for obj in k8s_objects():
+        doc = {k: v for k, v in obj.items() if k != "__file__"}
+        if obj["kind"] == "Kustomization" or obj["apiVersion"].startswith("keda.sh/"):
+            continue
+        kubernetes_validate.validate(doc, K8S_SCHEMA_VERSION, strict=True)
+        checked += 1
+    assert checked >= 15
+    misspelt = {**k8s_object("NetworkPolicy", "fleet-egress"), "__file__": None}
+    misspelt = {k: v for k, v in misspelt.items() if k != "__file__"}
+    misspelt["spec"] = {**misspelt["spec"], "egres": []}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(misspelt, K8S_SCHEMA_VERSION, strict=True)
+
+
+def k8s_object_file(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((K8S_DIR / name).read_text())
+    return loaded
+
+
+K8S_SCHEMA_VERSION = "1.31.0"
+
+
 # == the compose topology, run natively ============================================================
 
 
@@ -1090,6 +1283,9 @@ class NativeStack:
 
     def start(self) -> None:
         self.start_redis()
+        self.preflight = self.run_preflight()
+        if self.preflight.returncode != 0:  # compose would start no fleet service either
+            raise AssertionError(f"the preflight failed:\n{self.preflight.stdout}{self.preflight.stderr}")
         replicas = {name: self.compose["services"][name].get("deploy", {}).get("replicas", 1)
                     for name in FLEET_SERVICES}  # fmt: skip
         for name in FLEET_SERVICES:
@@ -1103,6 +1299,12 @@ class NativeStack:
                 self.procs.append(proc)
         for proc in self.procs:
             wait_for(lambda p=proc: self.started(p), 60, f"{proc.service} never started:\n{self.logs()}")
+
+    def run_preflight(self) -> subprocess.CompletedProcess[str]:
+        """The compose `preflight` service (`fleet doctor`), run to its end as compose runs it
+        before the fleet services."""
+        proc = self.build("preflight", 1)
+        return subprocess.run(proc.argv, env=proc.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
     def started(self, proc: NativeProc) -> bool:
         """A cheap look (the heartbeat file, the HTTP port) before the real healthcheck runs."""
@@ -1222,6 +1424,18 @@ def test_compose_services_start_natively_and_pass_their_healthchecks(stack: Nati
     info = stack.redis().info("persistence")
     assert info["aof_enabled"] == 1, "redis-server runs ops/redis.conf"
     assert stack.redis().config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+
+
+def test_the_compose_preflight_passes_on_the_compose_stack_and_prints_no_secret(stack: NativeStack) -> None:
+    out = stack.preflight.stdout
+    assert stack.preflight.returncode == 0, out + stack.preflight.stderr
+    lines = out.splitlines()
+    names = {line.split()[1] for line in lines[:-1]}
+    assert {"config", "redis", "redis.appendonly", "redis.maxmemory-policy", "clock", "database",
+            "secrets.api_keys", "upstream"} <= names, out  # fmt: skip
+    assert all(line.startswith("ok ") for line in lines[:-1]), "ops/redis.conf and the secrets: all ok"
+    for secret in (stack.api_key, stack.redis_password, stack.admin_key):
+        assert secret not in out + stack.preflight.stderr
 
 
 def test_redis_refuses_clients_without_the_password_and_no_process_logs_it(stack: NativeStack) -> None:

@@ -25,15 +25,21 @@ USAGE_ERROR = 2
 def _settings() -> Settings:
     try:
         settings = load_settings()
-        settings.tenant_keys()  # a bad key list stops every process, not only the API
-        settings.admin_key_set()
-        settings.tenant_webhook_secrets()
-        _check_database_url(settings)
-        _check_agents(settings)
+        validate_settings(settings)
         return settings
     except ConfigError as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
+
+
+def validate_settings(settings: Settings) -> None:
+    """What every process checks of its settings at start (`fleet doctor` too); a ConfigError
+    names the setting."""
+    settings.tenant_keys()  # a bad key list stops every process, not only the API
+    settings.admin_key_set()
+    settings.tenant_webhook_secrets()
+    _check_database_url(settings)
+    _check_agents(settings)
 
 
 def _check_database_url(settings: Settings) -> None:
@@ -344,6 +350,13 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """`fleet doctor`: the deploy preflight (worker/doctor.py); 0 when every needed check passes."""
+    from worker.doctor import main as doctor
+
+    return doctor(args.kind, args.json)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     settings = _settings()
     data = settings.model_dump(mode="json")
@@ -651,6 +664,17 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--max-age", type=float, default=None, help="seconds (default 15)")
 
     sub.add_parser("config", help="print the effective configuration, secrets masked")
+
+    doctor = sub.add_parser(
+        "doctor", help="deploy preflight: Redis, config, secrets, upstreams and clock, from where it runs"
+    )
+    doctor.add_argument(
+        "--kind",
+        choices=["api", "worker", "tool-worker", "all"],
+        default="all",
+        help="the checks the process of this kind needs (default all)",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 
 
@@ -693,6 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "usage": cmd_history,
         "healthcheck": cmd_healthcheck,
         "rollout": cmd_rollout,
+        "doctor": cmd_doctor,
     }
     return handlers[args.command](args)
 

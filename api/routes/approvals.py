@@ -4,6 +4,7 @@ worker/approvals.py."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -46,19 +47,37 @@ class ApprovalsOut(BaseModel):
 @router.post("/v1/runs/{run_id}/approvals/{call_id}", responses={200: {"model": RunOut}, **_ERRORS})
 def decide(run_id: str, call_id: str, body: DecisionIn, state: State, tenant: Tenant) -> FleetJSONResponse:
     """Approve or deny a tool call that waits for approval, with the run's tenant key: 200 with
-    the run; 404 for an unknown run or call; 409 once the call has been decided (or its run has
-    ended). An approved call then goes through the whole gateway, checked at that moment."""
+    the run; 404 for an unknown run or call; 409 once the call has been decided otherwise (or its
+    run has ended undecided). The same decision sent again (same tenant, decision and comment: a
+    client's retry after a lost answer) is 200 again, not a conflict. An approved call then goes
+    through the whole gateway, checked at that moment."""
     if not _RUN_ID_RE.fullmatch(run_id):
         raise _not_found(run_id)
     comment = redact_text(body.comment) if body.comment else None
     try:
         state.approvals.decide(run_id, call_id, body.decision, tenant=tenant, comment=comment)
     except DecisionRefused as refused:
-        raise _refusal(run_id, call_id, refused) from None
+        if not _same_decision(refused, body.decision, tenant, comment):
+            raise _refusal(run_id, call_id, refused) from None
     raw = state.store.load(run_id)
     if raw is None:
         raise _not_found(run_id)
     return FleetJSONResponse(public_view(raw), status_code=200, headers={"Location": f"/v1/runs/{run_id}"})
+
+
+def _same_decision(refused: DecisionRefused, decision: str, tenant: str, comment: str | None) -> bool:
+    """Whether the decision that stands is this one, taken by this tenant with this comment."""
+    if refused.reason != "decided":
+        return False
+    try:
+        taken = json.loads(refused.detail)
+    except ValueError:
+        return False
+    return isinstance(taken, dict) and (taken.get("decision"), taken.get("by"), taken.get("comment")) == (
+        decision,
+        tenant,
+        comment,
+    )
 
 
 def _refusal(run_id: str, call_id: str, refused: DecisionRefused) -> ApiError:
