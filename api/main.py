@@ -18,6 +18,7 @@ from api.routes import admin, approvals, health, history, runs
 from api.routes.health import capacity_warning
 from api.waiter import EndWaiter
 from api.waitslots import WaitSlots
+from worker import tracing
 from worker.agents import load_plugins
 from worker.approvals import Approvals
 from worker.celery_app import make_app
@@ -158,4 +159,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(approvals.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    tracing.instrument_api(app)  # a span per request when traces are on (worker/tracing.py)
     return app

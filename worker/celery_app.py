@@ -148,6 +148,7 @@ def send_run(celery: Celery, run_id: str, max_seconds: float, wake: str = "") ->
 
 
 _quiet_tasks = False  # set at worker init: a tool worker without per-task events and lines
+_component = "worker"  # set at worker init: `tool-worker` for a worker that serves only tools
 
 
 @signals.setup_logging.connect
@@ -185,7 +186,8 @@ def _worker_init(conf: Any = None, options: Any = None, **_: Any) -> None:
     settings = get_settings()
     setup_sentry(settings, "worker")
     if conf is not None and serves_only_tools((options or {}).get("queues")):
-        global _quiet_tasks
+        global _quiet_tasks, _component
+        _component = "tool-worker"
         _quiet_tasks = not settings.observability.tool_task_events
         # read by the worker after this signal; heartbeats (worker-online, Flower's worker list) stay
         conf.worker_send_task_events = settings.observability.tool_task_events
@@ -199,9 +201,30 @@ def _before_pool_forks(instance: Any = None, **_: Any) -> None:
     worker's blueprint sends it from `on_start`, ahead of starting its steps, the pool among them.
     """
     from worker.preload import is_prefork, prepare_fork
+    from worker.telemetry import setup_tracing
 
-    if instance is not None and is_prefork(instance.pool_cls) and get_settings().runtime.prefork_preload:
+    prefork = instance is not None and is_prefork(instance.pool_cls)
+    if prefork and get_settings().runtime.prefork_preload:
         prepare_fork()
+    if not prefork:  # this process runs the tasks; a prefork pool's children start their own
+        setup_tracing(get_settings(), _component)
+
+
+@signals.worker_process_init.connect
+def _child_tracing(**_: Any) -> None:
+    """A prefork child starts its own span exporter (its thread would not survive a fork)."""
+    from worker.telemetry import setup_tracing
+
+    setup_tracing(get_settings(), _component)
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _flush_tracing(**_: Any) -> None:
+    """Export the spans still buffered before the process ends."""
+    from worker import tracing
+
+    tracing.shutdown()
 
 
 app = make_app(get_settings())

@@ -143,10 +143,12 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from worker.telemetry import setup_logging, setup_sentry
+    from worker import tracing
+    from worker.telemetry import setup_logging, setup_sentry, setup_tracing
 
     setup_logging(settings)
     setup_sentry(settings, "api")
+    setup_tracing(settings, "api")
     from api.main import create_app
 
     host = args.host or settings.api_host
@@ -173,7 +175,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False, log_config=None
     )
-    ApiServer(config).run()
+    try:
+        ApiServer(config).run()
+    finally:
+        tracing.shutdown()  # export the last requests' spans
     return 0
 
 

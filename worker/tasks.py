@@ -35,6 +35,7 @@ from worker.run.loop import LoopDeps, execute_run, exit_process
 from worker.run.store import STOPPED, TERMINAL, Budgets, RunStore, overdue
 from worker.run.timers import Due, Scheduler, Timers
 from worker.settings import get_settings
+from worker.tracing import TRACEPARENT, trace_headers
 from worker.webhooks import delivery, outbox
 
 agents.load_plugins(get_settings().plugins)
@@ -75,7 +76,13 @@ class CeleryDispatcher:
                 ignore_result=True,  # the reply comes through its own list, never the result backend
                 # sent_at: the queue's oldest-message age (/metrics); the run's trace id, for the
                 # tool worker's log line; its tenant and agent, to name the run's switches
-                headers={"sent_at": time.time(), "trace_id": _trace_id(), "owner": list(owner)},
+                # and, with traces on, the step's span context (worker/tracing.py)
+                headers={
+                    "sent_at": time.time(),
+                    "trace_id": _trace_id(),
+                    "owner": list(owner),
+                    **trace_headers(),
+                },
                 # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S)
                 # is dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ by host.
                 expires=timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
@@ -158,7 +165,9 @@ def tool_call(
     owner = None
     if isinstance(sent_owner, list) and len(sent_owner) == 2 and all(isinstance(x, str) for x in sent_owner):
         owner = (sent_owner[0], sent_owner[1])
-    process_pool(_new_tool_pool).submit(call_id, attempt, tool, args, timeout_s, trace_id, owner)
+    traceparent = getattr(self.request, TRACEPARENT, None)
+    traceparent = traceparent if isinstance(traceparent, str) else None
+    process_pool(_new_tool_pool).submit(call_id, attempt, tool, args, timeout_s, trace_id, owner, traceparent)
 
 
 @lru_cache(maxsize=1)

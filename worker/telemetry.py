@@ -3,11 +3,16 @@
 Sentry (when SENTRY_DSN is set): no default PII, no local variables, no request bodies, the
 fleet's own field names scrubbed, and every event passed through the same redaction as the logs.
 Traces propagate from the API request to the run task (Celery integration).
+
+OpenTelemetry traces (worker/tracing.py, when OTEL_EXPORTER_OTLP_ENDPOINT is set) run beside
+Sentry without touching it: the fleet's spans go through a tracer provider of their own, never
+the global one, and Sentry's OTel integrations stay off, so neither installs over the other.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import structlog
@@ -54,6 +59,22 @@ def scrub_event(event: Any, hint: Any) -> Any:
             else {},
         }
     return redact(event)
+
+
+def setup_tracing(settings: Settings, component: str) -> bool:
+    """Start OpenTelemetry traces in this process when the environment asks (worker/tracing.py);
+    True when on. Call it after any fork: in a prefork child, not in its parent."""
+    from worker import tracing
+
+    if not tracing.setup(settings, component):
+        return False
+    endpoint = next((os.environ[n] for n in tracing.ENDPOINT_VARS if os.environ.get(n, "").strip()), "")
+    log.info(
+        "opentelemetry traces on",
+        endpoint=endpoint.split("?", 1)[0],
+        content=settings.observability.otel_content,
+    )
+    return True
 
 
 def setup_sentry(settings: Settings, component: str) -> bool:

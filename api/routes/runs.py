@@ -22,7 +22,7 @@ from api.errors import ApiError, FleetJSONResponse, validation_message
 from api.events import EventStream, archived_end, parse_event_id
 from api.schemas import ErrorBody, RunOut, RunRequest
 from api.waitslots import WaitersFull
-from worker import killswitch
+from worker import killswitch, tracing
 from worker.agents import get_agent_class
 from worker.celery_app import send_run
 from worker.history.archive import load_run
@@ -38,9 +38,13 @@ log = structlog.get_logger("agentfleet.api")
 
 
 def current_trace_id() -> str | None:
-    """The request's Sentry trace id (continued by the run's task), when Sentry is on."""
+    """The request's trace id: OpenTelemetry's when traces are on (the run's spans share it),
+    else Sentry's (continued by the run's task) when Sentry is on."""
     import sentry_sdk
 
+    otel = tracing.current_trace_id()
+    if otel is not None:
+        return otel
     if not sentry_sdk.is_initialized():
         return None
     traceparent = sentry_sdk.get_traceparent() or ""
@@ -180,6 +184,7 @@ def submit_run(
             metadata=request.metadata,
             version=version,
             trace_id=current_trace_id(),
+            traceparent=tracing.current_traceparent(),  # the run's spans are children of this request's
             admission=(AGENT_QUEUE, switches, state.settings.max_queued),  # one round trip
             max_queued_per_tenant=state.settings.max_queued_per_tenant or -1,
             webhook=webhook,

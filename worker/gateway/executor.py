@@ -54,6 +54,7 @@ from worker.run.store import TERMINAL
 from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result, is_retryable
 from worker.toolslots import LUA_ACQUIRE_SLOT, ToolSlots, slot_life_ms, slot_member
+from worker.tracing import call_span
 
 EXEC_TTL_S = 2 * 86400
 REDIS_THREADS = 16  # Redis round trips of one process at once (each well under a millisecond)
@@ -211,15 +212,19 @@ class ToolExecutor:
         timeout_s: float,
         trace_id: str | None = None,
         admitted: Admitted | None = None,
+        traceparent: str | None = None,
     ) -> None:
         """Execute one attempt and push its reply for the waiting run (`admitted`: its checks and
         slot, taken already by the caller, off the loop: see `admit`). When the tool ran, the same
         script reports the outcome to the breaker and records a final result (the run's side
         would otherwise do it after the reply), so the run moves on as soon as it has the reply.
-        The call's slot (tools.max_concurrency) is given back by the reply's own script."""
+        The call's slot (tools.max_concurrency) is given back by the reply's own script.
+        `traceparent`: the run's step, whose child the attempt's span is (worker/tracing.py)."""
         started = time.monotonic()
-        result, ran, slot = await self._attempt(call_id, attempt, tool, args, timeout_s, admitted)
-        result = self._capped(result)
+        with call_span(traceparent, tool, args, call_id, attempt) as span:
+            result, ran, slot = await self._attempt(call_id, attempt, tool, args, timeout_s, admitted)
+            result = self._capped(result)
+            span.done(result, ran)
         duration_s = time.monotonic() - started
         duration_ms = round(duration_s * 1000, 1)
         spec = tools.get_tool(tool)

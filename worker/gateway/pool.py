@@ -64,6 +64,7 @@ class ToolPool:
         timeout_s: float,
         trace_id: str | None = None,
         owner: tuple[str, str] | None = None,
+        traceparent: str | None = None,
     ) -> None:
         """Take the call's checks and slot here (the caller's thread: the loop's first step is
         then the tool), and hand it to the loop; blocks while the process already holds its
@@ -79,7 +80,7 @@ class ToolPool:
                 log.error("tool call failed", tool=tool, attempt=attempt, error=type(exc).__name__)
                 self._done()
                 return
-            coro = self._one(call_id, attempt, tool, args, timeout_s, trace_id, admitted)
+            coro = self._one(call_id, attempt, tool, args, timeout_s, trace_id, admitted, traceparent)
             asyncio.run_coroutine_threadsafe(coro, loop)
         except BaseException:
             self._done()
@@ -149,9 +150,12 @@ class ToolPool:
         timeout_s: float,
         trace_id: str | None,
         admitted: Admitted | None = None,
+        traceparent: str | None = None,
     ) -> None:
         try:
-            await self._executor.answer_async(call_id, attempt, tool, args, timeout_s, trace_id, admitted)
+            await self._executor.answer_async(
+                call_id, attempt, tool, args, timeout_s, trace_id, admitted, traceparent
+            )
         except Exception as exc:
             # A Redis outage, most likely: no reply was pushed, so the run times the attempt out
             # and retries it under the gateway's rules.

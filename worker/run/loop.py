@@ -43,6 +43,7 @@ from worker.run.timers import Timers
 from worker.settings import Settings
 from worker.spend import ModelCallCost, Prices, SpendBudget
 from worker.tools import MODEL_TOOL, get_tool
+from worker.tracing import RunTrace
 
 log = structlog.get_logger("agentfleet.run")
 WATCHDOG_GRACE_S = 0.5  # past the deadline, the watchdog ends a run whose agent ignores the alarm
@@ -85,8 +86,8 @@ def execute_run(run_id: str, deps: LoopDeps, wake: str = "") -> str | None:
     if started.raw is None:
         # missing, ended, or a live execution elsewhere holds it: this delivery is a duplicate
         return started.status if started.holder is None else None
-    with deps.keeper.hold(run_id, token) as held:
-        attempt = _Attempt(held)
+    with deps.keeper.hold(run_id, token) as held, RunTrace(run_id, started.raw) as trace:
+        attempt = _Attempt(held, trace)
         raw = started.raw
         attempts = int(raw.get("attempts", 1))
         if attempts > deps.settings.max_attempts:
@@ -102,6 +103,7 @@ class _Attempt:
     written to the run (the agent is choosing its action; see _steps)."""
 
     held: Held
+    trace: RunTrace  # its spans (worker/tracing.py)
     unwritten_step: int | None = None
 
 
@@ -126,6 +128,7 @@ def _finish(
         steps=attempt.unwritten_step,
     )
     held.released = True
+    attempt.trace.finished(status, stop_reason)
 
 
 def _execute(
@@ -139,6 +142,8 @@ def _execute(
         log.debug("run resumed", attempt=int(raw.get("attempts", 1)), version=raw.get("version"))
     else:
         log.info("run started", attempt=int(raw.get("attempts", 1)), version=raw.get("version"))
+        if int(raw.get("attempts", 1)) == 1:
+            attempt.trace.queued(raw)
     budgets = Budgets.from_dict(json.loads(raw["budgets"]))
     deadline_ts = run_deadline(raw, budgets.max_seconds)
     guard = RunGuard(
@@ -249,6 +254,7 @@ def _steps(
         if pending is not None and int(pending.get("step", 0)) == step:
             action = decode_action(pending)
             started_ts = float(pending["started_ts"])
+            attempt.trace.begin_step(step, resumed=True)
         else:
             pending = resume = None
             state = RunState(
@@ -273,6 +279,7 @@ def _steps(
             # run's end when the action ends the run (or the agent's choice does): one round trip
             # fewer for a run's last step. Either way a resumed step counts once.
             attempt.unwritten_step = step
+            attempt.trace.begin_step(step)
             started_ts = time.time()
             with deadline_alarm(guard.deadline_ts):
                 chosen = agent.next_action(state)
@@ -300,6 +307,7 @@ def _steps(
                 parked = _park(run_id, raw, held.token, park, action, step, started_ts, memory, deps)
                 if parked == "parked":
                     held.released = True  # the park script released the lease
+                    attempt.trace.parked(_ACTION_NAMES[type(action)])
                     return None
                 resume = park.wait  # the reply came as the run was parking: go on here
         entry["duration_ms"] = round((time.time() - started_ts) * 1000, 1)
@@ -324,6 +332,7 @@ def _steps(
             step_entry=entry,
             agent=raw["agent"],
         )
+        attempt.trace.end_step(entry)
 
 
 def _act(

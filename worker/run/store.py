@@ -365,6 +365,7 @@ class RunStore:
         metadata: dict[str, Any],
         version: str | None = None,
         trace_id: str | None = None,
+        traceparent: str | None = None,
         admission: tuple[str, list[str], int] | None = None,
         max_queued_per_tenant: int = -1,
         webhook: str | None = None,
@@ -376,11 +377,13 @@ class RunStore:
         `max_queued_per_tenant` (-1: no limit): refuse it too when the tenant already has that many
         runs in status `queued` (counted in the queued-runs zset, see Keys.queued_runs).
         `webhook`: the run's checked webhook as JSON text (worker/webhooks/target.py), stored only
-        when given.
+        when given. `traceparent`: the request's span context, the parent of the run's spans
+        (worker/tracing.py), stored only when given.
         """
         created_ts = repr(time.time())
         fields = {
             "trace_id": trace_id or uuid.uuid4().hex,
+            **({"traceparent": traceparent} if traceparent else {}),
             **({"version": version} if version else {}),
             "id": run_id,
             "tenant": tenant,
