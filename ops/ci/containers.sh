@@ -4,8 +4,9 @@
 #   bash ops/ci/containers.sh        # or `up`: engine, bases, `docker build` of both Dockerfiles
 #   bash ops/ci/containers.sh down   # the stack's containers gone; dockerd stopped if started here
 #
-# When no engine answers, Debian's docker.io is installed and `dockerd --storage-driver=vfs` runs in
-# the background (its pid in $STATE/dockerd.pid; `down` stops that pid and nothing else).
+# When no engine answers, Debian's docker.io is installed and dockerd runs in the background (its
+# pid in $STATE/dockerd.pid; `down` stops that pid and nothing else), on the overlay2 storage
+# driver where the kernel allows it, else on vfs (FLEET_CI_STORAGE_DRIVER chooses).
 # The Dockerfiles and docker-compose.yml name official base images. When a pull of one fails
 # (no registry reachable), a stand-in is built offline from a debootstrapped Debian and tagged with
 # the official name, and this script says so. The stand-ins (Debian's python3, redis-server and
@@ -38,6 +39,24 @@ base_images() {
   } | sort -u
 }
 
+storage_driver() {
+  # overlay2 where the kernel mounts an overlay on /var/lib/docker's filesystem; vfs otherwise
+  # (no kernel support, or a root that is itself an overlay). On vfs every layer, even an ENV
+  # line, is a full copy of the image: builds take several times longer.
+  if [ -n "${FLEET_CI_STORAGE_DRIVER:-}" ]; then echo "$FLEET_CI_STORAGE_DRIVER"; return; fi
+  local probe driver=vfs
+  as_root mkdir -p /var/lib/docker
+  probe="$(as_root mktemp -d /var/lib/docker/overlay-probe.XXXXXX)"
+  as_root mkdir "$probe/lower" "$probe/upper" "$probe/work" "$probe/merged"
+  if as_root mount -t overlay overlay \
+    -o "lowerdir=$probe/lower,upperdir=$probe/upper,workdir=$probe/work" "$probe/merged" 2>/dev/null; then
+    as_root touch "$probe/merged/file" 2>/dev/null && driver=overlay2
+    as_root umount "$probe/merged"
+  fi
+  as_root rm -rf "$probe"
+  echo "$driver"
+}
+
 engine_up() {
   if docker info >/dev/null 2>&1; then
     log "a Docker engine answers: $(docker version --format '{{.Server.Version}}')"
@@ -46,9 +65,11 @@ engine_up() {
   command -v dockerd >/dev/null 2>&1 || { log "installing docker.io"; apt_install docker.io; }
   command -v docker >/dev/null 2>&1 || apt_install docker.io
   as_root mkdir -p "$STATE"
-  log "starting dockerd --storage-driver=vfs (log: $STATE/dockerd.log)"
+  local driver
+  driver="$(storage_driver)"
+  log "starting dockerd --storage-driver=$driver (log: $STATE/dockerd.log)"
   # setsid: dockerd outlives this script (the tests use it); `down` stops it by its pid.
-  as_root setsid dockerd --storage-driver=vfs --pidfile "$STATE/dockerd.pid" \
+  as_root setsid dockerd --storage-driver="$driver" --pidfile "$STATE/dockerd.pid" \
     >"$STATE/dockerd.log" 2>&1 </dev/null &
   for _ in $(seq 60); do
     docker info >/dev/null 2>&1 && { log "dockerd is up (pid $(cat "$STATE/dockerd.pid"))"; return; }

@@ -114,62 +114,51 @@ def test_fleet_containers_run_as_uid_10001_on_a_read_only_root(stack: Stack, ser
 @pytest.mark.parametrize("image", IMAGES.values())
 def test_docker_history_shows_no_secret(stack: Stack, image: str) -> None:
     history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
-    assert "pip wheel" not in history or "/opt/venv" in history  # the runtime stage's own steps
+    assert "useradd --system --uid 10001" in history, history  # the runtime stage's own steps
     for name, value in stack.secrets().items():
         assert value not in history, f"{image}: the {name} secret is in its history"
     for word in ("fleet_api_keys", "redis_password", "openai_api_key", "secrets/"):
         assert word not in history, f"{image}: {word} in its history"
 
 
-def run_hosts(stack: Stack, run_ids: list[str]) -> dict[str, str]:
-    """Which container (host name) holds each running run's lease (host:pid:token)."""
-    hosts = {}
-    for run_id in run_ids:
-        lease = stack.redis_cli("GET", KEYS.run_lease(run_id))
-        if lease:
-            hosts[run_id] = lease.split(":", 1)[0]
-    return hosts
-
-
-def all_running(stack: Stack, run_ids: list[str]) -> dict[str, str] | None:
-    hosts = run_hosts(stack, run_ids)
-    return hosts if len(hosts) == len(run_ids) else None
+def steps_logged(container: dict[str, Any], run_ids: list[str]) -> int:
+    """Lines of a worker's log about these runs: a run's steps are tasks, on any agent worker."""
+    logs = docker("logs", container["Id"]).stdout
+    return sum(logs.count(f'"run_id": "{run_id}"') for run_id in run_ids)
 
 
 def test_stopping_3_of_4_agent_workers_mid_run_loses_none_of_6_running_runs(stack: Stack) -> None:
     default = len(stack.containers("worker", running=True))
     scale(stack, 4, 1)
     try:
-        # Longer than the 15 s soft shutdown: the stopped workers' runs are requeued and resume
-        # from their checkpoint on the worker left.
+        # Longer than the 15 s soft shutdown, which the stopped workers use up.
         plan: list[dict[str, Any]] = [{"sleep": 1}] * 20 + [{"final": "survived"}]
         run_ids = []
         for _ in range(6):
             resp = stack.submit(plan, max_seconds=60)
             assert resp.status_code == 202, resp.text
             run_ids.append(resp.json()["id"])
-        hosts: dict[str, str] = wait_until(
-            lambda: all_running(stack, run_ids),
+        wait_until(
+            lambda: all(stack.get(r)["status"] == "running" for r in run_ids) and time.sleep(3) is None,
             60,
-            lambda: f"not all 6 runs started: {run_hosts(stack, run_ids)}",
+            lambda: f"not all 6 runs running: {[stack.get(r)['status'] for r in run_ids]}",
         )
         workers = stack.containers("worker", running=True)
-        by_load = sorted(workers, key=lambda c: -sum(h == c["Config"]["Hostname"] for h in hosts.values()))
-        victims, survivor = by_load[:3], by_load[3]
-        on_victims = [r for r, h in hosts.items() if h in {c["Config"]["Hostname"] for c in victims}]
-        assert on_victims, f"the 3 busiest workers hold runs: {hosts}"
+        by_load = sorted(workers, key=lambda c: -steps_logged(c, run_ids))
+        victims = by_load[:3]
+        assert sum(steps_logged(c, run_ids) for c in victims) > 0, "the stopped workers ran steps"
         started = time.monotonic()
         docker("stop", *[c["Id"] for c in victims], timeout=120)  # SIGTERM, then the grace
         stopped_s = time.monotonic() - started
         for c in victims:
-            state = docker("inspect", "-f", "{{.State.ExitCode}}", c["Id"]).stdout.strip()
-            assert state == "0", f"{c['Name']} exited {state}: not a clean soft shutdown"
+            code = docker("inspect", "-f", "{{.State.ExitCode}}", c["Id"]).stdout.strip()
+            assert code == "0", f"{c['Name']} exited {code}: not a clean soft shutdown"
         assert stopped_s < 30, f"the stop took {stopped_s:.0f} s: Docker's SIGKILL came"
+        assert any(stack.get(r)["status"] == "running" for r in run_ids), "the stop came mid-run"
         for run_id in run_ids:
-            run = stack.wait(run_id, timeout=240)
+            run = stack.wait(run_id, timeout=120)
             assert (run["status"], run["output"]) == ("succeeded", "survived"), run
-        assert run_hosts(stack, run_ids) == {}, "leases released"
-        assert survivor["State"]["Running"]
+        assert len(stack.containers("worker", running=True)) == 1
     finally:
         scale(stack, default, 1)
 
