@@ -263,8 +263,10 @@ def test_the_python_client_lists_approves_and_denies(fleet: Fleet) -> None:
         run = client.approve(first["id"], first["waiting"]["call_id"], comment="go")
         assert run.id == first["id"] and run.waiting is None
         client.deny(second["id"], second["waiting"]["call_id"])
+        again = client.deny(second["id"], second["waiting"]["call_id"])  # a retry of the same decision
+        assert again.id == second["id"]
         with pytest.raises(ConflictError):
-            client.deny(second["id"], second["waiting"]["call_id"])
+            client.approve(second["id"], second["waiting"]["call_id"])
         assert client.wait(first["id"], timeout=30).status == "succeeded"
     assert fleet.wait(first["id"])["steps"][0]["ok"] is True
     assert fleet.wait(second["id"])["steps"][0]["error_type"] == "denied"
