@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
 # Print the path of a valkey-server binary for the tests (tests/harness.py starts it when
-# FLEET_TEST_REDIS_SERVER names it), fetching one if none is installed.
+# FLEET_TEST_REDIS_SERVER names it), fetching one into the repo's .venv if none is installed.
 #
-# A valkey-server on PATH wins. Otherwise this takes Debian bookworm-backports' valkey-tools
-# package (the one that holds the server binary), checks it against the archive's signed InRelease
-# (gpgv with debian-archive-keyring, then the Packages index's SHA-256), and unpacks it under a
-# cache folder without installing it: the machine's redis-server and redis-cli stay as they are.
-# Its libraries (libjemalloc2, liblzf1, libssl3) are the ones Debian's redis-server already needs.
+# A valkey-server on PATH wins, then one already in .venv/bin. Otherwise this takes Debian
+# bookworm-backports' valkey-tools package (the one that holds the server binary), checks it
+# against the archive's signed InRelease (gpgv with debian-archive-keyring, then the Packages
+# index's SHA-256), and copies its one binary into .venv/bin/valkey-server without installing the
+# package: the machine's redis-server and redis-cli stay as they are. Its libraries (libjemalloc2,
+# liblzf1, libssl3) are the ones Debian's redis-server already needs.
 set -euo pipefail
+cd "$(dirname "$0")/../.."
 
 if command -v valkey-server >/dev/null 2>&1; then
   command -v valkey-server
   exit 0
 fi
 
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-SUITE="bookworm-backports"
-ARCH="$(dpkg --print-architecture)"
-CACHE="${FLEET_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentfleet-ci}/valkey/$SUITE-$ARCH"
-BIN="$CACHE/root/usr/bin/valkey-server"
-
+BIN="$PWD/.venv/bin/valkey-server"
 if [ -x "$BIN" ] && "$BIN" --version >/dev/null 2>&1; then
   echo "$BIN"
   exit 0
 fi
+[ -d .venv/bin ] || { echo "valkey.sh: no .venv in $PWD (.ci/run makes it first)" >&2; exit 1; }
 
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+SUITE="bookworm-backports"
+ARCH="$(dpkg --print-architecture)"
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 for need in curl gpgv xz dpkg-deb sha256sum; do
   command -v "$need" >/dev/null 2>&1 || { echo "valkey.sh: $need is missing" >&2; exit 1; }
@@ -52,11 +53,11 @@ sum="$(awk '/^SHA256:/ {print $2}' "$work/stanza")"
 fetch "$file" "$work/valkey-tools.deb"
 echo "$sum  $work/valkey-tools.deb" | sha256sum -c --quiet -
 
-rm -rf "$CACHE"
-mkdir -p "$CACHE"
-dpkg-deb -x "$work/valkey-tools.deb" "$CACHE/root"
+dpkg-deb -x "$work/valkey-tools.deb" "$work/root"
 # One binary serves every role by the name it is started with; Debian's valkey-server package
-# only adds this link (and a service).
-ln -sf valkey-check-rdb "$CACHE/root/usr/bin/valkey-server"
+# only adds a link of that name (and a service).
+found="$(find "$work/root" -type f -name valkey-check-rdb | head -n 1)"
+[ -n "$found" ] || { echo "valkey.sh: valkey-tools holds no valkey-check-rdb" >&2; exit 1; }
+install -m 0755 "$found" "$BIN"
 "$BIN" --version >&2
 echo "$BIN"
