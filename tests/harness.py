@@ -271,6 +271,51 @@ class Proc:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+class RunsOverHttp:
+    """submit / get / wait over the HTTP API, for a stack started some other way than Fleet (the
+    compose file's services as local processes, or in Docker): it gives `api_port`, `api_key`
+    and `logs()`."""
+
+    api_port: int
+    api_key: str
+    run_timeout_s: float = 30  # wait()'s default
+
+    def logs(self) -> str:
+        raise NotImplementedError
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.api_port}",
+            headers={"Authorization": f"Bearer {key or self.api_key}"},
+            timeout=40,
+        )
+
+    def submit(self, plan: list[dict[str, Any]], loop: bool = False, **budgets: float) -> httpx.Response:
+        body: dict[str, Any] = {"agent": "scripted", "input": {"plan": plan, "loop": loop}}
+        if budgets:
+            body["budgets"] = budgets
+        with self.client() as c:
+            return c.post("/v1/runs", json=body)
+
+    def get(self, run_id: str, **params: Any) -> dict[str, Any]:
+        with self.client() as c:
+            resp = c.get(f"/v1/runs/{run_id}", params=params)
+        assert resp.status_code == 200, resp.text
+        run: dict[str, Any] = resp.json()
+        return run
+
+    def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
+        timeout = self.run_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            run = self.get(run_id, wait=max(0.1, min(left, 5)), steps="true")
+            if run["status"] in TERMINAL:
+                return run
+            if left <= 0:
+                raise AssertionError(f"run {run_id} did not end in {timeout:g} s: {run}\n{self.logs()}")
+
+
 @dataclass
 class Fleet:
     """API + workers as real processes against one Redis, configured for one test module."""

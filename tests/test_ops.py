@@ -38,7 +38,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from tests.harness import ROOT, TERMINAL, free_port, redis_server_binary, wait_for
+from tests.harness import ROOT, TERMINAL, RunsOverHttp, free_port, redis_server_binary, wait_for
 from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
 from worker.settings import Settings
 
@@ -1140,7 +1140,7 @@ def _host_argv(argv: list[str]) -> list[str]:
 
 
 @dataclass
-class NativeStack:
+class NativeStack(RunsOverHttp):
     """docker-compose.yml's api, worker, tool-worker and flower as local processes.
 
     What a container provides is mapped to this host, and nothing else is changed:
@@ -1363,36 +1363,9 @@ class NativeStack:
 
     # -- the API ------------------------------------------------------------------------------------
 
-    def client(self, key: str | None = None) -> httpx.Client:
-        return httpx.Client(
-            base_url=f"http://127.0.0.1:{self.ports['api']}",
-            headers={"Authorization": f"Bearer {key or self.api_key}"},
-            timeout=40,
-        )
-
-    def submit(self, plan: list[dict[str, Any]], loop: bool = False, **budgets: float) -> httpx.Response:
-        body: dict[str, Any] = {"agent": "scripted", "input": {"plan": plan, "loop": loop}}
-        if budgets:
-            body["budgets"] = budgets
-        with self.client() as c:
-            return c.post("/v1/runs", json=body)
-
-    def get(self, run_id: str, **params: Any) -> dict[str, Any]:
-        with self.client() as c:
-            resp = c.get(f"/v1/runs/{run_id}", params=params)
-        assert resp.status_code == 200, resp.text
-        run: dict[str, Any] = resp.json()
-        return run
-
-    def wait(self, run_id: str, timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            run = self.get(run_id, wait=max(0.1, min(left, 5)), steps="true")
-            if run["status"] in TERMINAL:
-                return run
-            if left <= 0:
-                raise AssertionError(f"run {run_id} did not end in {timeout} s: {run}\n{self.logs()}")
+    @property
+    def api_port(self) -> int:
+        return self.ports["api"]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.harness import ROOT, TERMINAL, free_port
+from tests.harness import ROOT, RunsOverHttp, free_port
 
 PROJECT = os.environ.get("FLEET_CI_PROJECT", "agentfleet-ci")
 TAG = os.environ.get("FLEET_IMAGE_TAG", "ci")
@@ -80,8 +80,10 @@ def make_secrets(where: Path) -> Path:
 
 
 @dataclass
-class Stack:
+class Stack(RunsOverHttp):
     """docker-compose.yml up in Docker under the compose project PROJECT."""
+
+    run_timeout_s = 120
 
     dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fleet-containers-")))
     api_port: int = field(default_factory=free_port)
@@ -189,38 +191,7 @@ class Stack:
         self.compose("down", "-v", "--remove-orphans", "-t", "5", check=False, timeout=300)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    # -- the API through its published port ---------------------------------------------------------
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=f"http://127.0.0.1:{self.api_port}",
-            headers={"Authorization": f"Bearer {self.api_key}"},
-            timeout=40,
-        )
-
-    def submit(self, plan: list[dict[str, Any]], **budgets: float) -> httpx.Response:
-        body: dict[str, Any] = {"agent": "scripted", "input": {"plan": plan}}
-        if budgets:
-            body["budgets"] = budgets
-        with self.client() as c:
-            return c.post("/v1/runs", json=body)
-
-    def get(self, run_id: str, **params: Any) -> dict[str, Any]:
-        with self.client() as c:
-            resp = c.get(f"/v1/runs/{run_id}", params=params)
-        assert resp.status_code == 200, resp.text
-        run: dict[str, Any] = resp.json()
-        return run
-
-    def wait(self, run_id: str, timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            run = self.get(run_id, wait=max(0.1, min(left, 5)), steps="true")
-            if run["status"] in TERMINAL:
-                return run
-            if left <= 0:
-                raise AssertionError(f"run {run_id} did not end in {timeout:g} s: {run}\n{self.logs()}")
+    # -- the API through its published port: RunsOverHttp ----------------------------------------
 
     def ready(self) -> httpx.Response:
         with self.client() as c:
