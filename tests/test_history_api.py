@@ -17,11 +17,14 @@ import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, func, select
 
-from tests.harness import KEY_T1, KEY_T2, ROOT, Fleet, RedisServer
-from tests.history_rows import history_rows, insert_rows, insert_runs, make_record
+from tests.harness import KEY_T1, KEY_T2, ROOT, Fleet, RedisServer, wait_for
+from tests.history_rows import insert_runs, make_record
 from tests.pg import PostgresServer
 from worker.history import schema
 from worker.history.db import upgrade
+from worker.keys import Keys
+
+KEYS = Keys("fleet")
 
 ADMIN_KEY = "admin-key-for-history-0001"
 T0 = datetime(2026, 11, 2, 8, 0, 0, tzinfo=UTC)
@@ -236,8 +239,18 @@ def test_delete_removes_an_ended_run_from_redis_and_the_history(fleet: tuple[Fle
     plan = {"plan": [{"tool": "echo", "args": {"x": "personal data"}}, {"final": "done"}]}
     run = api.wait(api.submit("scripted", plan, metadata={"user": "u-1"})["id"])
     assert run["status"] == "succeeded"
-    with engine.begin() as conn:  # as the archive would have it
-        insert_rows(conn, [history_rows({k: v for k, v in run.items() if k != "steps"}, run["steps"])])
+    # The tool worker's archive writes the run to the history at its end. Wait until that batch
+    # has settled (the run is off the archive queue): a DELETE racing a batch in flight is
+    # answered right but its rows go only when the archiver settles (worker/run/erase.py).
+    wait_for(
+        lambda: (
+            rows_of(engine, run["id"])["runs"] == 1
+            and api.r.zscore(KEYS.archive_due(), run["id"]) is None
+            and api.r.zscore(KEYS.archive_ended(), run["id"]) is None
+        ),
+        30,
+        "the run was not archived",
+    )
     keys = run_keys(api, run["id"])
     assert any(":call:" in key for key in keys) and any(key.endswith(":steps") for key in keys), keys
     assert rows_of(engine, run["id"])["run_steps"] == len(run["steps"])
