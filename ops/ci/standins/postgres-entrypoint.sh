@@ -19,8 +19,10 @@ if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   password="${POSTGRES_PASSWORD:-}"
   if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then password="$(cat "$POSTGRES_PASSWORD_FILE")"; fi
   [ -n "$password" ] || { echo "postgres: no POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE" >&2; exit 1; }
+  # UTF8 as the official image's cluster (LANG en_US.utf8 there): in a minimal Debian's C locale
+  # initdb would pick SQL_ASCII, whose text psycopg hands over as bytes.
   initdb --username="$user" --pwfile=<(printf '%s\n' "$password") --auth-local=trust \
-    --auth-host=scram-sha-256 -D "$PGDATA" >/dev/null
+    --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 -D "$PGDATA" >/dev/null
   echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
   echo "listen_addresses = '*'" >>"$PGDATA/postgresql.conf"
   db="${POSTGRES_DB:-$user}"
