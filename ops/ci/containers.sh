@@ -102,6 +102,21 @@ debian_image() {
   docker import - "$image" <"$CACHE/rootfs.tar" >/dev/null
 }
 
+recipe_key() {
+  # The stand-in's recipe (its files in ops/ci/standins/) as a short hash: a changed recipe makes
+  # a new stand-in, also where the engine still holds one built from the old recipe.
+  cat ops/ci/standins/"$1"[.-]* | sha256sum | cut -c1-12
+}
+
+standin_name() {
+  case "$1" in
+    python:*) echo python ;;
+    redis:*) echo redis ;;
+    postgres:*) echo postgres ;;
+    *) return 1 ;;
+  esac
+}
+
 standin() {
   # standin OFFICIAL NAME: ops/ci/standins/NAME.sh run as root in the Debian image (the stand-in's
   # files mounted at /standin), committed with the instructions of NAME.changes, tagged OFFICIAL.
@@ -109,11 +124,12 @@ standin() {
   # Cached as a `docker save` tarball, keyed by the release and the recipe's files.
   local official="$1" name="$2"
   local key
-  key="$(cat ops/ci/standins/"$name"[.-]* | sha256sum | cut -c1-12)"
+  key="$(recipe_key "$name")"
   local saved="$CACHE/standin-$name-$key.tar"
   if [ -s "$saved" ]; then
     log "loading the cached stand-in for $official ($saved)"
     docker load -i "$saved" >/dev/null
+    docker tag "agentfleet-ci/$name:$RELEASE" "agentfleet-ci/$name:$RELEASE-$key"
     docker tag "agentfleet-ci/$name:$RELEASE" "$official"
     return
   fi
@@ -139,6 +155,7 @@ standin() {
   docker commit "${changes[@]}" "$cid" "agentfleet-ci/$name:$RELEASE" >/dev/null || { docker rm -f "$cid" >/dev/null; exit 1; }
   docker rm "$cid" >/dev/null
   rm -rf "$context"
+  docker tag "agentfleet-ci/$name:$RELEASE" "agentfleet-ci/$name:$RELEASE-$key"
   docker tag "agentfleet-ci/$name:$RELEASE" "$official"
   as_root mkdir -p "$CACHE"
   rm -f "$CACHE/standin-$name-"*.tar
@@ -149,17 +166,21 @@ standin() {
 bases() {
   local image name
   for image in $(base_images); do
-    if docker image inspect "$image" >/dev/null 2>&1; then continue; fi
-    if docker pull -q "$image" >/dev/null 2>&1; then
+    if docker image inspect "$image" >/dev/null 2>&1; then
+      # The official image, or a stand-in built from the recipe as it is now: nothing to do.
+      # (each stand-in is also tagged agentfleet-ci/NAME:RELEASE-RECIPE_KEY).
+      local standin current
+      standin="$(docker image inspect -f '{{index .Config.Labels "org.agentfleet.ci.standin"}}' "$image")"
+      [ -n "$standin" ] || continue
+      name="$(standin_name "$image")"
+      current="$(docker image inspect -f '{{.Id}}' "agentfleet-ci/$name:$RELEASE-$(recipe_key "$name")" 2>/dev/null || true)"
+      [ "$current" != "$(docker image inspect -f '{{.Id}}' "$image")" ] || continue
+      log "the stand-in for $image was built from an older recipe"
+    elif docker pull -q "$image" >/dev/null 2>&1; then
       log "pulled $image"
       continue
     fi
-    case "$image" in
-      python:*) name=python ;;
-      redis:*) name=redis ;;
-      postgres:*) name=postgres ;;
-      *) log "cannot pull $image and there is no stand-in for it" >&2; exit 1 ;;
-    esac
+    name="$(standin_name "$image")" || { log "cannot pull $image and there is no stand-in for it" >&2; exit 1; }
     log "cannot pull $image: using a local stand-in built from Debian $RELEASE (not the official image)"
     standin "$image" "$name"
   done
