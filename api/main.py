@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from api import errors
 from api.bodylimit import BodyLimit
 from api.deps import AppState
-from api.routes import admin, approvals, health, history, runs
+from api.routes import admin, approvals, health, history, metrics, runs
 from api.routes.health import capacity_warning
 from api.waiter import EndWaiter
 from api.waitslots import WaitSlots
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.fleet = state
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(history.router)
     app.include_router(runs.router)
     app.include_router(admin.router)
