@@ -64,18 +64,34 @@ async def _state(request: Request) -> AppState:  # async: no I/O, so no thread-p
 State = Annotated[AppState, Depends(_state)]
 
 
-async def _tenant(state: State, authorization: Annotated[str | None, Header()] = None) -> str:
-    if not authorization:
-        raise ApiError(
-            401, "unauthorized", "missing Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
-        )
-    scheme, _, token = authorization.partition(" ")
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (the scheme in any case, the token
+    stripped), or None when the header is missing, empty or of another form."""
+    scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "unauthorized", "use Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"})
-    tenant = _tenant_of(state, token)
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def unauthorized(message: str) -> ApiError:
+    """A 401 that asks for a bearer token (`WWW-Authenticate: Bearer`)."""
+    return ApiError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+
+
+def _bearer(authorization: str | None) -> str:
+    """The request's bearer token; a 401 when it has none."""
+    token = bearer_token(authorization)
+    if token is None:
+        raise unauthorized("use Authorization: Bearer <key>")
+    return token
+
+
+async def _tenant(state: State, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The tenant whose API key the request carries; a 401 without one."""
+    if not authorization:
+        raise unauthorized("missing Authorization: Bearer <key>")
+    tenant = _tenant_of(state, _bearer(authorization))
     if tenant is None:
-        raise ApiError(401, "unauthorized", "unknown API key", {"WWW-Authenticate": "Bearer"})
+        raise unauthorized("unknown API key")
     return tenant
 
 
@@ -105,24 +121,17 @@ async def _caller(state: State, authorization: Annotated[str | None, Header()] =
         return Caller(None)
     tenant = _tenant_of(state, token)
     if tenant is None:
-        raise ApiError(401, "unauthorized", "unknown API key", {"WWW-Authenticate": "Bearer"})
+        raise unauthorized("unknown API key")
     return Caller(tenant)
 
 
 CallerOf = Annotated[Caller, Depends(_caller)]
 
 
-def _bearer(authorization: str | None) -> str:
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "use Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"})
-    return token.strip()
-
-
 async def _admin(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
     token = _bearer(authorization).encode()
     if not any(hmac.compare_digest(key.encode(), token) for key in state.admin_keys):
-        raise ApiError(401, "unauthorized", "an admin key is required", {"WWW-Authenticate": "Bearer"})
+        raise unauthorized("an admin key is required")
 
 
 Admin = Annotated[None, Depends(_admin)]

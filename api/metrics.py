@@ -95,6 +95,21 @@ class FleetCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
+        yield from self._queues(now)
+        yield from self._ended_runs()
+        yield from self._runs_in_flight()
+        yield from self._tool_calls()
+        yield from self._breakers_switches_and_tenant_queues()
+        yield from self._versions()
+        yield from self._histograms()
+        yield from self._spend(now)
+        yield from self._webhooks(now)
+        yield from self._archive(now)
+        yield from self._redis_memory()
+        yield from self._workers()
+
+    def _queues(self, now: float) -> Iterator[Metric]:
+        """Each queue's depth and the age of its oldest message: the autoscaling signals."""
         depth = GaugeMetricFamily("fleet_queue_depth", "Messages waiting in a queue", labels=["queue"])
         age = GaugeMetricFamily(
             "fleet_queue_oldest_age_seconds",
@@ -107,6 +122,9 @@ class FleetCollector(Collector):
         yield depth
         yield age
 
+    def _ended_runs(self) -> Iterator[Metric]:
+        """Ended runs by status and stop reason, and the budget they spent (`runs|<status>|<reason>`
+        and `usage|<budget>` in the runs' stats hash)."""
         runs = CounterMetricFamily("fleet_runs", "Ended runs", labels=["status", "stop_reason"])
         usage = CounterMetricFamily("fleet_budget_usage", "Budget spent by ended runs", labels=["budget"])
         for field, value in self.r.hgetall(self.keys.stats_runs()).items():
@@ -118,6 +136,10 @@ class FleetCollector(Collector):
                 usage.add_metric([rest], float(value))
         yield runs
         yield usage
+
+    def _runs_in_flight(self) -> Iterator[Metric]:
+        """Runs started and not ended: executing (holding a lease) and waiting (parked on a timer),
+        with the fleet's cap of a run's max_seconds when it is known."""
         pipe = self.r.pipeline(transaction=False)
         pipe.zcard(self.keys.leases())
         pipe.zcard(self.keys.timers())
@@ -144,6 +166,8 @@ class FleetCollector(Collector):
         waiting.add_metric([], waiting_n)
         yield waiting
 
+    def _tool_calls(self) -> Iterator[Metric]:
+        """Tool calls by outcome, and those that waited for a rate-limit slot (the tools' stats hash)."""
         calls = CounterMetricFamily("fleet_tool_calls", "Tool calls by outcome", labels=["tool", "outcome"])
         waits = CounterMetricFamily(
             "fleet_rate_limit_waits", "Tool calls that waited for a slot", labels=["tool"]
@@ -157,15 +181,17 @@ class FleetCollector(Collector):
         yield calls
         yield waits
 
+    def _breakers_switches_and_tenant_queues(self) -> Iterator[Metric]:
+        """Breakers, kill switches and each tenant's queued runs, read by name for every name the
+        fleet knows, in one pipeline (no SCAN)."""
         tool_names = tools.tool_names()
         scopes = switch_scopes(tool_names, self.models, agent_names(), self.tenants)
         # a model call's breaker is per model (`llm:<model>`), a tool's per tool
         breaker_names = [*tool_names, *(f"{MODEL_TOOL}:{m}" for m in self.models)]
-        kill_prefix = self.keys.kill_all()[: -len("all")]
         pipe = self.r.pipeline(transaction=False)
         for tool in breaker_names:
             pipe.hget(self.keys.breaker(tool), "state")
-        pipe.mget([kill_prefix + scope for scope in scopes])
+        pipe.mget([self.keys.kill_switch(scope) for scope in scopes])
         for tenant in self.tenants:
             pipe.zlexcount(self.keys.queued_runs(), f"[{tenant}|", f"({tenant}}}")
         found: list[Any] = pipe.execute()
@@ -191,6 +217,8 @@ class FleetCollector(Collector):
             queued.add_metric([tenant], float(count))
         yield queued
 
+    def _versions(self) -> Iterator[Metric]:
+        """Ended runs per agent version, and automatic canary rollbacks (worker/rollout.py)."""
         versions = CounterMetricFamily(
             "fleet_version_runs", "Ended runs per agent version (outcome: ok, error, stopped)",
             labels=["agent", "version", "outcome"],
@@ -206,17 +234,6 @@ class FleetCollector(Collector):
                 rollbacks.add_metric(parts[1:], float(value))
         yield versions
         yield rollbacks
-
-        yield from self._histograms()
-        yield from self._spend(now)
-        yield from self._webhooks(now)
-        yield from self._archive(now)
-        yield from self._redis_memory()
-
-        workers = GaugeMetricFamily("fleet_workers_alive", "Workers with a fresh heartbeat", labels=["kind"])
-        for kind, count in live_workers(self.r, self.keys).items():
-            workers.add_metric([kind], count)
-        yield workers
 
     def _histograms(self) -> Iterator[Metric]:
         """The latency histograms (worker/histograms.py), one HGETALL each in one pipeline. A label
@@ -352,3 +369,10 @@ class FleetCollector(Collector):
         cap = GaugeMetricFamily("fleet_redis_maxmemory_bytes", "Redis maxmemory (0: no cap)")
         cap.add_metric([], float(info.get("maxmemory", 0)))
         yield cap
+
+    def _workers(self) -> Iterator[Metric]:
+        """Agent and tool workers with a fresh heartbeat (worker/heartbeat.py)."""
+        workers = GaugeMetricFamily("fleet_workers_alive", "Workers with a fresh heartbeat", labels=["kind"])
+        for kind, count in live_workers(self.r, self.keys).items():
+            workers.add_metric([kind], count)
+        yield workers

@@ -37,6 +37,11 @@ class Keys:
     def kill_writes(self) -> str:
         return f"{self.prefix}:kill:writes"
 
+    def kill_switch(self, scope: str) -> str:
+        """A switch by its scope as /metrics names it (`all`, `writes`, `tool:<t>`, `agent:<a>`,
+        `tenant:<t>`): the key kill_all, kill_tool, ... build for it."""
+        return f"{self.prefix}:kill:{scope}"
+
     def kill_pattern(self) -> str:
         return f"{self.prefix}:kill:*"
 

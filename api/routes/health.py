@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
-from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Header
-from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from fastapi import APIRouter
 
 from api.deps import AppState, State
-from api.errors import ApiError, FleetJSONResponse
-from api.metrics import FleetCollector, known_models
+from api.errors import FleetJSONResponse
 from api.schemas import Readiness
 from worker.capacity import read_capacity
 from worker.heartbeat import live_workers_async
@@ -21,17 +16,6 @@ from worker.heartbeat import live_workers_async
 PROBE_TIMEOUT_S = 2.0
 
 router = APIRouter(tags=["health"])
-# The error answer is JSON, unlike the metrics: name its media type, or FastAPI documents text/plain.
-_METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {
-        "description": "FLEET_METRICS_TOKEN is set and the request does not carry it",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-    },
-    503: {
-        "description": "Redis is unreachable",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-    },
-}
 
 
 @router.get("/healthz")
@@ -71,27 +55,3 @@ async def capacity_warning(state: AppState) -> str | None:
     except (redis.RedisError, OSError, TimeoutError):
         return None
     return capacity.warning()
-
-
-@router.get("/metrics", response_class=PlainTextResponse, responses=_METRICS_RESPONSES)
-def metrics(state: State, authorization: Annotated[str | None, Header()] = None) -> PlainTextResponse:
-    """Prometheus metrics of the whole fleet, read from Redis. Tenant names are in its labels, so
-    with FLEET_METRICS_TOKEN set it asks for `Authorization: Bearer <that token>` (else 401)."""
-    if state.metrics_token:
-        token = (authorization or "").partition(" ")
-        given = token[2].strip().encode() if token[0].lower() == "bearer" else b""
-        if not hmac.compare_digest(given, state.metrics_token.encode()):
-            raise ApiError(
-                401, "unauthorized", "/metrics needs Authorization: Bearer <FLEET_METRICS_TOKEN>",
-                {"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
-    registry = CollectorRegistry()
-    collector = FleetCollector(
-        state.r,
-        state.keys,
-        tenants=state.tenant_keys.values(),
-        models=known_models(state.settings),
-        max_seconds=state.settings.max_seconds,
-    )
-    registry.register(collector)
-    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

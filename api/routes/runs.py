@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import time
 import uuid
 from typing import Annotated, Any
 
@@ -20,6 +18,7 @@ from starlette.responses import Response
 from api.deps import AppState, State, Tenant, is_admin_key
 from api.errors import ApiError, FleetJSONResponse, validation_message
 from api.events import EventStream, archived_end, parse_event_id
+from api.idempotency import IdempotencyKey
 from api.schemas import ErrorBody, RunOut, RunRequest
 from api.waitslots import WaitersFull
 from worker import killswitch, tracing
@@ -51,9 +50,7 @@ def current_trace_id() -> str | None:
     return traceparent.split("-")[0] or None
 
 
-IDEMPOTENCY_TTL_S = 86400
 MAX_WAIT_S = 30.0
-_IDEM_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 _RUN_ID_RE = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as submit_run makes them
 WAITERS_RETRY_AFTER_S = 5
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -155,23 +152,14 @@ def submit_run(
     _validate_input(request)
     budgets = _budgets(state, request)
     webhook = _webhook(state, request, tenant)
-    if idempotency_key is not None and not _IDEM_KEY_RE.match(idempotency_key):
-        raise ApiError(422, "invalid_request", "Idempotency-Key: 1-200 characters of [A-Za-z0-9_.:-]")
+    idem = IdempotencyKey.of_request(state.r, state.keys, tenant, idempotency_key, request)
     run_id = uuid.uuid4().hex
-    idem_key = body_hash = None
-    if idempotency_key is not None:
-        # A repeat of an accepted request gets its run back, even under a kill switch or a full queue.
-        body_hash = hashlib.sha256(
-            json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
-        ).hexdigest()
-        idem_key = state.keys.idempotency(tenant, idempotency_key)
-        if state.r.exists(idem_key):
-            return _repeat(state, idem_key, body_hash)
+    # A repeat of an accepted request gets its run back, even under a kill switch or a full queue.
+    if idem is not None and idem.is_claimed():
+        return _repeat(state, idem)
     version = _version(state, request, run_id, admin_key)
-    if idem_key is not None and body_hash is not None:
-        claim = json.dumps({"hash": body_hash, "run_id": run_id})
-        if not state.r.set(idem_key, claim, nx=True, ex=IDEMPOTENCY_TTL_S):
-            return _repeat(state, idem_key, body_hash)
+    if idem is not None and not idem.claim(run_id):
+        return _repeat(state, idem)
 
     switches = killswitch.run_switch_keys(state.keys, tenant, request.agent)
     try:
@@ -190,8 +178,8 @@ def submit_run(
             webhook=webhook,
         )
     except AdmissionRefused as refused:
-        if idem_key:
-            state.r.delete(idem_key)
+        if idem is not None:
+            idem.release()
         raise _refusal(refused, state, tenant) from None
     log.info("run queued", run_id=run_id, tenant=tenant, agent=request.agent, trace_id=record["trace_id"])
     try:
@@ -200,10 +188,10 @@ def submit_run(
         state.store.finish(
             run_id, "failed", "error", error={"type": "unavailable", "message": "broker unreachable"}
         )
-        if idem_key:
-            state.r.delete(idem_key)
+        if idem is not None:
+            idem.release()
         raise ApiError(503, "unavailable", "the queue is unreachable; the run was not queued") from None
-    _confirm_replicated(state, run_id, idem_key is not None)
+    _confirm_replicated(state, run_id, idem is not None)
     headers = {"Location": f"/v1/runs/{run_id}"}
     return FleetJSONResponse(public_view(record), status_code=202, headers=headers)  # as written
 
@@ -250,21 +238,10 @@ def _version(state: AppState, request: RunRequest, run_id: str, admin_key: str |
     return request.version
 
 
-def _repeat(state: AppState, idem_key: str, body_hash: str) -> FleetJSONResponse:
+def _repeat(state: AppState, idem: IdempotencyKey) -> FleetJSONResponse:
     """A repeated Idempotency-Key: the same body gets the same run, another body a 409."""
-    deadline = time.monotonic() + 2.0
-    while True:
-        claim = state.r.get(idem_key)
-        if claim is None:
-            raise ApiError(409, "conflict", "Idempotency-Key was in use and expired; retry")
-        data = json.loads(claim)
-        if data.get("hash") != body_hash:
-            raise ApiError(409, "conflict", "Idempotency-Key was used with another body")
-        if state.store.load(data["run_id"]) is not None:
-            return _run_response(state, data["run_id"], 200)
-        if time.monotonic() > deadline:  # the first request is still writing its run
-            raise ApiError(409, "conflict", "a request with this Idempotency-Key is still in progress")
-        time.sleep(0.02)
+    run_id = idem.earlier_run(lambda earlier: state.store.load(earlier) is not None)
+    return _run_response(state, run_id, 200)
 
 
 def _owned(state: AppState, run_id: str, tenant: str) -> dict[str, str]:
