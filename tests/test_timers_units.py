@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import time
+import types
 
 import fakeredis
+import pytest
 
 from worker.agents import CallModel, CallTool, Sleep
 from worker.keys import Keys
+from worker.run import store as store_module
+from worker.run import timers as timers_module
 from worker.run.guard import Park, RunGuard
 from worker.run.loop import decode_action, encode_action
 from worker.run.store import Budgets, RunStore, public_view
@@ -225,3 +229,33 @@ def test_actions_survive_their_park_as_json() -> None:
     ]
     for action in actions:
         assert decode_action(json.loads(json.dumps(encode_action(action)))) == action
+
+
+def test_the_kill_all_sweep_ends_queued_then_parked_runs_each_at_the_servers_time_of_its_end(
+    r: fakeredis.FakeRedis, store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pipeline ends the queued runs and the parked ones; each run's finished_ts is Redis's
+    clock as its own script ran (not a time the worker took before the pipeline), so a sweep's
+    `finished_at` says when each run really stopped. The worker's clock here is an hour behind."""
+    timers = Timers(r, KEYS)
+    parked_run(store, timers, "p1")
+    store.create("q1", tenant="t1", agent="scripted", input=None, budgets=BUDGETS, metadata={})
+    store.create("e1", tenant="t1", agent="scripted", input=None, budgets=BUDGETS, metadata={})
+    store.start("e1", "host:1:e1")  # executing: it checks its own switches
+    ended: list[str] = []
+    store.on_end = lambda run_id, *_: ended.append(run_id)
+    server_before = float("{}.{:06d}".format(*r.time()))
+    time.sleep(0.01)
+    r.set(KEYS.kill_all(), "incident 9")
+    behind = types.SimpleNamespace(time=lambda: time.time() - 3600, monotonic=time.monotonic)
+    monkeypatch.setattr(timers_module, "time", behind)
+    monkeypatch.setattr(store_module, "time", behind)
+    scheduler = Scheduler(timers, store, resume=lambda due: None)
+    assert scheduler.sweep() == 2
+    server_after = float("{}.{:06d}".format(*r.time()))
+    assert ended == ["q1", "p1"]  # the queued run first: a worker may be about to start it
+    for run_id in ("q1", "p1"):
+        raw = store.load(run_id) or {}
+        assert (raw["status"], raw["stop_reason"]) == ("stopped", "killed")
+        assert server_before < float(raw["finished_ts"]) <= server_after
+    assert r.hget(KEYS.run("e1"), "status") == "running"

@@ -171,7 +171,7 @@ return {'started', raw, {kill_reason({unpack(KEYS, 13)}), redis.call('GET', KEYS
 # the deadlines zset, the queued-runs zset, the timers zset, the parked-per-tenant and -agent
 # hashes, the run's events, then the webhook outbox's delivery hash, due and born zsets, then the
 # archive's due and ended zsets (worker/history/queue.py), then the run-duration histogram.
-# ARGV: status, stop_reason, output, error, now (s), ttl (s), the lease
+# ARGV: status, stop_reason, output, error, now (s; '' for the server's clock), ttl (s), the lease
 # token to release ('' for none), the run id, the step count to write first ('' for none),
 # 'parked' or 'queued' to end the run only if it is parked or still queued (the kill sweep: an
 # executing run checks its switches itself), the terminal status event's data, the events' cap,
@@ -189,6 +189,13 @@ _FINISH = (
 local parked = redis.call('HGET', KEYS[1], 'parked') == '1'
 if ARGV[10] == 'parked' and not parked then return {0} end
 if ARGV[10] == 'queued' and redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return {0} end
+-- '' for now: this server's clock, at the moment the run ends (a kill sweep ends a thousand
+-- runs in one pipeline: each gets the time it really stopped, not the time the sweep began)
+local now = ARGV[5]
+if now == '' then
+  local t = redis.call('TIME')
+  now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
 redis.call('ZREM', KEYS[7], ARGV[8])
 redis.call('ZREM', KEYS[9], ARGV[8])
 if ARGV[7] ~= '' then
@@ -205,7 +212,7 @@ if s == 'queued' and f[7] and f[8] then
 end
 local started, steps = f[2], f[3] or '0'
 if not started and ARGV[1] ~= 'cancelled' then
-  started = ARGV[5]
+  started = now
   redis.call('HSET', KEYS[1], 'started_ts', started)
 end
 if ARGV[9] ~= '' then steps = ARGV[9] end
@@ -215,7 +222,7 @@ if parked then
   unpark_count(KEYS[11], f[5])
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'stop_reason', ARGV[2], 'output', ARGV[3],
-           'error', ARGV[4], 'finished_ts', ARGV[5], 'steps', steps)
+           'error', ARGV[4], 'finished_ts', now, 'steps', steps)
 -- the working state (last tool result, agent memory) is of no use once the run has ended
 redis.call('HDEL', KEYS[1], 'last_result', 'memory', 'pending', 'wait', 'wait_reply')
 redis.call('EXPIRE', KEYS[1], ARGV[6])
@@ -225,14 +232,14 @@ redis.call('HINCRBY', KEYS[4], 'usage|steps', tonumber(steps))
 redis.call('HINCRBY', KEYS[4], 'usage|tool_calls', tonumber(f[4] or '0'))
 emit(KEYS[12], false, ARGV[12], ARGV[6], 'status', ARGV[11])
 emit(KEYS[12], false, ARGV[12], ARGV[6], 'end', '')
-webhook_enqueue(KEYS[1], KEYS[13], KEYS[14], KEYS[15], 'end', ARGV[13], ARGV[8], f[7] or '', ARGV[5], '')
-archive_enqueue(KEYS[16], KEYS[17], ARGV[8], ARGV[5])
+webhook_enqueue(KEYS[1], KEYS[13], KEYS[14], KEYS[15], 'end', ARGV[13], ARGV[8], f[7] or '', now, '')
+archive_enqueue(KEYS[16], KEYS[17], ARGV[8], now)
 if ARGV[14] == '1' and f[2] and f[5] then
   local agent = string.gsub(f[5], '|', '_')
-  observe(KEYS[18], agent .. '|' .. ARGV[1], math.max(0, tonumber(ARGV[5]) - tonumber(f[2])))
+  observe(KEYS[18], agent .. '|' .. ARGV[1], math.max(0, tonumber(now) - tonumber(f[2])))
 end
 redis.call('PUBLISH', KEYS[2], ARGV[1])
-return {1, f[5], f[6], started, ARGV[5]}
+return {1, f[5], f[6], started, now}
 """
 )
 
@@ -576,7 +583,8 @@ class RunStore:
     ) -> None:
         """Queue `finish`'s script on a pipeline (the kill sweep ends many runs in one round
         trip); its answer is {1 if it ended the run, agent, version, started_ts, finished_ts},
-        to be passed to `ended`."""
+        to be passed to `ended`. `now`: the end's time (unix s), this process's clock when None,
+        or "" for Redis's clock as the script runs."""
         keys = self.keys
         delivery_id = uuid.uuid4().hex  # the `end` webhook's, if the run has one subscribed to it
         self._finish(
@@ -602,7 +610,7 @@ class RunStore:
                 stop_reason,
                 json.dumps(output),
                 json.dumps(error),
-                now or repr(time.time()),
+                repr(time.time()) if now is None else now,
                 self.ttl_s,
                 lease_token,
                 run_id,

@@ -232,15 +232,21 @@ def end_killed(store: RunStore, runs: list[tuple[str, str]], only_if: str = "par
     """End the given runs as stopped / killed, each only if it is still parked (or, with
     `only_if` "queued", still queued): an executing run checks its switches itself. One
     pipeline. Returns the runs this call ended."""
+    return end_killed_each(store, [(run_id, reason, only_if) for run_id, reason in runs])
+
+
+def end_killed_each(store: RunStore, runs: list[tuple[str, str, str]]) -> list[str]:
+    """`end_killed` for (run id, reason, only_if) triples, in one pipeline. Each run's end time is
+    Redis's clock as its script runs: what `finished_at` says is when the run really stopped,
+    also for the last of a thousand runs in the pipeline."""
     if not runs:
         return []
-    now = repr(time.time())
     pipe = store.r.pipeline(transaction=False)
-    for run_id, reason in runs:
+    for run_id, reason, only_if in runs:
         error = {"type": "killed", "message": reason}
-        store.finish_in(pipe, run_id, STOPPED, "killed", error=error, now=now, only_if=only_if)
+        store.finish_in(pipe, run_id, STOPPED, "killed", error=error, now="", only_if=only_if)
     ended = []
-    for (run_id, _), answer in zip(runs, pipe.execute(), strict=True):
+    for (run_id, _, _), answer in zip(runs, pipe.execute(), strict=True):
         if answer and int(answer[0]) == 1:
             ended.append(run_id)
             store.ended(run_id, STOPPED, "killed", answer[1:])
@@ -285,10 +291,11 @@ class Scheduler:
         all_reason, tenants, agents = self.timers.switched_on()
         if all_reason is None and not tenants and not agents:
             return 0
-        covered = self.timers.covered(all_reason, tenants, agents)
-        ended = end_killed(self.store, covered)
-        if all_reason is not None:  # and the runs still queued: none of them may start
-            ended += end_killed(self.store, [(r, all_reason) for r in self.timers.queued()], "queued")
+        # Under kill:all the runs still queued go first (a worker may be about to start one),
+        # then the parked ones, all in one pipeline.
+        runs = [(r, all_reason, "queued") for r in self.timers.queued()] if all_reason is not None else []
+        runs += [(r, reason, "parked") for r, reason in self.timers.covered(all_reason, tenants, agents)]
+        ended = end_killed_each(self.store, runs)
         if ended:
             log.warning(
                 "kill-switch hit", parked_runs=len(ended), reason=all_reason or "tenant or agent switch"
