@@ -431,3 +431,42 @@ def test_an_unheard_attempt_tells_the_breaker_only_if_a_tool_worker_took_it(shar
     shared_r.hset(KEYS.call("r1:1:0"), "taken", "0")  # what the tool worker's checks write
     assert admitter.settle(keys, unheard_attempt=0, **common)[3] is True  # the tool was asked
     assert shared_r.hget(KEYS.breaker("echo"), "win_calls") == "1"
+
+
+def test_on_its_loop_the_reply_goes_through_the_loops_asyncio_client(shared_r: Any) -> None:
+    """With an asyncio client attached to the loop, the blocking client makes only the checks'
+    round trip and the reply (with the slot's release) goes out on the loop; on another loop
+    (here `answer`'s own) the blocking client replies, as before."""
+    import asyncio
+
+    import fakeredis
+
+    from worker.gateway.executor import ToolExecutor
+
+    server = shared_r.connection_pool.connection_kwargs["server"]
+    counting, _ = _executor_on(shared_r)
+    made: list[Any] = []
+
+    def async_client() -> Any:
+        made.append(fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
+        return made[-1]
+
+    executor = ToolExecutor(counting, KEYS, Settings(), async_redis=async_client)
+    shared_r.hset(KEYS.run("r1"), mapping={"status": "running", "tenant": "t1", "agent": "a"})
+    executor.answer("r1:1:0", 0, "echo", {"n": 0}, 5.0, owner=("t1", "a"))  # no loop attached
+    assert made == [] and shared_r.llen(KEYS.call_reply("r1:1:0", 0)) == 1
+
+    shared_r.hset(KEYS.call("r1:2:0"), "attempt", "0")  # the run's record of the call: settled
+
+    async def on_the_pools_loop() -> None:
+        executor.attach_loop(asyncio.get_running_loop())
+        admitted = executor.admit("r1:2:0", 0, "echo", {"n": 1}, 5.0, ("t1", "a"))
+        counting.round_trips = 0
+        await executor.answer_async("r1:2:0", 0, "echo", {"n": 1}, 5.0, None, admitted)
+
+    asyncio.run(on_the_pools_loop())
+    assert len(made) == 1 and counting.round_trips == 0  # the reply did not use the blocking client
+    assert shared_r.zcard(KEYS.tool_slots("echo")) == 0
+    reply = json.loads(shared_r.lpop(KEYS.call_reply("r1:2:0", 0)) or "{}")
+    assert reply == {"settled": True, "envelope": {"ok": True, "result": {"n": 1}}}
+    assert shared_r.hget(KEYS.call("r1:2:0"), "state") == "done"

@@ -27,7 +27,7 @@ from worker.history import queue as archive_queue
 from worker.history.archiver import Archiver
 from worker.history.db import HistoryDB
 from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
-from worker.redis_conn import get_redis, redis_for
+from worker.redis_conn import async_redis_for, get_redis, redis_for
 from worker.rollout import end_recorder
 from worker.run.keeper import RunKeeper
 from worker.run.lease import Leases, reaper_loop
@@ -122,7 +122,13 @@ def _deps() -> LoopDeps:
 def _new_tool_pool() -> ToolPool:
     deps = _deps()
     tools_settings = deps.settings.tools
-    executor = ToolExecutor(deps.r, deps.keys, deps.settings, sync_pool(tools_settings.sync_threads))
+    executor = ToolExecutor(
+        deps.r,
+        deps.keys,
+        deps.settings,
+        sync_pool(tools_settings.sync_threads),
+        async_redis=lambda: async_redis_for(deps.settings),
+    )
     return ToolPool(executor, tools_settings.worker_max_inflight)
 
 

@@ -1,12 +1,13 @@
 """How a tool worker executes one attempt of a call: fleet-wide slots, exactly-once writes, the tool.
 
 The executor is async: a tool-worker process runs it on one event loop (worker/gateway/pool.py) and
-holds thousands of attempts at once. Its Redis round trips (slot, pre-checks, claim, reply) run
-in a small thread pool of their own with the process's blocking client, not on the loop: the
-reply goes through `Replier` (admit.py), the agent side's synchronous script wrapper, and the
-checks through killswitch.py's; one client and one code path for both sides, and a round trip
-(well under a millisecond) holds a thread briefly, never the loop. Plain tools run in a second
-pool (`tools.sync_threads`), so a hanging plain tool cannot hold up replies.
+holds thousands of attempts at once. The checks before a tool run in the thread that hands the
+call to the loop (worker/gateway/pool.py); the write claims run in a small thread pool of their
+own with the process's blocking client, never on the loop. The reply (`Replier`,
+worker/gateway/checks.py) goes out on the loop itself through an asyncio client of the loop's own
+(`attach_loop`): the same script as the blocking path, with no thread hop between a tool's end and
+the run's reply. Plain tools run in a second pool (`tools.sync_threads`), so a hanging plain tool
+cannot hold up replies.
 
 - Right before a tool executes (one round trip, `BeforeTool`, which also takes the slot below):
   a call whose run does not exist is refused (`denied`, logged); one whose run has ended
@@ -40,13 +41,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
+import redis.asyncio
 import structlog
 
 from worker import histograms, killswitch, tools
 from worker.breaker import BreakerPolicy
 from worker.budget import CALL_RECORD_TTL_S
 from worker.gateway.calls import REPLY_GRACE_S, REPLY_TTL_S, is_failure, is_final, stats_field
-from worker.gateway.checks import Replier
+from worker.gateway.checks import Replier, Reply
 from worker.keys import Keys
 from worker.logs import cap_bytes
 from worker.redis_conn import write_durably
@@ -145,6 +147,23 @@ class Admitted:
     start_by: float
 
 
+async def _until(trip: Callable[[], Awaitable[T]], give_up: float) -> T:
+    """A Redis round trip that, while Redis is unreachable (a restart), is tried again until
+    `give_up` (monotonic: when the run stops waiting for this attempt). A script retried after a
+    lost answer may have run twice: the reply is then pushed twice (the run reads the first; the
+    settle script records a call's result once), and a write's claim is found taken (an
+    idempotent write runs, any other answers `tool_error`: never twice)."""
+    pause_s = REPLY_RETRY_FIRST_S
+    while True:
+        try:
+            return await trip()
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() + pause_s > give_up:
+                raise
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, REPLY_RETRY_MAX_S)
+
+
 class ToolExecutor:
     """Executes call attempts in one tool-worker process (`answer_async` on its event loop).
 
@@ -157,6 +176,7 @@ class ToolExecutor:
         keys: Keys,
         settings: Settings,
         sync_pool: concurrent.futures.Executor | None = None,
+        async_redis: Callable[[], redis.asyncio.Redis] | None = None,
     ) -> None:
         self.r = r
         self.keys = keys
@@ -169,6 +189,15 @@ class ToolExecutor:
         self._redis_pool = concurrent.futures.ThreadPoolExecutor(REDIS_THREADS, "tool-redis")
         self._sync_pool = sync_pool
         self._models = frozenset(histograms.known_models(settings))
+        self._async_redis = async_redis
+        self._async_client: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Push replies on `loop` (the tool pool's) through an asyncio client of its own, made by
+        the `async_redis` factory given: no hop to a Redis thread between a tool's end and its
+        reply. Without a factory, or on another loop, replies take the blocking client."""
+        if self._async_redis is not None:
+            self._async_client = (loop, self._async_redis())
 
     async def _redis(self, fn: Callable[..., T], *args: Any) -> T:
         """A blocking Redis round trip, off the loop."""
@@ -230,31 +259,34 @@ class ToolExecutor:
         spec = tools.get_tool(tool)
         duration = self._histogram(tool, args, result, duration_s) if ran else None
 
-        def reply() -> tuple[bool, str, str]:
-            return self._reply(
-                reply_key=self.keys.call_reply(call_id, attempt),
-                call_key=self.keys.call(call_id),
-                breaker_key=self.keys.breaker(tool),
-                stats_key=self.keys.stats_tools(),
-                run_key=self.keys.run(call_id.split(":", 1)[0]),
-                timers_key=self.keys.timers(),
-                bell_key=self.keys.timers_bell(),
-                run_id=call_id.split(":", 1)[0],
-                envelope=json.dumps(result),
-                reply_ttl_s=REPLY_TTL_S,
-                attempt=attempt,
-                # a model call's breaker and record belong to its model (`llm:<model>`): the run's side
-                settle=ran and spec is not None and tool != tools.MODEL_TOOL,
-                ok=not is_failure(result),
-                breaker=self._breaker,
-                final=spec is not None and is_final(spec, attempt, result, self.settings),
-                call_ttl_s=CALL_RECORD_TTL_S,
-                stats_field=stats_field(tool, result),
-                slot=slot,
-                duration=duration,
-            )
-
-        settled, before, after = await self._redis_until(reply, started + timeout_s + REPLY_GRACE_S)
+        reply = Reply(
+            reply_key=self.keys.call_reply(call_id, attempt),
+            call_key=self.keys.call(call_id),
+            breaker_key=self.keys.breaker(tool),
+            stats_key=self.keys.stats_tools(),
+            run_key=self.keys.run(call_id.split(":", 1)[0]),
+            timers_key=self.keys.timers(),
+            bell_key=self.keys.timers_bell(),
+            run_id=call_id.split(":", 1)[0],
+            envelope=json.dumps(result),
+            reply_ttl_s=REPLY_TTL_S,
+            attempt=attempt,
+            # a model call's breaker and record belong to its model (`llm:<model>`): the run's side
+            settle=ran and spec is not None and tool != tools.MODEL_TOOL,
+            ok=not is_failure(result),
+            breaker=self._breaker,
+            final=spec is not None and is_final(spec, attempt, result, self.settings),
+            call_ttl_s=CALL_RECORD_TTL_S,
+            stats_field=stats_field(tool, result),
+            slot=slot,
+            duration=duration,
+        )
+        give_up = started + timeout_s + REPLY_GRACE_S
+        client = self._loop_client()
+        if client is not None:
+            settled, before, after = await _until(lambda: self._reply.send_async(client, reply), give_up)
+        else:
+            settled, before, after = await self._redis_until(lambda: self._reply.send(reply), give_up)
         # after the reply: the run does not wait for this line
         outcome = "ok" if result.get("ok") else (result.get("error") or {}).get("type", "tool_error")
         log.info(
@@ -287,20 +319,16 @@ class ToolExecutor:
         return self.keys.histogram(family), histograms.series(label, outcome), duration_s
 
     async def _redis_until(self, fn: Callable[[], T], give_up: float) -> T:
-        """A Redis round trip that, while Redis is unreachable (a restart), is tried again until
-        `give_up` (monotonic: when the run stops waiting for this attempt). A script retried after
-        a lost answer may have run twice: the reply is then pushed twice (the run reads the
-        first; the settle script records a call's result once), and a write's claim is found
-        taken (an idempotent write runs, any other answers `tool_error`: never twice)."""
-        pause_s = REPLY_RETRY_FIRST_S
-        while True:
-            try:
-                return await self._redis(fn)
-            except (redis.ConnectionError, redis.TimeoutError):
-                if time.monotonic() + pause_s > give_up:
-                    raise
-                await asyncio.sleep(pause_s)
-                pause_s = min(pause_s * 2, REPLY_RETRY_MAX_S)
+        """A blocking Redis round trip (off the loop), tried again while Redis is unreachable:
+        see `_until`."""
+        return await _until(lambda: self._redis(fn), give_up)
+
+    def _loop_client(self) -> redis.asyncio.Redis | None:
+        """The asyncio client of the running loop, if `attach_loop` made one for it."""
+        attached = self._async_client
+        if attached is None or attached[0] is not asyncio.get_running_loop():
+            return None
+        return attached[1]
 
     async def execute_async(
         self,

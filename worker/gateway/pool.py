@@ -128,6 +128,7 @@ class ToolPool:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
+                self._executor.attach_loop(loop)
                 ready = threading.Event()
 
                 def run() -> None:
