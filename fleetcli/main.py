@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from fleetcli.validate import validate_settings
 from worker.logs import PROCESS_ENV
 from worker.settings import ConfigError, Settings, load_settings
 
@@ -30,50 +31,6 @@ def _settings() -> Settings:
     except ConfigError as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
-
-
-def validate_settings(settings: Settings) -> None:
-    """What every process checks of its settings at start (`fleet doctor` too); a ConfigError
-    names the setting."""
-    settings.tenant_keys()  # a bad key list stops every process, not only the API
-    settings.admin_key_set()
-    settings.tenant_webhook_secrets()
-    _check_database_url(settings)
-    _check_agents(settings)
-
-
-def _check_database_url(settings: Settings) -> None:
-    """The run history's URL parses and names a supported database (the message shows no URL)."""
-    from worker.history.db import parse_url
-
-    try:
-        parse_url(settings.history_database_url())
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _check_agents(settings: Settings) -> None:
-    """Every agent's rollout keys, and the `llm` agent's settings in each of its versions."""
-    from pydantic import ValidationError
-
-    from worker.llmconfig import config_from
-    from worker.rollout import CANARY, STABLE, check_rollout_config, has_versions, version_config
-
-    for agent, config in settings.agents.items():
-        try:
-            check_rollout_config(agent, dict(config))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    if "llm" not in settings.agents:
-        return
-    config = dict(settings.agents["llm"])
-    for version in (STABLE, CANARY) if has_versions(config) else (None,):
-        where = f"agents.llm.versions.{version}" if version else "agents.llm"
-        try:
-            config_from(version_config(config, version))
-        except (ValidationError, ValueError) as exc:
-            lines = str(exc).splitlines()
-            raise ConfigError(f"{where}: {' '.join(lines[:3])}") from None
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -351,8 +308,8 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """`fleet doctor`: the deploy preflight (worker/doctor.py); 0 when every needed check passes."""
-    from worker.doctor import main as doctor
+    """`fleet doctor`: the deploy preflight (fleetcli/doctor.py); 0 when every needed check passes."""
+    from fleetcli.doctor import main as doctor
 
     return doctor(args.kind, args.json)
 
@@ -696,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_worker(args, rest)
     args = parser.parse_args(argv)
     if args.command == "up":
-        from worker.up import run_up
+        from fleetcli.up import run_up
 
         return run_up(
             _settings(),
@@ -720,7 +677,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         "doctor": cmd_doctor,
     }
     return handlers[args.command](args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

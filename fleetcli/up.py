@@ -235,7 +235,7 @@ def run_up(
         if not env.get("FLEET_LOG_FORMAT"):
             env["FLEET_LOG_FORMAT"] = "console" if sys.stdout.isatty() else "json"
         env[DEV_STACK_ENV] = "1"
-        fleet = [sys.executable, "-m", "worker.cli"]
+        fleet = [sys.executable, "-m", "fleetcli"]
         stack.start("api", [*fleet, "api"], env)
         stack.start("worker", [*fleet, "worker", "--concurrency", str(concurrency)], env)
         stack.start("tool-worker", [*fleet, "tool-worker"], env)
