@@ -1,8 +1,25 @@
-"""What every process the `fleet` command starts checks of its settings (`fleet doctor` too)."""
+"""The settings as the `fleet` command loads them: every process it starts checks them at start
+and stops on the first that does not hold, naming it; `fleet doctor` reports it instead."""
 
 from __future__ import annotations
 
-from worker.settings import ConfigError, Settings
+import sys
+
+from worker.settings import ConfigError, Settings, load_settings
+
+USAGE_ERROR = 2  # the command's exit code for a usage, configuration or connection error
+
+
+def checked_settings() -> Settings:
+    """The settings, loaded and validated; one that does not hold ends the command with
+    USAGE_ERROR and a message on stderr naming it."""
+    try:
+        settings = load_settings()
+        validate_settings(settings)
+        return settings
+    except ConfigError as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR) from None
 
 
 def validate_settings(settings: Settings) -> None:

@@ -471,7 +471,7 @@ def test_secret_detector_flags_key_files_and_key_material(tmp_path: Path) -> Non
     assert secret_smells("a.txt", "-----BEGIN OPENSSH PRIVATE KEY-----")
     assert secret_smells("a.py", 'AWS = "AKIAIOSFODNN7EXAMPLE"')
     assert secret_smells("a.py", 'KEY = "sk-proj-abcdefghijklmnopqrstuvwx"')
-    assert not secret_smells("fleetcli/main.py", 'key = settings.secret("FLEET_API_KEY")')
+    assert not secret_smells("fleetcli/runs.py", 'key = settings.secret("FLEET_API_KEY")')
     bad = tmp_path / "Dockerfile"
     bad.write_text(
         "FROM x:1.0\nENV OPENAI_API_KEY=abc \\\n    A=1\nARG GITHUB_TOKEN=ghp\nARG SAFE\n"
