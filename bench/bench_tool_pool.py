@@ -300,7 +300,7 @@ class BaselineFleet(Fleet):
         env = {**self.env, "PYTHONPATH": str(self.tree)}
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", *args],
+                [sys.executable, "-m", "fleetcli", *args],
                 env=env, cwd=self.tree, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         proc = Proc(name, popen, log)

@@ -41,10 +41,10 @@ def fleet_command() -> list[str]:
     """The `fleet` command that belongs to the interpreter running the tests.
 
     The console script installed beside `sys.executable` (the `.venv/bin/fleet` of `.ci/run`), else
-    `python -m worker.cli` with the same interpreter; never a `fleet` found elsewhere on PATH.
+    `python -m fleetcli` with the same interpreter; never a `fleet` found elsewhere on PATH.
     """
     script = Path(sys.executable).parent / "fleet"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "worker.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "fleetcli"]
 
 
 FLEET_CMD = fleet_command()
@@ -352,7 +352,7 @@ class Fleet:
         log = self.dir / f"{name}-{len(self.procs)}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", *args],
+                [sys.executable, "-m", "fleetcli", *args],
                 env=self.env,
                 cwd=ROOT,
                 stdout=out,

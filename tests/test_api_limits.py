@@ -245,7 +245,7 @@ def test_metrics_need_the_token_and_scan_nothing(limits: Fleet) -> None:
 def test_one_api_key_for_two_tenants_stops_the_api_naming_positions_not_the_key(limits: Fleet) -> None:
     env = {**limits.env, "FLEET_API_KEYS": f"t1:{KEY_T1},t2:{KEY_T2},t3:{KEY_T1}"}
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "api"],
+        [sys.executable, "-m", "fleetcli", "api"],
         env=env,
         cwd=ROOT,
         capture_output=True,

@@ -593,7 +593,7 @@ def test_up_without_redis_starts_its_own_stack_serves_the_printed_curl_and_sigin
         started = up.children()
         names = cmdlines(started)
         assert any("redis-server" in line for line in names), names
-        assert any(line.endswith("worker.cli api") for line in names), names
+        assert any(line.endswith("fleetcli api") for line in names), names
         assert (any("flower" in line for line in names)) is with_flower, names
         assert len(started) >= 4  # redis, api, agent worker (+ its pool), tool worker
         assert_interrupt_stops_everything(up, started)

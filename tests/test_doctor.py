@@ -1,4 +1,4 @@
-"""`fleet doctor`, the deploy preflight (worker/doctor.py).
+"""`fleet doctor`, the deploy preflight (fleetcli/doctor.py).
 
 The command runs as a real subprocess against a real redis-server of the test's own (with a
 password) and a local HTTP stub standing in for the model service's `GET /models`; the check
@@ -28,8 +28,8 @@ import httpx
 import pytest
 import yaml
 
+from fleetcli import doctor
 from tests.harness import FLEET_CMD, ROOT, RedisServer, free_port
-from worker import doctor
 from worker.settings import Settings
 
 MODEL_KEY = "sk-doctor-" + secrets.token_urlsafe(16)

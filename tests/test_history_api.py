@@ -298,7 +298,7 @@ def test_delete_of_a_queued_or_running_run_is_409_and_unknown_ids_404(fleet: tup
 def fleet_cli(api: Fleet, *args: str, key: str = KEY_T1) -> subprocess.CompletedProcess[str]:
     env = {**api.env, "FLEET_API_URL": api.url, "FLEET_API_KEY": key}
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "fleetcli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,

@@ -356,7 +356,7 @@ def test_the_password_is_never_shown() -> None:
 def test_fleet_config_masks_the_database_password(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from worker.cli import main
+    from fleetcli.main import main
 
     monkeypatch.delenv("FLEET_CONFIG", raising=False)
     monkeypatch.setenv("FLEET_DATABASE_URL", "postgresql+psycopg://fleet:s3cr3t-pw@db:5432/fleet")

@@ -44,7 +44,7 @@ def healthcheck(fleet: Fleet, beat: Path) -> int:
     argv = [
         sys.executable,
         "-m",
-        "worker.cli",
+        "fleetcli",
         "healthcheck",
         "worker",
         "--file",
@@ -125,7 +125,7 @@ def test_flower_requires_basic_auth_and_lists_the_workers(obs_fleet: Fleet) -> N
     env = {**obs_fleet.env, "FLEET_FLOWER_PASSWORD": "flower-test-password-1", "FLEET_FLOWER_PORT": str(port)}
     log = Path(obs_fleet.dir) / "flower.log"
     with log.open("wb") as out:
-        argv = [sys.executable, "-m", "worker.cli", "flower"]
+        argv = [sys.executable, "-m", "fleetcli", "flower"]
         flower = subprocess.Popen(
             argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -457,7 +457,7 @@ def test_dockerignore_excludes_git_env_tests_secrets_and_caches() -> None:
                  ".mypy_cache/x.json", ".pytest_cache/v/x", ".ruff_cache/x", "agentfleet.egg-info/PKG-INFO",
                  "bench/bench_core.py", "server.pem", "ops/k8s/api.yaml"):  # fmt: skip
         assert ignored(path, rules), f"{path} would be in the build context"
-    for path in ("pyproject.toml", "README.md", "api/main.py", "worker/cli.py", "worker/tools/echo.py"):
+    for path in ("pyproject.toml", "README.md", "api/main.py", "fleetcli/main.py", "worker/tools/echo.py"):
         assert not ignored(path, rules), f"{path} is needed to build the images"
 
 
@@ -471,7 +471,7 @@ def test_secret_detector_flags_key_files_and_key_material(tmp_path: Path) -> Non
     assert secret_smells("a.txt", "-----BEGIN OPENSSH PRIVATE KEY-----")
     assert secret_smells("a.py", 'AWS = "AKIAIOSFODNN7EXAMPLE"')
     assert secret_smells("a.py", 'KEY = "sk-proj-abcdefghijklmnopqrstuvwx"')
-    assert not secret_smells("worker/cli.py", 'key = settings.secret("FLEET_API_KEY")')
+    assert not secret_smells("fleetcli/runs.py", 'key = settings.secret("FLEET_API_KEY")')
     bad = tmp_path / "Dockerfile"
     bad.write_text(
         "FROM x:1.0\nENV OPENAI_API_KEY=abc \\\n    A=1\nARG GITHUB_TOKEN=ghp\nARG SAFE\n"
@@ -485,7 +485,7 @@ def test_secret_detector_flags_key_files_and_key_material(tmp_path: Path) -> Non
 
 def test_build_context_holds_no_file_that_looks_like_a_secret() -> None:
     files = build_context_files()
-    assert "worker/cli.py" in files and "pyproject.toml" in files
+    assert "fleetcli/main.py" in files and "pyproject.toml" in files
     assert not any(f.startswith(("tests/", ".git/", ".venv/")) for f in files)
     problems = []
     for rel in files:
@@ -771,7 +771,7 @@ def markdown_code(text: str) -> str:
 
 
 def test_runbook_names_real_kill_switches_and_fleet_commands() -> None:
-    from worker.cli import build_parser
+    from fleetcli.main import build_parser
 
     text = (ROOT / "ops" / "runbook.md").read_text()
     for topic in ("fleet:kill:all", "fleet:kill:tool:", "fleet:kill:writes", "--scale", "LLEN agents",
@@ -1133,7 +1133,7 @@ class NativeProc:
 def _host_argv(argv: list[str]) -> list[str]:
     """An image command on this host: the `fleet` entrypoint and `python` are this interpreter."""
     if argv[0] == "fleet":
-        return [sys.executable, "-m", "worker.cli", *argv[1:]]
+        return [sys.executable, "-m", "fleetcli", *argv[1:]]
     if argv[0] == "python":
         return [sys.executable, *argv[1:]]
     return argv

@@ -96,7 +96,7 @@ def test_flower_sees_the_workers_through_the_password_protected_broker(fleet: Fl
 
 def fleet_cli(env: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "fleetcli", *args],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
     )  # fmt: skip
 

@@ -135,7 +135,7 @@ def reset_rollout(fleet: Fleet) -> None:
 
 def rollout_cli(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", "rollout", *args],
+        [sys.executable, "-m", "fleetcli", "rollout", *args],
         env=fleet.env,
         cwd=ROOT,
         capture_output=True,

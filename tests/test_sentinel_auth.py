@@ -120,7 +120,7 @@ def test_the_api_exits_2_at_start_with_a_wrong_sentinel_password(env: dict[str, 
         "PYTHONPATH": str(ROOT),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "api"],
+        [sys.executable, "-m", "fleetcli", "api"],
         env=child_env,
         cwd=ROOT,
         capture_output=True,
@@ -133,7 +133,7 @@ def test_the_api_exits_2_at_start_with_a_wrong_sentinel_password(env: dict[str, 
 
 def test_fleet_config_shows_neither_password(env: dict[str, str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "config"],
+        [sys.executable, "-m", "fleetcli", "config"],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
         capture_output=True,
@@ -155,7 +155,7 @@ def doctor(env: dict[str, str], tmp_path: Path, **extra: str) -> subprocess.Comp
         **extra,
     }
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", "doctor", "--kind", "worker"],
+        [sys.executable, "-m", "fleetcli", "doctor", "--kind", "worker"],
         env=child_env,
         cwd=ROOT,
         capture_output=True,

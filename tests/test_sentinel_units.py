@@ -138,7 +138,7 @@ def test_fleet_up_starts_no_redis_for_a_sentinel_url_whose_primary_does_not_answ
         "PYTHONPATH": str(ROOT),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "up", "--no-flower"],
+        [sys.executable, "-m", "fleetcli", "up", "--no-flower"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

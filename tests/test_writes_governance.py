@@ -339,9 +339,9 @@ def tool_steps(runs: list[dict[str, Any]], name: str) -> list[tuple[str, dict[st
 
 
 def fleet_cli(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
-    """The `fleet` command (the venv's console script, else `python -m worker.cli`) with the fleet's env."""
+    """The `fleet` command (the venv's console script, else `python -m fleetcli`) with the fleet's env."""
     script = Path(sys.executable).with_name("fleet")
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "worker.cli"]
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "fleetcli"]
     return subprocess.run(
         [*argv, *args], env=fleet.env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )

@@ -107,10 +107,10 @@ class Admission:
 
 
 class CircuitBreaker:
-    """The fleet's breakers: ask before a call, report its outcome after."""
+    """The fleet's breakers on their own, one script per question: ask before a call, report its
+    outcome after. The gateway runs the same Lua functions inside its admission script."""
 
     def __init__(self, r: redis.Redis, keys: Keys) -> None:
-        self.r = r
         self.keys = keys
         self._allow = r.register_script(_ALLOW)
         self._record = r.register_script(_RECORD)
@@ -139,6 +139,3 @@ class CircuitBreaker:
             ],
         )
         return str(before), str(after)
-
-    def state(self, tool: str) -> str:
-        return str(self.r.hget(self.keys.breaker(tool), "state") or CLOSED)

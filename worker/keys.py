@@ -72,9 +72,6 @@ class Keys:
         """Model tokens and cost counted fleet-wide (worker/histograms.py, worker/spend.py)."""
         return f"{self.prefix}:stats:spend"
 
-    def breaker_pattern(self) -> str:
-        return f"{self.prefix}:breaker:*"
-
     def run_redelivery(self, run_id: str) -> str:
         return f"{self.prefix}:run:{run_id}:redelivered"
 
@@ -239,9 +236,6 @@ class Keys:
     # governance ----------------------------------------------------------------------------------
     def policy(self, agent: str) -> str:
         return f"{self.prefix}:policy:{agent}"
-
-    def policy_pattern(self) -> str:
-        return f"{self.prefix}:policy:*"
 
     def quota_actions(self, agent: str) -> str:
         return f"{self.prefix}:quota:{agent}:actions"

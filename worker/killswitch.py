@@ -88,18 +88,6 @@ def kill_reason(r: redis.Redis, switch_keys: Sequence[str]) -> str | None:
     return first_reason(r.mget(switch_keys)) if switch_keys else None
 
 
-def run_kill_reason(r: redis.Redis, keys: Keys, tenant: str, agent: str) -> str | None:
-    """Why runs of this tenant and agent may not go on, or None."""
-    return kill_reason(r, run_switch_keys(keys, tenant, agent))
-
-
-def tool_kill_reason(
-    r: redis.Redis, keys: Keys, tool: str, *, writes: bool, model: str | None = None
-) -> str | None:
-    """Why a call of `tool` (of `model`, for a model call) is refused, or None."""
-    return kill_reason(r, tool_switch_keys(keys, tool, writes=writes, model=model))
-
-
 def kill(r: redis.Redis, keys: Keys, scope: str, name: str | None, reason: str, ttl_s: int | None) -> str:
     """Turn a switch on; returns its key."""
     key = switch_key(keys, scope, name)

@@ -84,7 +84,8 @@ class Decision:
 
 
 class RateLimiter:
-    """Takes slots from the fleet-wide schedule of a tool (or of a tool and a tenant)."""
+    """Takes slots from the fleet-wide schedule of a tool (or of a tool and a tenant), one script
+    per slot. The gateway runs the same Lua function inside its admission script."""
 
     def __init__(self, r: redis.Redis, keys: Keys) -> None:
         self.keys = keys

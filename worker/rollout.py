@@ -72,10 +72,6 @@ class Window:
     errors: int
     stopped: int
 
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.ended if self.ended else 0.0
-
 
 # Keys of `agents.<name>` that configure its rollout rather than the agent itself.
 ROLLOUT_KEYS = ("versions", "canary_percent")

@@ -41,7 +41,7 @@ PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 
 
-# Set by `fleet up` for the processes it starts: a one-machine dev stack (see worker/up.py).
+# Set by `fleet up` for the processes it starts: a one-machine dev stack (see fleetcli/up.py).
 DEV_STACK_ENV = "FLEET_DEV_STACK"
 
 

@@ -126,7 +126,9 @@ def test_image_filesystem_holds_no_secret_and_nothing_of_the_repo_beyond_the_con
         # Text files: libraries carry the published key pairs of their self-tests (GnuTLS's).
         if data is not None and b"\0" not in data[:8192] and PRIVATE_KEY.search(data):
             bad.append(f"{path}: holds a private key")
-        fleet_code = fleet_code or (path.name == "cli.py" and "worker" in parts and "site-packages" in parts)
+        fleet_code = fleet_code or (
+            path.name == "main.py" and "fleetcli" in parts and "site-packages" in parts
+        )
     assert seen > 1000, "the export was read"
     assert fleet_code, "the fleet's code is in the image: the scan saw the virtualenv"
     assert not bad, "\n".join(bad)

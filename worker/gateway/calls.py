@@ -49,14 +49,14 @@ from pydantic import BaseModel
 
 from worker import histograms, killswitch
 from worker.approvals import APPROVE, Approvals, Pending, denial_message
-from worker.breaker import BreakerPolicy, CircuitBreaker
+from worker.breaker import BreakerPolicy
 from worker.budget import ToolCallBudget
 from worker.gateway.checks import Admitter, Answer, CallKeys, LimitSlot
 from worker.keys import Keys, tool_queue
 from worker.llmconfig import llm_config
 from worker.logs import cap_bytes, sampled
 from worker.policy import DECISION_TTL_S, MICRO, NO_QUOTA, Decision, PolicyStore, decision
-from worker.ratelimit import RateLimiter, parse_rate
+from worker.ratelimit import parse_rate
 from worker.redact import redact
 from worker.retrybudget import RetryBudget, RetryPolicy
 from worker.run.guard import SLICE_S, BudgetExceeded, LeaseLost, Park, RunGuard
@@ -97,8 +97,6 @@ class Dispatcher(Protocol):
 class FleetControls:
     """The fleet-wide state the gateway consults; built once per process."""
 
-    limiter: RateLimiter
-    breaker: CircuitBreaker
     retry_budget: RetryBudget
     policies: PolicyStore
     admitter: Admitter
@@ -107,8 +105,6 @@ class FleetControls:
     @classmethod
     def build(cls, r: redis.Redis, keys: Keys, run_ttl_s: int = 7 * 86400) -> FleetControls:
         return cls(
-            RateLimiter(r, keys),
-            CircuitBreaker(r, keys),
             RetryBudget(r, keys),
             PolicyStore(r, keys),
             Admitter(r),

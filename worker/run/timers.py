@@ -43,7 +43,6 @@ from worker.run.store import STOPPED, RunStore
 log = structlog.get_logger("agentfleet.timers")
 RESEND_S = 15.0  # a claimed timer fires again after this if its resume has not started the run
 CLAIM_BATCH = 500  # timers claimed per script call
-BELL_MAX = 63
 
 # KEYS: the run, its lease, the leases zset, the timers zset, the parked-per-tenant and -agent
 # hashes, the run's cancel key, the reply list the run waits for (the run's hash when none).

@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import redis
 
+from fleetcli.validate import validate_settings
 from worker.settings import ConfigError, Settings, load_settings, masked_url
 
 Status = Literal["ok", "warn", "fail"]
@@ -78,8 +79,6 @@ def run(kind: str) -> list[Check]:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     try:
         settings = load_settings()
-        from worker.cli import validate_settings
-
         validate_settings(settings)
     except ConfigError as exc:
         return [Check("config", "fail", str(exc))]

@@ -29,6 +29,7 @@ from worker.settings import DEV_STACK_ENV, Settings, masked_url
 
 STOP_TIMEOUT_S = 20.0  # a child gets this long after SIGTERM before SIGKILL
 READY_TIMEOUT_S = 60.0
+REDIS_START_TIMEOUT_S = 10.0  # the redis-server that `fleet up` starts answers within this
 
 
 def free_port() -> int:
@@ -164,119 +165,172 @@ def run_up(
 ) -> int:
     """Start the stack and block until Ctrl-C or a child's death; returns the exit code."""
     stack = Stack()
-    stopping = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals()
     env = dict(os.environ)
     workdir = tempfile.mkdtemp(prefix="fleet-up-")
     try:
-        redis_url = settings.redis_url
-        if redis_answers(redis_url, settings.sentinel_password()):
-            print(f"redis:   {masked_url(redis_url)} (already running)", flush=True)
-        elif settings.sentinel is not None:
-            # `fleet up` starts only a plain Redis; it never stands in for a Sentinel setup.
-            print(f"fleet up: no primary answers at {masked_url(redis_url)}", file=sys.stderr)
+        redis_url = resolve_redis(settings, stack, env, workdir)
+        if redis_url is None:
             return 1
-        else:
-            binary = find_redis_server()
-            if binary is None:
-                print("fleet up: no Redis at REDIS_URL and no redis-server to start", file=sys.stderr)
-                return 1
-            port = free_port()
-            stack.start(
-                "redis",
-                [
-                    binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    workdir,
-                    "--loglevel",
-                    "warning",
-                    "--logfile",
-                    str(Path(workdir) / "redis.log"),
-                ],
-                env,
-            )
-            redis_url = f"redis://127.0.0.1:{port}/0"
-            deadline = time.monotonic() + 10
-            while not redis_answers(redis_url):
-                if time.monotonic() > deadline or stack.dead():
-                    print("fleet up: redis-server did not start", file=sys.stderr)
-                    return 1
-                time.sleep(0.1)
-            print(f"redis:   {redis_url} (started: {binary})", flush=True)
-            env["REDIS_URL"] = redis_url
-            # Its own redis-server has no password: the processes must not send one from a file.
-            env["FLEET_REDIS_PASSWORD_FILE"] = os.devnull
-
-        api_key = None
-        if not env.get("FLEET_API_KEYS") and not settings.tenant_keys():
-            api_key = "dev-" + secrets.token_urlsafe(24)
-            env["FLEET_API_KEYS"] = f"dev:{api_key}"
-        flower_password = settings.flower_password.get_secret_value() if settings.flower_password else None
-        flower_password = flower_password or secrets.token_urlsafe(18)
-        env["FLEET_FLOWER_PASSWORD"] = flower_password
-
-        # The children log console lines when this terminal shows them, JSON lines when piped
-        # (unless FLEET_LOG_FORMAT says otherwise), and leave out warnings that a user of a
-        # one-machine dev stack can do nothing about.
-        if not env.get("FLEET_LOG_FORMAT"):
-            env["FLEET_LOG_FORMAT"] = "console" if sys.stdout.isatty() else "json"
-        env[DEV_STACK_ENV] = "1"
-        fleet = [sys.executable, "-m", "worker.cli"]
-        stack.start("api", [*fleet, "api"], env)
-        stack.start("worker", [*fleet, "worker", "--concurrency", str(concurrency)], env)
-        stack.start("tool-worker", [*fleet, "tool-worker"], env)
-        if flower:
-            # Flower's own lines (its URL, its inspect calls before the workers answer) only on error
-            stack.start("flower", [*fleet, "flower", "--logging=error"], env)
-
+        access = dev_access(settings, env)
+        start_processes(stack, env, concurrency, flower)
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         flower_url = f"http://127.0.0.1:{settings.flower_port}" if flower else None
-        from worker.celery_app import celery_redis_url, sentinel_options
-
-        broker = (celery_redis_url(settings), sentinel_options(settings))
-        if redis_url != settings.redis_url:  # the Redis this command started
-            broker = (redis_url, {})
-        missing, dead = wait_ready(stack, broker, api_url, flower_url, ready_timeout_s)
-        if dead:
-            for name, code in dead:
-                print(f"fleet up: {name} exited with code {code} before the stack was ready", file=sys.stderr)
-            print("fleet up: stopping the stack", file=sys.stderr)
-            return 1
-        if missing:
-            print(
-                f"fleet up: not ready after {ready_timeout_s:g} s: {', '.join(missing)}; stopping the stack",
-                file=sys.stderr,
-            )
+        if not wait_until_ready(stack, _broker(settings, redis_url), api_url, flower_url, ready_timeout_s):
             return 1
         sys.stderr.flush()
-        _print_banner(settings, api_url, api_key, flower_password if flower else None)
-
-        while not stopping:
-            dead = stack.dead()
-            if dead:
-                for name, code in dead:
-                    print(f"fleet up: {name} exited with code {code}; stopping the stack", file=sys.stderr)
-                return 1
-            time.sleep(0.3)
-        print("\nfleet up: stopping...", file=sys.stderr, flush=True)
-        return 0
+        _print_banner(settings, api_url, access.api_key, access.flower_password if flower else None)
+        return supervise(stack, stop)
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class StopRequest:
+    """Set by SIGINT or SIGTERM; `supervise` stops the stack once it sees it."""
+
+    requested: bool = False
+
+
+def stop_on_signals() -> StopRequest:
+    """From now on SIGINT and SIGTERM only set the returned request, which `supervise` acts on once
+    the stack is up; the children are stopped by `run_up`'s cleanup, never by a handler."""
+    stop = StopRequest()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.requested = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stop
+
+
+def resolve_redis(settings: Settings, stack: Stack, env: dict[str, str], workdir: str) -> str | None:
+    """The Redis URL the stack uses: REDIS_URL when it answers, else a `redis-server` started on a
+    free loopback port (its URL then goes into the children's `env`). None, with the reason on
+    stderr, when neither: a Sentinel setup that does not answer is never replaced by a plain Redis."""
+    if redis_answers(settings.redis_url, settings.sentinel_password()):
+        print(f"redis:   {masked_url(settings.redis_url)} (already running)", flush=True)
+        return settings.redis_url
+    if settings.sentinel is not None:
+        print(f"fleet up: no primary answers at {masked_url(settings.redis_url)}", file=sys.stderr)
+        return None
+    binary = find_redis_server()
+    if binary is None:
+        print("fleet up: no Redis at REDIS_URL and no redis-server to start", file=sys.stderr)
+        return None
+    redis_url = start_redis(stack, binary, env, workdir)
+    if redis_url is None:
+        print("fleet up: redis-server did not start", file=sys.stderr)
+        return None
+    print(f"redis:   {redis_url} (started: {binary})", flush=True)
+    env["REDIS_URL"] = redis_url
+    # Its own redis-server has no password: the processes must not send one from a file.
+    env["FLEET_REDIS_PASSWORD_FILE"] = os.devnull
+    return redis_url
+
+
+def start_redis(stack: Stack, binary: str, env: dict[str, str], workdir: str) -> str | None:
+    """Start `binary` on a free loopback port, without persistence, its files in `workdir`; its URL
+    once it answers, None when it does not within REDIS_START_TIMEOUT_S or exits."""
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    argv += ["--dir", workdir, "--loglevel", "warning", "--logfile", str(Path(workdir) / "redis.log")]
+    stack.start("redis", argv, env)
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+    while not redis_answers(redis_url):
+        if time.monotonic() > deadline or stack.dead():
+            return None
+        time.sleep(0.1)
+    return redis_url
+
+
+@dataclass(frozen=True)
+class DevAccess:
+    """What the banner shows: the dev API key made for this session (None when API keys are
+    configured) and Flower's password (the configured one, else one made for this session)."""
+
+    api_key: str | None
+    flower_password: str
+
+
+def dev_access(settings: Settings, env: dict[str, str]) -> DevAccess:
+    """The stack's credentials, put into the children's `env`."""
+    api_key = None
+    if not env.get("FLEET_API_KEYS") and not settings.tenant_keys():
+        api_key = "dev-" + secrets.token_urlsafe(24)
+        env["FLEET_API_KEYS"] = f"dev:{api_key}"
+    flower_password = settings.flower_password.get_secret_value() if settings.flower_password else None
+    flower_password = flower_password or secrets.token_urlsafe(18)
+    env["FLEET_FLOWER_PASSWORD"] = flower_password
+    return DevAccess(api_key, flower_password)
+
+
+def start_processes(stack: Stack, env: dict[str, str], concurrency: int, flower: bool) -> None:
+    """Start the API, an agent worker of `concurrency` processes, a tool worker and, with `flower`,
+    Flower, each as `python -m fleetcli ...` with `env`."""
+    # The children log console lines when this terminal shows them, JSON lines when piped
+    # (unless FLEET_LOG_FORMAT says otherwise), and leave out warnings that a user of a
+    # one-machine dev stack can do nothing about.
+    if not env.get("FLEET_LOG_FORMAT"):
+        env["FLEET_LOG_FORMAT"] = "console" if sys.stdout.isatty() else "json"
+    env[DEV_STACK_ENV] = "1"
+    fleet = [sys.executable, "-m", "fleetcli"]
+    stack.start("api", [*fleet, "api"], env)
+    stack.start("worker", [*fleet, "worker", "--concurrency", str(concurrency)], env)
+    stack.start("tool-worker", [*fleet, "tool-worker"], env)
+    if flower:
+        # Flower's own lines (its URL, its inspect calls before the workers answer) only on error
+        stack.start("flower", [*fleet, "flower", "--logging=error"], env)
+
+
+def _broker(settings: Settings, redis_url: str) -> tuple[str, dict[str, Any]]:
+    """Celery's broker URL and transport options for the readiness probe: the configured ones
+    (through Sentinel too), or the plain Redis that `fleet up` started."""
+    if redis_url != settings.redis_url:
+        return redis_url, {}
+    from worker.celery_app import celery_redis_url, sentinel_options
+
+    return celery_redis_url(settings), sentinel_options(settings)
+
+
+def wait_until_ready(
+    stack: Stack,
+    broker: tuple[str, dict[str, Any]],
+    api_url: str,
+    flower_url: str | None,
+    timeout_s: float,
+) -> bool:
+    """`wait_ready`, then True when every part is ready; else False after naming on stderr the
+    children that died or the parts not ready in time."""
+    missing, dead = wait_ready(stack, broker, api_url, flower_url, timeout_s)
+    if dead:
+        for name, code in dead:
+            print(f"fleet up: {name} exited with code {code} before the stack was ready", file=sys.stderr)
+        print("fleet up: stopping the stack", file=sys.stderr)
+        return False
+    if missing:
+        print(
+            f"fleet up: not ready after {timeout_s:g} s: {', '.join(missing)}; stopping the stack",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def supervise(stack: Stack, stop: StopRequest) -> int:
+    """Block until a stop is requested (0) or a child dies (1, naming it on stderr)."""
+    while not stop.requested:
+        dead = stack.dead()
+        if dead:
+            for name, code in dead:
+                print(f"fleet up: {name} exited with code {code}; stopping the stack", file=sys.stderr)
+            return 1
+        time.sleep(0.3)
+    print("\nfleet up: stopping...", file=sys.stderr, flush=True)
+    return 0
 
 
 def _print_banner(settings: Settings, api_url: str, api_key: str | None, flower_password: str | None) -> None:

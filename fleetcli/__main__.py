@@ -1,0 +1,5 @@
+"""`python -m fleetcli`: the `fleet` command with this interpreter."""
+
+from fleetcli.main import main
+
+raise SystemExit(main())
