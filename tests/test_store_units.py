@@ -79,6 +79,33 @@ def test_start_reads_the_runs_switches_and_cancel_flag_as_the_guard_does(
         assert (stop.value.stop_reason, stop.value.message) == ("killed", "kill switch on")
 
 
+def test_a_checkpoint_reads_the_switches_for_the_next_steps_check(
+    store: RunStore, r: fakeredis.FakeRedis
+) -> None:
+    """The step's checkpoint transaction reads the guard's keys: the next step's check needs no
+    MGET of its own, and sees what a separate read would."""
+    new_run(store)
+    store.start("r1", "host:1:a")
+    guard = RunGuard(r, KEYS, run_id="r1", tenant="t1", agent="scripted", deadline_ts=1e12)
+    entry = {"step": 1, "action": "tool"}
+    values = store.checkpoint(
+        "r1", cursor=1, memory={}, last_result=None, step_entry=entry, read=guard.switch_keys
+    )
+    assert values is not None and guard.read(values) == (None, None)
+    guard.check(guard.read(values))  # nothing on: goes on
+    r.set(KEYS.kill_tenant("t1"), "tenant paused")
+    r.set(KEYS.run_cancel("r1"), "cancelled by request")
+    values = store.checkpoint(
+        "r1", cursor=2, memory={}, last_result=None, step_entry=entry, read=guard.switch_keys
+    )
+    assert values is not None and guard.read(values) == ("tenant paused", "cancelled by request")
+    with pytest.raises(RunStopped) as stop:
+        guard.check(guard.read(values))
+    assert (stop.value.stop_reason, stop.value.message) == ("killed", "tenant paused")
+    assert r.hget(KEYS.run("r1"), "cursor") == "2" and r.llen(KEYS.run_steps("r1")) == 2
+    assert store.checkpoint("r1", cursor=3, memory={}, last_result=None, step_entry=entry) is None
+
+
 def test_start_adds_the_deadline_and_finish_removes_it_and_releases_the_lease(
     store: RunStore, r: fakeredis.FakeRedis
 ) -> None:

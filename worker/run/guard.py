@@ -100,17 +100,19 @@ class RunGuard:
         already read by the script that started the run; None reads them now (one MGET)."""
         if self.lease_lost is not None and self.lease_lost.is_set():
             raise LeaseLost()
-        if prefetched is None:
-            *switches, cancel = self.r.mget(self._keys)
-            reason = killswitch.first_reason(switches)
-        else:
-            reason, cancel = prefetched
+        reason, cancel = self.read(self.r.mget(self._keys)) if prefetched is None else prefetched
         if reason is not None:
             raise RunStopped(STOPPED, "killed", reason)
         if cancel is not None:
             raise RunStopped(CANCELLED, "cancelled", str(cancel))
         if self.remaining_s() <= 0:
             raise BudgetExceeded("max_seconds")
+
+    def read(self, values: list[Any]) -> tuple[str | None, str | None]:
+        """The switches' reason and the cancel flag from the values of `switch_keys`, read by a
+        caller's own round trip (the step's checkpoint reads them for the next step's check)."""
+        *switches, cancel = values
+        return killswitch.first_reason(switches), None if cancel is None else str(cancel)
 
     def check_local(self) -> None:
         """The checks that need no Redis: the lease and the deadline (for callers that read the

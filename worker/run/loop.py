@@ -248,7 +248,7 @@ def _steps(
     resume: dict[str, Any] | None = json.loads(raw["wait"]) if raw.get("wait") else None
     prefetched: tuple[str | None, str | None] | None = checks
     while True:
-        guard.check(prefetched)  # the first check uses the values the start script read
+        guard.check(prefetched)  # values the start script or the last checkpoint read
         prefetched = None
         step = cursor + 1
         if pending is not None and int(pending.get("step", 0)) == step:
@@ -324,14 +324,16 @@ def _steps(
             )  # fmt: skip
         cursor = step
         pending = resume = None
-        store.checkpoint(
+        switches = store.checkpoint(
             run_id,
             cursor=cursor,
             memory=memory,
             last_result=last_result,
             step_entry=entry,
             agent=raw["agent"],
+            read=guard.switch_keys,  # the next step's check, in the same round trip
         )
+        prefetched = guard.read(switches) if switches is not None else None
         attempt.trace.end_step(entry)
 
 

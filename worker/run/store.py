@@ -507,11 +507,14 @@ class RunStore:
         last_result: Any,
         step_entry: dict[str, Any],
         agent: str = "",
-    ) -> None:
+        read: list[str] | None = None,
+    ) -> list[Any] | None:
         """Persist the loop's position after a step, with the step's entry in the step log and as
         the run's `step` event (the same JSON text); the step's park record
         (worker/run/timers.py), if it parked, is done with. One transaction, one round trip.
-        Given the run's `agent`, the step's `duration_ms` is observed in the step histogram."""
+        Given the run's `agent`, the step's `duration_ms` is observed in the step histogram.
+        Given `read` (keys), returns their values as the transaction leaves them: the next
+        step's switch check takes no round trip of its own."""
         key, log = self.keys.run(run_id), self.keys.run_steps(run_id)
         entry = json.dumps(step_entry)
         pipe = self.r.pipeline(transaction=True)
@@ -529,7 +532,10 @@ class RunStore:
             histograms.observe_in(
                 pipe, self.keys.histogram(histograms.STEP), labels, float(step_entry["duration_ms"]) / 1000
             )
-        pipe.execute()
+        if read:
+            pipe.mget(read)
+        answers = pipe.execute()
+        return list(answers[-1]) if read else None
 
     def finish(
         self,
