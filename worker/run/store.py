@@ -556,9 +556,9 @@ class RunStore:
         `steps`, write the run's step count first (the step that ended it, see begin_step); with
         `only_if` "parked" or "queued", end it only if it is parked or still queued (the kill
         sweep, worker/run/timers.py)."""
-        pipe = self.r.pipeline(transaction=False)
-        self.finish_in(
-            pipe,
+        # The script straight on the client: a pipeline would ask SCRIPT EXISTS first, every time.
+        ended, *fields = self.finish_in(
+            self.r,
             run_id,
             status,
             stop_reason,
@@ -568,14 +568,13 @@ class RunStore:
             steps=steps,
             only_if=only_if,
         )
-        ended, *fields = pipe.execute()[0]
         if ended:
             self.ended(run_id, status, stop_reason, fields)
         return bool(ended)
 
     def finish_in(
         self,
-        pipe: redis.client.Pipeline,
+        client: redis.Redis | redis.client.Pipeline,
         run_id: str,
         status: str,
         stop_reason: str,
@@ -586,14 +585,14 @@ class RunStore:
         steps: int | None = None,
         only_if: str = "",
         now: str | None = None,
-    ) -> None:
-        """Queue `finish`'s script on a pipeline (the kill sweep ends many runs in one round
-        trip); its answer is {1 if it ended the run, agent, version, started_ts, finished_ts},
-        to be passed to `ended`. `now`: the end's time (unix s), this process's clock when None,
-        or "" for Redis's clock as the script runs."""
+    ) -> Any:
+        """Run `finish`'s script on `client`, or queue it on a pipeline (the kill sweep ends many
+        runs in one round trip); its answer is {1 if it ended the run, agent, version,
+        started_ts, finished_ts}, to be passed to `ended`. `now`: the end's time (unix s), this
+        process's clock when None, or "" for Redis's clock as the script runs."""
         keys = self.keys
         delivery_id = uuid.uuid4().hex  # the `end` webhook's, if the run has one subscribed to it
-        self._finish(
+        return self._finish(
             keys=[
                 keys.run(run_id),
                 keys.run_ended_channel(run_id),
@@ -627,7 +626,7 @@ class RunStore:
                 delivery_id,
                 "1" if self.histograms else "",
             ],
-            client=pipe,
+            client=client,
         )
 
     def _webhook_keys(self, delivery_id: str) -> list[str]:
