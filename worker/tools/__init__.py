@@ -115,7 +115,9 @@ async def execute_async(
         else:
             work = asyncio.get_running_loop().run_in_executor(sync_pool, spec.fn, parsed, ctx)
         try:
-            return ok_result(await asyncio.wait_for(work, ctx.timeout_s + OVERRUN_SLACK_S))
+            # asyncio.timeout, not wait_for: the tool runs in this task, with no task of its own
+            async with asyncio.timeout(ctx.timeout_s + OVERRUN_SLACK_S):
+                return ok_result(await work)
         except TimeoutError:
             # A plain tool's thread cannot be stopped: it runs on and its result is dropped.
             return error_result("timeout", f"{name} did not answer within {ctx.timeout_s:g} s")
