@@ -179,6 +179,25 @@ def test_keda_scales_tool_workers_on_every_tool_queue() -> None:
     assert {"tools", *(tool_queue(n) for n in builtin), WEBHOOK_QUEUE, ARCHIVE_QUEUE} <= lists
 
 
+def test_k8s_manifests_pass_the_strict_schema_check() -> None:
+    """kubernetes-validate --strict against the Kubernetes 1.31 schemas: an unknown or misspelt
+    field fails (KEDA's custom resources and the Kustomization have no schema there)."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    checked = 0
+    for obj in k8s_objects():
+        doc = {k: v for k, v in obj.items() if k != "__file__"}
+        if obj["kind"] == "Kustomization" or obj["apiVersion"].startswith("keda.sh/"):
+            continue
+        kubernetes_validate.validate(doc, K8S_SCHEMA_VERSION, strict=True)
+        checked += 1
+    assert checked >= 15
+    misspelt = {**k8s_object("NetworkPolicy", "fleet-egress"), "__file__": None}
+    misspelt = {k: v for k, v in misspelt.items() if k != "__file__"}
+    misspelt["spec"] = {**misspelt["spec"], "egres": []}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(misspelt, K8S_SCHEMA_VERSION, strict=True)
+
+
 # -- the preflight as init containers ---------------------------------------------------------------
 
 PREFLIGHT_KINDS = {"api": "api", "worker": "worker", "tool-worker": "tool-worker"}
@@ -198,22 +217,3 @@ def test_k8s_deployment_runs_fleet_doctor_of_its_kind_as_an_init_container(name:
     assert init["volumeMounts"] == container["volumeMounts"], "the same secrets and config"
     assert init["securityContext"] == container["securityContext"]
     assert init["resources"]["limits"]["memory"]
-
-
-def test_k8s_manifests_pass_the_strict_schema_check() -> None:
-    """kubernetes-validate --strict against the Kubernetes 1.31 schemas: an unknown or misspelt
-    field fails (KEDA's custom resources and the Kustomization have no schema there)."""
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    checked = 0
-    for obj in k8s_objects():
-        doc = {k: v for k, v in obj.items() if k != "__file__"}
-        if obj["kind"] == "Kustomization" or obj["apiVersion"].startswith("keda.sh/"):
-            continue
-        kubernetes_validate.validate(doc, K8S_SCHEMA_VERSION, strict=True)
-        checked += 1
-    assert checked >= 15
-    misspelt = {**k8s_object("NetworkPolicy", "fleet-egress"), "__file__": None}
-    misspelt = {k: v for k, v in misspelt.items() if k != "__file__"}
-    misspelt["spec"] = {**misspelt["spec"], "egres": []}
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(misspelt, K8S_SCHEMA_VERSION, strict=True)
