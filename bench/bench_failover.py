@@ -7,7 +7,7 @@ Needs `redis-server` on PATH, as the tests do. About 3 minutes on 2 cores (defau
 
 1. Failover (N times, each on a fresh setup): a primary, two replicas and three Sentinels
    (`down-after-milliseconds` 1000) on loopback, the fleet (API, agent worker, tool worker) on
-   the redis+sentinel:// URL, the load of tests/test_sentinel.py (parked runs, write runs, a
+   the redis+sentinel:// URL, the load of tests/failover_load.py (parked runs, write runs, a
    burst right before the kill), then SIGKILL of the primary. Prints the times from the kill
    to: the Sentinels naming a new primary, a new run answered 202, that run ended; and the
    accepted runs lost, failed, and the writes sent twice (all must be 0). Goal: a new run
@@ -43,8 +43,8 @@ import httpx  # noqa: E402
 
 from bench.bench_core import percentile  # noqa: E402
 from bench.bench_gateway import machine_line, versions_line  # noqa: E402
+from tests.failover_load import CONFIG, Failover, failover_under_load  # noqa: E402
 from tests.harness import KEY_T1, CountingServer, Fleet, SentinelGroup  # noqa: E402
-from tests.test_sentinel import CONFIG, Failover, failover_under_load  # noqa: E402
 
 EXIT_FAILED = 1
 EXIT_ERROR = 2

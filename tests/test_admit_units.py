@@ -9,26 +9,11 @@ from typing import Any
 import fakeredis
 import pytest
 
-from tests.test_store_units import KEYS, InlineDispatcher, gateway
+from tests.unit_parts import KEYS, CountingRedis, InlineDispatcher, gateway
 from worker.policy import MICRO, Policy, PolicyStore
 from worker.run.guard import BudgetExceeded, RunStopped
 from worker.run.store import RunStore
 from worker.settings import Settings
-
-
-class CountingRedis(fakeredis.FakeRedis):
-    """Counts round trips: each command sent alone, and each pipeline."""
-
-    round_trips = 0
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        self.round_trips += 1
-        return super().execute_command(*args, **options)
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        self.round_trips += 1  # its queued commands go out together, in one round trip
-        return super().pipeline(transaction, shard_hint)
-
 
 POLICY_READ = """
 local tools, max_a, max_s, approve = policy_read(KEYS[1])

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api_client import assert_error, post_run
 from tests.harness import KEY_T1, KEY_T2, TERMINAL, Fleet, RedisServer
 from worker.keys import AGENT_QUEUE
 
@@ -65,27 +66,6 @@ def busy_fleet() -> Iterator[Fleet]:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def post_run(fleet: Fleet, body: Any, key: str | None = KEY_T1, **kwargs: Any) -> httpx.Response:
-    """POST /v1/runs with `body` as JSON (or raw `content=` / extra `headers=` in kwargs)."""
-    headers = dict(kwargs.pop("headers", {}))
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    if "content" not in kwargs:
-        kwargs["json"] = body
-    return httpx.post(f"{fleet.url}/v1/runs", headers=headers, timeout=40, **kwargs)
-
-
-def assert_error(resp: httpx.Response, status: int) -> str:
-    """The answer has `status` and the contract's error shape; returns the message."""
-    assert resp.status_code == status, f"{resp.status_code}: {resp.text}"
-    assert resp.headers["content-type"].startswith("application/json"), resp.headers
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    assert isinstance(body["error"]["type"], str) and body["error"]["type"], body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
-    return str(body["error"]["message"])
 
 
 def assert_client_error(resp: httpx.Response) -> None:

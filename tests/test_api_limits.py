@@ -20,8 +20,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.api_client import assert_error, post_run
 from tests.harness import KEY_T1, KEY_T2, ROOT, Fleet, RedisServer, wait_for
-from tests.test_api import assert_error, post_run
 from worker.keys import AGENT_QUEUE, Keys
 
 KEYS = Keys("fleet")

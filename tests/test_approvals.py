@@ -16,10 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api_client import EventReader, assert_error, stream_client
+from tests.cli_runs import run_fleet, submit_env
 from tests.harness import KEY_T1, KEY_T2, Fleet, RedisServer, wait_for
-from tests.test_api import assert_error
-from tests.test_cli import run_fleet, submit_env
-from tests.test_events import EventReader, stream_client
 from worker.keys import Keys
 from worker.policy import Policy, PolicyStore
 

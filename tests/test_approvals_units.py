@@ -10,7 +10,7 @@ import time
 import fakeredis
 import pytest
 
-from tests.test_store_units import KEYS, new_run
+from tests.unit_parts import KEYS, new_run
 from worker.approvals import Approvals, DecisionRefused, Pending
 from worker.run.lease import new_token
 from worker.run.loop import run_deadline

@@ -26,7 +26,8 @@ import psutil
 import pytest
 import yaml
 
-from tests.harness import FLEET_CMD, KEY_T1, ROOT, TERMINAL, Fleet, RedisServer, free_port, wait_for
+from tests.cli_runs import clean_env, run_fleet, submit_env
+from tests.harness import FLEET_CMD, TERMINAL, Fleet, RedisServer, free_port, wait_for
 
 BANNER_END = "Ctrl-C stops everything."
 UP_READY_TIMEOUT_S = 120.0
@@ -50,50 +51,6 @@ rollout:
   canary_percent: 10
   rollback_on_error_rate: 0.05
 """
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without any fleet setting, plus `extra`."""
-    dropped = ("FLEET_", "AGENT_MAX_", "REDIS_URL", "SENTRY_DSN", "OPENAI_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-
-def run_fleet(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
-    """Run `fleet ARGS` to its end; a process that outlives `timeout` is killed and fails the test."""
-    proc = subprocess.Popen(
-        [*FLEET_CMD, *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(
-            f"`fleet {' '.join(args)}` still ran after {timeout} s\n"
-            f"stdout:\n{out.decode(errors='replace')[-3000:]}\nstderr:\n{err.decode(errors='replace')[-3000:]}"
-        )
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 # -- fleet config -----------------------------------------------------------------------------------
@@ -622,10 +579,6 @@ def test_up_uses_redis_url_when_it_answers_and_leaves_that_redis_running(
 
 
 # -- fleet submit -----------------------------------------------------------------------------------
-
-
-def submit_env(fleet: Fleet, **extra: str) -> dict[str, str]:
-    return clean_env(**{"FLEET_API_URL": fleet.url, "FLEET_API_KEY": KEY_T1, **extra})
 
 
 def test_submit_wait_prints_output_on_stdout_progress_on_stderr_and_exits_0(fleet: Fleet) -> None:

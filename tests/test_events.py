@@ -12,23 +12,20 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
+from tests.api_client import Event, EventReader, assert_error, stream_client
 from tests.harness import KEY_T1, KEY_T2, Fleet, RedisServer, wait_for
-from tests.test_api import assert_error
 from worker.keys import Keys
 from worker.run.events import END
 from worker.run.store import Budgets, RunStore
 
 KEYS = Keys("fleet")
 MAX_WAITERS = 2
-READ_TIMEOUT_S = 20.0  # longer than the API's 15 s keep-alive: a silent stream is a broken one
-STREAM_DEADLINE_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -41,56 +38,6 @@ def events_fleet() -> Iterator[Fleet]:
     finally:
         fleet.close()
         server.close()
-
-
-@dataclass(frozen=True)
-class Event:
-    id: str
-    name: str
-    data: Any
-
-    @property
-    def order(self) -> tuple[int, int]:
-        ms, seq = self.id.split("-")
-        return int(ms), int(seq)
-
-
-def stream_client(key: str = KEY_T1) -> httpx.Client:
-    timeout = httpx.Timeout(10.0, read=READ_TIMEOUT_S)
-    return httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
-
-
-class EventReader:
-    """Reads the events of one open stream (comments skipped), a few at a time or until it closes."""
-
-    def __init__(self, resp: httpx.Response) -> None:
-        assert resp.status_code == 200, resp.read()
-        assert resp.headers["content-type"].startswith("text/event-stream"), resp.headers
-        self.lines = resp.iter_lines()  # one iterator: httpx closes the answer when it is dropped
-
-    def take(self, count: int | None = None, deadline_s: float = STREAM_DEADLINE_S) -> list[Event]:
-        """The next `count` events, or (None) every event until the server closes the stream."""
-        deadline = time.monotonic() + deadline_s
-        found: list[Event] = []
-        fields: dict[str, list[str]] = {}
-        for line in self.lines:
-            assert time.monotonic() < deadline, f"the stream is still open after {deadline_s} s: {found}"
-            if line.startswith(":"):
-                continue
-            if line == "":
-                if fields:
-                    data = "\n".join(fields.get("data", []))
-                    found.append(
-                        Event(fields["id"][0], fields["event"][0], json.loads(data) if data else None)
-                    )
-                    fields = {}
-                    if count is not None and len(found) >= count:
-                        return found
-                continue
-            name, _, value = line.partition(":")
-            fields.setdefault(name, []).append(value[1:] if value.startswith(" ") else value)
-        assert count is None, f"the stream closed after {found}"
-        return found
 
 
 def events_of(resp: httpx.Response, stop_after: int | None = None) -> list[Event]:

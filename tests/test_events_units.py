@@ -15,7 +15,7 @@ import pytest
 from api.deps import AppState
 from api.errors import ApiError
 from api.events import READ_BATCH, Batch, RunEvents, end_id_for, frame, parse_event_id
-from tests.test_timers_units import parked_run
+from tests.unit_parts import parked_run
 from worker.keys import Keys
 from worker.run.events import EVENTS_MAX
 from worker.run.store import STEP_LOG_MAX, Budgets, RunStore, public_view

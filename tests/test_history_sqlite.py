@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.harness import Fleet, RedisServer
-from tests.test_history import (
+from tests.history_checks import (
     HOT_TTL_S,
     PLAN,
     assert_archived_as_shown,

@@ -4,7 +4,7 @@ No cluster runs here: its node images come from a registry this project's CI doe
 strict schema check rejects what `kubectl apply` would reject or silently drop: a misspelt or
 misplaced field, a wrong type, a missing required field. KEDA's ScaledObject and
 TriggerAuthentication and the Kustomization are custom kinds without a schema in the package;
-tests/test_ops.py checks what they say.
+tests/ops/test_k8s.py checks what they say.
 """
 
 from __future__ import annotations

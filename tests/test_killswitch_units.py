@@ -16,7 +16,7 @@ import fakeredis
 import pytest
 
 import worker
-from tests.test_store_units import KEYS, InlineDispatcher, gateway
+from tests.unit_parts import KEYS, InlineDispatcher, gateway
 from worker import killswitch
 from worker.run.guard import RunStopped
 from worker.run.store import AdmissionRefused, Budgets, RunStore

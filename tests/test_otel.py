@@ -35,7 +35,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
 from tests.harness import ROOT, FakeOpenAI, Fleet, running_fleet, wait_for
-from tests.test_redaction_fleet import CORPUS, TEXTS, _decode, excerpt, leaks, parse_envelope
+from tests.leaks import CORPUS, TEXTS, excerpt, leaks
+from tests.request_bodies import decode_body, parse_envelope
 from worker.keys import Keys
 
 MODEL = "fake-model"
@@ -93,7 +94,7 @@ class Receiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 encoding = (self.headers.get("Content-Encoding") or "").strip().lower()
-                body = _decode(raw, encoding)
+                body = decode_body(raw, encoding)
                 if self.path == "/v1/traces":
                     with outer.lock:
                         outer.otlp.append(body)

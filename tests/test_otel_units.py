@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode
 
 from tests.harness import ROOT
-from tests.test_redaction_fleet import TEXTS, leaks
+from tests.leaks import TEXTS, leaks
 from worker import tracing
 from worker.tracing_export import RedactingExporter
 

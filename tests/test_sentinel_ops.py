@@ -1,6 +1,6 @@
 """The Sentinel deployments: compose's `ha` profile and the kustomize overlay ops/overlays/sentinel.
 
-Static, like tests/test_ops.py: `docker-compose config` with and without the profile, `kubectl
+Static, like tests/ops/: `docker-compose config` with and without the profile, `kubectl
 kustomize` of the overlay when kubectl is installed, and the properties the failover relies on
 (three Sentinels with a quorum of two, two replicas that follow the primary with its password,
 the fleet on a Sentinel URL that parses, disruption budgets that keep a quorum, locked-down pods).
@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_ops import (
+from tests.harness import ROOT
+from tests.ops.helpers import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
     K8S_SCHEMA_VERSION,
-    ROOT,
     compose_command,
     load_compose,
     tool_binary,
@@ -133,7 +133,7 @@ def test_the_overlay_files_are_only_kubernetes_objects_and_its_kustomization() -
 
 
 def test_the_sentinel_overlay_passes_the_strict_schema_check() -> None:
-    """kubernetes-validate --strict, as tests/test_ops.py checks ops/k8s (KEDA's resources have no
+    """kubernetes-validate --strict, as tests/ops/test_k8s.py checks ops/k8s (KEDA's resources have no
     schema there)."""
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     checked = 0

@@ -3,26 +3,16 @@ on fakeredis with Lua. Delivery, timing and crashes are tested against real proc
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import fakeredis
 import pytest
 
-from worker.budget import ToolCallBudget
-from worker.gateway.calls import FleetControls, ToolGateway, is_retryable
-from worker.keys import Keys
+from tests.unit_parts import BUDGETS, KEYS, InlineDispatcher, gateway, new_run
+from worker.gateway.calls import is_retryable
 from worker.run.guard import BudgetExceeded, RunGuard, RunStopped
-from worker.run.store import AdmissionRefused, Budgets, RunStore, Started, public_view
+from worker.run.store import AdmissionRefused, RunStore, Started, public_view
 from worker.settings import Settings
-from worker.tools import ToolContext, execute
-
-KEYS = Keys("fleet")
-BUDGETS = Budgets(max_steps=5, max_tool_calls=2, max_seconds=30)
-
-
-def new_run(store: RunStore, run_id: str = "r1") -> None:
-    store.create(run_id, tenant="t1", agent="scripted", input={"plan": []}, budgets=BUDGETS, metadata={})
 
 
 def test_a_terminal_run_never_changes_again(store: RunStore) -> None:
@@ -194,62 +184,6 @@ def test_public_view_has_the_contract_fields_and_iso_times(store: RunStore) -> N
         "max_tokens": 0,
         "max_cost_usd": 0.0,
     }
-
-
-class InlineDispatcher:
-    """Runs the tool in-process and pushes its reply, as a tool worker would; records calls."""
-
-    def __init__(
-        self, r: fakeredis.FakeRedis, settings: Settings, replies: list[dict[str, Any]] | None = None
-    ):
-        self.r, self.settings, self.replies = r, settings, replies
-        self.sent: list[tuple[str, int, str]] = []
-
-    def send(
-        self,
-        *,
-        call_id: str,
-        attempt: int,
-        tool: str,
-        args: dict[str, Any],
-        timeout_s: float,
-        owner: tuple[str, str] = ("", ""),
-    ) -> None:
-        self.sent.append((call_id, attempt, tool))
-        if self.replies is not None:
-            result = self.replies.pop(0)
-        else:
-            result = execute(
-                tool, args, ToolContext(call_id=call_id, timeout_s=timeout_s, settings=self.settings)
-            )
-        self.r.rpush(KEYS.call_reply(call_id, attempt), json.dumps(result))
-
-
-def gateway(
-    r: fakeredis.FakeRedis,
-    store: RunStore,
-    settings: Settings,
-    dispatcher: InlineDispatcher,
-    deadline_s: float = 30,
-) -> ToolGateway:
-    import time
-
-    new_run(store)
-    guard = RunGuard(
-        r, KEYS, run_id="r1", tenant="t1", agent="scripted", deadline_ts=time.time() + deadline_s
-    )
-    budget = ToolCallBudget(r, KEYS, "r1", max_tool_calls=5, ttl_s=60)
-    return ToolGateway(
-        r,
-        KEYS,
-        settings,
-        guard=guard,
-        budget=budget,
-        dispatcher=dispatcher,
-        controls=FleetControls.build(r, KEYS),
-        tenant="t1",
-        agent="scripted",
-    )
 
 
 def test_gateway_checks_kill_switch_then_allowlist_then_args_before_any_call(

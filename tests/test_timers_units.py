@@ -10,46 +10,15 @@ import types
 import fakeredis
 import pytest
 
+from tests.unit_parts import BUDGETS, KEYS, parked_run
 from worker.agents import CallModel, CallTool, Sleep
-from worker.keys import Keys
 from worker.run import store as store_module
 from worker.run import timers as timers_module
 from worker.run.guard import Park, RunGuard
 from worker.run.loop import decode_action, encode_action
-from worker.run.store import Budgets, RunStore, public_view
+from worker.run.store import RunStore, public_view
 from worker.run.timers import RESEND_S, Due, Scheduler, Timers, end_killed
 from worker.spend import Prices
-
-KEYS = Keys("fleet")
-BUDGETS = Budgets(max_steps=5, max_tool_calls=2, max_seconds=30)
-
-
-def parked_run(
-    store: RunStore,
-    timers: Timers,
-    run_id: str = "r1",
-    *,
-    tenant: str = "t1",
-    agent: str = "scripted",
-    wake_ts: float | None = None,
-    reply_key: str = "",
-) -> str:
-    """A started run, parked; returns the park's number."""
-    store.create(run_id, tenant=tenant, agent=agent, input={"plan": []}, budgets=BUDGETS, metadata={})
-    store.start(run_id, f"host:1:{run_id}")
-    outcome, park = timers.park(
-        run_id,
-        f"host:1:{run_id}",
-        tenant=tenant,
-        agent=agent,
-        wake_ts=time.time() + 60 if wake_ts is None else wake_ts,
-        wait=json.dumps({"kind": "sleep", "at": "sleep", "until_ts": 0}),
-        pending=json.dumps({"type": "sleep", "seconds": 60, "step": 1, "started_ts": time.time()}),
-        memory=json.dumps({"k": 1}),
-        reply_key=reply_key,
-    )
-    assert outcome == "parked"
-    return park
 
 
 def test_park_releases_the_lease_and_records_the_wait_and_its_timer(

@@ -334,7 +334,7 @@ def test_a_slot_lapses_after_the_calls_timeout_and_grace(r: Any) -> None:
 
 
 def _executor_on(r: Any) -> tuple[Any, Any]:
-    from tests.test_admit_units import CountingRedis
+    from tests.unit_parts import CountingRedis
     from worker.gateway.executor import ToolExecutor
 
     counting = CountingRedis(server=r.connection_pool.connection_kwargs["server"], decode_responses=True)

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api_client import assert_error
 from tests.harness import KEY_T1, KEY_T2, Fleet, RedisServer, wait_for
-from tests.test_api import assert_error
 from worker.keys import Keys
 from worker.webhooks import signing
 
