@@ -10,10 +10,11 @@ import fakeredis
 import pytest
 
 from tests.test_store_units import KEYS, InlineDispatcher, gateway
-from worker.policy import MICRO, Policy, PolicyStore
+from worker.policy import Policy, PolicyStore
 from worker.run.guard import BudgetExceeded, RunStopped
 from worker.run.store import RunStore
 from worker.settings import Settings
+from worker.units import MICRO
 
 
 class CountingRedis(fakeredis.FakeRedis):

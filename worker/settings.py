@@ -39,6 +39,9 @@ from pydantic_settings import (
 SECRETS_DIR = Path("/run/secrets")
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+# The largest max_cost_usd a run may have, like an agent's daily spend (worker/policy.py): larger is a
+# typo, and costs are counted in micro-dollar integers in Redis.
+MAX_RUN_COST_USD = 1_000_000
 
 
 # Set by `fleet up` for the processes it starts: a one-machine dev stack (see fleetcli/up.py).
@@ -58,7 +61,7 @@ class RuntimeEnv(_Section):
     AGENT_MAX_TOOL_CALLS: int = Field(12, ge=0)
     AGENT_MAX_SECONDS: float = Field(60, gt=0)
     AGENT_MAX_TOKENS: int = Field(200_000, ge=0)
-    AGENT_MAX_COST_USD: float = Field(1.0, ge=0, le=1_000_000)
+    AGENT_MAX_COST_USD: float = Field(1.0, ge=0, le=MAX_RUN_COST_USD)
 
 
 class RuntimeSection(_Section):
@@ -312,9 +315,8 @@ class Settings(BaseSettings):
     )
     agent_max_seconds: float | None = Field(None, gt=0, validation_alias=AliasChoices("AGENT_MAX_SECONDS"))
     agent_max_tokens: int | None = Field(None, ge=0, validation_alias=AliasChoices("AGENT_MAX_TOKENS"))
-    # At most 1e6, like an agent's daily spend: costs are counted in micro-USD integers in Redis.
     agent_max_cost_usd: float | None = Field(
-        None, ge=0, le=1_000_000, validation_alias=AliasChoices("AGENT_MAX_COST_USD")
+        None, ge=0, le=MAX_RUN_COST_USD, validation_alias=AliasChoices("AGENT_MAX_COST_USD")
     )
 
     api_host: str = "127.0.0.1"
