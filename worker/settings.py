@@ -36,9 +36,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from worker.ratelimit import parse_rate
+
 SECRETS_DIR = Path("/run/secrets")
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 # The largest max_cost_usd a run may have, like an agent's daily spend (worker/policy.py): larger is a
 # typo, and costs are counted in micro-dollar integers in Redis.
 MAX_RUN_COST_USD = 1_000_000
@@ -169,8 +170,11 @@ class ToolsSection(_Section):
     @classmethod
     def _rates_parse(cls, value: dict[str, str]) -> dict[str, str]:
         for name, rate in value.items():
-            if not _RATE_RE.match(rate):
-                raise ValueError(f"rate_limits.{name}: {rate!r} is not like '20/s', '600/m' or '5000/h'")
+            try:
+                parse_rate(rate)  # the rule the gateway applies to the same text
+            except ValueError:
+                message = f"rate_limits.{name}: {rate!r} is not like '20/s', '600/m' or '5000/h'"
+                raise ValueError(message) from None
         return value
 
     def timeout_s(self, tool: str, declared_ms: int | None = None) -> float:
