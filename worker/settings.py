@@ -26,6 +26,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -36,7 +37,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from worker.breaker import BreakerPolicy
 from worker.ratelimit import parse_rate
+from worker.retrybudget import RetryPolicy
 
 SECRETS_DIR = Path("/run/secrets")
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
@@ -103,17 +106,33 @@ class SearchSection(_Section):
 
 
 class BreakerSection(_Section):
-    failure_threshold: int = Field(5, gt=0)
-    failure_rate: float = Field(0.5, gt=0, le=1)
-    min_calls: int = Field(10, gt=0)
-    window_s: float = Field(30, gt=0)
-    cooldown_s: float = Field(10, gt=0)
+    """The settable fields of a tool's BreakerPolicy, each valid when the policy says so."""
+
+    failure_threshold: int = BreakerPolicy.failure_threshold
+    failure_rate: float = BreakerPolicy.failure_rate
+    min_calls: int = BreakerPolicy.min_calls
+    window_s: float = BreakerPolicy.window_s
+    cooldown_s: float = BreakerPolicy.cooldown_s
+
+    @field_validator("*")
+    @classmethod
+    def _valid_for_the_breaker(cls, value: float, info: ValidationInfo) -> float:
+        BreakerPolicy.check(str(info.field_name), value)
+        return value
 
 
 class RetryBudgetSection(_Section):
-    ratio: float = Field(0.2, ge=0, le=10)
-    min_retries: int = Field(3, ge=0)
-    window_s: float = Field(60, gt=0)
+    """The fields of a tool's RetryPolicy, each valid when the policy says so."""
+
+    ratio: float = RetryPolicy.ratio
+    min_retries: int = RetryPolicy.min_retries
+    window_s: float = RetryPolicy.window_s
+
+    @field_validator("*")
+    @classmethod
+    def _valid_for_the_retry_budget(cls, value: float, info: ValidationInfo) -> float:
+        RetryPolicy.check(str(info.field_name), value)
+        return value
 
 
 DEFAULT_TOOL_CONCURRENCY = 1000
