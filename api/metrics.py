@@ -24,8 +24,9 @@ from worker.heartbeat import live_workers
 from worker.histograms import known_models as known_models  # the API builds the collector with them
 from worker.history.queue import ArchiveQueue
 from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
-from worker.policy import MICRO, Policy
+from worker.policy import Policy
 from worker.tools import MODEL_TOOL
+from worker.units import MICRO
 from worker.webhooks.outbox import Outbox
 
 

@@ -10,10 +10,11 @@ import fakeredis
 import pytest
 
 from tests.unit_parts import KEYS, CountingRedis, InlineDispatcher, gateway
-from worker.policy import MICRO, Policy, PolicyStore
+from worker.policy import Policy, PolicyStore
 from worker.run.guard import BudgetExceeded, RunStopped
 from worker.run.store import RunStore
 from worker.settings import Settings
+from worker.units import MICRO
 
 POLICY_READ = """
 local tools, max_a, max_s, approve = policy_read(KEYS[1])

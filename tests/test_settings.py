@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from worker.breaker import BreakerPolicy
+from worker.ratelimit import parse_rate
+from worker.retrybudget import RetryPolicy
 from worker.settings import ConfigError, Settings, load_settings, masked_url, parse_tenant_keys
 
 SAFE_DEFAULT = """\
@@ -83,6 +86,10 @@ def test_environment_beats_yaml_beats_defaults(tmp_path: Path, monkeypatch: pyte
         ({"FLEET_TOOLS__RETRIES__MAX": "-1"}, None, "tools.retries.max"),
         ({}, "tools: {allowlistt: []}\n", "tools.allowlistt"),
         ({}, "tools: {rate_limits: {http.get: 'fast'}}\n", "rate_limits"),
+        ({}, "tools: {tenant_rate_limits: {http.get: '0/s'}}\n", "tenant_rate_limits"),
+        ({"FLEET_TOOLS__BREAKER__FAILURE_RATE": "1.5"}, None, "tools.breaker.failure_rate"),
+        ({}, "tools: {breaker: {window_s: 0}}\n", "tools.breaker.window_s"),
+        ({}, "tools: {retry_budget: {ratio: 11}}\n", "tools.retry_budget.ratio"),
         ({}, "tools: [oops\n", "FLEET_CONFIG"),
         ({"FLEET_API_PORT": "http"}, None, "api_port"),
         ({"FLEET_LOG_LEVEL": "LOUD"}, None, "log_level"),
@@ -103,6 +110,22 @@ def test_a_bad_setting_is_an_error_that_names_it(
         monkeypatch.setenv("FLEET_CONFIG", write(tmp_path, yaml_text))
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_settings()
+
+
+def test_a_rate_the_gateway_cannot_parse_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="'0/s' is not like '20/s'"):
+        Settings(tools={"rate_limits": {"http.get": "0/s"}})
+    assert parse_rate(Settings(tools={"rate_limits": {"http.get": "5/m"}}).tools.rate_limits["http.get"])
+
+
+def test_breaker_and_retry_budget_settings_are_the_runtime_policies() -> None:
+    tools = Settings().tools
+    assert BreakerPolicy(**tools.breaker.model_dump()) == BreakerPolicy()
+    assert RetryPolicy(**tools.retry_budget.model_dump()) == RetryPolicy()
+    with pytest.raises(ValueError, match="window_s must be > 0"):
+        BreakerPolicy(window_s=0)  # the rule the settings refused above
+    with pytest.raises(ValueError, match="min_retries must be >= 0"):
+        RetryPolicy(min_retries=-1)
 
 
 def test_tool_limits_default_to_a_thousand_per_tool_fleet_wide() -> None:

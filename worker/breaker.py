@@ -9,11 +9,13 @@ While open, a call returns `circuit_open` at once and no request leaves the flee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import redis
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from worker.keys import Keys
+
+if TYPE_CHECKING:  # settings validates tools.breaker with BreakerPolicy: importing this must stay light
+    import redis
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -91,12 +93,28 @@ return {before, after}
 
 @dataclass(frozen=True)
 class BreakerPolicy:
+    """When a tool's breaker opens and how long it stays open; `tools.breaker` in the settings, which
+    are validated by `check`, as every policy is when it is made."""
+
     failure_threshold: int = 5
     failure_rate: float = 0.5
     min_calls: int = 10
     window_s: float = 30.0
     cooldown_s: float = 10.0
     probe_timeout_s: float = 30.0  # a probe that never reports back frees the half-open slot after this
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            self.check(field.name, getattr(self, field.name))
+
+    @staticmethod
+    def check(name: str, value: float) -> None:
+        """ValueError unless `value` may be the policy's `name`: each is > 0, failure_rate also <= 1."""
+        if name == "failure_rate":
+            if not 0 < value <= 1:
+                raise ValueError("failure_rate must be > 0 and <= 1")
+        elif not value > 0:
+            raise ValueError(f"{name} must be > 0")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ bounds such a value before it is logged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from worker.redact import MAX_DEPTH, redact
+from worker.units import run_share
 
 HANDLER_NAME = "fleet-logs"
 # The kind of fleet process (api, agent, tool, flower, up), set by the `fleet` command before it
@@ -154,7 +154,7 @@ def cap_bytes(value: Any, limit: int) -> Any:
 
 def sampled(run_id: str, rate: float) -> bool:
     """Whether a run is sampled at `rate` (0..1): the same answer for a run id in every process."""
-    return int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16) / 2**32 < rate
+    return run_share(run_id) < rate
 
 
 def drop_nulls(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:

@@ -18,8 +18,8 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.keys import Keys
+from worker.units import MICRO, micro_from_usd
 
-MICRO = 1_000_000  # spend is kept in micro-dollars, as integers
 # The largest max_spend_usd_per_day a policy may hold: larger is a typo, and past ~1e302 the
 # micro-dollar arithmetic overflows.
 MAX_SPEND_USD_PER_DAY = 1_000_000.0
@@ -235,12 +235,12 @@ class PolicyStore:
             return Decision("allowed", NO_QUOTA)
         max_actions = -1 if policy.max_actions_per_hour is None else policy.max_actions_per_hour
         max_spend = (
-            -1 if policy.max_spend_usd_per_day is None else round(policy.max_spend_usd_per_day * MICRO)
+            -1 if policy.max_spend_usd_per_day is None else micro_from_usd(policy.max_spend_usd_per_day)
         )
         day = time.strftime("%Y%m%d", time.gmtime())
         raw = self._reserve(
             keys=[*self.quota_keys(agent, call_id, day), self.keys.quota_call_day(call_id)],
-            args=[call_id, max_actions, max_spend, round(cost_usd * MICRO), DECISION_TTL_S, day],
+            args=[call_id, max_actions, max_spend, micro_from_usd(cost_usd), DECISION_TTL_S, day],
         )
         return decision(agent, policy.max_actions_per_hour, policy.max_spend_usd_per_day, str(raw))
 
@@ -251,4 +251,4 @@ class PolicyStore:
         day = self.r.get(self.keys.quota_call_day(call_id))
         day_text = day.decode() if isinstance(day, bytes) else day
         keys = self.quota_keys(agent, call_id, day_text)
-        return bool(self._adjust(keys=keys, args=[round(delta_usd * MICRO)]))
+        return bool(self._adjust(keys=keys, args=[micro_from_usd(delta_usd)]))

@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-
-import redis
+from typing import TYPE_CHECKING
 
 from worker.keys import Keys
+
+if TYPE_CHECKING:  # settings validates rates with parse_rate: importing this must stay light
+    import redis
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 _PERIOD_S = {"s": 1.0, "m": 60.0, "h": 3600.0}

@@ -5,11 +5,13 @@ multiply its load. Two fixed windows, the previous one weighted by how much of i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import redis
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from worker.keys import Keys
+
+if TYPE_CHECKING:  # settings validates tools.retry_budget with RetryPolicy: importing this must stay light
+    import redis
 
 # retry_budget(key, op, ratio, min_retries, window_ms, now_ms) -> 1 (counted / granted) or 0. A Lua
 # function, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
@@ -56,9 +58,26 @@ return retry_budget(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonu
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    ratio: float = 0.2
-    min_retries: int = 3
+    """How many retries a tool's budget grants; `tools.retry_budget` in the settings, which are
+    validated by `check`, as every policy is when it is made."""
+
+    ratio: float = 0.2  # retries per call over the window, 0 to 10
+    min_retries: int = 3  # granted on top of the ratio, so a quiet tool can still retry
     window_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            self.check(field.name, getattr(self, field.name))
+
+    @staticmethod
+    def check(name: str, value: float) -> None:
+        """ValueError unless `value` may be the policy's `name`."""
+        if name == "ratio" and not 0 <= value <= 10:
+            raise ValueError("ratio must be >= 0 and <= 10")
+        if name == "min_retries" and not value >= 0:
+            raise ValueError("min_retries must be >= 0")
+        if name == "window_s" and not value > 0:
+            raise ValueError("window_s must be > 0")
 
 
 class RetryBudget:

@@ -13,7 +13,6 @@ particular process to be alive. `fleet rollout` shows and changes it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import structlog
 from worker.keys import Keys
 from worker.run.store import EndHook
 from worker.settings import Settings
+from worker.units import run_share
 
 log = logging.getLogger("agentfleet.rollout")
 events = structlog.get_logger("agentfleet.run")
@@ -108,7 +108,7 @@ def version_config(agent_config: dict[str, Any], version: str | None) -> dict[st
 
 def bucket_of(run_id: str) -> float:
     """A number in [0, 100) fixed by the run id: the run's place in the canary split."""
-    return int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16) / 2**32 * 100
+    return run_share(run_id) * 100
 
 
 class Rollouts:

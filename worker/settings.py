@@ -26,6 +26,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -36,9 +37,15 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from worker.breaker import BreakerPolicy
+from worker.ratelimit import parse_rate
+from worker.retrybudget import RetryPolicy
+
 SECRETS_DIR = Path("/run/secrets")
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+# The largest max_cost_usd a run may have, like an agent's daily spend (worker/policy.py): larger is a
+# typo, and costs are counted in micro-dollar integers in Redis.
+MAX_RUN_COST_USD = 1_000_000
 
 
 # Set by `fleet up` for the processes it starts: a one-machine dev stack (see fleetcli/up.py).
@@ -58,7 +65,7 @@ class RuntimeEnv(_Section):
     AGENT_MAX_TOOL_CALLS: int = Field(12, ge=0)
     AGENT_MAX_SECONDS: float = Field(60, gt=0)
     AGENT_MAX_TOKENS: int = Field(200_000, ge=0)
-    AGENT_MAX_COST_USD: float = Field(1.0, ge=0, le=1_000_000)
+    AGENT_MAX_COST_USD: float = Field(1.0, ge=0, le=MAX_RUN_COST_USD)
 
 
 class RuntimeSection(_Section):
@@ -99,17 +106,33 @@ class SearchSection(_Section):
 
 
 class BreakerSection(_Section):
-    failure_threshold: int = Field(5, gt=0)
-    failure_rate: float = Field(0.5, gt=0, le=1)
-    min_calls: int = Field(10, gt=0)
-    window_s: float = Field(30, gt=0)
-    cooldown_s: float = Field(10, gt=0)
+    """The settable fields of a tool's BreakerPolicy, each valid when the policy says so."""
+
+    failure_threshold: int = BreakerPolicy.failure_threshold
+    failure_rate: float = BreakerPolicy.failure_rate
+    min_calls: int = BreakerPolicy.min_calls
+    window_s: float = BreakerPolicy.window_s
+    cooldown_s: float = BreakerPolicy.cooldown_s
+
+    @field_validator("*")
+    @classmethod
+    def _valid_for_the_breaker(cls, value: float, info: ValidationInfo) -> float:
+        BreakerPolicy.check(str(info.field_name), value)
+        return value
 
 
 class RetryBudgetSection(_Section):
-    ratio: float = Field(0.2, ge=0, le=10)
-    min_retries: int = Field(3, ge=0)
-    window_s: float = Field(60, gt=0)
+    """The fields of a tool's RetryPolicy, each valid when the policy says so."""
+
+    ratio: float = RetryPolicy.ratio
+    min_retries: int = RetryPolicy.min_retries
+    window_s: float = RetryPolicy.window_s
+
+    @field_validator("*")
+    @classmethod
+    def _valid_for_the_retry_budget(cls, value: float, info: ValidationInfo) -> float:
+        RetryPolicy.check(str(info.field_name), value)
+        return value
 
 
 DEFAULT_TOOL_CONCURRENCY = 1000
@@ -166,8 +189,11 @@ class ToolsSection(_Section):
     @classmethod
     def _rates_parse(cls, value: dict[str, str]) -> dict[str, str]:
         for name, rate in value.items():
-            if not _RATE_RE.match(rate):
-                raise ValueError(f"rate_limits.{name}: {rate!r} is not like '20/s', '600/m' or '5000/h'")
+            try:
+                parse_rate(rate)  # the rule the gateway applies to the same text
+            except ValueError:
+                message = f"rate_limits.{name}: {rate!r} is not like '20/s', '600/m' or '5000/h'"
+                raise ValueError(message) from None
         return value
 
     def timeout_s(self, tool: str, declared_ms: int | None = None) -> float:
@@ -312,9 +338,8 @@ class Settings(BaseSettings):
     )
     agent_max_seconds: float | None = Field(None, gt=0, validation_alias=AliasChoices("AGENT_MAX_SECONDS"))
     agent_max_tokens: int | None = Field(None, ge=0, validation_alias=AliasChoices("AGENT_MAX_TOKENS"))
-    # At most 1e6, like an agent's daily spend: costs are counted in micro-USD integers in Redis.
     agent_max_cost_usd: float | None = Field(
-        None, ge=0, le=1_000_000, validation_alias=AliasChoices("AGENT_MAX_COST_USD")
+        None, ge=0, le=MAX_RUN_COST_USD, validation_alias=AliasChoices("AGENT_MAX_COST_USD")
     )
 
     api_host: str = "127.0.0.1"

@@ -23,8 +23,7 @@ from typing import Any
 import redis
 
 from worker.keys import Keys
-
-MICRO = 1_000_000
+from worker.units import micro_from_usd
 
 # A model service's answers that refuse a request before processing it: not billed.
 REFUSED_STATUSES = frozenset({400, 401, 403, 429})
@@ -166,7 +165,7 @@ class SpendBudget:
         """None when reserved (or already reserved for this attempt); else "max_tokens" or "max_cost"."""
         verdict = self._reserve(
             keys=[self.run_key, self.keys.attempt_spend(call_id, attempt)],
-            args=[tokens, cost_micro, max_tokens, round(max_cost_usd * MICRO), self.ttl_s],
+            args=[tokens, cost_micro, max_tokens, micro_from_usd(max_cost_usd), self.ttl_s],
         )
         return None if verdict == "reserved" else str(verdict)
 
@@ -198,6 +197,6 @@ class SpendBudget:
         """
         verdict = self._charge(
             keys=[self.run_key, self.keys.call_spend(call_id), self.keys.stats_spend()],
-            args=[cost_micro, round(max_cost_usd * MICRO), self.ttl_s, int(check_only), self.cost_by_tenant],
+            args=[cost_micro, micro_from_usd(max_cost_usd), self.ttl_s, int(check_only), self.cost_by_tenant],
         )
         return None if verdict in ("charged", "fits") else str(verdict)

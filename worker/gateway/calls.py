@@ -55,7 +55,7 @@ from worker.gateway.checks import Admitter, Answer, CallKeys, LimitSlot
 from worker.keys import Keys, tool_queue
 from worker.llmconfig import llm_config
 from worker.logs import cap_bytes, sampled
-from worker.policy import DECISION_TTL_S, MICRO, NO_QUOTA, Decision, PolicyStore, decision
+from worker.policy import DECISION_TTL_S, NO_QUOTA, Decision, PolicyStore, decision
 from worker.ratelimit import parse_rate
 from worker.redact import redact
 from worker.retrybudget import RetryBudget, RetryPolicy
@@ -64,6 +64,7 @@ from worker.settings import Settings
 from worker.spend import ModelCallCost, SpendBudget, attempt_charge, reported_usage
 from worker.tools import MODEL_TOOL, Tool, ToolFailure, get_tool, validate_args
 from worker.tools.base import ErrorType, error_result, is_retryable
+from worker.units import MICRO
 
 log = structlog.get_logger("agentfleet.gateway")
 REPLY_GRACE_S = 1.0  # wait this long past a call's timeout for the tool worker's own answer

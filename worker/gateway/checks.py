@@ -43,6 +43,7 @@ from worker.killswitch import LUA_KILL_REASON
 from worker.policy import LUA_POLICY, LUA_REFUND, LUA_RESERVE
 from worker.ratelimit import LUA_GCRA, LUA_NOW, Rate
 from worker.retrybudget import LUA_SPEND, RetryPolicy
+from worker.units import MICRO
 
 # KEYS: 1-3 the run's switches (all, tenant, agent), 4 the run's cancel flag, 5-6 the tool's
 # switches (killswitch.tool_switch_keys: the tool's, then `writes` or `llm:<model>`; 6 is read only
@@ -345,7 +346,7 @@ class Admitter:
             verdict=str(verdict),
             quota=str(quota),
             max_actions=None if int(max_a) < 0 else int(max_a),
-            max_spend_usd=None if int(max_s) < 0 else int(max_s) / 1_000_000,
+            max_spend_usd=None if int(max_s) < 0 else int(max_s) / MICRO,
             used=int(used),
             detail=str(d1),
             detail2=str(d2),

@@ -22,8 +22,8 @@ from worker.history.query import metadata_text
 from worker.history.schema import run_metadata, run_steps, run_usage, runs
 from worker.run.store import public_view
 from worker.tools import MODEL_TOOL
+from worker.units import micro_from_usd
 
-MICRO = 1_000_000
 METADATA_KEY_MAX = 200  # run_metadata.key; a longer key stays in `record` only
 METADATA_VALUE_MAX = 1000  # run_metadata.value (JSON text); a longer value stays in `record` only
 
@@ -98,7 +98,7 @@ def usage_rows(
             counted = per_model[str(entry["model"])]
             counted[0] += 1
             counted[1] += int(entry.get("tokens") or 0)
-            counted[2] += round(float(entry.get("cost_usd") or 0.0) * MICRO)
+            counted[2] += micro_from_usd(float(entry.get("cost_usd") or 0.0))
     usage = view["usage"]
     base = {"run_id": view["id"], "tenant": view["tenant"], "agent": view["agent"], "day": day}
     rows = [

@@ -28,6 +28,7 @@ from sqlalchemy import ColumnElement, Engine, Select, delete, exists, func, sele
 from sqlalchemy.orm import aliased
 
 from worker.history import schema
+from worker.units import usd_from_micro
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -240,15 +241,10 @@ def usage(
             "steps": int(row.steps),
             "tool_calls": int(row.tool_calls),
             "tokens": int(row.tokens),
-            "cost_usd": usd(int(row.cost_micro)),
+            "cost_usd": usd_from_micro(int(row.cost_micro)),
         }
         for row in rows
     ]
-
-
-def usd(cost_micro: int) -> float:
-    """Micro-USD (the ledger's exact integers) as dollars, to the micro-dollar."""
-    return round(cost_micro / 1_000_000, 6)
 
 
 # -- deletion -------------------------------------------------------------------------------------

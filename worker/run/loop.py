@@ -44,6 +44,7 @@ from worker.settings import Settings
 from worker.spend import ModelCallCost, Prices, SpendBudget
 from worker.tools import MODEL_TOOL, get_tool
 from worker.tracing import RunTrace
+from worker.units import usd_from_micro
 
 log = structlog.get_logger("agentfleet.run")
 WATCHDOG_GRACE_S = 0.5  # past the deadline, the watchdog ends a run whose agent ignores the alarm
@@ -380,7 +381,7 @@ def model_usage(action: CallModel, result: dict[str, Any]) -> dict[str, Any]:
     prompt = int((usage or {}).get("prompt_tokens") or 0)
     completion = int((usage or {}).get("completion_tokens") or 0)
     micro = action.prices.cost_micro(prompt, completion)
-    return {"model": action.model, "tokens": prompt + completion, "cost_usd": round(micro / 1_000_000, 6)}
+    return {"model": action.model, "tokens": prompt + completion, "cost_usd": usd_from_micro(micro)}
 
 
 def _park(

@@ -25,6 +25,7 @@ from worker.killswitch import LUA_KILL_REASON, run_switch_keys
 from worker.run import events
 from worker.run.events import EVENTS_MAX, LUA_EMIT, status_data
 from worker.run.lease import LEASE_TTL_S, holder_is_dead
+from worker.units import usd_from_micro
 from worker.webhooks.outbox import LUA_ENQUEUE as LUA_WEBHOOK_ENQUEUE
 
 QUEUED, RUNNING = "queued", "running"
@@ -755,7 +756,7 @@ def public_view(raw: dict[str, str], *, now: float | None = None) -> dict[str, A
             "tool_calls": int(raw.get("tool_calls", 0)),
             "seconds": round(seconds, 3),
             "tokens": int(raw.get("tokens", 0)),
-            "cost_usd": round(int(raw.get("cost_micro", 0)) / 1_000_000, 6),
+            "cost_usd": usd_from_micro(int(raw.get("cost_micro", 0))),
         },
         "budgets": data["budgets"],
         "metadata": data["metadata"] or {},
