@@ -184,9 +184,11 @@ class SentinelGroup:
         sentinel_password: str | None = None,
     ) -> None:
         auth = ("--masterauth", password) if password else ()
-        self.primary = RedisServer(password=password, args=auth)
-        primary_at = ("--replicaof", "127.0.0.1", str(self.primary.port))
+        # every node may be the primary that serves a full sync: none waits 5 s (Redis 7's
+        # default delay) to gather more replicas before it sends one
         sync = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
+        self.primary = RedisServer(password=password, args=(*sync, *auth))
+        primary_at = ("--replicaof", "127.0.0.1", str(self.primary.port))
         self.replicas = [
             RedisServer(password=password, args=(*primary_at, *sync, *auth)) for _ in range(replicas)
         ]
@@ -205,8 +207,15 @@ class SentinelGroup:
         return f"redis+sentinel://{hosts}/{self.MASTER}/0"
 
     def _replicas_online(self) -> int:
+        """Replicas that have finished their sync (`connected_slaves` also counts one still
+        waiting for its copy, which acknowledges no write: WAIT would time out)."""
         with contextlib.suppress(redis.RedisError):
-            return int(self.current_primary().client().info("replication").get("connected_slaves", 0))
+            info = self.current_primary().client().info("replication")
+            return sum(
+                1
+                for name, value in info.items()
+                if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+            )
         return 0
 
     def primary_port(self) -> int | None:
