@@ -101,7 +101,7 @@ def execute_run(run_id: str, deps: LoopDeps, wake: str = "") -> str | None:
 @dataclass
 class _Attempt:
     """One execution of a run: its hold on the lease, and the step it has begun but not yet
-    written to the run (the agent is choosing its action; see _steps)."""
+    written to the run (the agent is choosing its action; see _choose)."""
 
     held: Held
     trace: RunTrace  # its spans (worker/tracing.py)
