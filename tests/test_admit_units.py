@@ -388,3 +388,76 @@ def test_a_call_that_needs_approval_runs_only_once_approved_and_keeps_the_decisi
     refused = gw.call("r1:3:0", "echo", {"a": 3})
     assert refused.result["error"] == {"type": "denied", "message": "approval denied: no"}
     assert refused.approval == denied and len(dispatcher.sent) == 1
+
+
+def test_an_admission_request_sends_the_scripts_keys_and_argv_in_their_documented_order(
+    r: fakeredis.FakeRedis,
+) -> None:
+    """The bytes the admission script gets for a sample call. KEYS and ARGV are positional (the
+    script's header): a field moved or encoded differently would break the script."""
+    from redis.connection import Encoder
+
+    from worker.breaker import BreakerPolicy
+    from worker.gateway.checks import AdmissionRequest, Admitter, CallKeys, LimitSlot
+    from worker.ratelimit import parse_rate
+    from worker.retrybudget import RetryPolicy
+
+    sent: dict[str, list[Any]] = {}
+
+    def script(keys: list[str], args: list[Any]) -> list[Any]:
+        sent["keys"], sent["args"] = keys, args
+        return ["go", "", -1, 2_500_000, 1, "", "", ""]
+
+    admitter = Admitter(r)
+    admitter._script = script  # type: ignore[assignment]
+    keys = CallKeys(
+        run_switches=["k:all", "k:tenant:t1", "k:agent:a"],
+        cancel="c:r1",
+        tool_switch="k:tool:http.post",
+        writes_switch="k:writes",
+        policy="p:a",
+        quota=["q:actions", "q:spend", "q:decision"],
+        run="run:r1",
+        call="call:r1:1:0",
+        retry_budget="rb:http.post",
+        breaker="br:http.post",
+        stats="stats",
+        second_switch=True,
+    )
+    answer = admitter(
+        AdmissionRequest(
+            "admit",
+            keys,
+            local_verdict="",
+            tool="http.post",
+            call_id="r1:1:0",
+            cost_micro=2500,
+            max_tool_calls=5,
+            call_ttl_s=600,
+            decision_ttl_s=7200,
+            retry=RetryPolicy(ratio=0.2, min_retries=3, window_s=10.0),
+            breaker=BreakerPolicy(cooldown_s=15.0, probe_timeout_s=2.5),
+            remaining_s=12.3456,
+            attempt=1,
+            wait_stat="rate_limit_waits|http.post",
+            limits=[
+                LimitSlot("rl:http.post", parse_rate("10/s")),
+                LimitSlot("rl:t1", parse_rate("100/m"), 0),
+            ],
+            kind="tool",
+            approval=True,
+        )
+    )
+    assert (answer.verdict, answer.max_actions, answer.max_spend_usd, answer.used) == ("go", None, 2.5, 1)
+    assert sent["keys"] == [
+        *("k:all", "k:tenant:t1", "k:agent:a", "c:r1", "k:tool:http.post", "k:writes", "p:a"),
+        *("q:actions", "q:spend", "q:decision", "run:r1", "call:r1:1:0", "rb:http.post", "br:http.post"),
+        *("stats", "rl:http.post", "rl:t1"),
+    ]
+    encoder = Encoder("utf-8", "strict", decode_responses=False)
+    assert [encoder.encode(arg) for arg in sent["args"]] == [
+        *(b"admit", b"", b"http.post", b"1", b"r1:1:0", b"2500", b"5", b"600", b"7200"),
+        *(b"0.2", b"3", b"10000", b"15000", b"2500", b"12345.599999999999", b"1"),
+        *(b"rate_limit_waits|http.post", b"tool", b"1"),
+        *(b"100.0", b"1", b"1", b"600.0", b"1", b"1"),  # per limit: interval ms, burst, cost (at least 1)
+    ]

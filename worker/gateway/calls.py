@@ -51,7 +51,7 @@ from worker import histograms, killswitch
 from worker.approvals import APPROVE, Approvals, Pending, denial_message
 from worker.breaker import BreakerPolicy
 from worker.budget import ToolCallBudget
-from worker.gateway.checks import Admitter, Answer, CallKeys, LimitSlot
+from worker.gateway.checks import AdmissionRequest, Admitter, Answer, CallKeys, LimitSlot
 from worker.keys import Keys, tool_queue
 from worker.llmconfig import llm_config
 from worker.logs import cap_bytes, sampled
@@ -435,24 +435,25 @@ class ToolGateway:
         spec = call.spec
         cost = tools.costs_usd.get(spec.name, spec.cost_usd) if call.cost is None else 0.0
         return self.controls.admitter(
-            stage,
-            call.keys,
-            local_verdict=local_verdict,
-            tool=tool or spec.name,
-            writes=call.keys.second_switch,
-            call_id=call.call_id,
-            cost_micro=round(cost * MICRO),
-            max_tool_calls=self.budget.max_tool_calls,
-            call_ttl_s=self.budget.ttl_s,
-            decision_ttl_s=DECISION_TTL_S,
-            retry=self.retry_policy,
-            breaker=self.breaker_policy,
-            remaining_s=self.guard.remaining_s(),
-            attempt=attempt,
-            wait_stat=f"rate_limit_waits|{call.scope}",
-            limits=call.limits,
-            kind="model" if call.cost is not None else "tool",
-            approval=spec.name in self.settings.tools.approval.required,
+            AdmissionRequest(
+                stage,
+                call.keys,
+                local_verdict=local_verdict,
+                tool=tool or spec.name,
+                call_id=call.call_id,
+                cost_micro=round(cost * MICRO),
+                max_tool_calls=self.budget.max_tool_calls,
+                call_ttl_s=self.budget.ttl_s,
+                decision_ttl_s=DECISION_TTL_S,
+                retry=self.retry_policy,
+                breaker=self.breaker_policy,
+                remaining_s=self.guard.remaining_s(),
+                attempt=attempt,
+                wait_stat=f"rate_limit_waits|{call.scope}",
+                limits=call.limits,
+                kind="model" if call.cost is not None else "tool",
+                approval=spec.name in self.settings.tools.approval.required,
+            )
         )
 
     def _attempts(

@@ -275,36 +275,34 @@ class Answer:
         return math.ceil(float(self.detail)) / 1000.0
 
 
-class Admitter:
-    """Runs the admission script."""
+@dataclass(frozen=True)
+class AdmissionRequest:
+    """One run of the admission script for a call: its `stage` (`admit`, `retry` or `go`), its
+    keys, the Python verdict ('', 'allowlist', 'unknown', 'invalid'), what it may cost and use up,
+    the policies its retries and breaker follow, and the rate limits it takes a slot of."""
 
-    def __init__(self, r: redis.Redis) -> None:
-        self._script = r.register_script(SCRIPT)
-        self._settle = r.register_script(SETTLE_SCRIPT)
+    stage: str
+    keys: CallKeys
+    local_verdict: str
+    tool: str
+    call_id: str
+    cost_micro: int
+    max_tool_calls: int
+    call_ttl_s: int  # the call record's
+    decision_ttl_s: int  # the quota decision's
+    retry: RetryPolicy
+    breaker: BreakerPolicy
+    remaining_s: float  # the run's time left
+    attempt: int
+    wait_stat: str  # the stats field a rate-limit wait counts in
+    limits: list[LimitSlot]
+    kind: str = "tool"  # or `model`: no allowlist, policy, quota or tool-call budget at admission
+    approval: bool = False  # the fleet's config makes the tool need a human's approval
 
-    def __call__(
-        self,
-        stage: str,
-        keys: CallKeys,
-        *,
-        local_verdict: str,
-        tool: str,
-        writes: bool,
-        call_id: str,
-        cost_micro: int,
-        max_tool_calls: int,
-        call_ttl_s: int,
-        decision_ttl_s: int,
-        retry: RetryPolicy,
-        breaker: BreakerPolicy,
-        remaining_s: float,
-        attempt: int,
-        wait_stat: str,
-        limits: list[LimitSlot],
-        kind: str = "tool",
-        approval: bool = False,
-    ) -> Answer:
-        script_keys = [
+    def script_keys(self) -> list[str]:
+        """The script's KEYS, in the order the script's header gives."""
+        keys = self.keys
+        return [
             *keys.run_switches,
             keys.cancel,
             keys.tool_switch,
@@ -316,31 +314,49 @@ class Admitter:
             keys.retry_budget,
             keys.breaker,
             keys.stats,
-            *(limit.key for limit in limits),
+            *(limit.key for limit in self.limits),
         ]
+
+    def script_args(self) -> list[Any]:
+        """The script's ARGV, in the order the script's header gives; the second tool switch is
+        read when the keys say so (`CallKeys.second_switch`)."""
+        retry, breaker = self.retry, self.breaker
         args: list[Any] = [
-            stage,
-            local_verdict,
-            tool,
-            "1" if writes else "0",
-            call_id,
-            cost_micro,
-            max_tool_calls,
-            call_ttl_s,
-            decision_ttl_s,
+            self.stage,
+            self.local_verdict,
+            self.tool,
+            "1" if self.keys.second_switch else "0",
+            self.call_id,
+            self.cost_micro,
+            self.max_tool_calls,
+            self.call_ttl_s,
+            self.decision_ttl_s,
             retry.ratio,
             retry.min_retries,
             int(retry.window_s * 1000),
             int(breaker.cooldown_s * 1000),
             int(breaker.probe_timeout_s * 1000),
-            max(0.0, remaining_s) * 1000.0,
-            attempt,
-            wait_stat,
-            kind,
-            "1" if approval else "0",
+            max(0.0, self.remaining_s) * 1000.0,
+            self.attempt,
+            self.wait_stat,
+            self.kind,
+            "1" if self.approval else "0",
         ]
-        for limit in limits:
+        for limit in self.limits:
             args += [limit.rate.interval_ms, limit.rate.burst, max(1, limit.cost)]
+        return args
+
+
+class Admitter:
+    """Runs the admission script."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self._script = r.register_script(SCRIPT)
+        self._settle = r.register_script(SETTLE_SCRIPT)
+
+    def __call__(self, request: AdmissionRequest) -> Answer:
+        """Run the script for `request`, in one round trip."""
+        script_keys, args = request.script_keys(), request.script_args()
         verdict, quota, max_a, max_s, used, d1, d2, approved = self._script(keys=script_keys, args=args)
         return Answer(
             verdict=str(verdict),

@@ -27,7 +27,7 @@ import sentry_sdk
 import structlog
 from pydantic import BaseModel
 
-from worker.agents import CallModel, CallTool, Fail, Finish, RunState, Sleep, get_agent_class
+from worker.agents import Agent, CallModel, CallTool, Fail, Finish, RunState, Sleep, get_agent_class
 from worker.budget import CALL_RECORD_TTL_S, ToolCallBudget
 from worker.gateway.calls import Dispatcher, FleetControls, ToolGateway
 from worker.keys import Keys
@@ -101,7 +101,7 @@ def execute_run(run_id: str, deps: LoopDeps, wake: str = "") -> str | None:
 @dataclass
 class _Attempt:
     """One execution of a run: its hold on the lease, and the step it has begun but not yet
-    written to the run (the agent is choosing its action; see _steps)."""
+    written to the run (the agent is choosing its action; see _choose)."""
 
     held: Held
     trace: RunTrace  # its spans (worker/tracing.py)
@@ -190,6 +190,97 @@ def _execute(
         return FAILED
 
 
+@dataclass
+class RunContext:
+    """What one execution of a run steps with, built once from the run's hash (`build`): the
+    agent, the gateway with the run's tool-call and spend budgets, the tools the agent is offered,
+    the run's input, and the loop's position, which each step's checkpoint moves on."""
+
+    run_id: str
+    raw: dict[str, str]  # the run's hash, as the start script read it
+    budgets: Budgets
+    guard: RunGuard
+    agent: Agent
+    budget: ToolCallBudget
+    gateway: ToolGateway
+    offered: list[dict[str, Any]]
+    input: Any
+    cursor: int  # the last step done
+    memory: dict[str, Any]
+    last_result: Any
+    # A parked step resumes with its action and where its wait left off (worker/run/timers.py).
+    pending: dict[str, Any] | None
+    resume: dict[str, Any] | None
+
+    @classmethod
+    def build(
+        cls, run_id: str, raw: dict[str, str], budgets: Budgets, guard: RunGuard, deps: LoopDeps
+    ) -> RunContext | None:
+        """The run's context from its hash; None when the run names no known agent."""
+        agent_cls = get_agent_class(raw["agent"])
+        if agent_cls is None:
+            return None
+        agent = agent_cls(version_config(deps.settings.agents.get(raw["agent"], {}), raw.get("version")))
+        budget = ToolCallBudget(
+            deps.r,
+            deps.keys,
+            run_id,
+            budgets.max_tool_calls,
+            CALL_RECORD_TTL_S,
+            used=int(raw.get("tool_calls", 0)),
+        )
+        spend = SpendBudget(
+            deps.r,
+            deps.keys,
+            run_id,
+            deps.settings.run_ttl_s,
+            cost_by_tenant=deps.settings.metrics.cost_by_tenant,
+        )
+        gateway = ToolGateway(
+            deps.r,
+            deps.keys,
+            deps.settings,
+            guard=guard,
+            budget=budget,
+            dispatcher=deps.dispatcher,
+            controls=deps.controls,
+            tenant=raw["tenant"],
+            agent=raw["agent"],
+            run_id=run_id,
+            spend=spend,
+            max_cost_usd=budgets.max_cost_usd,
+        )
+        # The policy read costs a round trip per run; agents that never look at the tool list skip it.
+        offered = []
+        if agent_cls.reads_tools:
+            offered = offered_tools(deps.settings, deps.controls.policies.get(raw["agent"]))
+        return cls(
+            run_id=run_id,
+            raw=raw,
+            budgets=budgets,
+            guard=guard,
+            agent=agent,
+            budget=budget,
+            gateway=gateway,
+            offered=offered,
+            input=json.loads(raw["input"]),
+            cursor=int(raw.get("cursor", 0)),
+            memory=json.loads(raw.get("memory") or "{}"),
+            last_result=json.loads(raw.get("last_result") or "null"),
+            pending=json.loads(raw["pending"]) if raw.get("pending") else None,
+            resume=json.loads(raw["wait"]) if raw.get("wait") else None,
+        )
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A step with its action chosen (or resumed from its park)."""
+
+    number: int
+    action: CallTool | CallModel | Sleep
+    started_ts: float  # its duration_ms counts from here: the agent's choice + the action
+
+
 def _steps(
     run_id: str,
     raw: dict[str, str],
@@ -199,179 +290,183 @@ def _steps(
     attempt: _Attempt,
     checks: tuple[str | None, str | None],
 ) -> str | None:
-    store = deps.store
-    agent_cls = get_agent_class(raw["agent"])
-    if agent_cls is None:
+    """The run's steps until it ends (its status) or parks (None): per step, the run's check,
+    then choose -> perform -> checkpoint."""
+    ctx = RunContext.build(run_id, raw, budgets, guard, deps)
+    if ctx is None:
         message = f"no agent {raw['agent']!r}"
         _finish(deps, attempt, FAILED, "error", error={"type": "unknown_agent", "message": message})
         return FAILED
-    agent = agent_cls(version_config(deps.settings.agents.get(raw["agent"], {}), raw.get("version")))
-    budget = ToolCallBudget(
-        deps.r,
-        deps.keys,
-        run_id,
-        budgets.max_tool_calls,
-        CALL_RECORD_TTL_S,
-        used=int(raw.get("tool_calls", 0)),
-    )
-    spend = SpendBudget(
-        deps.r,
-        deps.keys,
-        run_id,
-        deps.settings.run_ttl_s,
-        cost_by_tenant=deps.settings.metrics.cost_by_tenant,
-    )
-    gateway = ToolGateway(
-        deps.r,
-        deps.keys,
-        deps.settings,
-        guard=guard,
-        budget=budget,
-        dispatcher=deps.dispatcher,
-        controls=deps.controls,
-        tenant=raw["tenant"],
-        agent=raw["agent"],
-        run_id=run_id,
-        spend=spend,
-        max_cost_usd=budgets.max_cost_usd,
-    )
-    # The policy read costs a round trip per run; agents that never look at the tool list skip it.
-    offered = []
-    if agent_cls.reads_tools:
-        offered = offered_tools(deps.settings, deps.controls.policies.get(raw["agent"]))
-    cursor = int(raw.get("cursor", 0))
-    memory: dict[str, Any] = json.loads(raw.get("memory") or "{}")
-    last_result: Any = json.loads(raw.get("last_result") or "null")
-    input_data: Any = json.loads(raw["input"])
-
-    # A parked step resumes with its action and where its wait left off (worker/run/timers.py).
-    pending: dict[str, Any] | None = json.loads(raw["pending"]) if raw.get("pending") else None
-    resume: dict[str, Any] | None = json.loads(raw["wait"]) if raw.get("wait") else None
     prefetched: tuple[str | None, str | None] | None = checks
     while True:
         guard.check(prefetched)  # values the start script or the last checkpoint read
-        prefetched = None
-        step = cursor + 1
-        if pending is not None and int(pending.get("step", 0)) == step:
-            action = decode_action(pending)
-            started_ts = float(pending["started_ts"])
-            attempt.trace.begin_step(step, resumed=True)
-        else:
-            pending = resume = None
-            state = RunState(
-                run_id=run_id,
-                tenant=raw["tenant"],
-                agent=raw["agent"],
-                input=input_data,
-                step=step,
-                tool_calls=budget.used,
-                last_result=last_result,
-                memory=memory,
-                remaining_s=guard.remaining_s(),
-                tools=offered,
-            )
-            done = agent.finished(state)
-            if done is not None:
-                _finish(deps, attempt, SUCCEEDED, "finish", output=done.output)
-                return SUCCEEDED
-            if cursor >= budgets.max_steps:
-                raise BudgetExceeded("max_steps")
-            # The step has begun. It is written to the run before its action runs, or with the
-            # run's end when the action ends the run (or the agent's choice does): one round trip
-            # fewer for a run's last step. Either way a resumed step counts once.
-            attempt.unwritten_step = step
-            attempt.trace.begin_step(step)
-            started_ts = time.time()
-            with deadline_alarm(guard.deadline_ts):
-                chosen = agent.next_action(state)
-            if isinstance(chosen, Finish):
-                _finish(deps, attempt, SUCCEEDED, "finish", output=chosen.output)
-                return SUCCEEDED
-            if isinstance(chosen, Fail):
-                message = redact_text(str(chosen.message))[:ERROR_MESSAGE_MAX]
-                _finish(deps, attempt, FAILED, "error", error={"type": chosen.type, "message": message})
-                return FAILED
-            if not isinstance(chosen, CallTool | CallModel | Sleep):
-                raise TypeError(f"agent returned {type(chosen).__name__}, not an action")
-            action = chosen
-            written = time.time()
-            store.begin_step(run_id, step)
-            attempt.unwritten_step = None
-            started_ts += time.time() - written  # duration_ms stays the agent's choice + the action
-
-        while True:
-            try:
-                last_result, entry = _act(run_id, step, action, resume, budgets, gateway, guard, deps)
-                break
-            except Park as park:
-                held = attempt.held
-                parked = _park(run_id, raw, held.token, park, action, step, started_ts, memory, deps)
-                if parked == "parked":
-                    held.released = True  # the park script released the lease
-                    attempt.trace.parked(_ACTION_NAMES[type(action)])
-                    return None
-                resume = park.wait  # the reply came as the run was parking: go on here
-        entry["duration_ms"] = round((time.time() - started_ts) * 1000, 1)
-        outcome_name = "ok" if entry.get("ok", True) else entry.get("error_type")
-        if isinstance(action, CallTool):  # one line per step: the call, with the gateway's decision
-            log.info(
-                "tool call", step=step, tool=action.tool, outcome=outcome_name,
-                duration_ms=entry["duration_ms"], decision=entry["decision"].get("reason"),
-            )  # fmt: skip
-        else:
-            log.info(
-                "step", step=step, action=entry["action"], tool=entry.get("tool"), outcome=outcome_name,
-                duration_ms=entry["duration_ms"],
-            )  # fmt: skip
-        cursor = step
-        pending = resume = None
-        switches = store.checkpoint(
-            run_id,
-            cursor=cursor,
-            memory=memory,
-            last_result=last_result,
-            step_entry=entry,
-            agent=raw["agent"],
-            read=guard.switch_keys,  # the next step's check, in the same round trip
-        )
-        prefetched = guard.read(switches) if switches is not None else None
-        attempt.trace.end_step(entry)
+        chosen = _choose(ctx, deps, attempt)
+        if isinstance(chosen, Finish | Fail):
+            return _end(deps, attempt, chosen)
+        performed = _perform(ctx, chosen, deps, attempt)
+        if performed is None:
+            return None  # parked: a scheduler resumes the run when its wait is over
+        prefetched = _checkpoint(ctx, chosen, *performed, deps, attempt)
 
 
-def _act(
-    run_id: str,
-    step: int,
-    action: CallTool | CallModel | Sleep,
-    resume: dict[str, Any] | None,
-    budgets: Budgets,
-    gateway: ToolGateway,
-    guard: RunGuard,
-    deps: LoopDeps,
-) -> tuple[Any, dict[str, Any]]:
-    """Run one step's action (or go on with it where its park left it): the result the agent
-    sees next, and the step's entry for the step log. Raises Park to wait without a process."""
-    entry: dict[str, Any] = {"step": step, "action": _ACTION_NAMES[type(action)]}
-    if isinstance(action, Sleep):
-        if resume is None:
-            guard.pause(max(0.0, float(action.seconds)), {"kind": "sleep", "at": "sleep"})
-        else:
-            guard.resume_pause(resume)
-        return None, entry
-    if isinstance(action, CallTool):
-        outcome = gateway.call(f"{run_id}:{step}:0", action.tool, dict(action.args), resume=resume)
-        result = outcome.result
-        entry["tool"] = action.tool
-        entry["decision"] = outcome.decision
-        if outcome.approval is not None:  # who decided, when, and the comment
-            entry["approval"] = outcome.approval
+def _choose(ctx: RunContext, deps: LoopDeps, attempt: _Attempt) -> _Step | Finish | Fail:
+    """The next step: the parked one this execution resumes, or the agent's choice, written to
+    the run as begun; a Finish or Fail when the agent is done. Raises BudgetExceeded past the
+    run's max_steps and DeadlineExceeded when the agent's choice outlasts the run's time."""
+    step = ctx.cursor + 1
+    pending = ctx.pending
+    if pending is not None and int(pending.get("step", 0)) == step:
+        action = decode_action(pending)
+        started_ts = float(pending["started_ts"])
+        attempt.trace.begin_step(step, resumed=True)
+        return _Step(step, action, started_ts)
+    ctx.pending = ctx.resume = None
+    state = RunState(
+        run_id=ctx.run_id,
+        tenant=ctx.raw["tenant"],
+        agent=ctx.raw["agent"],
+        input=ctx.input,
+        step=step,
+        tool_calls=ctx.budget.used,
+        last_result=ctx.last_result,
+        memory=ctx.memory,
+        remaining_s=ctx.guard.remaining_s(),
+        tools=ctx.offered,
+    )
+    done = ctx.agent.finished(state)
+    if done is not None:
+        return done
+    if ctx.cursor >= ctx.budgets.max_steps:
+        raise BudgetExceeded("max_steps")
+    # The step has begun. It is written to the run before its action runs, or with the
+    # run's end when the action ends the run (or the agent's choice does): one round trip
+    # fewer for a run's last step. Either way a resumed step counts once.
+    attempt.unwritten_step = step
+    attempt.trace.begin_step(step)
+    started_ts = time.time()
+    with deadline_alarm(ctx.guard.deadline_ts):
+        chosen = ctx.agent.next_action(state)
+    if isinstance(chosen, Finish | Fail):
+        return chosen
+    if not isinstance(chosen, CallTool | CallModel | Sleep):
+        raise TypeError(f"agent returned {type(chosen).__name__}, not an action")
+    written = time.time()
+    deps.store.begin_step(ctx.run_id, step)
+    attempt.unwritten_step = None
+    started_ts += time.time() - written  # duration_ms stays the agent's choice + the action
+    return _Step(step, chosen, started_ts)
+
+
+def _end(deps: LoopDeps, attempt: _Attempt, end: Finish | Fail) -> str:
+    """End the run as the agent chose: succeeded with its output, or failed with its error."""
+    if isinstance(end, Finish):
+        _finish(deps, attempt, SUCCEEDED, "finish", output=end.output)
+        return SUCCEEDED
+    message = redact_text(str(end.message))[:ERROR_MESSAGE_MAX]
+    _finish(deps, attempt, FAILED, "error", error={"type": end.type, "message": message})
+    return FAILED
+
+
+def _perform(
+    ctx: RunContext, step: _Step, deps: LoopDeps, attempt: _Attempt
+) -> tuple[Any, dict[str, Any]] | None:
+    """Run the step's action (or go on with it where its park left it): the result the agent
+    sees next and the step's entry for the step log; None when the run parked instead (the
+    park script released the lease: this execution ends)."""
+    act = _ACT[type(step.action)]
+    while True:
+        entry: dict[str, Any] = {"step": step.number, "action": _ACTION_NAMES[type(step.action)]}
+        try:
+            return act(ctx, step.number, step.action, entry, deps), entry
+        except Park as park:
+            held = attempt.held
+            parked = _park(ctx, held.token, park, step, deps)
+            if parked == "parked":
+                held.released = True  # the park script released the lease
+                attempt.trace.parked(_ACTION_NAMES[type(step.action)])
+                return None
+            ctx.resume = park.wait  # the reply came as the run was parking: go on here
+
+
+def _checkpoint(
+    ctx: RunContext, step: _Step, result: Any, entry: dict[str, Any], deps: LoopDeps, attempt: _Attempt
+) -> tuple[str | None, str | None] | None:
+    """Log the step and write the loop's position after it (one transaction); returns the run's
+    switches and cancel flag for the next step's check, read in the same round trip."""
+    entry["duration_ms"] = round((time.time() - step.started_ts) * 1000, 1)
+    action = step.action
+    outcome_name = "ok" if entry.get("ok", True) else entry.get("error_type")
+    if isinstance(action, CallTool):  # one line per step: the call, with the gateway's decision
+        log.info(
+            "tool call", step=step.number, tool=action.tool, outcome=outcome_name,
+            duration_ms=entry["duration_ms"], decision=entry["decision"].get("reason"),
+        )  # fmt: skip
     else:
-        result = _call_model(f"{run_id}:{step}:0", action, budgets, gateway, deps, resume)
-        entry["tool"] = MODEL_TOOL
-        entry.update(model_usage(action, result))
+        log.info(
+            "step", step=step.number, action=entry["action"], tool=entry.get("tool"), outcome=outcome_name,
+            duration_ms=entry["duration_ms"],
+        )  # fmt: skip
+    ctx.cursor = step.number
+    ctx.last_result = result
+    ctx.pending = ctx.resume = None
+    switches = deps.store.checkpoint(
+        ctx.run_id,
+        cursor=ctx.cursor,
+        memory=ctx.memory,
+        last_result=result,
+        step_entry=entry,
+        agent=ctx.raw["agent"],
+        read=ctx.guard.switch_keys,  # the next step's check, in the same round trip
+    )
+    prefetched = ctx.guard.read(switches) if switches is not None else None
+    attempt.trace.end_step(entry)
+    return prefetched
+
+
+def _sleep(ctx: RunContext, step: int, action: Sleep, entry: dict[str, Any], deps: LoopDeps) -> Any:
+    """A Sleep step: a pause of the run (parked when it is long), checked like any wait."""
+    if ctx.resume is None:
+        ctx.guard.pause(max(0.0, float(action.seconds)), {"kind": "sleep", "at": "sleep"})
+    else:
+        ctx.guard.resume_pause(ctx.resume)
+    return None
+
+
+def _call_tool(ctx: RunContext, step: int, action: CallTool, entry: dict[str, Any], deps: LoopDeps) -> Any:
+    """A tool call through the gateway; the entry keeps the gateway's decision."""
+    outcome = ctx.gateway.call(f"{ctx.run_id}:{step}:0", action.tool, dict(action.args), resume=ctx.resume)
+    entry["tool"] = action.tool
+    entry["decision"] = outcome.decision
+    if outcome.approval is not None:  # who decided, when, and the comment
+        entry["approval"] = outcome.approval
+    return _result(outcome.result, entry)
+
+
+def _call_model_step(
+    ctx: RunContext, step: int, action: CallModel, entry: dict[str, Any], deps: LoopDeps
+) -> Any:
+    """A model call through the gateway; the entry keeps the model, tokens and cost."""
+    result = _call_model(f"{ctx.run_id}:{step}:0", action, ctx.budgets, ctx.gateway, deps, ctx.resume)
+    entry["tool"] = MODEL_TOOL
+    entry.update(model_usage(action, result))
+    return _result(result, entry)
+
+
+def _result(result: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """A call's result, its outcome noted in the step's entry."""
     entry["ok"] = bool(result.get("ok"))
     if not entry["ok"]:
         entry["error_type"] = (result.get("error") or {}).get("type")
-    return result, entry
+    return result
+
+
+# How each kind of action is performed: (context, step, action, the step's entry, deps) -> the
+# result the agent sees next. Raises Park to wait without a process.
+_ACT: dict[type, Callable[[RunContext, int, Any, dict[str, Any], LoopDeps], Any]] = {
+    Sleep: _sleep,
+    CallTool: _call_tool,
+    CallModel: _call_model_step,
+}
 
 
 def model_usage(action: CallModel, result: dict[str, Any]) -> dict[str, Any]:
@@ -384,30 +479,20 @@ def model_usage(action: CallModel, result: dict[str, Any]) -> dict[str, Any]:
     return {"model": action.model, "tokens": prompt + completion, "cost_usd": usd_from_micro(micro)}
 
 
-def _park(
-    run_id: str,
-    raw: dict[str, str],
-    token: str,
-    park: Park,
-    action: CallTool | CallModel | Sleep,
-    step: int,
-    started_ts: float,
-    memory: dict[str, Any],
-    deps: LoopDeps,
-) -> str:
+def _park(ctx: RunContext, token: str, park: Park, step: _Step, deps: LoopDeps) -> str:
     """Record the wait in the run and end this execution: `parked`, or `ready` when the reply it
     would wait for is already there. A cancel or a lost lease raise, as a check would."""
     assert deps.timers is not None  # a guard parks only with timers (LoopDeps.timers)
-    pending = {**encode_action(action), "step": step, "started_ts": started_ts}
+    pending = {**encode_action(step.action), "step": step.number, "started_ts": step.started_ts}
     outcome, detail = deps.timers.park(
-        run_id,
+        ctx.run_id,
         token,
-        tenant=raw["tenant"],
-        agent=raw["agent"],
+        tenant=ctx.raw["tenant"],
+        agent=ctx.raw["agent"],
         wake_ts=park.wake_ts,
         wait=json.dumps(park.wait),
         pending=json.dumps(pending),
-        memory=json.dumps(memory),
+        memory=json.dumps(ctx.memory),
         reply_key=park.reply_key,
     )
     if outcome == "cancelled":
