@@ -17,12 +17,12 @@ from api.routes import admin, approvals, health, history, metrics, runs
 from api.routes.health import capacity_warning
 from api.waiter import EndWaiter
 from api.waitslots import WaitSlots
-from worker import tracing
 from worker.agents import load_plugins
 from worker.approvals import Approvals
 from worker.celery_app import make_app
 from worker.history.db import HistoryDB
 from worker.keys import Keys
+from worker.obs import tracing
 from worker.policy import PolicyStore
 from worker.redis_conn import async_redis_for, redis_for
 from worker.rollout import Rollouts, end_recorder
@@ -101,5 +101,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(approvals.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    tracing.instrument_api(app)  # a span per request when traces are on (worker/tracing.py)
+    tracing.instrument_api(app)  # a span per request when traces are on (worker/obs/tracing.py)
     return app

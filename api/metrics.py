@@ -20,10 +20,10 @@ from prometheus_client.registry import Collector
 
 from worker import histograms, tools
 from worker.agents import agent_names
-from worker.heartbeat import live_workers
 from worker.histograms import known_models as known_models  # the API builds the collector with them
 from worker.history.queue import ArchiveQueue
 from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
+from worker.obs.heartbeat import live_workers
 from worker.policy import Policy
 from worker.tools import MODEL_TOOL
 from worker.units import MICRO
@@ -372,7 +372,7 @@ class FleetCollector(Collector):
         yield cap
 
     def _workers(self) -> Iterator[Metric]:
-        """Agent and tool workers with a fresh heartbeat (worker/heartbeat.py)."""
+        """Agent and tool workers with a fresh heartbeat (worker/obs/heartbeat.py)."""
         workers = GaugeMetricFamily("fleet_workers_alive", "Workers with a fresh heartbeat", labels=["kind"])
         for kind, count in live_workers(self.r, self.keys).items():
             workers.add_metric([kind], count)

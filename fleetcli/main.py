@@ -15,7 +15,7 @@ from fleetcli.operate import cmd_config, cmd_doctor, cmd_healthcheck, cmd_kill, 
 from fleetcli.processes import cmd_api, cmd_flower, cmd_worker
 from fleetcli.runs import cmd_approvals, cmd_history, cmd_submit
 from fleetcli.validate import checked_settings
-from worker.logs import PROCESS_ENV
+from worker.obs.logs import PROCESS_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PASSTHROUGH = {"worker", "tool-worker", "flower"}
-# The kind of process each command runs, on every log line it writes (worker.logs.PROCESS_ENV).
+# The kind of process each command runs, on every log line it writes (worker.obs.logs.PROCESS_ENV).
 PROCESS_KINDS = {"api": "api", "worker": "agent", "tool-worker": "tool", "flower": "flower", "up": "up"}
 
 

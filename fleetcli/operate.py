@@ -125,7 +125,7 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     """Exit 0 when the worker's heartbeat file is younger than --max-age seconds, else 1."""
     from pathlib import Path
 
-    from worker.heartbeat import STALE_AFTER_S, default_file, file_age_s
+    from worker.obs.heartbeat import STALE_AFTER_S, default_file, file_age_s
 
     path = Path(args.file) if args.file else default_file(args.kind)
     max_age = args.max_age if args.max_age is not None else STALE_AFTER_S

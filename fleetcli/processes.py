@@ -77,8 +77,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from worker import tracing
-    from worker.telemetry import setup_logging, setup_sentry, setup_tracing
+    from worker.obs import tracing
+    from worker.obs.telemetry import setup_logging, setup_sentry, setup_tracing
 
     setup_logging(settings)
     setup_sentry(settings, "api")

@@ -14,8 +14,8 @@ from api.metrics import known_models, switch_scopes
 from api.routes.runs import _not_found
 from api.waiter import EndWaiter
 from api.waitslots import KEPT_HOLD_S, WaitersFull, WaitSlots
-from worker.heartbeat import count_kinds
 from worker.keys import Keys
+from worker.obs.heartbeat import count_kinds
 from worker.settings import Settings
 
 KEYS = Keys("fleet")

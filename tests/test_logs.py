@@ -1,4 +1,4 @@
-"""worker.logs: one JSON object per line through one chain of processors (structlog and stdlib alike),
+"""worker.obs.logs: one JSON object per line through one chain of processors (structlog and stdlib alike),
 redacted, capped in size, filtered by level; per-run sampling and value capping."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import structlog
 
 from tests.harness import Fleet, wait_for
 from tests.pii_corpus import PII_CASES
-from worker.logs import HANDLER_NAME, RUN_FIELDS, cap_bytes, configure_logging, sampled
+from worker.obs.logs import HANDLER_NAME, RUN_FIELDS, cap_bytes, configure_logging, sampled
 
 RUN_ID = "3f2a9c1e5b7d4f6a8c0e2b4d6f8a0c1e"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -400,7 +400,7 @@ def test_sampled_is_the_same_for_a_run_in_every_process() -> None:
     here = [sampled(i, 0.3) for i in ids]
     assert here == [sampled(i, 0.3) for i in ids]
     code = (
-        "import json, sys; from worker.logs import sampled; "
+        "import json, sys; from worker.obs.logs import sampled; "
         "print(json.dumps([sampled(i, 0.3) for i in json.loads(sys.argv[1])]))"
     )
     there = subprocess.run(

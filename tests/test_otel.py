@@ -325,7 +325,7 @@ def test_without_an_endpoint_nothing_starts() -> None:
     """No OTLP variable: the hooks are no-ops, no export thread starts, the SDK is not imported."""
     script = """
 import json, sys, threading
-from worker import tracing
+from worker.obs import tracing
 from worker.settings import Settings
 on = tracing.setup(Settings(), "worker")
 with tracing.RunTrace("ab" * 16, {"tenant": "t1", "agent": "scripted", "trace_id": "cd" * 16}) as t:
@@ -353,7 +353,7 @@ print(json.dumps({
 
 
 def test_the_sdk_switches_honour_the_standard_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker import tracing
+    from worker.obs import tracing
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     assert tracing.enabled()

@@ -1,4 +1,4 @@
-"""Units of worker/tracing.py and worker/tracing_export.py: the redaction every span passes before
+"""Units of worker/obs/tracing.py and worker/obs/tracing_export.py: the redaction every span passes before
 it is exported, content made plain before it is redacted, and the provider kept apart from the
 global one (Sentry's). The fleet end to end is tests/test_otel.py."""
 
@@ -16,8 +16,8 @@ from opentelemetry.trace import Status, StatusCode
 
 from tests.harness import ROOT
 from tests.leaks import TEXTS, leaks
-from worker import tracing
-from worker.tracing_export import RedactingExporter
+from worker.obs import tracing
+from worker.obs.tracing_export import RedactingExporter
 
 
 def _exported(redacting: bool = True) -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -82,9 +82,9 @@ def test_the_fleet_never_installs_the_global_tracer_provider_beside_sentry() -> 
     script = """
 import json
 from opentelemetry import trace
-from worker import tracing
+from worker.obs import tracing
 from worker.settings import Settings
-from worker.telemetry import setup_sentry, setup_tracing
+from worker.obs.telemetry import setup_sentry, setup_tracing
 import sentry_sdk
 settings = Settings()
 sentry = setup_sentry(settings, "worker")

@@ -1,4 +1,4 @@
-"""worker.redact: every PII and secret string in the corpus is removed wherever it sits; look-alikes
+"""worker.obs.redact: every PII and secret string in the corpus is removed wherever it sits; look-alikes
 (timestamps, ids, versions, durations, Luhn-invalid numbers) survive; the work is bounded."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.pii_corpus import NON_PII, PII_CASES, PII_OBJECTS
-from worker.redact import (
+from worker.obs.redact import (
     DEFAULT_FIELDS,
     MAX_SCAN_CHARS,
     REDACTED,

@@ -126,7 +126,7 @@ def make_app(settings: Settings) -> Celery:
         worker_consumer=consumer_class(),  # Celery 5.7: reconnect after a Redis restart, see there
     )
     from worker.gateway.pool import DrainToolCalls
-    from worker.heartbeat import Heartbeat
+    from worker.obs.heartbeat import Heartbeat
 
     celery.steps["worker"].add(Heartbeat)
     celery.steps["worker"].add(DrainToolCalls)  # a no-op but on a tool worker with calls in flight
@@ -156,7 +156,7 @@ def _logging(**_: Any) -> None:
     """Workers log through the fleet's chain (connecting this keeps Celery's own setup out)."""
     import logging
 
-    from worker.telemetry import setup_logging
+    from worker.obs.telemetry import setup_logging
 
     setup_logging(get_settings())
     if os.environ.get(DEV_STACK_ENV) == "1":
@@ -181,7 +181,7 @@ def serves_only_tools(queues: Any) -> bool:
 
 @signals.celeryd_init.connect
 def _worker_init(conf: Any = None, options: Any = None, **_: Any) -> None:
-    from worker.telemetry import setup_sentry
+    from worker.obs.telemetry import setup_sentry
 
     settings = get_settings()
     setup_sentry(settings, "worker")
@@ -200,8 +200,8 @@ def _before_pool_forks(instance: Any = None, **_: Any) -> None:
     `celeryd_after_setup` is the last signal in the main process before the pool starts: the
     worker's blueprint sends it from `on_start`, ahead of starting its steps, the pool among them.
     """
+    from worker.obs.telemetry import setup_tracing
     from worker.preload import is_prefork, prepare_fork
-    from worker.telemetry import setup_tracing
 
     prefork = instance is not None and is_prefork(instance.pool_cls)
     if prefork and get_settings().runtime.prefork_preload:
@@ -213,7 +213,7 @@ def _before_pool_forks(instance: Any = None, **_: Any) -> None:
 @signals.worker_process_init.connect
 def _child_tracing(**_: Any) -> None:
     """A prefork child starts its own span exporter (its thread would not survive a fork)."""
-    from worker.telemetry import setup_tracing
+    from worker.obs.telemetry import setup_tracing
 
     setup_tracing(get_settings(), _component)
 
@@ -222,7 +222,7 @@ def _child_tracing(**_: Any) -> None:
 @signals.worker_shutdown.connect
 def _flush_tracing(**_: Any) -> None:
     """Export the spans still buffered before the process ends."""
-    from worker import tracing
+    from worker.obs import tracing
 
     tracing.shutdown()
 

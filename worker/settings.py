@@ -221,7 +221,7 @@ class ObservabilitySection(_Section):
     # short and frequent, its events are two Redis PUBLISHes before the tool runs, and the step
     # log, the logs and /metrics already show every call. Runs: `run_task_events` (above).
     tool_task_events: bool = False
-    # OpenTelemetry traces (worker/tracing.py; on with OTEL_EXPORTER_OTLP_ENDPOINT): export
+    # OpenTelemetry traces (worker/obs/tracing.py; on with OTEL_EXPORTER_OTLP_ENDPOINT): export
     # prompts, model answers, tool arguments and results as span attributes, redacted and capped
     # at result_max_bytes each. Off: spans carry names, ids, timings, outcomes and token counts.
     otel_content: bool = False

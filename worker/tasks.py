@@ -27,6 +27,7 @@ from worker.history import queue as archive_queue
 from worker.history.archiver import Archiver
 from worker.history.db import HistoryDB
 from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
+from worker.obs.tracing import TRACEPARENT, trace_headers
 from worker.redis_conn import async_redis_for, get_redis, redis_for
 from worker.rollout import end_recorder
 from worker.run.keeper import RunKeeper
@@ -35,7 +36,6 @@ from worker.run.loop import LoopDeps, execute_run, exit_process
 from worker.run.store import STOPPED, TERMINAL, Budgets, RunStore, overdue
 from worker.run.timers import Due, Scheduler, Timers
 from worker.settings import get_settings
-from worker.tracing import TRACEPARENT, trace_headers
 from worker.webhooks import delivery, outbox
 
 agents.load_plugins(get_settings().plugins)
@@ -76,7 +76,7 @@ class CeleryDispatcher:
                 ignore_result=True,  # the reply comes through its own list, never the result backend
                 # sent_at: the queue's oldest-message age (/metrics); the run's trace id, for the
                 # tool worker's log line; its tenant and agent, to name the run's switches
-                # and, with traces on, the step's span context (worker/tracing.py)
+                # and, with traces on, the step's span context (worker/obs/tracing.py)
                 headers={
                     "sent_at": time.time(),
                     "trace_id": _trace_id(),

@@ -15,7 +15,7 @@ from api.errors import ApiError, FleetJSONResponse
 from api.routes.runs import _ERRORS, _RUN_ID_RE, _not_found
 from api.schemas import RunOut
 from worker.approvals import COMMENT_MAX, DecisionRefused
-from worker.redact import redact_text
+from worker.obs.redact import redact_text
 from worker.run.store import public_view
 
 router = APIRouter(tags=["approvals"])

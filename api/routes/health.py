@@ -11,7 +11,7 @@ from api.deps import AppState, State
 from api.errors import FleetJSONResponse
 from api.schemas import Readiness
 from worker.capacity import read_capacity
-from worker.heartbeat import live_workers_async
+from worker.obs.heartbeat import live_workers_async
 
 PROBE_TIMEOUT_S = 2.0
 

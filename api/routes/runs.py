@@ -21,12 +21,13 @@ from api.events import EventStream, archived_end, parse_event_id
 from api.idempotency import IdempotencyKey
 from api.schemas import ErrorBody, RunOut, RunRequest
 from api.waitslots import WaitersFull
-from worker import killswitch, tracing
+from worker import killswitch
 from worker.agents import get_agent_class
 from worker.celery_app import send_run
 from worker.history.archive import load_run
 from worker.history.db import describe_error
 from worker.keys import AGENT_QUEUE
+from worker.obs import tracing
 from worker.redis_conn import write_durably
 from worker.run.events import NAMES as EVENT_NAMES
 from worker.run.store import TERMINAL, AdmissionRefused, Budgets, public_view

@@ -54,10 +54,10 @@ from worker.budget import ToolCallBudget
 from worker.gateway.checks import AdmissionRequest, Admitter, Answer, CallKeys, LimitSlot
 from worker.keys import Keys, tool_queue
 from worker.llmconfig import llm_config
-from worker.logs import cap_bytes, sampled
+from worker.obs.logs import cap_bytes, sampled
+from worker.obs.redact import redact
 from worker.policy import DECISION_TTL_S, NO_QUOTA, Decision, PolicyStore, decision
 from worker.ratelimit import parse_rate
-from worker.redact import redact
 from worker.retrybudget import RetryBudget, RetryPolicy
 from worker.run.guard import SLICE_S, BudgetExceeded, LeaseLost, Park, RunGuard
 from worker.settings import Settings

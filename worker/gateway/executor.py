@@ -50,13 +50,13 @@ from worker.budget import CALL_RECORD_TTL_S
 from worker.gateway.calls import REPLY_GRACE_S, REPLY_TTL_S, is_failure, is_final, stats_field
 from worker.gateway.checks import Replier, Reply
 from worker.keys import Keys
-from worker.logs import cap_bytes
+from worker.obs.logs import cap_bytes
+from worker.obs.tracing import call_span
 from worker.redis_conn import write_durably
 from worker.run.store import TERMINAL
 from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result, is_retryable
 from worker.toolslots import LUA_ACQUIRE_SLOT, ToolSlots, slot_life_ms, slot_member
-from worker.tracing import call_span
 
 EXEC_TTL_S = 2 * 86400
 REDIS_THREADS = 16  # Redis round trips of one process at once (each well under a millisecond)
@@ -248,7 +248,7 @@ class ToolExecutor:
         script reports the outcome to the breaker and records a final result (the run's side
         would otherwise do it after the reply), so the run moves on as soon as it has the reply.
         The call's slot (tools.max_concurrency) is given back by the reply's own script.
-        `traceparent`: the run's step, whose child the attempt's span is (worker/tracing.py)."""
+        `traceparent`: the run's step, whose child the attempt's span is (worker/obs/tracing.py)."""
         started = time.monotonic()
         with call_span(traceparent, tool, args, call_id, attempt) as span:
             result, ran, slot = await self._attempt(call_id, attempt, tool, args, timeout_s, admitted)

@@ -32,8 +32,9 @@ from worker.budget import CALL_RECORD_TTL_S, ToolCallBudget
 from worker.gateway.calls import Dispatcher, FleetControls, ToolGateway
 from worker.keys import Keys
 from worker.llmconfig import llm_config
+from worker.obs.redact import redact_text
+from worker.obs.tracing import RunTrace
 from worker.policy import Policy
-from worker.redact import redact_text
 from worker.rollout import version_config
 from worker.run.guard import BudgetExceeded, DeadlineExceeded, LeaseLost, Park, RunGuard, RunStopped
 from worker.run.keeper import Held, RunKeeper
@@ -43,7 +44,6 @@ from worker.run.timers import Timers
 from worker.settings import Settings
 from worker.spend import ModelCallCost, Prices, SpendBudget
 from worker.tools import MODEL_TOOL, get_tool
-from worker.tracing import RunTrace
 from worker.units import usd_from_micro
 
 log = structlog.get_logger("agentfleet.run")
@@ -104,7 +104,7 @@ class _Attempt:
     written to the run (the agent is choosing its action; see _choose)."""
 
     held: Held
-    trace: RunTrace  # its spans (worker/tracing.py)
+    trace: RunTrace  # its spans (worker/obs/tracing.py)
     unwritten_step: int | None = None
 
 

@@ -386,7 +386,7 @@ class RunStore:
         runs in status `queued` (counted in the queued-runs zset, see Keys.queued_runs).
         `webhook`: the run's checked webhook as JSON text (worker/webhooks/target.py), stored only
         when given. `traceparent`: the request's span context, the parent of the run's spans
-        (worker/tracing.py), stored only when given.
+        (worker/obs/tracing.py), stored only when given.
         """
         created_ts = repr(time.time())
         fields = {

@@ -4,7 +4,7 @@ Sentry (when SENTRY_DSN is set): no default PII, no local variables, no request 
 fleet's own field names scrubbed, and every event passed through the same redaction as the logs.
 Traces propagate from the API request to the run task (Celery integration).
 
-OpenTelemetry traces (worker/tracing.py, when OTEL_EXPORTER_OTLP_ENDPOINT is set) run beside
+OpenTelemetry traces (worker/obs/tracing.py, when OTEL_EXPORTER_OTLP_ENDPOINT is set) run beside
 Sentry without touching it: the fleet's spans go through a tracer provider of their own, never
 the global one, and Sentry's OTel integrations stay off, so neither installs over the other.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 import structlog
 
-from worker.logs import configure_logging
-from worker.redact import DEFAULT_FIELDS, redact
+from worker.obs.logs import configure_logging
+from worker.obs.redact import DEFAULT_FIELDS, redact
 from worker.settings import Settings
 
 log = structlog.get_logger("agentfleet")
@@ -62,9 +62,9 @@ def scrub_event(event: Any, hint: Any) -> Any:
 
 
 def setup_tracing(settings: Settings, component: str) -> bool:
-    """Start OpenTelemetry traces in this process when the environment asks (worker/tracing.py);
+    """Start OpenTelemetry traces in this process when the environment asks (worker/obs/tracing.py);
     True when on. Call it after any fork: in a prefork child, not in its parent."""
-    from worker import tracing
+    from worker.obs import tracing
 
     if not tracing.setup(settings, component):
         return False

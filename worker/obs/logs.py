@@ -22,7 +22,7 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from worker.redact import MAX_DEPTH, redact
+from worker.obs.redact import MAX_DEPTH, redact
 from worker.units import run_share
 
 HANDLER_NAME = "fleet-logs"
@@ -364,6 +364,6 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(number)
     if not redaction:
-        structlog.get_logger("worker.logs").warning(
+        structlog.get_logger("worker.obs.logs").warning(
             "redaction is off: log lines may hold PII and secrets", setting="redaction"
         )

@@ -1,4 +1,4 @@
-"""The OpenTelemetry SDK side of worker/tracing.py: the tracer provider, and the exporter that
+"""The OpenTelemetry SDK side of worker/obs/tracing.py: the tracer provider, and the exporter that
 redacts every span before it leaves the process. Imported only when tracing is on (the SDK and
 the OTLP exporter take about a second to import)."""
 
@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Status
 from opentelemetry.util.types import Attributes
 
-from worker.redact import REDACTED, is_secret_key, redact_text
+from worker.obs.redact import REDACTED, is_secret_key, redact_text
 
 
 def _text(value: str) -> str:

@@ -16,7 +16,7 @@ The trace of a run:
     │       or chat <model>       (a model call, GenAI semantic conventions)
     └── step ...
 
-Every span is redacted like the logs (worker/redact.py) on the export thread. Prompts, messages,
+Every span is redacted like the logs (worker/obs/redact.py) on the export thread. Prompts, messages,
 tool arguments and results are exported only with `observability.otel_content`, and then
 redacted and capped at `observability.result_max_bytes` each.
 
@@ -38,8 +38,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from worker.logs import cap_bytes
-from worker.redact import MAX_SCAN_CHARS, redact
+from worker.obs.logs import cap_bytes
+from worker.obs.redact import MAX_SCAN_CHARS, redact
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -89,7 +89,7 @@ def setup(settings: Settings, component: str) -> bool:
             return True
         if not enabled():
             return False
-        from worker.tracing_export import make_provider
+        from worker.obs.tracing_export import make_provider
 
         obs = settings.observability
         _content, _redacting, _content_bytes = obs.otel_content, obs.redaction, obs.result_max_bytes
