@@ -393,9 +393,8 @@ def test_a_call_that_needs_approval_runs_only_once_approved_and_keeps_the_decisi
 def test_an_admission_request_sends_the_scripts_keys_and_argv_in_their_documented_order(
     r: fakeredis.FakeRedis,
 ) -> None:
-    """The bytes the admission script gets for a sample call. KEYS and ARGV are positional (the
-    script's header): a field moved or encoded differently would break the script."""
-    from redis.connection import Encoder
+    """What the admission script gets for a sample call: KEYS in the order of the script's header,
+    and one JSON table of named arguments."""
 
     from worker.breaker import BreakerPolicy
     from worker.gateway.checks import AdmissionRequest, Admitter, CallKeys, LimitSlot
@@ -454,10 +453,48 @@ def test_an_admission_request_sends_the_scripts_keys_and_argv_in_their_documente
         *("q:actions", "q:spend", "q:decision", "run:r1", "call:r1:1:0", "rb:http.post", "br:http.post"),
         *("stats", "rl:http.post", "rl:t1"),
     ]
-    encoder = Encoder("utf-8", "strict", decode_responses=False)
-    assert [encoder.encode(arg) for arg in sent["args"]] == [
-        *(b"admit", b"", b"http.post", b"1", b"r1:1:0", b"2500", b"5", b"600", b"7200"),
-        *(b"0.2", b"3", b"10000", b"15000", b"2500", b"12345.599999999999", b"1"),
-        *(b"rate_limit_waits|http.post", b"tool", b"1"),
-        *(b"100.0", b"1", b"1", b"600.0", b"1", b"1"),  # per limit: interval ms, burst, cost (at least 1)
-    ]
+    assert len(sent["args"]) == 1  # one JSON table, read by name in the script
+    assert json.loads(sent["args"][0]) == {
+        "stage": "admit",
+        "verdict": "",
+        "tool": "http.post",
+        "second_switch": True,
+        "call_id": "r1:1:0",
+        "cost_micro": 2500,
+        "max_tool_calls": 5,
+        "call_ttl_s": 600,
+        "decision_ttl_s": 7200,
+        "retry": {"ratio": 0.2, "min_retries": 3, "window_ms": 10000},
+        "breaker": {"cooldown_ms": 15000, "probe_ms": 2500},
+        "remaining_ms": pytest.approx(12345.6),
+        "attempt": 1,
+        "wait_stat": "rate_limit_waits|http.post",
+        "kind": "tool",
+        "approval": True,
+        "limits": [  # per limit: interval ms, burst, cost (at least 1)
+            {"interval_ms": 100.0, "burst": 1, "cost": 1},
+            {"interval_ms": 600.0, "burst": 1, "cost": 1},
+        ],
+    }
+
+
+def test_the_readme_quotes_the_declared_admission_order() -> None:
+    """The README's list of the gateway's checks is printed from `ADMISSION`, not restated."""
+    from pathlib import Path
+
+    from worker.gateway.checks import admission_order
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = admission_order()
+    assert "\n".join(lines) in readme, "README: paste admission_order()'s lines"
+    assert len(lines) == len({line.split(" (")[0] for line in lines})  # one line per check
+
+
+def test_every_verdict_the_admission_script_can_answer_is_a_verdict() -> None:
+    """The script's answers, read from its text, are exactly the Verdict enum's values."""
+    import re
+
+    from worker.gateway.checks import SCRIPT, Verdict
+
+    answered = set(re.findall(r"answer\('([a-z_]+)'", SCRIPT))
+    assert answered == {v.value for v in Verdict}

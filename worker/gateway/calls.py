@@ -51,7 +51,7 @@ from worker import histograms, killswitch
 from worker.approvals import APPROVE, Approvals, Pending, denial_message
 from worker.breaker import BreakerPolicy
 from worker.budget import ToolCallBudget
-from worker.gateway.checks import AdmissionRequest, Admitter, Answer, CallKeys, LimitSlot
+from worker.gateway.checks import AdmissionRequest, Admitter, Answer, CallKeys, LimitSlot, Verdict
 from worker.keys import Keys, tool_queue
 from worker.llmconfig import llm_config
 from worker.obs.logs import cap_bytes, sampled
@@ -237,14 +237,14 @@ class ToolGateway:
         last = self.r.hget(call.keys.call, "attempt")
         attempt = 0 if last is None else int(last) + 1
         answer = self._admit("admit", call, attempt=attempt)
-        if answer.verdict == "stop":
-            raise self.guard.stop(answer.detail, answer.detail2)
-        if answer.verdict == "killed":
-            outcome = _denied("killed", answer.detail, f"kill switch: {answer.detail}")
+        if answer.verdict is Verdict.STOP:
+            raise self.guard.stop(answer.stop_kind, answer.stop_value)
+        if answer.verdict is Verdict.KILLED:
+            outcome = _denied("killed", answer.reason, f"kill switch: {answer.reason}")
             self._record(call, outcome.result)
             return outcome
-        if answer.verdict == "recorded":  # answered before this run's worker died: not asked again
-            return CallOutcome(dict(json.loads(answer.detail)), Decision("allowed", "recorded").to_dict())
+        if answer.verdict is Verdict.RECORDED:  # answered before this run's worker died: not asked again
+            return CallOutcome(dict(json.loads(answer.recorded)), Decision("allowed", "recorded").to_dict())
         decided = Decision("allowed", NO_QUOTA).to_dict()
         return self._attempts(call, decided, attempt=attempt, answer=answer)
 
@@ -315,36 +315,36 @@ class ToolGateway:
         if spec is not None and not local_verdict:  # before the call is admitted and counted
             self._charge_tool_cost(call_id, spec, check_only=True)
         answer = self._admit("admit", call, attempt=0, local_verdict=local_verdict, tool=tool)
-        if answer.verdict == "stop":
-            raise self.guard.stop(answer.detail, answer.detail2)
+        if answer.verdict is Verdict.STOP:
+            raise self.guard.stop(answer.stop_kind, answer.stop_value)
         quota = (
             decision(self.agent, answer.max_actions, answer.max_spend_usd, answer.quota)
             if answer.quota
             else Decision("allowed", NO_QUOTA)
         )
         outcome: CallOutcome | None = None
-        if answer.verdict == "killed":
-            outcome = _denied("killed", answer.detail, f"kill switch: {answer.detail}")
-        elif answer.verdict == "denied":
+        if answer.verdict is Verdict.KILLED:
+            outcome = _denied("killed", answer.reason, f"kill switch: {answer.reason}")
+        elif answer.verdict is Verdict.DENIED:
             messages = {
                 "allowlist": f"tool {tool!r} is not on the fleet's allowlist",
                 "policy": f"tool {tool!r} is not in agent {self.agent!r}'s allowed_tools",
                 "unknown": f"unknown tool {tool!r}",
             }
-            if answer.detail == "invalid" and invalid is not None:
+            if answer.reason == "invalid" and invalid is not None:
                 outcome = CallOutcome(invalid, Decision("denied", "invalid_args").to_dict())
             else:
-                outcome = _denied("denied", messages.get(answer.detail, answer.detail))
-        elif answer.verdict == "quota":
+                outcome = _denied("denied", messages.get(answer.reason, answer.reason))
+        elif answer.verdict is Verdict.QUOTA:
             outcome = CallOutcome(error_result("denied", quota.reason), quota.to_dict())
-        elif answer.verdict == "budget":
+        elif answer.verdict is Verdict.BUDGET:
             self.budget.used = answer.used
             raise BudgetExceeded("max_tool_calls", f"max_tool_calls={self.budget.max_tool_calls} reached")
-        elif answer.verdict == "recorded":
+        elif answer.verdict is Verdict.RECORDED:
             self.budget.used = answer.used
-            outcome = CallOutcome(dict(json.loads(answer.detail)), quota.to_dict())
-        elif answer.verdict == "approval":
-            outcome = self._approval(call, answer.detail)
+            outcome = CallOutcome(dict(json.loads(answer.recorded)), quota.to_dict())
+        elif answer.verdict is Verdict.APPROVAL:
+            outcome = self._approval(call, answer.decided)
             if outcome is None:  # approved as it expired: admitted like any approved call
                 return self._call(call_id, tool, args)
         # a call that passed its approval keeps the human's decision for the step log (also when a
@@ -492,7 +492,7 @@ class ToolGateway:
                 refused = self._refusal(call, answer)
                 if refused is not None:
                     return CallOutcome(self._record(call, refused), refusal_decision(decided, refused))
-                if answer.verdict == "wait":
+                if answer.verdict is Verdict.WAIT:
                     rate = ", ".join(limit.rate for limit in self._rates(call))
                     wait_ms = round(answer.wait_s * 1000)
                     log.info("rate-limit wait", tool=call.scope, wait_ms=wait_ms, rate=rate)
@@ -559,16 +559,16 @@ class ToolGateway:
     def _refusal(self, call: Call, answer: Answer) -> dict[str, Any] | None:
         """The result of an attempt the admission script refused, or None when it may go on
         (`go`, or `wait` for a slot); a switch or cancel on the run stops it."""
-        if answer.verdict == "stop":
-            raise self.guard.stop(answer.detail, answer.detail2)
-        if answer.verdict == "killed":  # flipped while this call backed off or waited
-            return error_result("killed", answer.detail)
-        if answer.verdict == "rate_limited":
-            message = _rate_message(self._rates(call)[int(answer.detail2)], answer.wait_s)
+        if answer.verdict is Verdict.STOP:
+            raise self.guard.stop(answer.stop_kind, answer.stop_value)
+        if answer.verdict is Verdict.KILLED:  # flipped while this call backed off or waited
+            return error_result("killed", answer.reason)
+        if answer.verdict is Verdict.RATE_LIMITED:
+            message = _rate_message(self._rates(call)[answer.limit_index], answer.wait_s)
             return error_result("rate_limited", message, retry_after_s=answer.wait_s)
-        if answer.verdict == "circuit_open":
-            retry_in_s = int(answer.detail2) / 1000.0
-            message = _circuit_message(call.scope, answer.detail, retry_in_s)
+        if answer.verdict is Verdict.CIRCUIT_OPEN:
+            retry_in_s = answer.retry_in_s
+            message = _circuit_message(call.scope, answer.breaker_state, retry_in_s)
             return error_result("circuit_open", message, retry_after_s=retry_in_s)
         return None
 

@@ -1,35 +1,28 @@
 """The gateway's checks before an attempt of a tool call in one Lua script, and its bookkeeping
 after the attempt in another: one round trip on each side of the subtask.
 
-Each concern keeps its Lua in its own module (killswitch order, policy.py, budget.py,
-retrybudget.py, ratelimit.py, breaker.py); this script runs those functions in the gateway's
-order, atomically, so a call costs one round trip before it is sent instead of one per check:
+Each concern keeps its Lua in its own module (killswitch.py, policy.py, budget.py,
+retrybudget.py, ratelimit.py, breaker.py). `ADMISSION` below declares the gateway's order, one
+`Check` per step, and the admission script is generated from it: each check runs only at the
+stages and for the kinds of call it names, and the first that answers decides, so a call costs
+one round trip before it is sent instead of one per check. The README's "Tools and the tool
+gateway" quotes this list; `admission_order()` prints it.
 
-1. the run's switches and cancel flag (the run stops), then the tool's switches (`killed`);
-   at every stage, so a retry or a send after a rate-limit wait is refused like a first attempt
-2. the fleet's allowlist (decided in Python, passed in), then the agent's `allowed_tools`
-3. an unknown tool or bad arguments (decided in Python, passed in)
-3a. a tool that needs a human's approval (`tools.approval.required`, passed in, or the agent's
-   `approve_tools`): `approval` until the call's decision (in the run's hash) is `approve`, so an
-   approved call meets every later check at the moment it is approved (worker/approvals.py)
-4. the agent's quotas, reserved once per call id
-5. the run's tool-call budget (the reservation above is given back when it is spent), or the
-   recorded result of a call an earlier attempt already finished
-6. the retry budget counts the call
-7. per attempt: the rate limits (a slot within the run's remaining time, or `rate_limited`), the
-   breaker (`circuit_open`), and the attempt marker that makes earlier attempts stale
+`stage` picks the part to run: `admit` (a call's first attempt), `retry` (after a backoff) or
+`go` (after waiting for a reserved rate-limit slot). The script's arguments are one JSON table
+(`AdmissionRequest.script_args`), read by name; its answer becomes an `Answer` whose `verdict`
+is a `Verdict`.
 
 After the attempt, `Admitter.settle` reports its outcome to the breaker and, when the call is
 over, records its result (a resumed run replays it) and counts it in the tools' stats.
-
-`stage` picks the part to run: `admit` (all, for a call's first attempt), `retry` (1 and 7, for a
-retry) or `go` (1 and 7 without the rate limits, after waiting for a reserved slot).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -47,93 +40,210 @@ from worker.units import MICRO
 
 # KEYS: 1-3 the run's switches (all, tenant, agent), 4 the run's cancel flag, 5-6 the tool's
 # switches (killswitch.tool_switch_keys: the tool's, then `writes` or `llm:<model>`; 6 is read only
-# when ARGV 4 is 1), 7 the agent's policy, 8-10 its quota keys (actions, today's spend, the call's decision),
-# 11 the run's hash, 12 the call's hash, 13 the tool's retry budget, 14 its breaker, 15 the tools'
-# stats hash, 16.. one rate-limit key per limit.
-# ARGV: 1 stage, 2 the Python verdict ('', 'allowlist', 'unknown', 'invalid'), 3 tool, 4 read the
-# second tool switch (1/0: `writes` for a tool that writes, `llm:<model>` for a model call), 5 call
-# id, 6 cost (micro-USD), 7 max tool calls, 8 the call record's TTL, 9 the decision TTL, 10-12
-# retry budget (ratio, min retries, window ms), 13-14 breaker (cooldown ms, probe ms), 15 the
-# run's remaining ms, 16 attempt, 17 the stats field of a rate-limit wait, 18 the call's kind
-# ('tool', or 'model': no allowlist, policy, quota or tool-call budget at admission, as a model
-# attempt's spend is reserved per attempt, gateway.py), 19 the fleet's config makes the tool need
-# an approval (1/0), then per limit: interval ms, burst, cost.
+# when `second_switch`), 7 the agent's policy, 8-10 its quota keys (actions, today's spend, the
+# call's decision), 11 the run's hash, 12 the call's hash, 13 the tool's retry budget, 14 its
+# breaker, 15 the tools' stats hash, 16.. one rate-limit key per limit (`a.limits`, in order).
+# ARGV[1]: the request as a JSON table (AdmissionRequest.script_args), read as `a`.
 # Returns {verdict, quota decision ('' without quota), max actions, max spend micro, used, d1, d2,
 # the approval's decision (JSON) when the call needed one and it was approved, else ''}.
-_BODY = """
-local stage = ARGV[1]
+_PRELUDE = """
+local a = cjson.decode(ARGV[1])
+local stage, kind = a.stage, a.kind
 local now = now_ms()
 local now_int = math.floor(now)
 local approved = ''  -- the human's decision, once the call has passed its approval
-local function answer(verdict, d1, d2, quota, max_a, max_s, used)
-  return {verdict, quota or '', max_a or -1, max_s or -1, used or 0, d1 or '', d2 or '', approved}
+local quota, max_a, max_s, used = '', -1, -1, 0
+local function answer(verdict, d1, d2)
+  return {verdict, quota, max_a, max_s, used, d1 or '', d2 or '', approved}
 end
+"""
+
+_GO = """
+redis.call('HSET', KEYS[12], 'attempt', a.attempt)
+redis.call('EXPIRE', KEYS[12], a.call_ttl_s)
+return answer('go')
+"""
+
+ALL_STAGES = frozenset({"admit", "retry", "go"})
+
+
+@dataclass(frozen=True)
+class Check:
+    """One step of the admission script: `lua` runs when the stage is in `stages` and the call's
+    kind in `kinds`; it may `return answer(verdict, d1, d2)` to decide the call."""
+
+    name: str
+    what: str  # one line, as the README quotes it
+    lua: str
+    stages: frozenset[str] = ALL_STAGES
+    kinds: frozenset[str] = frozenset({"tool", "model"})
+
+    def guarded(self) -> str:
+        conditions = []
+        if self.stages != ALL_STAGES:
+            conditions.append("(" + " or ".join(f"stage == '{s}'" for s in sorted(self.stages)) + ")")
+        if self.kinds != frozenset({"tool", "model"}):
+            conditions.append("(" + " or ".join(f"kind == '{k}'" for k in sorted(self.kinds)) + ")")
+        body = f"-- {self.name}: {self.what}\n{self.lua.strip()}\n"
+        if not conditions:
+            return f"do\n{body}end\n"
+        return f"if {' and '.join(conditions)} then\n{body}end\n"
+
+
+ADMIT = frozenset({"admit"})
+TOOL = frozenset({"tool"})
+
+# The gateway's order. A check that answers ends the script; `go` marks the attempt at the end.
+ADMISSION: tuple[Check, ...] = (
+    Check(
+        "run switches",
+        "the run's kill switches, then its cancel flag: the run stops",
+        """
 local run_switch = kill_reason({KEYS[1], KEYS[2], KEYS[3]})
 if run_switch then return answer('stop', 'killed', run_switch) end
 local cancel = redis.call('GET', KEYS[4])
 if cancel then return answer('stop', 'cancelled', cancel) end
--- every stage: a switch flipped while the call backed off or waited for a slot refuses it
+""",
+    ),
+    Check(
+        "tool switches",
+        "the tool's switch (and `writes` or `llm:<model>`): `killed`",
+        """
 local tool_switches = {KEYS[5]}
-if ARGV[4] == '1' then tool_switches[2] = KEYS[6] end
+if a.second_switch then tool_switches[2] = KEYS[6] end
 local tool_switch = kill_reason(tool_switches)
 if tool_switch then return answer('killed', tool_switch) end
-
-local quota, max_a, max_s, used = '', -1, -1, 0
-if stage == 'admit' and ARGV[18] == 'model' then
-  local recorded = redis.call('HGET', KEYS[12], 'result')
-  if recorded then return answer('recorded', recorded) end
-  retry_budget(KEYS[13], 'call', tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), now_int)
-elseif stage == 'admit' then
-  if ARGV[2] == 'allowlist' then return answer('denied', 'allowlist') end
-  local tools, approve
-  tools, max_a, max_s, approve = policy_read(KEYS[7])
-  if tools and not tools[ARGV[3]] then return answer('denied', 'policy') end
-  if ARGV[2] ~= '' then return answer('denied', ARGV[2]) end
-  if ARGV[19] == '1' or (approve and approve[ARGV[3]]) then
-    local decided = redis.call('HGET', KEYS[11], 'approval:' .. ARGV[5])
-    local ok, d = false, nil
-    if decided then ok, d = pcall(cjson.decode, decided) end
-    if not (ok and type(d) == 'table' and d['decision'] == 'approve') then
-      return answer('approval', decided or '')
-    end
-    approved = decided
+""",
+    ),
+    Check(
+        "model record",
+        "a model call an earlier attempt finished: its recorded answer",
+        """
+local recorded = redis.call('HGET', KEYS[12], 'result')
+if recorded then return answer('recorded', recorded) end
+""",
+        stages=ADMIT,
+        kinds=frozenset({"model"}),
+    ),
+    Check(
+        "allowlist",
+        "the fleet's allowlist (decided in Python)",
+        "if a.verdict == 'allowlist' then return answer('denied', 'allowlist') end",
+        stages=ADMIT,
+        kinds=TOOL,
+    ),
+    Check(
+        "policy",
+        "the agent's `allowed_tools`",
+        """
+local tools
+tools, max_a, max_s, a.approve_tools = policy_read(KEYS[7])
+if tools and not tools[a.tool] then return answer('denied', 'policy') end
+""",
+        stages=ADMIT,
+        kinds=TOOL,
+    ),
+    Check(
+        "arguments",
+        "an unknown tool or bad arguments (decided in Python)",
+        "if a.verdict ~= '' then return answer('denied', a.verdict) end",
+        stages=ADMIT,
+        kinds=TOOL,
+    ),
+    Check(
+        "approval",
+        "a tool that needs a human's approval: `approval` until the call's decision is `approve`",
+        """
+if a.approval or (a.approve_tools and a.approve_tools[a.tool]) then
+  local decided = redis.call('HGET', KEYS[11], 'approval:' .. a.call_id)
+  local ok, d = false, nil
+  if decided then ok, d = pcall(cjson.decode, decided) end
+  if not (ok and type(d) == 'table' and d['decision'] == 'approve') then
+    return answer('approval', decided or '')
   end
-  if max_a >= 0 or max_s >= 0 then
-    quota = quota_reserve(KEYS[8], KEYS[9], KEYS[10], ARGV[5], max_a, max_s, tonumber(ARGV[6]),
-                          ARGV[9], now_int)
-    if string.sub(quota, 1, 7) ~= 'allowed' then return answer('quota', '', '', quota, max_a, max_s) end
-  end
-  local counted, recorded
-  counted, used, recorded = budget_reserve(KEYS[11], KEYS[12], tonumber(ARGV[7]), ARGV[8])
-  if counted == 0 then
-    if quota ~= '' then quota_refund(KEYS[8], KEYS[9], KEYS[10], ARGV[5], tonumber(ARGV[6])) end
-    return answer('budget', '', '', quota, max_a, max_s, used)
-  end
-  if recorded then return answer('recorded', recorded, '', quota, max_a, max_s, used) end
-  retry_budget(KEYS[13], 'call', tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), now_int)
+  approved = decided
 end
-
-if stage ~= 'go' then
-  local wait = 0
-  for i = 16, #KEYS do
-    local a = 20 + (i - 16) * 3
-    local allowed, w = gcra(KEYS[i], tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[15]),
-                            tonumber(ARGV[a + 2]), now)
-    if allowed == 0 then return answer('rate_limited', tostring(w), i - 16, quota, max_a, max_s, used) end
-    if w > wait then wait = w end
-  end
-  if wait > 0 then
-    redis.call('HINCRBY', KEYS[15], ARGV[17], 1)
-    return answer('wait', tostring(wait), '', quota, max_a, max_s, used)
-  end
+""",
+        stages=ADMIT,
+        kinds=TOOL,
+    ),
+    Check(
+        "quota",
+        "the agent's quotas, reserved once per call id",
+        """
+if max_a >= 0 or max_s >= 0 then
+  quota = quota_reserve(KEYS[8], KEYS[9], KEYS[10], a.call_id, max_a, max_s, a.cost_micro,
+                        a.decision_ttl_s, now_int)
+  if string.sub(quota, 1, 7) ~= 'allowed' then return answer('quota') end
 end
+""",
+        stages=ADMIT,
+        kinds=TOOL,
+    ),
+    Check(
+        "tool-call budget",
+        "the run's `max_tool_calls` (a quota reservation is given back), or a recorded result",
+        """
+local counted, recorded
+counted, used, recorded = budget_reserve(KEYS[11], KEYS[12], a.max_tool_calls, a.call_ttl_s)
+if counted == 0 then
+  if quota ~= '' then quota_refund(KEYS[8], KEYS[9], KEYS[10], a.call_id, a.cost_micro) end
+  return answer('budget')
+end
+if recorded then return answer('recorded', recorded) end
+""",
+        stages=ADMIT,
+        kinds=TOOL,
+    ),
+    Check(
+        "retry budget",
+        "the tool's retry budget counts the call",
+        "retry_budget(KEYS[13], 'call', a.retry.ratio, a.retry.min_retries, a.retry.window_ms, now_int)",
+        stages=ADMIT,
+    ),
+    Check(
+        "rate limits",
+        "a slot of each rate limit within the run's remaining time (`wait`), or `rate_limited`",
+        """
+local wait = 0
+for i, limit in ipairs(a.limits) do
+  local allowed, w = gcra(KEYS[15 + i], limit.interval_ms, limit.burst, a.remaining_ms, limit.cost, now)
+  if allowed == 0 then return answer('rate_limited', tostring(w), i - 1) end
+  if w > wait then wait = w end
+end
+if wait > 0 then
+  redis.call('HINCRBY', KEYS[15], a.wait_stat, 1)
+  return answer('wait', tostring(wait))
+end
+""",
+        stages=frozenset({"admit", "retry"}),
+    ),
+    Check(
+        "breaker",
+        "the tool's (or model's) circuit breaker: `circuit_open`",
+        """
+local allowed, state, retry_ms = breaker_allow(KEYS[14], a.breaker.cooldown_ms, a.breaker.probe_ms, now_int)
+if allowed == 0 then return answer('circuit_open', state, retry_ms) end
+""",
+    ),
+)
 
-local allowed, state, retry_ms = breaker_allow(KEYS[14], tonumber(ARGV[13]), tonumber(ARGV[14]), now_int)
-if allowed == 0 then return answer('circuit_open', state, retry_ms, quota, max_a, max_s, used) end
-redis.call('HSET', KEYS[12], 'attempt', ARGV[16])
-redis.call('EXPIRE', KEYS[12], ARGV[8])
-return answer('go', '', '', quota, max_a, max_s, used)
-"""
+
+def admission_order() -> list[str]:
+    """The checks in the gateway's order, one line each, with when each runs (the README quotes
+    these lines; a test keeps them equal)."""
+    lines = []
+    for n, check in enumerate(ADMISSION, 1):
+        when = {
+            ALL_STAGES: "every attempt",
+            ADMIT: "a call's first attempt",
+            frozenset({"admit", "retry"}): "every attempt but the send after a wait",
+        }[check.stages]
+        if check.kinds != frozenset({"tool", "model"}):
+            when += f", {'/'.join(sorted(check.kinds))} calls only"
+        lines.append(f"{n}. {check.name} ({when}): {check.what}")
+    return lines
+
 
 SCRIPT = (
     LUA_KILL_REASON
@@ -145,7 +255,9 @@ SCRIPT = (
     + LUA_SPEND
     + LUA_GCRA
     + LUA_ALLOW
-    + _BODY
+    + _PRELUDE
+    + "".join(check.guarded() for check in ADMISSION)
+    + _GO
 )
 
 # settle(call_key, breaker_key, stats_key, guard_attempt, ok, threshold, rate, min_calls, window_ms,
@@ -256,11 +368,28 @@ class CallKeys:
     second_switch: bool = False  # whether the call reads `writes_switch`
 
 
+class Verdict(StrEnum):
+    """What the admission script decided (the first check that answered, else `go`)."""
+
+    GO = "go"  # send the attempt
+    STOP = "stop"  # the run's switch or cancel: the run ends (`stop_kind`, `stop_value`)
+    KILLED = "killed"  # the tool's switch (`reason`)
+    DENIED = "denied"  # allowlist, policy, unknown or invalid (`reason`)
+    APPROVAL = "approval"  # waits for a human (`decided`: the decision's JSON, or '' if none yet)
+    QUOTA = "quota"  # the agent's quota refused (`quota`)
+    BUDGET = "budget"  # the run's max_tool_calls is spent
+    RECORDED = "recorded"  # an earlier attempt's result (`recorded`)
+    RATE_LIMITED = "rate_limited"  # no slot within the run's time (`wait_s`, `limit_index`)
+    WAIT = "wait"  # a slot is reserved `wait_s` ahead
+    CIRCUIT_OPEN = "circuit_open"  # the breaker (`breaker_state`, `retry_in_s`)
+
+
 @dataclass(frozen=True)
 class Answer:
-    """What the script decided; `quota` is the reservation's 'verdict|actions|spent' or ''."""
+    """What the script decided; `quota` is the reservation's 'verdict|actions|spent' or ''. The
+    script's two detail strings are read through the properties that name them per verdict."""
 
-    verdict: str
+    verdict: Verdict
     quota: str
     max_actions: int | None
     max_spend_usd: float | None
@@ -270,9 +399,49 @@ class Answer:
     approval: str = ""  # the human's decision (JSON) on a call that needed approval and got it
 
     @property
+    def reason(self) -> str:
+        """`killed`: the switch's reason; `denied`: allowlist, policy, unknown or invalid."""
+        return self.detail
+
+    @property
+    def stop_kind(self) -> str:
+        """`stop`: `killed` or `cancelled`."""
+        return self.detail
+
+    @property
+    def stop_value(self) -> str:
+        """`stop`: the switch's reason or the cancel flag's value."""
+        return self.detail2
+
+    @property
+    def recorded(self) -> str:
+        """`recorded`: the call's result (JSON)."""
+        return self.detail
+
+    @property
+    def decided(self) -> str:
+        """`approval`: the call's decision (JSON), '' while none was made."""
+        return self.detail
+
+    @property
     def wait_s(self) -> float:
         """For `wait` and `rate_limited`: how far the slot is."""
         return math.ceil(float(self.detail)) / 1000.0
+
+    @property
+    def limit_index(self) -> int:
+        """`rate_limited`: which of the call's limits had no slot."""
+        return int(self.detail2)
+
+    @property
+    def breaker_state(self) -> str:
+        """`circuit_open`: the breaker's state."""
+        return self.detail
+
+    @property
+    def retry_in_s(self) -> float:
+        """`circuit_open`: when the breaker lets a probe through."""
+        return int(self.detail2) / 1000.0
 
 
 @dataclass(frozen=True)
@@ -318,33 +487,39 @@ class AdmissionRequest:
         ]
 
     def script_args(self) -> list[Any]:
-        """The script's ARGV, in the order the script's header gives; the second tool switch is
-        read when the keys say so (`CallKeys.second_switch`)."""
+        """The script's ARGV: one JSON table, read by name (`a.stage`, `a.limits[i].burst`...); the
+        second tool switch is read when the keys say so (`CallKeys.second_switch`)."""
         retry, breaker = self.retry, self.breaker
-        args: list[Any] = [
-            self.stage,
-            self.local_verdict,
-            self.tool,
-            "1" if self.keys.second_switch else "0",
-            self.call_id,
-            self.cost_micro,
-            self.max_tool_calls,
-            self.call_ttl_s,
-            self.decision_ttl_s,
-            retry.ratio,
-            retry.min_retries,
-            int(retry.window_s * 1000),
-            int(breaker.cooldown_s * 1000),
-            int(breaker.probe_timeout_s * 1000),
-            max(0.0, self.remaining_s) * 1000.0,
-            self.attempt,
-            self.wait_stat,
-            self.kind,
-            "1" if self.approval else "0",
-        ]
-        for limit in self.limits:
-            args += [limit.rate.interval_ms, limit.rate.burst, max(1, limit.cost)]
-        return args
+        table = {
+            "stage": self.stage,
+            "verdict": self.local_verdict,
+            "tool": self.tool,
+            "second_switch": self.keys.second_switch,
+            "call_id": self.call_id,
+            "cost_micro": self.cost_micro,
+            "max_tool_calls": self.max_tool_calls,
+            "call_ttl_s": self.call_ttl_s,
+            "decision_ttl_s": self.decision_ttl_s,
+            "retry": {
+                "ratio": retry.ratio,
+                "min_retries": retry.min_retries,
+                "window_ms": int(retry.window_s * 1000),
+            },
+            "breaker": {
+                "cooldown_ms": int(breaker.cooldown_s * 1000),
+                "probe_ms": int(breaker.probe_timeout_s * 1000),
+            },
+            "remaining_ms": max(0.0, self.remaining_s) * 1000.0,
+            "attempt": self.attempt,
+            "wait_stat": self.wait_stat,
+            "kind": self.kind,
+            "approval": self.approval,
+            "limits": [
+                {"interval_ms": limit.rate.interval_ms, "burst": limit.rate.burst, "cost": max(1, limit.cost)}
+                for limit in self.limits
+            ],
+        }
+        return [json.dumps(table, separators=(",", ":"))]
 
 
 class Admitter:
@@ -359,7 +534,7 @@ class Admitter:
         script_keys, args = request.script_keys(), request.script_args()
         verdict, quota, max_a, max_s, used, d1, d2, approved = self._script(keys=script_keys, args=args)
         return Answer(
-            verdict=str(verdict),
+            verdict=Verdict(str(verdict)),
             quota=str(quota),
             max_actions=None if int(max_a) < 0 else int(max_a),
             max_spend_usd=None if int(max_s) < 0 else int(max_s) / MICRO,
