@@ -37,10 +37,10 @@ from typing import Any
 
 import redis
 
+from worker import lua
 from worker.keys import Keys
-from worker.run.events import EVENTS_MAX, LUA_EMIT
+from worker.run.events import EVENTS_MAX
 from worker.run.store import iso, waiting_view
-from worker.webhooks.outbox import LUA_ENQUEUE
 
 APPROVE, DENY, EXPIRED = "approve", "deny", "expired"
 COMMENT_MAX = 2000
@@ -52,29 +52,7 @@ COMMENT_MAX = 2000
 # the webhook show it (JSON).
 # Returns the call's pending request (this one, or the one asked before for the same call), or
 # {'decided', decision} if the call was decided already, or {'ended', status}.
-_REQUEST = (
-    LUA_EMIT
-    + LUA_ENQUEUE
-    + """
-local decided = redis.call('HGET', KEYS[1], 'approval:' .. ARGV[1])
-if decided then return {'decided', decided} end
-local f = redis.call('HMGET', KEYS[1], 'status', 'approval')
-if f[1] ~= 'running' then return {'ended', f[1] or ''} end
--- every ask (also a resumed run's again) moves the reaper's deadline: the start script set it
--- from the clock of that moment
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-if f[2] then
-  local ok, cur = pcall(cjson.decode, f[2])
-  if ok and type(cur) == 'table' and cur['call_id'] == ARGV[1] then return {'pending', f[2]} end
-end
-redis.call('HSET', KEYS[1], 'approval', ARGV[2], 'approval_since', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-emit(KEYS[4], KEYS[5], ARGV[6], ARGV[7], 'approval_requested', ARGV[10])
-webhook_enqueue(KEYS[1], KEYS[6], KEYS[7], KEYS[8], 'approval_requested', ARGV[8], ARGV[4], ARGV[9], ARGV[3],
-                ARGV[10])
-return {'pending', ARGV[2]}
-"""
-)
+_REQUEST = lua.load("worker/approval_request.lua")
 
 # KEYS: the run, its tenant's pending approvals, the call's decided list, the timers zset, the
 # schedulers' bell, the run's events and their channel. ARGV: the call id, the decision (JSON),
@@ -82,34 +60,7 @@ return {'pending', ARGV[2]}
 # cap, the run's ttl (s).
 # Returns {'ok', decision}, {'decided', the decision taken before}, {'missing'} (no such run for
 # this tenant), {'unknown'} (no such call waits for approval) or {'ended', status}.
-_DECIDE = (
-    LUA_EMIT
-    + """
-local f = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'approval', 'approval_since', 'parked',
-                    'wait_reply')
-if not f[1] or (ARGV[5] ~= '' and f[2] ~= ARGV[5]) then return {'missing'} end
-local decided = redis.call('HGET', KEYS[1], 'approval:' .. ARGV[1])
-if decided then return {'decided', decided} end
-if not f[3] then return {'unknown'} end
-local ok, cur = pcall(cjson.decode, f[3])
-if not ok or type(cur) ~= 'table' or cur['call_id'] ~= ARGV[1] then return {'unknown'} end
-if f[1] ~= 'running' then return {'ended', f[1]} end
-redis.call('HSET', KEYS[1], 'approval:' .. ARGV[1], ARGV[2])
-local waited = tonumber(ARGV[3]) - (tonumber(f[4] or ARGV[3]) or tonumber(ARGV[3]))
-if waited > 0 then redis.call('HINCRBYFLOAT', KEYS[1], 'paused_s', string.format('%.6f', waited)) end
-redis.call('HDEL', KEYS[1], 'approval', 'approval_since')
-redis.call('ZREM', KEYS[2], ARGV[4])
-redis.call('RPUSH', KEYS[3], ARGV[2])
-redis.call('EXPIRE', KEYS[3], ARGV[7])
-if f[5] == '1' and f[6] == KEYS[3] then
-  redis.call('ZADD', KEYS[4], 'XX', 0, ARGV[4])
-  redis.call('LPUSH', KEYS[5], ARGV[4])
-  redis.call('LTRIM', KEYS[5], 0, 63)
-end
-emit(KEYS[6], KEYS[7], ARGV[6], ARGV[7], 'approval_decided', ARGV[2])
-return {'ok', ARGV[2]}
-"""
-)
+_DECIDE = lua.load("worker/approval_decide.lua")
 
 
 class DecisionRefused(Exception):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
+from worker import lua
 from worker.keys import Keys
 
 if TYPE_CHECKING:  # settings validates tools.breaker with BreakerPolicy: importing this must stay light
@@ -21,74 +22,13 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 # Lua functions, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
 # breaker_allow(key, cooldown_ms, probe_timeout_ms, now_ms) -> allowed (0/1), state, retry_in_ms
-LUA_ALLOW = """
-local function breaker_allow(key, cooldown, probe_timeout, now)
-  local state = redis.call('HGET', key, 'state') or 'closed'
-  if state == 'closed' then return 1, state, 0 end
-  if state == 'open' then
-    local opened = tonumber(redis.call('HGET', key, 'opened_ms') or '0')
-    if now - opened < cooldown then return 0, state, cooldown - (now - opened) end
-    redis.call('HSET', key, 'state', 'half_open', 'probe_until_ms', now + probe_timeout)
-    return 1, 'half_open', 0
-  end
-  local probe_until = tonumber(redis.call('HGET', key, 'probe_until_ms') or '0')
-  if now < probe_until then return 0, state, probe_until - now end
-  redis.call('HSET', key, 'probe_until_ms', now + probe_timeout)
-  return 1, state, 0
-end
-"""
+LUA_ALLOW = lua.load("worker/breaker_allow.lua")
 
 # breaker_record(key, ok, threshold, rate, min_calls, window_ms, now_ms) -> state before, after
-LUA_RECORD = """
-local function breaker_record(key, ok, threshold, rate, min_calls, window, now)
-  local state = redis.call('HGET', key, 'state') or 'closed'
-  local win_start = tonumber(redis.call('HGET', key, 'win_start_ms') or '0')
-  if now - win_start > window then
-    redis.call('HSET', key, 'win_start_ms', now, 'win_calls', 0, 'win_failures', 0)
-  end
-  local calls = redis.call('HINCRBY', key, 'win_calls', 1)
-  if ok then
-    redis.call('HSET', key, 'consecutive', 0)
-    if state == 'half_open' then
-      redis.call('HSET', key, 'state', 'closed', 'win_start_ms', now, 'win_calls', 0, 'win_failures', 0)
-      return state, 'closed'
-    end
-    return state, state
-  end
-  local failures = redis.call('HINCRBY', key, 'win_failures', 1)
-  local consecutive = redis.call('HINCRBY', key, 'consecutive', 1)
-  if state == 'half_open' or (state == 'closed' and (consecutive >= threshold or
-      (calls >= min_calls and failures / calls >= rate))) then
-    redis.call('HSET', key, 'state', 'open', 'opened_ms', now)
-    return state, 'open'
-  end
-  return state, state
-end
-"""
+LUA_RECORD = lua.load("worker/breaker_record.lua")
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-_ALLOW = (
-    _NOW
-    + LUA_ALLOW
-    + """
-local allowed, state, retry_ms = breaker_allow(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
-return {allowed, state, retry_ms}
-"""
-)
-
-_RECORD = (
-    _NOW
-    + LUA_RECORD
-    + """
-local before, after = breaker_record(KEYS[1], ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3]),
-                                     tonumber(ARGV[4]), tonumber(ARGV[5]), now)
-return {before, after}
-"""
-)
+_ALLOW = lua.load("worker/breaker_ask.lua")  # breaker_allow at Redis' clock
+_RECORD = lua.load("worker/breaker_report.lua")  # breaker_record at Redis' clock
 
 
 @dataclass(frozen=True)

@@ -8,23 +8,12 @@ from typing import Any
 
 import redis
 
+from worker import lua
 from worker.keys import Keys
 
 # budget_reserve(run_key, call_key, max_tool_calls, ttl_s) -> counted (0/1), used, recorded result
 # or false. A Lua function, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
-LUA_RESERVE = """
-local function budget_reserve(k_run, k_call, max_calls, ttl)
-  local used = tonumber(redis.call('HGET', k_run, 'tool_calls') or '0')
-  if redis.call('EXISTS', k_call) == 1 then
-    return 1, used, redis.call('HGET', k_call, 'result')
-  end
-  if used >= max_calls then return 0, used, false end
-  used = redis.call('HINCRBY', k_run, 'tool_calls', 1)
-  redis.call('HSET', k_call, 'state', 'started')
-  redis.call('EXPIRE', k_call, ttl)
-  return 1, used, false
-end
-"""
+LUA_RESERVE = lua.load("worker/budget_reserve.lua")
 
 CALL_RECORD_TTL_S = 86400  # a call's recorded result, kept for a resumed run or a late redelivery
 

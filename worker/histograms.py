@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from worker import lua
 from worker.settings import Settings
 
 # Bucket bounds in seconds, from a cached tool answer (5 ms) to a long agent run (10 min): a
@@ -53,27 +54,9 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
 }
 
-# observe(key, series, value): one observation of `value` seconds in the series `series` (label
-# values joined by '|') of the histogram hash `key`.
-LUA_OBSERVE = (
-    "local hist_bounds = {" + ", ".join(repr(b) for b in BUCKETS_S) + "}\n"
-    "local hist_les = {"
-    + ", ".join(f"'{le}'" for le in LES[:-1])
-    + "}\n"
-    + """
-local function observe(key, series, value)
-  local le = '+Inf'
-  for i = 1, #hist_bounds do
-    if value <= hist_bounds[i] then
-      le = hist_les[i]
-      break
-    end
-  end
-  redis.call('HINCRBY', key, series .. '|' .. le, 1)
-  redis.call('HINCRBYFLOAT', key, series .. '|sum', string.format('%.6f', value))
-end
-"""
-)
+# observe(key, series, value) in Lua, for the scripts; its bucket bounds are BUCKETS_S and LES
+# (tests/test_lua_files.py holds them equal).
+LUA_OBSERVE = lua.load("worker/observe.lua")
 
 
 def bucket_of(value_s: float) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import redis
 
+from worker import lua
 from worker.keys import Keys
 
 SCOPES = ("all", "tenant", "agent", "tool", "writes")
@@ -39,20 +40,7 @@ DEFAULT_REASON = "kill switch on"  # the reason shown for a switch set to an emp
 # The one switch check, in Lua: the reason of the first switch that is on, or false. Scripts pass
 # the switch keys they got in KEYS (run_switch_keys / tool_switch_keys order), never build them.
 # `first_reason` below is the same rule in Python; tests/test_killswitch_units.py holds them equal.
-LUA_KILL_REASON = """
-local function kill_reason(switch_keys)
-  if #switch_keys == 0 then return false end
-  local values = redis.call('MGET', unpack(switch_keys))
-  for i = 1, #switch_keys do
-    local value = values[i]
-    if value then
-      if value == '' then return 'kill switch on' end
-      return value
-    end
-  end
-  return false
-end
-"""
+LUA_KILL_REASON = lua.load("worker/kill_reason.lua")
 
 
 def first_reason(values: Sequence[bytes | str | None]) -> str | None:

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker import lua
 from worker.keys import Keys
 from worker.units import MICRO, micro_from_usd
 
@@ -31,118 +32,19 @@ NO_QUOTA = "no quota"  # the reason of a Decision that reserved nothing (the age
 # max_spend_micro (-1: no limit), approve_tools (a set, or false: none). A value that is not a
 # valid policy denies every tool, as PolicyStore.get does (pydantic's strict mode there; the same
 # rules here).
-LUA_POLICY = """
-local function policy_read(key)
-  local raw = redis.call('GET', key)
-  if not raw or raw == '' then return false, -1, -1, false end
-  local deny = function() return {}, 0, -1, false end
-  local ok, p = pcall(cjson.decode, raw)
-  if not ok or type(p) ~= 'table' or not string.match(raw, '^%s*{') then return deny() end
-  local tools, max_actions, max_spend, approve = false, -1, -1, false
-  local function names(v)
-    if type(v) ~= 'table' then return nil end
-    local n, set = 0, {}
-    for _, tool in pairs(v) do
-      if type(tool) ~= 'string' or #tool > 200 or not string.match(tool, '^[%w_.:-]+$') then return nil end
-      set[tool] = true
-      n = n + 1
-    end
-    if n ~= #v then return nil end
-    return set
-  end
-  for name, v in pairs(p) do
-    if name == 'allowed_tools' or name == 'approve_tools' then
-      if v ~= cjson.null then
-        local set = names(v)
-        if not set then return deny() end
-        if name == 'allowed_tools' then tools = set else approve = set end
-      end
-    elseif name == 'max_actions_per_hour' then
-      if v ~= cjson.null then
-        if type(v) ~= 'number' or v < 0 or math.floor(v) ~= v then return deny() end
-        max_actions = v
-      end
-    elseif name == 'max_spend_usd_per_day' then
-      if v ~= cjson.null then
-        if type(v) ~= 'number' or v < 0 or v ~= v or v > 1000000 then return deny() end
-        max_spend = math.floor(v * 1000000 + 0.5)
-      end
-    else
-      return deny()
-    end
-  end
-  return tools, max_actions, max_spend, approve
-end
-"""
+LUA_POLICY = lua.load("worker/policy_read.lua")
 
 # quota_reserve(actions_key, spend_key, marker_key, call_id, max_actions, max_spend, cost, ttl_s,
 # now_ms) -> 'verdict|actions|spent'; the first answer for a call id is its answer for good.
-LUA_RESERVE = """
-local function quota_reserve(k_actions, k_spend, k_marker, call_id, max_actions, max_spend, cost, ttl, now)
-  local marker = redis.call('GET', k_marker)
-  if marker then return marker end
-  local actions = 0
-  if max_actions >= 0 then
-    redis.call('ZREMRANGEBYSCORE', k_actions, '-inf', now - 3600000)
-    actions = redis.call('ZCARD', k_actions)
-  end
-  local spent = tonumber(redis.call('GET', k_spend) or '0')
-  local verdict = 'allowed'
-  if max_actions >= 0 and actions >= max_actions then
-    verdict = 'max_actions_per_hour'
-  elseif max_spend >= 0 and spent + cost > max_spend then
-    verdict = 'max_spend_usd_per_day'
-  end
-  if verdict == 'allowed' then
-    if max_actions >= 0 then
-      redis.call('ZADD', k_actions, now, call_id)
-      redis.call('PEXPIRE', k_actions, 3600000)
-      actions = actions + 1
-    end
-    spent = redis.call('INCRBY', k_spend, cost)
-    redis.call('EXPIRE', k_spend, 2 * 86400)
-  end
-  local decision = verdict .. '|' .. actions .. '|' .. spent
-  redis.call('SET', k_marker, decision, 'EX', ttl)
-  return decision
-end
-"""
+LUA_RESERVE = lua.load("worker/quota_reserve.lua")
 
 # quota_refund(actions_key, spend_key, marker_key, call_id, cost): give back an allowed reservation
 # (the admission script, when the run's tool-call budget refuses the call after its quota).
-LUA_REFUND = """
-local function quota_refund(k_actions, k_spend, k_marker, call_id, cost)
-  local marker = redis.call('GET', k_marker)
-  if not marker or string.sub(marker, 1, 7) ~= 'allowed' then return 0 end
-  redis.call('ZREM', k_actions, call_id)
-  redis.call('DECRBY', k_spend, cost)
-  redis.call('DEL', k_marker)
-  return 1
-end
-"""
+LUA_REFUND = lua.load("worker/quota_refund.lua")
 
-_RESERVE = (
-    """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-    + LUA_RESERVE
-    + """
-local decision = quota_reserve(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]),
-                               tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], now)
--- the day whose spend key was charged, so that a correction after midnight lands on it
-if string.sub(decision, 1, 7) == 'allowed' then redis.call('SET', KEYS[4], ARGV[6], 'NX', 'EX', ARGV[5]) end
-return decision
-"""
-)
+_RESERVE = lua.load("worker/policy_reserve.lua")
 
-_ADJUST = """
-local marker = redis.call('GET', KEYS[3])
-if not marker or string.sub(marker, 1, 7) ~= 'allowed' or string.sub(marker, -4) == '|adj' then return 0 end
-redis.call('INCRBY', KEYS[2], ARGV[1])
-redis.call('SET', KEYS[3], marker .. '|adj', 'KEEPTTL')
-return 1
-"""
+_ADJUST = lua.load("worker/policy_adjust.lua")
 
 
 class Policy(BaseModel):

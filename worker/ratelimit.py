@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from worker import lua
 from worker.keys import Keys
 
 if TYPE_CHECKING:  # settings validates rates with parse_rate: importing this must stay light
@@ -23,37 +24,12 @@ _PERIOD_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 # gcra(key, interval_ms, burst, max_wait_ms, cost, now_ms) -> allowed (0/1), wait_ms. A Lua
 # function, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
-LUA_GCRA = """
-local function gcra(key, interval, burst, max_wait, cost, now)
-  local tat = tonumber(redis.call('GET', key) or '0')
-  if tat < now then tat = now end
-  -- admission looks at the schedule as it is; the cost (e.g. a call's tokens) pushes it forward
-  local wait = tat - (burst - 1) * interval - now
-  if wait < 0 then wait = 0 end
-  if wait > max_wait then return 0, wait end
-  local new_tat = tat + cost * interval
-  redis.call('SET', key, tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-  return 1, wait
-end
-"""
+LUA_GCRA = lua.load("worker/gcra.lua")
 
-# now_ms(): Redis' clock in milliseconds, with microseconds as the fraction.
-LUA_NOW = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
-"""
+# now_ms() and now_s(): Redis' clock (worker/now.lua), shared by every script that reads it.
+LUA_NOW = lua.load("worker/now.lua")
 
-_GCRA = (
-    LUA_NOW
-    + LUA_GCRA
-    + """
-local allowed, wait = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
-                           tonumber(ARGV[4]), now_ms())
-return {allowed, tostring(wait)}
-"""
-)
+_GCRA = lua.load("worker/ratelimit.lua")  # gcra at Redis' clock (milliseconds with a fraction)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
+from worker import lua
 from worker.keys import Keys
 
 if TYPE_CHECKING:  # settings validates tools.retry_budget with RetryPolicy: importing this must stay light
@@ -15,45 +16,9 @@ if TYPE_CHECKING:  # settings validates tools.retry_budget with RetryPolicy: imp
 
 # retry_budget(key, op, ratio, min_retries, window_ms, now_ms) -> 1 (counted / granted) or 0. A Lua
 # function, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
-LUA_SPEND = """
-local function retry_budget(key, op, ratio, min_retries, window, now)
-  local bucket = math.floor(now / window)
-  local cur = tonumber(redis.call('HGET', key, 'bucket') or '-1')
-  if cur ~= bucket then
-    local calls, retries = 0, 0
-    if cur == bucket - 1 then
-      calls = tonumber(redis.call('HGET', key, 'calls') or '0')
-      retries = tonumber(redis.call('HGET', key, 'retries') or '0')
-    end
-    redis.call('HSET', key, 'bucket', bucket, 'calls', 0, 'retries', 0,
-               'prev_calls', calls, 'prev_retries', retries)
-    redis.call('PEXPIRE', key, window * 3)
-  end
-  if op == 'call' then
-    redis.call('HINCRBY', key, 'calls', 1)
-    return 1
-  end
-  local weight = 1 - (now % window) / window
-  local calls = tonumber(redis.call('HGET', key, 'calls')) +
-                tonumber(redis.call('HGET', key, 'prev_calls')) * weight
-  local retries = tonumber(redis.call('HGET', key, 'retries')) +
-                  tonumber(redis.call('HGET', key, 'prev_retries')) * weight
-  if retries + 1 > ratio * calls + min_retries then return 0 end
-  redis.call('HINCRBY', key, 'retries', 1)
-  return 1
-end
-"""
+LUA_SPEND = lua.load("worker/retry_budget.lua")
 
-_SPEND = (
-    """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-    + LUA_SPEND
-    + """
-return retry_budget(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), now)
-"""
-)
+_SPEND = lua.load("worker/retrybudget_spend.lua")  # retry_budget at Redis' clock
 
 
 @dataclass(frozen=True)

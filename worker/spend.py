@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from worker import lua
 from worker.keys import Keys
 from worker.units import micro_from_usd
 
@@ -30,72 +31,16 @@ REFUSED_STATUSES = frozenset({400, 401, 403, 429})
 # Outcomes of an attempt whose request never left the fleet.
 _NOT_SENT = frozenset({"killed", "denied", "rate_limited", "circuit_open", "invalid_args"})
 
-_RESERVE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'reserved' end
-local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or '0')
-  + tonumber(redis.call('HGET', KEYS[1], 'tokens_reserved') or '0')
-local cost = tonumber(redis.call('HGET', KEYS[1], 'cost_micro') or '0')
-  + tonumber(redis.call('HGET', KEYS[1], 'cost_reserved') or '0')
-if tokens + tonumber(ARGV[1]) > tonumber(ARGV[3]) then return 'max_tokens' end
-if cost + tonumber(ARGV[2]) > tonumber(ARGV[4]) then return 'max_cost' end
-redis.call('HINCRBY', KEYS[1], 'tokens_reserved', ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'cost_reserved', ARGV[2])
-redis.call('HSET', KEYS[2], 'tokens', ARGV[1], 'cost', ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-return 'reserved'
-"""
-
-# Counts a charge in the fleet's spend stats (KEYS[3] of the scripts below, worker/histograms.py):
-# `cost|<agent>`, or `cost|<agent>|<tenant>` when by_tenant is '1', in micro-dollars.
-_LUA_COUNT_COST = """
-local function count_cost(k_run, k_stats, micro, by_tenant)
-  if tonumber(micro) <= 0 then return end
-  local owner = redis.call('HMGET', k_run, 'agent', 'tenant')
-  if not owner[1] then return end
-  local field = 'cost|' .. string.gsub(owner[1], '|', '_')
-  if by_tenant == '1' then field = field .. '|' .. string.gsub(owner[2] or '', '|', '_') end
-  redis.call('HINCRBY', k_stats, field, micro)
-end
-"""
+_RESERVE = lua.load("worker/spend_reserve.lua")
 
 # KEYS: the run, the attempt's reservation, the fleet's spend stats. ARGV: tokens and micro-dollars
 # charged, cost by tenant ('1'/'0'), the model's label, the input and output tokens it reported.
-_SETTLE = (
-    _LUA_COUNT_COST
-    + """
-local tokens = redis.call('HGET', KEYS[2], 'tokens')
-if not tokens or redis.call('HGET', KEYS[2], 'settled') then return 0 end
-redis.call('HINCRBY', KEYS[1], 'tokens_reserved', -tonumber(tokens))
-redis.call('HINCRBY', KEYS[1], 'cost_reserved', -tonumber(redis.call('HGET', KEYS[2], 'cost')))
-redis.call('HINCRBY', KEYS[1], 'tokens', ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'cost_micro', ARGV[2])
-redis.call('HSET', KEYS[2], 'settled', 1)
-count_cost(KEYS[1], KEYS[3], ARGV[2], ARGV[3])
-if ARGV[4] ~= '' then
-  if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[3], 'tokens|' .. ARGV[4] .. '|input', ARGV[5]) end
-  if tonumber(ARGV[6]) > 0 then redis.call('HINCRBY', KEYS[3], 'tokens|' .. ARGV[4] .. '|output', ARGV[6]) end
-end
-return 1
-"""
-)
+_SETTLE = lua.load("worker/spend_settle.lua")
 
 # A tool call's declared cost, charged once per call id unless it would pass max_cost_usd;
 # ARGV[4] = 1 only checks that it would fit (before the call is admitted and counted). KEYS[3] and
 # ARGV[5]: the fleet's spend stats and cost by tenant, as _SETTLE's.
-_CHARGE = (
-    _LUA_COUNT_COST
-    + """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'charged' end
-local cost = tonumber(redis.call('HGET', KEYS[1], 'cost_micro') or '0')
-  + tonumber(redis.call('HGET', KEYS[1], 'cost_reserved') or '0')
-if cost + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return 'max_cost' end
-if ARGV[4] == '1' then return 'fits' end
-redis.call('HINCRBY', KEYS[1], 'cost_micro', ARGV[1])
-redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
-count_cost(KEYS[1], KEYS[3], ARGV[1], ARGV[5])
-return 'charged'
-"""
-)
+_CHARGE = lua.load("worker/spend_charge.lua")
 
 
 @dataclass(frozen=True)

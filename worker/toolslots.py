@@ -12,38 +12,20 @@ import math
 
 import redis
 
+from worker import lua
 from worker.gateway.calls import REPLY_GRACE_S
 
 # One slot of a tool's slots zset `key` for `member` (the call id and attempt), unless `limit`
 # attempts hold one; it lapses `life_ms` from now. Returns true when taken (or held already).
 # Shared by the script below and the tool worker's checks (worker/gateway/checks.py).
-LUA_ACQUIRE_SLOT = """
-local function acquire_slot(key, member, limit, life_ms)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if redis.call('ZSCORE', key, member) == false and redis.call('ZCARD', key) >= limit then
-    return false
-  end
-  redis.call('ZADD', key, now + life_ms, member)
-  if redis.call('PTTL', key) < life_ms then redis.call('PEXPIRE', key, life_ms) end
-  return true
-end
-"""
+LUA_ACQUIRE_SLOT = lua.load("worker/acquire_slot.lua")
 
 # KEYS: 1 the tool's slots. ARGV: 1 the member, 2 the limit, 3 the slot's life in ms.
 # Returns 1 (taken) or 0 (the tool is at its limit).
-_ACQUIRE = (
-    LUA_ACQUIRE_SLOT
-    + """
-return acquire_slot(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])) and 1 or 0
-"""
-)
+_ACQUIRE = lua.load("worker/toolslots_acquire.lua")
 
 # KEYS: 1 the tool's slots. ARGV: 1 the member.
-_RELEASE = """
-return redis.call('ZREM', KEYS[1], ARGV[1])
-"""
+_RELEASE = lua.load("worker/toolslots_release.lua")
 
 
 class ToolSlots:

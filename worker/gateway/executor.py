@@ -44,7 +44,7 @@ import redis
 import redis.asyncio
 import structlog
 
-from worker import histograms, killswitch, tools
+from worker import histograms, killswitch, lua, tools
 from worker.breaker import BreakerPolicy
 from worker.budget import CALL_RECORD_TTL_S
 from worker.gateway.calls import REPLY_GRACE_S, REPLY_TTL_S, is_failure, is_final, stats_field
@@ -56,7 +56,7 @@ from worker.redis_conn import write_durably
 from worker.run.store import TERMINAL
 from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result, is_retryable
-from worker.toolslots import LUA_ACQUIRE_SLOT, ToolSlots, slot_life_ms, slot_member
+from worker.toolslots import ToolSlots, slot_life_ms, slot_member
 
 EXEC_TTL_S = 2 * 86400
 REDIS_THREADS = 16  # Redis round trips of one process at once (each well under a millisecond)
@@ -65,15 +65,7 @@ REPLY_RETRY_MAX_S = 1.0
 log = structlog.get_logger("agentfleet.tools")
 T = TypeVar("T")
 
-_CLAIM = """
-local done = redis.call('HGET', KEYS[1], 'result')
-if done then return {'done', done} end
-if redis.call('HSETNX', KEYS[1], 'claimed_by', ARGV[1]) == 1 then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return {'run', ''}
-end
-return {'claimed', redis.call('HGET', KEYS[1], 'claimed_by')}
-"""
+_CLAIM = lua.load("worker/gateway/exec_claim.lua")
 
 
 # The tool worker's checks right before a tool runs, and the attempt's slot, in one trip.
@@ -86,26 +78,7 @@ return {'claimed', redis.call('HGET', KEYS[1], 'claimed_by')}
 # {'ended'}, {'killed', reason}, {'final', result}, {'stale', current attempt}, {'busy'} or {'go'}.
 # On 'go' the call's `taken` names the attempt: a tool worker has it (the run's side tells a
 # timeout of the tool from one in the queue by it, checks.py _SETTLE).
-_BEFORE_TOOL = (
-    killswitch.LUA_KILL_REASON
-    + LUA_ACQUIRE_SLOT
-    + """
-local run = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'agent')
-if not run[1] or not run[2] or not run[3] then return {'norun'} end
-if run[2] ~= ARGV[1] or run[3] ~= ARGV[2] then return {'other', run[2], run[3]} end
-for i = 7, #ARGV do
-  if run[1] == ARGV[i] then return {'ended'} end
-end
-local reason = kill_reason({unpack(KEYS, 4)})
-if reason then return {'killed', reason} end
-local call = redis.call('HMGET', KEYS[2], 'attempt', 'result')
-if call[2] then return {'final', call[2]} end
-if call[1] and tonumber(call[1]) > tonumber(ARGV[3]) then return {'stale', call[1]} end
-if not acquire_slot(KEYS[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])) then return {'busy'} end
-if call[1] then redis.call('HSET', KEYS[2], 'taken', ARGV[3]) end  -- the run's call record, if any
-return {'go'}
-"""
-)
+_BEFORE_TOOL = lua.load("worker/gateway/before_tool.lua")
 
 
 class BeforeTool:

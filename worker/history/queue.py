@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import redis
 import structlog
 
+from worker import lua
 from worker.keys import Keys
 
 log = structlog.get_logger("agentfleet.history")
@@ -35,57 +36,22 @@ CLAIM_S = 120.0  # a claimed batch not settled by then is claimed again
 COUNTERS = ("archived", "lost", "failed")
 
 # archive_enqueue(due zset, ended zset, run id, now (unix s)): the run waits to be archived.
-LUA_ENQUEUE = """
-local function archive_enqueue(due, ended, run_id, now)
-  redis.call('ZADD', due, now, run_id)
-  redis.call('ZADD', ended, now, run_id)
-end
-"""
+LUA_ENQUEUE = lua.load("worker/history/archive_enqueue.lua")
 
 # KEYS: the due zset. ARGV: now (unix s), the claim's length (s), the batch's size.
 # Returns the run ids claimed (due by now), each now due again `now + claim` later.
-_CLAIM = """
-local now = tonumber(ARGV[1])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local next_ts = string.format('%.6f', now + tonumber(ARGV[2]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], 'XX', next_ts, id) end
-return ids
-"""
+_CLAIM = lua.load("worker/history/claim.lua")
 
 # KEYS: the due zset, the ended zset, the failures hash, the stats hash, then the run's keys whose
 # TTL becomes the hot TTL. ARGV: the run id, the outcome ('archived' or 'lost'), the hot TTL (s).
 # A run already settled (by an earlier batch that held it too) is not counted again; its keys'
 # TTLs are still shortened, which changes nothing. Returns 1 when this call settled it.
-_SETTLE = """
-local settled = redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-local hot = tonumber(ARGV[3])
-if ARGV[2] == 'archived' then
-  for i = 5, #KEYS do
-    local ttl = redis.call('TTL', KEYS[i])
-    if ttl == -1 or ttl > hot then redis.call('EXPIRE', KEYS[i], hot) end
-  end
-end
-if settled == 1 then redis.call('HINCRBY', KEYS[4], ARGV[2], 1) end
-return settled
-"""
+_SETTLE = lua.load("worker/history/settle.lua")
 
 # KEYS: the due zset, the failures hash, the stats hash. ARGV: now (unix s), the first retry's
 # delay (s), the longest delay (s), then the run ids of the failed batch. Each run still waiting
 # is due again after min(longest, first * 2^(its failures - 1)).
-_RETRY = """
-local now, first, longest = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  if redis.call('ZSCORE', KEYS[1], id) then
-    local failures = redis.call('HINCRBY', KEYS[2], id, 1)
-    local delay = math.min(longest, first * 2 ^ math.min(failures - 1, 30))
-    redis.call('ZADD', KEYS[1], 'XX', string.format('%.6f', now + delay), id)
-  end
-end
-redis.call('HINCRBY', KEYS[3], 'failed', 1)
-"""
+_RETRY = lua.load("worker/history/retry.lua")
 
 
 def hot_keys(keys: Keys, run_id: str, steps: int) -> list[str]:

@@ -31,6 +31,7 @@ import json
 
 import redis
 
+from worker import lua
 from worker.keys import Keys
 
 STATUS = "status"
@@ -46,13 +47,7 @@ EVENTS_MAX = 512
 
 # emit(stream, channel or false, max entries, ttl (s), name, data): append one event, keep the
 # stream at most `maxlen` long and alive as long as the run, and announce it on `channel`.
-LUA_EMIT = """
-local function emit(stream, channel, maxlen, ttl, name, data)
-  redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'event', name, 'data', data)
-  redis.call('EXPIRE', stream, ttl)
-  if channel then redis.call('PUBLISH', channel, name) end
-end
-"""
+LUA_EMIT = lua.load("worker/run/emit.lua")
 
 
 def status_data(status: str, stop_reason: str | None = None) -> str:

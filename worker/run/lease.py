@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import redis
 
+from worker import lua
 from worker.keys import Keys
 
 LEASE_TTL_S = 10.0
@@ -31,50 +32,17 @@ REAP_INTERVAL_S = 2.0
 DEADLINE_SCAN_S = 0.5  # how often the reaper looks for runs past their deadline
 REAP_CLAIM_S = 30.0  # a claimed run is not reaped again for this long
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
-return 1
-"""
+_RENEW = lua.load("worker/run/lease_renew.lua")
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-redis.call('ZREM', KEYS[2], ARGV[2])
-return 1
-"""
+_RELEASE = lua.load("worker/run/lease_release.lua")
 
 # The runs whose lease expiry (by Redis' clock) has passed. KEYS[1] = the leases zset.
-_DUE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
-"""
+_DUE = lua.load("worker/run/lease_due.lua")
 
 # Claims the runs among _DUE's answer whose lease is gone; returns the run ids this call claimed.
 # KEYS: the leases zset, then each candidate's lease. ARGV: the claim's length (ms), then the
 # candidates' run ids, in KEYS order.
-_REAP = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local claimed = {}
-for i = 2, #KEYS do
-  local run_id = ARGV[i]
-  local score = redis.call('ZSCORE', KEYS[1], run_id)
-  if score and tonumber(score) <= now then
-    local ttl = redis.call('PTTL', KEYS[i])
-    if ttl > 0 then
-      redis.call('ZADD', KEYS[1], now + ttl, run_id)
-    else
-      redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), run_id)
-      table.insert(claimed, run_id)
-    end
-  end
-end
-return claimed
-"""
+_REAP = lua.load("worker/run/lease_reap.lua")
 
 
 def new_token() -> str:

@@ -17,27 +17,18 @@ from typing import Any
 
 import redis
 
-from worker import histograms
-from worker.histograms import LUA_OBSERVE
-from worker.history.queue import LUA_ENQUEUE as LUA_ARCHIVE_ENQUEUE
+from worker import histograms, lua
 from worker.keys import AGENT_QUEUE, Keys
-from worker.killswitch import LUA_KILL_REASON, run_switch_keys
+from worker.killswitch import run_switch_keys
 from worker.run import events
-from worker.run.events import EVENTS_MAX, LUA_EMIT, status_data
+from worker.run.events import EVENTS_MAX, status_data
 from worker.run.lease import LEASE_TTL_S, holder_is_dead
 from worker.units import usd_from_micro
-from worker.webhooks.outbox import LUA_ENQUEUE as LUA_WEBHOOK_ENQUEUE
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, STOPPED, FAILED, CANCELLED = "succeeded", "stopped", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, STOPPED, FAILED, CANCELLED})
 STEP_LOG_MAX = 200  # steps kept in a run's step log; older ones are trimmed
-# Counts parked runs per tenant or agent (Keys.parked_owners) for the kill sweep.
-LUA_UNPARK_COUNT = """
-local function unpark_count(key, field)
-  if field and redis.call('HINCRBY', key, field, -1) <= 0 then redis.call('HDEL', key, field) end
-end
-"""
 _JSON_FIELDS = ("input", "output", "error", "budgets", "metadata", "memory", "last_result")
 
 
@@ -81,31 +72,7 @@ def _finite(value: str | None) -> float | None:
 # limit), the tenant, the run's queued-runs member, the created_ts before which a member's run has
 # expired, the `queued` status event's data, the events' cap, then the run's fields as name,
 # value, ...
-_CREATE = (
-    LUA_KILL_REASON
-    + LUA_EMIT
-    + """
-local reason = kill_reason({unpack(KEYS, 5)})
-if reason then return {'killed', reason} end
-if tonumber(ARGV[2]) >= 0 then
-  local depth = redis.call('LLEN', KEYS[2])
-  if depth >= tonumber(ARGV[2]) then return {'queue_full', tostring(depth)} end
-end
--- members are '<tenant>|<created_ts>|<run id>'; a tenant name never holds '|' or '}'
-local first = '[' .. ARGV[4] .. '|'
--- a run whose record expired while queued would otherwise count for ever
-redis.call('ZREMRANGEBYLEX', KEYS[3], first, '(' .. ARGV[4] .. '|' .. ARGV[6])
-if tonumber(ARGV[3]) >= 0 then
-  local queued = redis.call('ZLEXCOUNT', KEYS[3], first, '(' .. ARGV[4] .. '}')
-  if queued >= tonumber(ARGV[3]) then return {'tenant_queue_full', tostring(queued)} end
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[3], 0, ARGV[5])
-emit(KEYS[4], false, ARGV[8], ARGV[1], 'status', ARGV[7])
-return {'ok', ''}
-"""
-)
+_CREATE = lua.load("worker/run/create.lua")
 
 # KEYS: the run, its lease, the leases zset, the deadlines zset, the run's cancel key, the
 # queued-runs zset, the timers zset, the parked-per-tenant and parked-per-agent hashes, the run's
@@ -118,55 +85,7 @@ return {'ok', ''}
 # A resume whose park is over (another resume took it, or the run parked again since) is 'stale'.
 # Taking a parked run unparks it and is no new attempt: `attempts` counts the executions that
 # began without a park to resume, so a worker that died is counted once.
-_START = (
-    LUA_KILL_REASON
-    + LUA_UNPARK_COUNT
-    + LUA_EMIT
-    + LUA_OBSERVE
-    + """
-local s = redis.call('HGET', KEYS[1], 'status')
-if not s then return {'missing'} end
-if s ~= 'queued' and s ~= 'running' then return {'terminal', s} end
-local owner = redis.call('HMGET', KEYS[1], 'tenant', 'agent')
-if owner[1] ~= ARGV[6] or owner[2] ~= ARGV[7] then return {'missing'} end
-local park = redis.call('HMGET', KEYS[1], 'parked', 'park_seq')
-if ARGV[8] ~= '' and (park[1] ~= '1' or park[2] ~= ARGV[8]) then return {'stale'} end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[2] and holder ~= ARGV[5] then return {'leased', holder} end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[3]), ARGV[4])
-if s == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_ts', ARGV[1])
-  emit(KEYS[10], KEYS[11], ARGV[10], ARGV[11], 'status', ARGV[9])
-  local created = tonumber(redis.call('HGET', KEYS[1], 'created_ts') or '')
-  if ARGV[12] ~= '' and created then observe(KEYS[12], ARGV[12], math.max(0, tonumber(ARGV[1]) - created)) end
-end
-if park[1] == '1' then
-  redis.call('HDEL', KEYS[1], 'parked')
-  redis.call('ZREM', KEYS[7], ARGV[4])
-  unpark_count(KEYS[8], ARGV[6])
-  unpark_count(KEYS[9], ARGV[7])
-else
-  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-end
-local raw = redis.call('HGETALL', KEYS[1])
-local run = {}
-for i = 1, #raw, 2 do run[raw[i]] = raw[i + 1] end
-if s == 'queued' then
-  redis.call('ZREM', KEYS[6], run['tenant'] .. '|' .. (run['created_ts'] or '') .. '|' .. ARGV[4])
-end
--- the time waiting for a human is not the run's: paused_s, and the clock stops while it waits
-local deadline = tonumber(run['started_ts']) + tonumber(cjson.decode(run['budgets'])['max_seconds'])
-  + tonumber(run['paused_s'] or '0')
-if run['approval_since'] then
-  deadline = deadline + math.max(0, tonumber(ARGV[1]) - tonumber(run['approval_since']))
-end
-redis.call('ZADD', KEYS[4], string.format('%.6f', deadline), ARGV[4])
-return {'started', raw, {kill_reason({unpack(KEYS, 13)}), redis.call('GET', KEYS[5])}}
-"""
-)
+_START = lua.load("worker/run/start.lua")
 
 # KEYS: the run, its ended channel, its step log, the run stats, its lease, the leases zset,
 # the deadlines zset, the queued-runs zset, the timers zset, the parked-per-tenant and -agent
@@ -180,98 +99,14 @@ return {'started', raw, {kill_reason({unpack(KEYS, 13)}), redis.call('GET', KEYS
 # '1' to observe the run's duration (first start to end) in the histogram.
 # The status and `end` events are announced by the PUBLISH on the ended channel.
 # Returns {1 when this call ended the run else 0, agent, version, started_ts, finished_ts}.
-_FINISH = (
-    LUA_UNPARK_COUNT
-    + LUA_EMIT
-    + LUA_OBSERVE
-    + LUA_WEBHOOK_ENQUEUE
-    + LUA_ARCHIVE_ENQUEUE
-    + """
-local parked = redis.call('HGET', KEYS[1], 'parked') == '1'
-if ARGV[10] == 'parked' and not parked then return {0} end
-if ARGV[10] == 'queued' and redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return {0} end
--- '' for now: this server's clock, at the moment the run ends (a kill sweep ends a thousand
--- runs in one pipeline: each gets the time it really stopped, not the time the sweep began)
-local now = ARGV[5]
-if now == '' then
-  local t = redis.call('TIME')
-  now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-end
-redis.call('ZREM', KEYS[7], ARGV[8])
-redis.call('ZREM', KEYS[9], ARGV[8])
-if ARGV[7] ~= '' then
-  if redis.call('GET', KEYS[5]) == ARGV[7] then redis.call('DEL', KEYS[5]) end
-  redis.call('ZREM', KEYS[6], ARGV[8])
-end
-local f = redis.call('HMGET', KEYS[1], 'status', 'started_ts', 'steps', 'tool_calls', 'agent', 'version',
-                    'tenant', 'created_ts')
-local s = f[1]
-if not s then return {0} end
-if s == 'succeeded' or s == 'stopped' or s == 'failed' or s == 'cancelled' then return {0} end
-if s == 'queued' and f[7] and f[8] then
-  redis.call('ZREM', KEYS[8], f[7] .. '|' .. f[8] .. '|' .. ARGV[8])
-end
-local started, steps = f[2], f[3] or '0'
-if not started and ARGV[1] ~= 'cancelled' then
-  started = now
-  redis.call('HSET', KEYS[1], 'started_ts', started)
-end
-if ARGV[9] ~= '' then steps = ARGV[9] end
-if parked then
-  redis.call('HDEL', KEYS[1], 'parked')
-  unpark_count(KEYS[10], f[7])
-  unpark_count(KEYS[11], f[5])
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'stop_reason', ARGV[2], 'output', ARGV[3],
-           'error', ARGV[4], 'finished_ts', now, 'steps', steps)
--- the working state (last tool result, agent memory) is of no use once the run has ended
-redis.call('HDEL', KEYS[1], 'last_result', 'memory', 'pending', 'wait', 'wait_reply')
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[3], ARGV[6])
-redis.call('HINCRBY', KEYS[4], 'runs|' .. ARGV[1] .. '|' .. ARGV[2], 1)
-redis.call('HINCRBY', KEYS[4], 'usage|steps', tonumber(steps))
-redis.call('HINCRBY', KEYS[4], 'usage|tool_calls', tonumber(f[4] or '0'))
-emit(KEYS[12], false, ARGV[12], ARGV[6], 'status', ARGV[11])
-emit(KEYS[12], false, ARGV[12], ARGV[6], 'end', '')
-webhook_enqueue(KEYS[1], KEYS[13], KEYS[14], KEYS[15], 'end', ARGV[13], ARGV[8], f[7] or '', now, '')
-archive_enqueue(KEYS[16], KEYS[17], ARGV[8], now)
-if ARGV[14] == '1' and f[2] and f[5] then
-  local agent = string.gsub(f[5], '|', '_')
-  observe(KEYS[18], agent .. '|' .. ARGV[1], math.max(0, tonumber(now) - tonumber(f[2])))
-end
-redis.call('PUBLISH', KEYS[2], ARGV[1])
-return {1, f[5], f[6], started, now}
-"""
-)
+_FINISH = lua.load("worker/run/finish.lua")
 
 # Claims runs past their deadline that no live execution holds, for this reaper to end them.
 # KEYS: the deadlines zset, then the lease of each candidate run (RunStore.end_overdue read the
 # candidates from the zset just before). ARGV: now (s), the claim's length (s), the dead holder of
 # a lease that this call may take over ('' for none), then the candidates' run ids, in KEYS order.
 # Returns {claimed run ids, {run id, holder, ...} of overdue runs whose lease is held}.
-_OVERDUE = """
-local now = tonumber(ARGV[1])
-local claimed, held = {}, {}
-for i = 2, #KEYS do
-  local run_id = ARGV[i + 2]
-  local score = redis.call('ZSCORE', KEYS[1], run_id)
-  if score and tonumber(score) <= now then
-    local holder = redis.call('GET', KEYS[i])
-    if holder and ARGV[3] ~= '' and holder == ARGV[3] then
-      redis.call('DEL', KEYS[i])
-      holder = false
-    end
-    if holder then
-      table.insert(held, run_id)
-      table.insert(held, holder)
-    else
-      redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[2])), run_id)
-      table.insert(claimed, run_id)
-    end
-  end
-end
-return {claimed, held}
-"""
+_OVERDUE = lua.load("worker/run/overdue.lua")
 
 # KEYS: the run, its cancel key, its ended channel, the run stats, the queued-runs zset, the
 # timers zset, the schedulers' bell, the run's events, then the webhook outbox's delivery hash,
@@ -279,34 +114,7 @@ return {claimed, held}
 # ttl (s), the run id, the `cancelled` status event's data, the events' cap, the run's ttl (s),
 # the id of the `end` webhook delivery.
 # A parked run is made due at once, so a scheduler resumes it and it ends cancelled.
-_CANCEL = (
-    LUA_EMIT
-    + LUA_WEBHOOK_ENQUEUE
-    + LUA_ARCHIVE_ENQUEUE
-    + """
-local f = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'created_ts')
-local s = f[1]
-if not s then return nil end
-if s == 'queued' then
-  if f[2] and f[3] then redis.call('ZREM', KEYS[5], f[2] .. '|' .. f[3] .. '|' .. ARGV[3]) end
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'stop_reason', 'cancelled', 'finished_ts', ARGV[1])
-  redis.call('HINCRBY', KEYS[4], 'runs|cancelled|cancelled', 1)
-  emit(KEYS[8], false, ARGV[5], ARGV[6], 'status', ARGV[4])
-  emit(KEYS[8], false, ARGV[5], ARGV[6], 'end', '')
-  webhook_enqueue(KEYS[1], KEYS[9], KEYS[10], KEYS[11], 'end', ARGV[7], ARGV[3], f[2] or '', ARGV[1], '')
-  archive_enqueue(KEYS[12], KEYS[13], ARGV[3], ARGV[1])
-  redis.call('PUBLISH', KEYS[3], 'cancelled')
-elseif s == 'running' then
-  redis.call('SET', KEYS[2], 'cancelled by request', 'EX', ARGV[2])
-  if redis.call('HGET', KEYS[1], 'parked') == '1' then
-    redis.call('ZADD', KEYS[6], 0, ARGV[3])
-    redis.call('LPUSH', KEYS[7], ARGV[3])
-    redis.call('LTRIM', KEYS[7], 0, 63)
-  end
-end
-return s
-"""
-)
+_CANCEL = lua.load("worker/run/cancel.lua")
 
 
 class AdmissionRefused(Exception):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import redis
 import structlog
 
-from worker import killswitch
+from worker import killswitch, lua
 from worker.keys import Keys
 from worker.run.lease import queued_runs
 from worker.run.store import STOPPED, RunStore
@@ -51,53 +51,14 @@ CLAIM_BATCH = 500  # timers claimed per script call
 # reply (KEYS[8]), the reply key to record ('' for none).
 # Returns {'parked', park number}, or {'ready'} (the reply is there: go on), {'cancelled', why},
 # {'lost'} (another execution holds the run) or {'ended', status}.
-_PARK = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'lost'} end
-local s = redis.call('HGET', KEYS[1], 'status')
-if s ~= 'running' then return {'ended', s or ''} end
-local cancel = redis.call('GET', KEYS[7])
-if cancel then return {'cancelled', cancel} end
-if ARGV[9] == '1' and redis.call('LLEN', KEYS[8]) > 0 then return {'ready'} end
-local seq = redis.call('HINCRBY', KEYS[1], 'park_seq', 1)
-redis.call('HSET', KEYS[1], 'parked', '1', 'wait', ARGV[3], 'pending', ARGV[4], 'memory', ARGV[5],
-           'wait_reply', ARGV[10])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[6])
-redis.call('HINCRBY', KEYS[5], ARGV[7], 1)
-redis.call('HINCRBY', KEYS[6], ARGV[8], 1)
-redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[6])
-return {'parked', seq}
-"""
+_PARK = lua.load("worker/run/park.lua")
 
 # Claims due timers. KEYS: the timers zset, then each candidate's run hash. ARGV: now (unix s),
 # the claim's length (s), then the candidates' run ids in KEYS order. A candidate that is not
 # parked any more (resumed or ended since) loses its timer. A run's deadline excludes the time it
 # waited for humans (worker/approvals.py).
 # Returns {run id, park number, deadline (unix s), ...} of the claimed runs.
-_CLAIM = """
-local now = tonumber(ARGV[1])
-local claimed = {}
-for i = 2, #KEYS do
-  local run_id = ARGV[i + 1]
-  local score = redis.call('ZSCORE', KEYS[1], run_id)
-  if score and tonumber(score) <= now then
-    local f = redis.call('HMGET', KEYS[i], 'parked', 'park_seq', 'started_ts', 'budgets', 'paused_s',
-                         'approval_since')
-    if f[1] ~= '1' or not f[3] or not f[4] then
-      redis.call('ZREM', KEYS[1], run_id)
-    else
-      redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[2])), run_id)
-      -- the time waiting for a human is not the run's: paused_s, and the clock stops meanwhile
-      local deadline = tonumber(f[3]) + tonumber(cjson.decode(f[4])['max_seconds']) + tonumber(f[5] or '0')
-      if f[6] then deadline = deadline + math.max(0, now - tonumber(f[6])) end
-      table.insert(claimed, run_id)
-      table.insert(claimed, f[2])
-      table.insert(claimed, string.format('%.6f', deadline))
-    end
-  end
-end
-return claimed
-"""
+_CLAIM = lua.load("worker/run/timers_claim.lua")
 
 
 @dataclass(frozen=True)

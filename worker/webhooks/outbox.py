@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import redis
 import structlog
 
+from worker import lua
 from worker.keys import Keys
 
 log = structlog.get_logger("agentfleet.webhooks")
@@ -45,64 +46,14 @@ OUTCOMES = ("delivered", "failed", "gone", "expired", "refused")
 # tenant, now (unix s), data (JSON text; '' for `end`: the run, built at the first attempt)):
 # one pending delivery when the run's webhook subscribes to `event`. Costs one HGET for a run
 # without a webhook.
-LUA_ENQUEUE = """
-local function webhook_enqueue(run, hook, due, born, event, id, run_id, tenant, now, data)
-  local spec = redis.call('HGET', run, 'webhook')
-  if not spec then return end
-  local ok, parsed = pcall(cjson.decode, spec)
-  if not ok or type(parsed) ~= 'table' or type(parsed['events']) ~= 'table' then return end
-  local wanted = false
-  for _, name in ipairs(parsed['events']) do
-    if name == event then wanted = true end
-  end
-  if not wanted then return end
-  redis.call('HSET', hook, 'run_id', run_id, 'tenant', tenant, 'url', parsed['url'], 'event', event,
-             'data', data, 'first_ts', now, 'attempts', 0, 'claims', 0)
-  redis.call('ZADD', due, now, id)
-  redis.call('ZADD', born, now, id)
-end
-"""
+LUA_ENQUEUE = lua.load("worker/webhooks/webhook_enqueue.lua")
 
-
-# Removes a delivery and counts its outcome: drop(hook, due, born, stats, id, outcome).
-_LUA_DROP = """
-local function drop(hook, due, born, stats, id, outcome)
-  redis.call('DEL', hook)
-  redis.call('ZREM', due, id)
-  redis.call('ZREM', born, id)
-  redis.call('HINCRBY', stats, 'deliveries|' .. outcome, 1)
-end
-"""
 
 # Claims due deliveries. KEYS: the due zset, the born zset, the stats hash, then each
 # candidate's hash. ARGV: now (unix s), the claim's length (s), max_age_s, then the candidates'
 # ids in KEYS order. A candidate whose hash is gone loses its entries; one older than max_age_s
 # is dropped as `expired`. Returns {id, claim number, ...} of the claimed deliveries.
-_CLAIM = (
-    _LUA_DROP
-    + """
-local now = tonumber(ARGV[1])
-local claimed = {}
-for i = 4, #KEYS do
-  local id = ARGV[i]
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= now then
-    local first = redis.call('HGET', KEYS[i], 'first_ts')
-    if not first then
-      redis.call('ZREM', KEYS[1], id)
-      redis.call('ZREM', KEYS[2], id)
-    elseif now - tonumber(first) >= tonumber(ARGV[3]) then
-      drop(KEYS[i], KEYS[1], KEYS[2], KEYS[3], id, 'expired')
-    else
-      redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[2])), id)
-      table.insert(claimed, id)
-      table.insert(claimed, tostring(redis.call('HINCRBY', KEYS[i], 'claims', 1)))
-    end
-  end
-end
-return claimed
-"""
-)
+_CLAIM = lua.load("worker/webhooks/claim.lua")
 
 # Settles one attempt. KEYS: the delivery's hash, the due zset, the born zset, the stats hash,
 # the run's hash. ARGV: the delivery id, the attempt's claim number, the outcome (delivered, gone,
@@ -110,36 +61,12 @@ return claimed
 # An attempt whose claim is no longer the delivery's latest (it ran past its claim, and a newer
 # attempt was sent) changes nothing unless it delivered. Returns the outcome counted, or
 # 'stale' / 'missing'.
-_SETTLE = (
-    _LUA_DROP
-    + """
-local f = redis.call('HMGET', KEYS[1], 'claims', 'first_ts')
-if not f[2] then return 'missing' end
-local outcome = ARGV[3]
-if outcome ~= 'delivered' and f[1] ~= ARGV[2] then return 'stale' end
-if outcome == 'failed' and tonumber(ARGV[4]) >= tonumber(f[2]) + tonumber(ARGV[5]) then
-  outcome = 'expired'
-end
-if outcome ~= 'failed' then
-  drop(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], outcome)
-  if outcome == 'gone' then redis.call('HDEL', KEYS[5], 'webhook') end
-  return outcome
-end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-redis.call('HINCRBY', KEYS[4], 'deliveries|failed', 1)
-return 'failed'
-"""
-)
+_SETTLE = lua.load("worker/webhooks/settle.lua")
 
 # Stores the body of a delivery's first attempt, so every retry sends the same bytes. KEYS: the
 # delivery's hash. ARGV: the body. Returns the body stored (this one or an earlier one), or nil
 # when the delivery is gone.
-_FREEZE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-redis.call('HSETNX', KEYS[1], 'body', ARGV[1])
-return redis.call('HGET', KEYS[1], 'body')
-"""
+_FREEZE = lua.load("worker/webhooks/freeze.lua")
 
 
 def retry_delay_s(

@@ -1,0 +1,55 @@
+"""The fleet's Lua scripts, read from the `.lua` files beside the modules that run them.
+
+A file names another path in an include line, `--! include worker/now.lua`, where that file's
+text is to go; a file included twice in one script goes in once, at its first include. Paths
+start with the top package's name, as in the repository, and are read with importlib.resources,
+so an installed package (a wheel, an image) finds them as a checkout does. A file or an include
+that does not exist raises LuaFileMissing when the module that loads it is imported.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+INCLUDE = "--! include "
+
+loaded: set[str] = set()  # every path read so far, includes too (tests/test_lua_files.py)
+
+
+class LuaFileMissing(FileNotFoundError):
+    """A Lua file, or a file one of them includes, is not in its package."""
+
+
+def load(path: str) -> str:
+    """The text of the Lua file at `path` (`worker/run/finish.lua`), its includes expanded."""
+    return _expand(path, set(), ())
+
+
+def _expand(path: str, seen: set[str], via: tuple[str, ...]) -> str:
+    seen.add(path)
+    out = []
+    for line in _read(path, via).splitlines(keepends=True):
+        if not line.startswith(INCLUDE):
+            out.append(line)
+            continue
+        included = line[len(INCLUDE) :].strip()
+        if included in via or included == path:
+            raise ValueError(f"{path} includes {included}, which includes {path}")
+        if included not in seen:
+            text = _expand(included, seen, (*via, path))
+            out.append(text if text.endswith("\n") else text + "\n")
+    return "".join(out)
+
+
+def _read(path: str, via: tuple[str, ...]) -> str:
+    package, _, name = path.partition("/")
+    where = f" (included by {' -> '.join(via)})" if via else ""
+    if not package or not name.endswith(".lua"):
+        raise LuaFileMissing(f"{path!r} is not a path like 'worker/run/finish.lua'{where}")
+    resource = files(package)
+    for part in name.split("/"):
+        resource = resource.joinpath(part)
+    if not resource.is_file():
+        raise LuaFileMissing(f"no Lua file {path}{where}")
+    loaded.add(path)
+    return resource.read_text(encoding="utf-8")
