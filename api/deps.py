@@ -15,12 +15,12 @@ from fastapi import Depends, Header, Request
 from api.errors import ApiError
 from api.waiter import EndWaiter
 from api.waitslots import WaitSlots
-from worker.approvals import Approvals
 from worker.capacity import ArchiveRate
+from worker.control.approvals import Approvals
+from worker.control.policy import PolicyStore
+from worker.control.rollout import Rollouts
 from worker.history.db import HistoryDB
 from worker.keys import Keys
-from worker.policy import PolicyStore
-from worker.rollout import Rollouts
 from worker.run.store import RunStore
 from worker.settings import Settings
 

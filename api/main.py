@@ -18,14 +18,15 @@ from api.routes.health import capacity_warning
 from api.waiter import EndWaiter
 from api.waitslots import WaitSlots
 from worker.agents import load_plugins
-from worker.approvals import Approvals
 from worker.celery_app import make_app
+from worker.control.approvals import Approvals
+from worker.control.policy import PolicyStore
+from worker.control.rollout import Rollouts
 from worker.history.db import HistoryDB
 from worker.keys import Keys
 from worker.obs import tracing
-from worker.policy import PolicyStore
 from worker.redis_conn import async_redis_for, redis_for
-from worker.rollout import Rollouts, end_recorder
+from worker.run.ended import end_recorder
 from worker.run.store import RunStore
 from worker.settings import Settings, get_settings
 

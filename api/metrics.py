@@ -18,13 +18,14 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from worker import histograms, tools
+from worker import tools
 from worker.agents import agent_names
-from worker.histograms import known_models as known_models  # the API builds the collector with them
+from worker.control.policy import Policy
 from worker.history.queue import ArchiveQueue
 from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
+from worker.obs import histograms
 from worker.obs.heartbeat import live_workers
-from worker.policy import Policy
+from worker.obs.histograms import known_models as known_models  # the API builds the collector with them
 from worker.tools import MODEL_TOOL
 from worker.units import MICRO
 from worker.webhooks.outbox import Outbox
@@ -66,7 +67,7 @@ def oldest_age_s(r: redis.Redis, queue: str, now: float) -> float:
 
 
 def _daily_spend_limit(raw: str | None) -> float | None:
-    """An agent's `max_spend_usd_per_day` from its stored policy (worker/policy.py), or None."""
+    """An agent's `max_spend_usd_per_day` from its stored policy (worker/control/policy.py), or None."""
     if not raw:
         return None
     try:
@@ -219,7 +220,7 @@ class FleetCollector(Collector):
         yield queued
 
     def _versions(self) -> Iterator[Metric]:
-        """Ended runs per agent version, and automatic canary rollbacks (worker/rollout.py)."""
+        """Ended runs per agent version, and automatic canary rollbacks (worker/control/rollout.py)."""
         versions = CounterMetricFamily(
             "fleet_version_runs", "Ended runs per agent version (outcome: ok, error, stopped)",
             labels=["agent", "version", "outcome"],
@@ -237,7 +238,7 @@ class FleetCollector(Collector):
         yield rollbacks
 
     def _histograms(self) -> Iterator[Metric]:
-        """The latency histograms (worker/histograms.py), one HGETALL each in one pipeline. A label
+        """The latency histograms (worker/obs/histograms.py), one HGETALL each in one pipeline. A label
         value the fleet does not know (an agent no longer registered, a model no longer in the
         config) is rendered as "other", so a scrape's series stay bounded by the fleet's names."""
         known: dict[str, list[str]] = {
@@ -262,7 +263,7 @@ class FleetCollector(Collector):
             yield found
 
     def _spend(self, now: float) -> Iterator[Metric]:
-        """Model tokens and cost counted where they are charged (worker/spend.py), and each
+        """Model tokens and cost counted where they are charged (worker/run/spend.py), and each
         agent's spend today against its daily quota (policy `max_spend_usd_per_day`)."""
         names = agent_names()
         day = time.strftime("%Y%m%d", time.gmtime(now))

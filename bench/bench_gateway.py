@@ -18,7 +18,7 @@ same command-line shape (`--pool threads --concurrency 32`), serving the two bar
     gateway adds on top of a Celery subtask, not a difference in how the answer comes back;
   * bare `.get()`: `bare.echo.delay(args).get()`, the plain Celery client round trip (result
     backend, pub/sub), for reference.
-- rate limiter decision: `worker.ratelimit.RateLimiter.acquire` against the real redis-server in a
+- rate limiter decision: `worker.gateway.ratelimit.RateLimiter.acquire` against the real redis-server in a
   tight loop (max_wait 0), interleaved call by call with a bare `PING` from the same client.
 
 Prints a Markdown table and exits 1 if a requirement fails (2 if the bench itself could not run).
@@ -386,8 +386,8 @@ def measure_decisions(url: str, count: int, warmup: int) -> Decisions:
     Interleaved call by call: PING, an acquire on a rate high enough that every call is admitted
     (1,000,000/s), and an acquire on a rate that refuses all but the first (1/h), order rotating.
     """
+    from worker.gateway.ratelimit import RateLimiter, parse_rate
     from worker.keys import Keys
-    from worker.ratelimit import RateLimiter, parse_rate
     from worker.redis_conn import make_redis
 
     r = make_redis(url)  # the same client the fleet's processes use

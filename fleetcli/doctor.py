@@ -391,8 +391,8 @@ def check_upstreams(settings: Settings) -> list[Check]:
 
 def model_base_urls(settings: Settings) -> list[str]:
     """The llm agent's base_url of each of its versions (stable and canary may differ), deduplicated."""
-    from worker.llmconfig import config_from
-    from worker.rollout import CANARY, STABLE, has_versions, version_config
+    from worker.agents.llmconfig import config_from
+    from worker.control.rollout import CANARY, STABLE, has_versions, version_config
 
     if "llm" not in settings.agents:
         return []

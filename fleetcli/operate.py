@@ -16,7 +16,7 @@ from worker.settings import Settings
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    from worker import killswitch
+    from worker.control import killswitch
     from worker.keys import Keys
     from worker.redis_conn import redis_for
 
@@ -49,8 +49,8 @@ def cmd_kill(args: argparse.Namespace) -> int:
 def cmd_policy(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from worker.control.policy import Policy, PolicyStore
     from worker.keys import Keys
-    from worker.policy import Policy, PolicyStore
     from worker.redis_conn import redis_for
 
     settings = checked_settings()
@@ -82,9 +82,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
+    from worker.control.rollout import CANARY, STABLE, Rollouts, has_versions
     from worker.keys import Keys
     from worker.redis_conn import redis_for
-    from worker.rollout import CANARY, STABLE, Rollouts, has_versions
 
     settings = checked_settings()
     rollouts = Rollouts(redis_for(settings), Keys(settings.key_prefix), settings)

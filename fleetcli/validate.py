@@ -46,8 +46,8 @@ def _check_agents(settings: Settings) -> None:
     """Every agent's rollout keys, and the `llm` agent's settings in each of its versions."""
     from pydantic import ValidationError
 
-    from worker.llmconfig import config_from
-    from worker.rollout import CANARY, STABLE, check_rollout_config, has_versions, version_config
+    from worker.agents.llmconfig import config_from
+    from worker.control.rollout import CANARY, STABLE, check_rollout_config, has_versions, version_config
 
     for agent, config in settings.agents.items():
         try:

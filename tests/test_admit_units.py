@@ -10,7 +10,7 @@ import fakeredis
 import pytest
 
 from tests.unit_parts import KEYS, CountingRedis, InlineDispatcher, gateway
-from worker.policy import Policy, PolicyStore
+from worker.control.policy import Policy, PolicyStore
 from worker.run.guard import BudgetExceeded, RunStopped
 from worker.run.store import RunStore
 from worker.settings import Settings
@@ -64,7 +64,7 @@ return {tools and 1 or 0, sorted(tools), max_a, max_s, approve and 1 or 0, sorte
     ],
 )
 def test_the_script_reads_a_policy_as_the_policy_store_does(r: fakeredis.FakeRedis, raw: str) -> None:
-    from worker.policy import LUA_POLICY
+    from worker.control.policy import LUA_POLICY
 
     r.set(KEYS.policy("a"), raw)
     expected = PolicyStore(r, KEYS).get("a")
@@ -241,8 +241,8 @@ def test_the_tool_worker_settles_a_call_it_ran_so_the_run_needs_one_round_trip()
 
 
 def test_a_reply_for_a_stale_attempt_is_not_settled_by_the_tool_worker(r: fakeredis.FakeRedis) -> None:
-    from worker.breaker import BreakerPolicy
-    from worker.gateway.checks import Replier
+    from worker.gateway.breaker import BreakerPolicy
+    from worker.gateway.reply import Replier
 
     reply = Replier(r)
     r.hset(KEYS.call("c1"), mapping={"state": "started", "attempt": "1"})  # the run is on attempt 1
@@ -278,7 +278,7 @@ def test_a_reply_for_a_stale_attempt_is_not_settled_by_the_tool_worker(r: fakere
 def test_a_timeout_on_the_run_side_keeps_a_result_the_tool_worker_recorded_first(
     r: fakeredis.FakeRedis,
 ) -> None:
-    from worker.breaker import BreakerPolicy
+    from worker.gateway.breaker import BreakerPolicy
     from worker.gateway.checks import Admitter, CallKeys
 
     keys = CallKeys(
@@ -396,10 +396,10 @@ def test_an_admission_request_sends_the_scripts_keys_and_argv_in_their_documente
     """What the admission script gets for a sample call: KEYS in the order of the script's header,
     and one JSON table of named arguments."""
 
-    from worker.breaker import BreakerPolicy
+    from worker.gateway.breaker import BreakerPolicy
     from worker.gateway.checks import AdmissionRequest, Admitter, CallKeys, LimitSlot
-    from worker.ratelimit import parse_rate
-    from worker.retrybudget import RetryPolicy
+    from worker.gateway.ratelimit import parse_rate
+    from worker.gateway.retrybudget import RetryPolicy
 
     sent: dict[str, list[Any]] = {}
 

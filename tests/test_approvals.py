@@ -1,4 +1,4 @@
-"""Approval of tool calls (CONTRACT.md, "Approvals"; worker/approvals.py) against a real
+"""Approval of tool calls (CONTRACT.md, "Approvals"; worker/control/approvals.py) against a real
 redis-server, `fleet api`, an agent worker and a tool worker.
 
 The module's fleet needs an approval for every `echo` call and gives runs 2 s (max_seconds) and
@@ -19,8 +19,8 @@ import pytest
 from tests.api_client import EventReader, assert_error, stream_client
 from tests.cli_runs import run_fleet, submit_env
 from tests.harness import KEY_T1, KEY_T2, Fleet, RedisServer, wait_for
+from worker.control.policy import Policy, PolicyStore
 from worker.keys import Keys
-from worker.policy import Policy, PolicyStore
 
 KEYS = Keys("fleet")
 APPROVAL_TIMEOUT_S = 20  # long enough for the tests that decide, on a loaded machine

@@ -1,4 +1,4 @@
-"""Unit tests of the approval scripts (worker/approvals.py) and of the deadline that leaves out the
+"""Unit tests of the approval scripts (worker/control/approvals.py) and of the deadline that leaves out the
 time a run waits for a human, on fakeredis with Lua. The whole flow against real processes:
 tests/test_approvals.py."""
 
@@ -11,7 +11,7 @@ import fakeredis
 import pytest
 
 from tests.unit_parts import KEYS, new_run
-from worker.approvals import Approvals, DecisionRefused, Pending
+from worker.control.approvals import Approvals, DecisionRefused, Pending
 from worker.run.lease import new_token
 from worker.run.loop import run_deadline
 from worker.run.store import RunStore, public_view

@@ -7,9 +7,9 @@ import time
 import fakeredis
 import pytest
 
-from worker.breaker import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, CircuitBreaker
+from worker.gateway.breaker import CLOSED, HALF_OPEN, OPEN, BreakerPolicy, CircuitBreaker
+from worker.gateway.ratelimit import RateLimiter, parse_rate
 from worker.keys import Keys
-from worker.ratelimit import RateLimiter, parse_rate
 
 KEYS = Keys("fleet")
 
@@ -101,7 +101,7 @@ def test_breaker_opens_on_failure_rate_over_the_window(r: fakeredis.FakeRedis) -
 
 
 def test_retry_budget_caps_retries_at_a_share_of_calls(r: fakeredis.FakeRedis) -> None:
-    from worker.retrybudget import RetryBudget, RetryPolicy
+    from worker.gateway.retrybudget import RetryBudget, RetryPolicy
 
     budget = RetryBudget(r, KEYS)
     policy = RetryPolicy(ratio=0.2, min_retries=2, window_s=60)

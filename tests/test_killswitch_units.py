@@ -1,4 +1,4 @@
-"""Unit tests of the one kill-switch check (worker/killswitch.py) on fakeredis with Lua: the Lua
+"""Unit tests of the one kill-switch check (worker/control/killswitch.py) on fakeredis with Lua: the Lua
 function and the Python reader decide alike, every script that reads switches uses them, and
 every Lua script takes the keys it touches from KEYS. Real processes: tests/test_killswitch_paths.py.
 """
@@ -17,7 +17,7 @@ import pytest
 
 import worker
 from tests.unit_parts import KEYS, InlineDispatcher, gateway
-from worker import killswitch
+from worker.control import killswitch
 from worker.run.guard import RunStopped
 from worker.run.store import AdmissionRefused, Budgets, RunStore
 from worker.settings import Settings

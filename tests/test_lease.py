@@ -18,7 +18,8 @@ import pytest
 
 from worker.keys import Keys
 from worker.run.keeper import RunKeeper
-from worker.run.lease import Leases, holder_is_dead, lost_deliveries, new_token
+from worker.run.lease import Leases, holder_is_dead, new_token
+from worker.run.reaper import lost_deliveries
 from worker.run.store import Budgets, RunStore
 
 KEYS = Keys("fleet")

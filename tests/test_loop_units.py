@@ -1,6 +1,6 @@
 """Unit tests of the agent loop (worker/run/loop.py) on fakeredis with Lua: a run goes through
 `execute_run` with an in-process dispatcher that answers each tool call as a tool worker does,
-with the reply script (worker/gateway/checks.py Replier). Delivery, timing and crashes are tested
+with the reply script (worker/gateway/reply.py Replier). Delivery, timing and crashes are tested
 against real processes elsewhere."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 
 from tests.unit_parts import KEYS, CountingRedis
 from worker.agents import load_plugins
-from worker.breaker import BreakerPolicy
+from worker.gateway.breaker import BreakerPolicy
 from worker.gateway.calls import REPLY_TTL_S, FleetControls, is_failure, is_final, stats_field
-from worker.gateway.checks import Replier, Reply
+from worker.gateway.reply import Replier, Reply
 from worker.run.keeper import RunKeeper
 from worker.run.lease import Leases
 from worker.run.loop import LoopDeps, execute_run

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import worker
-from worker import histograms, lua
+from worker import lua
+from worker.obs import histograms
 
 
 def _import_worker() -> None:

@@ -25,8 +25,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import ROOT, FakeOpenAI, Fleet, free_port, running_fleet, wait_for
-from worker import histograms
 from worker.keys import Keys
+from worker.obs import histograms
 
 RULES = ROOT / "ops" / "prometheus" / "alerts.yml"
 RUNBOOK = ROOT / "ops" / "runbook.md"

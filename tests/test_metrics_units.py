@@ -1,4 +1,4 @@
-"""The latency histograms and spend counters (worker/histograms.py) on fakeredis with Lua: where
+"""The latency histograms and spend counters (worker/obs/histograms.py) on fakeredis with Lua: where
 each observation lands, that the Lua and Python rules agree, that the scripts which already run at
 those moments record them (and nothing when histograms are off), and what the collector renders."""
 
@@ -16,15 +16,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import FleetCollector
 from tests.harness import RedisServer
-from worker import histograms
 from worker.agents import load_plugins
-from worker.breaker import BreakerPolicy
-from worker.gateway.checks import Replier
+from worker.control.policy import Policy, PolicyStore
+from worker.gateway.breaker import BreakerPolicy
+from worker.gateway.reply import Replier
 from worker.keys import Keys
-from worker.policy import Policy, PolicyStore
+from worker.obs import histograms
+from worker.run.spend import SpendBudget
 from worker.run.store import Budgets, RunStore
 from worker.settings import MetricsSection, Settings
-from worker.spend import SpendBudget
 
 KEYS = Keys("fleet")
 load_plugins([])  # the built-in agents, registered as the API registers them at start

@@ -29,7 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import KEY_T1, ROOT, TERMINAL, Fleet, RedisServer, wait_for
-from worker.rollout import bucket_of
+from worker.control.rollout import bucket_of
 
 AGENT = "versioned"
 ADMIN_KEY = "rollout-admin-key-0123456789"

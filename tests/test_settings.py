@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.breaker import BreakerPolicy
-from worker.ratelimit import parse_rate
-from worker.retrybudget import RetryPolicy
+from worker.gateway.breaker import BreakerPolicy
+from worker.gateway.ratelimit import parse_rate
+from worker.gateway.retrybudget import RetryPolicy
 from worker.settings import ConfigError, Settings, load_settings, masked_url, parse_tenant_keys
 
 SAFE_DEFAULT = """\

@@ -1,4 +1,4 @@
-"""worker.spend and the spend parts of worker.policy, against fakeredis (Lua): each model attempt
+"""worker.run.spend and the spend parts of worker.control.policy, against fakeredis (Lua): each model attempt
 is reserved and settled by what it may have cost, tool costs count against `max_cost_usd`, a
 daily limit is bounded, and a correction lands on the day its reservation was charged to."""
 
@@ -11,10 +11,10 @@ import fakeredis
 import pytest
 from pydantic import ValidationError
 
+from worker.control.policy import MAX_SPEND_USD_PER_DAY, Policy, PolicyStore
 from worker.keys import Keys
-from worker.policy import MAX_SPEND_USD_PER_DAY, Policy, PolicyStore
+from worker.run.spend import ModelCallCost, Prices, SpendBudget, attempt_charge
 from worker.run.store import Budgets, RunStore, public_view
-from worker.spend import ModelCallCost, Prices, SpendBudget, attempt_charge
 from worker.tools.base import error_result
 
 KEYS = Keys("t")
@@ -118,9 +118,9 @@ def test_a_correction_after_midnight_lands_on_the_day_of_the_reservation(
     limited = Policy(max_spend_usd_per_day=5.0)
     before_midnight = time.struct_time((2026, 12, 1, 23, 59, 59, 1, 335, 0))
     after_midnight = time.struct_time((2026, 12, 2, 0, 0, 1, 2, 336, 0))
-    monkeypatch.setattr("worker.policy.time.gmtime", lambda *a: before_midnight)
+    monkeypatch.setattr("worker.control.policy.time.gmtime", lambda *a: before_midnight)
     assert policies.reserve("llm", "c1", limited, 2.0, count_action=False).allowed
-    monkeypatch.setattr("worker.policy.time.gmtime", lambda *a: after_midnight)
+    monkeypatch.setattr("worker.control.policy.time.gmtime", lambda *a: after_midnight)
     assert policies.adjust_spend("llm", "c1", -1.5)  # it really cost $0.50
     assert r.get(KEYS.quota_spend("llm", "20261201")) == "500000"
     assert r.get(KEYS.quota_spend("llm", "20261202")) is None  # the new day owes nothing

@@ -272,7 +272,7 @@ def test_guard_reports_kill_before_cancel_and_the_deadline(r: fakeredis.FakeRedi
 def test_model_spend_is_reserved_at_worst_case_and_settled_once(
     store: RunStore, r: fakeredis.FakeRedis
 ) -> None:
-    from worker.spend import Prices, SpendBudget
+    from worker.run.spend import Prices, SpendBudget
 
     new_run(store)
     spend = SpendBudget(r, KEYS, "r1", ttl_s=60)
@@ -292,7 +292,7 @@ def test_model_spend_is_reserved_at_worst_case_and_settled_once(
 
 
 def test_spend_is_corrected_only_for_a_charged_call_and_only_once(r: fakeredis.FakeRedis) -> None:
-    from worker.policy import Policy, PolicyStore
+    from worker.control.policy import Policy, PolicyStore
 
     policies = PolicyStore(r, KEYS)
     unlimited = policies.reserve("a", "free-call", Policy(), 0.5)

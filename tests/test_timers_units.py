@@ -16,9 +16,9 @@ from worker.run import store as store_module
 from worker.run import timers as timers_module
 from worker.run.guard import Park, RunGuard
 from worker.run.loop import decode_action, encode_action
+from worker.run.spend import Prices
 from worker.run.store import RunStore, public_view
 from worker.run.timers import RESEND_S, Due, Scheduler, Timers, end_killed
-from worker.spend import Prices
 
 
 def test_park_releases_the_lease_and_records_the_wait_and_its_timer(
@@ -83,8 +83,8 @@ def test_a_resume_unparks_without_counting_an_attempt_and_a_stale_one_is_dropped
 
 
 def test_a_reply_makes_its_parked_run_due_and_rings_the_bell(r: fakeredis.FakeRedis, store: RunStore) -> None:
-    from worker.breaker import BreakerPolicy
-    from worker.gateway.checks import Replier
+    from worker.gateway.breaker import BreakerPolicy
+    from worker.gateway.reply import Replier
 
     timers = Timers(r, KEYS)
     reply_key = KEYS.call_reply("r1:1:0", 0)

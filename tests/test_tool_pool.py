@@ -23,10 +23,10 @@ import pytest
 from celery import Celery
 
 from tests.harness import CountingServer, Fleet, Proc, RedisServer, SlowServer, deep_merge, wait_for
+from worker.gateway.toolslots import ToolSlots
 from worker.keys import Keys, tool_queue
 from worker.run.store import Budgets, RunStore
 from worker.settings import Settings
-from worker.toolslots import ToolSlots
 
 KEYS = Keys("fleet")
 CONFIG: dict[str, Any] = {
@@ -413,7 +413,7 @@ def test_the_reply_gives_the_slot_back_in_its_own_trip(shared_r: Any) -> None:
 
 
 def test_an_unheard_attempt_tells_the_breaker_only_if_a_tool_worker_took_it(shared_r: Any) -> None:
-    from worker.breaker import BreakerPolicy
+    from worker.gateway.breaker import BreakerPolicy
     from worker.gateway.checks import Admitter, CallKeys
 
     keys = CallKeys(

@@ -9,9 +9,9 @@ from typing import Any
 
 import fakeredis
 
-from worker.budget import ToolCallBudget
 from worker.gateway.calls import FleetControls, ToolGateway
 from worker.keys import Keys
+from worker.run.budget import ToolCallBudget
 from worker.run.guard import RunGuard
 from worker.run.store import Budgets, RunStore
 from worker.run.timers import Timers

@@ -65,11 +65,11 @@ class Keys:
         return f"{self.prefix}:stats:tools"
 
     def histogram(self, family: str) -> str:
-        """A latency histogram's buckets and sums (worker/histograms.py)."""
+        """A latency histogram's buckets and sums (worker/obs/histograms.py)."""
         return f"{self.prefix}:hist:{family}"
 
     def stats_spend(self) -> str:
-        """Model tokens and cost counted fleet-wide (worker/histograms.py, worker/spend.py)."""
+        """Model tokens and cost counted fleet-wide (worker/obs/histograms.py, worker/run/spend.py)."""
         return f"{self.prefix}:stats:spend"
 
     def run_redelivery(self, run_id: str) -> str:
@@ -138,7 +138,7 @@ class Keys:
 
     def approvals(self, tenant: str) -> str:
         """A tenant's runs waiting for an approval (member: run id), scored by when it was asked
-        (worker/approvals.py); entries of runs no longer waiting are dropped when listed."""
+        (worker/control/approvals.py); entries of runs no longer waiting are dropped when listed."""
         return f"{self.prefix}:approvals:{tenant}"
 
     def approval_decided(self, call_id: str) -> str:

@@ -37,13 +37,13 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from worker.breaker import BreakerPolicy
-from worker.ratelimit import parse_rate
-from worker.retrybudget import RetryPolicy
+from worker.gateway.breaker import BreakerPolicy
+from worker.gateway.ratelimit import parse_rate
+from worker.gateway.retrybudget import RetryPolicy
 
 SECRETS_DIR = Path("/run/secrets")
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "xxx", "todo"})
-# The largest max_cost_usd a run may have, like an agent's daily spend (worker/policy.py): larger is a
+# The largest max_cost_usd a run may have, like an agent's daily spend (worker/control/policy.py): larger is a
 # typo, and costs are counted in micro-dollar integers in Redis.
 MAX_RUN_COST_USD = 1_000_000
 
@@ -140,7 +140,7 @@ DEFAULT_TOOL_CONCURRENCY = 1000
 
 class ApprovalSection(_Section):
     # Tools whose every call waits for a human's decision (POST /v1/runs/{id}/approvals/{call_id});
-    # an agent's policy `approve_tools` adds to it. The run parks meanwhile (worker/approvals.py).
+    # an agent's policy `approve_tools` adds to it. The run parks meanwhile (worker/control/approvals.py).
     required: list[str] = Field(default_factory=list)
     # An approval not decided within this many seconds expires: the call is denied.
     timeout_s: int = Field(86400, gt=0, le=30 * 86400)
@@ -152,8 +152,9 @@ class ToolsSection(_Section):
     retries: RetriesSection = RetriesSection()
     rate_limits: dict[str, str] = Field(default_factory=dict)
     tenant_rate_limits: dict[str, str] = Field(default_factory=dict)
-    # Calls of one tool in flight at once, fleet-wide (a sorted set in Redis, worker/toolslots.py), so a
-    # hanging or slow dependency cannot take every tool worker's capacity; a call over it is rate_limited.
+    # Calls of one tool in flight at once, fleet-wide (a sorted set in Redis,
+    # worker/gateway/toolslots.py), so a hanging or slow dependency cannot take every tool worker's
+    # capacity; a call over it is rate_limited.
     max_concurrency: dict[str, int] = Field(default_factory=lambda: {"default": DEFAULT_TOOL_CONCURRENCY})
     # Calls one tool-worker process holds at once (worker/gateway/pool.py); past it, the Celery task waits
     # for a free slot and its message stays unacked: backpressure, nothing lost.
@@ -228,7 +229,7 @@ class ObservabilitySection(_Section):
 
 
 class MetricsSection(_Section):
-    """What the fleet counts for /metrics beyond its counters and gauges (worker/histograms.py)."""
+    """What the fleet counts for /metrics beyond its counters and gauges (worker/obs/histograms.py)."""
 
     # Latency histograms (run, queue wait, step, tool and model calls), counted in Redis inside
     # the scripts that run at those moments. Off only to measure their cost (bench/bench_core.py).

@@ -29,10 +29,11 @@ from worker.history.db import HistoryDB
 from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
 from worker.obs.tracing import TRACEPARENT, trace_headers
 from worker.redis_conn import async_redis_for, get_redis, redis_for
-from worker.rollout import end_recorder
+from worker.run.ended import end_recorder
 from worker.run.keeper import RunKeeper
-from worker.run.lease import Leases, reaper_loop
+from worker.run.lease import Leases
 from worker.run.loop import LoopDeps, execute_run, exit_process
+from worker.run.reaper import reaper_loop
 from worker.run.store import STOPPED, TERMINAL, Budgets, RunStore, overdue
 from worker.run.timers import Due, Scheduler, Timers
 from worker.settings import get_settings

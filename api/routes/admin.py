@@ -11,7 +11,7 @@ from pydantic import field_validator
 from api.deps import Admin, State
 from api.errors import ApiError
 from api.schemas import ErrorBody, json_number
-from worker.policy import Policy
+from worker.control.policy import Policy
 
 
 class PolicyIn(Policy):

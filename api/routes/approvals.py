@@ -1,6 +1,6 @@
 """Approvals of tool calls: decide one (`POST /v1/runs/{id}/approvals/{call_id}`) and list the
 tenant's pending ones (`GET /v1/approvals`). How a call waits for its decision:
-worker/approvals.py."""
+worker/control/approvals.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from api.deps import State, Tenant
 from api.errors import ApiError, FleetJSONResponse
 from api.routes.runs import _ERRORS, _RUN_ID_RE, _not_found
 from api.schemas import RunOut
-from worker.approvals import COMMENT_MAX, DecisionRefused
+from worker.control.approvals import COMMENT_MAX, DecisionRefused
 from worker.obs.redact import redact_text
 from worker.run.store import public_view
 

@@ -21,9 +21,9 @@ from api.events import EventStream, archived_end, parse_event_id
 from api.idempotency import IdempotencyKey
 from api.schemas import ErrorBody, RunOut, RunRequest
 from api.waitslots import WaitersFull
-from worker import killswitch
 from worker.agents import get_agent_class
 from worker.celery_app import send_run
+from worker.control import killswitch
 from worker.history.archive import load_run
 from worker.history.db import describe_error
 from worker.keys import AGENT_QUEUE

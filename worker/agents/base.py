@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from worker.spend import Prices
+from worker.run.spend import Prices
 
 
 @dataclass(frozen=True)

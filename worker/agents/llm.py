@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from worker.agents import register_agent
 from worker.agents.base import Action, Agent, CallModel, CallTool, Fail, Finish, RunState
-from worker.llmconfig import config_from
+from worker.agents.llmconfig import config_from
 
 TOOL_RESULT_MAX_CHARS = 16_000  # of one tool result, as the model sees it
 

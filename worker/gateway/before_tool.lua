@@ -1,5 +1,5 @@
---! include worker/kill_reason.lua
---! include worker/acquire_slot.lua
+--! include worker/control/kill_reason.lua
+--! include worker/gateway/acquire_slot.lua
 local run = redis.call('HMGET', KEYS[1], 'status', 'tenant', 'agent')
 if not run[1] or not run[2] or not run[3] then return {'norun'} end
 if run[2] ~= ARGV[1] or run[3] ~= ARGV[2] then return {'other', run[2], run[3]} end

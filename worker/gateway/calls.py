@@ -7,7 +7,7 @@
 4. the agent's quotas (actions per hour, spend per day), reserved atomically -> `denied`
 5. the run's tool-call budget (the call that would exceed is never made), or the recorded
    result of a call that an earlier attempt of this run already finished
-   then the tool's declared cost, charged once to the run's `max_cost_usd` (worker/spend.py;
+   then the tool's declared cost, charged once to the run's `max_cost_usd` (worker/run/spend.py;
    the call that would overspend is never made: the run stops with `max_cost`)
 6. per attempt: the fleet-wide rate limit (wait for the slot if it fits in the run's time, else
    `rate_limited`), the circuit breaker (`circuit_open` at once), then a Celery subtask on the
@@ -47,21 +47,22 @@ import redis
 import structlog
 from pydantic import BaseModel
 
-from worker import histograms, killswitch
-from worker.approvals import APPROVE, Approvals, Pending, denial_message
-from worker.breaker import BreakerPolicy
-from worker.budget import ToolCallBudget
+from worker.agents.llmconfig import llm_config
+from worker.control import killswitch
+from worker.control.approvals import APPROVE, Approvals, Pending, denial_message
+from worker.control.policy import DECISION_TTL_S, NO_QUOTA, Decision, PolicyStore, decision
+from worker.gateway.breaker import BreakerPolicy
 from worker.gateway.checks import AdmissionRequest, Admitter, Answer, CallKeys, LimitSlot, Verdict
+from worker.gateway.ratelimit import parse_rate
+from worker.gateway.retrybudget import RetryBudget, RetryPolicy
 from worker.keys import Keys, tool_queue
-from worker.llmconfig import llm_config
+from worker.obs import histograms
 from worker.obs.logs import cap_bytes, sampled
 from worker.obs.redact import redact
-from worker.policy import DECISION_TTL_S, NO_QUOTA, Decision, PolicyStore, decision
-from worker.ratelimit import parse_rate
-from worker.retrybudget import RetryBudget, RetryPolicy
+from worker.run.budget import ToolCallBudget
 from worker.run.guard import SLICE_S, BudgetExceeded, LeaseLost, Park, RunGuard
+from worker.run.spend import ModelCallCost, SpendBudget, attempt_charge, reported_usage
 from worker.settings import Settings
-from worker.spend import ModelCallCost, SpendBudget, attempt_charge, reported_usage
 from worker.tools import MODEL_TOOL, Tool, ToolFailure, get_tool, validate_args
 from worker.tools.base import ErrorType, error_result, is_retryable
 from worker.units import MICRO
@@ -227,7 +228,7 @@ class ToolGateway:
         model's fleet-wide request and token rates and its breaker (both scoped `llm:<model>`),
         retries. It is no tool call (no allowlist, policy or tool-call budget); instead each
         attempt's worst case is reserved from the run's budgets and the agent's spend quota before
-        it is sent and settled after it (worker/spend.py); a reservation the run's budgets cannot
+        it is sent and settled after it (worker/run/spend.py); a reservation the run's budgets cannot
         cover stops the run. Parks like a tool call (`resume`: the Park's wait)."""
         call = self._model_call(call_id, args, model, cost, timeout_s)
         if resume is not None:
@@ -360,7 +361,7 @@ class ToolGateway:
         return outcome if approval is None else dataclasses.replace(outcome, approval=approval)
 
     def _approval(self, call: Call, decided: str) -> CallOutcome | None:
-        """A call that needs a human's approval (worker/approvals.py): the denial when it was
+        """A call that needs a human's approval (worker/control/approvals.py): the denial when it was
         denied or has expired, None when it was approved just now; else ask for the approval
         (once per call) and raise Park until it is decided or expires."""
         if decided:
@@ -683,7 +684,7 @@ class ToolGateway:
         """Wait for an attempt's reply until `wait["give_up_ts"]` (None: none came), checking the run between
         slices: in this process for up to the run's park_after_s (none when the tool is known
         slow), then Park until the reply rings or the give-up time. Returns the envelope, and
-        whether the tool worker settled the call (admit.Replier)."""
+        whether the tool worker settled the call (worker/gateway/reply.py)."""
         reply_key = self.keys.call_reply(call_id, attempt)
         give_up_ts = float(wait["give_up_ts"])
         parking = self.guard.park_after_s is not None

@@ -4,7 +4,7 @@ The executor is async: a tool-worker process runs it on one event loop (worker/g
 holds thousands of attempts at once. The checks before a tool run in the thread that hands the
 call to the loop (worker/gateway/pool.py); the write claims run in a small thread pool of their
 own with the process's blocking client, never on the loop. The reply (`Replier`,
-worker/gateway/checks.py) goes out on the loop itself through an asyncio client of the loop's own
+worker/gateway/reply.py) goes out on the loop itself through an asyncio client of the loop's own
 (`attach_loop`): the same script as the blocking path, with no thread hop between a tool's end and
 the run's reply. Plain tools run in a second pool (`tools.sync_threads`), so a hanging plain tool
 cannot hold up replies.
@@ -44,19 +44,21 @@ import redis
 import redis.asyncio
 import structlog
 
-from worker import histograms, killswitch, lua, tools
-from worker.breaker import BreakerPolicy
-from worker.budget import CALL_RECORD_TTL_S
+from worker import lua, tools
+from worker.control import killswitch
+from worker.gateway.breaker import BreakerPolicy
 from worker.gateway.calls import REPLY_GRACE_S, REPLY_TTL_S, is_failure, is_final, stats_field
-from worker.gateway.checks import Replier, Reply
+from worker.gateway.reply import Replier, Reply
+from worker.gateway.toolslots import ToolSlots, slot_life_ms, slot_member
 from worker.keys import Keys
+from worker.obs import histograms
 from worker.obs.logs import cap_bytes
 from worker.obs.tracing import call_span
 from worker.redis_conn import write_durably
+from worker.run.budget import CALL_RECORD_TTL_S
 from worker.run.store import TERMINAL
 from worker.settings import Settings
 from worker.tools.base import ToolContext, error_result, is_retryable
-from worker.toolslots import ToolSlots, slot_life_ms, slot_member
 
 EXEC_TTL_S = 2 * 86400
 REDIS_THREADS = 16  # Redis round trips of one process at once (each well under a millisecond)

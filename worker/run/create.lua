@@ -1,4 +1,4 @@
---! include worker/kill_reason.lua
+--! include worker/control/kill_reason.lua
 --! include worker/run/emit.lua
 local reason = kill_reason({unpack(KEYS, 5)})
 if reason then return {'killed', reason} end

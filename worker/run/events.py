@@ -10,7 +10,7 @@ entry's id (`<ms>-<seq>`, Redis' clock) is the event's SSE `id:`. The names:
 - `step`: a step's entry, the same JSON text that the run's step log holds (already redacted by
   the loop), written in the checkpoint's transaction.
 - `approval_requested`, `approval_decided`: written by the approval scripts
-  (worker/approvals.py) when a call asks for a human's approval and when it is decided or expires;
+  (worker/control/approvals.py) when a call asks for a human's approval and when it is decided or expires;
   their data is the approval and the decision.
 - `end`: written right after the terminal status, in the same script; its stored data is empty,
   and the API sends the run as `GET /v1/runs/{id}` shows it (a run that has ended no longer

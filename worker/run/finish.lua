@@ -1,7 +1,7 @@
 --! include worker/now.lua
 --! include worker/run/unpark_count.lua
 --! include worker/run/emit.lua
---! include worker/observe.lua
+--! include worker/obs/observe.lua
 --! include worker/webhooks/webhook_enqueue.lua
 --! include worker/history/archive_enqueue.lua
 local parked = redis.call('HGET', KEYS[1], 'parked') == '1'

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from worker import killswitch
+from worker.control import killswitch
 from worker.keys import Keys
 from worker.run.store import CANCELLED, STOPPED
 

@@ -1,5 +1,5 @@
-"""Run leases and the reaper: a run whose worker died resumes within seconds, not after the
-broker's visibility timeout.
+"""Run leases: a run whose worker died resumes within seconds, not after the broker's visibility
+timeout (the reaper that requeues it: worker/run/reaper.py).
 
 An executing run holds a lease in Redis (`run:<id>:lease`, value = the holder's token) that its
 process's keeper thread (worker/run/keeper.py) renews every `LEASE_TTL_S / 3`; the lease's expiry is
@@ -13,14 +13,9 @@ script that starts the run (RunStore.start) and released in the one that ends it
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import socket
-import threading
-import time
 import uuid
-from collections.abc import Callable
 
 import redis
 
@@ -28,8 +23,6 @@ from worker import lua
 from worker.keys import Keys
 
 LEASE_TTL_S = 10.0
-REAP_INTERVAL_S = 2.0
-DEADLINE_SCAN_S = 0.5  # how often the reaper looks for runs past their deadline
 REAP_CLAIM_S = 30.0  # a claimed run is not reaped again for this long
 
 _RENEW = lua.load("worker/run/lease_renew.lua")
@@ -106,104 +99,3 @@ class Leases:
 
     def forget(self, run_id: str) -> None:
         self.r.zrem(self.keys.leases(), run_id)
-
-
-STUCK_DELIVERY_S = 30.0  # a live worker starts a run within milliseconds of taking its message
-KOMBU_UNACKED, KOMBU_UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport
-
-
-def queued_runs(r: redis.Redis, keys: Keys) -> list[tuple[float, str]]:
-    """The runs still queued, as (created_ts, run id), from the queued-runs zset (its members
-    are `tenant|created_ts|run id`, written by worker/run/store.py's create script)."""
-    found = []
-    for member in r.zrange(keys.queued_runs(), 0, -1):
-        parts = str(member).rsplit("|", 2)
-        if len(parts) == 3:
-            try:
-                found.append((float(parts[1]), parts[2]))
-            except ValueError:
-                continue
-    return found
-
-
-def unacked_run_id(raw: str | bytes | None, task_name: str) -> str | None:
-    """The run id of a kombu `unacked` entry holding a `task_name` message, else None."""
-    try:
-        payload = json.loads(raw)[0] if raw else None
-        if payload is None or payload.get("headers", {}).get("task") != task_name:
-            return None
-        return str(json.loads(base64.b64decode(payload["body"]))[0][0])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
-
-
-def stuck_deliveries(
-    r: redis.Redis, keys: Keys, task_name: str, min_age_s: float = STUCK_DELIVERY_S
-) -> list[str]:
-    """Runs still queued whose message a worker took more than `min_age_s` ago: that worker died
-    before it started them (they hold no lease yet). Each is claimed once, for a few minutes."""
-    tags = r.zrangebyscore(KOMBU_UNACKED_INDEX, "-inf", time.time() - min_age_s, start=0, num=200)
-    if not tags:
-        return []
-    found = []
-    for raw in r.hmget(KOMBU_UNACKED, [str(tag) for tag in tags]):
-        run_id = unacked_run_id(raw, task_name)
-        if run_id is None:
-            continue
-        if r.hget(keys.run(run_id), "status") == "queued" and r.set(
-            keys.run_redelivery(run_id), "1", nx=True, ex=int(REAP_CLAIM_S * 10)
-        ):
-            found.append(run_id)
-    return found
-
-
-def lost_deliveries(
-    r: redis.Redis, keys: Keys, task_name: str, queue: str = "agents", min_age_s: float = STUCK_DELIVERY_S
-) -> list[str]:
-    """Runs still queued after `min_age_s` whose message is nowhere: the agents queue is empty
-    and no worker holds it unacked. kombu takes a message off the list and records it as unacked
-    in two steps; a Redis that stops between them (a restart, a failover) loses it, and the run
-    would stay queued for ever. Each is claimed once, for a few minutes, like stuck_deliveries'.
-    Looked for only while the queue is empty (one LLEN otherwise): then every queued run's
-    message must be unacked somewhere."""
-    if r.llen(queue) > 0:
-        return []
-    before = time.time() - min_age_s
-    old = [run_id for created, run_id in queued_runs(r, keys) if created < before]
-    if not old:
-        return []
-    held = {unacked_run_id(raw, task_name) for raw in r.hvals(KOMBU_UNACKED)}
-    found = []
-    for run_id in old:
-        if run_id in held or r.hget(keys.run(run_id), "status") != "queued":
-            continue
-        if r.set(keys.run_redelivery(run_id), "1", nx=True, ex=int(REAP_CLAIM_S * 10)):
-            found.append(run_id)
-    return found
-
-
-def reaper_loop(
-    leases: Leases,
-    requeue: Callable[[str], None],
-    stop: threading.Event,
-    end_overdue: Callable[[], object] = lambda: None,
-    task_name: str = "fleet.run_agent",
-) -> None:
-    """Every DEADLINE_SCAN_S, end the runs past their deadline that nobody executes; every
-    REAP_INTERVAL_S, requeue the runs whose lease expired, the queued runs whose delivery is
-    stuck with a dead worker, and those whose message was lost (runs until `stop` is set)."""
-    next_reap = time.monotonic() + REAP_INTERVAL_S
-    while not stop.wait(DEADLINE_SCAN_S):
-        try:
-            end_overdue()
-            if time.monotonic() < next_reap:
-                continue
-            next_reap = time.monotonic() + REAP_INTERVAL_S
-            for run_id in leases.reap():
-                requeue(run_id)
-            for run_id in stuck_deliveries(leases.r, leases.keys, task_name):
-                requeue(run_id)
-            for run_id in lost_deliveries(leases.r, leases.keys, task_name):
-                requeue(run_id)
-        except Exception:  # a broken Redis or broker: try again next round
-            time.sleep(REAP_INTERVAL_S)

@@ -28,21 +28,21 @@ import structlog
 from pydantic import BaseModel
 
 from worker.agents import Agent, CallModel, CallTool, Fail, Finish, RunState, Sleep, get_agent_class
-from worker.budget import CALL_RECORD_TTL_S, ToolCallBudget
+from worker.agents.llmconfig import llm_config
+from worker.control.policy import Policy
+from worker.control.rollout import version_config
 from worker.gateway.calls import Dispatcher, FleetControls, ToolGateway
 from worker.keys import Keys
-from worker.llmconfig import llm_config
 from worker.obs.redact import redact_text
 from worker.obs.tracing import RunTrace
-from worker.policy import Policy
-from worker.rollout import version_config
+from worker.run.budget import CALL_RECORD_TTL_S, ToolCallBudget
 from worker.run.guard import BudgetExceeded, DeadlineExceeded, LeaseLost, Park, RunGuard, RunStopped
 from worker.run.keeper import Held, RunKeeper
 from worker.run.lease import Leases, holder_is_dead, new_token
+from worker.run.spend import ModelCallCost, Prices, SpendBudget
 from worker.run.store import CANCELLED, FAILED, STOPPED, SUCCEEDED, Budgets, RunStore
 from worker.run.timers import Timers
 from worker.settings import Settings
-from worker.spend import ModelCallCost, Prices, SpendBudget
 from worker.tools import MODEL_TOOL, get_tool
 from worker.units import usd_from_micro
 
@@ -504,7 +504,7 @@ def _park(ctx: RunContext, token: str, park: Park, step: _Step, deps: LoopDeps) 
 
 def run_deadline(raw: dict[str, str], max_seconds: float, now: float | None = None) -> float:
     """When the run's time is up: its first start + max_seconds + the time it waited for humans
-    (`paused_s`, and since `approval_since` while it still waits; worker/approvals.py)."""
+    (`paused_s`, and since `approval_since` while it still waits; worker/control/approvals.py)."""
     deadline = float(raw["started_ts"]) + max_seconds + float(raw.get("paused_s") or 0.0)
     if raw.get("approval_since"):
         deadline += max(0.0, (time.time() if now is None else now) - float(raw["approval_since"]))
@@ -550,7 +550,7 @@ def _call_model(
     resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Call the model; the gateway reserves each attempt's worst case from the run's budgets
-    first and settles it after (worker/spend.py)."""
+    first and settles it after (worker/run/spend.py)."""
     prompt = estimate_prompt_tokens(action.messages, action.tools)
     cost = ModelCallCost(
         worst_tokens=prompt + action.max_tokens,

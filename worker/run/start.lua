@@ -1,8 +1,8 @@
 --! include worker/now.lua
---! include worker/kill_reason.lua
+--! include worker/control/kill_reason.lua
 --! include worker/run/unpark_count.lua
 --! include worker/run/emit.lua
---! include worker/observe.lua
+--! include worker/obs/observe.lua
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing'} end
 if s ~= 'queued' and s ~= 'running' then return {'terminal', s} end

@@ -17,9 +17,10 @@ from typing import Any
 
 import redis
 
-from worker import histograms, lua
+from worker import lua
+from worker.control.killswitch import run_switch_keys
 from worker.keys import AGENT_QUEUE, Keys
-from worker.killswitch import run_switch_keys
+from worker.obs import histograms
 from worker.run import events
 from worker.run.events import EVENTS_MAX, status_data
 from worker.run.lease import LEASE_TTL_S, holder_is_dead
@@ -76,7 +77,7 @@ _CREATE = lua.load("worker/run/create.lua")
 
 # KEYS: the run, its lease, the leases zset, the deadlines zset, the run's cancel key, the
 # queued-runs zset, the timers zset, the parked-per-tenant and parked-per-agent hashes, the run's
-# events and their channel, the queue-wait histogram (worker/histograms.py), then the run's kill
+# events and their channel, the queue-wait histogram (worker/obs/histograms.py), then the run's kill
 # switches (killswitch.run_switch_keys of its tenant and agent, which never change).
 # ARGV: now (s), lease token, lease ttl (ms), run id, the dead holder this attempt takes over
 # ('' for none), the tenant and agent the switch keys are for, the park this delivery resumes
@@ -159,7 +160,9 @@ class RunStore:
         histograms: bool = True,
     ) -> None:
         self.r = r
-        self.histograms = histograms  # settings.metrics.histograms: record latencies (worker/histograms.py)
+        self.histograms = (
+            histograms  # settings.metrics.histograms: record latencies (worker/obs/histograms.py)
+        )
         self.keys = keys
         self.ttl_s = ttl_s
         self.on_end = on_end
@@ -514,7 +517,7 @@ class RunStore:
 
 def overdue(raw: dict[str, str], max_seconds: float, now: float) -> bool:
     """True when a started run's deadline (first start + max_seconds + the time it waited for
-    humans, worker/approvals.py) has passed."""
+    humans, worker/control/approvals.py) has passed."""
     started = _finite(raw.get("started_ts"))
     paused = _finite(raw.get("paused_s")) or 0.0
     return started is not None and started + max_seconds + paused <= now
@@ -574,3 +577,17 @@ def public_view(raw: dict[str, str], *, now: float | None = None) -> dict[str, A
         "finished_at": iso(finished),
         **({"webhook": json.loads(raw["webhook"])} if raw.get("webhook") else {}),
     }
+
+
+def queued_runs(r: redis.Redis, keys: Keys) -> list[tuple[float, str]]:
+    """The runs still queued, as (created_ts, run id), from the queued-runs zset (its members
+    are `tenant|created_ts|run id`, written by worker/run/store.py's create script)."""
+    found = []
+    for member in r.zrange(keys.queued_runs(), 0, -1):
+        parts = str(member).rsplit("|", 2)
+        if len(parts) == 3:
+            try:
+                found.append((float(parts[1]), parts[2]))
+            except ValueError:
+                continue
+    return found

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 import redis
 import structlog
 
-from worker import killswitch, lua
+from worker import lua
+from worker.control import killswitch
 from worker.keys import Keys
-from worker.run.lease import queued_runs
-from worker.run.store import STOPPED, RunStore
+from worker.run.store import STOPPED, RunStore, queued_runs
 
 log = structlog.get_logger("agentfleet.timers")
 RESEND_S = 15.0  # a claimed timer fires again after this if its resume has not started the run
@@ -56,7 +56,7 @@ _PARK = lua.load("worker/run/park.lua")
 # Claims due timers. KEYS: the timers zset, then each candidate's run hash. ARGV: now (unix s),
 # the claim's length (s), then the candidates' run ids in KEYS order. A candidate that is not
 # parked any more (resumed or ended since) loses its timer. A run's deadline excludes the time it
-# waited for humans (worker/approvals.py).
+# waited for humans (worker/control/approvals.py).
 # Returns {run id, park number, deadline (unix s), ...} of the claimed runs.
 _CLAIM = lua.load("worker/run/timers_claim.lua")
 

@@ -48,7 +48,7 @@ def tool(
     `timeout_ms`, `rate_limit` ("20/s"), `cost_usd` per call: defaults that config can override.
     """
     if rate_limit is not None:
-        from worker.ratelimit import parse_rate
+        from worker.gateway.ratelimit import parse_rate
 
         parse_rate(rate_limit)  # a bad declaration fails at import, not at the first call
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.llmconfig import llm_config
+from worker.agents.llmconfig import llm_config
 from worker.tools import tool
 from worker.tools.base import ToolContext, ToolFailure
 from worker.tools.http_client import parse_url, send

@@ -7,7 +7,7 @@ The three are written together and removed together, each time in one script or 
 waiting for a retry holds nothing but these entries.
 
 - Enqueue: in the script that records the event (`LUA_ENQUEUE`: the end script and the cancel
-  of a queued run in worker/run/store.py, the approval's ask in worker/approvals.py). Only a run
+  of a queued run in worker/run/store.py, the approval's ask in worker/control/approvals.py). Only a run
   whose record holds a `webhook` subscribed to the event gets a delivery.
 - Claim: each agent worker's main process runs `Scheduler` (worker/tasks.py). `Outbox.claim_due`
   moves each due delivery `lead_s` ahead (the attempt's timeout + CLAIM_GRACE_S) and counts the

@@ -31,16 +31,16 @@ REFUSED_STATUSES = frozenset({400, 401, 403, 429})
 # Outcomes of an attempt whose request never left the fleet.
 _NOT_SENT = frozenset({"killed", "denied", "rate_limited", "circuit_open", "invalid_args"})
 
-_RESERVE = lua.load("worker/spend_reserve.lua")
+_RESERVE = lua.load("worker/run/spend_reserve.lua")
 
 # KEYS: the run, the attempt's reservation, the fleet's spend stats. ARGV: tokens and micro-dollars
 # charged, cost by tenant ('1'/'0'), the model's label, the input and output tokens it reported.
-_SETTLE = lua.load("worker/spend_settle.lua")
+_SETTLE = lua.load("worker/run/spend_settle.lua")
 
 # A tool call's declared cost, charged once per call id unless it would pass max_cost_usd;
 # ARGV[4] = 1 only checks that it would fit (before the call is admitted and counted). KEYS[3] and
 # ARGV[5]: the fleet's spend stats and cost by tenant, as _SETTLE's.
-_CHARGE = lua.load("worker/spend_charge.lua")
+_CHARGE = lua.load("worker/run/spend_charge.lua")
 
 
 @dataclass(frozen=True)

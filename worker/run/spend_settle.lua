@@ -1,4 +1,4 @@
---! include worker/count_cost.lua
+--! include worker/run/count_cost.lua
 local tokens = redis.call('HGET', KEYS[2], 'tokens')
 if not tokens or redis.call('HGET', KEYS[2], 'settled') then return 0 end
 redis.call('HINCRBY', KEYS[1], 'tokens_reserved', -tonumber(tokens))

@@ -13,7 +13,7 @@ from worker.keys import Keys
 
 # budget_reserve(run_key, call_key, max_tool_calls, ttl_s) -> counted (0/1), used, recorded result
 # or false. A Lua function, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
-LUA_RESERVE = lua.load("worker/budget_reserve.lua")
+LUA_RESERVE = lua.load("worker/run/budget_reserve.lua")
 
 CALL_RECORD_TTL_S = 86400  # a call's recorded result, kept for a resumed run or a late redelivery
 

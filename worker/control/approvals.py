@@ -52,7 +52,7 @@ COMMENT_MAX = 2000
 # the webhook show it (JSON).
 # Returns the call's pending request (this one, or the one asked before for the same call), or
 # {'decided', decision} if the call was decided already, or {'ended', status}.
-_REQUEST = lua.load("worker/approval_request.lua")
+_REQUEST = lua.load("worker/control/approval_request.lua")
 
 # KEYS: the run, its tenant's pending approvals, the call's decided list, the timers zset, the
 # schedulers' bell, the run's events and their channel. ARGV: the call id, the decision (JSON),
@@ -60,7 +60,7 @@ _REQUEST = lua.load("worker/approval_request.lua")
 # cap, the run's ttl (s).
 # Returns {'ok', decision}, {'decided', the decision taken before}, {'missing'} (no such run for
 # this tenant), {'unknown'} (no such call waits for approval) or {'ended', status}.
-_DECIDE = lua.load("worker/approval_decide.lua")
+_DECIDE = lua.load("worker/control/approval_decide.lua")
 
 
 class DecisionRefused(Exception):

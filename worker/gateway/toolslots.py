@@ -18,14 +18,14 @@ from worker.gateway.calls import REPLY_GRACE_S
 # One slot of a tool's slots zset `key` for `member` (the call id and attempt), unless `limit`
 # attempts hold one; it lapses `life_ms` from now. Returns true when taken (or held already).
 # Shared by the script below and the tool worker's checks (worker/gateway/checks.py).
-LUA_ACQUIRE_SLOT = lua.load("worker/acquire_slot.lua")
+LUA_ACQUIRE_SLOT = lua.load("worker/gateway/acquire_slot.lua")
 
 # KEYS: 1 the tool's slots. ARGV: 1 the member, 2 the limit, 3 the slot's life in ms.
 # Returns 1 (taken) or 0 (the tool is at its limit).
-_ACQUIRE = lua.load("worker/toolslots_acquire.lua")
+_ACQUIRE = lua.load("worker/gateway/toolslots_acquire.lua")
 
 # KEYS: 1 the tool's slots. ARGV: 1 the member.
-_RELEASE = lua.load("worker/toolslots_release.lua")
+_RELEASE = lua.load("worker/gateway/toolslots_release.lua")
 
 
 class ToolSlots:

@@ -1,4 +1,4 @@
---! include worker/count_cost.lua
+--! include worker/run/count_cost.lua
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'charged' end
 local cost = tonumber(redis.call('HGET', KEYS[1], 'cost_micro') or '0')
   + tonumber(redis.call('HGET', KEYS[1], 'cost_reserved') or '0')

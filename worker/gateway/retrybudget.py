@@ -16,9 +16,9 @@ if TYPE_CHECKING:  # settings validates tools.retry_budget with RetryPolicy: imp
 
 # retry_budget(key, op, ratio, min_retries, window_ms, now_ms) -> 1 (counted / granted) or 0. A Lua
 # function, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
-LUA_SPEND = lua.load("worker/retry_budget.lua")
+LUA_SPEND = lua.load("worker/gateway/retry_budget.lua")
 
-_SPEND = lua.load("worker/retrybudget_spend.lua")  # retry_budget at Redis' clock
+_SPEND = lua.load("worker/gateway/retrybudget_spend.lua")  # retry_budget at Redis' clock
 
 
 @dataclass(frozen=True)

@@ -14,21 +14,17 @@ particular process to be alive. `fleet rollout` shows and changes it.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-import structlog
 
 from worker import lua
 from worker.keys import Keys
-from worker.run.store import EndHook
 from worker.settings import Settings
 from worker.units import run_share
 
 log = logging.getLogger("agentfleet.rollout")
-events = structlog.get_logger("agentfleet.run")
 STABLE, CANARY = "stable", "canary"
 ACTIVE, ROLLED_BACK, PROMOTED = "active", "rolled_back", "promoted"
 BUCKET_S = 60
@@ -36,7 +32,7 @@ BUCKET_S = 60
 # KEYS[1] = window hash of (agent, version), KEYS[2] = rollout hash of the agent
 # KEYS[3] = the fleet's per-version counters (for /metrics)
 # ARGV: outcome ('error' | 'ok' | 'stopped'), version, window_s, min_runs, max_error_rate, now_s, agent
-_RECORD = lua.load("worker/rollout_record.lua")
+_RECORD = lua.load("worker/control/rollout_record.lua")
 
 
 @dataclass(frozen=True)
@@ -176,26 +172,3 @@ class Rollouts:
 
     def agents_with_versions(self) -> list[str]:
         return sorted(name for name, cfg in self.settings.agents.items() if has_versions(dict(cfg)))
-
-
-def end_recorder(r: redis.Redis, keys: Keys, settings: Settings) -> EndHook:
-    """The RunStore hook that logs a run's end, counts a versioned run's end and may roll its
-    canary back. It reads the run's agent and version itself only when the call that ended the
-    run did not return them (a cancel of a queued run)."""
-    rollouts = Rollouts(r, keys, settings)
-
-    def on_end(run_id: str, status: str, stop_reason: str, ended: dict[str, str] | None) -> None:
-        if ended is None:
-            values = r.hmget(keys.run(run_id), ["agent", "version", "started_ts", "finished_ts"])
-            names = ("agent", "version", "started_ts", "finished_ts")
-            ended = {n: str(v) for n, v in zip(names, values, strict=True) if v is not None}
-        agent, version = ended.get("agent"), ended.get("version")
-        started, finished = ended.get("started_ts"), ended.get("finished_ts")
-        duration_ms = round((float(finished) - float(started)) * 1000, 1) if started and finished else None
-        events.info(
-            "run finished", run_id=run_id, outcome=status, stop_reason=stop_reason, duration_ms=duration_ms
-        )
-        if agent and version and rollouts.record_end(agent, version, stop_reason, time.time()):
-            log.warning("canary rolled back: error rate over the limit", extra={"agent": agent})
-
-    return on_end

@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from worker.rollout import ROLLOUT_KEYS
+from worker.control.rollout import ROLLOUT_KEYS
+from worker.run.spend import Prices
 from worker.settings import Settings
-from worker.spend import Prices
 
 
 class LlmConfig(BaseModel):

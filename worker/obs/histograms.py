@@ -56,7 +56,7 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 
 # observe(key, series, value) in Lua, for the scripts; its bucket bounds are BUCKETS_S and LES
 # (tests/test_lua_files.py holds them equal).
-LUA_OBSERVE = lua.load("worker/observe.lua")
+LUA_OBSERVE = lua.load("worker/obs/observe.lua")
 
 
 def bucket_of(value_s: float) -> str:
@@ -81,7 +81,7 @@ def observe_in(pipe: redis.client.Pipeline, key: str, labels: str, value_s: floa
 
 def known_models(settings: Settings) -> list[str]:
     """Every model named in the agents' config (and their versions), and the llm agent's default."""
-    from worker.llmconfig import LlmConfig  # it imports the run store, which records histograms
+    from worker.agents.llmconfig import LlmConfig  # it imports the run store, which records histograms
 
     found = {str(LlmConfig.model_fields["model"].default)}
     for config in settings.agents.values():

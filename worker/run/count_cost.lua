@@ -1,5 +1,5 @@
 -- count_cost(run, stats, micro, by_tenant): counts a charge in the fleet's spend stats
--- (worker/histograms.py): `cost|<agent>`, or `cost|<agent>|<tenant>` when by_tenant is '1', in
+-- (worker/obs/histograms.py): `cost|<agent>`, or `cost|<agent>|<tenant>` when by_tenant is '1', in
 -- micro-dollars.
 local function count_cost(k_run, k_stats, micro, by_tenant)
   if tonumber(micro) <= 0 then return end

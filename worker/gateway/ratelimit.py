@@ -24,12 +24,12 @@ _PERIOD_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 # gcra(key, interval_ms, burst, max_wait_ms, cost, now_ms) -> allowed (0/1), wait_ms. A Lua
 # function, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
-LUA_GCRA = lua.load("worker/gcra.lua")
+LUA_GCRA = lua.load("worker/gateway/gcra.lua")
 
 # now_ms() and now_s(): Redis' clock (worker/now.lua), shared by every script that reads it.
 LUA_NOW = lua.load("worker/now.lua")
 
-_GCRA = lua.load("worker/ratelimit.lua")  # gcra at Redis' clock (milliseconds with a fraction)
+_GCRA = lua.load("worker/gateway/ratelimit.lua")  # gcra at Redis' clock (milliseconds with a fraction)
 
 
 @dataclass(frozen=True)

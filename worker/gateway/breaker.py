@@ -22,13 +22,13 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 # Lua functions, so the gateway's admission script (worker/gateway/checks.py) runs the same code.
 # breaker_allow(key, cooldown_ms, probe_timeout_ms, now_ms) -> allowed (0/1), state, retry_in_ms
-LUA_ALLOW = lua.load("worker/breaker_allow.lua")
+LUA_ALLOW = lua.load("worker/gateway/breaker_allow.lua")
 
 # breaker_record(key, ok, threshold, rate, min_calls, window_ms, now_ms) -> state before, after
-LUA_RECORD = lua.load("worker/breaker_record.lua")
+LUA_RECORD = lua.load("worker/gateway/breaker_record.lua")
 
-_ALLOW = lua.load("worker/breaker_ask.lua")  # breaker_allow at Redis' clock
-_RECORD = lua.load("worker/breaker_report.lua")  # breaker_record at Redis' clock
+_ALLOW = lua.load("worker/gateway/breaker_ask.lua")  # breaker_allow at Redis' clock
+_RECORD = lua.load("worker/gateway/breaker_report.lua")  # breaker_record at Redis' clock
 
 
 @dataclass(frozen=True)

@@ -32,19 +32,19 @@ NO_QUOTA = "no quota"  # the reason of a Decision that reserved nothing (the age
 # max_spend_micro (-1: no limit), approve_tools (a set, or false: none). A value that is not a
 # valid policy denies every tool, as PolicyStore.get does (pydantic's strict mode there; the same
 # rules here).
-LUA_POLICY = lua.load("worker/policy_read.lua")
+LUA_POLICY = lua.load("worker/control/policy_read.lua")
 
 # quota_reserve(actions_key, spend_key, marker_key, call_id, max_actions, max_spend, cost, ttl_s,
 # now_ms) -> 'verdict|actions|spent'; the first answer for a call id is its answer for good.
-LUA_RESERVE = lua.load("worker/quota_reserve.lua")
+LUA_RESERVE = lua.load("worker/control/quota_reserve.lua")
 
 # quota_refund(actions_key, spend_key, marker_key, call_id, cost): give back an allowed reservation
 # (the admission script, when the run's tool-call budget refuses the call after its quota).
-LUA_REFUND = lua.load("worker/quota_refund.lua")
+LUA_REFUND = lua.load("worker/control/quota_refund.lua")
 
-_RESERVE = lua.load("worker/policy_reserve.lua")
+_RESERVE = lua.load("worker/control/policy_reserve.lua")
 
-_ADJUST = lua.load("worker/policy_adjust.lua")
+_ADJUST = lua.load("worker/control/policy_adjust.lua")
 
 
 class Policy(BaseModel):

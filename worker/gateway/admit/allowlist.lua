@@ -1,0 +1,1 @@
+if a.verdict == 'allowlist' then return answer('denied', 'allowlist') end

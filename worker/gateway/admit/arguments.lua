@@ -1,0 +1,1 @@
+if a.verdict ~= '' then return answer('denied', a.verdict) end
