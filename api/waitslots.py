@@ -19,38 +19,16 @@ from contextlib import asynccontextmanager
 import redis
 import redis.asyncio
 
+from worker import lua
 from worker.keys import Keys
 
 GRACE_S = 5.0  # a slot outlives its wait by this much, for a request that is slow to answer
 RENEW_EVERY_S = 15.0  # the keeper renews the kept slots (event streams) this often
 KEPT_HOLD_S = 2 * RENEW_EVERY_S  # a kept slot lapses this long (+ the grace) after its renewal
 
-# KEYS[1] = the tenant's waiters zset. ARGV: the limit, the slot's length (s), its member.
-# Returns 1 when the slot was taken, else the number of slots held.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local held = redis.call('ZCARD', KEYS[1])
-if held >= tonumber(ARGV[1]) then return {0, held} end
-redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[2])), ARGV[3])
--- the set lives as long as its longest slot, so an idle tenant leaves no key behind
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(last[2]) - now) + 1)
-return {1, held + 1}
-"""
+_ACQUIRE = lua.load("api/waitslots_acquire.lua")
 
-# KEYS[1] = the tenant's waiters zset. ARGV: the slot's new length (s), its member.
-# Returns 1 when the slot was still held (and now lapses later), 0 when it had lapsed.
-_RENEW = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZADD', KEYS[1], string.format('%.6f', now + tonumber(ARGV[1])), ARGV[2])
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(last[2]) - now) + 1)
-return 1
-"""
+_RENEW = lua.load("api/waitslots_renew.lua")
 
 
 class WaitersFull(Exception):

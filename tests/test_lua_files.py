@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import api
 import worker
 from worker import lua
 from worker.obs import histograms
@@ -25,10 +26,20 @@ def _import_worker() -> None:
             importlib.import_module(info.name)
 
 
+def _lua_files() -> dict[str, Path]:
+    """Every .lua file of the fleet's packages (worker/ and api/), by its load path."""
+    found = {}
+    for package in (worker, api):
+        root = Path(package.__file__).parent
+        for path in root.rglob("*.lua"):
+            found[f"{package.__name__}/{path.relative_to(root).as_posix()}"] = path
+    return found
+
+
 def test_every_lua_file_is_loaded_by_a_module() -> None:
     _import_worker()
-    root = Path(worker.__file__).parent
-    on_disk = {f"worker/{path.relative_to(root).as_posix()}" for path in root.rglob("*.lua")}
+    importlib.import_module("api.waitslots")
+    on_disk = set(_lua_files())
     assert on_disk, "no Lua files found"
     assert on_disk - lua.loaded == set()
 
@@ -90,9 +101,8 @@ def test_an_include_cycle_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_the_scripts_read_the_clock_only_through_now_lua() -> None:
-    root = Path(worker.__file__).parent
-    reading = sorted(p.name for p in root.rglob("*.lua") if "redis.call('TIME')" in p.read_text())
-    assert reading == ["now.lua"]
+    reading = sorted(name for name, path in _lua_files().items() if "redis.call('TIME')" in path.read_text())
+    assert reading == ["worker/now.lua"]
 
 
 # TIME answers {seconds, microseconds}. Before now.lua, scripts wrote whole milliseconds as
