@@ -9,7 +9,6 @@ from typing import Annotated
 
 import redis
 import redis.asyncio
-from celery import Celery
 from fastapi import Depends, Header, Request
 
 from api.errors import ApiError
@@ -21,6 +20,7 @@ from worker.control.policy import PolicyStore
 from worker.control.rollout import Rollouts
 from worker.history.db import HistoryDB
 from worker.keys import Keys
+from worker.publish import Publisher
 from worker.run.store import RunStore
 from worker.settings import Settings
 
@@ -33,7 +33,7 @@ class AppState:
     r: redis.Redis
     keys: Keys
     store: RunStore
-    celery: Celery
+    publisher: Publisher  # sends runs to the agents queue (worker/publish.py)
     tenant_keys: dict[str, str]  # api key -> tenant
     admin_keys: frozenset[str]
     policies: PolicyStore

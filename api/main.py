@@ -25,6 +25,7 @@ from worker.control.rollout import Rollouts
 from worker.history.db import HistoryDB
 from worker.keys import Keys
 from worker.obs import tracing
+from worker.publish import Publisher
 from worker.redis_conn import async_redis_for, redis_for
 from worker.run.ended import end_recorder
 from worker.run.store import RunStore
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             on_end=end_recorder(r, keys, settings),
             histograms=settings.metrics.histograms,
         ),
-        celery=_sender(settings),
+        publisher=Publisher(_sender(settings), r),
         tenant_keys=settings.tenant_keys(),
         admin_keys=settings.admin_key_set(),
         policies=PolicyStore(r, keys),

@@ -13,6 +13,7 @@ import pytest
 
 from tests.harness import Fleet, RedisServer
 from worker.celery_app import make_app, send_run
+from worker.publish import Publisher
 from worker.settings import Settings
 
 RESUME_BOUND_S = 30.0  # issue 7: a run resumes within 30 s of its worker's death
@@ -79,9 +80,9 @@ def test_run_resumes_on_another_worker_when_its_workers_main_process_dies(fleet2
 def test_a_duplicate_delivery_of_a_running_run_is_dropped(fleet2: Fleet) -> None:
     run = fleet2.submit(input={"plan": [{"sleep": 0.2}], "loop": True}, budgets={"max_steps": 12})
     fleet2.wait_status(run["id"], "running")
-    celery = make_app(Settings(REDIS_URL=fleet2.redis.url))
+    publisher = Publisher(make_app(Settings(REDIS_URL=fleet2.redis.url)), fleet2.r)
     for _ in range(3):  # as a late redelivery of the original message would arrive
-        send_run(celery, run["id"], 60)
+        send_run(publisher, run["id"], 60)
     done = fleet2.wait(run["id"], timeout=30)
     assert done["status"] == "stopped" and done["stop_reason"] == "max_steps"
     assert done["usage"]["steps"] == 12
@@ -92,8 +93,7 @@ def test_a_duplicate_delivery_of_a_running_run_is_dropped(fleet2: Fleet) -> None
 def test_a_delivery_of_an_ended_run_is_dropped(fleet2: Fleet) -> None:
     run = fleet2.submit(input={"plan": [{"final": "once"}]})
     done = fleet2.wait(run["id"])
-    celery = make_app(Settings(REDIS_URL=fleet2.redis.url))
-    send_run(celery, run["id"], 60)
+    send_run(Publisher(make_app(Settings(REDIS_URL=fleet2.redis.url)), fleet2.r), run["id"], 60)
     time.sleep(1.5)
     again = fleet2.get(run["id"])
     assert again["finished_at"] == done["finished_at"] and again["output"] == "once"

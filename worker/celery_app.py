@@ -18,6 +18,7 @@ from celery.exceptions import SecurityWarning
 from kombu import Exchange, Queue
 
 from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, TOOL_QUEUE, WEBHOOK_QUEUE
+from worker.publish import Publisher
 from worker.settings import DEV_STACK_ENV, Settings, get_settings
 
 if os.environ.get(DEV_STACK_ENV) == "1":
@@ -133,17 +134,18 @@ def make_app(settings: Settings) -> Celery:
     return celery
 
 
-def send_run(celery: Celery, run_id: str, max_seconds: float, wake: str = "") -> None:
+def send_run(publisher: Publisher, run_id: str, max_seconds: float, wake: str = "") -> None:
     """Enqueue a run on the agents queue with time limits derived from its own budget (for a
-    resume, `max_seconds` is what is left of it; `wake` names the park it resumes)."""
-    celery.send_task(
+    resume, `max_seconds` is what is left of it; `wake` names the park it resumes). One LPUSH
+    (worker/publish.py); ignore_result, else the result backend would subscribe to the task's
+    result channel."""
+    publisher.send(
         RUN_TASK,
-        args=[run_id, wake] if wake else [run_id],
-        queue=AGENT_QUEUE,
-        ignore_result=True,  # else the result backend subscribes to the task's result channel
+        [run_id, wake] if wake else [run_id],
+        AGENT_QUEUE,
         headers={"sent_at": time.time()},  # the queue's oldest-message age, for /metrics
-        soft_time_limit=max_seconds + SOFT_LIMIT_GRACE_S,  # type: ignore[arg-type]  # floats work
-        time_limit=max_seconds + HARD_LIMIT_GRACE_S,  # type: ignore[arg-type]
+        soft_time_limit=max_seconds + SOFT_LIMIT_GRACE_S,
+        time_limit=max_seconds + HARD_LIMIT_GRACE_S,
     )
 
 

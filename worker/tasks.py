@@ -11,12 +11,12 @@ import time
 from functools import lru_cache
 from typing import Any
 
+import redis
 import structlog
 from billiard.einfo import ExceptionInfo
 from celery import Task
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
-from kombu.exceptions import OperationalError
 
 from worker import agents, tools
 from worker.celery_app import ARCHIVE_TASK, RUN_TASK, TOOL_TASK, WEBHOOK_TASK, app, send_run
@@ -28,6 +28,7 @@ from worker.history.archiver import Archiver
 from worker.history.db import HistoryDB
 from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
 from worker.obs.tracing import TRACEPARENT, trace_headers
+from worker.publish import Publisher
 from worker.redis_conn import async_redis_for, get_redis, redis_for
 from worker.run.ended import end_recorder
 from worker.run.keeper import RunKeeper
@@ -55,7 +56,17 @@ def _trace_id() -> str | None:
 
 
 class CeleryDispatcher:
-    """Sends tool-call attempts to their tool's queue, `tools.<tool>`."""
+    """Sends tool-call attempts to their tool's queue, `tools.<tool>`: one LPUSH of the message
+    Celery would send (worker/publish.py), on the process's Redis client."""
+
+    def __init__(self, publisher: Publisher | None = None) -> None:
+        self._publisher = publisher
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = _publisher()
+        return self._publisher
 
     def send(
         self,
@@ -68,13 +79,12 @@ class CeleryDispatcher:
         owner: tuple[str, str],
     ) -> None:
         try:
-            app.send_task(
+            self.publisher.send(
                 TOOL_TASK,
-                args=[call_id, attempt, tool, args, timeout_s],
+                [call_id, attempt, tool, args, timeout_s],
+                tool_queue(tool),
                 # Celery's logs, events and Flower show this instead of the arguments (may hold PII).
                 argsrepr=f"({call_id!r}, {attempt}, {tool!r}, <args>, {timeout_s})",
-                queue=tool_queue(tool),
-                ignore_result=True,  # the reply comes through its own list, never the result backend
                 # sent_at: the queue's oldest-message age (/metrics); the run's trace id, for the
                 # tool worker's log line; its tenant and agent, to name the run's switches
                 # and, with traces on, the step's span context (worker/obs/tracing.py)
@@ -86,12 +96,19 @@ class CeleryDispatcher:
                 },
                 # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S)
                 # is dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ by host.
-                expires=timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
+                # The reply comes through its own list, never the result backend (ignore_result).
+                expires_s=timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
             )
-        except (OperationalError, OSError) as exc:
+        except (redis.RedisError, OSError) as exc:
             # The broker is unreachable: the run is not at fault. Like any Redis error in the
             # loop, this ends the execution; the lease expires and the run resumes elsewhere.
             raise BrokerUnavailable(f"could not send the tool call: {type(exc).__name__}") from exc
+
+
+@lru_cache(maxsize=1)
+def _publisher() -> Publisher:
+    """The process's sender of task messages (worker/publish.py), on its Redis client."""
+    return Publisher(app, get_redis())
 
 
 @lru_cache(maxsize=1)
@@ -207,13 +224,12 @@ def send_webhook(claimed: outbox.Claimed) -> None:
     """Send one attempt of a claimed delivery to the webhooks queue (outbox.Scheduler). A message
     still queued when its claim lapses expires: the next claim sends a fresh one."""
     lead_s = _webhook_lead_s()
-    app.send_task(
+    _publisher().send(
         WEBHOOK_TASK,
-        args=[claimed.delivery_id, claimed.claim],
-        queue=WEBHOOK_QUEUE,
-        ignore_result=True,
+        [claimed.delivery_id, claimed.claim],
+        WEBHOOK_QUEUE,
         headers={"sent_at": time.time()},  # the queue's oldest-message age, for /metrics
-        expires=lead_s,
+        expires_s=lead_s,
     )
 
 
@@ -244,14 +260,13 @@ def archive_runs(run_ids: list[str]) -> int:
 def send_archive(run_ids: list[str]) -> None:
     """Send a claimed batch to the archive queue (queue.Scheduler). A message still queued when
     its claim lapses expires: the next claim sends a fresh one."""
-    app.send_task(
+    _publisher().send(
         ARCHIVE_TASK,
-        args=[run_ids],
+        [run_ids],
+        ARCHIVE_QUEUE,
         argsrepr=f"(<{len(run_ids)} runs>)",
-        queue=ARCHIVE_QUEUE,
-        ignore_result=True,
         headers={"sent_at": time.time()},  # the queue's oldest-message age, for /metrics
-        expires=archive_queue.CLAIM_S,
+        expires_s=archive_queue.CLAIM_S,
     )
 
 
@@ -280,7 +295,7 @@ def requeue(run_id: str) -> None:
         deps.store.finish(run_id, STOPPED, "max_seconds")
         deps.leases.forget(run_id)
         return
-    send_run(app, run_id, max_seconds)
+    send_run(_publisher(), run_id, max_seconds)
 
 
 _reaper_stop = threading.Event()
@@ -318,7 +333,7 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
 
 def resume(due: Due) -> None:
     """Send the resume delivery of a parked run whose timer is due (timers.Scheduler)."""
-    send_run(app, due.run_id, max(0.1, due.deadline_ts - time.time()), wake=due.park)
+    send_run(_publisher(), due.run_id, max(0.1, due.deadline_ts - time.time()), wake=due.park)
 
 
 @worker_shutdown.connect

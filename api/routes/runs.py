@@ -184,7 +184,7 @@ def submit_run(
         raise _refusal(refused, state, tenant) from None
     log.info("run queued", run_id=run_id, tenant=tenant, agent=request.agent, trace_id=record["trace_id"])
     try:
-        send_run(state.celery, run_id, budgets.max_seconds)
+        send_run(state.publisher, run_id, budgets.max_seconds)
     except Exception:
         state.store.finish(
             run_id, "failed", "error", error={"type": "unavailable", "message": "broker unreachable"}
