@@ -56,7 +56,7 @@ STOP_GRACE_S = 30.0  # stop_grace_period / terminationGracePeriodSeconds of the 
 WRITE_DELAY_S = 0.2  # POST /write answers this long after it took effect
 
 # Runs here hold their process while they wait, so that a killed worker kills executing runs;
-# parked runs under worker crashes are tests/test_parked.py's.
+# parked runs under worker crashes are tests/worker/run/test_parked.py's.
 CONFIG: dict[str, Any] = {
     "runtime": {"park_waits": False},
     "tools": {

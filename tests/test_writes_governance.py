@@ -60,7 +60,7 @@ RUN_END_TIMEOUT_S = 180  # for every run of a chaos test together
 CONFIG: dict[str, Any] = {
     # The chaos tests kill agent children under executing runs: a run here holds its process
     # while it waits. Writes under the kill of a tool worker while runs are parked are tested in
-    # tests/test_tool_pool.py; parked runs under agent worker kills in tests/test_parked.py.
+    # tests/test_tool_pool.py; parked runs under agent worker kills in tests/worker/run/test_parked.py.
     "runtime": {"park_waits": False},
     "tools": {
         "allowlist": ["echo", "http.get", "http.post", "test.write", COUNTED_WRITE],
