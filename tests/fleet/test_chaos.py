@@ -12,7 +12,7 @@ per path from a seeded random generator (503s, hangs, a permanent 429 with `Retr
 
 Judged on the server's side: run records and step logs (status, usage, started_at/finished_at)
 and what the HTTP server saw. The full-size kill test (300 runs, kills for 60 s) is marked
-`soak`; `.ci/run` skips it, `python -m pytest -m soak tests/test_chaos.py` runs it.
+`soak`; `.ci/run` skips it, `python -m pytest -m soak tests/fleet/test_chaos.py` runs it.
 
 One Redis restart serves two tests: that no run and no write is lost, and that every worker
 reconnects rather than exits (on Celery 5.7 thanks to worker/compat.py).
