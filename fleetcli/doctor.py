@@ -39,7 +39,7 @@ from worker.settings import ConfigError, Settings, load_settings, masked_url
 
 Status = Literal["ok", "warn", "fail"]
 KINDS = ("api", "worker", "tool-worker", "all")
-# What ops/redis.conf sets (tests/test_doctor.py checks the two agree): without AOF a restart loses
+# What ops/redis.conf sets (tests/fleetcli/test_doctor.py checks the two agree): without AOF a restart loses
 # queued runs; with eviction Redis drops the fleet's keys (runs, budgets, kill switches) when full.
 REDIS_EXPECTED = {"appendonly": "yes", "maxmemory-policy": "noeviction"}
 REDIS_WHY = {

@@ -14,6 +14,7 @@ from worker.run.store import RunStore
 # tool calls, parked waits, kill switches, budgets, events, approvals, the gateway's fleet-wide
 # limits). .ci/run runs them a second time against Valkey (`-m core` with FLEET_TEST_REDIS_SERVER
 # naming valkey-server), so the fleet is proven on both servers without running everything twice.
+# They are named by file name, wherever they sit under tests/: test file names are unique there.
 CORE_MODULES = frozenset(
     {
         "test_smoke.py",

@@ -1,4 +1,4 @@
-"""A Sentinel failover under load, measured from the outside, for tests/test_sentinel.py and
+"""A Sentinel failover under load, measured from the outside, for tests/fleet/test_sentinel.py and
 bench/bench_failover.py: runs parked on a slow HTTP call, write runs through `http.post` to a
 counting server and a burst right before the kill, then SIGKILL of the primary; `Failover` holds
 what happened (runs lost or failed, writes seen twice, the times from the kill)."""

@@ -26,7 +26,7 @@ that is never acked stays in Redis's unacked set, restored as any unacked messag
 visibility timeout); the restore the second close attempted could not reach a stopped Redis.
 
 Not a pin to Celery 5.6.3 instead: kombu 5.6's redis extra holds redis-py below 6.5, whose type
-hints fail the fleet's strict mypy (tests/test_reconnect.py shows the bug and this fix).
+hints fail the fleet's strict mypy (tests/worker/test_reconnect.py shows the bug and this fix).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from importlib.resources import files
 
 INCLUDE = "--! include "
 
-loaded: set[str] = set()  # every path read so far, includes too (tests/test_lua_files.py)
+loaded: set[str] = set()  # every path read so far, includes too (tests/worker/test_lua_files.py)
 
 
 class LuaFileMissing(FileNotFoundError):

@@ -3,8 +3,8 @@
     python ops/grafana/dashboard.py > ops/grafana/agentfleet.json
 
 Plain dicts in Grafana's dashboard JSON model (schemaVersion 39), no library: the dashboard is a
-few panel kinds, and tests/test_metrics_prometheus.py regenerates it, compares it with the
-committed file and checks every query names a metric the fleet exports. Every API replica
+few panel kinds, and tests/worker/obs/test_metrics_prometheus.py regenerates it, compares it with
+the committed file and checks every query names a metric the fleet exports. Every API replica
 serves the same fleet-wide values: a count takes max() across scraped replicas, a quantile or a
 ratio sums them (the same whatever their number).
 """

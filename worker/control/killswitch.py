@@ -39,7 +39,8 @@ DEFAULT_REASON = "kill switch on"  # the reason shown for a switch set to an emp
 
 # The one switch check, in Lua: the reason of the first switch that is on, or false. Scripts pass
 # the switch keys they got in KEYS (run_switch_keys / tool_switch_keys order), never build them.
-# `first_reason` below is the same rule in Python; tests/test_killswitch_units.py holds them equal.
+# `first_reason` below is the same rule in Python; tests/worker/control/test_killswitch_units.py
+# holds them equal.
 LUA_KILL_REASON = lua.load("worker/control/kill_reason.lua")
 
 

@@ -55,7 +55,7 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 # observe(key, series, value) in Lua, for the scripts; its bucket bounds are BUCKETS_S and LES
-# (tests/test_lua_files.py holds them equal).
+# (tests/worker/test_lua_files.py holds them equal).
 LUA_OBSERVE = lua.load("worker/obs/observe.lua")
 
 

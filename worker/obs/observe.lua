@@ -1,7 +1,7 @@
 -- observe(key, series, value): one observation of `value` seconds in the series `series` (label
 -- values joined by '|') of the histogram hash `key`: the bucket is the smallest bound >= the
 -- value, else '+Inf'. The bounds are histograms.BUCKETS_S, the `le`s histograms.LES
--- (tests/test_lua_files.py holds them equal).
+-- (tests/worker/test_lua_files.py holds them equal).
 local hist_bounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0}
 local hist_les = {'0.005', '0.01', '0.025', '0.05', '0.1', '0.25', '0.5', '1.0', '2.5', '5.0', '10.0', '30.0', '60.0', '120.0', '300.0', '600.0'}
 local function observe(key, series, value)

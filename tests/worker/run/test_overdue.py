@@ -23,7 +23,7 @@ def busy_fleet() -> Iterator[Fleet]:
     """Two agent workers with one process each; one of them stays busy with a 55 s run."""
     server = RedisServer()
     # A run here must hold its process while it waits (these tests kill the worker under an
-    # executing run); parked runs' crashes are tests/test_parked.py's.
+    # executing run); parked runs' crashes are tests/worker/run/test_parked.py's.
     f = Fleet(server, {"runtime": {"park_waits": False}})
     try:
         f.start_api()

@@ -7,7 +7,7 @@ Judged from the outside: every run the API accepted (202) ends, and ends `succee
 server saw each write's Idempotency-Key once; a new run is accepted and finishes within a bound
 that holds on any machine (FAILOVER_BOUND_S). bench/bench_failover.py prints the times against the
 goal (15 s) and what the replica WAIT costs a POST. Marked `failover` (about 90 s): .ci/run skips
-it; `.venv/bin/python -m pytest -m failover tests/test_sentinel.py` runs it.
+it; `.venv/bin/python -m pytest -m failover tests/fleet/test_sentinel.py` runs it.
 
 Two replicas, so that one is left to acknowledge writes after the failover: with one, the new
 primary has no replica until the old one returns, and (with redis.wait_replicas 1) the API answers
@@ -38,7 +38,7 @@ from tests.failover_load import (
 )
 from tests.harness import KEY_T1, CountingServer, Fleet, SentinelGroup, wait_for
 
-pytestmark = pytest.mark.failover  # about 90 s: `pytest -m failover tests/test_sentinel.py`
+pytestmark = pytest.mark.failover  # about 90 s: `pytest -m failover tests/fleet/test_sentinel.py`
 
 
 @dataclass

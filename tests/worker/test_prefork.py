@@ -31,7 +31,7 @@ def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fleet(probe_dir: Path) -> Iterator[Fleet]:
     server = RedisServer()
     # A run here must hold its process while it waits (these tests kill the worker under an
-    # executing run); parked runs' crashes are tests/test_parked.py's.
+    # executing run); parked runs' crashes are tests/worker/run/test_parked.py's.
     config = {"plugins": ["tests.plugins", "tests.module_probe"], "runtime": {"park_waits": False}}
     f = Fleet(server, config, {"TEST_MODULE_PROBE_DIR": str(probe_dir)})
     try:

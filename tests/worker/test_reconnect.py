@@ -1,6 +1,6 @@
 """A worker's consumer survives losing its Redis broker, checked without a worker in a second.
 
-tests/test_chaos.py restarts a real Redis under a real fleet, where the failure it guards
+tests/fleet/test_chaos.py restarts a real Redis under a real fleet, where the failure it guards
 against shows only when the timing is right. This builds that timing by hand, against a real
 Redis: the task consumer's channel holds an unacked message (`task_acks_late`) with a BRPOP in
 flight, a second channel subscribes to a fanout exchange (as the remote-control mailbox does),

@@ -47,7 +47,7 @@ from worker.settings import Settings
 from worker.tools import tool
 from worker.tools.base import ToolContext
 
-PLUGIN_MODULE = "tests.test_writes_governance"
+PLUGIN_MODULE = "tests.worker.gateway.test_writes_governance"
 ADMIN_KEY = "admin-key-of-the-writes-tests-0001"
 COUNTED_WRITE = "wgtest.counted_write"
 EXEC_COUNT_PREFIX = "wgtest:exec:"  # + call id: how often the counted write really ran
@@ -60,7 +60,8 @@ RUN_END_TIMEOUT_S = 180  # for every run of a chaos test together
 CONFIG: dict[str, Any] = {
     # The chaos tests kill agent children under executing runs: a run here holds its process
     # while it waits. Writes under the kill of a tool worker while runs are parked are tested in
-    # tests/test_tool_pool.py; parked runs under agent worker kills in tests/test_parked.py.
+    # tests/worker/gateway/test_tool_pool.py; parked runs under agent worker kills in
+    # tests/worker/run/test_parked.py.
     "runtime": {"park_waits": False},
     "tools": {
         "allowlist": ["echo", "http.get", "http.post", "test.write", COUNTED_WRITE],

@@ -1,6 +1,6 @@
 """Unit tests of the approval scripts (worker/control/approvals.py) and of the deadline that leaves out the
 time a run waits for a human, on fakeredis with Lua. The whole flow against real processes:
-tests/test_approvals.py."""
+tests/worker/control/test_approvals.py."""
 
 from __future__ import annotations
 

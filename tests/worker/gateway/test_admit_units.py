@@ -480,11 +480,10 @@ def test_an_admission_request_sends_the_scripts_keys_and_argv_in_their_documente
 
 def test_the_readme_quotes_the_declared_admission_order() -> None:
     """The README's list of the gateway's checks is printed from `ADMISSION`, not restated."""
-    from pathlib import Path
-
+    from tests.harness import ROOT
     from worker.gateway.checks import admission_order
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     lines = admission_order()
     assert "\n".join(lines) in readme, "README: paste admission_order()'s lines"
     assert len(lines) == len({line.split(" (")[0] for line in lines})  # one line per check

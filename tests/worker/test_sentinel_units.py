@@ -1,6 +1,6 @@
 """REDIS_URL's Sentinel form (redis+sentinel://): parsing, the errors of a malformed one, the
 passwords of the data nodes and of the Sentinels, and what Celery is given. No server here:
-tests/test_sentinel.py runs a fleet on real Sentinels."""
+tests/fleet/test_sentinel.py runs a fleet on real Sentinels."""
 
 from __future__ import annotations
 

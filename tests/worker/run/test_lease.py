@@ -1,5 +1,5 @@
 """Run leases, their keeper thread and the reaper's claims (Redis logic on fakeredis; recovery of
-real workers is in tests/test_recovery.py)."""
+real workers is in tests/worker/run/test_recovery.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Units of worker/obs/tracing.py and worker/obs/tracing_export.py: the redaction every span passes before
 it is exported, content made plain before it is redacted, and the provider kept apart from the
-global one (Sentry's). The fleet end to end is tests/test_otel.py."""
+global one (Sentry's). The fleet end to end is tests/worker/obs/test_otel.py."""
 
 from __future__ import annotations
 

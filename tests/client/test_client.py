@@ -5,7 +5,7 @@ something of the test's own between the client and the API: a loopback TCP proxy
 API's answer to the first POST (the API itself is real), and a loopback stub server for the
 429 + Retry-After cases (those test the client's own retry logic, not the API). The client's
 parser and the calls whose endpoints are not in the API yet (events, approvals) have unit tests
-in tests/test_client_units.py.
+in tests/client/test_client_units.py.
 """
 
 from __future__ import annotations

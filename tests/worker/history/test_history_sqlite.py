@@ -1,6 +1,6 @@
 """The run history's embedded default, SQLite (a file in the fleet's temporary folder), with a
 real redis-server and real fleet processes: the same archive path as on PostgreSQL
-(tests/test_history.py)."""
+(tests/worker/history/test_history.py)."""
 
 from __future__ import annotations
 

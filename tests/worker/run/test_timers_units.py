@@ -1,5 +1,5 @@
 """Unit tests of the parked-run scripts (worker/run/timers.py and the run store's park handling) on
-fakeredis with Lua. Parking against real workers is tested in tests/test_parked.py."""
+fakeredis with Lua. Parking against real workers is tested in tests/worker/run/test_parked.py."""
 
 from __future__ import annotations
 

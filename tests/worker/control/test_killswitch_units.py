@@ -1,6 +1,7 @@
 """Unit tests of the one kill-switch check (worker/control/killswitch.py) on fakeredis with Lua: the Lua
 function and the Python reader decide alike, every script that reads switches uses them, and
-every Lua script takes the keys it touches from KEYS. Real processes: tests/test_killswitch_paths.py.
+every Lua script takes the keys it touches from KEYS. Real processes:
+tests/worker/control/test_killswitch_paths.py.
 """
 
 from __future__ import annotations

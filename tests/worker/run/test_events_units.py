@@ -1,6 +1,6 @@
 """Unit tests of a run's events on fakeredis with Lua: which script writes which event
 (worker/run/events.py, worker/run/store.py), and the API's reading of them (api/events.py). The
-stream over HTTP, against real processes, is tested in tests/test_events.py."""
+stream over HTTP, against real processes, is tested in tests/api/test_events.py."""
 
 from __future__ import annotations
 

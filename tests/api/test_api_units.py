@@ -1,6 +1,6 @@
 """Unit tests of the API's pure helpers and of its Redis logic on fakeredis (Lua and pub/sub):
 wait slots, the end waiter, the metrics' switch scopes. The HTTP behaviour is tested against
-real `fleet api` processes in tests/test_api_limits.py."""
+real `fleet api` processes in tests/api/test_api_limits.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Unit tests of the Python client (`agentfleet_client`): its event-stream parser, the reconnects of
 `events()` with Last-Event-ID, the requests of `approvals`, `approve` and `deny`, and the parsing
 of runs. The API is `httpx.MockTransport` here, answering what CONTRACT.md describes; these are
-not integration tests (tests/test_client.py runs the client against a real fleet).
+not integration tests (tests/client/test_client.py runs the client against a real fleet).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ RESUME_BOUND_S = 30.0  # issue 7: a run resumes within 30 s of its worker's deat
 def fleet2() -> Iterator[Fleet]:
     server = RedisServer()
     # A run here must hold its process while it waits (these tests kill the worker under an
-    # executing run); parked runs' crashes are tests/test_parked.py's.
+    # executing run); parked runs' crashes are tests/worker/run/test_parked.py's.
     f = Fleet(server, {"runtime": {"park_waits": False}})
     try:
         f.start_api()

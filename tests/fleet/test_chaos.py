@@ -12,7 +12,7 @@ per path from a seeded random generator (503s, hangs, a permanent 429 with `Retr
 
 Judged on the server's side: run records and step logs (status, usage, started_at/finished_at)
 and what the HTTP server saw. The full-size kill test (300 runs, kills for 60 s) is marked
-`soak`; `.ci/run` skips it, `python -m pytest -m soak tests/test_chaos.py` runs it.
+`soak`; `.ci/run` skips it, `python -m pytest -m soak tests/fleet/test_chaos.py` runs it.
 
 One Redis restart serves two tests: that no run and no write is lost, and that every worker
 reconnects rather than exits (on Celery 5.7 thanks to worker/compat.py).
@@ -56,7 +56,7 @@ STOP_GRACE_S = 30.0  # stop_grace_period / terminationGracePeriodSeconds of the 
 WRITE_DELAY_S = 0.2  # POST /write answers this long after it took effect
 
 # Runs here hold their process while they wait, so that a killed worker kills executing runs;
-# parked runs under worker crashes are tests/test_parked.py's.
+# parked runs under worker crashes are tests/worker/run/test_parked.py's.
 CONFIG: dict[str, Any] = {
     "runtime": {"park_waits": False},
     "tools": {

@@ -1,0 +1,1 @@
+"""The fleet as a whole, end to end against real processes: smoke, chaos, servers, Sentinel, leaks."""

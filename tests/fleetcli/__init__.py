@@ -1,0 +1,1 @@
+"""Tests of the `fleet` command (fleetcli/), run as a user runs it."""

@@ -1,0 +1,1 @@
+"""Checks of the repository itself: layers, test-module imports, machine paths, the docs' configs."""

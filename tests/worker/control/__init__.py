@@ -1,0 +1,1 @@
+"""Tests of the operator's controls (worker/control/): kill switches, approvals, rollouts."""

@@ -1,0 +1,1 @@
+"""Tests of the tool gateway (worker/gateway/): admission, limits, breaker, tool pool, writes."""

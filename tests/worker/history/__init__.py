@@ -1,0 +1,1 @@
+"""Tests of the run history (worker/history/): archive queue, SQLite, PostgreSQL, queries."""

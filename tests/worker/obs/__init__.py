@@ -1,0 +1,1 @@
+"""Tests of observability (worker/obs/): logs, redaction, metrics, traces, heartbeats."""

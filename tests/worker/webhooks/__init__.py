@@ -1,0 +1,1 @@
+"""Tests of signed webhooks (worker/webhooks/)."""
