@@ -165,3 +165,27 @@ def test_a_call_refused_after_admission_is_recorded_as_denied_with_its_reason() 
     assert limited["decision"] == "denied" and limited["reason"] == "20/s"
     assert refusal_decision(allowed, error_result("timeout", "8 s")) == allowed
     assert refusal_decision(allowed, {"ok": True, "result": 1}) == allowed
+
+
+def test_a_slow_tool_is_waited_for_again_once_a_second_not_every_nth_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After SLOW_AFTER_MISSES vain stays, calls to the tool park at once; one call per
+    PROBE_EVERY_S still waits (a probe), however many calls come meanwhile; an answered stay
+    makes the tool fast again."""
+    from worker.gateway import calls
+
+    now = [1000.0]
+    monkeypatch.setattr(calls.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(calls, "_missed", {})
+    monkeypatch.setattr(calls, "_probed", {})
+    for _ in range(calls.SLOW_AFTER_MISSES):
+        assert calls._stay_s("slow", 0.05) == 0.05
+        calls._note_stay("slow", answered=False)
+    stays = [calls._stay_s("slow", 0.05) for _ in range(500)]  # a burst, within one second
+    assert stays.count(0.05) == 1 and stays[0] == 0.05  # the first is the probe
+    now[0] += calls.PROBE_EVERY_S
+    assert calls._stay_s("slow", 0.05) == 0.05 and calls._stay_s("slow", 0.05) == 0.0
+    calls._note_stay("slow", answered=True)
+    assert calls._stay_s("slow", 0.05) == 0.05 and calls._stay_s("fast", 0.05) == 0.05
+    assert calls._stay_s("slow", None) == 0.0
