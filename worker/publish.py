@@ -10,7 +10,10 @@ kombu's: body base64, `delivery_info`, `delivery_tag`) and pushes it with the cl
 already holds. What it does not do: publish retries (a failed LPUSH raises, and the caller treats
 the broker as down, as it did when kombu gave up), exchanges other than the default one (every
 fleet queue is a direct queue of its own name), priorities, and Celery's publish signals (the
-fleet connects none; OpenTelemetry context travels in the headers the caller passes).
+fleet connects none; OpenTelemetry context travels in the headers the caller passes). With Sentry's
+Celery integration on (SENTRY_DSN), a message gets the trace headers and the `queue.submit.celery`
+span that integration gives what send_task sends, so a run's Sentry trace still goes from the API
+through the workers.
 
 Flower and the workers see the same messages as before: a worker cannot tell the two apart.
 """
@@ -18,8 +21,10 @@ Flower and the workers see the same messages as before: a worker cannot tell the
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -96,4 +101,25 @@ class Publisher:
 
     def send(self, name: str, args: list[Any], queue: str, **options: Any) -> None:
         """Put the task on `queue` (one LPUSH); raises redis.RedisError when Redis refuses it."""
-        self.r.lpush(queue, self.message(name, args, queue, **options))
+        with _sentry_submit(name, options.get("headers") or {}) as headers:
+            options["headers"] = headers
+            self.r.lpush(queue, self.message(name, args, queue, **options))
+
+
+@contextlib.contextmanager
+def _sentry_submit(name: str, headers: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """`headers`, with what Sentry's Celery integration adds to a message it sees sent (trace
+    propagation, the enqueue time), inside its `queue.submit.celery` span; unchanged when that
+    integration is off, as it is without SENTRY_DSN."""
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+
+    integration = sentry_sdk.get_client().get_integration(CeleryIntegration)
+    if integration is None or not integration.propagate_traces:
+        yield headers
+        return
+    from sentry_sdk.consts import OP
+    from sentry_sdk.integrations.celery import _update_celery_task_headers
+
+    with sentry_sdk.start_span(op=OP.QUEUE_SUBMIT_CELERY, name=name, origin=CeleryIntegration.origin) as span:
+        yield _update_celery_task_headers(headers, span, integration.monitor_beat_tasks)

@@ -81,3 +81,29 @@ def test_a_run_message_carries_its_time_limits(server: RedisServer) -> None:
     assert message["headers"]["task"] == "fleet.run_agent" and message["headers"]["sent_at"] == 2.0
     assert json.loads(base64.b64decode(message["body"]))[0] == ["r9"]
     assert "expiration" not in message["properties"]
+
+
+def test_with_sentrys_celery_integration_on_a_message_carries_the_trace_headers(
+    server: RedisServer,
+) -> None:
+    """As send_task does under Sentry's Celery integration: the worker continues the sender's
+    trace from the message's `sentry-trace` header (a run's trace from the API through the workers)."""
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+
+    app = make_app(Settings(redis_url=server.url))
+    sentry_sdk.init(
+        dsn="http://key@127.0.0.1:9/1",
+        integrations=[CeleryIntegration(propagate_traces=True)],
+        traces_sample_rate=1.0,
+    )
+    try:
+        with sentry_sdk.start_transaction(name="POST /v1/runs") as transaction:
+            Publisher(app, make_redis(server.url)).send("fleet.run_agent", ["r1"], "agents")
+            trace_id = transaction.trace_id
+    finally:
+        sentry_sdk.get_client().close(timeout=0)
+        sentry_sdk.init()  # off again for the other tests in this process
+    headers = _pushed(server, "agents")["headers"]
+    assert headers["sentry-trace"].startswith(trace_id)
+    assert headers["headers"]["sentry-trace"] == headers["sentry-trace"]  # celery#4875's copy
