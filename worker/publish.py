@@ -13,7 +13,7 @@ fleet queue is a direct queue of its own name), priorities, and Celery's publish
 fleet connects none; OpenTelemetry context travels in the headers the caller passes). With Sentry's
 Celery integration on (SENTRY_DSN), a message gets the trace headers and the `queue.submit.celery`
 span that integration gives what send_task sends, so a run's Sentry trace still goes from the API
-through the workers.
+through the workers. (Imported here, at the top: a prefork child must import nothing of its own.)
 
 Flower and the workers see the same messages as before: a worker cannot tell the two apart.
 """
@@ -28,8 +28,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
+import sentry_sdk
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
+from sentry_sdk.consts import OP
+from sentry_sdk.integrations.celery import CeleryIntegration, _update_celery_task_headers
 
 _BODY_ENCODING = "base64"  # kombu's Redis transport's
 
@@ -111,15 +114,9 @@ def _sentry_submit(name: str, headers: dict[str, Any]) -> Iterator[dict[str, Any
     """`headers`, with what Sentry's Celery integration adds to a message it sees sent (trace
     propagation, the enqueue time), inside its `queue.submit.celery` span; unchanged when that
     integration is off, as it is without SENTRY_DSN."""
-    import sentry_sdk
-    from sentry_sdk.integrations.celery import CeleryIntegration
-
     integration = sentry_sdk.get_client().get_integration(CeleryIntegration)
     if integration is None or not integration.propagate_traces:
         yield headers
         return
-    from sentry_sdk.consts import OP
-    from sentry_sdk.integrations.celery import _update_celery_task_headers
-
     with sentry_sdk.start_span(op=OP.QUEUE_SUBMIT_CELERY, name=name, origin=CeleryIntegration.origin) as span:
         yield _update_celery_task_headers(headers, span, integration.monitor_beat_tasks)
