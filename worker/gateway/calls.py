@@ -65,7 +65,7 @@ from worker.run.spend import ModelCallCost, SpendBudget, attempt_charge, reporte
 from worker.settings import Settings
 from worker.tools import MODEL_TOOL, Tool, ToolFailure, get_tool, validate_args
 from worker.tools.base import ErrorType, error_result, is_retryable
-from worker.units import MICRO
+from worker.units import MICRO, micro_from_usd
 
 log = structlog.get_logger("agentfleet.gateway")
 REPLY_GRACE_S = 1.0  # wait this long past a call's timeout for the tool worker's own answer
@@ -401,7 +401,7 @@ class ToolGateway:
         """Charge an admitted call's declared cost to the run's `max_cost_usd` (once per call), or
         stop the run with `max_cost` before the call is made. A run makes one call at a time, so
         the check before admission still holds when the admitted call is charged."""
-        cost_micro = round(self.settings.tools.costs_usd.get(spec.name, spec.cost_usd) * MICRO)
+        cost_micro = micro_from_usd(self.settings.tools.costs_usd.get(spec.name, spec.cost_usd))
         if cost_micro <= 0:
             return
         if self.spend.charge_tool(call_id, cost_micro, self.max_cost_usd, check_only=check_only) is not None:
@@ -442,7 +442,7 @@ class ToolGateway:
                 local_verdict=local_verdict,
                 tool=tool or spec.name,
                 call_id=call.call_id,
-                cost_micro=round(cost * MICRO),
+                cost_micro=micro_from_usd(cost),
                 max_tool_calls=self.budget.max_tool_calls,
                 call_ttl_s=self.budget.ttl_s,
                 decision_ttl_s=DECISION_TTL_S,

@@ -188,17 +188,12 @@ class Timers:
         return found
 
 
-def end_killed(store: RunStore, runs: list[tuple[str, str]], only_if: str = "parked") -> list[str]:
-    """End the given runs as stopped / killed, each only if it is still parked (or, with
-    `only_if` "queued", still queued): an executing run checks its switches itself. One
+def end_killed(store: RunStore, runs: list[tuple[str, str, str]]) -> list[str]:
+    """End the given (run id, reason, only_if) runs as stopped / killed, each only if it is still
+    parked (only_if "parked") or still queued ("queued"): an executing run checks its switches
+    itself. One pipeline. Each run's end time is Redis's clock as its script runs: what
+    `finished_at` says is when the run really stopped, also for the last of a thousand runs in the
     pipeline. Returns the runs this call ended."""
-    return end_killed_each(store, [(run_id, reason, only_if) for run_id, reason in runs])
-
-
-def end_killed_each(store: RunStore, runs: list[tuple[str, str, str]]) -> list[str]:
-    """`end_killed` for (run id, reason, only_if) triples, in one pipeline. Each run's end time is
-    Redis's clock as its script runs: what `finished_at` says is when the run really stopped,
-    also for the last of a thousand runs in the pipeline."""
     if not runs:
         return []
     pipe = store.r.pipeline(transaction=False)
@@ -255,7 +250,7 @@ class Scheduler:
         # then the parked ones, all in one pipeline.
         runs = [(r, all_reason, "queued") for r in self.timers.queued()] if all_reason is not None else []
         runs += [(r, reason, "parked") for r, reason in self.timers.covered(all_reason, tenants, agents)]
-        ended = end_killed_each(self.store, runs)
+        ended = end_killed(self.store, runs)
         if ended:
             log.warning(
                 "kill-switch hit", parked_runs=len(ended), reason=all_reason or "tenant or agent switch"

@@ -102,7 +102,7 @@ def test_refused_submissions_and_sweeps_that_end_nothing_write_no_event(
     r.delete(KEYS.kill_all())
     new_run(store)
     store.start("r1", "host:1:a")
-    assert end_killed(store, [("r1", "x")]) == []  # executing, not parked: the sweep leaves it
+    assert end_killed(store, [("r1", "x", "parked")]) == []  # executing, not parked: the sweep leaves it
     assert [name for name, _ in events(r)] == ["status", "status"]
 
 

@@ -135,7 +135,7 @@ def test_the_kill_sweep_ends_only_parked_runs_its_switches_cover(
     on = timers.switched_on()
     assert on == (None, {"t1": "incident 7"}, {})
     assert timers.covered(*on) == [("a1", "incident 7")]
-    assert end_killed(store, [("a1", "incident 7"), ("e1", "incident 7")]) == ["a1"]
+    assert end_killed(store, [("a1", "incident 7", "parked"), ("e1", "incident 7", "parked")]) == ["a1"]
     assert ended == ["a1"]
     view = public_view(store.load("a1") or {})
     assert (view["status"], view["stop_reason"], view["error"]) == (
