@@ -89,54 +89,6 @@ class Replier:
         self._reply = r.register_script(REPLY_SCRIPT)
         self._async: dict[int, AsyncScript] = {}  # by id() of the asyncio client it was made for
 
-    def __call__(
-        self,
-        *,
-        reply_key: str,
-        call_key: str,
-        breaker_key: str,
-        stats_key: str,
-        run_key: str,
-        timers_key: str,
-        bell_key: str,
-        run_id: str,
-        envelope: str,
-        reply_ttl_s: int,
-        attempt: int,
-        settle: bool,
-        ok: bool,
-        breaker: BreakerPolicy,
-        final: bool,
-        call_ttl_s: int,
-        stats_field: str,
-        slot: tuple[str, str] | None = None,
-        duration: tuple[str, str, float] | None = None,
-    ) -> tuple[bool, str, str]:
-        """`send` of a Reply of these fields."""
-        return self.send(
-            Reply(
-                reply_key=reply_key,
-                call_key=call_key,
-                breaker_key=breaker_key,
-                stats_key=stats_key,
-                run_key=run_key,
-                timers_key=timers_key,
-                bell_key=bell_key,
-                run_id=run_id,
-                envelope=envelope,
-                reply_ttl_s=reply_ttl_s,
-                attempt=attempt,
-                settle=settle,
-                ok=ok,
-                breaker=breaker,
-                final=final,
-                call_ttl_s=call_ttl_s,
-                stats_field=stats_field,
-                slot=slot,
-                duration=duration,
-            )
-        )
-
     def send(self, reply: Reply) -> tuple[bool, str, str]:
         """Whether the call was settled here, and the breaker's states before and after."""
         keys, args = reply.keys_args()

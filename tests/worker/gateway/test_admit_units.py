@@ -242,7 +242,7 @@ def test_the_tool_worker_settles_a_call_it_ran_so_the_run_needs_one_round_trip()
 
 def test_a_reply_for_a_stale_attempt_is_not_settled_by_the_tool_worker(r: fakeredis.FakeRedis) -> None:
     from worker.gateway.breaker import BreakerPolicy
-    from worker.gateway.reply import Replier
+    from worker.gateway.reply import Replier, Reply
 
     reply = Replier(r)
     r.hset(KEYS.call("c1"), mapping={"state": "started", "attempt": "1"})  # the run is on attempt 1
@@ -263,15 +263,15 @@ def test_a_reply_for_a_stale_attempt_is_not_settled_by_the_tool_worker(r: fakere
         "call_ttl_s": 60,
         "stats_field": "calls|echo|ok",
     }
-    settled, _, _ = reply(reply_key="reply:0", attempt=0, **common)
+    settled, _, _ = reply.send(Reply(reply_key="reply:0", attempt=0, **common))
     assert not settled
     assert r.hget(KEYS.call("c1"), "result") is None and not r.exists(KEYS.breaker("echo"))
     assert json.loads(r.lpop("reply:0") or "{}") == {"settled": False, "envelope": {"ok": True, "result": 0}}
-    settled, _, _ = reply(reply_key="reply:1", attempt=1, **common)
+    settled, _, _ = reply.send(Reply(reply_key="reply:1", attempt=1, **common))
     assert settled and r.hget(KEYS.call("c1"), "result") == common["envelope"]
     assert json.loads(r.lpop("reply:1") or "{}")["settled"] is True
     # a second reply for the same attempt (a redelivery) settles nothing twice
-    settled, _, _ = reply(reply_key="reply:1", attempt=1, **common)
+    settled, _, _ = reply.send(Reply(reply_key="reply:1", attempt=1, **common))
     assert not settled and r.hget(KEYS.stats_tools(), "calls|echo|ok") == "1"
 
 

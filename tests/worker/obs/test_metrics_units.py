@@ -19,7 +19,7 @@ from tests.harness import RedisServer
 from worker.agents import load_plugins
 from worker.control.policy import Policy, PolicyStore
 from worker.gateway.breaker import BreakerPolicy
-from worker.gateway.reply import Replier
+from worker.gateway.reply import Replier, Reply
 from worker.keys import Keys
 from worker.obs import histograms
 from worker.run.spend import SpendBudget
@@ -169,9 +169,9 @@ def reply_args(**extra: Any) -> dict[str, Any]:
 def test_the_tool_workers_reply_records_the_attempts_duration(r: fakeredis.FakeRedis) -> None:
     reply = Replier(r)
     key = KEYS.histogram(histograms.TOOL_CALL)
-    reply(**reply_args(duration=(key, "echo|ok", 0.012)))
-    reply(**reply_args(duration=(key, "echo|timeout", 3.0)))
-    reply(**reply_args())  # an attempt that did not run the tool: no duration
+    reply.send(Reply(**reply_args(duration=(key, "echo|ok", 0.012))))
+    reply.send(Reply(**reply_args(duration=(key, "echo|timeout", 3.0))))
+    reply.send(Reply(**reply_args()))  # an attempt that did not run the tool: no duration
     assert r.llen("reply:0") == 3
     assert r.hgetall(key) == {
         "echo|ok|0.025": "1",

@@ -84,7 +84,7 @@ def test_a_resume_unparks_without_counting_an_attempt_and_a_stale_one_is_dropped
 
 def test_a_reply_makes_its_parked_run_due_and_rings_the_bell(r: fakeredis.FakeRedis, store: RunStore) -> None:
     from worker.gateway.breaker import BreakerPolicy
-    from worker.gateway.reply import Replier
+    from worker.gateway.reply import Replier, Reply
 
     timers = Timers(r, KEYS)
     reply_key = KEYS.call_reply("r1:1:0", 0)
@@ -107,9 +107,9 @@ def test_a_reply_makes_its_parked_run_due_and_rings_the_bell(r: fakeredis.FakeRe
         "call_ttl_s": 60,
         "stats_field": "calls|echo|ok",
     }
-    Replier(r)(reply_key=other, attempt=1, **common)  # not the reply the run waits for
+    Replier(r).send(Reply(reply_key=other, attempt=1, **common))  # not the reply the run waits for
     assert (r.zscore(KEYS.timers(), "r1") or 0) > time.time() and r.llen(KEYS.timers_bell()) == 0
-    Replier(r)(reply_key=reply_key, attempt=0, **common)
+    Replier(r).send(Reply(reply_key=reply_key, attempt=0, **common))
     assert r.zscore(KEYS.timers(), "r1") == 0 and r.lrange(KEYS.timers_bell(), 0, -1) == ["r1"]
 
 
