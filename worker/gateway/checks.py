@@ -19,7 +19,6 @@ over, records its result (a resumed run replays it) and counts it in the tools' 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -332,36 +331,37 @@ class AdmissionRequest:
         """The script's ARGV: one JSON table, read by name (`a.stage`, `a.limits[i].burst`...); the
         second tool switch is read when the keys say so (`CallKeys.second_switch`)."""
         retry, breaker = self.retry, self.breaker
-        table = {
-            "stage": self.stage,
-            "verdict": self.local_verdict,
-            "tool": self.tool,
-            "second_switch": self.keys.second_switch,
-            "call_id": self.call_id,
-            "cost_micro": self.cost_micro,
-            "max_tool_calls": self.max_tool_calls,
-            "call_ttl_s": self.call_ttl_s,
-            "decision_ttl_s": self.decision_ttl_s,
-            "retry": {
-                "ratio": retry.ratio,
-                "min_retries": retry.min_retries,
-                "window_ms": int(retry.window_s * 1000),
-            },
-            "breaker": {
-                "cooldown_ms": int(breaker.cooldown_s * 1000),
-                "probe_ms": int(breaker.probe_timeout_s * 1000),
-            },
-            "remaining_ms": max(0.0, self.remaining_s) * 1000.0,
-            "attempt": self.attempt,
-            "wait_stat": self.wait_stat,
-            "kind": self.kind,
-            "approval": self.approval,
-            "limits": [
-                {"interval_ms": limit.rate.interval_ms, "burst": limit.rate.burst, "cost": max(1, limit.cost)}
-                for limit in self.limits
-            ],
-        }
-        return [json.dumps(table, separators=(",", ":"))]
+        return [
+            lua.named(
+                stage=self.stage,
+                verdict=self.local_verdict,
+                tool=self.tool,
+                second_switch=self.keys.second_switch,
+                call_id=self.call_id,
+                cost_micro=self.cost_micro,
+                max_tool_calls=self.max_tool_calls,
+                call_ttl_s=self.call_ttl_s,
+                decision_ttl_s=self.decision_ttl_s,
+                retry={
+                    "ratio": retry.ratio,
+                    "min_retries": retry.min_retries,
+                    "window_ms": int(retry.window_s * 1000),
+                },
+                breaker={
+                    "cooldown_ms": int(breaker.cooldown_s * 1000),
+                    "probe_ms": int(breaker.probe_timeout_s * 1000),
+                },
+                remaining_ms=max(0.0, self.remaining_s) * 1000.0,
+                attempt=self.attempt,
+                wait_stat=self.wait_stat,
+                kind=self.kind,
+                approval=self.approval,
+                limits=[
+                    {"interval_ms": lim.rate.interval_ms, "burst": lim.rate.burst, "cost": max(1, lim.cost)}
+                    for lim in self.limits
+                ],
+            )
+        ]
 
 
 class Admitter:
