@@ -35,6 +35,10 @@ class InlineDispatcher:
         self.r, self.settings, self.replies = r, settings, replies
         self.sent: list[tuple[str, int, str]] = []
 
+    def outgoing(self, **attempt: Any) -> None:
+        """None: each attempt is sent with `send`, which runs it here."""
+        return None
+
     def send(
         self,
         *,

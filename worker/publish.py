@@ -25,6 +25,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -107,6 +108,21 @@ class Publisher:
         with _sentry_submit(name, options.get("headers") or {}) as headers:
             options["headers"] = headers
             self.r.lpush(queue, self.message(name, args, queue, **options))
+
+    def outgoing(self, name: str, args: list[Any], queue: str, **options: Any) -> Outgoing:
+        """The task as `send` would push it, for a Lua script to LPUSH in its own round trip
+        (the gateway's admission sends an admitted tool call this way)."""
+        with _sentry_submit(name, options.get("headers") or {}) as headers:
+            options["headers"] = headers
+            return Outgoing(queue, self.message(name, args, queue, **options))
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A task message and the queue (the Redis list) it goes on."""
+
+    queue: str
+    message: str
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from worker.history.archiver import Archiver
 from worker.history.db import HistoryDB
 from worker.keys import AGENT_QUEUE, ARCHIVE_QUEUE, WEBHOOK_QUEUE, Keys, tool_queue
 from worker.obs.tracing import TRACEPARENT, trace_headers
-from worker.publish import Publisher
+from worker.publish import Outgoing, Publisher
 from worker.redis_conn import async_redis_for, get_redis, redis_for
 from worker.run.ended import end_recorder
 from worker.run.keeper import RunKeeper
@@ -80,29 +80,55 @@ class CeleryDispatcher:
     ) -> None:
         try:
             self.publisher.send(
-                TOOL_TASK,
-                [call_id, attempt, tool, args, timeout_s],
-                tool_queue(tool),
-                # Celery's logs, events and Flower show this instead of the arguments (may hold PII).
-                argsrepr=f"({call_id!r}, {attempt}, {tool!r}, <args>, {timeout_s})",
-                # sent_at: the queue's oldest-message age (/metrics); the run's trace id, for the
-                # tool worker's log line; its tenant and agent, to name the run's switches
-                # and, with traces on, the step's span context (worker/obs/tracing.py)
-                headers={
-                    "sent_at": time.time(),
-                    "trace_id": _trace_id(),
-                    "owner": list(owner),
-                    **trace_headers(),
-                },
-                # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S)
-                # is dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ by host.
-                # The reply comes through its own list, never the result backend (ignore_result).
-                expires_s=timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
+                *_tool_task(call_id, attempt, tool, args, timeout_s),
+                **_tool_options(call_id, attempt, tool, timeout_s, owner),
             )
         except (redis.RedisError, OSError) as exc:
             # The broker is unreachable: the run is not at fault. Like any Redis error in the
             # loop, this ends the execution; the lease expires and the run resumes elsewhere.
             raise BrokerUnavailable(f"could not send the tool call: {type(exc).__name__}") from exc
+
+    def outgoing(
+        self,
+        *,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: dict[str, Any],
+        timeout_s: float,
+        owner: tuple[str, str],
+    ) -> Outgoing:
+        """The message `send` would push, for the admission script to push when it admits the
+        attempt: admitted and sent in one round trip."""
+        return self.publisher.outgoing(
+            *_tool_task(call_id, attempt, tool, args, timeout_s),
+            **_tool_options(call_id, attempt, tool, timeout_s, owner),
+        )
+
+
+def _tool_task(
+    call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float
+) -> tuple[str, list[Any], str]:
+    """A tool-call attempt's task name, arguments and queue."""
+    return TOOL_TASK, [call_id, attempt, tool, args, timeout_s], tool_queue(tool)
+
+
+def _tool_options(
+    call_id: str, attempt: int, tool: str, timeout_s: float, owner: tuple[str, str]
+) -> dict[str, Any]:
+    """The message options of a tool-call attempt (Publisher.message's keywords)."""
+    return {
+        # Celery's logs, events and Flower show this instead of the arguments (may hold PII).
+        "argsrepr": f"({call_id!r}, {attempt}, {tool!r}, <args>, {timeout_s})",
+        # sent_at: the queue's oldest-message age (/metrics); the run's trace id, for the tool
+        # worker's log line; its tenant and agent, to name the run's switches and, with traces
+        # on, the step's span context (worker/obs/tracing.py)
+        "headers": {"sent_at": time.time(), "trace_id": _trace_id(), "owner": list(owner), **trace_headers()},
+        # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S) is
+        # dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ by host. The reply
+        # comes through its own list, never the result backend (ignore_result).
+        "expires_s": timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
+    }
 
 
 @lru_cache(maxsize=1)

@@ -35,7 +35,18 @@ def _pushed(server: RedisServer, queue: str) -> dict[str, Any]:
     return message
 
 
-def test_the_publishers_message_is_the_one_send_task_pushes(server: RedisServer) -> None:
+def _publish(how: str, server: RedisServer, publisher: Publisher, *args: Any, **options: Any) -> None:
+    """`send`, or `outgoing` pushed as a Lua script pushes it (the gateway's admission)."""
+    if how == "send":
+        publisher.send(*args, **options)
+        return
+    out = publisher.outgoing(*args, **options)
+    assert out.queue == args[2]
+    server.client().eval("redis.call('LPUSH', KEYS[1], ARGV[1])", 1, out.queue, out.message)
+
+
+@pytest.mark.parametrize("how", ["send", "outgoing"])
+def test_the_publishers_message_is_the_one_send_task_pushes(server: RedisServer, how: str) -> None:
     app = make_app(Settings(redis_url=server.url))
     args = ["r1:1:0", 0, "echo", {"n": 1, "text": "é"}, 3.0]
     headers = {"sent_at": 1.5, "trace_id": "t", "owner": ["t1", "scripted"]}
@@ -49,8 +60,17 @@ def test_the_publishers_message_is_the_one_send_task_pushes(server: RedisServer)
         expires=9.0,
     )
     by_celery = _pushed(server, "tools.echo")
-    Publisher(app, make_redis(server.url)).send(
-        "fleet.tool_call", args, "tools.echo", argsrepr="(<args>)", headers=headers, expires_s=9.0
+    publisher = Publisher(app, make_redis(server.url))
+    _publish(
+        how,
+        server,
+        publisher,
+        "fleet.tool_call",
+        args,
+        "tools.echo",
+        argsrepr="(<args>)",
+        headers=headers,
+        expires_s=9.0,
     )
     ours = _pushed(server, "tools.echo")
 
@@ -83,8 +103,9 @@ def test_a_run_message_carries_its_time_limits(server: RedisServer) -> None:
     assert "expiration" not in message["properties"]
 
 
+@pytest.mark.parametrize("how", ["send", "outgoing"])
 def test_with_sentrys_celery_integration_on_a_message_carries_the_trace_headers(
-    server: RedisServer,
+    server: RedisServer, how: str
 ) -> None:
     """As send_task does under Sentry's Celery integration: the worker continues the sender's
     trace from the message's `sentry-trace` header (a run's trace from the API through the workers)."""
@@ -99,7 +120,7 @@ def test_with_sentrys_celery_integration_on_a_message_carries_the_trace_headers(
     )
     try:
         with sentry_sdk.start_transaction(name="POST /v1/runs") as transaction:
-            Publisher(app, make_redis(server.url)).send("fleet.run_agent", ["r1"], "agents")
+            _publish(how, server, Publisher(app, make_redis(server.url)), "fleet.run_agent", ["r1"], "agents")
             trace_id = transaction.trace_id
     finally:
         sentry_sdk.get_client().close(timeout=0)

@@ -18,8 +18,10 @@
 
 Every call leaves a decision (allowed or denied, why, what is left of the quotas) for the step log.
 
-Steps 1-6 (and the per-attempt checks of 6) run in one Lua script, worker/gateway/checks.py, so a call
-costs one round trip before its subtask is sent. After the attempt the tool worker, in the script
+Steps 1-6 (and the per-attempt checks of 6) run in one Lua script, worker/gateway/checks.py, which
+also pushes the admitted attempt's message (`Dispatcher.outgoing`), so a call is admitted and sent
+in one round trip; a model attempt, and a first attempt whose declared cost is charged after
+admission, are sent apart (`Dispatcher.send`). After the attempt the tool worker, in the script
 that pushes the reply, reports the outcome to the breaker and records the final result; the run's
 side does that bookkeeping only when the tool did not run or did not answer.
 
@@ -59,6 +61,7 @@ from worker.keys import Keys, tool_queue
 from worker.obs import histograms
 from worker.obs.logs import cap_bytes, sampled
 from worker.obs.redact import redact
+from worker.publish import Outgoing
 from worker.run.budget import ToolCallBudget
 from worker.run.guard import SLICE_S, BudgetExceeded, LeaseLost, Park, RunGuard
 from worker.run.spend import ModelCallCost, SpendBudget, attempt_charge, reported_usage
@@ -92,6 +95,20 @@ class Dispatcher(Protocol):
     ) -> None:
         """`owner`: the run's tenant and agent, so the tool worker names the run's switches
         without reading the run first."""
+        ...
+
+    def outgoing(
+        self,
+        *,
+        call_id: str,
+        attempt: int,
+        tool: str,
+        args: dict[str, Any],
+        timeout_s: float,
+        owner: tuple[str, str],
+    ) -> Outgoing | None:
+        """The attempt as a task message that the admission script pushes itself when it admits
+        the attempt (admitted and sent in one round trip); None: `send` sends it after admission."""
         ...
 
 
@@ -434,7 +451,20 @@ class ToolGateway:
     ) -> Answer:
         tools = self.settings.tools
         spec = call.spec
-        cost = tools.costs_usd.get(spec.name, spec.cost_usd) if call.cost is None else 0.0
+        cost_micro = micro_from_usd(tools.costs_usd.get(spec.name, spec.cost_usd)) if call.cost is None else 0
+        send = None
+        # A tool's attempt goes out with its admission, unless something happens in between: a
+        # model attempt's reservation, or the charge of a first attempt's declared cost.
+        first_charge = stage == "admit" and cost_micro > 0
+        if call.cost is None and not local_verdict and spec is not _UNKNOWN and not first_charge:
+            send = self.dispatcher.outgoing(
+                call_id=call.call_id,
+                attempt=attempt,
+                tool=spec.name,
+                args=call.args,
+                timeout_s=call.timeout_s,
+                owner=(self.tenant, self.agent),
+            )
         return self.controls.admitter(
             AdmissionRequest(
                 stage,
@@ -442,7 +472,7 @@ class ToolGateway:
                 local_verdict=local_verdict,
                 tool=tool or spec.name,
                 call_id=call.call_id,
-                cost_micro=micro_from_usd(cost),
+                cost_micro=cost_micro,
                 max_tool_calls=self.budget.max_tool_calls,
                 call_ttl_s=self.budget.ttl_s,
                 decision_ttl_s=DECISION_TTL_S,
@@ -454,6 +484,7 @@ class ToolGateway:
                 limits=call.limits,
                 kind="model" if call.cost is not None else "tool",
                 approval=spec.name in self.settings.tools.approval.required,
+                send=send,
             )
         )
 
@@ -506,7 +537,10 @@ class ToolGateway:
                     if not quota.allowed:
                         denied = error_result("denied", quota.reason)
                         return CallOutcome(self._record(call, denied), decided)
-                give_up_ts = self._send(call.call_id, attempt, spec.name, call.args, call.timeout_s)
+                if answer.sent:  # the admission script pushed it
+                    give_up_ts = time.time() + call.timeout_s + REPLY_GRACE_S
+                else:
+                    give_up_ts = self._send(call.call_id, attempt, spec.name, call.args, call.timeout_s)
             wait = {"decision": decided, "at": "reply", "attempt": attempt, "give_up_ts": give_up_ts}
             if resume is not None and resume.get("resumed"):
                 wait["resumed"] = True  # the reply's ring woke the run: no stay to learn from

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -32,12 +32,18 @@ from worker.gateway.ratelimit import Rate
 from worker.gateway.retrybudget import RetryPolicy
 from worker.units import MICRO
 
+if TYPE_CHECKING:
+    from worker.publish import Outgoing
+
 # KEYS: 1-3 the run's switches (all, tenant, agent), 4 the run's cancel flag, 5-6 the tool's
 # switches (killswitch.tool_switch_keys: the tool's, then `writes` or `llm:<model>`; 6 is read only
 # when `second_switch`), 7 the agent's policy, 8-10 its quota keys (actions, today's spend, the
 # call's decision), 11 the run's hash, 12 the call's hash, 13 the tool's retry budget, 14 its
-# breaker, 15 the tools' stats hash, 16.. one rate-limit key per limit (`a.limits`, in order).
-# ARGV[1]: the request as a JSON table (AdmissionRequest.script_args), read as `a`.
+# breaker, 15 the tools' stats hash, 16.. one rate-limit key per limit (`a.limits`, in order), then,
+# when `a.send`, the attempt's queue.
+# ARGV[1]: the request as a JSON table (AdmissionRequest.script_args), read as `a`; ARGV[2], when
+# `a.send`: the attempt's task message, which go.lua pushes on that queue (admitted and sent in one
+# round trip).
 # Returns {verdict, quota decision ('' without quota), max actions, max spend micro, used, d1, d2,
 # the approval's decision (JSON) when the call needed one and it was approved, else ''}.
 _PRELUDE = lua.load("worker/gateway/admit/prelude.lua")
@@ -238,6 +244,7 @@ class Answer:
     detail: str
     detail2: str
     approval: str = ""  # the human's decision (JSON) on a call that needed approval and got it
+    sent: bool = False  # `go` with the request's `send`: the script pushed the attempt's message
 
     @property
     def reason(self) -> str:
@@ -308,6 +315,7 @@ class AdmissionRequest:
     limits: list[LimitSlot]
     kind: str = "tool"  # or `model`: no allowlist, policy, quota or tool-call budget at admission
     approval: bool = False  # the fleet's config makes the tool need a human's approval
+    send: Outgoing | None = None  # the attempt's message, pushed by the script if it answers `go`
 
     def script_keys(self) -> list[str]:
         """The script's KEYS, in the order the script's header gives."""
@@ -325,6 +333,7 @@ class AdmissionRequest:
             keys.breaker,
             keys.stats,
             *(limit.key for limit in self.limits),
+            *((self.send.queue,) if self.send is not None else ()),
         ]
 
     def script_args(self) -> list[Any]:
@@ -360,7 +369,9 @@ class AdmissionRequest:
                     {"interval_ms": lim.rate.interval_ms, "burst": lim.rate.burst, "cost": max(1, lim.cost)}
                     for lim in self.limits
                 ],
-            )
+                send=self.send is not None,
+            ),
+            *((self.send.message,) if self.send is not None else ()),
         ]
 
 
@@ -375,8 +386,9 @@ class Admitter:
         """Run the script for `request`, in one round trip."""
         script_keys, args = request.script_keys(), request.script_args()
         verdict, quota, max_a, max_s, used, d1, d2, approved = self._script(keys=script_keys, args=args)
+        parsed = Verdict(str(verdict))
         return Answer(
-            verdict=Verdict(str(verdict)),
+            verdict=parsed,
             quota=str(quota),
             max_actions=None if int(max_a) < 0 else int(max_a),
             max_spend_usd=None if int(max_s) < 0 else int(max_s) / MICRO,
@@ -384,6 +396,7 @@ class Admitter:
             detail=str(d1),
             detail2=str(d2),
             approval=str(approved),
+            sent=parsed is Verdict.GO and request.send is not None,
         )
 
     def settle(

@@ -211,6 +211,10 @@ class ToolWorkerDispatcher:
         self.executor = ToolExecutor(r, KEYS, settings)
         self.sent: list[tuple[str, int, str]] = []
 
+    def outgoing(self, **attempt: Any) -> None:
+        """None: each attempt is sent with `send`, which runs it here."""
+        return None
+
     def send(
         self,
         *,
@@ -475,6 +479,7 @@ def test_an_admission_request_sends_the_scripts_keys_and_argv_in_their_documente
             {"interval_ms": 100.0, "burst": 1, "cost": 1},
             {"interval_ms": 600.0, "burst": 1, "cost": 1},
         ],
+        "send": False,
     }
 
 
@@ -497,3 +502,58 @@ def test_every_verdict_the_admission_script_can_answer_is_a_verdict() -> None:
 
     answered = set(re.findall(r"answer\('([a-z_]+)'", SCRIPT))
     assert answered == {v.value for v in Verdict}
+
+
+class QueueingDispatcher(InlineDispatcher):
+    """Gives the admission script each attempt's message (`outgoing`), as the fleet's dispatcher
+    does, and answers it as a tool worker would the moment it is built; `send` stays the way out
+    when admission may not push the message itself."""
+
+    def __init__(self, r: fakeredis.FakeRedis, settings: Settings) -> None:
+        super().__init__(r, settings)
+        self.built: list[str] = []
+
+    def outgoing(self, **attempt: Any) -> Any:
+        from worker.publish import Outgoing
+
+        message = json.dumps({"call_id": attempt["call_id"], "attempt": attempt["attempt"]})
+        self.built.append(message)
+        reply = {"ok": True, "result": attempt["args"]}  # echo's
+        self.r.rpush(KEYS.call_reply(attempt["call_id"], attempt["attempt"]), json.dumps(reply))
+        return Outgoing(f"tools.{attempt['tool']}", message)
+
+
+def test_an_admitted_attempt_is_pushed_by_the_admission_script_in_the_same_round_trip() -> None:
+    r = CountingRedis(decode_responses=True)
+    settings = Settings(tools={"allowlist": ["echo"]})
+    dispatcher = QueueingDispatcher(r, settings)
+    gw = gateway(r, RunStore(r, KEYS), settings, dispatcher)
+    gw.call("r1:1:0", "echo", {"a": 0})  # registers the scripts once
+    r.round_trips = 0
+    assert gw.call("r1:2:0", "echo", {"a": 1}).result == {"ok": True, "result": {"a": 1}}
+    # the admission script (which pushed it) and the settle script; the reply's RPUSH (made as
+    # the message was built) and the BLPOP stand for the tool worker
+    assert r.round_trips - 2 == 2
+    assert dispatcher.sent == []  # never sent apart from its admission
+    assert r.lrange("tools.echo", 0, -1) == list(reversed(dispatcher.built))  # LPUSH, as kombu's
+
+
+def test_a_refused_attempt_pushes_nothing(r: fakeredis.FakeRedis, store: RunStore) -> None:
+    settings = Settings(tools={"allowlist": ["echo"]})
+    dispatcher = QueueingDispatcher(r, settings)
+    gw = gateway(r, store, settings, dispatcher)
+    r.set(KEYS.kill_tool("echo"), "echo is down")
+    assert gw.call("r1:1:0", "echo", {}).result["error"]["type"] == "killed"
+    assert r.llen("tools.echo") == 0 and dispatcher.sent == []
+
+
+def test_a_tool_with_a_declared_cost_is_charged_before_its_first_attempt_is_sent(
+    r: fakeredis.FakeRedis, store: RunStore
+) -> None:
+    """The charge comes between admission and the send, so that attempt is sent on its own."""
+    settings = Settings(tools={"allowlist": ["echo"], "costs_usd": {"echo": 0.01}})
+    dispatcher = QueueingDispatcher(r, settings)
+    gw = gateway(r, store, settings, dispatcher)
+    assert gw.call("r1:1:0", "echo", {"a": 1}).result == {"ok": True, "result": {"a": 1}}
+    assert dispatcher.sent == [("r1:1:0", 0, "echo")] and dispatcher.built == []
+    assert r.llen("tools.echo") == 0

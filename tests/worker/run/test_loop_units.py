@@ -38,6 +38,10 @@ class ReplyingDispatcher:
         self.after_call = after_call
         self.sent: list[tuple[str, int, str, dict[str, Any]]] = []
 
+    def outgoing(self, **attempt: Any) -> None:
+        """None: each attempt is sent with `send`, which runs it here."""
+        return None
+
     def send(
         self,
         *,
