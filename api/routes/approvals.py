@@ -14,7 +14,7 @@ from api.deps import State, Tenant
 from api.errors import ApiError, FleetJSONResponse
 from api.routes.runs import _ERRORS, _RUN_ID_RE, _not_found
 from api.schemas import RunOut
-from worker.control.approvals import COMMENT_MAX, DecisionRefused
+from worker.control.approvals import COMMENT_MAX, DecideAnswer, DecisionRefused
 from worker.obs.redact import redact_text
 from worker.run.store import public_view
 
@@ -67,7 +67,7 @@ def decide(run_id: str, call_id: str, body: DecisionIn, state: State, tenant: Te
 
 def _same_decision(refused: DecisionRefused, decision: str, tenant: str, comment: str | None) -> bool:
     """Whether the decision that stands is this one, taken by this tenant with this comment."""
-    if refused.reason != "decided":
+    if refused.reason is not DecideAnswer.DECIDED:
         return False
     try:
         taken = json.loads(refused.detail)
@@ -81,12 +81,12 @@ def _same_decision(refused: DecisionRefused, decision: str, tenant: str, comment
 
 
 def _refusal(run_id: str, call_id: str, refused: DecisionRefused) -> ApiError:
-    if refused.reason == "missing":
+    if refused.reason is DecideAnswer.MISSING:
         return _not_found(run_id)
     shown = call_id if len(call_id) <= 80 and call_id.isprintable() else "with that id"
-    if refused.reason == "unknown":
+    if refused.reason is DecideAnswer.UNKNOWN:
         return ApiError(404, "not_found", f"run {run_id} has no call {shown} waiting for approval")
-    if refused.reason == "ended":
+    if refused.reason is DecideAnswer.ENDED:
         message = f"run {run_id} has ended ({refused.detail}); call {shown} was not decided"
         return ApiError(409, "conflict", message)
     return ApiError(409, "conflict", f"call {shown} has been decided already")

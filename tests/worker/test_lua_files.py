@@ -123,3 +123,26 @@ def test_observe_lua_counts_in_the_buckets_of_histograms_py() -> None:
     assert bounds and les
     assert tuple(float(b) for b in bounds.group(1).split(", ")) == histograms.BUCKETS_S
     assert tuple(le.strip("'") for le in les.group(1).split(", ")) == histograms.LES[:-1]
+
+
+# The operator's controls, webhooks and history take their arguments as one named table (the
+# webhook's freeze.lua takes none: its one argument is the body, ARGV[2], not escaped twice).
+NAMED = [
+    "worker/control/approval_request.lua",
+    "worker/control/approval_decide.lua",
+    "worker/control/rollout_record.lua",
+    "worker/control/policy_reserve.lua",
+    "worker/control/policy_adjust.lua",
+    "worker/webhooks/settle.lua",
+    "worker/webhooks/claim.lua",
+    "worker/history/settle.lua",
+    "worker/history/retry.lua",
+    "worker/history/claim.lua",
+]
+
+
+@pytest.mark.parametrize("path", NAMED)
+def test_these_scripts_read_their_arguments_by_name(path: str) -> None:
+    text = _lua_files()[path].read_text()
+    assert "local a = cjson.decode(ARGV[1])" in text
+    assert re.findall(r"ARGV\[[^\]]*\]", text) == ["ARGV[1]"], "an argument read by position"

@@ -33,6 +33,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -46,21 +47,41 @@ APPROVE, DENY, EXPIRED = "approve", "deny", "expired"
 COMMENT_MAX = 2000
 
 # KEYS: the run, its tenant's pending approvals, the deadlines zset, the run's events and their
-# channel, then a webhook delivery's hash, due and born zsets (worker/webhooks/outbox.py). ARGV:
-# the call id, the request (JSON), now (s), the run id, the reaper deadline while it waits (s),
-# the events' cap, the run's ttl (s), the delivery's id, the tenant, the request as the event and
-# the webhook show it (JSON).
-# Returns the call's pending request (this one, or the one asked before for the same call), or
-# {'decided', decision} if the call was decided already, or {'ended', status}.
+# channel, then a webhook delivery's hash, due and born zsets (worker/webhooks/outbox.py).
+# ARGV[1]: the named arguments, read as `a`: call_id, request (the request as the run's hash keeps
+# it, JSON), since (unix s, as text: written as it is), run_id, reaper_deadline (the reaper's
+# deadline while it waits, unix s, as text), events_max (the events' cap), run_ttl_s,
+# delivery_id, tenant, shown (the request as the event and the webhook show it, JSON).
+# Returns a RequestAnswer and its detail: {'pending', the call's request (this one, or the one
+# asked before for the same call)}, {'decided', the decision} or {'ended', the run's status}.
 _REQUEST = lua.load("worker/control/approval_request.lua")
 
 # KEYS: the run, its tenant's pending approvals, the call's decided list, the timers zset, the
-# schedulers' bell, the run's events and their channel. ARGV: the call id, the decision (JSON),
-# now (s), the run id, the tenant who decides ('' for the run itself: an expiry), the events'
-# cap, the run's ttl (s).
-# Returns {'ok', decision}, {'decided', the decision taken before}, {'missing'} (no such run for
-# this tenant), {'unknown'} (no such call waits for approval) or {'ended', status}.
+# schedulers' bell, the run's events and their channel. ARGV[1]: the named arguments, read as
+# `a`: call_id, decision (JSON), now (unix s), run_id, tenant (who decides; '' for the run itself:
+# an expiry), events_max (the events' cap), run_ttl_s.
+# Returns a DecideAnswer: {'ok', decision}, {'decided', the decision taken before}, {'missing'}
+# (no such run for this tenant), {'unknown'} (no such call waits for approval) or
+# {'ended', status}.
 _DECIDE = lua.load("worker/control/approval_decide.lua")
+
+
+class RequestAnswer(StrEnum):
+    """What the request script found when asked for a call's approval."""
+
+    PENDING = "pending"  # the call waits: the request as recorded (the first for this call)
+    DECIDED = "decided"  # the call was decided already: the decision (JSON)
+    ENDED = "ended"  # the run no longer runs: its status
+
+
+class DecideAnswer(StrEnum):
+    """What the decide script did with a decision."""
+
+    OK = "ok"  # taken: the decision (JSON)
+    DECIDED = "decided"  # the call was decided before: that decision (JSON)
+    MISSING = "missing"  # no such run for the tenant
+    UNKNOWN = "unknown"  # the run's call waits for no approval
+    ENDED = "ended"  # the run ended undecided: its status
 
 
 class DecisionRefused(Exception):
@@ -68,7 +89,7 @@ class DecisionRefused(Exception):
     `unknown` (the call waits for no approval), `decided` (`detail`: the decision taken before)
     or `ended` (`detail`: the run's status)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: DecideAnswer, detail: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.detail = detail
@@ -130,7 +151,7 @@ class Approvals:
 
     def request(
         self, run_id: str, tenant: str, pending: Pending, reaper_deadline_ts: float
-    ) -> tuple[str, str]:
+    ) -> tuple[RequestAnswer, str]:
         """Ask for the call's approval, once: returns (`pending`, the request as recorded: the
         first one for this call), (`decided`, the decision JSON) or (`ended`, the run's status).
         The first ask also writes the `approval_requested` event, and a webhook delivery when the
@@ -149,19 +170,21 @@ class Approvals:
                 keys.webhooks_born(),
             ],
             args=[
-                pending.call_id,
-                pending.to_json(),
-                repr(pending.since),
-                run_id,
-                f"{reaper_deadline_ts:.6f}",
-                EVENTS_MAX,
-                self.run_ttl_s,
-                delivery_id,
-                tenant,
-                json.dumps(pending.public()),
+                lua.named(
+                    call_id=pending.call_id,
+                    request=pending.to_json(),
+                    since=repr(pending.since),
+                    run_id=run_id,
+                    reaper_deadline=f"{reaper_deadline_ts:.6f}",
+                    events_max=EVENTS_MAX,
+                    run_ttl_s=self.run_ttl_s,
+                    delivery_id=delivery_id,
+                    tenant=tenant,
+                    shown=json.dumps(pending.public()),
+                )
             ],
         )
-        return str(outcome), str(detail)
+        return RequestAnswer(str(outcome)), str(detail)
 
     def decide(
         self,
@@ -188,10 +211,21 @@ class Approvals:
                 keys.run_events(run_id),
                 keys.run_events_channel(run_id),
             ],
-            args=[call_id, json.dumps(data), repr(now), run_id, tenant, EVENTS_MAX, self.run_ttl_s],
+            args=[
+                lua.named(
+                    call_id=call_id,
+                    decision=json.dumps(data),
+                    now=now,
+                    run_id=run_id,
+                    tenant=tenant,
+                    events_max=EVENTS_MAX,
+                    run_ttl_s=self.run_ttl_s,
+                )
+            ],
         )
-        if outcome != "ok":
-            raise DecisionRefused(str(outcome), str(rest[0]) if rest else "")
+        answer = DecideAnswer(str(outcome))
+        if answer is not DecideAnswer.OK:
+            raise DecisionRefused(answer, str(rest[0]) if rest else "")
         return dict(json.loads(rest[0]))
 
     def expire(self, run_id: str, call_id: str) -> dict[str, Any]:
@@ -200,7 +234,7 @@ class Approvals:
         try:
             return self.decide(run_id, call_id, EXPIRED, tenant="")
         except DecisionRefused as refused:
-            if refused.reason == "decided":
+            if refused.reason is DecideAnswer.DECIDED:
                 return dict(json.loads(refused.detail))
             raise
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Annotated, Any
 
 import redis
@@ -42,9 +43,24 @@ LUA_RESERVE = lua.load("worker/control/quota_reserve.lua")
 # (the admission script, when the run's tool-call budget refuses the call after its quota).
 LUA_REFUND = lua.load("worker/control/quota_refund.lua")
 
+# KEYS: the call's quota keys (PolicyStore.quota_keys: actions, the day's spend, the call's
+# decision), then the key of the day it was charged to. ARGV[1]: the named arguments, read as `a`:
+# call_id, max_actions and max_spend_micro (-1: no limit), cost_micro, ttl_s (the decision's and
+# the day's), day (UTC YYYYMMDD, written as it is). Returns quota_reserve's 'verdict|actions|spent'
+# (its verdict a QuotaVerdict).
 _RESERVE = lua.load("worker/control/policy_reserve.lua")
 
+# KEYS: the call's quota keys, of the day it was charged to. ARGV[1]: the named arguments, read as
+# `a`: delta_micro. Corrects an allowed reservation's spend once; returns 1 if it did, else 0.
 _ADJUST = lua.load("worker/control/policy_adjust.lua")
+
+
+class QuotaVerdict(StrEnum):
+    """A quota reservation's verdict: the first part of quota_reserve's 'verdict|actions|spent'."""
+
+    ALLOWED = "allowed"
+    MAX_ACTIONS_PER_HOUR = "max_actions_per_hour"  # the hour's actions are spent
+    MAX_SPEND_USD_PER_DAY = "max_spend_usd_per_day"  # the call's cost would pass the day's spend
 
 
 class Policy(BaseModel):
@@ -79,16 +95,18 @@ class Decision:
 
 
 def decision(agent: str, max_actions: int | None, max_spend_usd: float | None, raw: str) -> Decision:
-    """The Decision of a reservation's `verdict|actions|spent` answer, with what is left."""
-    verdict, actions, spent = raw.split("|")
+    """The Decision of a reservation's `verdict|actions|spent` answer, with what is left; an
+    unknown verdict raises ValueError."""
+    text, actions, spent = raw.split("|")
+    verdict = QuotaVerdict(text)
     remaining: dict[str, Any] = {}
     if max_actions is not None:
         remaining["actions_this_hour"] = max(0, max_actions - int(actions))
     if max_spend_usd is not None:
         remaining["spend_usd_today"] = round(max(0.0, max_spend_usd - int(spent) / MICRO), 6)
-    if verdict == "allowed":
+    if verdict is QuotaVerdict.ALLOWED:
         return Decision("allowed", "within quota", remaining)
-    limit = max_actions if verdict == "max_actions_per_hour" else max_spend_usd
+    limit = max_actions if verdict is QuotaVerdict.MAX_ACTIONS_PER_HOUR else max_spend_usd
     return Decision("denied", f"{verdict}={limit} reached for agent {agent!r}", remaining)
 
 
@@ -142,7 +160,16 @@ class PolicyStore:
         day = time.strftime("%Y%m%d", time.gmtime())
         raw = self._reserve(
             keys=[*self.quota_keys(agent, call_id, day), self.keys.quota_call_day(call_id)],
-            args=[call_id, max_actions, max_spend, micro_from_usd(cost_usd), DECISION_TTL_S, day],
+            args=[
+                lua.named(
+                    call_id=call_id,
+                    max_actions=max_actions,
+                    max_spend_micro=max_spend,
+                    cost_micro=micro_from_usd(cost_usd),
+                    ttl_s=DECISION_TTL_S,
+                    day=day,
+                )
+            ],
         )
         return decision(agent, policy.max_actions_per_hour, policy.max_spend_usd_per_day, str(raw))
 
@@ -153,4 +180,4 @@ class PolicyStore:
         day = self.r.get(self.keys.quota_call_day(call_id))
         day_text = day.decode() if isinstance(day, bytes) else day
         keys = self.quota_keys(agent, call_id, day_text)
-        return bool(self._adjust(keys=keys, args=[micro_from_usd(delta_usd)]))
+        return bool(self._adjust(keys=keys, args=[lua.named(delta_micro=micro_from_usd(delta_usd))]))

@@ -31,7 +31,9 @@ BUCKET_S = 60
 
 # KEYS[1] = window hash of (agent, version), KEYS[2] = rollout hash of the agent
 # KEYS[3] = the fleet's per-version counters (for /metrics)
-# ARGV: outcome ('error' | 'ok' | 'stopped'), version, window_s, min_runs, max_error_rate, now_s, agent
+# ARGV[1]: the named arguments, read as `a`: outcome ('error' | 'ok' | 'stopped'), version,
+# window_s, min_runs, max_error_rate (as text: the rollback's reason quotes it as Python wrote
+# it), now_s (whole seconds), agent. Returns 1 when this end rolled the canary back, else 0.
 _RECORD = lua.load("worker/control/rollout_record.lua")
 
 
@@ -126,13 +128,15 @@ class Rollouts:
                 self.keys.stats_versions(),
             ],
             args=[
-                outcome,
-                version,
-                rollout.window_s,
-                rollout.min_runs,
-                rollout.rollback_on_error_rate,
-                int(now_s),
-                agent,
+                lua.named(
+                    outcome=outcome,
+                    version=version,
+                    window_s=rollout.window_s,
+                    min_runs=rollout.min_runs,
+                    max_error_rate=repr(rollout.rollback_on_error_rate),
+                    now_s=int(now_s),
+                    agent=agent,
+                )
             ],
         )
         return bool(rolled)

@@ -51,7 +51,7 @@ from pydantic import BaseModel
 
 from worker.agents.llmconfig import llm_config
 from worker.control import killswitch
-from worker.control.approvals import APPROVE, Approvals, Pending, denial_message
+from worker.control.approvals import APPROVE, Approvals, Pending, RequestAnswer, denial_message
 from worker.control.policy import DECISION_TTL_S, NO_QUOTA, Decision, PolicyStore, decision
 from worker.gateway.breaker import BreakerPolicy
 from worker.gateway.checks import AdmissionRequest, Admitter, Answer, CallKeys, LimitSlot, Verdict
@@ -396,9 +396,9 @@ class ToolGateway:
         # the reaper's deadline while the clock is stopped: the approval's expiry + what is left
         reaper_deadline = asked.expires_ts + max(0.0, self.guard.remaining_s()) + 60.0
         outcome, detail = self.controls.approvals.request(self.run_id, self.tenant, asked, reaper_deadline)
-        if outcome == "ended":
+        if outcome is RequestAnswer.ENDED:
             raise LeaseLost()  # the run was ended by a kill sweep or a cancel; that call reported it
-        if outcome == "decided":
+        if outcome is RequestAnswer.DECIDED:
             decision = json.loads(detail)
             return None if decision.get("decision") == APPROVE else _not_approved(decision)
         pending = Pending.from_json(detail)

@@ -38,19 +38,22 @@ COUNTERS = ("archived", "lost", "failed")
 # archive_enqueue(due zset, ended zset, run id, now (unix s)): the run waits to be archived.
 LUA_ENQUEUE = lua.load("worker/history/archive_enqueue.lua")
 
-# KEYS: the due zset. ARGV: now (unix s), the claim's length (s), the batch's size.
-# Returns the run ids claimed (due by now), each now due again `now + claim` later.
+# KEYS: the due zset. ARGV[1]: the named arguments, read as `a`: now (unix s), claim_s (the
+# claim's length), limit (the batch's size). Returns the run ids claimed (due by now), each now
+# due again `now + claim_s` later.
 _CLAIM = lua.load("worker/history/claim.lua")
 
 # KEYS: the due zset, the ended zset, the failures hash, the stats hash, then the run's keys whose
-# TTL becomes the hot TTL. ARGV: the run id, the outcome ('archived' or 'lost'), the hot TTL (s).
+# TTL becomes the hot TTL. ARGV[1]: the named arguments, read as `a`: run_id, outcome ('archived'
+# or 'lost'), hot_ttl_s.
 # A run already settled (by an earlier batch that held it too) is not counted again; its keys'
 # TTLs are still shortened, which changes nothing. Returns 1 when this call settled it.
 _SETTLE = lua.load("worker/history/settle.lua")
 
-# KEYS: the due zset, the failures hash, the stats hash. ARGV: now (unix s), the first retry's
-# delay (s), the longest delay (s), then the run ids of the failed batch. Each run still waiting
-# is due again after min(longest, first * 2^(its failures - 1)).
+# KEYS: the due zset, the failures hash, the stats hash. ARGV[1]: the named arguments, read as
+# `a`: now (unix s), first_s (the first retry's delay), longest_s (the longest delay), run_ids
+# (the failed batch's). Each run still waiting is due again after
+# min(longest_s, first_s * 2^(its failures - 1)).
 _RETRY = lua.load("worker/history/retry.lua")
 
 
@@ -78,7 +81,9 @@ class ArchiveQueue:
     def claim_due(self, limit: int, now: float | None = None, claim_s: float = CLAIM_S) -> list[str]:
         """Claim up to `limit` runs due at `now` for `claim_s`."""
         now = time.time() if now is None else now
-        ids = self._claim(keys=[self.keys.archive_due()], args=[repr(now), claim_s, limit])
+        ids = self._claim(
+            keys=[self.keys.archive_due()], args=[lua.named(now=now, claim_s=claim_s, limit=limit)]
+        )
         return [str(run_id) for run_id in ids]
 
     def settle(self, outcomes: Sequence[tuple[str, str, list[str]]], hot_ttl_s: int) -> list[str]:
@@ -91,7 +96,8 @@ class ArchiveQueue:
         head = [keys.archive_due(), keys.archive_ended(), keys.archive_failures(), keys.stats_archive()]
         pipe = self.r.pipeline(transaction=False)
         for run_id, outcome, run_keys in outcomes:
-            self._settle(keys=[*head, *run_keys], args=[run_id, outcome, hot_ttl_s], client=pipe)
+            args = lua.named(run_id=run_id, outcome=outcome, hot_ttl_s=hot_ttl_s)
+            self._settle(keys=[*head, *run_keys], args=[args], client=pipe)
         return [
             run_id
             for (run_id, _, _), settled in zip(outcomes, pipe.execute(), strict=True)
@@ -105,7 +111,7 @@ class ArchiveQueue:
         now = time.time() if now is None else now
         self._retry(
             keys=[self.keys.archive_due(), self.keys.archive_failures(), self.keys.stats_archive()],
-            args=[repr(now), first_s, longest_s, *run_ids],
+            args=[lua.named(now=now, first_s=first_s, longest_s=longest_s, run_ids=list(run_ids))],
         )
 
     def counts(self) -> dict[str, int]:

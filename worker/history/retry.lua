@@ -1,6 +1,6 @@
-local now, first, longest = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 4, #ARGV do
-  local id = ARGV[i]
+local a = cjson.decode(ARGV[1])
+local now, first, longest = a.now, a.first_s, a.longest_s
+for _, id in ipairs(a.run_ids) do
   if redis.call('ZSCORE', KEYS[1], id) then
     local failures = redis.call('HINCRBY', KEYS[2], id, 1)
     local delay = math.min(longest, first * 2 ^ math.min(failures - 1, 30))

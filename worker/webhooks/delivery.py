@@ -33,7 +33,7 @@ from worker.settings import Settings
 from worker.tools.base import ToolContext, ToolFailure
 from worker.tools.http_client import send
 from worker.webhooks import target
-from worker.webhooks.outbox import Outbox, retry_delay_s
+from worker.webhooks.outbox import Outbox, Outcome, retry_delay_s
 from worker.webhooks.signing import signature_header
 
 log = structlog.get_logger("agentfleet.webhooks")
@@ -92,14 +92,14 @@ def prepare(
         if secret is None:
             raise target.WebhookRefused("webhook: no webhook secret for this tenant")
     except target.WebhookRefused as refused:
-        counted = outbox.settle(delivery_id, claim, "refused", run_id)
+        counted = outbox.settle(delivery_id, claim, Outcome.REFUSED, run_id)
         log.warning(
             "webhook refused", delivery_id=delivery_id, run_id=run_id, outcome=counted, reason=str(refused)
         )
         return None
     body = raw.get("body") or body_of(delivery_id, raw, load_run)
     if body is None:
-        counted = outbox.settle(delivery_id, claim, "expired", run_id)
+        counted = outbox.settle(delivery_id, claim, Outcome.EXPIRED, run_id)
         log.warning(
             "webhook dropped: its run is gone", delivery_id=delivery_id, run_id=run_id, outcome=counted
         )
@@ -111,7 +111,7 @@ def prepare(
                    int(raw.get("attempts") or 0))  # fmt: skip
 
 
-async def post(attempt: Attempt, settings: Settings) -> tuple[str, str]:
+async def post(attempt: Attempt, settings: Settings) -> tuple[Outcome, str]:
     """POST the attempt once: (`delivered`, `gone` or `failed`, what happened)."""
     headers = {
         "Content-Type": "application/json",
@@ -128,12 +128,13 @@ async def post(attempt: Attempt, settings: Settings) -> tuple[str, str]:
         result = await send("POST", httpx.URL(attempt.url), ctx, headers=headers, content=attempt.body,
                             follow_redirects=False)  # fmt: skip
     except ToolFailure as failure:
-        return ("gone" if failure.status == 410 else "failed"), f"{failure.type}: {failure.message}"
+        outcome = Outcome.GONE if failure.status == 410 else Outcome.FAILED
+        return outcome, f"{failure.type}: {failure.message}"
     status = int(result["status"])
-    return ("delivered" if 200 <= status < 300 else "failed"), f"HTTP {status}"
+    return (Outcome.DELIVERED if 200 <= status < 300 else Outcome.FAILED), f"HTTP {status}"
 
 
-def settle(outbox: Outbox, settings: Settings, attempt: Attempt, outcome: str, detail: str) -> str:
+def settle(outbox: Outbox, settings: Settings, attempt: Attempt, outcome: Outcome, detail: str) -> Outcome:
     """Record the attempt's outcome; a failure is retried after the next backoff."""
     section = settings.webhooks
     next_ts = time.time() + retry_delay_s(attempt.failures + 1, section.retry_backoff_s)
@@ -147,12 +148,12 @@ def settle(outbox: Outbox, settings: Settings, attempt: Attempt, outcome: str, d
         attempt=attempt.failures + 1,
         outcome=counted,
         detail=detail,
-        **({"retry_in_s": round(next_ts - time.time(), 3)} if counted == "failed" else {}),
+        **({"retry_in_s": round(next_ts - time.time(), 3)} if counted is Outcome.FAILED else {}),
     )
     return counted
 
 
-async def deliver(outbox: Outbox, settings: Settings, attempt: Attempt) -> str:
+async def deliver(outbox: Outbox, settings: Settings, attempt: Attempt) -> Outcome:
     """One attempt on the event loop; the settling round trip runs off the loop."""
     outcome, detail = await post(attempt, settings)
     loop = asyncio.get_running_loop()

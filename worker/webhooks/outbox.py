@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import redis
 import structlog
@@ -40,7 +41,22 @@ log = structlog.get_logger("agentfleet.webhooks")
 CLAIM_BATCH = 500  # deliveries claimed per script call
 CLAIM_GRACE_S = 30.0  # a claim lasts the attempt's timeout plus this, then may be claimed again
 JITTER_RATIO = 0.25  # a retry waits its backoff plus up to this share of it more
-OUTCOMES = ("delivered", "failed", "gone", "expired", "refused")
+
+
+class Outcome(StrEnum):
+    """What an attempt of a delivery came to: what `Outbox.settle` is told, and what it answers."""
+
+    DELIVERED = "delivered"  # a 2xx: dropped
+    FAILED = "failed"  # retried at its next due time
+    GONE = "gone"  # a 410: dropped, and the run's webhook with it
+    EXPIRED = "expired"  # past max_age_s, or its run's record is gone: dropped
+    REFUSED = "refused"  # its host or its tenant's secret is no longer configured: dropped
+    # answers only, counted nowhere: nothing changed
+    STALE = "stale"  # the attempt's claim is no longer the delivery's latest
+    MISSING = "missing"  # the delivery is settled already
+
+
+OUTCOMES = (Outcome.DELIVERED, Outcome.FAILED, Outcome.GONE, Outcome.EXPIRED, Outcome.REFUSED)  # counted
 
 # webhook_enqueue(run hash, delivery hash, due zset, born zset, event, delivery id, run id,
 # tenant, now (unix s), data (JSON text; '' for `end`: the run, built at the first attempt)):
@@ -50,22 +66,25 @@ LUA_ENQUEUE = lua.load("worker/webhooks/webhook_enqueue.lua")
 
 
 # Claims due deliveries. KEYS: the due zset, the born zset, the stats hash, then each
-# candidate's hash. ARGV: now (unix s), the claim's length (s), max_age_s, then the candidates'
-# ids in KEYS order. A candidate whose hash is gone loses its entries; one older than max_age_s
-# is dropped as `expired`. Returns {id, claim number, ...} of the claimed deliveries.
+# candidate's hash. ARGV[1]: the named arguments, read as `a`: now (unix s), lead_s (the claim's
+# length), max_age_s, ids (the candidates' ids, in KEYS order). A candidate whose hash is gone
+# loses its entries; one older than max_age_s is dropped as `expired`. Returns {id, claim number,
+# ...} of the claimed deliveries.
 _CLAIM = lua.load("worker/webhooks/claim.lua")
 
 # Settles one attempt. KEYS: the delivery's hash, the due zset, the born zset, the stats hash,
-# the run's hash. ARGV: the delivery id, the attempt's claim number, the outcome (delivered, gone,
-# refused or failed), the next attempt's due time (unix s; for failed), max_age_s.
+# the run's hash. ARGV[1]: the named arguments, read as `a`: delivery_id, claim (the attempt's
+# claim number, as text: compared with the hash's), outcome (delivered, gone, refused, expired or
+# failed), next_ts (the next attempt's due time, unix s; for failed), max_age_s.
 # An attempt whose claim is no longer the delivery's latest (it ran past its claim, and a newer
-# attempt was sent) changes nothing unless it delivered. Returns the outcome counted, or
+# attempt was sent) changes nothing unless it delivered. Returns the Outcome counted, or
 # 'stale' / 'missing'.
 _SETTLE = lua.load("worker/webhooks/settle.lua")
 
 # Stores the body of a delivery's first attempt, so every retry sends the same bytes. KEYS: the
-# delivery's hash. ARGV: the body. Returns the body stored (this one or an earlier one), or nil
-# when the delivery is gone.
+# delivery's hash. ARGV[1]: no named arguments (an empty table); ARGV[2]: the body, as it is, so
+# it is not escaped twice. Returns the body stored (this one or an earlier one), or nil when the
+# delivery is gone.
 _FREEZE = lua.load("worker/webhooks/freeze.lua")
 
 
@@ -108,7 +127,7 @@ class Outbox:
         flat = self._claim(
             keys=[due, self.keys.webhooks_born(), self.keys.stats_webhooks(),
                   *(self.keys.webhook(d) for d in candidates)],
-            args=[repr(now), lead_s, max_age_s, *candidates],
+            args=[lua.named(now=now, lead_s=lead_s, max_age_s=max_age_s, ids=candidates)],
         )  # fmt: skip
         return [Claimed(str(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]
 
@@ -120,28 +139,28 @@ class Outbox:
     def freeze_body(self, delivery_id: str, body: str) -> str | None:
         """Store `body` as the delivery's body unless it has one; the body to send, or None when
         the delivery is gone."""
-        stored = self._freeze(keys=[self.keys.webhook(delivery_id)], args=[body])
+        stored = self._freeze(keys=[self.keys.webhook(delivery_id)], args=[lua.named(), body])
         return None if stored is None else str(stored)
 
-    def settle(self, delivery_id: str, claim: str, outcome: str, run_id: str, *,
-               next_ts: float = 0.0, max_age_s: float = 0.0) -> str:  # fmt: skip
-        """Record one attempt's outcome (delivered, gone, refused, or failed with the next
-        attempt at `next_ts`); returns the outcome counted (failed becomes expired past
-        max_age_s), or 'stale' / 'missing'."""
+    def settle(self, delivery_id: str, claim: str, outcome: Outcome, run_id: str, *,
+               next_ts: float = 0.0, max_age_s: float = 0.0) -> Outcome:  # fmt: skip
+        """Record one attempt's outcome (delivered, gone, refused, expired, or failed with the
+        next attempt at `next_ts`); returns the outcome counted (failed becomes expired past
+        max_age_s), or `stale` / `missing`. An answer that is no Outcome raises ValueError."""
         keys = self.keys
-        return str(
-            self._settle(
-                keys=[keys.webhook(delivery_id), keys.webhooks_due(), keys.webhooks_born(),
-                      keys.stats_webhooks(), keys.run(run_id)],
-                args=[delivery_id, claim, outcome, repr(next_ts), max_age_s],
-            )
+        counted = self._settle(
+            keys=[keys.webhook(delivery_id), keys.webhooks_due(), keys.webhooks_born(),
+                  keys.stats_webhooks(), keys.run(run_id)],
+            args=[lua.named(delivery_id=delivery_id, claim=claim, outcome=outcome, next_ts=next_ts,
+                            max_age_s=max_age_s)],
         )  # fmt: skip
+        return Outcome(str(counted))
 
     def counts(self) -> dict[str, int]:
         """Deliveries by outcome since the fleet's Redis began."""
         raw = self.r.hgetall(self.keys.stats_webhooks())
         found = {str(k).partition("|")[2]: int(v) for k, v in raw.items() if str(k).startswith("deliveries|")}
-        return {outcome: found.get(outcome, 0) for outcome in OUTCOMES}
+        return {outcome.value: found.get(outcome, 0) for outcome in OUTCOMES}
 
     def backlog(self, now: float | None = None) -> tuple[int, float]:
         """(pending deliveries, age in s of the oldest one's event; 0 when none). One round trip."""

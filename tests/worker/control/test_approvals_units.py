@@ -11,7 +11,7 @@ import fakeredis
 import pytest
 
 from tests.unit_parts import KEYS, new_run
-from worker.control.approvals import Approvals, DecisionRefused, Pending
+from worker.control.approvals import Approvals, DecideAnswer, DecisionRefused, Pending, RequestAnswer
 from worker.run.lease import new_token
 from worker.run.loop import run_deadline
 from worker.run.store import RunStore, public_view
@@ -33,7 +33,9 @@ def started(store: RunStore) -> str:
     return token
 
 
-def ask(approvals: Approvals, since: float, call_id: str = CALL, timeout_s: float = 60) -> tuple[str, str]:
+def ask(
+    approvals: Approvals, since: float, call_id: str = CALL, timeout_s: float = 60
+) -> tuple[RequestAnswer, str]:
     pending = Pending(call_id, "echo", {"text": "[redacted]"}, since, since + timeout_s)
     return approvals.request("r1", "t1", pending, since + timeout_s + 30)
 
@@ -44,10 +46,10 @@ def test_a_call_is_asked_for_once_and_shows_as_the_runs_waiting(
     started(store)
     now = time.time()
     outcome, first = ask(approvals, now)
-    assert outcome == "pending"
+    assert outcome is RequestAnswer.PENDING
     r.zadd(KEYS.deadlines(), {"r1": now + 10})  # a resume's start script sets it from its clock
     outcome, again = ask(approvals, now + 5)  # a resumed or repeated step asks again
-    assert (outcome, again) == ("pending", first), "a second request replaced the first"
+    assert (outcome, again) == (RequestAnswer.PENDING, first), "a second request replaced the first"
     assert r.zscore(KEYS.deadlines(), "r1") == pytest.approx(now + 95), "the reaper would end the waiting run"
     waiting = public_view(store.load("r1") or {})["waiting"]
     assert waiting["type"] == "approval" and waiting["call_id"] == CALL and waiting["tool"] == "echo"
@@ -75,14 +77,18 @@ def test_a_decision_is_taken_once_and_the_wait_is_added_to_paused_s(
     assert approvals.pending("t1") == []
     with pytest.raises(DecisionRefused) as refused:
         approvals.decide("r1", CALL, "deny", tenant="t1")
-    assert refused.value.reason == "decided"
+    assert refused.value.reason is DecideAnswer.DECIDED
     assert json.loads(refused.value.detail)["decision"] == "approve"
     assert approvals.expire("r1", CALL)["decision"] == "approve", "an expiry overrode a human's decision"
 
 
 @pytest.mark.parametrize(
     ("run_id", "call_id", "tenant", "reason"),
-    [("r1", CALL, "t2", "missing"), ("nope", CALL, "t1", "missing"), ("r1", "r1:2:0", "t1", "unknown")],
+    [
+        ("r1", CALL, "t2", DecideAnswer.MISSING),
+        ("nope", CALL, "t1", DecideAnswer.MISSING),
+        ("r1", "r1:2:0", "t1", DecideAnswer.UNKNOWN),
+    ],
 )
 def test_a_decision_on_another_tenants_run_or_an_unknown_call_is_refused(
     r: fakeredis.FakeRedis,
@@ -91,13 +97,13 @@ def test_a_decision_on_another_tenants_run_or_an_unknown_call_is_refused(
     run_id: str,
     call_id: str,
     tenant: str,
-    reason: str,
+    reason: DecideAnswer,
 ) -> None:
     started(store)
     ask(approvals, time.time())
     with pytest.raises(DecisionRefused) as refused:
         approvals.decide(run_id, call_id, "approve", tenant=tenant)
-    assert refused.value.reason == reason
+    assert refused.value.reason is reason
     assert (store.load("r1") or {}).get("approval"), "a refused decision changed the run"
 
 
@@ -107,7 +113,7 @@ def test_a_run_that_ended_while_waiting_cannot_be_decided(store: RunStore, appro
     store.finish("r1", "stopped", "killed")
     with pytest.raises(DecisionRefused) as refused:
         approvals.decide("r1", CALL, "approve", tenant="t1")
-    assert (refused.value.reason, refused.value.detail) == ("ended", "stopped")
+    assert (refused.value.reason, refused.value.detail) == (DecideAnswer.ENDED, "stopped")
     assert approvals.pending("t1") == [], "an ended run is still listed"
     assert public_view(store.load("r1") or {})["waiting"] is None
 
@@ -129,6 +135,18 @@ def test_a_decision_wakes_the_run_parked_on_it(
     approvals.decide("r1", CALL, "deny", tenant="t1")
     assert r.zscore(KEYS.timers(), "r1") == 0, "the parked run was not made due"
     assert r.lrange(KEYS.timers_bell(), 0, -1) == ["r1"]
+
+
+def test_an_answer_the_approval_scripts_do_not_give_raises(
+    r: fakeredis.FakeRedis, store: RunStore, approvals: Approvals
+) -> None:
+    started(store)
+    approvals._request = r.register_script("return {'maybe', ''}")
+    with pytest.raises(ValueError, match="'maybe' is not a valid RequestAnswer"):
+        ask(approvals, time.time())
+    approvals._decide = r.register_script("return {'approved', '{}'}")
+    with pytest.raises(ValueError, match="'approved' is not a valid DecideAnswer"):
+        approvals.decide("r1", CALL, "approve", tenant="t1")
 
 
 def test_a_decision_before_the_park_makes_the_park_go_on_at_once(

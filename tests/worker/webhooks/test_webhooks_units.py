@@ -28,6 +28,7 @@ from worker.webhooks.outbox import (
     LUA_ENQUEUE,
     Claimed,
     Outbox,
+    Outcome,
     Scheduler,
     retry_delay_s,
 )
@@ -221,7 +222,7 @@ def test_claims_go_in_batches_until_none_is_due(outbox: Outbox, r: fakeredis.Fak
 def test_settle_delivered_drops_the_delivery_and_counts_it(outbox: Outbox, r: fakeredis.FakeRedis) -> None:
     delivery_id = enqueue(r)
     (claimed,) = outbox.claim_due(lead_s=40, max_age_s=3600, now=1000.0)
-    assert outbox.settle(delivery_id, claimed.claim, "delivered", "r1") == "delivered"
+    assert outbox.settle(delivery_id, claimed.claim, Outcome.DELIVERED, "r1") is Outcome.DELIVERED
     assert outbox.load(delivery_id) is None and r.zcard(KEYS.webhooks_born()) == 0
     assert outbox.counts() == {"delivered": 1, "failed": 0, "gone": 0, "expired": 0, "refused": 0}
     assert outbox.backlog(now=2000.0) == (0, 0.0)
@@ -233,7 +234,8 @@ def test_settle_failed_sets_the_next_due_time_and_counts_the_attempt(
     delivery_id = enqueue(r)
     (claimed,) = outbox.claim_due(lead_s=40, max_age_s=3600, now=1000.0)
     assert (
-        outbox.settle(delivery_id, claimed.claim, "failed", "r1", next_ts=1005.0, max_age_s=3600) == "failed"
+        outbox.settle(delivery_id, claimed.claim, Outcome.FAILED, "r1", next_ts=1005.0, max_age_s=3600)
+        is Outcome.FAILED
     )
     assert r.zscore(KEYS.webhooks_due(), delivery_id) == 1005.0
     assert (outbox.load(delivery_id) or {})["attempts"] == "1"
@@ -245,7 +247,8 @@ def test_settle_failed_past_max_age_drops_it_as_expired(outbox: Outbox, r: faker
     delivery_id = enqueue(r)
     (claimed,) = outbox.claim_due(lead_s=40, max_age_s=60, now=1000.0)
     assert (
-        outbox.settle(delivery_id, claimed.claim, "failed", "r1", next_ts=1060.0, max_age_s=60) == "expired"
+        outbox.settle(delivery_id, claimed.claim, Outcome.FAILED, "r1", next_ts=1060.0, max_age_s=60)
+        is Outcome.EXPIRED
     )
     assert outbox.load(delivery_id) is None
     assert outbox.counts()["expired"] == 1 and outbox.counts()["failed"] == 0
@@ -255,10 +258,15 @@ def test_a_stale_attempt_changes_nothing_unless_it_delivered(outbox: Outbox, r: 
     delivery_id = enqueue(r)
     outbox.claim_due(lead_s=40, max_age_s=3600, now=1000.0)
     outbox.claim_due(lead_s=40, max_age_s=3600, now=1040.0)  # the first claim lapsed
-    assert outbox.settle(delivery_id, "1", "failed", "r1", next_ts=1001.0, max_age_s=3600) == "stale"
+    assert (
+        outbox.settle(delivery_id, "1", Outcome.FAILED, "r1", next_ts=1001.0, max_age_s=3600) is Outcome.STALE
+    )
     assert r.zscore(KEYS.webhooks_due(), delivery_id) == 1080.0
-    assert outbox.settle(delivery_id, "1", "delivered", "r1") == "delivered"
-    assert outbox.settle(delivery_id, "2", "failed", "r1", next_ts=1001.0, max_age_s=3600) == "missing"
+    assert outbox.settle(delivery_id, "1", Outcome.DELIVERED, "r1") is Outcome.DELIVERED
+    assert (
+        outbox.settle(delivery_id, "2", Outcome.FAILED, "r1", next_ts=1001.0, max_age_s=3600)
+        is Outcome.MISSING
+    )
 
 
 def test_gone_drops_the_delivery_and_the_runs_webhook(
@@ -267,10 +275,16 @@ def test_gone_drops_the_delivery_and_the_runs_webhook(
     new_run(store)
     delivery_id = enqueue(r)
     (claimed,) = outbox.claim_due(lead_s=40, max_age_s=3600, now=1000.0)
-    assert outbox.settle(delivery_id, claimed.claim, "gone", "r1") == "gone"
+    assert outbox.settle(delivery_id, claimed.claim, Outcome.GONE, "r1") is Outcome.GONE
     assert r.hget(KEYS.run("r1"), "webhook") is None
     store.finish("r1", "succeeded", "finish")  # its end sends nothing now
     assert r.zcard(KEYS.webhooks_due()) == 0 and outbox.counts()["gone"] == 1
+
+
+def test_a_settle_answer_that_is_no_outcome_raises(outbox: Outbox, r: fakeredis.FakeRedis) -> None:
+    outbox._settle = r.register_script("return 'sent'")
+    with pytest.raises(ValueError, match="'sent' is not a valid Outcome"):
+        outbox.settle(enqueue(r), "1", Outcome.DELIVERED, "r1")
 
 
 def test_freeze_keeps_the_first_body(outbox: Outbox, r: fakeredis.FakeRedis) -> None:
@@ -445,8 +459,8 @@ def attempt_to(url: str) -> delivery.Attempt:
     return delivery.Attempt("e1", "1", "r1", "end", url, b'{"id":"e1"}', SECRET, 0)
 
 
-def post(attempt: delivery.Attempt, s: Settings) -> tuple[str, str]:
-    async def once() -> tuple[str, str]:
+def post(attempt: delivery.Attempt, s: Settings) -> tuple[Outcome, str]:
+    async def once() -> tuple[Outcome, str]:
         try:
             return await delivery.post(attempt, s)
         finally:
@@ -457,14 +471,14 @@ def post(attempt: delivery.Attempt, s: Settings) -> tuple[str, str]:
 
 @pytest.mark.parametrize(
     ("path", "outcome"),
-    [("/ok", "delivered"), ("/status/204", "delivered"), ("/status/410", "gone"), ("/status/500", "failed"),
-     ("/status/404", "failed"), ("/status/302", "failed")],
+    [("/ok", Outcome.DELIVERED), ("/status/204", Outcome.DELIVERED), ("/status/410", Outcome.GONE),
+     ("/status/500", Outcome.FAILED), ("/status/404", Outcome.FAILED), ("/status/302", Outcome.FAILED)],
 )  # fmt: skip
 def test_one_attempt_is_delivered_on_2xx_gone_on_410_and_failed_otherwise(
-    receiver: CountingServer, path: str, outcome: str
+    receiver: CountingServer, path: str, outcome: Outcome
 ) -> None:
     s = settings(("127.0.0.1",), allow_hosts=["127.0.0.1"])
-    assert post(attempt_to(receiver.url(path)), s)[0] == outcome
+    assert post(attempt_to(receiver.url(path)), s)[0] is outcome
     (request,) = receiver.requests
     headers = {k.lower(): v for k, v in request["headers"].items()}
     assert request["method"] == "POST" and request["body"] == '{"id":"e1"}'
@@ -475,16 +489,16 @@ def test_one_attempt_is_delivered_on_2xx_gone_on_410_and_failed_otherwise(
 def test_a_timeout_and_a_refused_connection_are_failures_to_retry(receiver: CountingServer) -> None:
     s = settings(("127.0.0.1",), allow_hosts=["127.0.0.1"], timeout_s=0.3)
     outcome, detail = post(attempt_to(receiver.url("/sleep/2")), s)
-    assert (outcome, detail.split(":")[0]) == ("failed", "timeout")
+    assert (outcome, detail.split(":")[0]) == (Outcome.FAILED, "timeout")
     closed = CountingServer()
     closed.close()
     outcome, detail = post(attempt_to(closed.url("/ok")), s)
-    assert (outcome, detail.split(":")[0]) == ("failed", "http_error")
+    assert (outcome, detail.split(":")[0]) == (Outcome.FAILED, "http_error")
 
 
 def test_a_webhook_host_must_pass_the_ssrf_guard_of_http_get_too(receiver: CountingServer) -> None:
     s = settings(allow_hosts=["127.0.0.1"])  # allowed for webhooks, not past the private-address block
     outcome, detail = post(attempt_to(receiver.url("/ok")), s)
-    assert outcome == "failed" and detail.startswith("denied: address 127.0.0.1"), detail
+    assert outcome is Outcome.FAILED and detail.startswith("denied: address 127.0.0.1"), detail
     assert "tools.http.allow_hosts" in detail
     assert receiver.requests == [], "the guard let a request to a loopback address through"
