@@ -96,8 +96,9 @@ class Decision:
 
 def decision(agent: str, max_actions: int | None, max_spend_usd: float | None, raw: str) -> Decision:
     """The Decision of a reservation's `verdict|actions|spent` answer, with what is left; an
-    unknown verdict raises ValueError."""
-    text, actions, spent = raw.split("|")
+    unknown verdict raises ValueError. A reservation whose spend was corrected (policy_adjust.lua)
+    answers `verdict|actions|spent|adj` to the same call id again."""
+    text, actions, spent = raw.split("|")[:3]
     verdict = QuotaVerdict(text)
     remaining: dict[str, Any] = {}
     if max_actions is not None:

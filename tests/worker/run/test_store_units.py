@@ -302,6 +302,8 @@ def test_spend_is_corrected_only_for_a_charged_call_and_only_once(r: fakeredis.F
     assert policies.reserve("a", "c1", limited, 0.5).allowed
     assert policies.adjust_spend("a", "c1", -0.3)  # it really cost 0.2
     assert not policies.adjust_spend("a", "c1", -0.3)  # once
+    again = policies.reserve("a", "c1", limited, 0.5)  # a resumed run asks for the same call again
+    assert again.allowed and again.remaining["spend_usd_today"] == 0.5  # as reserved, uncorrected
     decision = policies.reserve("a", "c2", limited, 0.8)
     assert decision.allowed and decision.remaining["spend_usd_today"] == 0.0
     assert not policies.reserve("a", "c3", limited, 0.01).allowed
