@@ -77,7 +77,9 @@ class WaitSlots:
         if self.limit <= 0:
             return Slot(self)
         key, member = self.keys.waiters(tenant), uuid.uuid4().hex
-        taken, held = await self._acquire(keys=[key], args=[self.limit, hold_s + GRACE_S, member])
+        taken, held = await self._acquire(
+            keys=[key], args=[lua.named(limit=self.limit, hold_s=hold_s + GRACE_S, member=member)]
+        )
         if not taken:
             raise WaitersFull(int(held))
         return Slot(self, key, member)
@@ -101,7 +103,8 @@ class WaitSlots:
             return
         pipe = self.r.pipeline(transaction=False)
         for slot in slots:
-            await self._renew(keys=[slot.key], args=[KEPT_HOLD_S + GRACE_S, slot.member], client=pipe)
+            renew = lua.named(hold_s=KEPT_HOLD_S + GRACE_S, member=slot.member)
+            await self._renew(keys=[slot.key], args=[renew], client=pipe)
         for slot, renewed in zip(slots, await pipe.execute(), strict=True):
             slot.lapsed = slot.lapsed or (not renewed and bool(slot.key))
 

@@ -56,6 +56,16 @@ class BreakerPolicy:
         elif not value > 0:
             raise ValueError(f"{name} must be > 0")
 
+    def record_fields(self) -> dict[str, float]:
+        """What breaker_record reads, as the named argument `breaker` of the scripts that report an
+        outcome (breaker_report.lua, settle.lua, reply.lua): threshold, rate, min_calls, window_ms."""
+        return {
+            "threshold": self.failure_threshold,
+            "rate": self.failure_rate,
+            "min_calls": self.min_calls,
+            "window_ms": int(self.window_s * 1000),
+        }
+
 
 @dataclass(frozen=True)
 class Admission:
@@ -76,7 +86,11 @@ class CircuitBreaker:
     def allow(self, tool: str, policy: BreakerPolicy) -> Admission:
         allowed, state, retry_ms = self._allow(
             keys=[self.keys.breaker(tool)],
-            args=[int(policy.cooldown_s * 1000), int(policy.probe_timeout_s * 1000)],
+            args=[
+                lua.named(
+                    cooldown_ms=int(policy.cooldown_s * 1000), probe_ms=int(policy.probe_timeout_s * 1000)
+                )
+            ],
         )
         return Admission(bool(allowed), str(state), int(retry_ms) / 1000.0)
 
@@ -87,13 +101,6 @@ class CircuitBreaker:
     def record_change(self, tool: str, ok: bool, policy: BreakerPolicy) -> tuple[str, str]:
         """Report a call's outcome; returns the states before and after it."""
         before, after = self._record(
-            keys=[self.keys.breaker(tool)],
-            args=[
-                "1" if ok else "0",
-                policy.failure_threshold,
-                policy.failure_rate,
-                policy.min_calls,
-                int(policy.window_s * 1000),
-            ],
+            keys=[self.keys.breaker(tool)], args=[lua.named(ok=ok, breaker=policy.record_fields())]
         )
         return str(before), str(after)

@@ -421,18 +421,16 @@ class Admitter:
         before, after, existing, taken = self._settle(
             keys=[keys.call, keys.breaker, keys.stats],
             args=[
-                "1" if ok else "0",
-                *breaker_args(breaker),
-                "0" if final_result is None else "1",
+                lua.named(
+                    ok=ok,
+                    breaker=breaker.record_fields(),
+                    final=final_result is not None,
+                    call_ttl_s=call_ttl_s,
+                    stats_field=stats_field,
+                    unheard_attempt="" if unheard_attempt is None else str(unheard_attempt),
+                ),
                 final_result or "",
-                call_ttl_s,
-                stats_field,
-                "" if unheard_attempt is None else unheard_attempt,
-                untaken_result or final_result or "",
+                untaken_result or "",
             ],
         )
         return str(before), str(after), (str(existing) if existing else None), bool(taken)
-
-
-def breaker_args(breaker: BreakerPolicy) -> list[Any]:
-    return [breaker.failure_threshold, breaker.failure_rate, breaker.min_calls, int(breaker.window_s * 1000)]

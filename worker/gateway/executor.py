@@ -38,6 +38,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import redis
@@ -67,20 +68,74 @@ REPLY_RETRY_MAX_S = 1.0
 log = structlog.get_logger("agentfleet.tools")
 T = TypeVar("T")
 
+# A write's claim: KEYS, the named arguments and the answer are in the script's header. Its answer's
+# first part is a ClaimVerdict.
 _CLAIM = lua.load("worker/gateway/exec_claim.lua")
+
+
+class ClaimVerdict(StrEnum):
+    """What a write's claim found (exec_claim.lua)."""
+
+    RUN = "run"  # claimed now: this attempt runs the write
+    DONE = "done"  # an earlier attempt's result is recorded (the detail)
+    CLAIMED = "claimed"  # an earlier attempt claimed the write (the detail: which) and has no result
 
 
 # The tool worker's checks right before a tool runs, and the attempt's slot, in one trip.
 # KEYS: 1 the run's hash, 2 the call's hash, 3 the tool's slots, 4.. the switches
-# (killswitch.run_switch_keys for the tenant and agent in ARGV, then tool_switch_keys).
-# ARGV: 1 tenant, 2 agent (what the sender said; the run's own must match, or the switch keys are
-# not the run's), 3 the attempt, 4 the slot's member, 5 the tool's limit, 6 the slot's life in ms,
-# 7.. the statuses of a run that has ended.
-# Returns {'norun'}, {'other'} (the run's tenant and agent are not ARGV's: read them, call again),
-# {'ended'}, {'killed', reason}, {'final', result}, {'stale', current attempt}, {'busy'} or {'go'}.
-# On 'go' the call's `taken` names the attempt: a tool worker has it (the run's side tells a
-# timeout of the tool from one in the queue by it, checks.py _SETTLE).
+# (killswitch.run_switch_keys for `a.tenant` and `a.agent`, then tool_switch_keys).
+# ARGV[1]: a JSON table `a`: tenant, agent (what the sender said; the run's own must match, or the
+# switch keys are not the run's), attempt (text, as the call's `attempt`), member (the slot's),
+# limit (the tool's), life_ms (the slot's), ended (the statuses of a run that has ended).
+# Returns {'norun'}, {'other', tenant, agent} (the run's are not the sender's: call again with
+# them), {'ended'}, {'killed', reason}, {'final', result}, {'stale', current attempt}, {'busy'} or
+# {'go'}: a BeforeToolVerdict and its details. On 'go' the call's `taken` names the attempt: a tool
+# worker has it (the run's side tells a timeout of the tool from one in the queue by it,
+# settle.lua).
 _BEFORE_TOOL = lua.load("worker/gateway/before_tool.lua")
+
+
+class BeforeToolVerdict(StrEnum):
+    """What the tool worker's checks before a tool decided (before_tool.lua)."""
+
+    GO = "go"  # run the tool: the attempt's slot is taken
+    NORUN = "norun"  # the call's run does not exist
+    OTHER = "other"  # the sender named another owner than the run's (`owner`): check again
+    ENDED = "ended"  # the run has ended
+    KILLED = "killed"  # a run-level or tool switch is on (`reason`)
+    FINAL = "final"  # the call has a result already (`result`)
+    STALE = "stale"  # the run moved on to a later attempt (`current_attempt`)
+    BUSY = "busy"  # the tool's slots are all taken
+
+
+@dataclass(frozen=True)
+class BeforeToolAnswer:
+    """What the checks decided; the script's details are read through the properties that name
+    them per verdict."""
+
+    verdict: BeforeToolVerdict
+    detail: str = ""
+    detail2: str = ""
+
+    @property
+    def owner(self) -> tuple[str, str]:
+        """`other`: the run's own tenant and agent."""
+        return self.detail, self.detail2
+
+    @property
+    def reason(self) -> str:
+        """`killed`: the switch's reason."""
+        return self.detail
+
+    @property
+    def result(self) -> str:
+        """`final`: the call's recorded result (JSON)."""
+        return self.detail
+
+    @property
+    def current_attempt(self) -> str:
+        """`stale`: the call's current attempt."""
+        return self.detail
 
 
 class BeforeTool:
@@ -103,13 +158,19 @@ class BeforeTool:
         member: str,
         limit: int,
         life_ms: int,
-    ) -> list[str]:
-        """The script's answer (see _BEFORE_TOOL), as text."""
-        answer = self._script(
-            keys=[run_key, call_key, slots_key, *switch_keys],
-            args=[tenant, agent, attempt, member, limit, life_ms, *self._ended],
+    ) -> BeforeToolAnswer:
+        """The script's answer (see _BEFORE_TOOL); ValueError for a verdict it does not give."""
+        args = lua.named(
+            tenant=tenant,
+            agent=agent,
+            attempt=str(attempt),
+            member=member,
+            limit=limit,
+            life_ms=life_ms,
+            ended=self._ended,
         )
-        return [str(part) for part in answer]
+        answer = self._script(keys=[run_key, call_key, slots_key, *switch_keys], args=[args])
+        return BeforeToolAnswer(BeforeToolVerdict(str(answer[0])), *(str(part) for part in answer[1:3]))
 
 
 @dataclass(frozen=True)
@@ -390,37 +451,37 @@ class ToolExecutor:
                 limit=limit,
                 life_ms=slot_life_ms(timeout_s),
             )
-            if answer[0] != "other":
+            if answer.verdict is not BeforeToolVerdict.OTHER:
                 break
-            owner = (answer[1], answer[2])  # the sender named another run's owner: the run's own
+            owner = answer.owner  # the sender named another run's owner: the run's own
         refused = self._refusal(answer, run_id, tool, attempt, limit)
         return Admitted(refused, None if refused is not None else slot, start_by)
 
     @staticmethod
     def _refusal(
-        answer: list[str], run_id: str, tool: str, attempt: int, limit: int
+        answer: BeforeToolAnswer, run_id: str, tool: str, attempt: int, limit: int
     ) -> dict[str, Any] | None:
         """The envelope of an attempt that must not run (BeforeTool's answer), else None."""
-        verdict = answer[0]
-        if verdict == "go":
+        verdict = answer.verdict
+        if verdict is BeforeToolVerdict.GO:
             return None
-        if verdict == "norun":
+        if verdict is BeforeToolVerdict.NORUN:
             # No run sent this (a forged or stray message, or a run long expired): nothing runs.
             log.warning("tool call refused: no such run", run_id=run_id, tool=tool, attempt=attempt)
             return error_result("denied", "the call's run does not exist")
-        if verdict == "ended":
+        if verdict is BeforeToolVerdict.ENDED:
             # The run was stopped, cancelled or ended while this call waited in the queue: a call
             # nobody waits for is not made (a killed run's writes must not fire later).
             return error_result("killed", "the run ended before this call was made")
-        if verdict == "killed":  # flipped while the call was queued: nothing leaves the fleet
-            return error_result("killed", answer[1])
-        if verdict == "final":
-            return dict(json.loads(answer[1]))  # the call is over; this is a late redelivery
-        if verdict == "stale":
+        if verdict is BeforeToolVerdict.KILLED:  # flipped while the call was queued: nothing leaves the fleet
+            return error_result("killed", answer.reason)
+        if verdict is BeforeToolVerdict.FINAL:
+            return dict(json.loads(answer.result))  # the call is over; this is a late redelivery
+        if verdict is BeforeToolVerdict.STALE:
             return error_result(
-                "timeout", f"attempt {attempt} is stale: the run moved on to attempt {answer[1]}"
+                "timeout", f"attempt {attempt} is stale: the run moved on to attempt {answer.current_attempt}"
             )
-        if verdict == "busy":
+        if verdict is BeforeToolVerdict.BUSY:
             return error_result(
                 "rate_limited", f"tool {tool!r} is busy: {limit} calls in flight in the fleet"
             )
@@ -474,15 +535,15 @@ class ToolExecutor:
         if spec is None or not spec.writes:
             return await tools.execute_async(tool, args, ctx, self._sync_pool), spec is not None
         exec_key = self.keys.call_exec(call_id)
-        (state, detail), durable = await self._redis_until(
+        claim, detail, durable = await self._redis_until(
             lambda: self._claim_durably(exec_key, attempt), start_by
         )
-        if state == "done":
+        if claim is ClaimVerdict.DONE:
             return dict(json.loads(detail)), False
-        if state == "claimed" and not spec.idempotent:
+        if claim is ClaimVerdict.CLAIMED and not spec.idempotent:
             refused_twice = f"an earlier attempt ({detail}) of this write may have run; it is not run twice"
             return error_result("tool_error", refused_twice), False
-        if state == "run" and not durable:
+        if claim is ClaimVerdict.RUN and not durable:
             # A claim that a failover may lose would let a later attempt run the write again:
             # withdraw it and do not run the write. Retryable, and no failure of the tool's
             # dependency (its breaker is not told): `rate_limited`, like a busy tool worker.
@@ -510,12 +571,15 @@ class ToolExecutor:
                 log.warning("write result not confirmed by a replica", tool=tool, call_id=call_id)
         return result, True
 
-    def _claim_durably(self, exec_key: str, attempt: int) -> tuple[list[str], bool]:
-        """The claim script's answer, and whether `redis.wait_replicas` replicas have the claim."""
+    def _claim_durably(self, exec_key: str, attempt: int) -> tuple[ClaimVerdict, str, bool]:
+        """The claim script's answer (ValueError for a verdict it does not give), and whether
+        `redis.wait_replicas` replicas have the claim."""
+        claim = lua.named(claimed_by=f"attempt {attempt}", ttl_s=EXEC_TTL_S)
         results, durable = write_durably(
             self.r,
-            lambda pipe: self._claim(keys=[exec_key], args=[f"attempt {attempt}", EXEC_TTL_S], client=pipe),
+            lambda pipe: self._claim(keys=[exec_key], args=[claim], client=pipe),
             self.settings.wait_replicas,
             self.settings.redis.wait_timeout_ms,
         )
-        return results[0], durable
+        verdict, detail = results[0]
+        return ClaimVerdict(str(verdict)), str(detail), durable

@@ -75,6 +75,8 @@ class RateLimiter:
         """Reserve the next slot (`cost` units of the rate, e.g. tokens) if it comes within `max_wait_s`."""
         key = self.keys.rate_limit(tool, tenant)
         max_wait_ms = max(0.0, max_wait_s) * 1000.0
-        args = [rate.interval_ms, rate.burst, max_wait_ms, max(1, cost)]
-        allowed, wait_ms = self._gcra(keys=[key], args=args)
+        args = lua.named(
+            interval_ms=rate.interval_ms, burst=rate.burst, max_wait_ms=max_wait_ms, cost=max(1, cost)
+        )
+        allowed, wait_ms = self._gcra(keys=[key], args=[args])
         return Decision(bool(allowed), math.ceil(float(wait_ms)) / 1000.0)

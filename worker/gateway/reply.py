@@ -14,7 +14,6 @@ from redis.commands.core import AsyncScript
 
 from worker import lua
 from worker.gateway.breaker import BreakerPolicy
-from worker.gateway.checks import breaker_args
 
 REPLY_SCRIPT = lua.load("worker/gateway/reply.lua")
 
@@ -46,8 +45,8 @@ class Reply:
     duration: tuple[str, str, float] | None = None
 
     def keys_args(self) -> tuple[list[str], list[Any]]:
-        """The script's KEYS and ARGV. Without a slot, KEYS[8] is a key the script leaves alone;
-        so is KEYS[9] without a duration."""
+        """The script's KEYS and ARGV: the named arguments, then the envelope as it is. Without a
+        slot, KEYS[8] is a key the script leaves alone; so is KEYS[9] without a duration."""
         slots_key, member = self.slot if self.slot is not None else (self.stats_key, "")
         hist_key, labels, seconds = self.duration if self.duration is not None else (self.stats_key, "", 0.0)
         keys = [
@@ -62,19 +61,21 @@ class Reply:
             hist_key,
         ]
         args = [
+            lua.named(
+                reply_ttl_s=self.reply_ttl_s,
+                attempt=str(self.attempt),
+                settle=self.settle,
+                ok=self.ok,
+                breaker=self.breaker.record_fields(),
+                final=self.final,
+                call_ttl_s=self.call_ttl_s,
+                stats_field=self.stats_field,
+                run_id=self.run_id,
+                member=member,
+                series=labels,
+                duration_s=round(seconds, 6),
+            ),
             self.envelope,
-            self.reply_ttl_s,
-            self.attempt,
-            "1" if self.settle else "0",
-            "1" if self.ok else "0",
-            *breaker_args(self.breaker),
-            "1" if self.final else "0",
-            self.call_ttl_s,
-            self.stats_field,
-            self.run_id,
-            member,
-            labels,
-            f"{seconds:.6f}",
         ]
         return keys, args
 

@@ -53,8 +53,10 @@ class RetryBudget:
         self._spend = r.register_script(_SPEND)
 
     def _run(self, op: str, tool: str, policy: RetryPolicy) -> bool:
-        args: list[str | float] = [op, policy.ratio, policy.min_retries, int(policy.window_s * 1000)]
-        return bool(self._spend(keys=[self.keys.retry_budget(tool)], args=args))
+        args = lua.named(
+            op=op, ratio=policy.ratio, min_retries=policy.min_retries, window_ms=int(policy.window_s * 1000)
+        )
+        return bool(self._spend(keys=[self.keys.retry_budget(tool)], args=[args]))
 
     def note_call(self, tool: str, policy: RetryPolicy) -> None:
         """Count a first attempt."""

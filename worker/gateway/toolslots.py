@@ -20,11 +20,11 @@ from worker.gateway.calls import REPLY_GRACE_S
 # Shared by the script below and the tool worker's checks (worker/gateway/checks.py).
 LUA_ACQUIRE_SLOT = lua.load("worker/gateway/acquire_slot.lua")
 
-# KEYS: 1 the tool's slots. ARGV: 1 the member, 2 the limit, 3 the slot's life in ms.
+# KEYS: 1 the tool's slots. ARGV[1]: a JSON table `a`: member, limit, life_ms (the slot's).
 # Returns 1 (taken) or 0 (the tool is at its limit).
 _ACQUIRE = lua.load("worker/gateway/toolslots_acquire.lua")
 
-# KEYS: 1 the tool's slots. ARGV: 1 the member.
+# KEYS: 1 the tool's slots. ARGV[1]: a JSON table `a`: member.
 _RELEASE = lua.load("worker/gateway/toolslots_release.lua")
 
 
@@ -37,10 +37,14 @@ class ToolSlots:
 
     def acquire(self, key: str, member: str, limit: int, timeout_s: float) -> bool:
         """Take a slot unless `limit` attempts of the tool are in flight fleet-wide."""
-        return bool(self._acquire(keys=[key], args=[member, limit, slot_life_ms(timeout_s)]))
+        return bool(
+            self._acquire(
+                keys=[key], args=[lua.named(member=member, limit=limit, life_ms=slot_life_ms(timeout_s))]
+            )
+        )
 
     def release(self, key: str, member: str) -> None:
-        self._release(keys=[key], args=[member])
+        self._release(keys=[key], args=[lua.named(member=member)])
 
 
 def slot_member(call_id: str, attempt: int) -> str:

@@ -1,2 +1,4 @@
+-- KEYS and the named arguments `a`: see worker/gateway/toolslots.py.
 --! include worker/gateway/acquire_slot.lua
-return acquire_slot(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])) and 1 or 0
+local a = cjson.decode(ARGV[1])
+return acquire_slot(KEYS[1], a.member, a.limit, a.life_ms) and 1 or 0

@@ -1,1 +1,3 @@
-return redis.call('ZREM', KEYS[1], ARGV[1])
+-- KEYS and the named arguments `a`: see worker/gateway/toolslots.py.
+local a = cjson.decode(ARGV[1])
+return redis.call('ZREM', KEYS[1], a.member)

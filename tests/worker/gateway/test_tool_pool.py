@@ -400,6 +400,29 @@ def test_the_checks_refuse_what_must_not_run(
     assert admitted.slot is None and shared_r.zrange(KEYS.tool_slots("echo"), 0, -1) == ["other:1:0#0"]
 
 
+def test_an_answer_the_checks_do_not_give_raises_instead_of_running_the_tool(
+    shared_r: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.gateway import executor as executor_module
+
+    monkeypatch.setattr(executor_module, "_BEFORE_TOOL", "return {'maybe'}")
+    executor = executor_module.ToolExecutor(shared_r, KEYS, Settings())
+    with pytest.raises(ValueError, match="'maybe' is not a valid BeforeToolVerdict"):
+        executor.admit("r1:1:0", 0, "echo", {}, 5.0, ("t1", "a"))
+    assert shared_r.zcard(KEYS.tool_slots("echo")) == 0
+
+
+def test_a_claim_answer_the_script_does_not_give_raises_instead_of_running_the_write(
+    shared_r: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.gateway import executor as executor_module
+
+    monkeypatch.setattr(executor_module, "_CLAIM", "return {'maybe', ''}")
+    executor = executor_module.ToolExecutor(shared_r, KEYS, Settings())
+    with pytest.raises(ValueError, match="'maybe' is not a valid ClaimVerdict"):
+        executor._claim_durably(KEYS.call_exec("r1:1:0"), 0)
+
+
 def test_the_reply_gives_the_slot_back_in_its_own_trip(shared_r: Any) -> None:
     counting, executor = _executor_on(shared_r)
     shared_r.hset(KEYS.run("r1"), mapping={"status": "running", "tenant": "t1", "agent": "a"})
