@@ -30,7 +30,7 @@ from worker.keys import AGENT_QUEUE
 from worker.obs import tracing
 from worker.redis_conn import write_durably
 from worker.run.events import NAMES as EVENT_NAMES
-from worker.run.store import TERMINAL, AdmissionRefused, Budgets, public_view
+from worker.run.store import TERMINAL, AdmissionRefused, Budgets, CreateVerdict, public_view
 from worker.webhooks import target
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -111,12 +111,12 @@ def _webhook(state: AppState, request: RunRequest, tenant: str) -> str | None:
 def _refusal(refused: AdmissionRefused, state: AppState, tenant: str) -> ApiError:
     """503 under a kill switch, 429 with Retry-After when the agents queue or the tenant's share
     of it is full."""
-    if refused.reason == "killed":
+    if refused.reason is CreateVerdict.KILLED:
         message = f"submissions are stopped by a kill switch: {refused.detail}"
         return ApiError(503, "killed", message, {"Retry-After": "30"})
     depth = int(refused.detail)
     retry_after = str(max(1, min(60, depth // 100)))
-    if refused.reason == "tenant_queue_full":
+    if refused.reason is CreateVerdict.TENANT_QUEUE_FULL:
         limit = state.settings.max_queued_per_tenant
         message = f"tenant {tenant} has {depth} runs queued (limit {limit}); retry later"
         return ApiError(429, "tenant_queue_full", message, {"Retry-After": retry_after})

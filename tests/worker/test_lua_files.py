@@ -146,3 +146,39 @@ def test_these_scripts_read_their_arguments_by_name(path: str) -> None:
     text = _lua_files()[path].read_text()
     assert "local a = cjson.decode(ARGV[1])" in text
     assert re.findall(r"ARGV\[[^\]]*\]", text) == ["ARGV[1]"], "an argument read by position"
+
+
+# The run's scripts as well. Three take, after the table, what they store as it is, so it is not
+# escaped twice: create the run's fields (ARGV[2..]), finish the output, park the pending action
+# and the agent's memory.
+RUN_NAMED = {
+    "worker/run/create.lua": ["ARGV[1]", "unpack(ARGV, 2)"],
+    "worker/run/start.lua": ["ARGV[1]"],
+    "worker/run/finish.lua": ["ARGV[1]", "ARGV[2]"],
+    "worker/run/park.lua": ["ARGV[1]", "ARGV[2]", "ARGV[3]"],
+    "worker/run/cancel.lua": ["ARGV[1]"],
+    "worker/run/overdue.lua": ["ARGV[1]"],
+    "worker/run/timers_claim.lua": ["ARGV[1]"],
+    "worker/run/lease_renew.lua": ["ARGV[1]"],
+    "worker/run/lease_release.lua": ["ARGV[1]"],
+    "worker/run/lease_reap.lua": ["ARGV[1]"],
+    "worker/run/spend_reserve.lua": ["ARGV[1]"],
+    "worker/run/spend_settle.lua": ["ARGV[1]"],
+    "worker/run/spend_charge.lua": ["ARGV[1]"],
+}
+
+
+@pytest.mark.parametrize("path", sorted(RUN_NAMED))
+def test_the_run_scripts_read_their_arguments_by_name(path: str) -> None:
+    code = re.sub(r"--[^\n]*", "", _lua_files()[path].read_text())  # the headers name ARGV too
+    assert "local a = cjson.decode(ARGV[1])" in code
+    assert sorted(set(re.findall(r"ARGV\[[^\]]*\]|unpack\(ARGV[^)]*\)", code))) == RUN_NAMED[path]
+
+
+def test_every_run_script_that_takes_arguments_is_listed() -> None:
+    taking = {
+        name
+        for name, path in _lua_files().items()
+        if name.startswith("worker/run/") and "ARGV" in path.read_text()
+    }
+    assert taking == set(RUN_NAMED)

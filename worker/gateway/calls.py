@@ -64,7 +64,7 @@ from worker.obs.redact import redact
 from worker.publish import Outgoing
 from worker.run.budget import ToolCallBudget
 from worker.run.guard import SLICE_S, BudgetExceeded, LeaseLost, Park, RunGuard
-from worker.run.spend import ModelCallCost, SpendBudget, attempt_charge, reported_usage
+from worker.run.spend import ModelCallCost, ReserveVerdict, SpendBudget, attempt_charge, reported_usage
 from worker.settings import Settings
 from worker.tools import MODEL_TOOL, Tool, ToolFailure, get_tool, validate_args
 from worker.tools.base import ErrorType, error_result, is_retryable
@@ -668,7 +668,7 @@ class ToolGateway:
             call_id, attempt, cost.worst_tokens, cost.worst_micro, cost.max_tokens, cost.max_cost_usd
         )
         if refused is not None:
-            left = "tokens" if refused == "max_tokens" else "money"
+            left = "tokens" if refused is ReserveVerdict.MAX_TOKENS else "money"
             raise BudgetExceeded(
                 refused, f"not enough {left} left for a model call of {cost.worst_tokens} tokens"
             )

@@ -1,21 +1,24 @@
+-- RunStore.create's script (worker/run/store.py, _CREATE: KEYS, the named arguments `a`, and the
+-- run's fields as name, value pairs from ARGV[2]).
 --! include worker/control/kill_reason.lua
 --! include worker/run/emit.lua
+local a = cjson.decode(ARGV[1])
 local reason = kill_reason({unpack(KEYS, 5)})
 if reason then return {'killed', reason} end
-if tonumber(ARGV[2]) >= 0 then
+if a.max_queued >= 0 then
   local depth = redis.call('LLEN', KEYS[2])
-  if depth >= tonumber(ARGV[2]) then return {'queue_full', tostring(depth)} end
+  if depth >= a.max_queued then return {'queue_full', tostring(depth)} end
 end
 -- members are '<tenant>|<created_ts>|<run id>'; a tenant name never holds '|' or '}'
-local first = '[' .. ARGV[4] .. '|'
+local first = '[' .. a.tenant .. '|'
 -- a run whose record expired while queued would otherwise count for ever
-redis.call('ZREMRANGEBYLEX', KEYS[3], first, '(' .. ARGV[4] .. '|' .. ARGV[6])
-if tonumber(ARGV[3]) >= 0 then
-  local queued = redis.call('ZLEXCOUNT', KEYS[3], first, '(' .. ARGV[4] .. '}')
-  if queued >= tonumber(ARGV[3]) then return {'tenant_queue_full', tostring(queued)} end
+redis.call('ZREMRANGEBYLEX', KEYS[3], first, '(' .. a.tenant .. '|' .. a.expired_before)
+if a.max_queued_per_tenant >= 0 then
+  local queued = redis.call('ZLEXCOUNT', KEYS[3], first, '(' .. a.tenant .. '}')
+  if queued >= a.max_queued_per_tenant then return {'tenant_queue_full', tostring(queued)} end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[3], 0, ARGV[5])
-emit(KEYS[4], false, ARGV[8], ARGV[1], 'status', ARGV[7])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], a.ttl_s)
+redis.call('ZADD', KEYS[3], 0, a.member)
+emit(KEYS[4], false, a.events_max, a.ttl_s, 'status', a.status_data)
 return {'ok', ''}

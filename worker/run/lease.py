@@ -25,16 +25,20 @@ from worker.keys import Keys
 LEASE_TTL_S = 10.0
 REAP_CLAIM_S = 30.0  # a claimed run is not reaped again for this long
 
+# Extends a lease its holder still holds. KEYS: the run's lease, the leases zset. ARGV[1], named:
+# token, ttl_ms, run_id. Returns 1 when renewed, 0 when the lease is another's or gone.
 _RENEW = lua.load("worker/run/lease_renew.lua")
 
+# Drops the lease if `token` holds it, and the run from the leases zset. KEYS: the run's lease, the
+# leases zset. ARGV[1], named: token, run_id.
 _RELEASE = lua.load("worker/run/lease_release.lua")
 
 # The runs whose lease expiry (by Redis' clock) has passed. KEYS[1] = the leases zset.
 _DUE = lua.load("worker/run/lease_due.lua")
 
 # Claims the runs among _DUE's answer whose lease is gone; returns the run ids this call claimed.
-# KEYS: the leases zset, then each candidate's lease. ARGV: the claim's length (ms), then the
-# candidates' run ids, in KEYS order.
+# KEYS: the leases zset, then each candidate's lease. ARGV[1], named: claim_ms (the claim's
+# length), run_ids (the candidates', in KEYS order).
 _REAP = lua.load("worker/run/lease_reap.lua")
 
 
@@ -81,10 +85,13 @@ class Leases:
 
     def renew(self, run_id: str, token: str) -> bool:
         keys = [self.keys.run_lease(run_id), self.keys.leases()]
-        return bool(self._renew(keys=keys, args=[token, self.ttl_ms, run_id]))
+        return bool(self._renew(keys=keys, args=[lua.named(token=token, ttl_ms=self.ttl_ms, run_id=run_id)]))
 
     def release(self, run_id: str, token: str) -> None:
-        self._release(keys=[self.keys.run_lease(run_id), self.keys.leases()], args=[token, run_id])
+        self._release(
+            keys=[self.keys.run_lease(run_id), self.keys.leases()],
+            args=[lua.named(token=token, run_id=run_id)],
+        )
 
     def reap(self) -> list[str]:
         """Claim the runs whose lease expired; the caller requeues them."""
@@ -93,7 +100,7 @@ class Leases:
             return []
         claimed = self._reap(
             keys=[self.keys.leases(), *(self.keys.run_lease(run_id) for run_id in due)],
-            args=[int(REAP_CLAIM_S * 1000), *due],
+            args=[lua.named(claim_ms=int(REAP_CLAIM_S * 1000), run_ids=due)],
         )
         return [str(run_id) for run_id in claimed]
 

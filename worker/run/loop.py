@@ -41,7 +41,7 @@ from worker.run.keeper import Held, RunKeeper
 from worker.run.lease import Leases, holder_is_dead, new_token
 from worker.run.spend import ModelCallCost, Prices, SpendBudget
 from worker.run.store import CANCELLED, FAILED, STOPPED, SUCCEEDED, Budgets, RunStore
-from worker.run.timers import Timers
+from worker.run.timers import ParkVerdict, Timers
 from worker.settings import Settings
 from worker.tools import MODEL_TOOL, get_tool
 from worker.units import usd_from_micro
@@ -381,7 +381,7 @@ def _perform(
         except Park as park:
             held = attempt.held
             parked = _park(ctx, held.token, park, step, deps)
-            if parked == "parked":
+            if parked is ParkVerdict.PARKED:
                 held.released = True  # the park script released the lease
                 attempt.trace.parked(_ACTION_NAMES[type(step.action)])
                 return None
@@ -479,8 +479,8 @@ def model_usage(action: CallModel, result: dict[str, Any]) -> dict[str, Any]:
     return {"model": action.model, "tokens": prompt + completion, "cost_usd": usd_from_micro(micro)}
 
 
-def _park(ctx: RunContext, token: str, park: Park, step: _Step, deps: LoopDeps) -> str:
-    """Record the wait in the run and end this execution: `parked`, or `ready` when the reply it
+def _park(ctx: RunContext, token: str, park: Park, step: _Step, deps: LoopDeps) -> ParkVerdict:
+    """Record the wait in the run and end this execution: `PARKED`, or `READY` when the reply it
     would wait for is already there. A cancel or a lost lease raise, as a check would."""
     assert deps.timers is not None  # a guard parks only with timers (LoopDeps.timers)
     pending = {**encode_action(step.action), "step": step.number, "started_ts": step.started_ts}
@@ -495,9 +495,9 @@ def _park(ctx: RunContext, token: str, park: Park, step: _Step, deps: LoopDeps) 
         memory=json.dumps(ctx.memory),
         reply_key=park.reply_key,
     )
-    if outcome == "cancelled":
+    if outcome is ParkVerdict.CANCELLED:
         raise RunStopped(CANCELLED, "cancelled", detail)
-    if outcome in ("lost", "ended"):
+    if outcome in (ParkVerdict.LOST, ParkVerdict.ENDED):
         raise LeaseLost()  # another execution holds the run, or it has ended: it reports the end
     return outcome
 

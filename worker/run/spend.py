@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -31,16 +32,38 @@ REFUSED_STATUSES = frozenset({400, 401, 403, 429})
 # Outcomes of an attempt whose request never left the fleet.
 _NOT_SENT = frozenset({"killed", "denied", "rate_limited", "circuit_open", "invalid_args"})
 
+# An attempt's worst case, reserved once per attempt unless the run's budgets cannot cover it.
+# KEYS: the run, the attempt's reservation. ARGV[1], named: tokens, cost_micro, max_tokens,
+# max_cost_micro, ttl_s (the reservation's). Returns a ReserveVerdict.
 _RESERVE = lua.load("worker/run/spend_reserve.lua")
 
-# KEYS: the run, the attempt's reservation, the fleet's spend stats. ARGV: tokens and micro-dollars
-# charged, cost by tenant ('1'/'0'), the model's label, the input and output tokens it reported.
+# KEYS: the run, the attempt's reservation, the fleet's spend stats. ARGV[1], named: tokens and
+# cost_micro (what is charged), cost_by_tenant (true/false), model (the model's label), input_tokens
+# and output_tokens (what it reported). Returns 1 the one time it settles, else 0.
 _SETTLE = lua.load("worker/run/spend_settle.lua")
 
-# A tool call's declared cost, charged once per call id unless it would pass max_cost_usd;
-# ARGV[4] = 1 only checks that it would fit (before the call is admitted and counted). KEYS[3] and
-# ARGV[5]: the fleet's spend stats and cost by tenant, as _SETTLE's.
+# A tool call's declared cost, charged once per call id unless it would pass max_cost_usd.
+# KEYS: the run, the call's charge, the fleet's spend stats. ARGV[1], named: cost_micro,
+# max_cost_micro, ttl_s (the charge's), check_only (true: only check that it would fit, before the
+# call is admitted and counted), cost_by_tenant (as _SETTLE's). Returns a ChargeVerdict.
 _CHARGE = lua.load("worker/run/spend_charge.lua")
+
+
+class ReserveVerdict(StrEnum):
+    """What the reserve script answered (an unknown answer raises ValueError); a refusal is the
+    budget the run stops on."""
+
+    RESERVED = "reserved"  # now, or already for this attempt
+    MAX_TOKENS = "max_tokens"
+    MAX_COST = "max_cost"
+
+
+class ChargeVerdict(StrEnum):
+    """What the charge script answered (an unknown answer raises ValueError)."""
+
+    CHARGED = "charged"  # now, or already for this call
+    FITS = "fits"  # check_only: it would fit; nothing changed
+    MAX_COST = "max_cost"
 
 
 @dataclass(frozen=True)
@@ -99,20 +122,30 @@ class SpendBudget:
         self.keys = keys
         self.run_key = keys.run(run_id)
         self.ttl_s = ttl_s
-        self.cost_by_tenant = "1" if cost_by_tenant else "0"  # settings.metrics.cost_by_tenant
+        self.cost_by_tenant = cost_by_tenant  # settings.metrics.cost_by_tenant
         self._reserve = r.register_script(_RESERVE)
         self._settle = r.register_script(_SETTLE)
         self._charge = r.register_script(_CHARGE)
 
     def reserve(
         self, call_id: str, attempt: int, tokens: int, cost_micro: int, max_tokens: int, max_cost_usd: float
-    ) -> str | None:
-        """None when reserved (or already reserved for this attempt); else "max_tokens" or "max_cost"."""
-        verdict = self._reserve(
-            keys=[self.run_key, self.keys.attempt_spend(call_id, attempt)],
-            args=[tokens, cost_micro, max_tokens, micro_from_usd(max_cost_usd), self.ttl_s],
+    ) -> ReserveVerdict | None:
+        """None when reserved (or already reserved for this attempt); else `MAX_TOKENS` or `MAX_COST`."""
+        verdict = ReserveVerdict(
+            self._reserve(
+                keys=[self.run_key, self.keys.attempt_spend(call_id, attempt)],
+                args=[
+                    lua.named(
+                        tokens=tokens,
+                        cost_micro=cost_micro,
+                        max_tokens=max_tokens,
+                        max_cost_micro=micro_from_usd(max_cost_usd),
+                        ttl_s=self.ttl_s,
+                    )
+                ],
+            )
         )
-        return None if verdict == "reserved" else str(verdict)
+        return None if verdict is ReserveVerdict.RESERVED else verdict
 
     def settle(
         self,
@@ -130,18 +163,37 @@ class SpendBudget:
         return bool(
             self._settle(
                 keys=[self.run_key, self.keys.attempt_spend(call_id, attempt), self.keys.stats_spend()],
-                args=[tokens, cost_micro, self.cost_by_tenant, model, input_tokens, output_tokens],
+                args=[
+                    lua.named(
+                        tokens=tokens,
+                        cost_micro=cost_micro,
+                        cost_by_tenant=self.cost_by_tenant,
+                        model=model,
+                        input_tokens=input_tokens,
+                        output_tokens=output_tokens,
+                    )
+                ],
             )
         )
 
     def charge_tool(
         self, call_id: str, cost_micro: int, max_cost_usd: float, *, check_only: bool = False
-    ) -> str | None:
+    ) -> ChargeVerdict | None:
         """Charge a tool call's declared cost once: None when charged (now or before), else
-        "max_cost". With `check_only`, None when it would fit (or was charged), and nothing changes.
+        `MAX_COST`. With `check_only`, None when it would fit (or was charged), and nothing changes.
         """
-        verdict = self._charge(
-            keys=[self.run_key, self.keys.call_spend(call_id), self.keys.stats_spend()],
-            args=[cost_micro, micro_from_usd(max_cost_usd), self.ttl_s, int(check_only), self.cost_by_tenant],
+        verdict = ChargeVerdict(
+            self._charge(
+                keys=[self.run_key, self.keys.call_spend(call_id), self.keys.stats_spend()],
+                args=[
+                    lua.named(
+                        cost_micro=cost_micro,
+                        max_cost_micro=micro_from_usd(max_cost_usd),
+                        ttl_s=self.ttl_s,
+                        check_only=check_only,
+                        cost_by_tenant=self.cost_by_tenant,
+                    )
+                ],
+            )
         )
-        return None if verdict in ("charged", "fits") else str(verdict)
+        return None if verdict in (ChargeVerdict.CHARGED, ChargeVerdict.FITS) else verdict

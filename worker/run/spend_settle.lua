@@ -1,14 +1,16 @@
+-- SpendBudget.settle's script (worker/run/spend.py, _SETTLE: KEYS and the named arguments `a`).
 --! include worker/run/count_cost.lua
+local a = cjson.decode(ARGV[1])
 local tokens = redis.call('HGET', KEYS[2], 'tokens')
 if not tokens or redis.call('HGET', KEYS[2], 'settled') then return 0 end
 redis.call('HINCRBY', KEYS[1], 'tokens_reserved', -tonumber(tokens))
 redis.call('HINCRBY', KEYS[1], 'cost_reserved', -tonumber(redis.call('HGET', KEYS[2], 'cost')))
-redis.call('HINCRBY', KEYS[1], 'tokens', ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'cost_micro', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'tokens', a.tokens)
+redis.call('HINCRBY', KEYS[1], 'cost_micro', a.cost_micro)
 redis.call('HSET', KEYS[2], 'settled', 1)
-count_cost(KEYS[1], KEYS[3], ARGV[2], ARGV[3])
-if ARGV[4] ~= '' then
-  if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[3], 'tokens|' .. ARGV[4] .. '|input', ARGV[5]) end
-  if tonumber(ARGV[6]) > 0 then redis.call('HINCRBY', KEYS[3], 'tokens|' .. ARGV[4] .. '|output', ARGV[6]) end
+count_cost(KEYS[1], KEYS[3], a.cost_micro, a.cost_by_tenant)
+if a.model ~= '' then
+  if a.input_tokens > 0 then redis.call('HINCRBY', KEYS[3], 'tokens|' .. a.model .. '|input', a.input_tokens) end
+  if a.output_tokens > 0 then redis.call('HINCRBY', KEYS[3], 'tokens|' .. a.model .. '|output', a.output_tokens) end
 end
 return 1

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -69,20 +70,25 @@ def _finite(value: str | None) -> float | None:
 
 
 # KEYS: the run, the agents queue, the queued-runs zset, the run's events, then the kill switches
-# that cover the submission. ARGV: ttl, max_queued (-1: no limit), max queued per tenant (-1: no
-# limit), the tenant, the run's queued-runs member, the created_ts before which a member's run has
-# expired, the `queued` status event's data, the events' cap, then the run's fields as name,
-# value, ...
+# that cover the submission. ARGV[1], named: ttl_s, max_queued (-1: no limit),
+# max_queued_per_tenant (-1: no limit), tenant, member (the run's in the queued-runs zset),
+# expired_before (the created_ts, as text, before which a member's run has expired), status_data
+# (the `queued` status event's), events_max (the events' cap). ARGV[2..]: the run's fields as
+# name, value, ..., stored as they are (the input's JSON is not escaped twice).
+# Returns {CreateVerdict, detail}.
 _CREATE = lua.load("worker/run/create.lua")
 
 # KEYS: the run, its lease, the leases zset, the deadlines zset, the run's cancel key, the
 # queued-runs zset, the timers zset, the parked-per-tenant and parked-per-agent hashes, the run's
 # events and their channel, the queue-wait histogram (worker/obs/histograms.py), then the run's kill
 # switches (killswitch.run_switch_keys of its tenant and agent, which never change).
-# ARGV: now (s), lease token, lease ttl (ms), run id, the dead holder this attempt takes over
-# ('' for none), the tenant and agent the switch keys are for, the park this delivery resumes
-# ('' for none: a first delivery or a requeue), the `running` status event's data, the events'
-# cap, the run's ttl (s), the queue whose wait (created to first started) is observed ('': none).
+# ARGV[1], named: now (unix s, as text: it is stored), token (the lease's), lease_ttl_ms, run_id,
+# takeover (the dead holder this attempt takes over, '' for none), tenant and agent (whom the
+# switch keys are for), wake (the park this delivery resumes, '' for none: a first delivery or a
+# requeue), status_data (the `running` status event's), events_max (the events' cap), ttl_s (the
+# run's), queue_wait (the queue whose wait, created to first started, is observed; '' for none).
+# Returns {StartVerdict, ...}: {'started', the run's hash, {kill reason, cancel flag}},
+# {'terminal', status}, {'leased', holder}, {'missing'} or {'stale'}.
 # A resume whose park is over (another resume took it, or the run parked again since) is 'stale'.
 # Taking a parked run unparks it and is no new attempt: `attempts` counts the executions that
 # began without a park to resume, so a worker that died is counted once.
@@ -92,37 +98,61 @@ _START = lua.load("worker/run/start.lua")
 # the deadlines zset, the queued-runs zset, the timers zset, the parked-per-tenant and -agent
 # hashes, the run's events, then the webhook outbox's delivery hash, due and born zsets, then the
 # archive's due and ended zsets (worker/history/queue.py), then the run-duration histogram.
-# ARGV: status, stop_reason, output, error, now (s; '' for the server's clock), ttl (s), the lease
-# token to release ('' for none), the run id, the step count to write first ('' for none),
-# 'parked' or 'queued' to end the run only if it is parked or still queued (the kill sweep: an
-# executing run checks its switches itself), the terminal status event's data, the events' cap,
-# the id of the `end` webhook delivery (used when the run has a webhook subscribed to `end`),
-# '1' to observe the run's duration (first start to end) in the histogram.
+# ARGV[1], named: status, stop_reason, error (JSON), now (unix s as text; '' for the server's
+# clock), ttl_s, lease_token (to release; '' for none), run_id, steps (the step count to write
+# first; '' for none), only_if ('parked' or 'queued' to end the run only if it is parked or still
+# queued: the kill sweep, as an executing run checks its switches itself; '' always), status_data
+# (the terminal status event's), events_max (the events' cap), delivery_id (the `end` webhook
+# delivery's, used when the run has a webhook subscribed to `end`), observe (true: the run's
+# duration, first start to end, goes in the histogram). ARGV[2]: the output (JSON), stored as it
+# is.
 # The status and `end` events are announced by the PUBLISH on the ended channel.
 # Returns {1 when this call ended the run else 0, agent, version, started_ts, finished_ts}.
 _FINISH = lua.load("worker/run/finish.lua")
 
 # Claims runs past their deadline that no live execution holds, for this reaper to end them.
 # KEYS: the deadlines zset, then the lease of each candidate run (RunStore.end_overdue read the
-# candidates from the zset just before). ARGV: now (s), the claim's length (s), the dead holder of
-# a lease that this call may take over ('' for none), then the candidates' run ids, in KEYS order.
+# candidates from the zset just before). ARGV[1], named: now (unix s), claim_s (the claim's
+# length), takeover (the dead holder of a lease that this call may take over, '' for none),
+# run_ids (the candidates', in KEYS order).
 # Returns {claimed run ids, {run id, holder, ...} of overdue runs whose lease is held}.
 _OVERDUE = lua.load("worker/run/overdue.lua")
 
 # KEYS: the run, its cancel key, its ended channel, the run stats, the queued-runs zset, the
 # timers zset, the schedulers' bell, the run's events, then the webhook outbox's delivery hash,
-# due and born zsets, then the archive's due and ended zsets. ARGV: now (s), the cancel key's
-# ttl (s), the run id, the `cancelled` status event's data, the events' cap, the run's ttl (s),
-# the id of the `end` webhook delivery.
+# due and born zsets, then the archive's due and ended zsets. ARGV[1], named: now (unix s, as
+# text: it is stored), cancel_ttl_s (the cancel key's), run_id, status_data (the `cancelled` status
+# event's), events_max (the events' cap), ttl_s (the run's), delivery_id (the `end` webhook's).
+# Returns the run's status before, or nil for no run.
 # A parked run is made due at once, so a scheduler resumes it and it ends cancelled.
 _CANCEL = lua.load("worker/run/cancel.lua")
 
 
-class AdmissionRefused(Exception):
-    """A submission refused: `reason` is "killed" (detail: the switch's reason), "queue_full"
-    (detail: the queue's depth) or "tenant_queue_full" (detail: the tenant's queued runs)."""
+class CreateVerdict(StrEnum):
+    """What the create script answered (an unknown answer raises ValueError)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    OK = "ok"  # the run is written
+    KILLED = "killed"  # a kill switch covers the submission (detail: its reason)
+    QUEUE_FULL = "queue_full"  # the agents queue is full (detail: its depth)
+    TENANT_QUEUE_FULL = "tenant_queue_full"  # the tenant's share is (detail: its queued runs)
+
+
+class StartVerdict(StrEnum):
+    """What the start script answered (an unknown answer raises ValueError)."""
+
+    MISSING = "missing"  # no run, or not the tenant's and agent's the switch keys were read for
+    TERMINAL = "terminal"  # the run has ended (its status)
+    STALE = "stale"  # a resume of a park that is over
+    LEASED = "leased"  # another execution holds the run (the holder)
+    STARTED = "started"  # this attempt holds it (the run's hash, its switches and cancel flag)
+
+
+class AdmissionRefused(Exception):
+    """A submission refused: `reason` is `CreateVerdict.KILLED` (detail: the switch's reason),
+    `QUEUE_FULL` (detail: the queue's depth) or `TENANT_QUEUE_FULL` (detail: the tenant's queued
+    runs)."""
+
+    def __init__(self, reason: CreateVerdict, detail: str) -> None:
         super().__init__(reason)
         self.reason = reason
         self.detail = detail
@@ -222,7 +252,7 @@ class RunStore:
         flat = [str(x) for item in fields.items() for x in item]
         member = f"{tenant}|{created_ts}|{run_id}"
         expired_before = repr(float(created_ts) - self.ttl_s)
-        verdict, detail = self._create(
+        answer, detail = self._create(
             keys=[
                 self.keys.run(run_id),
                 queue or self.keys.run(run_id),
@@ -231,19 +261,22 @@ class RunStore:
                 *switches,
             ],
             args=[
-                self.ttl_s,
-                max_queued,
-                max_queued_per_tenant,
-                tenant,
-                member,
-                expired_before,
-                status_data(QUEUED),
-                EVENTS_MAX,
+                lua.named(
+                    ttl_s=self.ttl_s,
+                    max_queued=max_queued,
+                    max_queued_per_tenant=max_queued_per_tenant,
+                    tenant=tenant,
+                    member=member,
+                    expired_before=expired_before,
+                    status_data=status_data(QUEUED),
+                    events_max=EVENTS_MAX,
+                ),
                 *flat,
             ],
         )
-        if verdict != "ok":
-            raise AdmissionRefused(str(verdict), str(detail))
+        verdict = CreateVerdict(answer)
+        if verdict is not CreateVerdict.OK:
+            raise AdmissionRefused(verdict, str(detail))
         return {k: str(v) for k, v in fields.items()}
 
     def load(self, run_id: str) -> dict[str, str] | None:
@@ -265,7 +298,7 @@ class RunStore:
         tenant, agent = self.r.hmget(keys.run(run_id), ["tenant", "agent"])
         if tenant is None or agent is None:
             return Started()
-        verdict, *rest = self._start(
+        answer, *rest = self._start(
             keys=[
                 keys.run(run_id),
                 keys.run_lease(run_id),
@@ -282,25 +315,28 @@ class RunStore:
                 *run_switch_keys(keys, str(tenant), str(agent)),
             ],
             args=[
-                repr(time.time()),
-                token,
-                self.lease_ttl_ms,
-                run_id,
-                takeover,
-                tenant,
-                agent,
-                wake,
-                status_data(RUNNING),
-                EVENTS_MAX,
-                self.ttl_s,
-                AGENT_QUEUE if self.histograms else "",
+                lua.named(
+                    now=repr(time.time()),
+                    token=token,
+                    lease_ttl_ms=self.lease_ttl_ms,
+                    run_id=run_id,
+                    takeover=takeover,
+                    tenant=tenant,
+                    agent=agent,
+                    wake=wake,
+                    status_data=status_data(RUNNING),
+                    events_max=EVENTS_MAX,
+                    ttl_s=self.ttl_s,
+                    queue_wait=AGENT_QUEUE if self.histograms else "",
+                )
             ],
         )
-        if verdict == "terminal":
+        verdict = StartVerdict(answer)
+        if verdict is StartVerdict.TERMINAL:
             return Started(status=str(rest[0]))
-        if verdict == "leased":
+        if verdict is StartVerdict.LEASED:
             return Started(holder=str(rest[0]))
-        if verdict != "started":
+        if verdict is not StartVerdict.STARTED:  # missing, or a stale resume
             return Started()
         flat, (reason, cancel) = rest
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -423,20 +459,22 @@ class RunStore:
                 keys.histogram(histograms.RUN),
             ],
             args=[
-                status,
-                stop_reason,
+                lua.named(
+                    status=status,
+                    stop_reason=stop_reason,
+                    error=json.dumps(error),
+                    now=repr(time.time()) if now is None else now,
+                    ttl_s=self.ttl_s,
+                    lease_token=lease_token,
+                    run_id=run_id,
+                    steps="" if steps is None else steps,
+                    only_if=only_if,
+                    status_data=status_data(status, stop_reason),
+                    events_max=EVENTS_MAX,
+                    delivery_id=delivery_id,
+                    observe=self.histograms,
+                ),
                 json.dumps(output),
-                json.dumps(error),
-                repr(time.time()) if now is None else now,
-                self.ttl_s,
-                lease_token,
-                run_id,
-                "" if steps is None else steps,
-                only_if,
-                status_data(status, stop_reason),
-                EVENTS_MAX,
-                delivery_id,
-                "1" if self.histograms else "",
             ],
             client=client,
         )
@@ -476,7 +514,7 @@ class RunStore:
     def _claim_overdue(self, run_ids: list[str], now: float, dead_holder: str) -> tuple[list[Any], list[Any]]:
         claimed, held = self._overdue(
             keys=[self.keys.deadlines(), *(self.keys.run_lease(run_id) for run_id in run_ids)],
-            args=[repr(now), OVERDUE_CLAIM_S, dead_holder, *run_ids],
+            args=[lua.named(now=now, claim_s=OVERDUE_CLAIM_S, takeover=dead_holder, run_ids=run_ids)],
         )
         return list(claimed), list(held)
 
@@ -497,13 +535,15 @@ class RunStore:
                 *self._archive_keys(),
             ],
             args=[
-                repr(time.time()),
-                3600,
-                run_id,
-                status_data(CANCELLED, "cancelled"),
-                EVENTS_MAX,
-                self.ttl_s,
-                delivery_id,
+                lua.named(
+                    now=repr(time.time()),
+                    cancel_ttl_s=3600,
+                    run_id=run_id,
+                    status_data=status_data(CANCELLED, "cancelled"),
+                    events_max=EVENTS_MAX,
+                    ttl_s=self.ttl_s,
+                    delivery_id=delivery_id,
+                )
             ],
         )
         if status == QUEUED and self.on_end is not None:

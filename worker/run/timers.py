@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import redis
 import structlog
@@ -46,19 +47,30 @@ CLAIM_BATCH = 500  # timers claimed per script call
 
 # KEYS: the run, its lease, the leases zset, the timers zset, the parked-per-tenant and -agent
 # hashes, the run's cancel key, the reply list the run waits for (the run's hash when none).
-# ARGV: the lease token, the wake-up time (unix s), the wait (JSON), the pending action (JSON),
-# the agent's memory (JSON), the run id, the tenant, the agent, '1' when the run waits for a
-# reply (KEYS[8]), the reply key to record ('' for none).
-# Returns {'parked', park number}, or {'ready'} (the reply is there: go on), {'cancelled', why},
-# {'lost'} (another execution holds the run) or {'ended', status}.
+# ARGV[1], named: token (the lease's), wake_ts (unix s, as text), wait (JSON), run_id, tenant,
+# agent, reply_key (the reply list the run waits for, KEYS[8], recorded; '' for none). ARGV[2] and
+# ARGV[3]: the pending action and the agent's memory (JSON), stored as they are (they can be large:
+# a model call's messages; a named field would escape them twice).
+# Returns {ParkVerdict, ...}: {'parked', park number}, or {'ready'} (the reply is there: go on),
+# {'cancelled', why}, {'lost'} (another execution holds the run) or {'ended', status}.
 _PARK = lua.load("worker/run/park.lua")
 
-# Claims due timers. KEYS: the timers zset, then each candidate's run hash. ARGV: now (unix s),
-# the claim's length (s), then the candidates' run ids in KEYS order. A candidate that is not
+# Claims due timers. KEYS: the timers zset, then each candidate's run hash. ARGV[1], named: now
+# (unix s), claim_s (the claim's length), run_ids (the candidates', in KEYS order). A candidate that is not
 # parked any more (resumed or ended since) loses its timer. A run's deadline excludes the time it
 # waited for humans (worker/control/approvals.py).
 # Returns {run id, park number, deadline (unix s), ...} of the claimed runs.
 _CLAIM = lua.load("worker/run/timers_claim.lua")
+
+
+class ParkVerdict(StrEnum):
+    """What the park script answered (an unknown answer raises ValueError)."""
+
+    PARKED = "parked"  # the run is parked (detail: the park's number)
+    READY = "ready"  # the reply it would wait for is there: go on, do not park
+    CANCELLED = "cancelled"  # the run's cancel flag is set (detail: why)
+    LOST = "lost"  # another execution holds the run's lease
+    ENDED = "ended"  # the run has ended (detail: its status)
 
 
 @dataclass(frozen=True)
@@ -91,12 +103,12 @@ class Timers:
         pending: str,
         memory: str,
         reply_key: str = "",
-    ) -> tuple[str, str]:
-        """Park the run if this execution still holds it; returns (outcome, detail): `parked`
-        (detail: the park's number), `ready` (the reply came: do not park), `cancelled` (detail:
-        why), `lost` or `ended`."""
+    ) -> tuple[ParkVerdict, str]:
+        """Park the run if this execution still holds it; returns (verdict, detail): `PARKED`
+        (detail: the park's number), `READY` (the reply came: do not park), `CANCELLED` (detail:
+        why), `LOST` or `ENDED`."""
         keys = self.keys
-        outcome, *rest = self._park(
+        answer, *rest = self._park(
             keys=[
                 keys.run(run_id),
                 keys.run_lease(run_id),
@@ -108,19 +120,20 @@ class Timers:
                 reply_key or keys.run(run_id),
             ],
             args=[
-                token,
-                repr(wake_ts),
-                wait,
+                lua.named(
+                    token=token,
+                    wake_ts=repr(wake_ts),
+                    wait=wait,
+                    run_id=run_id,
+                    tenant=tenant,
+                    agent=agent,
+                    reply_key=reply_key,
+                ),
                 pending,
                 memory,
-                run_id,
-                tenant,
-                agent,
-                "1" if reply_key else "0",
-                reply_key,
             ],
         )
-        return str(outcome), str(rest[0]) if rest else ""
+        return ParkVerdict(answer), str(rest[0]) if rest else ""
 
     def claim_due(self, now: float | None = None, limit: int = CLAIM_BATCH) -> list[Due]:
         """Claim the timers due at `now`; a claimed timer is not claimed again for RESEND_S."""
@@ -130,7 +143,7 @@ class Timers:
             return []
         flat = self._claim(
             keys=[self.keys.timers(), *(self.keys.run(run_id) for run_id in candidates)],
-            args=[repr(now), RESEND_S, *candidates],
+            args=[lua.named(now=now, claim_s=RESEND_S, run_ids=candidates)],
         )
         return [Due(str(flat[i]), str(flat[i + 1]), float(flat[i + 2])) for i in range(0, len(flat), 3)]
 

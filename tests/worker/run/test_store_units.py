@@ -3,6 +3,7 @@ on fakeredis with Lua. Delivery, timing and crashes are tested against real proc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import fakeredis
@@ -11,7 +12,9 @@ import pytest
 from tests.unit_parts import BUDGETS, KEYS, InlineDispatcher, gateway, new_run
 from worker.gateway.calls import is_retryable
 from worker.run.guard import BudgetExceeded, RunGuard, RunStopped
+from worker.run.spend import SpendBudget
 from worker.run.store import AdmissionRefused, RunStore, Started, public_view
+from worker.run.timers import Timers
 from worker.settings import Settings
 
 
@@ -370,3 +373,50 @@ def test_a_queued_run_whose_record_expired_stops_counting(r: fakeredis.FakeRedis
     r.zadd(KEYS.queued_runs(), {f"{tenant}|{float(created_ts) - 120!r}|{run_id}": 0})
     assert _submit(store, "a1", "acme", 1) == "ok"
     assert r.zcard(KEYS.queued_runs()) == 1
+
+
+# -- the scripts' answers are parsed, not compared as bare strings -----------------------------------
+
+
+def _create(store: RunStore, timers: Timers, spend: SpendBudget) -> object:
+    return store.create("r2", tenant="t1", agent="a", input={}, budgets=BUDGETS, metadata={})
+
+
+def _start(store: RunStore, timers: Timers, spend: SpendBudget) -> object:
+    return store.start("r1", "host:1:a")
+
+
+def _park(store: RunStore, timers: Timers, spend: SpendBudget) -> object:
+    wait = {"wait": "{}", "pending": "{}", "memory": "{}"}
+    return timers.park("r1", "host:1:a", tenant="t1", agent="a", wake_ts=1.0, **wait)
+
+
+def _reserve(store: RunStore, timers: Timers, spend: SpendBudget) -> object:
+    return spend.reserve("c1", 0, 10, 10, max_tokens=100, max_cost_usd=1.0)
+
+
+def _charge(store: RunStore, timers: Timers, spend: SpendBudget) -> object:
+    return spend.charge_tool("c1", 10, max_cost_usd=1.0)
+
+
+@pytest.mark.parametrize(
+    ("call", "answer", "enum"),
+    [
+        (_create, ["moved", ""], "CreateVerdict"),
+        (_start, ["moved"], "StartVerdict"),
+        (_park, ["moved"], "ParkVerdict"),
+        (_reserve, "moved", "ReserveVerdict"),
+        (_charge, "moved", "ChargeVerdict"),
+    ],
+)
+def test_an_answer_a_script_does_not_give_raises_instead_of_passing_for_another(
+    r: fakeredis.FakeRedis, store: RunStore, call: Callable[..., object], answer: Any, enum: str
+) -> None:
+    new_run(store)
+    timers, spend = Timers(r, KEYS), SpendBudget(r, KEYS, "r1", ttl_s=60)
+    owner = {_create: store, _start: store, _park: timers, _reserve: spend, _charge: spend}[call]
+    # each helper is named as the attribute its class keeps the script in: that script now answers
+    # something it never did
+    setattr(owner, call.__name__, lambda keys, args: answer)
+    with pytest.raises(ValueError, match=f"'moved' is not a valid {enum}"):
+        call(store, timers, spend)
