@@ -28,6 +28,7 @@ def make_app(redis_url: str, events: bool = False) -> Celery:
         "socket_timeout": 10,
         "socket_connect_timeout": 5,
         "health_check_interval": 25,
+        "priority_steps": [0],  # as the fleet: one key a queue in each BRPOP
     }
     celery.conf.update(
         task_serializer="json",

@@ -86,6 +86,11 @@ def make_app(settings: Settings) -> Celery:
         "socket_timeout": 10,
         "socket_connect_timeout": 5,
         "health_check_interval": 25,
+        # Every message goes out at priority 0 (worker/publish.py), so a consumer's BRPOP lists one
+        # key a queue, not kombu's default four (priorities 0, 3, 6, 9): a tool worker consumes a
+        # dozen queues, and building and serving a 48-key BRPOP after every message cost it more
+        # CPU than the tool call's own checks.
+        "priority_steps": [0],
         **sentinel_options(settings),
     }
     celery.conf.update(
