@@ -493,3 +493,52 @@ def test_on_its_loop_the_reply_goes_through_the_loops_asyncio_client(shared_r: A
     reply = json.loads(shared_r.lpop(KEYS.call_reply("r1:2:0", 0)) or "{}")
     assert reply == {"settled": True, "envelope": {"ok": True, "result": {"n": 1}}}
     assert shared_r.hget(KEYS.call("r1:2:0"), "state") == "done"
+
+
+class _StubExecutor:
+    """Stands in for ToolExecutor: admits every call; `answer_async` notes when it began, then
+    waits (as a tool's I/O does); `hold` blocks the loop thread instead (a busy loop)."""
+
+    def __init__(self, hold_s: float = 0.0) -> None:
+        self.hold_s = hold_s
+        self.began: list[float] = []
+
+    def attach_loop(self, loop: Any) -> None:
+        pass
+
+    def admit(self, *call: Any) -> None:
+        return None
+
+    async def answer_async(self, *call: Any) -> None:
+        import asyncio
+
+        if self.hold_s:
+            time.sleep(self.hold_s)  # the loop is busy: nothing else runs on it meanwhile
+        self.began.append(time.monotonic())
+        await asyncio.sleep(0.2)
+
+
+def test_a_handed_over_call_has_begun_on_the_loop_when_submit_returns() -> None:
+    """The Celery thread stands aside until the loop has begun the call, so the two do not
+    compete for the CPU as the call starts (worker/gateway/pool.py)."""
+    from worker.gateway.pool import ToolPool
+
+    executor = _StubExecutor()
+    pool = ToolPool(executor, max_inflight=8)  # type: ignore[arg-type]
+    for n in range(20):
+        pool.submit(f"r{n}:1:0", 0, "echo", {}, 1.0)
+        assert len(executor.began) == n + 1  # begun, and at its first wait, before submit returned
+    assert pool.drain(5.0) == 0
+
+
+def test_a_busy_loop_holds_a_hand_over_up_for_at_most_its_bound() -> None:
+    from worker.gateway.pool import HANDOVER_WAIT_S, ToolPool
+
+    executor = _StubExecutor(hold_s=0.5)
+    pool = ToolPool(executor, max_inflight=8)  # type: ignore[arg-type]
+    pool.submit("r1:1:0", 0, "echo", {}, 1.0)  # its call holds the loop for 0.5 s
+    started = time.monotonic()
+    pool.submit("r2:1:0", 0, "echo", {}, 1.0)
+    assert time.monotonic() - started < HANDOVER_WAIT_S + 0.25  # did not wait for the loop
+    assert pool.drain(5.0) == 0
+    assert len(executor.began) == 2
