@@ -3,7 +3,8 @@
 A tool call is I/O: it waits on an HTTP server or a model service for seconds. A thread per call
 caps a process at a few hundred calls (its stack, the GIL's switching); here each call is a task
 on one asyncio loop, run by one thread the process starts on its first call. The Celery task
-(`fleet.tool_call`) only hands the call over and returns, so Celery acks its message at once; a
+(`fleet.tool_call`) only hands the call over and returns once the loop has begun it (so the
+two threads do not compete for the CPU as the call starts), and Celery acks its message; a
 process holds at most `tools.worker_max_inflight` calls, and past that the task waits for one to
 finish before it hands its call over (its message stays unacked meanwhile: backpressure, nothing
 lost). Plain (non-async) tools run in a pool of `tools.sync_threads` threads.
