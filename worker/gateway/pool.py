@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # celery_app registers DrainToolCalls: importing it must stay
 
 log = structlog.get_logger("agentfleet.tools")
 HANDOVER_WAIT_S = 0.005  # at most this long, a Celery thread waits for the loop to begin its call
+HANDOVER_WAIT_MAX_INFLIGHT = 4  # and only while the process holds at most this many calls
 
 
 class ToolPool:
@@ -76,21 +77,24 @@ class ToolPool:
             loop = self._started()
             with self._lock:
                 self._inflight += 1
+                quiet = self._inflight <= HANDOVER_WAIT_MAX_INFLIGHT
             try:
                 admitted = self._executor.admit(call_id, attempt, tool, args, timeout_s, owner)
             except Exception as exc:  # Redis down past the call's time: as a failure in _one
                 log.error("tool call failed", tool=tool, attempt=attempt, error=type(exc).__name__)
                 self._done()
                 return
-            begun = threading.Event()
+            # While the loop holds few calls, stand aside until it has begun this one (its first
+            # wait: the tool's I/O, or the reply's round trip). Otherwise this thread goes on with
+            # Celery's bookkeeping of the task (its trace, the ack) while the loop thread, just
+            # woken, waits for the CPU and the GIL: bench_gateway timed that hand-over at 0.4 ms
+            # (p50), a tenth of an `echo` call's round trip. A busy loop is not waited for: in a
+            # burst the calls' intake matters more than one call's start.
+            begun = threading.Event() if quiet else None
             coro = self._one(call_id, attempt, tool, args, timeout_s, trace_id, admitted, traceparent, begun)
             asyncio.run_coroutine_threadsafe(coro, loop)
-            # Stand aside until the loop has begun the call (its first wait: the tool's I/O, or
-            # the reply's round trip). Otherwise this thread goes on with Celery's bookkeeping
-            # of the task (its trace, the ack) while the loop thread, just woken, waits for the
-            # CPU and the GIL: bench_gateway timed that hand-over at 0.4 ms (p50), a tenth of
-            # an `echo` call's round trip.
-            begun.wait(HANDOVER_WAIT_S)
+            if begun is not None:
+                begun.wait(HANDOVER_WAIT_S)
         except BaseException:
             self._done()
             raise

@@ -521,14 +521,17 @@ class _StubExecutor:
 def test_a_handed_over_call_has_begun_on_the_loop_when_submit_returns() -> None:
     """The Celery thread stands aside until the loop has begun the call, so the two do not
     compete for the CPU as the call starts (worker/gateway/pool.py)."""
-    from worker.gateway.pool import ToolPool
+    from worker.gateway.pool import HANDOVER_WAIT_MAX_INFLIGHT, ToolPool
 
     executor = _StubExecutor()
-    pool = ToolPool(executor, max_inflight=8)  # type: ignore[arg-type]
-    for n in range(20):
+    pool = ToolPool(executor, max_inflight=64)  # type: ignore[arg-type]
+    for n in range(HANDOVER_WAIT_MAX_INFLIGHT):
         pool.submit(f"r{n}:1:0", 0, "echo", {}, 1.0)
         assert len(executor.began) == n + 1  # begun, and at its first wait, before submit returned
+    for n in range(HANDOVER_WAIT_MAX_INFLIGHT, 40):  # past that, a burst is not slowed down
+        pool.submit(f"r{n}:1:0", 0, "echo", {}, 1.0)
     assert pool.drain(5.0) == 0
+    assert len(executor.began) == 40
 
 
 def test_a_busy_loop_holds_a_hand_over_up_for_at_most_its_bound() -> None:
