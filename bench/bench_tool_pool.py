@@ -74,6 +74,7 @@ from bench.bench_core import cpu_model  # noqa: E402
 from tests.harness import KEY_T1, Fleet, Proc, RedisServer, SlowServer, deep_merge, wait_for  # noqa: E402
 
 EXIT_ERROR = 2
+OWNER = ("t1", "scripted")  # the runs' tenant (KEY_T1's) and agent, as the gateway sends them
 TARGET_IN_FLIGHT = 1000  # issue 13: one tool-worker process keeps at least 1,000 I/O calls in flight
 RESTART_DOWN_S = 2.0
 SAMPLE_EVERY_S = 0.25
@@ -178,13 +179,13 @@ class Caller:
 
     def send(self, step: int, count: int) -> list[str]:
         """Send `count` calls (step `step` of the first `count` runs); their call ids."""
+        from worker.gateway.calls import ToolAttempt
+
         call_ids = [f"{run_id}:{step}:0" for run_id in self.run_ids[:count]]
         for call_id in call_ids:
             # One URL per call, so the server can tell a call that reaches it twice.
             args = {"url": f"{self.url}?call={call_id}"}
-            self.dispatcher.send(
-                call_id=call_id, attempt=0, tool="http.get", args=args, timeout_s=self.timeout_s
-            )
+            self.dispatcher.send(ToolAttempt(call_id, 0, "http.get", args, self.timeout_s, OWNER))
         return call_ids
 
     def collect(self, call_ids: list[str], deadline_s: float) -> dict[str, dict[str, Any]]:

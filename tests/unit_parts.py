@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import astuple
 from typing import Any
 
 import fakeredis
 
-from worker.gateway.calls import FleetControls, ToolGateway
+from worker.gateway.calls import FleetControls, ToolAttempt, ToolGateway
 from worker.keys import Keys
 from worker.run.budget import ToolCallBudget
 from worker.run.guard import RunGuard
@@ -35,20 +36,12 @@ class InlineDispatcher:
         self.r, self.settings, self.replies = r, settings, replies
         self.sent: list[tuple[str, int, str]] = []
 
-    def outgoing(self, **attempt: Any) -> None:
+    def outgoing(self, sent: ToolAttempt) -> None:
         """None: each attempt is sent with `send`, which runs it here."""
         return None
 
-    def send(
-        self,
-        *,
-        call_id: str,
-        attempt: int,
-        tool: str,
-        args: dict[str, Any],
-        timeout_s: float,
-        owner: tuple[str, str] = ("", ""),
-    ) -> None:
+    def send(self, sent: ToolAttempt) -> None:
+        call_id, attempt, tool, args, timeout_s, _owner = astuple(sent)
         self.sent.append((call_id, attempt, tool))
         if self.replies is not None:
             result = self.replies.pop(0)

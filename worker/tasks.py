@@ -20,7 +20,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from worker import agents, tools
 from worker.celery_app import ARCHIVE_TASK, RUN_TASK, TOOL_TASK, WEBHOOK_TASK, app, send_run
-from worker.gateway.calls import REPLY_GRACE_S, BrokerUnavailable, FleetControls
+from worker.gateway.calls import REPLY_GRACE_S, BrokerUnavailable, FleetControls, ToolAttempt
 from worker.gateway.executor import ToolExecutor
 from worker.gateway.pool import ToolPool, process_pool, sync_pool
 from worker.history import queue as archive_queue
@@ -68,66 +68,43 @@ class CeleryDispatcher:
             self._publisher = _publisher()
         return self._publisher
 
-    def send(
-        self,
-        *,
-        call_id: str,
-        attempt: int,
-        tool: str,
-        args: dict[str, Any],
-        timeout_s: float,
-        owner: tuple[str, str],
-    ) -> None:
+    def send(self, attempt: ToolAttempt) -> None:
         try:
-            self.publisher.send(
-                *_tool_task(call_id, attempt, tool, args, timeout_s),
-                **_tool_options(call_id, attempt, tool, timeout_s, owner),
-            )
+            self.publisher.send(*_tool_task(attempt), **_tool_options(attempt))
         except (redis.RedisError, OSError) as exc:
             # The broker is unreachable: the run is not at fault. Like any Redis error in the
             # loop, this ends the execution; the lease expires and the run resumes elsewhere.
             raise BrokerUnavailable(f"could not send the tool call: {type(exc).__name__}") from exc
 
-    def outgoing(
-        self,
-        *,
-        call_id: str,
-        attempt: int,
-        tool: str,
-        args: dict[str, Any],
-        timeout_s: float,
-        owner: tuple[str, str],
-    ) -> Outgoing:
+    def outgoing(self, attempt: ToolAttempt) -> Outgoing:
         """The message `send` would push, for the admission script to push when it admits the
         attempt: admitted and sent in one round trip."""
-        return self.publisher.outgoing(
-            *_tool_task(call_id, attempt, tool, args, timeout_s),
-            **_tool_options(call_id, attempt, tool, timeout_s, owner),
-        )
+        return self.publisher.outgoing(*_tool_task(attempt), **_tool_options(attempt))
 
 
-def _tool_task(
-    call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float
-) -> tuple[str, list[Any], str]:
+def _tool_task(a: ToolAttempt) -> tuple[str, list[Any], str]:
     """A tool-call attempt's task name, arguments and queue."""
-    return TOOL_TASK, [call_id, attempt, tool, args, timeout_s], tool_queue(tool)
+    return TOOL_TASK, [a.call_id, a.attempt, a.tool, a.args, a.timeout_s], tool_queue(a.tool)
 
 
-def _tool_options(
-    call_id: str, attempt: int, tool: str, timeout_s: float, owner: tuple[str, str]
-) -> dict[str, Any]:
+def _tool_options(a: ToolAttempt) -> dict[str, Any]:
     """The message options of a tool-call attempt (Publisher.message's keywords)."""
     return {
         # Celery's logs, events and Flower show this instead of the arguments (may hold PII).
-        "argsrepr": f"({call_id!r}, {attempt}, {tool!r}, <args>, {timeout_s})",
+        "argsrepr": f"({a.call_id!r}, {a.attempt}, {a.tool!r}, <args>, {a.timeout_s})",
         # sent_at: the queue's oldest-message age (/metrics); the run's trace id, for the tool
         # worker's log line; its tenant and agent, to name the run's switches and, with traces
         # on, the step's span context (worker/obs/tracing.py)
-        "headers": {"sent_at": time.time(), "trace_id": _trace_id(), "owner": list(owner), **trace_headers()},
+        "headers": {
+            "sent_at": time.time(),
+            "trace_id": _trace_id(),
+            "owner": list(a.owner),
+            **trace_headers(),
+        },
         # A message still queued when its run has given up on it (timeout + REPLY_GRACE_S) is
         # dropped, not executed; EXPIRES_SKEW_S allows for clocks that differ by host. The reply
         # comes through its own list, never the result backend (ignore_result).
-        "expires_s": timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
+        "expires_s": a.timeout_s + REPLY_GRACE_S + EXPIRES_SKEW_S,
     }
 
 

@@ -80,33 +80,26 @@ class BrokerUnavailable(redis.ConnectionError):
     treats it as the fleet's own failure (the run resumes elsewhere), not the agent's."""
 
 
+@dataclass(frozen=True)
+class ToolAttempt:
+    """One attempt of a tool call, as a dispatcher sends it to a tool worker."""
+
+    call_id: str
+    attempt: int
+    tool: str
+    args: dict[str, Any]
+    timeout_s: float
+    owner: tuple[str, str]  # the run's tenant and agent: the tool worker names the run's switches
+
+
 class Dispatcher(Protocol):
     """Sends one attempt of a tool call to a tool worker."""
 
-    def send(
-        self,
-        *,
-        call_id: str,
-        attempt: int,
-        tool: str,
-        args: dict[str, Any],
-        timeout_s: float,
-        owner: tuple[str, str],
-    ) -> None:
-        """`owner`: the run's tenant and agent, so the tool worker names the run's switches
-        without reading the run first."""
+    def send(self, attempt: ToolAttempt) -> None:
+        """Send it now (raises BrokerUnavailable when the broker cannot take it)."""
         ...
 
-    def outgoing(
-        self,
-        *,
-        call_id: str,
-        attempt: int,
-        tool: str,
-        args: dict[str, Any],
-        timeout_s: float,
-        owner: tuple[str, str],
-    ) -> Outgoing | None:
+    def outgoing(self, attempt: ToolAttempt) -> Outgoing | None:
         """The attempt as a task message that the admission script pushes itself when it admits
         the attempt (admitted and sent in one round trip); None: `send` sends it after admission."""
         ...
@@ -458,12 +451,9 @@ class ToolGateway:
         first_charge = stage == "admit" and cost_micro > 0
         if call.cost is None and not local_verdict and spec is not _UNKNOWN and not first_charge:
             send = self.dispatcher.outgoing(
-                call_id=call.call_id,
-                attempt=attempt,
-                tool=spec.name,
-                args=call.args,
-                timeout_s=call.timeout_s,
-                owner=(self.tenant, self.agent),
+                ToolAttempt(
+                    call.call_id, attempt, spec.name, call.args, call.timeout_s, (self.tenant, self.agent)
+                )
             )
         return self.controls.admitter(
             AdmissionRequest(
@@ -702,14 +692,7 @@ class ToolGateway:
 
     def _send(self, call_id: str, attempt: int, tool: str, args: dict[str, Any], timeout_s: float) -> float:
         """Send one (marked) attempt; returns when the run gives up on its reply (unix s)."""
-        self.dispatcher.send(
-            call_id=call_id,
-            attempt=attempt,
-            tool=tool,
-            args=args,
-            timeout_s=timeout_s,
-            owner=(self.tenant, self.agent),
-        )
+        self.dispatcher.send(ToolAttempt(call_id, attempt, tool, args, timeout_s, (self.tenant, self.agent)))
         return time.time() + timeout_s + REPLY_GRACE_S
 
     def _await_reply(

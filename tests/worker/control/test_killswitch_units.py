@@ -19,6 +19,7 @@ import pytest
 import worker
 from tests.unit_parts import KEYS, InlineDispatcher, gateway
 from worker.control import killswitch
+from worker.gateway.calls import ToolAttempt
 from worker.run.guard import RunStopped
 from worker.run.store import AdmissionRefused, Budgets, RunStore
 from worker.settings import Settings
@@ -86,17 +87,8 @@ class FlippingDispatcher(InlineDispatcher):
         super().__init__(r, settings, replies=[FAILURE] * 5)
         self.switch = switch
 
-    def send(
-        self,
-        *,
-        call_id: str,
-        attempt: int,
-        tool: str,
-        args: dict[str, Any],
-        timeout_s: float,
-        owner: tuple[str, str] = ("", ""),
-    ) -> None:
-        super().send(call_id=call_id, attempt=attempt, tool=tool, args=args, timeout_s=timeout_s, owner=owner)
+    def send(self, sent: ToolAttempt) -> None:
+        super().send(sent)
         self.r.set(self.switch, "flipped mid-call")
 
 

@@ -4,6 +4,7 @@ the checks of every concern in one round trip, so it must decide exactly as they
 from __future__ import annotations
 
 import json
+from dataclasses import astuple
 from typing import Any
 
 import fakeredis
@@ -11,6 +12,7 @@ import pytest
 
 from tests.unit_parts import KEYS, CountingRedis, InlineDispatcher, gateway
 from worker.control.policy import Policy, PolicyStore
+from worker.gateway.calls import ToolAttempt
 from worker.run.guard import BudgetExceeded, RunStopped
 from worker.run.store import RunStore
 from worker.settings import Settings
@@ -211,20 +213,12 @@ class ToolWorkerDispatcher:
         self.executor = ToolExecutor(r, KEYS, settings)
         self.sent: list[tuple[str, int, str]] = []
 
-    def outgoing(self, **attempt: Any) -> None:
+    def outgoing(self, sent: ToolAttempt) -> None:
         """None: each attempt is sent with `send`, which runs it here."""
         return None
 
-    def send(
-        self,
-        *,
-        call_id: str,
-        attempt: int,
-        tool: str,
-        args: dict[str, Any],
-        timeout_s: float,
-        owner: tuple[str, str] = ("", ""),
-    ) -> None:
+    def send(self, sent: ToolAttempt) -> None:
+        call_id, attempt, tool, args, timeout_s, owner = astuple(sent)
         self.sent.append((call_id, attempt, tool))
         self.executor.answer(call_id, attempt, tool, args, timeout_s, owner=owner)
 
@@ -513,14 +507,14 @@ class QueueingDispatcher(InlineDispatcher):
         super().__init__(r, settings)
         self.built: list[str] = []
 
-    def outgoing(self, **attempt: Any) -> Any:
+    def outgoing(self, sent: ToolAttempt) -> Any:  # type: ignore[override]
         from worker.publish import Outgoing
 
-        message = json.dumps({"call_id": attempt["call_id"], "attempt": attempt["attempt"]})
+        message = json.dumps({"call_id": sent.call_id, "attempt": sent.attempt})
         self.built.append(message)
-        reply = {"ok": True, "result": attempt["args"]}  # echo's
-        self.r.rpush(KEYS.call_reply(attempt["call_id"], attempt["attempt"]), json.dumps(reply))
-        return Outgoing(f"tools.{attempt['tool']}", message)
+        reply = {"ok": True, "result": sent.args}  # echo's
+        self.r.rpush(KEYS.call_reply(sent.call_id, sent.attempt), json.dumps(reply))
+        return Outgoing(f"tools.{sent.tool}", message)
 
 
 def test_an_admitted_attempt_is_pushed_by_the_admission_script_in_the_same_round_trip() -> None:

@@ -134,12 +134,10 @@ def test_a_tool_call_the_broker_cannot_take_is_the_fleets_failure_not_the_agents
 
     assert issubclass(BrokerUnavailable, redis.RedisError)
     code = (
-        "from worker.gateway.calls import BrokerUnavailable\n"
+        "from worker.gateway.calls import BrokerUnavailable, ToolAttempt\n"
         "from worker.tasks import CeleryDispatcher\n"
         "try:\n"
-        "    CeleryDispatcher().send(\n"
-        "        call_id='r:1:0', attempt=0, tool='echo', args={}, timeout_s=1.0, owner=('t1', 'a')\n"
-        "    )\n"
+        "    CeleryDispatcher().send(ToolAttempt('r:1:0', 0, 'echo', {}, 1.0, ('t1', 'a')))\n"
         "except BrokerUnavailable as exc:\n"
         "    print('unavailable', exc)\n"
     )

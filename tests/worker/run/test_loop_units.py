@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import astuple
 from typing import Any
 
 import fakeredis
@@ -15,7 +16,7 @@ import pytest
 from tests.unit_parts import KEYS, CountingRedis
 from worker.agents import load_plugins
 from worker.gateway.breaker import BreakerPolicy
-from worker.gateway.calls import REPLY_TTL_S, FleetControls, is_failure, is_final, stats_field
+from worker.gateway.calls import REPLY_TTL_S, FleetControls, ToolAttempt, is_failure, is_final, stats_field
 from worker.gateway.reply import Replier, Reply
 from worker.run.keeper import RunKeeper
 from worker.run.lease import Leases
@@ -38,20 +39,12 @@ class ReplyingDispatcher:
         self.after_call = after_call
         self.sent: list[tuple[str, int, str, dict[str, Any]]] = []
 
-    def outgoing(self, **attempt: Any) -> None:
+    def outgoing(self, sent: ToolAttempt) -> None:
         """None: each attempt is sent with `send`, which runs it here."""
         return None
 
-    def send(
-        self,
-        *,
-        call_id: str,
-        attempt: int,
-        tool: str,
-        args: dict[str, Any],
-        timeout_s: float,
-        owner: tuple[str, str],
-    ) -> None:
+    def send(self, sent: ToolAttempt) -> None:
+        call_id, attempt, tool, args, timeout_s, _owner = astuple(sent)
         self.sent.append((call_id, attempt, tool, args))
         spec = get_tool(tool)
         assert spec is not None
