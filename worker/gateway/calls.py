@@ -214,7 +214,14 @@ class ToolGateway:
                 decided = self.r.hget(self.keys.run(self.run_id), f"approval:{call_id}")
                 outcome = dataclasses.replace(outcome, approval=json.loads(decided) if decided else None)
         elif resume is not None:
-            outcome = self._resume(self._tool_call(call_id, tool, args), resume)
+            try:
+                outcome = self._resume(self._tool_call(call_id, tool, args), resume)
+            except Park as park:  # it waits again: the human's decision goes on with it
+                if resume.get("approval"):
+                    park.wait["approval"] = resume["approval"]
+                raise
+            if resume.get("approval"):  # the call passed its approval before it parked
+                outcome = dataclasses.replace(outcome, approval=resume["approval"])
         else:
             outcome = self._call(call_id, tool, args)
         result = outcome.result
@@ -367,7 +374,12 @@ class ToolGateway:
         assert spec is not None  # every verdict above that can pass has a spec
         self.budget.used = answer.used
         self._charge_tool_cost(call_id, spec)
-        outcome = self._attempts(call, quota.to_dict(), attempt=0, answer=answer)
+        try:
+            outcome = self._attempts(call, quota.to_dict(), attempt=0, answer=answer)
+        except Park as park:  # the step log keeps the human's decision when the call resumes
+            if approval is not None:
+                park.wait["approval"] = approval
+            raise
         return outcome if approval is None else dataclasses.replace(outcome, approval=approval)
 
     def _approval(self, call: Call, decided: str) -> CallOutcome | None:

@@ -551,3 +551,31 @@ def test_a_tool_with_a_declared_cost_is_charged_before_its_first_attempt_is_sent
     assert gw.call("r1:1:0", "echo", {"a": 1}).result == {"ok": True, "result": {"a": 1}}
     assert dispatcher.sent == [("r1:1:0", 0, "echo")] and dispatcher.built == []
     assert r.llen("tools.echo") == 0
+
+
+class SilentDispatcher(InlineDispatcher):
+    """Records each attempt and answers none: the run parks on its reply."""
+
+    def send(self, sent: ToolAttempt) -> None:
+        self.sent.append((sent.call_id, sent.attempt, sent.tool))
+
+
+def test_an_approved_call_that_parks_on_its_reply_keeps_the_decision_when_it_resumes(
+    r: fakeredis.FakeRedis, store: RunStore
+) -> None:
+    from worker.run.guard import Park
+
+    settings = Settings(tools={"allowlist": ["echo"], "approval": {"required": ["echo"]}})
+    dispatcher = SilentDispatcher(r, settings)
+    gw = gateway(r, store, settings, dispatcher)
+    gw.guard.park_after_s = 0.05  # the reply is not there within the stay: the run parks
+    approved = {"decision": "approve", "by": "t1", "at": "2026-12-02T10:00:00Z", "comment": "ok"}
+    r.hset(KEYS.run("r1"), "approval:r1:1:0", json.dumps(approved))
+    with pytest.raises(Park) as parked:
+        gw.call("r1:1:0", "echo", {"a": 1})
+    assert dispatcher.sent == [("r1:1:0", 0, "echo")]
+    wait = json.loads(json.dumps(parked.value.wait))  # as the run keeps it
+    r.rpush(KEYS.call_reply("r1:1:0", 0), json.dumps({"ok": True, "result": {"a": 1}}))
+    resumed = gw.call("r1:1:0", "echo", {"a": 1}, resume=wait)
+    assert resumed.result == {"ok": True, "result": {"a": 1}}
+    assert resumed.approval == approved  # the step log still says who approved it
