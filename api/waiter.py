@@ -63,7 +63,7 @@ class EndWaiter:
             finally:
                 self._subscribed.clear()
                 with contextlib.suppress(redis.RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     @property
     def subscribed(self) -> bool:

@@ -70,10 +70,10 @@ def make_redis(
     }
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(sentinel_password)
         )
-        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
             target.master, **options, **_node_kwargs(target)
         )
         return client
@@ -106,7 +106,7 @@ def make_async_redis(
     }
     if is_sentinel_url(url):
         target = parse_sentinel_url(url)
-        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(sentinel_password)
         )
         client: redis.asyncio.Redis = sentinel.master_for(
@@ -225,6 +225,6 @@ def write_durably(
         return [write(r)], True
     with r.pipeline(transaction=False) as pipe:
         write(pipe)
-        pipe.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
+        pipe.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call, unused-ignore]
         results = pipe.execute()
     return results[:-1], int(results[-1]) >= replicas
