@@ -6,14 +6,15 @@ on one asyncio loop, run by one thread the process starts on its first call. The
 (`fleet.tool_call`) only hands the call over and returns once the loop has begun it (so the
 two threads do not compete for the CPU as the call starts), and Celery acks its message; a
 process holds at most `tools.worker_max_inflight` calls, and past that the task waits for one to
-finish before it hands its call over (its message stays unacked meanwhile: backpressure, nothing
-lost). Plain (non-async) tools run in a pool of `tools.sync_threads` threads.
+finish before it hands its call over (its message stays unacked meanwhile: backpressure; it is
+held in memory only, see `celery_app.tool_worker_transport`). Plain (non-async) tools run in a
+pool of `tools.sync_threads` threads.
 
 A tool worker that dies takes its calls in flight with it, and Celery does not redeliver them
-(their messages were acked). That is safe: the run waits for a reply up to the call's timeout
-plus `REPLY_GRACE_S`, then treats the attempt as a timeout and retries under the gateway's rules;
-the exactly-once claim of executor.py refuses to run a non-idempotent write twice, and a recorded
-result is replayed.
+(their messages were acked, and those it held unbegun were never recorded in Redis). That is
+safe: the run waits for a reply up to the call's timeout plus `REPLY_GRACE_S`, then treats the
+attempt as a timeout and retries under the gateway's rules; the exactly-once claim of
+executor.py refuses to run a non-idempotent write twice, and a recorded result is replayed.
 
 Shutdown: on SIGTERM (a warm shutdown; in the image, REMAP_SIGTERM makes it a cold one) Celery
 stops consuming, then the `DrainToolCalls` worker step waits for the calls in flight, up to the

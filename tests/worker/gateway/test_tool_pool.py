@@ -275,6 +275,50 @@ def test_a_write_in_flight_on_a_killed_tool_worker_has_one_effect_and_the_run_en
         server.close()
 
 
+def test_calls_a_killed_tool_worker_held_unbegun_are_kept_nowhere_and_their_runs_retry_them(
+    slow: SlowServer,
+) -> None:
+    """A tool worker keeps the messages it holds in memory only (no kombu ack emulation: no record
+    in Redis's `unacked`, which agent workers still use). One it held without beginning is lost
+    with the process, and its run retries the call once the attempt times out, as for a call
+    that was running."""
+    slow.wait_s = 2.0
+    config = {"tools": {"timeouts_ms": {"http.get": 3000}, "retries": {"max": 2, "backoff_ms": [100]}}}
+    with tool_fleet(config) as (fleet, _calls):
+        fleet.start_api()
+        fleet.start_worker(2)
+        fleet.env["FLEET_TOOLS__WORKER_MAX_INFLIGHT"] = "1"  # a second call waits in a Celery thread
+        try:
+            holder = fleet.start_tool_worker()
+        finally:
+            del fleet.env["FLEET_TOOLS__WORKER_MAX_INFLIGHT"]
+        plans = [
+            [{"tool": "http.get", "args": {"url": slow.url(f"/held/{n}")}}, {"final": "done"}] for n in (1, 2)
+        ]
+        runs = [fleet.submit("scripted", {"plan": plan}) for plan in plans]
+        queue = tool_queue("http.get")
+        wait_for(
+            lambda: slow.in_flight == 1 and fleet.r.llen(queue) == 0,
+            30,
+            f"the tool worker never held both calls\n{fleet.logs()}",
+        )
+        time.sleep(0.3)  # both messages are the tool worker's now: one call at the server, one waiting
+        assert slow.in_flight == 1 and fleet.r.llen(queue) == 0
+        assert slow.paths["/held/1"] + slow.paths["/held/2"] == 1, slow.paths
+        held = [m for m in fleet.r.hvals("unacked") if "fleet.tool_call" in m]
+        assert held == [], held  # neither message is recorded in Redis
+        kill_group(holder)
+        fleet.start_tool_worker()
+        ended = [fleet.wait(run["id"], timeout=60) for run in runs]
+        assert [run["status"] for run in ended] == ["succeeded", "succeeded"], ended
+        steps = [fleet.get(run["id"], steps="true")["steps"][0] for run in runs]
+        assert all(step["ok"] for step in steps), steps
+        # each call reached the server again after the kill: the one that was at the server and
+        # the one that never got there
+        counts = sorted([slow.paths["/held/1"], slow.paths["/held/2"]])
+        assert counts[0] >= 1 and counts[1] >= 2, slow.paths
+
+
 def test_a_call_no_tool_worker_takes_times_out_without_telling_the_breaker() -> None:
     """A call that waits in its queue past its timeout (no tool worker consumes it here) is the
     fleet's timeout, not the tool's: its breaker, which one failure would open, stays closed."""
