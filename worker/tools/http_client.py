@@ -30,7 +30,7 @@ import httpx
 
 from worker.tools.base import ToolContext, ToolFailure
 from worker.tools.http_body import read_body_async
-from worker.tools.netguard import allowed_hosts, checked_addresses
+from worker.tools.netguard import allowed_hosts, checked_addresses, is_literal
 
 MAX_REDIRECTS = 5
 DNS_THREADS = 16  # lookups of one process at once; a slow resolver holds a thread, never the loop
@@ -192,7 +192,10 @@ async def _exchange(
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     for _ in range(MAX_REDIRECTS + 1):
-        addresses = await loop.run_in_executor(_resolver(), checked_addresses, url, allowed)
+        if is_literal(url):  # nothing to look up: no hop to a resolver thread and back
+            addresses = checked_addresses(url, allowed)
+        else:
+            addresses = await loop.run_in_executor(_resolver(), checked_addresses, url, allowed)
         outcome = await _request(client, url, addresses, headers, call)
         if isinstance(outcome, dict):
             return outcome

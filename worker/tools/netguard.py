@@ -51,6 +51,15 @@ def address_denial(ip: IPAddress) -> str | None:
     return None
 
 
+def is_literal(url: httpx.URL) -> bool:
+    """Whether the URL's host is an IP address as written: checking it needs no DNS lookup."""
+    try:
+        ipaddress.ip_address(url.raw_host.decode("ascii"))
+    except ValueError:
+        return False
+    return True
+
+
 def checked_addresses(url: httpx.URL, allowed: frozenset[str]) -> list[str]:
     """The addresses of the URL's host, all of them allowed; raises denied or http_error.
 

@@ -24,10 +24,10 @@ import pytest
 
 from tests.harness import ROOT
 from worker.settings import Settings
-from worker.tools import execute
+from worker.tools import execute, http_client
 from worker.tools.base import ToolContext
 from worker.tools.http_client import retry_after_s
-from worker.tools.netguard import address_denial
+from worker.tools.netguard import address_denial, is_literal
 
 SECRET = "Bearer s3cret-token-never-shown"
 MAX_BODY_BYTES = 1000
@@ -231,6 +231,32 @@ def test_internal_addresses_are_denied_before_any_request(
     assert "is not allowed" in error["message"]
     assert sends == []
     assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("url", "literal"),
+    [
+        ("http://127.0.0.1:8080/x", True),
+        ("http://[::1]/", True),
+        ("https://[2606:4700::1111]:443/", True),
+        ("http://localhost/", False),
+        ("http://127.0.0.1.example.test/", False),
+        ("http://0x7f.1/", False),  # not an address as written: resolved (and then checked) like a name
+    ],
+)
+def test_only_an_address_as_written_skips_the_lookup(url: str, literal: bool) -> None:
+    assert is_literal(httpx.URL(url)) is literal
+
+
+def test_an_address_host_is_checked_on_the_loop_without_the_resolver_threads(
+    server: RecordingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_resolver() -> None:
+        raise AssertionError("an address as written needs no lookup thread")
+
+    monkeypatch.setattr(http_client, "_resolver", no_resolver)
+    assert get(f"http://127.0.0.1:{server.port}/ok")["ok"] is True
+    assert error_of(get("http://10.0.0.1/", context(allow_hosts=[])))["type"] == "denied"
 
 
 def test_localhost_is_denied_although_its_address_is_allowlisted(
