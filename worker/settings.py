@@ -157,7 +157,8 @@ class ToolsSection(_Section):
     # capacity; a call over it is rate_limited.
     max_concurrency: dict[str, int] = Field(default_factory=lambda: {"default": DEFAULT_TOOL_CONCURRENCY})
     # Calls one tool-worker process holds at once (worker/gateway/pool.py); past it, the Celery task waits
-    # for a free slot and its message stays unacked: backpressure, nothing lost.
+    # for a free slot and its message stays unacked: backpressure (held in memory; a run's timer
+    # retries a call that a dead tool worker held).
     worker_max_inflight: int = Field(2000, gt=0)
     # Threads that run plain (non-async) tools in one tool-worker process.
     sync_threads: int = Field(32, gt=0)
