@@ -155,6 +155,7 @@ def send_run(publisher: Publisher, run_id: str, max_seconds: float, wake: str = 
 
 
 _quiet_tasks = False  # set at worker init: a tool worker without per-task events and lines
+_quiet_deliveries = False  # set at worker init: an agent worker without `Task … received` lines
 _component = "worker"  # set at worker init: `tool-worker` for a worker that serves only tools
 
 
@@ -169,10 +170,12 @@ def _logging(**_: Any) -> None:
     if os.environ.get(DEV_STACK_ENV) == "1":
         # "Events of group {task} enabled by remote": Flower turning task events on, once per worker
         logging.getLogger("celery.worker.control").setLevel(logging.WARNING)
-    if _quiet_tasks:
-        # Celery's `Task … received` / `… succeeded` lines, two per tool call (failures still log)
-        for name in ("celery.worker.strategy", "celery.app.trace"):
-            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+    quiet = ("celery.worker.strategy", "celery.app.trace") if _quiet_tasks else ()
+    for name in ("celery.worker.strategy",) if _quiet_deliveries else quiet:
+        # Celery's `Task … received` / `… succeeded` lines, two per tool call (failures still log);
+        # an agent worker's `… received` line of every delivery of a run (its pool processes drop
+        # `… succeeded`, worker/tasks.py)
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
 
 
 def serves_only_tools(queues: Any) -> bool:
@@ -192,13 +195,23 @@ def _worker_init(conf: Any = None, options: Any = None, **_: Any) -> None:
 
     settings = get_settings()
     setup_sentry(settings, "worker")
-    if conf is not None and serves_only_tools((options or {}).get("queues")):
-        global _quiet_tasks, _component
+    global _quiet_tasks, _quiet_deliveries, _component
+    if conf is None:
+        return
+    if serves_only_tools((options or {}).get("queues")):
         _component = "tool-worker"
         _quiet_tasks = not settings.observability.tool_task_events
         # read by the worker after this signal; heartbeats (worker-online, Flower's worker list) stay
         conf.worker_send_task_events = settings.observability.tool_task_events
         conf.broker_transport_options = tool_worker_transport(conf.broker_transport_options)
+    else:
+        # An agent worker logs no line per delivery of a run (a run is delivered again on every
+        # resume): `run started` and `run finished` say what a run did, and at two deliveries per
+        # run, Celery's line through the redaction chain took a tenth of the main process's CPU
+        # (bench_waits, 1,000 runs: 872-974 waiting at once with it, 977-996 without). The runs'
+        # task events (`observability.run_task_events`) bring it back, as tool_task_events does
+        # for tool calls.
+        _quiet_deliveries = not settings.observability.run_task_events
 
 
 def tool_worker_transport(options: dict[str, Any]) -> dict[str, Any]:

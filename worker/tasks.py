@@ -349,7 +349,8 @@ def _quiet_run_successes(**_: Any) -> None:
     """Agent pool processes do not log Celery's `Task fleet.run_agent[…] succeeded` INFO line:
     the loop's `run finished` line says the same with the run's id, outcome, stop reason and
     duration (a line through the redaction chain costs about 0.17 ms of CPU per run). Failures
-    still log at ERROR; `Task … received` (main process) still shows each delivery."""
+    still log at ERROR. The main process drops `Task … received` as well, unless
+    `observability.run_task_events` is on (celery_app._worker_init)."""
     if AGENT_QUEUE in app.amqp.queues.consume_from:
         trace_log = logging.getLogger("celery.app.trace")
         trace_log.setLevel(max(logging.WARNING, trace_log.getEffectiveLevel()))

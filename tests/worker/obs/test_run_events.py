@@ -1,5 +1,6 @@
-"""Runs send no Celery task events unless `observability.run_task_events` is on; the agent
-worker's heartbeats (Flower's worker list, /readyz) flow either way. Real workers."""
+"""Runs send no Celery task events, and agent workers log no Celery line per delivery, unless
+`observability.run_task_events` is on; the agent worker's heartbeats (Flower's worker list,
+/readyz) flow either way. Real workers."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def test_runs_send_no_task_events_by_default_and_the_setting_turns_them_on(event
         assert events_fleet.wait(run["id"])["status"] == "succeeded"
         events_fleet.stop_proc(quiet)
         assert tap.seen(lambda e: str(e["type"]).startswith("task-")) == []
+        assert '"run started"' in quiet.text() and "Task fleet.run_agent[" not in quiet.text()
 
         saved = events_fleet.env
         events_fleet.env = {**saved, "FLEET_OBSERVABILITY__RUN_TASK_EVENTS": "true"}
@@ -54,5 +56,7 @@ def test_runs_send_no_task_events_by_default_and_the_setting_turns_them_on(event
         )
         assert {e["type"] for e in tap.seen(from_run_task)} >= {"task-received", "task-started"}
         events_fleet.stop_proc(loud)
+        # and Celery's line of each delivery (its `… succeeded` line stays off: `run finished`)
+        assert "Task fleet.run_agent[" in loud.text() and " received" in loud.text(), loud.text()[-2000:]
     finally:
         tap.close()
