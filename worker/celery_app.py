@@ -154,8 +154,9 @@ def send_run(publisher: Publisher, run_id: str, max_seconds: float, wake: str = 
     )
 
 
-_quiet_tasks = False  # set at worker init: a tool worker without per-task events and lines
-_quiet_deliveries = False  # set at worker init: an agent worker without `Task … received` lines
+# Set at worker init: Celery's loggers of per-task lines this worker keeps at WARNING
+# (`Task … received`: celery.worker.strategy; `… succeeded`: celery.app.trace; failures still log).
+_quiet_loggers: tuple[str, ...] = ()
 _component = "worker"  # set at worker init: `tool-worker` for a worker that serves only tools
 
 
@@ -170,11 +171,7 @@ def _logging(**_: Any) -> None:
     if os.environ.get(DEV_STACK_ENV) == "1":
         # "Events of group {task} enabled by remote": Flower turning task events on, once per worker
         logging.getLogger("celery.worker.control").setLevel(logging.WARNING)
-    quiet = ("celery.worker.strategy", "celery.app.trace") if _quiet_tasks else ()
-    for name in ("celery.worker.strategy",) if _quiet_deliveries else quiet:
-        # Celery's `Task … received` / `… succeeded` lines, two per tool call (failures still log);
-        # an agent worker's `… received` line of every delivery of a run (its pool processes drop
-        # `… succeeded`, worker/tasks.py)
+    for name in _quiet_loggers:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
 
 
@@ -195,12 +192,13 @@ def _worker_init(conf: Any = None, options: Any = None, **_: Any) -> None:
 
     settings = get_settings()
     setup_sentry(settings, "worker")
-    global _quiet_tasks, _quiet_deliveries, _component
+    global _quiet_loggers, _component
     if conf is None:
         return
     if serves_only_tools((options or {}).get("queues")):
         _component = "tool-worker"
-        _quiet_tasks = not settings.observability.tool_task_events
+        if not settings.observability.tool_task_events:  # two lines per tool call
+            _quiet_loggers = ("celery.worker.strategy", "celery.app.trace")
         # read by the worker after this signal; heartbeats (worker-online, Flower's worker list) stay
         conf.worker_send_task_events = settings.observability.tool_task_events
         conf.broker_transport_options = tool_worker_transport(conf.broker_transport_options)
@@ -210,8 +208,9 @@ def _worker_init(conf: Any = None, options: Any = None, **_: Any) -> None:
         # run, Celery's line through the redaction chain took a tenth of the main process's CPU
         # (bench_waits, 1,000 runs: 872-974 waiting at once with it, 977-996 without). The runs'
         # task events (`observability.run_task_events`) bring it back, as tool_task_events does
-        # for tool calls.
-        _quiet_deliveries = not settings.observability.run_task_events
+        # for tool calls. Its pool processes drop `… succeeded` (worker/tasks.py).
+        if not settings.observability.run_task_events:
+            _quiet_loggers = ("celery.worker.strategy",)
 
 
 def tool_worker_transport(options: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +224,7 @@ def tool_worker_transport(options: dict[str, Any]) -> dict[str, Any]:
     call's timeout + grace (worker/run/timers.py), under the gateway's rules; a webhook delivery
     and a history batch are claimed again when their claim lapses. So a tool worker keeps the
     messages it holds in memory only (kombu's virtual QoS). bench_gateway: the tool worker's CPU
-    per tool call fell by about a tenth, and the round trip by about 0.3 ms (README, Benchmarks)."""
+    per tool call fell by about a fifth, and the round trip p50 by about 0.3 ms (README, Benchmarks)."""
     return {**options, "ack_emulation": False}
 
 

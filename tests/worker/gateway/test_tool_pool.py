@@ -23,9 +23,11 @@ import pytest
 from celery import Celery
 
 from tests.harness import CountingServer, Fleet, Proc, RedisServer, SlowServer, deep_merge, wait_for
+from worker.celery_app import TOOL_TASK
 from worker.gateway.toolslots import ToolSlots
 from worker.keys import Keys, tool_queue
 from worker.run.store import Budgets, RunStore
+from worker.run.unacked import KOMBU_UNACKED
 from worker.settings import Settings
 
 KEYS = Keys("fleet")
@@ -297,15 +299,20 @@ def test_calls_a_killed_tool_worker_held_unbegun_are_kept_nowhere_and_their_runs
         ]
         runs = [fleet.submit("scripted", {"plan": plan}) for plan in plans]
         queue = tool_queue("http.get")
+        # both calls were sent (each run's call record exists), and neither waits in the queue
         wait_for(
-            lambda: slow.in_flight == 1 and fleet.r.llen(queue) == 0,
+            lambda: (
+                all(fleet.r.exists(KEYS.call(f"{run['id']}:1:0")) for run in runs)
+                and slow.in_flight == 1
+                and fleet.r.llen(queue) == 0
+            ),
             30,
             f"the tool worker never held both calls\n{fleet.logs()}",
         )
         time.sleep(0.3)  # both messages are the tool worker's now: one call at the server, one waiting
         assert slow.in_flight == 1 and fleet.r.llen(queue) == 0
         assert slow.paths["/held/1"] + slow.paths["/held/2"] == 1, slow.paths
-        held = [m for m in fleet.r.hvals("unacked") if "fleet.tool_call" in m]
+        held = [m for m in fleet.r.hvals(KOMBU_UNACKED) if TOOL_TASK in m]
         assert held == [], held  # neither message is recorded in Redis
         kill_group(holder)
         fleet.start_tool_worker()
